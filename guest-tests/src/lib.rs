@@ -1,0 +1,1 @@
+//! Guest tests: boot real guests through the built `skvm` binary.
