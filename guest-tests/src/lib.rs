@@ -1,1 +1,206 @@
-//! Guest tests: boot real guests through the built `skvm` binary.
+//! Guest tests: boot real guests on real KVM through the built `skvm` binary.
+//!
+//! [`TestVm`] spawns `skvm run`, captures the serial console, waits for
+//! markers with timeouts, and kills the VM when dropped. The binary is taken
+//! from `$SKVM_BIN`, else `target/release/skvm`, else `target/debug/skvm`.
+
+// This crate is test support: a panic is how it fails a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The marker the default initramfs prints when its command ends.
+pub const CMD_EXIT_MARKER: &str = "SKVM-CMD-EXIT";
+
+/// Where the built `skvm` binary is.
+pub fn skvm_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SKVM_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    for profile in ["release", "debug"] {
+        let p = target.join(profile).join("skvm");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("skvm binary not found: build it (cargo build --release) or set SKVM_BIN");
+}
+
+/// A running `skvm` with its output captured.
+pub struct TestVm {
+    child: Option<Child>,
+    output: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// What a finished VM left.
+#[derive(Debug)]
+pub struct Finished {
+    /// skvm's exit status.
+    pub status: ExitStatus,
+    /// Console output and skvm's messages, interleaved.
+    pub output: String,
+}
+
+impl Finished {
+    /// The exit code, or -1 if killed by a signal.
+    pub fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+}
+
+impl TestVm {
+    /// Starts `skvm` with `args` (stdin closed).
+    pub fn spawn<I, S>(args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new(skvm_bin());
+        cmd.args(args);
+        Self::spawn_command(cmd)
+    }
+
+    /// Starts a prepared command (e.g. wrapped in `unshare` or `setpriv`).
+    pub fn spawn_command(mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("cannot start skvm");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
+        let out: Box<dyn Read + Send> = Box::new(child.stdout.take().expect("stdout"));
+        let err: Box<dyn Read + Send> = Box::new(child.stderr.take().expect("stderr"));
+        for mut stream in [out, err] {
+            let sink = output.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            }));
+        }
+        Self {
+            child: Some(child),
+            output,
+            readers,
+        }
+    }
+
+    /// Everything captured so far.
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until `marker` appears; panics with the output on timeout or
+    /// if skvm exits first.
+    pub fn wait_for(&mut self, marker: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if self.output().contains(marker) {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                // Let the readers drain before looking a last time.
+                std::thread::sleep(Duration::from_millis(200));
+                if self.output().contains(marker) {
+                    return;
+                }
+                panic!(
+                    "skvm exited ({status}) before '{marker}':\n{}",
+                    self.output()
+                );
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "timed out after {timeout:?} waiting for '{marker}':\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for skvm to exit; kills it and panics on timeout.
+    pub fn wait_exit(mut self, timeout: Duration) -> Finished {
+        let start = Instant::now();
+        let mut child = self.child.take().expect("child");
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("skvm did not exit within {timeout:?}:\n{}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        Finished {
+            status,
+            output: self.output(),
+        }
+    }
+
+    /// The process id, for sending signals.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `skvm run` with `args` to completion.
+pub fn run_to_exit(args: &[&str], timeout: Duration) -> Finished {
+    TestVm::spawn(std::iter::once("run").chain(args.iter().copied())).wait_exit(timeout)
+}
+
+/// The value printed after `key` on a line of the form `key value`.
+pub fn field(output: &str, key: &str) -> Option<String> {
+    output.lines().find_map(|l| {
+        let l = l.trim_end_matches('\r');
+        let pos = l.find(key)?;
+        l.get(pos + key.len()..)?
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_finds_the_value_after_a_key() {
+        let out = "junk\r\nSKVM-NPROC 2\r\nMemTotal:  123 kB\n";
+        assert_eq!(field(out, "SKVM-NPROC").as_deref(), Some("2"));
+        assert_eq!(field(out, "MemTotal:").as_deref(), Some("123"));
+        assert_eq!(field(out, "absent"), None);
+    }
+}

@@ -1,0 +1,386 @@
+//! Loading Linux: kernel (ELF vmlinux or bzImage through the 64-bit boot
+//! protocol, Documentation/arch/x86/boot.rst), initrd, command line, the zero
+//! page with its e820 map, and the ACPI tables.
+
+pub mod acpi;
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::log;
+use crate::memory::{RamRange, MMIO_HOLE_END};
+
+/// Guest address of the zero page (struct boot_params).
+pub const ZERO_PAGE: u64 = 0x7000;
+/// Guest address of the kernel command line.
+pub const CMDLINE_ADDR: u64 = 0x2_0000;
+const CMDLINE_ADDR_U32: u32 = 0x2_0000;
+/// Largest command line skvm passes (the kernel's COMMAND_LINE_SIZE on x86).
+pub const CMDLINE_MAX: usize = 2048;
+/// Start of the legacy EBDA/BIOS area, reserved in the e820 map.
+pub const EBDA_START: u64 = 0x9_FC00;
+/// Where the kernel image may start (1 MiB).
+pub const HIMEM_START: u64 = 0x10_0000;
+
+const E820_RAM: u32 = 1;
+const E820_RESERVED: u32 = 2;
+const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
+const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
+const KERNEL_LOADER_OTHER: u8 = 0xff;
+const KERNEL_MIN_ALIGNMENT: u32 = 0x100_0000;
+/// bzImage: offset of the 64-bit entry point from the protected-mode code.
+const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+/// loadflags: the protected-mode code is loaded at 0x100000.
+const LOADED_HIGH: u8 = 0x01;
+/// loadflags: the kernel may use the heap (we give it none, but set it).
+const CAN_USE_HEAP: u8 = 0x80;
+
+/// Errors while loading the guest's boot images.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The kernel file cannot be opened or read.
+    #[error("cannot read kernel {path}")]
+    KernelOpen {
+        /// The path given.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is neither an ELF vmlinux nor a bzImage.
+    #[error("{path} is not a Linux kernel (neither an x86-64 ELF vmlinux nor a bzImage)")]
+    NotAKernel {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The kernel is a valid image but does not fit in guest RAM.
+    #[error("kernel {path} does not fit in guest memory ({detail})")]
+    KernelFit {
+        /// The path given.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The initrd file cannot be opened or read.
+    #[error("cannot read initrd {path}")]
+    InitrdOpen {
+        /// The path given.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The initrd does not fit below the kernel's limit.
+    #[error("initrd {path} ({size} bytes) does not fit in guest memory below {limit:#x} next to the kernel; give the guest more memory")]
+    InitrdFit {
+        /// The path given.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// Highest address the kernel accepts.
+        limit: u64,
+    },
+    /// The command line is too long.
+    #[error("kernel command line is {len} bytes, the limit is {max}")]
+    CmdlineTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Writing boot data into guest memory failed.
+    #[error("cannot write {what} into guest memory")]
+    GuestWrite {
+        /// What was being written.
+        what: &'static str,
+    },
+    /// ACPI table construction failed.
+    #[error("cannot build ACPI tables")]
+    Acpi(#[from] acpi::AcpiError),
+}
+
+/// Which boot protocol the kernel image uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelKind {
+    /// An ELF vmlinux: entered at its ELF entry point.
+    Elf,
+    /// A bzImage: its protected-mode part is loaded at 1 MiB and entered at
+    /// the 64-bit entry point.
+    BzImage,
+}
+
+/// Everything the vCPU needs to start the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct BootInfo {
+    /// The 64-bit entry point.
+    pub entry: GuestAddress,
+    /// The zero page (goes to RSI).
+    pub zero_page: GuestAddress,
+}
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct BootSpec<'a> {
+    /// The kernel image.
+    pub kernel: &'a Path,
+    /// An optional initrd.
+    pub initrd: Option<&'a Path>,
+    /// The full command line.
+    pub cmdline: &'a str,
+    /// Number of vCPUs, for ACPI.
+    pub cpus: u8,
+}
+
+/// Loads the kernel, initrd and command line, and writes the zero page and
+/// ACPI tables.
+pub fn load(
+    mem: &GuestMemoryMmap,
+    ranges: &[RamRange],
+    spec: &BootSpec<'_>,
+) -> Result<BootInfo, BootError> {
+    if spec.cmdline.len() >= CMDLINE_MAX {
+        return Err(BootError::CmdlineTooLong {
+            len: spec.cmdline.len(),
+            max: CMDLINE_MAX - 1,
+        });
+    }
+    let (kind, mut hdr, entry, kernel_end) = load_kernel(mem, spec.kernel)?;
+    log::debug(&format!(
+        "kernel is {kind:?}, entry {:#x}",
+        entry.raw_value()
+    ));
+    let low_top = ranges.first().map_or(0, |r| r.size);
+
+    let mut cmdline = spec.cmdline.as_bytes().to_vec();
+    cmdline.push(0);
+    mem.write_slice(&cmdline, GuestAddress(CMDLINE_ADDR))
+        .map_err(|_| BootError::GuestWrite {
+            what: "command line",
+        })?;
+
+    hdr.type_of_loader = KERNEL_LOADER_OTHER;
+    hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
+    hdr.header = KERNEL_HDR_MAGIC;
+    hdr.loadflags |= LOADED_HIGH | CAN_USE_HEAP;
+    hdr.heap_end_ptr = 0xfe00;
+    hdr.cmd_line_ptr = CMDLINE_ADDR_U32;
+    // Bounded by CMDLINE_MAX above.
+    hdr.cmdline_size = u32::try_from(cmdline.len()).unwrap_or(u32::MAX);
+    if hdr.kernel_alignment == 0 {
+        hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT;
+    }
+
+    if let Some(path) = spec.initrd {
+        let limit = initrd_limit(&hdr, low_top);
+        let (addr, size) = load_initrd(mem, path, kernel_end, limit)?;
+        // load_initrd keeps the initrd below 4 GiB.
+        hdr.ramdisk_image = u32::try_from(addr).map_err(|_| initrd_fit(path, size, limit))?;
+        hdr.ramdisk_size = u32::try_from(size).map_err(|_| initrd_fit(path, size, limit))?;
+    }
+
+    let rsdp = acpi::setup_acpi(
+        mem,
+        &acpi::AcpiLayout {
+            num_cpus: spec.cpus,
+            pci_mmio32: None,
+        },
+    )?;
+
+    let mut params = boot_params {
+        hdr,
+        acpi_rsdp_addr: rsdp.raw_value(),
+        ..Default::default()
+    };
+    let e820 = e820_map(ranges);
+    for (slot, entry) in params.e820_table.iter_mut().zip(e820.iter()) {
+        *slot = *entry;
+    }
+    // At most two fixed entries plus one per RAM range.
+    params.e820_entries = u8::try_from(e820.len()).unwrap_or(u8::MAX);
+    mem.write_obj(params, GuestAddress(ZERO_PAGE))
+        .map_err(|_| BootError::GuestWrite { what: "zero page" })?;
+
+    Ok(BootInfo {
+        entry,
+        zero_page: GuestAddress(ZERO_PAGE),
+    })
+}
+
+/// The e820 map: low RAM up to the EBDA, the BIOS area reserved (ACPI tables
+/// live there), then every RAM range from 1 MiB up.
+pub fn e820_map(ranges: &[RamRange]) -> Vec<boot_e820_entry> {
+    let mut map = vec![
+        boot_e820_entry {
+            addr: 0,
+            size: EBDA_START,
+            r#type: E820_RAM,
+        },
+        boot_e820_entry {
+            addr: EBDA_START,
+            size: HIMEM_START - EBDA_START,
+            r#type: E820_RESERVED,
+        },
+    ];
+    for r in ranges {
+        let start = r.guest_addr.max(HIMEM_START);
+        let end = r.guest_addr + r.size;
+        if end > start {
+            map.push(boot_e820_entry {
+                addr: start,
+                size: end - start,
+                r#type: E820_RAM,
+            });
+        }
+    }
+    map
+}
+
+type Loaded = (KernelKind, setup_header, GuestAddress, u64);
+
+fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<Loaded, BootError> {
+    let open_err = |source| BootError::KernelOpen {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = File::open(path).map_err(open_err)?;
+    let meta = file.metadata().map_err(open_err)?;
+    if !meta.is_file() {
+        return Err(BootError::NotAKernel {
+            path: path.to_owned(),
+        });
+    }
+    let mut magic = [0u8; 4];
+    let n = file.read(&mut magic).map_err(open_err)?;
+    file.seek(SeekFrom::Start(0)).map_err(open_err)?;
+    let fit = |detail: String| BootError::KernelFit {
+        path: path.to_owned(),
+        detail,
+    };
+    if n == 4 && magic == *b"\x7fELF" {
+        let r = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+            .map_err(|e| classify_load_error(path, &e.to_string()))?;
+        let hdr = setup_header {
+            kernel_alignment: KERNEL_MIN_ALIGNMENT,
+            initrd_addr_max: 0x7fff_ffff,
+            ..Default::default()
+        };
+        return Ok((KernelKind::Elf, hdr, r.kernel_load, r.kernel_end));
+    }
+    let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+        .map_err(|e| classify_load_error(path, &e.to_string()))?;
+    let hdr = r.setup_header.ok_or_else(|| BootError::NotAKernel {
+        path: path.to_owned(),
+    })?;
+    if hdr.version < 0x020c || hdr.xloadflags & 0x1 == 0 {
+        return Err(fit(
+            "bzImage has no 64-bit entry point (boot protocol < 2.12)".into(),
+        ));
+    }
+    // The decompressor needs init_size bytes from the load address.
+    let need = r.kernel_load.raw_value() + u64::from(hdr.init_size);
+    if mem.last_addr().raw_value() < need {
+        return Err(fit(format!(
+            "it needs {need:#x} bytes of RAM to decompress"
+        )));
+    }
+    let entry = GuestAddress(r.kernel_load.raw_value() + BZIMAGE_64BIT_ENTRY_OFFSET);
+    Ok((KernelKind::BzImage, hdr, entry, need))
+}
+
+/// Maps a loader error to ours: memory errors mean "does not fit", anything
+/// else means the file is not a kernel we can boot.
+fn classify_load_error(path: &Path, msg: &str) -> BootError {
+    let lower = msg.to_ascii_lowercase();
+    if lower.contains("memory") || lower.contains("overflow") || lower.contains("address") {
+        BootError::KernelFit {
+            path: path.to_owned(),
+            detail: msg.to_owned(),
+        }
+    } else {
+        BootError::NotAKernel {
+            path: path.to_owned(),
+        }
+    }
+}
+
+fn initrd_fit(path: &Path, size: u64, limit: u64) -> BootError {
+    BootError::InitrdFit {
+        path: path.to_owned(),
+        size,
+        limit,
+    }
+}
+
+fn initrd_limit(hdr: &setup_header, low_top: u64) -> u64 {
+    let max = if hdr.initrd_addr_max == 0 {
+        0x37ff_ffff
+    } else {
+        u64::from(hdr.initrd_addr_max)
+    };
+    // The 32-bit ramdisk_image field and the kernel's limit both apply.
+    (max + 1).min(low_top).min(MMIO_HOLE_END - 1)
+}
+
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel_end: u64,
+    limit: u64,
+) -> Result<(u64, u64), BootError> {
+    let open_err = |source| BootError::InitrdOpen {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = File::open(path).map_err(open_err)?;
+    let meta = file.metadata().map_err(open_err)?;
+    if !meta.is_file() {
+        return Err(open_err(std::io::Error::other("not a regular file")));
+    }
+    let size = meta.len();
+    let too_big = || initrd_fit(path, size, limit);
+    // Highest page-aligned address that keeps the initrd below `limit`.
+    let addr = limit.checked_sub(size).ok_or_else(too_big)? & !0xfff;
+    if addr < kernel_end.max(HIMEM_START) {
+        return Err(too_big());
+    }
+    let len = usize::try_from(size).map_err(|_| too_big())?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, len)
+        .map_err(|e| open_err(std::io::Error::other(e.to_string())))?;
+    Ok((addr, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::ram_ranges;
+
+    #[test]
+    fn e820_reserves_the_bios_area_and_skips_the_hole() {
+        let map = e820_map(&ram_ranges(4 << 30));
+        let types: Vec<(u64, u64, u32)> = map.iter().map(|e| (e.addr, e.size, e.r#type)).collect();
+        assert_eq!(
+            types,
+            vec![
+                (0, EBDA_START, E820_RAM),
+                (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED),
+                (HIMEM_START, 0xC000_0000 - HIMEM_START, E820_RAM),
+                (MMIO_HOLE_END, (4 << 30) - 0xC000_0000, E820_RAM),
+            ]
+        );
+    }
+
+    #[test]
+    fn initrd_limit_respects_ram_and_kernel_max() {
+        let hdr = setup_header {
+            initrd_addr_max: 0x7fff_ffff,
+            ..Default::default()
+        };
+        assert_eq!(initrd_limit(&hdr, 128 << 20), 128 << 20);
+        assert_eq!(initrd_limit(&hdr, 0xC000_0000), 0x8000_0000);
+    }
+}

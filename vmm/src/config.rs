@@ -1,0 +1,285 @@
+//! The `skvm run` command line, validated once into a [`VmConfig`].
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use crate::memory::MIN_MEM;
+
+/// Largest vCPU count: APIC IDs must fit the xAPIC's 8 bits (255 is broadcast).
+pub const MAX_CPUS: u32 = 254;
+
+/// Whether to apply the workarounds for hosts whose KVM emulates guest
+/// kernel code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HostQuirks {
+    /// Detect the host (kvm_pvm loaded, or no VMX/SVM).
+    Auto,
+    /// Always apply them.
+    On,
+    /// Never apply them.
+    Off,
+}
+
+/// `skvm run` options.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Kernel to boot: an ELF vmlinux or a bzImage. Default: the guest built
+    /// by scripts/setup.sh (in $SKVM_GUEST_DIR, else ~/.local/share/skvm/guest).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk. Default: the default guest's initramfs when --kernel
+    /// is not given, none otherwise.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel command-line parameters, appended to skvm's own
+    /// (console=ttyS0 panic=-1, and the host quirks).
+    #[arg(long, value_name = "PARAMS", default_value = "")]
+    pub cmdline: String,
+    /// Command for the default initramfs's /init to run instead of a shell;
+    /// the guest powers off when it ends.
+    #[arg(long, value_name = "COMMAND")]
+    pub run: Option<String>,
+    /// Number of vCPUs (1 to 254, and at most what KVM allows).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u32,
+    /// Guest RAM, with an optional K, M, G or T suffix (binary units).
+    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    pub mem: String,
+    /// Workarounds for hosts whose KVM emulates guest kernel code: complete
+    /// int3, clac/stac and fwait in skvm, and add guest command-line options.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = HostQuirks::Auto)]
+    pub host_quirks: HostQuirks,
+    /// Print debug messages and exit statistics.
+    #[arg(long)]
+    pub debug: bool,
+}
+
+/// Errors in the command line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// --mem could not be parsed.
+    #[error("invalid --mem '{0}': expected a size such as 512M or 4G")]
+    BadSize(String),
+    /// --mem below the minimum.
+    #[error("--mem {given} is too small: the minimum is {min} MiB")]
+    MemTooSmall {
+        /// What was asked.
+        given: String,
+        /// The minimum in MiB.
+        min: u64,
+    },
+    /// --cpus out of range.
+    #[error("--cpus {0} is out of range: give 1 to {MAX_CPUS}")]
+    Cpus(u32),
+    /// No --kernel and no default guest.
+    #[error("no --kernel given and the default guest is not built at {0}: run scripts/setup.sh")]
+    NoDefaultGuest(PathBuf),
+}
+
+/// A validated VM configuration.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Optional initrd.
+    pub initrd: Option<PathBuf>,
+    /// Extra command-line parameters from the user.
+    pub extra_cmdline: String,
+    /// Command for the default /init.
+    pub run: Option<String>,
+    /// vCPU count.
+    pub cpus: u8,
+    /// RAM in bytes.
+    pub mem: u64,
+    /// Quirks mode.
+    pub host_quirks: HostQuirks,
+}
+
+/// The directory of the default guest.
+pub fn default_guest_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SKVM_GUEST_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".local/share/skvm/guest")
+}
+
+impl VmConfig {
+    /// Validates `args`.
+    pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
+        let mem = parse_size(&args.mem).ok_or_else(|| ConfigError::BadSize(args.mem.clone()))?;
+        if mem < MIN_MEM {
+            return Err(ConfigError::MemTooSmall {
+                given: args.mem.clone(),
+                min: MIN_MEM >> 20,
+            });
+        }
+        if args.cpus == 0 || args.cpus > MAX_CPUS {
+            return Err(ConfigError::Cpus(args.cpus));
+        }
+        let cpus = u8::try_from(args.cpus).map_err(|_| ConfigError::Cpus(args.cpus))?;
+        let (kernel, initrd) = match &args.kernel {
+            Some(k) => (k.clone(), args.initrd.clone()),
+            None => {
+                let dir = default_guest_dir();
+                let k = dir.join("vmlinux");
+                if !k.is_file() {
+                    return Err(ConfigError::NoDefaultGuest(dir));
+                }
+                let i = args
+                    .initrd
+                    .clone()
+                    .unwrap_or_else(|| dir.join("initramfs.cpio.gz"));
+                (k, Some(i))
+            }
+        };
+        Ok(Self {
+            kernel,
+            initrd,
+            extra_cmdline: args.cmdline.clone(),
+            run: args.run.clone(),
+            cpus,
+            mem,
+            host_quirks: args.host_quirks,
+        })
+    }
+
+    /// The full kernel command line.
+    pub fn cmdline(&self, quirks: bool) -> String {
+        let mut parts: Vec<String> = vec!["console=ttyS0".into(), "panic=-1".into()];
+        if quirks {
+            parts.extend(QUIRKS_CMDLINE.iter().map(|s| (*s).to_owned()));
+        }
+        if let Some(cmd) = &self.run {
+            parts.push(format!("skvm.cmd={}", base64(cmd.as_bytes())));
+        }
+        if !self.extra_cmdline.trim().is_empty() {
+            parts.push(self.extra_cmdline.trim().to_owned());
+        }
+        parts.join(" ")
+    }
+}
+
+/// Guest command-line options for emulating hosts: keep the guest away from
+/// instructions their KVM cannot emulate (xsave/xrstor, cmpxchg16b, popcnt),
+/// and from clac/stac, which would otherwise cost a VMM round trip each.
+pub const QUIRKS_CMDLINE: &[&str] = &["noxsave", "clearcpuid=cx16,popcnt,smap"];
+
+/// Parses "512M", "4G", "1048576", "2k" (binary units).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return None,
+            };
+            (s.get(..i)?, m)
+        }
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// Standard base64 (RFC 4648) with padding.
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                let idx = ((n >> (18 - 6 * i)) & 0x3f) as usize;
+                out.push(char::from(ALPHABET[idx]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("4g"), Some(4 << 30));
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("2K"), Some(2048));
+    }
+
+    #[test]
+    fn bad_sizes_are_rejected() {
+        for s in ["", "M", "12Q", "-1G", "1.5G", "99999999999999999999T"] {
+            assert_eq!(parse_size(s), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        let v = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (i, o) in v {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    fn args() -> RunArgs {
+        RunArgs {
+            kernel: Some("/k".into()),
+            initrd: None,
+            cmdline: String::new(),
+            run: None,
+            cpus: 1,
+            mem: "128M".into(),
+            host_quirks: HostQuirks::Auto,
+            debug: false,
+        }
+    }
+
+    #[test]
+    fn zero_cpus_is_an_error() {
+        let a = RunArgs { cpus: 0, ..args() };
+        assert!(matches!(VmConfig::from_args(&a), Err(ConfigError::Cpus(0))));
+    }
+
+    #[test]
+    fn tiny_memory_is_an_error() {
+        let a = RunArgs {
+            mem: "1M".into(),
+            ..args()
+        };
+        assert!(matches!(
+            VmConfig::from_args(&a),
+            Err(ConfigError::MemTooSmall { .. })
+        ));
+    }
+
+    #[test]
+    fn run_command_is_base64_on_the_cmdline() {
+        let a = RunArgs {
+            run: Some("echo hi".into()),
+            ..args()
+        };
+        let c = VmConfig::from_args(&a).unwrap().cmdline(false);
+        assert_eq!(c, "console=ttyS0 panic=-1 skvm.cmd=ZWNobyBoaQ==");
+    }
+}

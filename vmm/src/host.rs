@@ -1,0 +1,90 @@
+//! Facts about the host skvm runs on: /dev/kvm, memory, and whether KVM
+//! emulates guest kernel code (an "emulating host", such as kvm_pvm).
+
+use std::path::Path;
+
+use kvm_ioctls::Kvm;
+
+/// Errors opening KVM.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// /dev/kvm is missing.
+    #[error(
+        "/dev/kvm does not exist: is the kvm module loaded and is this host able to virtualize?"
+    )]
+    NoKvm,
+    /// /dev/kvm cannot be opened with our credentials.
+    #[error("no permission to open /dev/kvm: run as root or as a member of the group owning it")]
+    KvmPermission,
+    /// Another open failure.
+    #[error("cannot open /dev/kvm")]
+    KvmOpen(#[source] kvm_ioctls::Error),
+    /// The KVM API version is not the one skvm speaks.
+    #[error("unsupported KVM API version {0} (need 12)")]
+    KvmApi(i32),
+}
+
+/// Opens /dev/kvm with a clear message for the usual failures.
+pub fn open_kvm() -> Result<Kvm, HostError> {
+    let kvm = Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENXIO | libc::ENODEV => HostError::NoKvm,
+        libc::EACCES | libc::EPERM => HostError::KvmPermission,
+        _ => HostError::KvmOpen(e),
+    })?;
+    let api = kvm.get_api_version();
+    if api != 12 {
+        return Err(HostError::KvmApi(api));
+    }
+    Ok(kvm)
+}
+
+/// Total host RAM in bytes, from /proc/meminfo.
+pub fn host_mem_total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_meminfo_total(&text)
+}
+
+fn parse_meminfo_total(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Whether this host's KVM runs guest kernel code through its instruction
+/// emulator: the kvm_pvm module is loaded, or the CPU has neither VMX nor SVM.
+pub fn is_emulating_host() -> bool {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return true;
+    }
+    match std::fs::read_to_string("/proc/cpuinfo") {
+        Ok(info) => !cpu_has_hw_virt(&info),
+        Err(_) => false,
+    }
+}
+
+fn cpu_has_hw_virt(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .flat_map(|l| l.split_whitespace())
+        .any(|f| f == "vmx" || f == "svm")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_total_is_parsed_in_bytes() {
+        let t = "MemTotal:       24576000 kB\nMemFree: 1 kB\n";
+        assert_eq!(parse_meminfo_total(t), Some(24_576_000 * 1024));
+        assert_eq!(parse_meminfo_total("nothing"), None);
+    }
+
+    #[test]
+    fn hw_virt_flag_is_detected() {
+        assert!(cpu_has_hw_virt("flags\t: fpu vmx sse\n"));
+        assert!(cpu_has_hw_virt("flags\t: fpu svm\n"));
+        assert!(!cpu_has_hw_virt("flags\t: fpu hypervisor sse\n"));
+    }
+}

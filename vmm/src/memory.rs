@@ -1,0 +1,177 @@
+//! Guest RAM: memfd-backed, mapped `MAP_SHARED` so device processes can map
+//! the same pages, laid out around the 32-bit MMIO hole.
+//!
+//! RAM below 3 GiB is one region at guest address 0; anything above goes to a
+//! second region at 4 GiB. Both regions are windows into a single memfd whose
+//! size is sealed, so no peer holding the fd can shrink it under the VMM.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::Arc;
+
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+
+/// Start of the 32-bit MMIO hole (PCI, IO-APIC, LAPIC live above it).
+pub const MMIO_HOLE_START: u64 = 0xC000_0000;
+/// End of the 32-bit MMIO hole; high RAM starts here.
+pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// Smallest guest RAM skvm accepts.
+pub const MIN_MEM: u64 = 32 << 20;
+
+/// Errors while creating guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// memfd_create failed.
+    #[error("memfd_create failed")]
+    Memfd(#[source] std::io::Error),
+    /// Sizing or sealing the memfd failed.
+    #[error("cannot size guest memory to {size} bytes")]
+    Truncate {
+        /// Requested size.
+        size: u64,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Sealing the memfd failed.
+    #[error("cannot seal guest memory")]
+    Seal(#[source] std::io::Error),
+    /// Mapping a region failed.
+    #[error("cannot map guest memory")]
+    Mmap(#[source] vm_memory::mmap::MmapRegionError),
+    /// Building the region collection failed.
+    #[error("invalid guest memory layout")]
+    Layout,
+}
+
+/// One RAM region: where it sits in the guest and where in the memfd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamRange {
+    /// Guest physical address of the first byte.
+    pub guest_addr: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// Offset of the first byte in the memfd.
+    pub file_offset: u64,
+}
+
+/// The RAM ranges for `size` bytes of guest RAM, split around the MMIO hole.
+pub fn ram_ranges(size: u64) -> Vec<RamRange> {
+    let low = size.min(MMIO_HOLE_START);
+    let mut ranges = vec![RamRange {
+        guest_addr: 0,
+        size: low,
+        file_offset: 0,
+    }];
+    if size > low {
+        ranges.push(RamRange {
+            guest_addr: MMIO_HOLE_END,
+            size: size - low,
+            file_offset: low,
+        });
+    }
+    ranges
+}
+
+/// Guest RAM: the memfd and the VMM's mapping of it.
+pub struct GuestRam {
+    /// The memfd backing all of guest RAM (shared with device processes).
+    #[allow(dead_code)] // Used by device processes (next step) and tests.
+    pub memfd: Arc<File>,
+    /// The ranges in guest physical address order.
+    pub ranges: Vec<RamRange>,
+    /// The VMM's mapping.
+    pub mem: GuestMemoryMmap,
+}
+
+impl GuestRam {
+    /// Creates `size` bytes of guest RAM in a sealed memfd.
+    pub fn new(size: u64) -> Result<Self, MemoryError> {
+        let memfd = Arc::new(create_memfd(size)?);
+        let ranges = ram_ranges(size);
+        let mut regions = Vec::with_capacity(ranges.len());
+        for r in &ranges {
+            let len = usize::try_from(r.size).map_err(|_| MemoryError::Layout)?;
+            let mapping = MmapRegionBuilder::new(len)
+                .with_file_offset(FileOffset::from_arc(memfd.clone(), r.file_offset))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
+                .build()
+                .map_err(MemoryError::Mmap)?;
+            let region = GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr))
+                .ok_or(MemoryError::Layout)?;
+            regions.push(region);
+        }
+        let mem = GuestMemoryMmap::from_regions(regions).map_err(|_| MemoryError::Layout)?;
+        Ok(Self { memfd, ranges, mem })
+    }
+}
+
+fn create_memfd(size: u64) -> Result<File, MemoryError> {
+    let name = c"skvm-guest-ram";
+    // SAFETY: `name` is a valid NUL-terminated string; the flags are valid.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
+    }
+    // SAFETY: memfd_create returned a new fd that nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size)
+        .map_err(|source| MemoryError::Truncate { size, source })?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on an fd we own with a valid command and argument.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(MemoryError::Seal(std::io::Error::last_os_error()));
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestMemoryBackend};
+
+    #[test]
+    fn small_ram_is_one_region_at_zero() {
+        let r = ram_ranges(128 << 20);
+        assert_eq!(
+            r,
+            vec![RamRange {
+                guest_addr: 0,
+                size: 128 << 20,
+                file_offset: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn large_ram_skips_the_mmio_hole() {
+        let r = ram_ranges(4 << 30);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].size, MMIO_HOLE_START);
+        assert_eq!(r[1].guest_addr, MMIO_HOLE_END);
+        assert_eq!(r[1].size, (4 << 30) - MMIO_HOLE_START);
+        assert_eq!(r[1].file_offset, MMIO_HOLE_START);
+    }
+
+    #[test]
+    fn guest_ram_is_shared_with_the_memfd() {
+        use std::os::unix::fs::FileExt;
+        let ram = GuestRam::new(2 << 20).unwrap();
+        ram.mem
+            .write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
+        let mut buf = [0u8; 4];
+        ram.memfd.read_exact_at(&mut buf, 0x1000).unwrap();
+        assert_eq!(u32::from_le_bytes(buf), 0xdead_beef);
+        assert_eq!(ram.mem.last_addr(), GuestAddress((2 << 20) - 1));
+    }
+
+    #[test]
+    fn memfd_size_is_sealed() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        assert!(ram.memfd.set_len(4096).is_err());
+    }
+}

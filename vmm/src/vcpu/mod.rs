@@ -1,0 +1,186 @@
+//! vCPU threads: the KVM_RUN loop and its exit handling.
+
+pub mod emulation;
+pub mod setup;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::GuestMemoryMmap;
+
+use crate::exit::{ExitReason, ExitSignal};
+use crate::legacy::acpi_pm::PowerEvent;
+use crate::legacy::LegacyDevices;
+use crate::log;
+
+/// The signal used to kick a vCPU thread out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    libc::SIGRTMIN()
+}
+
+const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
+
+/// Counts of what the vCPUs did, for `--debug` and the benchmarks.
+#[derive(Default)]
+pub struct VcpuStats {
+    /// KVM_RUN returns of any kind.
+    pub exits: AtomicU64,
+    /// Port I/O exits.
+    pub pio: AtomicU64,
+    /// MMIO exits.
+    pub mmio: AtomicU64,
+    /// `int3` completed by skvm.
+    pub int3: AtomicU64,
+    /// `clac`/`stac` completed by skvm.
+    pub ac: AtomicU64,
+    /// `fwait` skipped by skvm.
+    pub fwait: AtomicU64,
+}
+
+impl VcpuStats {
+    /// A one-line summary.
+    pub fn summary(&self) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "exits {} (pio {}, mmio {}); emulation recoveries: int3 {}, clac/stac {}, fwait {}",
+            g(&self.exits),
+            g(&self.pio),
+            g(&self.mmio),
+            g(&self.int3),
+            g(&self.ac),
+            g(&self.fwait)
+        )
+    }
+}
+
+/// One vCPU and what its exits need.
+pub struct Vcpu {
+    /// Index, equal to the APIC ID.
+    pub index: u8,
+    /// The KVM vCPU.
+    pub fd: VcpuFd,
+    /// Guest memory, for reading instructions on emulation failures.
+    pub mem: GuestMemoryMmap,
+    /// The port I/O devices.
+    pub legacy: Arc<LegacyDevices>,
+    /// Where to report that the VM must stop.
+    pub exit: Arc<ExitSignal>,
+    /// Whether to complete instructions KVM failed to emulate.
+    pub quirks: bool,
+    /// Shared counters.
+    pub stats: Arc<VcpuStats>,
+}
+
+impl Vcpu {
+    /// Runs the guest until the VM stops.
+    pub fn run(mut self) {
+        while !self.exit.requested() {
+            if let Err(reason) = self.run_once() {
+                self.exit.request(reason);
+            }
+        }
+    }
+
+    fn fatal(&self, msg: String) -> ExitReason {
+        ExitReason::Fatal(format!("vcpu{}: {msg}", self.index))
+    }
+
+    fn run_once(&mut self) -> Result<(), ExitReason> {
+        let stats = self.stats.clone();
+        stats.exits.fetch_add(1, Ordering::Relaxed);
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Ok(()),
+            Err(e) => return Err(self.fatal(format!("KVM_RUN failed: {e}"))),
+        };
+        match exit {
+            VcpuExit::IoIn(port, data) => {
+                stats.pio.fetch_add(1, Ordering::Relaxed);
+                self.legacy.pio_read(port, data);
+            }
+            VcpuExit::IoOut(port, data) => {
+                stats.pio.fetch_add(1, Ordering::Relaxed);
+                if let Some(ev) = self.legacy.pio_write(port, data) {
+                    return Err(power_reason(ev));
+                }
+            }
+            VcpuExit::MmioRead(_, data) => {
+                stats.mmio.fetch_add(1, Ordering::Relaxed);
+                data.fill(0xff);
+            }
+            VcpuExit::MmioWrite(..) => {
+                stats.mmio.fetch_add(1, Ordering::Relaxed);
+            }
+            VcpuExit::Hlt => {}
+            VcpuExit::Shutdown => {
+                log::debug(&format!(
+                    "vcpu{}: triple fault, treated as reset",
+                    self.index
+                ));
+                return Err(ExitReason::Reboot);
+            }
+            VcpuExit::SystemEvent(kind, _) => {
+                return Err(match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::Poweroff,
+                    KVM_SYSTEM_EVENT_RESET => ExitReason::Reboot,
+                    KVM_SYSTEM_EVENT_CRASH => ExitReason::GuestPanic("guest crashed".into()),
+                    other => self.fatal(format!("unknown system event {other}")),
+                });
+            }
+            VcpuExit::InternalError => return self.internal_error(),
+            VcpuExit::FailEntry(reason, cpu) => {
+                return Err(self.fatal(format!(
+                    "KVM entry failed: hardware reason {reason:#x} on host cpu {cpu}"
+                )));
+            }
+            VcpuExit::Intr => {}
+            other => {
+                let what = format!("unexpected KVM exit {other:?}");
+                return Err(self.fatal(what));
+            }
+        }
+        Ok(())
+    }
+
+    fn internal_error(&mut self) -> Result<(), ExitReason> {
+        // SAFETY: KVM_EXIT_INTERNAL_ERROR means the `internal` union member is
+        // the one KVM filled in.
+        let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+        if suberror != KVM_INTERNAL_ERROR_EMULATION {
+            return Err(self.fatal(format!("KVM internal error, suberror {suberror}")));
+        }
+        if !self.quirks {
+            let detail = match emulation::recover_dry(&self.fd, &self.mem) {
+                Ok(s) => s,
+                Err(e) => e.to_string(),
+            };
+            return Err(self.fatal(format!(
+                "KVM could not emulate a guest instruction ({detail}); \
+                 try --host-quirks on"
+            )));
+        }
+        match emulation::recover(&self.fd, &self.mem) {
+            Ok(r) => {
+                let c = match r {
+                    emulation::Recovery::Breakpoint => &self.stats.int3,
+                    emulation::Recovery::SetAc(_) => &self.stats.ac,
+                    emulation::Recovery::Skip => &self.stats.fwait,
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(self.fatal(e.to_string())),
+        }
+    }
+}
+
+fn power_reason(ev: PowerEvent) -> ExitReason {
+    match ev {
+        PowerEvent::Shutdown => ExitReason::Poweroff,
+        PowerEvent::Reboot => ExitReason::Reboot,
+    }
+}

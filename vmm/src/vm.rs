@@ -1,0 +1,301 @@
+//! Building and running a VM: KVM VM with in-kernel irqchip and PIT, guest
+//! RAM memslots, the boot images, legacy devices, vCPU threads, and the main
+//! thread's console and exit loop.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{self, BootSpec};
+use crate::config::{HostQuirks, VmConfig};
+use crate::console::{EscapeParser, RawTerminal};
+use crate::exit::{ExitReason, ExitSignal};
+use crate::legacy::serial::{ConsoleOut, IrqTrigger, PanicRecord, SerialDevice, COM1_IRQ};
+use crate::legacy::LegacyDevices;
+use crate::memory::GuestRam;
+use crate::vcpu::{self, setup, Vcpu, VcpuStats};
+use crate::{host, log};
+
+/// KVM needs three pages for the TSS and one for the identity map, in the
+/// MMIO hole below the IO-APIC.
+const TSS_ADDR: usize = 0xfffb_d000;
+const IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
+/// How long a panicked guest may take to reboot itself before skvm stops it.
+const PANIC_GRACE: Duration = Duration::from_secs(5);
+
+/// The eventfd a termination signal writes to (-1 until set).
+static SIGNAL_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+static SIGNAL_NUMBER: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_terminate(sig: libc::c_int) {
+    SIGNAL_NUMBER.store(sig, Ordering::SeqCst);
+    let fd = SIGNAL_EVENT_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; the buffer is 8 valid bytes.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+extern "C" fn on_kick(_: libc::c_int) {}
+
+fn install_handler(sig: libc::c_int, handler: extern "C" fn(libc::c_int)) -> Result<()> {
+    // SAFETY: sigaction is plain data; zeroed is a valid starting value.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = handler as usize;
+    // No SA_RESTART: KVM_RUN must return EINTR when kicked.
+    act.sa_flags = 0;
+    // SAFETY: installs a handler that only does async-signal-safe work.
+    if unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) } != 0 {
+        bail!("cannot install handler for signal {sig}");
+    }
+    Ok(())
+}
+
+/// Creates the VM, boots it, and runs it until it stops.
+pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
+    let kvm = host::open_kvm()?;
+    check_limits(&kvm, cfg)?;
+    let quirks = match cfg.host_quirks {
+        HostQuirks::On => true,
+        HostQuirks::Off => false,
+        HostQuirks::Auto => host::is_emulating_host(),
+    };
+    if quirks {
+        log::debug("emulating host: completing int3/clac/stac/fwait and adding guest quirks");
+    }
+
+    let ram = GuestRam::new(cfg.mem).context("cannot create guest memory")?;
+    let vm = create_vm(&kvm, &ram)?;
+    let cmdline = cfg.cmdline(quirks);
+    log::debug(&format!("kernel command line: {cmdline}"));
+    let boot_info = boot::load(
+        &ram.mem,
+        &ram.ranges,
+        &BootSpec {
+            kernel: &cfg.kernel,
+            initrd: cfg.initrd.as_deref(),
+            cmdline: &cmdline,
+            cpus: cfg.cpus,
+        },
+    )?;
+
+    let exit = Arc::new(ExitSignal::new().context("cannot create exit eventfd")?);
+    SIGNAL_EVENT_FD.store(exit.eventfd().as_raw_fd(), Ordering::SeqCst);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        install_handler(sig, on_terminate)?;
+    }
+    install_handler(vcpu::kick_signal(), on_kick)?;
+
+    let panic = Arc::new(Mutex::new(None));
+    let serial_evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+        .context("cannot create serial irq eventfd")?;
+    vm.register_irqfd(&serial_evt, COM1_IRQ)
+        .context("cannot register serial irqfd")?;
+    let serial = SerialDevice::new(
+        IrqTrigger(serial_evt),
+        ConsoleOut::new(Box::new(std::io::stdout()), panic.clone()),
+    );
+    let legacy = Arc::new(LegacyDevices::new(serial));
+    let stats = Arc::new(VcpuStats::default());
+
+    let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
+    for index in 0..cfg.cpus {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .with_context(|| format!("cannot create vcpu{index}"))?;
+        let cpuid = setup::cpuid(&kvm, index, cfg.cpus, quirks)?;
+        let boot = (index == 0).then_some(&boot_info);
+        setup::configure(&fd, &cpuid, &ram.mem, boot)
+            .with_context(|| format!("cannot configure vcpu{index}"))?;
+        vcpus.push(Vcpu {
+            index,
+            fd,
+            mem: ram.mem.clone(),
+            legacy: legacy.clone(),
+            exit: exit.clone(),
+            quirks,
+            stats: stats.clone(),
+        });
+    }
+    let handles = spawn_vcpus(vcpus)?;
+    let _raw = RawTerminal::enable(libc::STDIN_FILENO);
+    main_loop(&exit, &legacy, &panic);
+    stop_vcpus(handles);
+    drop(_raw);
+    if debug {
+        log::info(&stats.summary());
+    }
+    drop(vm);
+    let reason = exit.reason().unwrap_or(ExitReason::Poweroff);
+    Ok(match reason {
+        ExitReason::Reboot | ExitReason::Poweroff => match lock_panic(&panic).clone() {
+            Some(p) => ExitReason::GuestPanic(p.message),
+            None => reason,
+        },
+        other => other,
+    })
+}
+
+fn lock_panic(p: &Mutex<Option<PanicRecord>>) -> std::sync::MutexGuard<'_, Option<PanicRecord>> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn check_limits(kvm: &Kvm, cfg: &VmConfig) -> Result<()> {
+    let max = kvm.get_max_vcpus();
+    if usize::from(cfg.cpus) > max {
+        bail!(
+            "--cpus {} is more than this host's KVM allows ({max})",
+            cfg.cpus
+        );
+    }
+    if let Some(total) = host::host_mem_total() {
+        if cfg.mem > total {
+            bail!(
+                "--mem {} MiB is more than this host has ({} MiB)",
+                cfg.mem >> 20,
+                total >> 20
+            );
+        }
+    }
+    Ok(())
+}
+
+fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd> {
+    let vm = kvm.create_vm().context("cannot create KVM VM")?;
+    vm.set_tss_address(TSS_ADDR)
+        .context("cannot set TSS address")?;
+    vm.set_identity_map_address(IDENTITY_MAP_ADDR)
+        .context("cannot set identity map address")?;
+    vm.create_irq_chip()
+        .context("cannot create in-kernel irqchip")?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).context("cannot create in-kernel PIT")?;
+    for (slot, r) in ram.ranges.iter().enumerate() {
+        let host = ram
+            .mem
+            .get_host_address(GuestAddress(r.guest_addr))
+            .context("guest RAM is not mapped")?;
+        let region = kvm_userspace_memory_region {
+            slot: u32::try_from(slot).context("too many memslots")?,
+            guest_phys_addr: r.guest_addr,
+            memory_size: r.size,
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping of guest RAM owned by `ram`,
+        // which outlives the VM (the caller drops the VM first).
+        unsafe { vm.set_user_memory_region(region) }
+            .with_context(|| format!("cannot add memslot {slot}"))?;
+    }
+    Ok(vm)
+}
+
+fn spawn_vcpus(vcpus: Vec<Vcpu>) -> Result<Vec<JoinHandle<()>>> {
+    let mut handles = Vec::with_capacity(vcpus.len());
+    for v in vcpus {
+        let name = format!("skvm-vcpu{}", v.index);
+        let h = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || v.run())
+            .with_context(|| format!("cannot start thread {name}"))?;
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
+/// Kicks each vCPU out of KVM_RUN until its thread ends.
+fn stop_vcpus(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        while !h.is_finished() {
+            // SAFETY: the thread is alive (not finished and not joined), so
+            // its pthread_t is valid; the signal's handler does nothing.
+            unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::kick_signal()) };
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if h.join().is_err() {
+            log::error("a vcpu thread panicked");
+        }
+    }
+}
+
+/// Forwards terminal input to the UART and waits for an exit reason.
+fn main_loop(exit: &ExitSignal, legacy: &LegacyDevices, panic: &Mutex<Option<PanicRecord>>) {
+    let mut parser = EscapeParser::default();
+    let mut stdin_open = true;
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        if exit.requested() {
+            return;
+        }
+        if let Some(p) = lock_panic(panic).as_ref() {
+            if p.at.elapsed() > PANIC_GRACE {
+                exit.request(ExitReason::GuestPanic(p.message.clone()));
+                return;
+            }
+        }
+        if !pending.is_empty() {
+            let n = legacy.serial_input(&pending);
+            pending.drain(..n.min(pending.len()));
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: exit.eventfd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if stdin_open && pending.is_empty() {
+                    libc::STDIN_FILENO
+                } else {
+                    -1
+                },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let timeout = if pending.is_empty() { 250 } else { 5 };
+        // SAFETY: `fds` is a valid array of two pollfd structs.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        if n < 0 {
+            continue;
+        }
+        if fds[0].revents != 0 {
+            if !exit.requested() {
+                let sig = SIGNAL_NUMBER.load(Ordering::SeqCst);
+                exit.request(ExitReason::Fatal(format!("terminated by signal {sig}")));
+            }
+            return;
+        }
+        if fds[1].revents != 0 {
+            let mut buf = [0u8; 256];
+            // SAFETY: reads into a valid buffer of the given length.
+            let r = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+            let Ok(len) = usize::try_from(r) else {
+                continue;
+            };
+            if len == 0 {
+                stdin_open = false;
+                continue;
+            }
+            let input = parser.feed(buf.get(..len).unwrap_or_default());
+            pending.extend_from_slice(&input.bytes);
+            if input.quit {
+                exit.request(ExitReason::UserQuit);
+                return;
+            }
+        }
+    }
+}
