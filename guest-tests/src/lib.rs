@@ -34,6 +34,24 @@ pub fn skvm_bin() -> PathBuf {
     panic!("skvm binary not found: build it (cargo build --release) or set SKVM_BIN");
 }
 
+/// The default guest's directory (built by scripts/setup.sh); panics if it
+/// is not built, so a test cannot pass without a guest.
+pub fn default_guest() -> PathBuf {
+    let dir = std::env::var_os("SKVM_GUEST_DIR").map_or_else(
+        || {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            PathBuf::from(home).join(".local/share/skvm/guest")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("vmlinux").is_file(),
+        "default guest not built in {}: run scripts/setup.sh",
+        dir.display()
+    );
+    dir
+}
+
 /// A running `skvm` with its output captured.
 pub struct TestVm {
     child: Option<Child>,

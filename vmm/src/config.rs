@@ -72,6 +72,17 @@ pub enum ConfigError {
     /// --cpus out of range.
     #[error("--cpus {0} is out of range: give 1 to {MAX_CPUS}")]
     Cpus(u32),
+    /// A boot file cannot be read.
+    #[error("cannot read {what} {path}")]
+    Unreadable {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The path given.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// No --kernel and no default guest.
     #[error("no --kernel given and the default guest is not built at {0}: run scripts/setup.sh")]
     NoDefaultGuest(PathBuf),
@@ -134,6 +145,10 @@ impl VmConfig {
                 (k, Some(i))
             }
         };
+        check_readable("kernel", &kernel)?;
+        if let Some(i) = &initrd {
+            check_readable("initrd", i)?;
+        }
         Ok(Self {
             kernel,
             initrd,
@@ -159,6 +174,21 @@ impl VmConfig {
         }
         parts.join(" ")
     }
+}
+
+/// Fails early, before any VM exists, when a boot file cannot be read.
+fn check_readable(what: &'static str, path: &std::path::Path) -> Result<(), ConfigError> {
+    let err = |source| ConfigError::Unreadable {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    if !meta.is_file() {
+        return Err(err(std::io::Error::other("not a regular file")));
+    }
+    Ok(())
 }
 
 /// Guest command-line options for emulating hosts: keep the guest away from
@@ -244,7 +274,7 @@ mod tests {
 
     fn args() -> RunArgs {
         RunArgs {
-            kernel: Some("/k".into()),
+            kernel: Some("/proc/self/exe".into()),
             initrd: None,
             cmdline: String::new(),
             run: None,
@@ -270,6 +300,30 @@ mod tests {
         assert!(matches!(
             VmConfig::from_args(&a),
             Err(ConfigError::MemTooSmall { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_kernel_is_an_error() {
+        let a = RunArgs {
+            kernel: Some("/nonexistent/vmlinux".into()),
+            ..args()
+        };
+        assert!(matches!(
+            VmConfig::from_args(&a),
+            Err(ConfigError::Unreadable { what: "kernel", .. })
+        ));
+    }
+
+    #[test]
+    fn directory_as_initrd_is_an_error() {
+        let a = RunArgs {
+            initrd: Some("/".into()),
+            ..args()
+        };
+        assert!(matches!(
+            VmConfig::from_args(&a),
+            Err(ConfigError::Unreadable { what: "initrd", .. })
         ));
     }
 
