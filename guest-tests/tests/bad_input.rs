@@ -1,6 +1,9 @@
 //! Bad input gets one clear error line and a non-zero exit, and leaves no
 //! process behind.
 
+// Test code: a panic is a failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;

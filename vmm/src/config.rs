@@ -191,10 +191,16 @@ fn check_readable(what: &'static str, path: &std::path::Path) -> Result<(), Conf
     Ok(())
 }
 
-/// Guest command-line options for emulating hosts: keep the guest away from
-/// instructions their KVM cannot emulate (xsave/xrstor, cmpxchg16b, popcnt),
-/// and from clac/stac, which would otherwise cost a VMM round trip each.
-pub const QUIRKS_CMDLINE: &[&str] = &["noxsave", "clearcpuid=cx16,popcnt,smap"];
+/// Guest command-line options for emulating hosts: keep the guest kernel away
+/// from instructions their KVM cannot emulate: xsave/xrstor (`noxsave`),
+/// cmpxchg16b and popcnt, and every SIMD extension past SSE2 (kernel code
+/// such as the RNG's BLAKE2s picks SSSE3/AVX paths when the CPU has them;
+/// `movd`/`pshufb` are not emulated). Without SMAP the kernel patches out
+/// clac/stac, which would otherwise cost a VMM round trip each.
+pub const QUIRKS_CMDLINE: &[&str] = &[
+    "noxsave",
+    "clearcpuid=cx16,popcnt,smap,ssse3,sse4_1,sse4_2,avx,avx2,avx512f,aes,pclmulqdq,sha_ni,gfni,vaes,vpclmulqdq",
+];
 
 /// Parses "512M", "4G", "1048576", "2k" (binary units).
 pub fn parse_size(s: &str) -> Option<u64> {

@@ -50,6 +50,31 @@ fn parse_meminfo_total(text: &str) -> Option<u64> {
     kib.checked_mul(1024)
 }
 
+/// This process's memory figures from /proc/self/status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelfMemory {
+    /// Peak resident set (VmHWM).
+    pub peak_rss_kib: u64,
+    /// Resident shared memory now (RssShmem): guest RAM pages touched.
+    pub shmem_kib: u64,
+}
+
+/// Reads [`SelfMemory`].
+pub fn self_memory() -> Option<SelfMemory> {
+    parse_status(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+fn parse_status(text: &str) -> Option<SelfMemory> {
+    let get = |key: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some(SelfMemory {
+        peak_rss_kib: get("VmHWM:")?,
+        shmem_kib: get("RssShmem:")?,
+    })
+}
+
 /// Whether this host's KVM runs guest kernel code through its instruction
 /// emulator: the kvm_pvm module is loaded, or the CPU has neither VMX nor SVM.
 pub fn is_emulating_host() -> bool {
@@ -79,6 +104,18 @@ mod tests {
         let t = "MemTotal:       24576000 kB\nMemFree: 1 kB\n";
         assert_eq!(parse_meminfo_total(t), Some(24_576_000 * 1024));
         assert_eq!(parse_meminfo_total("nothing"), None);
+    }
+
+    #[test]
+    fn status_memory_fields_are_parsed() {
+        let t = "VmHWM:\t  5000 kB\nRssAnon: 1 kB\nRssShmem:\t 3000 kB\n";
+        assert_eq!(
+            parse_status(t),
+            Some(SelfMemory {
+                peak_rss_kib: 5000,
+                shmem_kib: 3000
+            })
+        );
     }
 
     #[test]

@@ -108,6 +108,8 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
     let legacy = Arc::new(LegacyDevices::new(serial));
     let stats = Arc::new(VcpuStats::default());
 
+    let profile = std::env::var_os("SKVM_PROFILE")
+        .map(|_| Arc::new(Mutex::new(std::collections::HashMap::new())));
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
     for index in 0..cfg.cpus {
         let fd = vm
@@ -125,15 +127,40 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
             exit: exit.clone(),
             quirks,
             stats: stats.clone(),
+            profile: profile.clone(),
         });
     }
-    let handles = spawn_vcpus(vcpus)?;
+    let handles = Arc::new(spawn_vcpus(vcpus)?);
+    let sampler = profile
+        .as_ref()
+        .map(|_| spawn_sampler(handles.clone(), exit.clone()));
     let _raw = RawTerminal::enable(libc::STDIN_FILENO);
     main_loop(&exit, &legacy, &panic);
+    if let Some(s) = sampler {
+        let _ = s.join();
+    }
+    let handles = Arc::try_unwrap(handles).unwrap_or_default();
     stop_vcpus(handles);
+    if let (Some(p), Some(path)) = (&profile, std::env::var_os("SKVM_PROFILE")) {
+        write_profile(&lock_panic_free(p), std::path::Path::new(&path));
+    }
     drop(_raw);
     if debug {
         log::info(&stats.summary());
+        log::info(&format!(
+            "first KVM_RUN at unix-ns {}",
+            stats
+                .first_run_unix_ns
+                .load(std::sync::atomic::Ordering::Relaxed)
+        ));
+        if let Some(m) = host::self_memory() {
+            log::info(&format!(
+                "memory: peak rss {} KiB, guest ram resident {} KiB, vmm overhead {} KiB",
+                m.peak_rss_kib,
+                m.shmem_kib,
+                m.peak_rss_kib.saturating_sub(m.shmem_kib)
+            ));
+        }
     }
     drop(vm);
     let reason = exit.reason().unwrap_or(ExitReason::Poweroff);
@@ -148,6 +175,39 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
 
 fn lock_panic(p: &Mutex<Option<PanicRecord>>) -> std::sync::MutexGuard<'_, Option<PanicRecord>> {
     p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock_panic_free<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Kicks every vCPU every 10 ms so it samples its RIP (SKVM_PROFILE).
+fn spawn_sampler(handles: Arc<Vec<JoinHandle<()>>>, exit: Arc<ExitSignal>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !exit.requested() {
+            for h in handles.iter() {
+                if !h.is_finished() {
+                    // SAFETY: the thread is alive; the handler does nothing.
+                    unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::kick_signal()) };
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+}
+
+/// Writes "rip count" lines, most frequent first, to `path`.
+fn write_profile(p: &std::collections::HashMap<u64, u64>, path: &std::path::Path) {
+    let mut v: Vec<(&u64, &u64)> = p.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1));
+    let text: String = v
+        .iter()
+        .map(|(rip, n)| format!("{rip:#018x} {n}\n"))
+        .collect();
+    match std::fs::write(path, text) {
+        Ok(()) => log::info(&format!("guest rip profile written to {}", path.display())),
+        Err(e) => log::error(&format!("cannot write profile {}: {e}", path.display())),
+    }
 }
 
 fn check_limits(kvm: &Kvm, cfg: &VmConfig) -> Result<()> {

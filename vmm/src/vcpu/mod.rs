@@ -39,6 +39,10 @@ pub struct VcpuStats {
     pub ac: AtomicU64,
     /// `fwait` skipped by skvm.
     pub fwait: AtomicU64,
+    /// `ldmxcsr`/`stmxcsr` completed by skvm.
+    pub mxcsr: AtomicU64,
+    /// Wall-clock time of the first KVM_RUN, ns since the Unix epoch (0: not yet).
+    pub first_run_unix_ns: AtomicU64,
 }
 
 impl VcpuStats {
@@ -46,13 +50,14 @@ impl VcpuStats {
     pub fn summary(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "exits {} (pio {}, mmio {}); emulation recoveries: int3 {}, clac/stac {}, fwait {}",
+            "exits {} (pio {}, mmio {}); emulation recoveries: int3 {}, clac/stac {}, fwait {}, ldmxcsr/stmxcsr {}",
             g(&self.exits),
             g(&self.pio),
             g(&self.mmio),
             g(&self.int3),
             g(&self.ac),
-            g(&self.fwait)
+            g(&self.fwait),
+            g(&self.mxcsr)
         )
     }
 }
@@ -73,6 +78,8 @@ pub struct Vcpu {
     pub quirks: bool,
     /// Shared counters.
     pub stats: Arc<VcpuStats>,
+    /// Guest RIP samples taken when kicked, if profiling (`SKVM_PROFILE`).
+    pub profile: Option<Arc<std::sync::Mutex<std::collections::HashMap<u64, u64>>>>,
 }
 
 impl Vcpu {
@@ -91,10 +98,18 @@ impl Vcpu {
 
     fn run_once(&mut self) -> Result<(), ExitReason> {
         let stats = self.stats.clone();
-        stats.exits.fetch_add(1, Ordering::Relaxed);
+        if stats.exits.fetch_add(1, Ordering::Relaxed) == 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+            stats.first_run_unix_ns.store(now, Ordering::Relaxed);
+        }
         let exit = match self.fd.run() {
             Ok(exit) => exit,
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Ok(()),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.sample_rip();
+                return Ok(());
+            }
             Err(e) => return Err(self.fatal(format!("KVM_RUN failed: {e}"))),
         };
         match exit {
@@ -146,6 +161,18 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Records the guest RIP in the profile (a debugging aid for hosts where
+    /// guest kernel code is emulated and slow).
+    fn sample_rip(&self) {
+        let Some(profile) = &self.profile else {
+            return;
+        };
+        if let Ok(regs) = self.fd.get_regs() {
+            let mut p = profile.lock().unwrap_or_else(|e| e.into_inner());
+            *p.entry(regs.rip).or_insert(0) += 1;
+        }
+    }
+
     fn internal_error(&mut self) -> Result<(), ExitReason> {
         // SAFETY: KVM_EXIT_INTERNAL_ERROR means the `internal` union member is
         // the one KVM filled in.
@@ -169,6 +196,9 @@ impl Vcpu {
                     emulation::Recovery::Breakpoint => &self.stats.int3,
                     emulation::Recovery::SetAc(_) => &self.stats.ac,
                     emulation::Recovery::Skip => &self.stats.fwait,
+                    emulation::Recovery::LoadMxcsr(..) | emulation::Recovery::StoreMxcsr(..) => {
+                        &self.stats.mxcsr
+                    }
                 };
                 c.fetch_add(1, Ordering::Relaxed);
                 Ok(())

@@ -1,0 +1,128 @@
+//! Boot real guests on real KVM and check what they report.
+//!
+//! These tests are slow on hosts whose KVM emulates guest kernel code; the
+//! timeouts are sized for such a host.
+
+// Test code: a panic is a failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use guest_tests::{default_guest, field, run_to_exit, CMD_EXIT_MARKER};
+
+/// How long the default guest may take to boot, run a command and power off.
+const DEFAULT_GUEST: Duration = Duration::from_secs(600);
+/// The stock distro kernel is much bigger and slower here.
+const STOCK_KERNEL: Duration = Duration::from_secs(1500);
+
+const REPORT: &str = "echo SKVM-NPROC $(nproc); grep MemTotal /proc/meminfo";
+
+fn mem_total_kib(output: &str) -> u64 {
+    field(output, "MemTotal:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in output:\n{output}"))
+}
+
+/// MemTotal is RAM less what the kernel keeps for itself: a little below
+/// what was asked, never above.
+fn assert_mem_total(output: &str, asked_mib: u64) {
+    let got = mem_total_kib(output);
+    let asked = asked_mib * 1024;
+    assert!(got <= asked, "MemTotal {got} kB above {asked} kB");
+    assert!(
+        got >= asked * 80 / 100 - 16 * 1024,
+        "MemTotal {got} kB too far below {asked} kB:\n{output}"
+    );
+}
+
+fn boot_and_report(cpus: &str, mem: &str, mem_mib: u64) {
+    let f = run_to_exit(
+        &["--cpus", cpus, "--mem", mem, "--run", REPORT],
+        DEFAULT_GUEST,
+    );
+    assert_eq!(
+        f.code(),
+        0,
+        "guest did not power off cleanly:\n{}",
+        f.output
+    );
+    assert!(f.output.contains("SKVM-INIT-START"), "{}", f.output);
+    assert_eq!(
+        field(&f.output, CMD_EXIT_MARKER).as_deref(),
+        Some("0"),
+        "{}",
+        f.output
+    );
+    assert_eq!(
+        field(&f.output, "SKVM-NPROC").as_deref(),
+        Some(cpus),
+        "{}",
+        f.output
+    );
+    assert_mem_total(&f.output, mem_mib);
+}
+
+#[test]
+fn one_vcpu_128m_guest_reports_its_cpus_and_memory() {
+    boot_and_report("1", "128M", 128);
+}
+
+#[test]
+fn two_vcpu_4g_guest_reports_its_cpus_and_memory() {
+    boot_and_report("2", "4G", 4096);
+}
+
+#[test]
+fn guest_command_status_is_reported_and_poweroff_exits_zero() {
+    let f = run_to_exit(&["--run", "exit 7"], DEFAULT_GUEST);
+    assert_eq!(f.code(), 0, "{}", f.output);
+    assert_eq!(field(&f.output, CMD_EXIT_MARKER).as_deref(), Some("7"));
+}
+
+#[test]
+fn guest_kernel_panic_exits_non_zero_with_a_message() {
+    // busybox with no arguments prints its help and exits: init died.
+    let f = run_to_exit(&["--cmdline", "rdinit=/bin/busybox"], DEFAULT_GUEST);
+    assert_eq!(f.code(), 2, "{}", f.output);
+    let err = f
+        .output
+        .lines()
+        .find(|l| l.starts_with("skvm: error: guest kernel panic:"))
+        .unwrap_or_else(|| panic!("no panic message:\n{}", f.output));
+    assert!(err.contains("Attempted to kill init"), "{err}");
+}
+
+#[test]
+fn stock_debian_kernel_boots_to_init_and_sees_every_vcpu() {
+    let dir = default_guest().join("debian-cloud");
+    let kernel = dir.join("vmlinuz");
+    let initrd = dir.join("initramfs.cpio.gz");
+    assert!(
+        kernel.is_file() && initrd.is_file(),
+        "stock kernel not fetched in {}: run scripts/setup.sh",
+        dir.display()
+    );
+    let f = run_to_exit(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cpus",
+            "2",
+            "--mem",
+            "512M",
+            "--run",
+            REPORT,
+        ],
+        STOCK_KERNEL,
+    );
+    assert_eq!(f.code(), 0, "{}", f.output);
+    assert!(f.output.contains("SKVM-INIT-START"), "{}", f.output);
+    assert_eq!(
+        field(&f.output, "SKVM-NPROC").as_deref(),
+        Some("2"),
+        "{}",
+        f.output
+    );
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Usage: scripts/bench-boot.sh [RUNS] [-- extra skvm run options]
+#
+# Boots the default guest RUNS times (default 5) with a command that powers
+# off at once, and prints the median of:
+#   exec -> first KVM_RUN   (skvm's setup: memory, VM, kernel load, vCPUs)
+#   exec -> guest init      (until /init prints SKVM-INIT-START)
+#   exec -> exit            (until skvm has exited after the guest powered off)
+#   VMM overhead            (skvm's peak RSS minus guest RAM resident)
+# Targets: first KVM_RUN within 10 ms of exec, VMM overhead under 10 MiB.
+# Guest times on hosts whose KVM emulates guest kernel code (kvm_pvm) are not
+# hardware figures; the setup time and the memory overhead are.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+runs=${1:-5}
+shift || true
+[ "${1:-}" = "--" ] && shift
+skvm=${SKVM_BIN:-$repo/target/release/skvm}
+[ -x "$skvm" ] || { echo "bench-boot: build skvm first (scripts/setup.sh --no-run)" >&2; exit 1; }
+
+now_ns() { date +%s%N; }
+median() { sort -n | awk '{ a[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+: >"$tmp/first"; : >"$tmp/init"; : >"$tmp/exit"; : >"$tmp/overhead"
+
+for i in $(seq 1 "$runs"); do
+	start=$(now_ns)
+	init_at=""
+	while IFS= read -r line; do
+		case "$line" in
+		*SKVM-INIT-START*) [ -n "$init_at" ] || init_at=$(now_ns) ;;
+		*"first KVM_RUN at unix-ns"*) first=${line##* } ;;
+		*"vmm overhead"*) overhead=${line##*vmm overhead } overhead=${overhead%% KiB*} ;;
+		esac
+	done < <("$skvm" run --debug --run true "$@" 2>&1 </dev/null)
+	end=$(now_ns)
+	[ -n "$init_at" ] || { echo "bench-boot: run $i never reached init" >&2; exit 1; }
+	echo $(((first - start) / 1000)) >>"$tmp/first"
+	echo $(((init_at - start) / 1000000)) >>"$tmp/init"
+	echo $(((end - start) / 1000000)) >>"$tmp/exit"
+	echo "$overhead" >>"$tmp/overhead"
+	printf 'run %d: first KVM_RUN %d us, init %d ms, exit %d ms, overhead %s KiB\n' "$i" \
+		"$(tail -n 1 "$tmp/first")" "$(tail -n 1 "$tmp/init")" "$(tail -n 1 "$tmp/exit")" "$overhead" >&2
+done
+
+printf '\nskvm boot, median of %d runs (%s)\n' "$runs" "$(uname -r)"
+printf '  %-26s %10s us   (target < 10000)\n' "exec -> first KVM_RUN" "$(median <"$tmp/first")"
+printf '  %-26s %10s ms\n' "exec -> guest init" "$(median <"$tmp/init")"
+printf '  %-26s %10s ms\n' "exec -> exit" "$(median <"$tmp/exit")"
+printf '  %-26s %10s KiB  (target < 10240)\n' "VMM overhead (RSS - RAM)" "$(median <"$tmp/overhead")"
+if [ -d /sys/module/kvm_pvm ]; then
+	echo "  note: this host's KVM emulates guest kernel code; guest times are host-specific"
+fi

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Usage: scripts/build-guest.sh [--force]
+#
+# Builds skvm's default guest and installs it where `skvm run` looks for it,
+# $SKVM_GUEST_DIR (default ~/.local/share/skvm/guest):
+#   vmlinux             the kernel as an ELF (symbols stripped; skvm loads it
+#                       directly, so the guest never decompresses itself)
+#   bzImage             the same kernel as a bzImage (LZ4-compressed)
+#   System.map, config  its symbol map and final .config
+#   initramfs.cpio.gz   busybox and guest/init as /init (the default initrd)
+#   initramfs.cpio      the same archive uncompressed, and
+#   initramfs.cpio.lz4  LZ4-compressed (legacy format), to compare unpack times
+#
+# The kernel is Debian's linux-source (/usr/src/linux-source-*.tar.xz) with
+# guest/kernel.config merged on top of `make tinyconfig`. The source and build
+# trees live in $SKVM_CACHE (default ~/.cache/skvm)/linux-<version>.
+#
+# Cached: the kernel is rebuilt only when guest/kernel.config, the
+# linux-source package version or the compiler changes, and the initramfs
+# only when guest/init or busybox changes; with nothing changed the script
+# returns at once. --force rebuilds both (the kernel build stays incremental).
+# SKVM_JOBS sets make -j (default: nproc).
+#
+# Needs: linux-source build-essential flex bison libelf-dev bc busybox-static
+# lz4 (scripts/setup.sh installs them).
+set -euo pipefail
+
+prog=build-guest
+# shellcheck source=scripts/guest-common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/guest-common.sh"
+
+force=0
+case ${1:-} in
+"") ;;
+--force) force=1 ;;
+-h | --help)
+	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
+	exit 0
+	;;
+*) die "unknown argument '$1' (usage: $0 [--force])" ;;
+esac
+
+# Bump when the way the kernel or the initramfs is built changes.
+kernel_recipe=1
+initramfs_recipe=1
+
+# Options the guest cannot do without. Every line of guest/kernel.config is
+# checked as well; this list guards against the fragment losing one.
+required_y="64BIT SMP PRINTK TTY SERIAL_8250 SERIAL_8250_CONSOLE DEVTMPFS
+DEVTMPFS_MOUNT PROC_FS SYSFS TMPFS SHMEM BLK_DEV_INITRD RD_GZIP BINFMT_ELF
+BINFMT_SCRIPT PCI PCI_DIRECT PCI_MSI VIRTIO VIRTIO_PCI VIRTIO_BLK VIRTIO_NET
+HW_RANDOM HW_RANDOM_VIRTIO BLOCK EXT4_FS NET INET UNIX PACKET ACPI
+X86_LOCAL_APIC X86_IO_APIC KVM_GUEST MULTIUSER FUTEX EPOLL SIGNALFD TIMERFD
+EVENTFD POSIX_TIMERS"
+required_off="MODULES RANDOMIZE_BASE CPU_MITIGATIONS RETPOLINE
+PAGE_TABLE_ISOLATION JUMP_LABEL KPROBES FTRACE DEBUG_INFO AUDIT"
+
+need gcc:build-essential make:build-essential flex:flex bison:bison bc:bc \
+	objcopy:binutils lz4:lz4 flock:util-linux
+find_linux_source
+check_busybox
+
+fragment="$repo/guest/kernel.config"
+kernel_key=$({
+	printf 'recipe %s\n' "$kernel_recipe"
+	printf 'linux-source %s %s\n' "$linux_pkg" "$linux_ver"
+	printf 'cc %s\n' "$(gcc -dumpfullversion 2>/dev/null || echo none)"
+	cat "$fragment"
+} | digest)
+initramfs_key=$({
+	printf 'recipe %s\n' "$initramfs_recipe"
+	busybox_key
+} | digest)
+
+kernel_files="vmlinux bzImage System.map config"
+initramfs_files="initramfs.cpio initramfs.cpio.gz initramfs.cpio.lz4"
+
+# True when the installed kernel (or initramfs) matches its key.
+installed() { # installed kernel|initramfs
+	local what=$1 key files f
+	if [ "$what" = kernel ]; then key=$kernel_key files=$kernel_files; else key=$initramfs_key files=$initramfs_files; fi
+	[ $force = 0 ] || return 1
+	key_matches "$guest_dir/.$what.key" "$key" || return 1
+	for f in $files; do
+		[ -s "$guest_dir/$f" ] || return 1
+	done
+}
+
+if installed kernel && installed initramfs; then
+	exit 0
+fi
+
+lock_cache
+mkdir -p "$guest_dir"
+top="$cache/linux-$linux_ver"
+src="$top/src"
+out="$top/build"
+
+# Drops work trees of other linux-source versions (a few hundred MB each).
+prune_old_trees() {
+	local d
+	for d in "$cache"/linux-*; do
+		if [ ! -d "$d" ] || [ "$d" = "$top" ]; then
+			continue
+		fi
+		log "removing the stale tree $d"
+		rm -rf "$d"
+	done
+}
+
+extract_source() {
+	[ -f "$src/Makefile" ] && return 0
+	log "extracting $linux_tar"
+	rm -rf "$src.tmp"
+	mkdir -p "$src.tmp"
+	tar -xJf "$linux_tar" -C "$src.tmp" --strip-components=1
+	rm -rf "$src"
+	mv "$src.tmp" "$src"
+}
+
+# Checks the final .config against the fragment and the lists above.
+check_config() {
+	local config=$1 line sym bad=""
+	while IFS= read -r line; do
+		case $line in
+		CONFIG_*=*)
+			grep -qxF -- "$line" "$config" || bad="$bad\n  wanted $line, got: $(grep -E "^(# )?${line%%=*}[= ]" "$config" || echo unset)"
+			;;
+		"# CONFIG_"*" is not set")
+			sym=${line#\# }
+			sym=${sym%% *}
+			if grep -q "^$sym=" "$config"; then
+				bad="$bad\n  wanted $sym off, got: $(grep "^$sym=" "$config")"
+			fi
+			;;
+		esac
+	done <"$fragment"
+	for sym in $required_y; do
+		grep -qx "CONFIG_$sym=y" "$config" || bad="$bad\n  required CONFIG_$sym=y is missing"
+	done
+	for sym in $required_off; do
+		if grep -q "^CONFIG_$sym=" "$config"; then
+			bad="$bad\n  CONFIG_$sym must be off"
+		fi
+	done
+	if [ -n "$bad" ]; then
+		printf '%s: error: the kernel config (%s) is not what guest/kernel.config asks for:%b\n' \
+			"$prog" "$config" "$bad" >&2
+		exit 1
+	fi
+}
+
+configure_kernel() {
+	local kmake=(make -s -C "$src" O="$out" ARCH=x86_64)
+	mkdir -p "$out"
+	[ -f "$out/.config" ] && cp -p "$out/.config" "$out/.config.prev"
+	"${kmake[@]}" tinyconfig >"$top/config.log" 2>&1 ||
+		{ cat "$top/config.log" >&2; die "make tinyconfig failed"; }
+	"$src/scripts/kconfig/merge_config.sh" -m -O "$out" "$out/.config" "$fragment" >>"$top/config.log" 2>&1 ||
+		{ cat "$top/config.log" >&2; die "merge_config.sh failed"; }
+	"${kmake[@]}" olddefconfig >>"$top/config.log" 2>&1 ||
+		{ cat "$top/config.log" >&2; die "make olddefconfig failed"; }
+	check_config "$out/.config"
+	# Same config as last time: keep the old timestamp so that make does not
+	# think anything changed.
+	if [ -f "$out/.config.prev" ] && cmp -s "$out/.config" "$out/.config.prev"; then
+		touch -r "$out/.config.prev" "$out/.config"
+	fi
+	rm -f "$out/.config.prev" "$out/.config.old"
+}
+
+build_kernel() {
+	local jobs=${SKVM_JOBS:-$(nproc)} start=$SECONDS f
+	prune_old_trees
+	extract_source
+	log "configuring $linux_pkg $linux_ver (tinyconfig + guest/kernel.config)"
+	configure_kernel
+	log "building the kernel with make -j$jobs (log: $top/build.log; minutes on a small machine)"
+	if ! make -C "$src" O="$out" ARCH=x86_64 -j"$jobs" vmlinux bzImage >"$top/build.log" 2>&1; then
+		tail -n 40 "$top/build.log" >&2
+		die "kernel build failed (log: $top/build.log)"
+	fi
+	log "kernel built in $((SECONDS - start)) s"
+	rm -f "$guest_dir/.kernel.key"
+	objcopy --strip-all "$out/vmlinux" "$guest_dir/vmlinux.tmp"
+	cp "$out/arch/x86/boot/bzImage" "$guest_dir/bzImage.tmp"
+	cp "$out/System.map" "$guest_dir/System.map.tmp"
+	cp "$out/.config" "$guest_dir/config.tmp"
+	for f in $kernel_files; do
+		mv "$guest_dir/$f.tmp" "$guest_dir/$f"
+	done
+	echo "$kernel_key" >"$guest_dir/.kernel.key"
+}
+
+build_initramfs() {
+	local tmp f
+	ensure_gen_init_cpio
+	tmp=$(mktemp -d "$cache/initramfs.XXXXXX")
+	busybox_cpio_list "$tmp" >"$tmp/list"
+	write_cpio "$tmp/list" "$tmp/initramfs.cpio"
+	gzip -9 -n -c "$tmp/initramfs.cpio" >"$tmp/initramfs.cpio.gz"
+	lz4 -l -9 -q -f "$tmp/initramfs.cpio" "$tmp/initramfs.cpio.lz4"
+	rm -f "$guest_dir/.initramfs.key"
+	for f in $initramfs_files; do
+		mv "$tmp/$f" "$guest_dir/$f"
+	done
+	rm -rf "$tmp"
+	echo "$initramfs_key" >"$guest_dir/.initramfs.key"
+	log "initramfs: $(stat -c %s "$guest_dir/initramfs.cpio") bytes, $(stat -c %s "$guest_dir/initramfs.cpio.gz") gzip'd, $(stat -c %s "$guest_dir/initramfs.cpio.lz4") lz4'd"
+}
+
+# Another run may have finished the work while this one waited for the lock.
+installed kernel || build_kernel
+installed initramfs || build_initramfs
+log "guest ready in $guest_dir"
