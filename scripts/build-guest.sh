@@ -12,11 +12,12 @@
 #   initramfs.cpio.lz4  LZ4-compressed (legacy format), to compare unpack times
 #
 # The kernel is Debian's linux-source (/usr/src/linux-source-*.tar.xz) with
-# guest/kernel.config merged on top of `make tinyconfig`. The source and build
-# trees live in $SKVM_CACHE (default ~/.cache/skvm)/linux-<version>.
+# the patches in guest/patches/*.patch (if any, applied with patch -p1 in name
+# order) and guest/kernel.config merged on top of `make tinyconfig`. The
+# source and build trees live in $SKVM_CACHE (default ~/.cache/skvm)/linux-<version>.
 #
-# Cached: the kernel is rebuilt only when guest/kernel.config, the
-# linux-source package version or the compiler changes, and the initramfs
+# Cached: the kernel is rebuilt only when guest/kernel.config, the patches,
+# the linux-source package version or the compiler changes, and the initramfs
 # only when guest/init or busybox changes; with nothing changed the script
 # returns at once. --force rebuilds both (the kernel build stays incremental).
 # SKVM_JOBS sets make -j (default: nproc).
@@ -24,6 +25,9 @@
 # Needs: linux-source build-essential flex bison libelf-dev bc busybox-static
 # lz4 (scripts/setup.sh installs them).
 set -euo pipefail
+# The braces make bash read the whole script before running any of it, so
+# editing the script while it runs (a kernel build takes minutes) is safe.
+{
 
 prog=build-guest
 # shellcheck source=scripts/guest-common.sh
@@ -56,15 +60,24 @@ required_off="MODULES RANDOMIZE_BASE CPU_MITIGATIONS RETPOLINE
 PAGE_TABLE_ISOLATION JUMP_LABEL KPROBES FTRACE DEBUG_INFO AUDIT"
 
 need gcc:build-essential make:build-essential flex:flex bison:bison bc:bc \
-	objcopy:binutils lz4:lz4 flock:util-linux
+	objcopy:binutils patch:patch lz4:lz4 flock:util-linux
 find_linux_source
 check_busybox
 
 fragment="$repo/guest/kernel.config"
+patches=()
+for f in "$repo"/guest/patches/*.patch; do
+	if [ -f "$f" ]; then patches+=("$f"); fi
+done
+# Names and contents of the patches, in order.
+patches_key=$(for f in "${patches[@]}"; do
+	printf '%s %s\n' "$(basename "$f")" "$(digest <"$f")"
+done | digest)
 kernel_key=$({
 	printf 'recipe %s\n' "$kernel_recipe"
 	printf 'linux-source %s %s\n' "$linux_pkg" "$linux_ver"
 	printf 'cc %s\n' "$(gcc -dumpfullversion 2>/dev/null || echo none)"
+	printf 'patches %s\n' "$patches_key"
 	cat "$fragment"
 } | digest)
 initramfs_key=$({
@@ -111,11 +124,58 @@ prune_old_trees() {
 extract_source() {
 	[ -f "$src/Makefile" ] && return 0
 	log "extracting $linux_tar"
-	rm -rf "$src.tmp"
+	rm -rf "$src.tmp" "$top/applied"
 	mkdir -p "$src.tmp"
 	tar -xJf "$linux_tar" -C "$src.tmp" --strip-components=1
 	rm -rf "$src"
 	mv "$src.tmp" "$src"
+}
+
+# Brings the source tree to pristine + guest/patches. Copies of the applied
+# patches are kept in $top/applied so that they can be reverted when the set
+# changes; reverting and applying give the touched files new timestamps, so
+# the incremental build recompiles exactly those.
+apply_patches() {
+	local applied="$top/applied" i
+	if [ "$(cat "$applied/key" 2>/dev/null)" = "$patches_key" ]; then
+		return 0
+	fi
+	if [ -d "$applied" ]; then
+		local old=("$applied"/*.patch)
+		for ((i = ${#old[@]} - 1; i >= 0; i--)); do
+			[ -f "${old[i]}" ] || continue
+			log "reverting $(basename "${old[i]}")"
+			if ! patch -d "$src" -p1 -R -s --batch <"${old[i]}"; then
+				log "cannot revert $(basename "${old[i]}"); extracting the source afresh"
+				rm -rf "$src" "$applied" "$out"
+				extract_source
+				break
+			fi
+		done
+	fi
+	if ! apply_each; then
+		# The tree was in an unknown state: start again from the tarball, and
+		# from an empty build tree (its objects may be newer than the sources).
+		rm -rf "$src" "$applied" "$out"
+		extract_source
+		apply_each || {
+			rm -rf "$src" "$applied"
+			die "guest/patches/$(basename "$failed") does not apply to $linux_pkg $linux_ver"
+		}
+	fi
+	echo "$patches_key" >"$applied/key"
+}
+
+apply_each() {
+	local f
+	rm -rf "$top/applied"
+	mkdir -p "$top/applied"
+	for f in "${patches[@]}"; do
+		log "applying guest/patches/$(basename "$f")"
+		failed=$f
+		patch -d "$src" -p1 -N -s --batch <"$f" || return 1
+		cp "$f" "$top/applied/"
+	done
 }
 
 # Checks the final .config against the fragment and the lists above.
@@ -173,6 +233,7 @@ build_kernel() {
 	local jobs=${SKVM_JOBS:-$(nproc)} start=$SECONDS f
 	prune_old_trees
 	extract_source
+	apply_patches
 	log "configuring $linux_pkg $linux_ver (tinyconfig + guest/kernel.config)"
 	configure_kernel
 	log "building the kernel with make -j$jobs (log: $top/build.log; minutes on a small machine)"
@@ -213,3 +274,5 @@ build_initramfs() {
 installed kernel || build_kernel
 installed initramfs || build_initramfs
 log "guest ready in $guest_dir"
+exit
+}

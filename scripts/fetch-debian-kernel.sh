@@ -20,6 +20,9 @@
 # Needs: apt lists (apt-get update), busybox-static, kmod (modinfo),
 # linux-source (for gen_init_cpio). scripts/setup.sh provides them.
 set -euo pipefail
+# The braces make bash read the whole script before running any of it, so
+# editing the script while it runs (a kernel build takes minutes) is safe.
+{
 
 prog=fetch-debian-kernel
 # shellcheck source=scripts/guest-common.sh
@@ -182,3 +185,5 @@ mv "$tmp/version" "$out/version"
 echo "$key" >"$out/.key"
 rm -rf "$root"
 log "installed $pkg $pkg_ver in $out (modules: ${order[*]:-none}; initramfs $(stat -c %s "$out/initramfs.cpio.gz") bytes)"
+exit
+}

@@ -16,6 +16,9 @@
 # Every step is cached, so a second run takes seconds. Works without a
 # terminal (CI=true, stdin closed).
 set -euo pipefail
+# The braces make bash read the whole script before running any of it, so
+# editing the script while it runs (a kernel build takes minutes) is safe.
+{
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -41,7 +44,7 @@ esac
 
 # Kernel build, initramfs tools, apt-get download and dpkg-deb, what the guest
 # tests use on the host, and what rustup needs.
-packages="build-essential flex bison libelf-dev bc cpio xz-utils lz4 kmod
+packages="build-essential patch flex bison libelf-dev bc cpio xz-utils lz4 kmod
 busybox-static linux-source e2fsprogs iproute2 util-linux ca-certificates curl"
 
 missing=()
@@ -91,3 +94,5 @@ cargo build --release --workspace --quiet
 if [ $run = 1 ]; then
 	exec "$repo/target/release/skvm" run "$@"
 fi
+exit
+}

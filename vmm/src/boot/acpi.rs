@@ -96,6 +96,10 @@ const PIT_GSI: u32 = 2;
 const IAPC_BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
 
 /// PCI configuration mechanism #1 ports: 0xCF8..=0xCFF.
+/// COM1's I/O ports and interrupt, as the legacy UART model decodes them.
+const COM1_PORT: u16 = 0x3F8;
+const COM1_PORT_LEN: u8 = 8;
+const COM1_GSI: u32 = 4;
 const PCI_CONFIG_PORT: u16 = 0xCF8;
 const PCI_CONFIG_PORT_LEN: u8 = 8;
 /// I/O ports the PCI host bridge forwards to its bus.
@@ -331,7 +335,8 @@ fn push_lapic_nmi(out: &mut Vec<u8>) {
     out.push(NMI_LINT);
 }
 
-/// DSDT (5.2.11.1): `\_S5_` and, given a PCI window, the PCI host bridge.
+/// DSDT (5.2.11.1): `\_S5_`, COM1 and, given a PCI window, the PCI host
+/// bridge.
 fn dsdt(pci: Option<(u32, u32)>) -> Vec<u8> {
     let mut body = Vec::new();
     // \_S5_ (7.4.2): SLP_TYPa, SLP_TYPb, two reserved. On a hardware-reduced
@@ -342,6 +347,7 @@ fn dsdt(pci: Option<(u32, u32)>) -> Vec<u8> {
         &aml::Package::new(vec![&S5_SLEEP_TYPE, &S5_SLEEP_TYPE, &zero, &zero]),
     )
     .to_aml_bytes(&mut body);
+    push_com1(&mut body);
     if let Some((first, last)) = pci {
         push_pci_host_bridge(&mut body, first, last);
     }
@@ -356,6 +362,21 @@ fn dsdt(pci: Option<(u32, u32)>) -> Vec<u8> {
     );
     dsdt.append_slice(&body);
     dsdt.as_slice().to_vec()
+}
+
+/// `\_SB_.COM1`: the 16550 UART (PNP0501) at 0x3F8 with ISA IRQ 4. On a
+/// hardware-reduced platform Linux maps no legacy ISA IRQ by itself; without
+/// this device ttyS0 cannot get its interrupt and user-space console output
+/// (which is interrupt driven, unlike printk) fails.
+fn push_com1(out: &mut Vec<u8>) {
+    let io = aml::IO::new(COM1_PORT, COM1_PORT, 1, COM1_PORT_LEN);
+    let irq = aml::Interrupt::new(true, true, false, false, COM1_GSI);
+    let crs = aml::ResourceTemplate::new(vec![&io, &irq]);
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501"));
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    let com1 = aml::Device::new("COM1".into(), vec![&hid, &uid, &crs]);
+    aml::Scope::new("\\_SB_".into(), vec![&com1]).to_aml_bytes(out);
 }
 
 /// `\_SB_.PCI0`: a PCI host bridge (PNP0A03) for segment 0, bus 0, decoding
@@ -649,6 +670,17 @@ mod tests {
             0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0A, 5, 0x0A, 5, 0, 0,
         ];
         assert!(contains(&dsdt, &s5));
+    }
+
+    #[test]
+    fn dsdt_describes_com1_with_its_irq() {
+        let d = super::dsdt(None);
+        assert!(d.windows(4).any(|w| w == b"COM1"));
+        // EISA id PNP0501 compresses to 41 D0 05 01.
+        assert!(d.windows(4).any(|w| w == [0x41, 0xd0, 0x05, 0x01]));
+        // Extended interrupt descriptor (0x89) for GSI 4.
+        let pos = d.windows(1).position(|w| w == [0x89]).unwrap();
+        assert_eq!(&d[pos + 5..pos + 9], &4u32.to_le_bytes());
     }
 
     #[test]
