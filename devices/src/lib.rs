@@ -1,5 +1,17 @@
 //! Virtio device models for skvm.
 //!
 //! Device models here know nothing of processes, sockets, PCI or KVM: they see
-//! guest memory and virtqueues, and signal the guest through a small trait.
-//! The same model runs in a VMM thread or in a sandboxed device process.
+//! guest memory and virtqueues, and tell their caller when the guest needs an
+//! interrupt. The same model runs in a VMM thread or in a sandboxed device
+//! process; the runtime that owns the eventfds is in the `vmm` crate.
+//!
+//! - [`virtio`]: the [`virtio::VirtioDevice`] trait every model implements,
+//!   and the virtio constants they share.
+//! - [`rng`]: virtio-rng (entropy device, virtio 1.2 section 5.4).
+//!
+//! Guest memory and every queue field are written by a hostile guest: models
+//! check every address through vm-memory, cap every length, bound the work
+//! of one call, and never panic on guest data.
+
+pub mod rng;
+pub mod virtio;

@@ -124,9 +124,14 @@ impl TestVm {
     /// Waits until `marker` appears; panics with the output on timeout or
     /// if skvm exits first.
     pub fn wait_for(&mut self, marker: &str, timeout: Duration) {
+        self.wait_for_count(marker, 1, timeout);
+    }
+
+    /// Waits until `marker` has appeared `count` times.
+    pub fn wait_for_count(&mut self, marker: &str, count: usize, timeout: Duration) {
         let start = Instant::now();
         loop {
-            if self.output().contains(marker) {
+            if self.output().matches(marker).count() >= count {
                 return;
             }
             if let Some(status) = self
@@ -136,7 +141,7 @@ impl TestVm {
             {
                 // Let the readers drain before looking a last time.
                 std::thread::sleep(Duration::from_millis(200));
-                if self.output().contains(marker) {
+                if self.output().matches(marker).count() >= count {
                     return;
                 }
                 panic!(

@@ -13,7 +13,7 @@ use guest_tests::{default_guest, field, run_to_exit, CMD_EXIT_MARKER};
 /// How long the default guest may take to boot, run a command and power off.
 const DEFAULT_GUEST: Duration = Duration::from_secs(600);
 /// The stock distro kernel is much bigger and slower here.
-const STOCK_KERNEL: Duration = Duration::from_secs(1500);
+const STOCK_KERNEL: Duration = Duration::from_secs(2400);
 
 const REPORT: &str = "echo SKVM-NPROC $(nproc); grep MemTotal /proc/meminfo";
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+use crate::device_host::{DeviceMode, OnFailure};
 use crate::memory::MIN_MEM;
 
 /// Largest vCPU count: APIC IDs must fit the xAPIC's 8 bits (255 is broadcast).
@@ -44,13 +45,27 @@ pub struct RunArgs {
     /// Number of vCPUs (1 to 254, and at most what KVM allows).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u32,
-    /// Guest RAM, with an optional K, M, G or T suffix (binary units).
-    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    /// Guest RAM, with an optional K, M, G or T suffix (binary units). The
+    /// guest kernel initialises a page descriptor for every 4 KiB page at
+    /// boot, so more memory boots slower where guest kernel code is emulated.
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
     pub mem: String,
     /// Workarounds for hosts whose KVM emulates guest kernel code: complete
     /// int3, clac/stac and fwait in skvm, and add guest command-line options.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = HostQuirks::Auto)]
     pub host_quirks: HostQuirks,
+    /// Add a virtio-rng device (entropy from the host's getrandom), named
+    /// rng0.
+    #[arg(long)]
+    pub rng: bool,
+    /// Where virtio devices run: each in its own sandboxed process, or as
+    /// threads of the VMM (no isolation; to measure what it costs).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = DeviceMode::Process)]
+    pub device_mode: DeviceMode,
+    /// When a device process dies or fails: keep the guest running with the
+    /// device marked as needing a reset, or stop the VM with an error.
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = OnFailure::Reset)]
+    pub on_device_failure: OnFailure,
     /// Print debug messages and exit statistics.
     #[arg(long)]
     pub debug: bool,
@@ -106,6 +121,12 @@ pub struct VmConfig {
     pub mem: u64,
     /// Quirks mode.
     pub host_quirks: HostQuirks,
+    /// Device names to start, e.g. "rng0".
+    pub devices: Vec<String>,
+    /// Where devices run.
+    pub device_mode: DeviceMode,
+    /// What a device failure does.
+    pub on_device_failure: OnFailure,
 }
 
 /// The directory of the default guest.
@@ -167,6 +188,13 @@ impl VmConfig {
             cpus,
             mem,
             host_quirks: args.host_quirks,
+            devices: if args.rng {
+                vec!["rng0".to_owned()]
+            } else {
+                Vec::new()
+            },
+            device_mode: args.device_mode,
+            on_device_failure: args.on_device_failure,
         })
     }
 
@@ -207,9 +235,25 @@ fn check_readable(what: &'static str, path: &std::path::Path) -> Result<(), Conf
 /// such as the RNG's BLAKE2s picks SSSE3/AVX paths when the CPU has them;
 /// `movd`/`pshufb` are not emulated). Without SMAP the kernel patches out
 /// clac/stac, which would otherwise cost a VMM round trip each.
+///
+/// The rest skips boot-time work that is instant on hardware and takes
+/// minutes when guest kernel code runs in KVM's emulator (measured with
+/// `initcall_debug` on Debian's 6.1 cloud kernel, see docs/ARCHITECTURE.md):
+/// on a single vCPU, rewriting every lock prefix through text_poke
+/// (`noreplace-smp`); the crypto self-tests of every algorithm
+/// (`cryptomgr.notests`, and the two self-tests that ignore it: KDF SP800-108
+/// and BLAKE2s); two tracing-only initcalls: ftrace's check of 37k call
+/// sites against kallsyms and the rewrite of every trace event's format with
+/// enum values (`initcall_blacklist=...`). The lockup detectors would
+/// report the slow vCPUs as stuck (`nowatchdog`). Options a kernel does not
+/// know are harmless to it.
 pub const QUIRKS_CMDLINE: &[&str] = &[
     "noxsave",
     "clearcpuid=cx16,popcnt,smap,ssse3,sse4_1,sse4_2,avx,avx2,avx512f,aes,pclmulqdq,sha_ni,gfni,vaes,vpclmulqdq",
+    "noreplace-smp",
+    "cryptomgr.notests",
+    "initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,crypto_kdf108_init,blake2s_mod_init",
+    "nowatchdog",
 ];
 
 /// Parses "512M", "4G", "1048576", "2k" (binary units).
@@ -297,6 +341,9 @@ mod tests {
             cpus: 1,
             mem: "128M".into(),
             host_quirks: HostQuirks::Auto,
+            rng: false,
+            device_mode: DeviceMode::Process,
+            on_device_failure: OnFailure::Reset,
             debug: false,
         }
     }

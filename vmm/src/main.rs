@@ -6,12 +6,17 @@
 mod boot;
 mod config;
 mod console;
+mod device_host;
+mod drive;
 mod exit;
 mod host;
+mod irq;
 mod legacy;
 mod log;
 mod memory;
+mod pci;
 mod vcpu;
+mod virtio_pci;
 mod vm;
 
 use std::process::ExitCode;
@@ -37,12 +42,37 @@ enum Command {
     /// Exit status: 0 when the guest powers off or reboots, 2 when the guest
     /// kernel panics, 1 on any error.
     Run(RunArgs),
+    /// Drive a device from the host, as a guest driver would, and print
+    /// throughput and kick-to-interrupt latency.
+    ///
+    /// The device is started as `skvm run` starts it (its own confined
+    /// process, or a thread with --device-mode thread); no guest runs.
+    Drive(drive::DriveArgs),
 }
 
 fn main() -> ExitCode {
+    // Device processes are this binary exec'd as `skvm-dev NAME`.
+    let mut args = std::env::args_os();
+    if args
+        .next()
+        .is_some_and(|a| a == device_host::spawner::DEVICE_ARGV0)
+    {
+        let name = args
+            .next()
+            .and_then(|n| n.into_string().ok())
+            .unwrap_or_default();
+        return device_host::process_main(&name);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(&args),
+        Command::Drive(args) => match drive::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                log::error(&format!("{e:#}"));
+                ExitCode::from(1)
+            }
+        },
     }
 }
 

@@ -90,22 +90,30 @@ impl GuestRam {
     pub fn new(size: u64) -> Result<Self, MemoryError> {
         let memfd = Arc::new(create_memfd(size)?);
         let ranges = ram_ranges(size);
-        let mut regions = Vec::with_capacity(ranges.len());
-        for r in &ranges {
-            let len = usize::try_from(r.size).map_err(|_| MemoryError::Layout)?;
-            let mapping = MmapRegionBuilder::new(len)
-                .with_file_offset(FileOffset::from_arc(memfd.clone(), r.file_offset))
-                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-                .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
-                .build()
-                .map_err(MemoryError::Mmap)?;
-            let region = GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr))
-                .ok_or(MemoryError::Layout)?;
-            regions.push(region);
-        }
-        let mem = GuestMemoryMmap::from_regions(regions).map_err(|_| MemoryError::Layout)?;
+        let with_files: Vec<(RamRange, Arc<File>)> =
+            ranges.iter().map(|r| (*r, memfd.clone())).collect();
+        let mem = map_ranges(&with_files)?;
         Ok(Self { memfd, ranges, mem })
     }
+}
+
+/// Maps each range of its file `MAP_SHARED` at its guest address: how the
+/// VMM maps guest RAM, and how a device process maps the memfds it is given.
+pub fn map_ranges(ranges: &[(RamRange, Arc<File>)]) -> Result<GuestMemoryMmap, MemoryError> {
+    let mut regions = Vec::with_capacity(ranges.len());
+    for (r, file) in ranges {
+        let len = usize::try_from(r.size).map_err(|_| MemoryError::Layout)?;
+        let mapping = MmapRegionBuilder::new(len)
+            .with_file_offset(FileOffset::from_arc(file.clone(), r.file_offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
+            .build()
+            .map_err(MemoryError::Mmap)?;
+        let region =
+            GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr)).ok_or(MemoryError::Layout)?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|_| MemoryError::Layout)
 }
 
 fn create_memfd(size: u64) -> Result<File, MemoryError> {

@@ -18,10 +18,13 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::{self, BootSpec};
 use crate::config::{HostQuirks, VmConfig};
 use crate::console::{EscapeParser, RawTerminal};
+use crate::device_host::DeviceHost;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::irq::IrqRouter;
 use crate::legacy::serial::{ConsoleOut, IrqTrigger, PanicRecord, SerialDevice, COM1_IRQ};
 use crate::legacy::LegacyDevices;
 use crate::memory::GuestRam;
+use crate::pci::PciBus;
 use crate::vcpu::{self, setup, Vcpu, VcpuStats};
 use crate::{host, log};
 
@@ -74,8 +77,17 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
         log::debug("emulating host: completing int3/clac/stac/fwait and adding guest quirks");
     }
 
+    // Device processes come from a spawner forked now, while skvm still has
+    // a single thread.
+    let mut host = DeviceHost::new(cfg.device_mode, cfg.on_device_failure)?;
     let ram = GuestRam::new(cfg.mem).context("cannot create guest memory")?;
-    let vm = create_vm(&kvm, &ram)?;
+    let vm = Arc::new(create_vm(&kvm, &ram)?);
+    let router = Arc::new(IrqRouter::new(vm.clone()));
+    let mut pci = PciBus::new();
+    for name in &cfg.devices {
+        host.add(name, &mut pci, &ram, &vm, &router)?;
+    }
+    let pci = Arc::new(pci);
     let cmdline = cfg.cmdline(quirks);
     log::debug(&format!("kernel command line: {cmdline}"));
     let boot_info = boot::load(
@@ -108,8 +120,7 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
     let legacy = Arc::new(LegacyDevices::new(serial));
     let stats = Arc::new(VcpuStats::default());
 
-    let profile = std::env::var_os("SKVM_PROFILE")
-        .map(|_| Arc::new(Mutex::new(std::collections::HashMap::new())));
+    let profile = std::env::var_os("SKVM_PROFILE").map(|_| Arc::new(vcpu::Profile::new()));
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
     for index in 0..cfg.cpus {
         let fd = vm
@@ -124,6 +135,9 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
             fd,
             mem: ram.mem.clone(),
             legacy: legacy.clone(),
+            retry_rip: 0,
+            retries: 0,
+            pci: pci.clone(),
             exit: exit.clone(),
             quirks,
             stats: stats.clone(),
@@ -135,14 +149,15 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
         .as_ref()
         .map(|_| spawn_sampler(handles.clone(), exit.clone()));
     let _raw = RawTerminal::enable(libc::STDIN_FILENO);
-    main_loop(&exit, &legacy, &panic);
+    main_loop(&exit, &legacy, &panic, &mut host);
     if let Some(s) = sampler {
         let _ = s.join();
     }
     let handles = Arc::try_unwrap(handles).unwrap_or_default();
     stop_vcpus(handles);
+    host.shutdown();
     if let (Some(p), Some(path)) = (&profile, std::env::var_os("SKVM_PROFILE")) {
-        write_profile(&lock_panic_free(p), std::path::Path::new(&path));
+        write_profile(p, std::path::Path::new(&path));
     }
     drop(_raw);
     if debug {
@@ -162,6 +177,9 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
             ));
         }
     }
+    drop(host);
+    drop(pci);
+    drop(router);
     drop(vm);
     let reason = exit.reason().unwrap_or(ExitReason::Poweroff);
     Ok(match reason {
@@ -175,10 +193,6 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
 
 fn lock_panic(p: &Mutex<Option<PanicRecord>>) -> std::sync::MutexGuard<'_, Option<PanicRecord>> {
     p.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn lock_panic_free<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Kicks every vCPU every 10 ms so it samples its RIP (SKVM_PROFILE).
@@ -196,15 +210,9 @@ fn spawn_sampler(handles: Arc<Vec<JoinHandle<()>>>, exit: Arc<ExitSignal>) -> Jo
     })
 }
 
-/// Writes "rip count" lines, most frequent first, to `path`.
-fn write_profile(p: &std::collections::HashMap<u64, u64>, path: &std::path::Path) {
-    let mut v: Vec<(&u64, &u64)> = p.iter().collect();
-    v.sort_by(|a, b| b.1.cmp(a.1));
-    let text: String = v
-        .iter()
-        .map(|(rip, n)| format!("{rip:#018x} {n}\n"))
-        .collect();
-    match std::fs::write(path, text) {
+/// Writes the profile's "second rip count" lines to `path`.
+fn write_profile(p: &vcpu::Profile, path: &std::path::Path) {
+    match std::fs::write(path, p.render()) {
         Ok(()) => log::info(&format!("guest rip profile written to {}", path.display())),
         Err(e) => log::error(&format!("cannot write profile {}: {e}", path.display())),
     }
@@ -292,7 +300,12 @@ fn stop_vcpus(handles: Vec<JoinHandle<()>>) {
 }
 
 /// Forwards terminal input to the UART and waits for an exit reason.
-fn main_loop(exit: &ExitSignal, legacy: &LegacyDevices, panic: &Mutex<Option<PanicRecord>>) {
+fn main_loop(
+    exit: &ExitSignal,
+    legacy: &LegacyDevices,
+    panic: &Mutex<Option<PanicRecord>>,
+    host: &mut DeviceHost,
+) {
     let mut parser = EscapeParser::default();
     let mut stdin_open = true;
     let mut pending: Vec<u8> = Vec::new();
@@ -310,27 +323,32 @@ fn main_loop(exit: &ExitSignal, legacy: &LegacyDevices, panic: &Mutex<Option<Pan
             let n = legacy.serial_input(&pending);
             pending.drain(..n.min(pending.len()));
         }
-        let mut fds = [
-            libc::pollfd {
-                fd: exit.eventfd().as_raw_fd(),
+        let stdin_fd = if stdin_open && pending.is_empty() {
+            libc::STDIN_FILENO
+        } else {
+            -1
+        };
+        let mut fds: Vec<libc::pollfd> = [exit.eventfd().as_raw_fd(), stdin_fd]
+            .into_iter()
+            .chain(host.poll_fds())
+            .map(|fd| libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
-            },
-            libc::pollfd {
-                fd: if stdin_open && pending.is_empty() {
-                    libc::STDIN_FILENO
-                } else {
-                    -1
-                },
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
+            })
+            .collect();
         let timeout = if pending.is_empty() { 250 } else { 5 };
-        // SAFETY: `fds` is a valid array of two pollfd structs.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        let nfds = libc::nfds_t::try_from(fds.len()).unwrap_or(2);
+        // SAFETY: `fds` is a valid array of `nfds` pollfd structs.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), nfds, timeout) };
         if n < 0 {
             continue;
+        }
+        if fds.iter().skip(2).any(|f| f.revents != 0) {
+            if let Some(reason) = host.service() {
+                exit.request(reason);
+                return;
+            }
         }
         if fds[0].revents != 0 {
             if !exit.requested() {

@@ -187,7 +187,10 @@ pub fn load(
         mem,
         &acpi::AcpiLayout {
             num_cpus: spec.cpus,
-            pci_mmio32: None,
+            pci_mmio32: Some((
+                u64::from(crate::device_host::BAR_WINDOW_BASE),
+                u64::from(crate::device_host::BAR_WINDOW_SIZE),
+            )),
         },
     )?;
 

@@ -41,6 +41,8 @@ pub struct VcpuStats {
     pub fwait: AtomicU64,
     /// `ldmxcsr`/`stmxcsr` completed by skvm.
     pub mxcsr: AtomicU64,
+    /// Emulation failures that went away when the instruction was run again.
+    pub retries: AtomicU64,
     /// Wall-clock time of the first KVM_RUN, ns since the Unix epoch (0: not yet).
     pub first_run_unix_ns: AtomicU64,
 }
@@ -50,14 +52,15 @@ impl VcpuStats {
     pub fn summary(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "exits {} (pio {}, mmio {}); emulation recoveries: int3 {}, clac/stac {}, fwait {}, ldmxcsr/stmxcsr {}",
+            "exits {} (pio {}, mmio {}); emulation recoveries: int3 {}, clac/stac {}, fwait {}, ldmxcsr/stmxcsr {}, retried {}",
             g(&self.exits),
             g(&self.pio),
             g(&self.mmio),
             g(&self.int3),
             g(&self.ac),
             g(&self.fwait),
-            g(&self.mxcsr)
+            g(&self.mxcsr),
+            g(&self.retries)
         )
     }
 }
@@ -72,6 +75,13 @@ pub struct Vcpu {
     pub mem: GuestMemoryMmap,
     /// The port I/O devices.
     pub legacy: Arc<LegacyDevices>,
+    /// RIP of the last instruction KVM could not emulate, and how many times
+    /// in a row it was retried.
+    pub retry_rip: u64,
+    /// See `retry_rip`.
+    pub retries: u32,
+    /// PCI bus 0: config ports and device BARs.
+    pub pci: Arc<crate::pci::PciBus>,
     /// Where to report that the VM must stop.
     pub exit: Arc<ExitSignal>,
     /// Whether to complete instructions KVM failed to emulate.
@@ -79,7 +89,45 @@ pub struct Vcpu {
     /// Shared counters.
     pub stats: Arc<VcpuStats>,
     /// Guest RIP samples taken when kicked, if profiling (`SKVM_PROFILE`).
-    pub profile: Option<Arc<std::sync::Mutex<std::collections::HashMap<u64, u64>>>>,
+    pub profile: Option<Arc<Profile>>,
+}
+
+/// Guest RIP samples by second since the start (`SKVM_PROFILE`).
+pub struct Profile {
+    start: std::time::Instant,
+    samples: std::sync::Mutex<std::collections::HashMap<(u64, u64), u64>>,
+}
+
+impl Profile {
+    /// An empty profile whose clock starts now.
+    pub fn new() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            samples: std::sync::Mutex::default(),
+        }
+    }
+
+    fn record(&self, rip: u64) {
+        let sec = self.start.elapsed().as_secs();
+        let mut p = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        *p.entry((sec, rip)).or_insert(0) += 1;
+    }
+
+    /// "second rip count" lines, in time order.
+    pub fn render(&self) -> String {
+        let p = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<(&(u64, u64), &u64)> = p.iter().collect();
+        v.sort();
+        v.iter()
+            .map(|((sec, rip), n)| format!("{sec} {rip:#018x} {n}\n"))
+            .collect()
+    }
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Vcpu {
@@ -115,20 +163,27 @@ impl Vcpu {
         match exit {
             VcpuExit::IoIn(port, data) => {
                 stats.pio.fetch_add(1, Ordering::Relaxed);
-                self.legacy.pio_read(port, data);
+                if !self.pci.pio_read(port, data) {
+                    self.legacy.pio_read(port, data);
+                }
             }
             VcpuExit::IoOut(port, data) => {
                 stats.pio.fetch_add(1, Ordering::Relaxed);
-                if let Some(ev) = self.legacy.pio_write(port, data) {
-                    return Err(power_reason(ev));
+                if !self.pci.pio_write(port, data) {
+                    if let Some(ev) = self.legacy.pio_write(port, data) {
+                        return Err(power_reason(ev));
+                    }
                 }
             }
-            VcpuExit::MmioRead(_, data) => {
+            VcpuExit::MmioRead(addr, data) => {
                 stats.mmio.fetch_add(1, Ordering::Relaxed);
-                data.fill(0xff);
+                if !self.pci.mmio_read(addr, data) {
+                    data.fill(0xff);
+                }
             }
-            VcpuExit::MmioWrite(..) => {
+            VcpuExit::MmioWrite(addr, data) => {
                 stats.mmio.fetch_add(1, Ordering::Relaxed);
+                self.pci.mmio_write(addr, data);
             }
             VcpuExit::Hlt => {}
             VcpuExit::Shutdown => {
@@ -168,12 +223,12 @@ impl Vcpu {
             return;
         };
         if let Ok(regs) = self.fd.get_regs() {
-            let mut p = profile.lock().unwrap_or_else(|e| e.into_inner());
-            *p.entry(regs.rip).or_insert(0) += 1;
+            profile.record(regs.rip);
         }
     }
 
     fn internal_error(&mut self) -> Result<(), ExitReason> {
+        const EMULATION_RETRIES: u32 = 3;
         // SAFETY: KVM_EXIT_INTERNAL_ERROR means the `internal` union member is
         // the one KVM filled in.
         let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
@@ -201,6 +256,23 @@ impl Vcpu {
                     }
                 };
                 c.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e @ emulation::EmulationError::Unhandled { rip, .. }) => {
+                // Another vCPU may be patching this very instruction (Linux
+                // rewrites kernel text through int3 while other CPUs run it),
+                // and KVM's emulator may have fetched it half-written: run it
+                // again a few times before giving up.
+                if rip == self.retry_rip && self.retries >= EMULATION_RETRIES {
+                    return Err(self.fatal(e.to_string()));
+                }
+                if rip != self.retry_rip {
+                    self.retry_rip = rip;
+                    self.retries = 0;
+                }
+                self.retries += 1;
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                std::thread::yield_now();
                 Ok(())
             }
             Err(e) => Err(self.fatal(e.to_string())),

@@ -1,0 +1,97 @@
+//! What every virtio device model provides (virtio 1.2, sections 2 and 5),
+//! independent of the transport and of where the model runs.
+
+use virtio_queue::Queue;
+
+/// Guest memory as device models see it.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+
+/// Feature bit: the device conforms to virtio 1.x (6).
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Feature bit: used/available event indices (2.7.7).
+pub const VIRTIO_F_RING_EVENT_IDX: u32 = 29;
+/// Feature bit: indirect descriptors (2.7.5.3).
+pub const VIRTIO_F_RING_INDIRECT_DESC: u32 = 28;
+/// Feature bit: the device is behind an IOMMU (never offered).
+pub const VIRTIO_F_ACCESS_PLATFORM: u32 = 33;
+
+/// Device ID of a network card.
+pub const DEVICE_ID_NET: u32 = 1;
+/// Device ID of a block device.
+pub const DEVICE_ID_BLOCK: u32 = 2;
+/// Device ID of an entropy source.
+pub const DEVICE_ID_RNG: u32 = 4;
+
+/// The transport features every skvm device offers: virtio 1.x, event
+/// indices and indirect descriptors (virtio-queue handles both).
+pub const TRANSPORT_FEATURES: u64 =
+    (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_RING_EVENT_IDX) | (1 << VIRTIO_F_RING_INDIRECT_DESC);
+
+/// Why a device refused something or stopped serving a queue.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The driver asked for features the device did not offer.
+    #[error("features {0:#x} were not offered")]
+    UnofferedFeatures(u64),
+    /// The device has no writable configuration there.
+    #[error("configuration is read-only")]
+    ReadOnlyConfig,
+    /// No such queue.
+    #[error("no queue {0}")]
+    NoQueue(usize),
+    /// The queue's rings cannot be used (outside memory, bad indices).
+    #[error("queue unusable: {0}")]
+    Queue(virtio_queue::Error),
+}
+
+/// A virtio device model.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID.
+    fn device_type(&self) -> u32;
+    /// Number of virtqueues.
+    fn num_queues(&self) -> usize;
+    /// Largest queue size the device accepts (a power of two).
+    fn max_queue_size(&self) -> u16;
+    /// Feature bits offered to the driver.
+    fn features(&self) -> u64;
+    /// The device-specific configuration space (may be empty).
+    fn config(&self) -> Vec<u8>;
+    /// A driver write to the configuration space.
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), DeviceError>;
+    /// The driver set DRIVER_OK with `features` (a subset of `features()`).
+    fn activate(&mut self, features: u64) -> Result<(), DeviceError>;
+    /// The driver made buffers available on queue `index`: consume them and
+    /// add used entries. Returns whether the guest must be interrupted. An
+    /// error means the queue itself is unusable (the device then needs a
+    /// reset); one bad request is completed or dropped, never an error.
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+    ) -> Result<bool, DeviceError>;
+    /// Back to the state before activation.
+    fn reset(&mut self);
+}
+
+/// Checks that `features` is a subset of `offered`.
+pub fn check_features(features: u64, offered: u64) -> Result<(), DeviceError> {
+    match features & !offered {
+        0 => Ok(()),
+        extra => Err(DeviceError::UnofferedFeatures(extra)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_offered_features_are_accepted() {
+        assert!(check_features(1 << 32, TRANSPORT_FEATURES).is_ok());
+        assert!(matches!(
+            check_features(1 << 5, TRANSPORT_FEATURES),
+            Err(DeviceError::UnofferedFeatures(32))
+        ));
+    }
+}

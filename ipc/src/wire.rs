@@ -1,0 +1,701 @@
+//! Messages and their wire format.
+//!
+//! Every message is a 12-byte header and a payload, all little-endian:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `0x4d564b53` ("SKVM") |
+//! | 4 | 2 | protocol version |
+//! | 6 | 2 | kind (see the crate's table) |
+//! | 8 | 4 | payload length; must equal what follows |
+//!
+//! Payload fields are fixed-size integers, or a u16 length followed by that
+//! many bytes (byte strings, UTF-8 text) or items (lists of fixed-size
+//! records). Every length is checked against its cap before anything is
+//! allocated, and a payload must be consumed exactly.
+
+use crate::{
+    IpcError, MAX_CONFIG, MAX_MESSAGE, MAX_QUEUES, MAX_REGIONS, MAX_TEXT, PROTOCOL_VERSION,
+};
+
+const MAGIC: u32 = 0x4d56_4b53;
+const HEADER: usize = 12;
+
+const HELLO: u16 = 1;
+const CONFIG_READ: u16 = 2;
+const CONFIG_WRITE: u16 = 3;
+const ACTIVATE: u16 = 4;
+const RESET: u16 = 5;
+const SHUTDOWN: u16 = 6;
+const WELCOME: u16 = 101;
+const CONFIG_DATA: u16 = 102;
+const ACK: u16 = 103;
+const ERROR: u16 = 104;
+const CONFIG_CHANGED: u16 = 105;
+const NEEDS_RESET: u16 = 106;
+
+/// A guest memory region; the memfd carrying it travels beside the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemRegion {
+    /// Guest physical address of the first byte.
+    pub guest_addr: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// Offset of the first byte in the memfd.
+    pub file_offset: u64,
+}
+
+/// Where the driver put a split virtqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLayout {
+    /// Queue index.
+    pub index: u16,
+    /// Number of descriptors.
+    pub size: u16,
+    /// Descriptor table.
+    pub desc: u64,
+    /// Available (driver) ring.
+    pub avail: u64,
+    /// Used (device) ring.
+    pub used: u64,
+}
+
+/// What a device is, as it tells the VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Virtio device ID (1 net, 2 block, 4 entropy).
+    pub device_type: u32,
+    /// Number of virtqueues.
+    pub num_queues: u16,
+    /// Largest queue size it accepts.
+    pub max_queue_size: u16,
+    /// Feature bits it offers.
+    pub features: u64,
+    /// Its configuration space.
+    pub config: Vec<u8>,
+}
+
+/// VMM -> device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// The first message; answered with `Welcome`.
+    Hello {
+        /// The VMM's protocol version.
+        version: u16,
+    },
+    /// Read device configuration; answered with `ConfigData`.
+    ConfigRead {
+        /// First byte.
+        offset: u32,
+        /// Length.
+        len: u32,
+    },
+    /// A driver write to the configuration; answered with `Ack` or `Error`.
+    ConfigWrite {
+        /// First byte.
+        offset: u32,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// DRIVER_OK: start serving. Carries fds (see the crate docs).
+    Activate {
+        /// Negotiated features.
+        features: u64,
+        /// Guest memory, one memfd each.
+        regions: Vec<MemRegion>,
+        /// The queues the driver enabled.
+        queues: Vec<QueueLayout>,
+    },
+    /// Back to the initial state; answered with `Ack`.
+    Reset,
+    /// Exit; no answer.
+    Shutdown,
+}
+
+/// Device -> VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Answer to `Hello`.
+    Welcome {
+        /// The device's protocol version.
+        version: u16,
+        /// What it is.
+        info: DeviceInfo,
+    },
+    /// Answer to `ConfigRead`.
+    ConfigData {
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Done.
+    Ack,
+    /// Refused, with why.
+    Error {
+        /// Why.
+        message: String,
+    },
+    /// The configuration changed (sent at any time).
+    ConfigChanged {
+        /// The new configuration space.
+        config: Vec<u8>,
+    },
+    /// The device cannot go on without a reset (sent at any time).
+    NeedsReset {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Appends fields to a message under construction.
+struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn new(kind: u16) -> Self {
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(&MAGIC.to_le_bytes());
+        buf.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        buf.extend_from_slice(&kind.to_le_bytes());
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        Self { buf }
+    }
+    fn u16(&mut self, v: u16) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn count(&mut self, what: &'static str, n: usize, max: usize) -> Result<(), IpcError> {
+        if n > max {
+            return Err(IpcError::Limit { what, got: n, max });
+        }
+        self.u16(u16::try_from(n).map_err(|_| IpcError::Limit { what, got: n, max })?);
+        Ok(())
+    }
+    fn bytes(&mut self, what: &'static str, b: &[u8], max: usize) -> Result<(), IpcError> {
+        self.count(what, b.len(), max)?;
+        self.buf.extend_from_slice(b);
+        Ok(())
+    }
+    fn finish(mut self) -> Result<Vec<u8>, IpcError> {
+        if self.buf.len() > MAX_MESSAGE {
+            return Err(IpcError::TooLong(self.buf.len()));
+        }
+        let len = u32::try_from(self.buf.len() - HEADER).map_err(|_| IpcError::TooLong(0))?;
+        self.buf[8..12].copy_from_slice(&len.to_le_bytes());
+        Ok(self.buf)
+    }
+}
+
+/// Takes fields off a received payload.
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], IpcError> {
+        if self.rest.len() < n {
+            return Err(IpcError::Truncated);
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], IpcError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u16(&mut self) -> Result<u16, IpcError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, IpcError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, IpcError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    /// A count, checked against `max` and against the bytes left for
+    /// `item` bytes per element, before the caller allocates.
+    fn count(&mut self, what: &'static str, max: usize, item: usize) -> Result<usize, IpcError> {
+        let n = usize::from(self.u16()?);
+        if n > max {
+            return Err(IpcError::Limit { what, got: n, max });
+        }
+        if n.saturating_mul(item) > self.rest.len() {
+            return Err(IpcError::Truncated);
+        }
+        Ok(n)
+    }
+    fn bytes(&mut self, what: &'static str, max: usize) -> Result<Vec<u8>, IpcError> {
+        let n = self.count(what, max, 1)?;
+        Ok(self.take(n)?.to_vec())
+    }
+    fn text(&mut self, what: &'static str) -> Result<String, IpcError> {
+        String::from_utf8(self.bytes(what, MAX_TEXT)?).map_err(|_| IpcError::BadText)
+    }
+    fn end(&self) -> Result<(), IpcError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(IpcError::Trailing(self.rest.len()))
+        }
+    }
+}
+
+/// Checks the header and returns the kind and a reader over the payload.
+fn open(bytes: &[u8]) -> Result<(u16, Reader<'_>), IpcError> {
+    if bytes.len() > MAX_MESSAGE {
+        return Err(IpcError::TooLong(bytes.len()));
+    }
+    let mut r = Reader { rest: bytes };
+    let magic = r.u32()?;
+    if magic != MAGIC {
+        return Err(IpcError::BadMagic(magic));
+    }
+    let version = r.u16()?;
+    if version != PROTOCOL_VERSION {
+        return Err(IpcError::Version(version));
+    }
+    let kind = r.u16()?;
+    let len = usize::try_from(r.u32()?).map_err(|_| IpcError::TooLong(usize::MAX))?;
+    match len.cmp(&r.rest.len()) {
+        std::cmp::Ordering::Greater => Err(IpcError::Truncated),
+        std::cmp::Ordering::Less => Err(IpcError::Trailing(r.rest.len() - len)),
+        std::cmp::Ordering::Equal => Ok((kind, r)),
+    }
+}
+
+const REGION_BYTES: usize = 24;
+const QUEUE_BYTES: usize = 28;
+
+impl Request {
+    /// How many fds the message must carry.
+    pub fn fd_count(&self) -> usize {
+        match self {
+            Request::Activate {
+                regions, queues, ..
+            } => regions.len() + 2 * queues.len() + 1,
+            _ => 0,
+        }
+    }
+
+    /// The wire form; fails if a field is above its cap.
+    pub fn encode(&self) -> Result<Vec<u8>, IpcError> {
+        let w = match self {
+            Request::Hello { version } => {
+                let mut w = Writer::new(HELLO);
+                w.u16(*version);
+                w
+            }
+            Request::ConfigRead { offset, len } => {
+                let mut w = Writer::new(CONFIG_READ);
+                w.u32(*offset);
+                w.u32(*len);
+                w
+            }
+            Request::ConfigWrite { offset, data } => {
+                let mut w = Writer::new(CONFIG_WRITE);
+                w.u32(*offset);
+                w.bytes("config write length", data, MAX_CONFIG)?;
+                w
+            }
+            Request::Activate {
+                features,
+                regions,
+                queues,
+            } => {
+                let mut w = Writer::new(ACTIVATE);
+                w.u64(*features);
+                w.count("memory regions", regions.len(), MAX_REGIONS)?;
+                for r in regions {
+                    w.u64(r.guest_addr);
+                    w.u64(r.size);
+                    w.u64(r.file_offset);
+                }
+                w.count("queues", queues.len(), MAX_QUEUES)?;
+                for q in queues {
+                    w.u16(q.index);
+                    w.u16(q.size);
+                    w.u64(q.desc);
+                    w.u64(q.avail);
+                    w.u64(q.used);
+                }
+                w
+            }
+            Request::Reset => Writer::new(RESET),
+            Request::Shutdown => Writer::new(SHUTDOWN),
+        };
+        w.finish()
+    }
+
+    /// Decodes one message; total over any input.
+    pub fn decode(bytes: &[u8]) -> Result<Self, IpcError> {
+        let (kind, mut r) = open(bytes)?;
+        let req = match kind {
+            HELLO => Request::Hello { version: r.u16()? },
+            CONFIG_READ => Request::ConfigRead {
+                offset: r.u32()?,
+                len: r.u32()?,
+            },
+            CONFIG_WRITE => Request::ConfigWrite {
+                offset: r.u32()?,
+                data: r.bytes("config write length", MAX_CONFIG)?,
+            },
+            ACTIVATE => {
+                let features = r.u64()?;
+                let n = r.count("memory regions", MAX_REGIONS, REGION_BYTES)?;
+                let mut regions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    regions.push(MemRegion {
+                        guest_addr: r.u64()?,
+                        size: r.u64()?,
+                        file_offset: r.u64()?,
+                    });
+                }
+                let n = r.count("queues", MAX_QUEUES, QUEUE_BYTES)?;
+                let mut queues = Vec::with_capacity(n);
+                for _ in 0..n {
+                    queues.push(QueueLayout {
+                        index: r.u16()?,
+                        size: r.u16()?,
+                        desc: r.u64()?,
+                        avail: r.u64()?,
+                        used: r.u64()?,
+                    });
+                }
+                Request::Activate {
+                    features,
+                    regions,
+                    queues,
+                }
+            }
+            RESET => Request::Reset,
+            SHUTDOWN => Request::Shutdown,
+            other => return Err(IpcError::UnknownKind(other)),
+        };
+        r.end()?;
+        Ok(req)
+    }
+}
+
+impl Reply {
+    /// The wire form; fails if a field is above its cap.
+    pub fn encode(&self) -> Result<Vec<u8>, IpcError> {
+        let w = match self {
+            Reply::Welcome { version, info } => {
+                let mut w = Writer::new(WELCOME);
+                w.u16(*version);
+                w.u32(info.device_type);
+                w.u16(info.num_queues);
+                w.u16(info.max_queue_size);
+                w.u64(info.features);
+                w.bytes("config length", &info.config, MAX_CONFIG)?;
+                w
+            }
+            Reply::ConfigData { data } => {
+                let mut w = Writer::new(CONFIG_DATA);
+                w.bytes("config length", data, MAX_CONFIG)?;
+                w
+            }
+            Reply::Ack => Writer::new(ACK),
+            Reply::Error { message } => {
+                let mut w = Writer::new(ERROR);
+                w.bytes("text length", message.as_bytes(), MAX_TEXT)?;
+                w
+            }
+            Reply::ConfigChanged { config } => {
+                let mut w = Writer::new(CONFIG_CHANGED);
+                w.bytes("config length", config, MAX_CONFIG)?;
+                w
+            }
+            Reply::NeedsReset { reason } => {
+                let mut w = Writer::new(NEEDS_RESET);
+                w.bytes("text length", reason.as_bytes(), MAX_TEXT)?;
+                w
+            }
+        };
+        w.finish()
+    }
+
+    /// Decodes one message; total over any input.
+    pub fn decode(bytes: &[u8]) -> Result<Self, IpcError> {
+        let (kind, mut r) = open(bytes)?;
+        let reply = match kind {
+            WELCOME => Reply::Welcome {
+                version: r.u16()?,
+                info: DeviceInfo {
+                    device_type: r.u32()?,
+                    num_queues: r.u16()?,
+                    max_queue_size: r.u16()?,
+                    features: r.u64()?,
+                    config: r.bytes("config length", MAX_CONFIG)?,
+                },
+            },
+            CONFIG_DATA => Reply::ConfigData {
+                data: r.bytes("config length", MAX_CONFIG)?,
+            },
+            ACK => Reply::Ack,
+            ERROR => Reply::Error {
+                message: r.text("text length")?,
+            },
+            CONFIG_CHANGED => Reply::ConfigChanged {
+                config: r.bytes("config length", MAX_CONFIG)?,
+            },
+            NEEDS_RESET => Reply::NeedsReset {
+                reason: r.text("text length")?,
+            },
+            other => return Err(IpcError::UnknownKind(other)),
+        };
+        r.end()?;
+        Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requests() -> Vec<Request> {
+        vec![
+            Request::Hello { version: 1 },
+            Request::ConfigRead { offset: 4, len: 8 },
+            Request::ConfigWrite {
+                offset: 2,
+                data: vec![1, 2, 3],
+            },
+            Request::Activate {
+                features: 1 << 32 | 1 << 29,
+                regions: vec![
+                    MemRegion {
+                        guest_addr: 0,
+                        size: 3 << 30,
+                        file_offset: 0,
+                    },
+                    MemRegion {
+                        guest_addr: 1 << 32,
+                        size: 1 << 30,
+                        file_offset: 3 << 30,
+                    },
+                ],
+                queues: vec![QueueLayout {
+                    index: 0,
+                    size: 256,
+                    desc: 0x1000,
+                    avail: 0x2000,
+                    used: 0x3000,
+                }],
+            },
+            Request::Reset,
+            Request::Shutdown,
+        ]
+    }
+
+    fn replies() -> Vec<Reply> {
+        vec![
+            Reply::Welcome {
+                version: 1,
+                info: DeviceInfo {
+                    device_type: 4,
+                    num_queues: 1,
+                    max_queue_size: 256,
+                    features: 1 << 32,
+                    config: vec![9; 8],
+                },
+            },
+            Reply::ConfigData { data: vec![1, 2] },
+            Reply::Ack,
+            Reply::Error {
+                message: "no".into(),
+            },
+            Reply::ConfigChanged { config: vec![] },
+            Reply::NeedsReset {
+                reason: "queue 0: used ring outside memory".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        for r in requests() {
+            assert_eq!(Request::decode(&r.encode().unwrap()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn every_reply_round_trips() {
+        for r in replies() {
+            assert_eq!(Reply::decode(&r.encode().unwrap()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn every_strict_prefix_fails_cleanly() {
+        for r in requests() {
+            let b = r.encode().unwrap();
+            for n in 0..b.len() {
+                assert!(Request::decode(&b[..n]).is_err(), "{r:?} prefix {n}");
+            }
+        }
+        for r in replies() {
+            let b = r.encode().unwrap();
+            for n in 0..b.len() {
+                assert!(Reply::decode(&b[..n]).is_err(), "{r:?} prefix {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut b = Request::Reset.encode().unwrap();
+        b.push(0);
+        assert!(Request::decode(&b).is_err());
+        // Even when the header's length covers them.
+        b[8] = 1;
+        assert!(matches!(Request::decode(&b), Err(IpcError::Trailing(1))));
+    }
+
+    #[test]
+    fn directions_do_not_mix() {
+        let b = Reply::Ack.encode().unwrap();
+        assert!(matches!(
+            Request::decode(&b),
+            Err(IpcError::UnknownKind(ACK))
+        ));
+        let b = Request::Reset.encode().unwrap();
+        assert!(matches!(
+            Reply::decode(&b),
+            Err(IpcError::UnknownKind(RESET))
+        ));
+    }
+
+    #[test]
+    fn wrong_magic_and_version_are_rejected() {
+        let mut b = Request::Reset.encode().unwrap();
+        b[0] ^= 1;
+        assert!(matches!(Request::decode(&b), Err(IpcError::BadMagic(_))));
+        let mut b = Request::Reset.encode().unwrap();
+        b[4] = 9;
+        assert!(matches!(Request::decode(&b), Err(IpcError::Version(9))));
+    }
+
+    #[test]
+    fn counts_above_caps_are_rejected_before_allocating() {
+        // A ConfigWrite claiming 65535 bytes in a 20-byte message.
+        let mut w = Writer::new(CONFIG_WRITE);
+        w.u32(0);
+        w.u16(u16::MAX);
+        let b = w.finish().unwrap();
+        assert!(matches!(
+            Request::decode(&b),
+            Err(IpcError::Limit { got: 65535, .. })
+        ));
+        // An Activate claiming three queues' worth but carrying one.
+        let mut w = Writer::new(ACTIVATE);
+        w.u64(0);
+        w.u16(0);
+        w.u16(3);
+        w.buf.extend_from_slice(&[0; QUEUE_BYTES]);
+        let b = w.finish().unwrap();
+        assert!(matches!(Request::decode(&b), Err(IpcError::Truncated)));
+    }
+
+    #[test]
+    fn encoding_refuses_what_decoding_would_refuse() {
+        let r = Request::ConfigWrite {
+            offset: 0,
+            data: vec![0; MAX_CONFIG + 1],
+        };
+        assert!(r.encode().is_err());
+        let r = Reply::Error {
+            message: "x".repeat(MAX_TEXT + 1),
+        };
+        assert!(r.encode().is_err());
+        let r = Request::Activate {
+            features: 0,
+            regions: vec![],
+            queues: vec![
+                QueueLayout {
+                    index: 0,
+                    size: 1,
+                    desc: 0,
+                    avail: 0,
+                    used: 0
+                };
+                MAX_QUEUES + 1
+            ],
+        };
+        assert!(r.encode().is_err());
+    }
+
+    #[test]
+    fn oversized_input_is_rejected() {
+        let b = vec![0u8; MAX_MESSAGE + 1];
+        assert!(matches!(Request::decode(&b), Err(IpcError::TooLong(_))));
+    }
+
+    #[test]
+    fn invalid_utf8_text_is_rejected() {
+        let mut w = Writer::new(ERROR);
+        w.bytes("t", &[0xff, 0xfe], MAX_TEXT).unwrap();
+        assert!(matches!(
+            Reply::decode(&w.finish().unwrap()),
+            Err(IpcError::BadText)
+        ));
+    }
+
+    /// xorshift64: enough randomness to shake a decoder.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..5000 {
+            let len = usize::try_from(next(&mut s) % 200).unwrap();
+            let mut b: Vec<u8> = (0..len).map(|_| (next(&mut s) & 0xff) as u8).collect();
+            let _ = Request::decode(&b);
+            let _ = Reply::decode(&b);
+            // A valid header in front makes the payload decoders work too.
+            if b.len() >= HEADER {
+                b[..4].copy_from_slice(&MAGIC.to_le_bytes());
+                b[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+                let kinds = [1u16, 2, 3, 4, 5, 6, 101, 102, 103, 104, 105, 106];
+                let k = kinds[usize::try_from(next(&mut s) % 12).unwrap()];
+                b[6..8].copy_from_slice(&k.to_le_bytes());
+                let plen = u32::try_from(b.len() - HEADER).unwrap();
+                b[8..12].copy_from_slice(&plen.to_le_bytes());
+                let _ = Request::decode(&b);
+                let _ = Reply::decode(&b);
+            }
+        }
+    }
+
+    #[test]
+    fn single_byte_mutations_never_panic() {
+        let mut s = 42u64;
+        let all: Vec<Vec<u8>> = requests()
+            .iter()
+            .map(|r| r.encode().unwrap())
+            .chain(replies().iter().map(|r| r.encode().unwrap()))
+            .collect();
+        for b in &all {
+            for i in 0..b.len() {
+                for _ in 0..8 {
+                    let mut m = b.clone();
+                    m[i] = (next(&mut s) & 0xff) as u8;
+                    let _ = Request::decode(&m);
+                    let _ = Reply::decode(&m);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Process-level steps that come before seccomp: keeping only the fds a
+//! process needs, dying with its parent, and naming it for `ps`.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// Closes every fd except those in `keep` (close_range(2) over the gaps).
+pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|fd| u32::try_from(*fd).ok())
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut first = 0u32;
+    for fd in keep {
+        if fd > first {
+            close_range(first, fd - 1)?;
+        }
+        first = fd + 1;
+    }
+    close_range(first, u32::MAX)
+}
+
+fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // SAFETY: close_range only closes descriptors; no memory is involved.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Has the kernel send SIGKILL to this process when its parent dies, and
+/// makes sure the parent `parent` is still there (it may have died before
+/// the request).
+pub fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getppid cannot fail.
+    if unsafe { libc::getppid() } != parent {
+        return Err(io::Error::other("parent exited"));
+    }
+    Ok(())
+}
+
+/// Sets the thread name `ps -o comm` shows (at most 15 bytes are kept).
+pub fn set_name(name: &str) {
+    let mut buf = [0u8; 16];
+    for (d, s) in buf.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    // SAFETY: PR_SET_NAME reads a NUL-terminated buffer of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr(), 0, 0, 0) };
+}
+
+/// Sets no_new_privs: execve can never grant privileges again.
+pub fn no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_fds_except_keeps_only_the_listed_fds() {
+        // SAFETY: fork in a test; the child only makes syscalls and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let mut p = [0; 2];
+            // SAFETY: pipe writes two fds into the array.
+            unsafe { libc::pipe(p.as_mut_ptr()) };
+            let code = match close_fds_except(&[2, p[1]]) {
+                // SAFETY: fcntl on raw numbers only queries them.
+                Ok(()) => unsafe {
+                    let kept = libc::fcntl(p[1], libc::F_GETFD) >= 0;
+                    let closed = libc::fcntl(p[0], libc::F_GETFD) < 0;
+                    let stdin_closed = libc::fcntl(0, libc::F_GETFD) < 0;
+                    if kept && closed && stdin_closed {
+                        0
+                    } else {
+                        1
+                    }
+                },
+                Err(_) => 2,
+            };
+            // SAFETY: ends the child.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status));
+        assert_eq!(libc::WEXITSTATUS(status), 0);
+    }
+}

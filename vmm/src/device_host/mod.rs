@@ -1,0 +1,377 @@
+//! Where devices run: the only process-aware code of skvm.
+//!
+//! Each virtio device instance runs the same worker loop ([`worker`]) over
+//! an ipc control channel, either in its own process (`--device-mode
+//! process`, the default: started by the [`spawner`], confined by seccomp
+//! before it touches guest data) or in a VMM thread (`--device-mode
+//! thread`, to measure what isolation costs). The VMM side is a
+//! [`remote::RemoteDevice`] behind the device's virtio-pci transport either
+//! way.
+//!
+//! Supervision: the spawner reports every device process exit; the host logs
+//! the device, pid and signal, then marks the device DEVICE_NEEDS_RESET for
+//! the guest (`--on-device-failure reset`) or stops the VM (`exit`).
+
+pub mod policy;
+pub mod remote;
+pub mod spawner;
+pub mod worker;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use devices::virtio::VirtioDevice;
+use ipc::Channel;
+use kvm_ioctls::VmFd;
+
+use crate::exit::ExitReason;
+use crate::irq::IrqRouter;
+use crate::log;
+use crate::memory::GuestRam;
+use crate::pci::PciBus;
+use crate::virtio_pci::VirtioPci;
+use remote::{DeviceEvent, RemoteDevice};
+use spawner::Spawner;
+
+/// Where device models run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceMode {
+    /// Each device in its own sandboxed process.
+    Process,
+    /// Each device in a thread of the VMM (no isolation; for comparison).
+    Thread,
+}
+
+/// What to do when a device process dies or gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnFailure {
+    /// Keep the guest running with the device marked DEVICE_NEEDS_RESET.
+    Reset,
+    /// Stop the VM with an error.
+    Exit,
+}
+
+/// Base of the 32-bit window device BARs are placed in.
+pub const BAR_WINDOW_BASE: u32 = 0xc000_0000;
+/// Size of that window (described to the guest in the DSDT).
+pub const BAR_WINDOW_SIZE: u32 = 0x1000_0000;
+const BAR_STRIDE: u32 = 0x1_0000;
+
+struct Hosted {
+    name: String,
+    pid: Option<libc::pid_t>,
+    transport: Arc<Mutex<VirtioPci<RemoteDevice>>>,
+    thread: Option<JoinHandle<()>>,
+    failed: bool,
+}
+
+/// The VM's devices and, in process mode, the spawner.
+pub struct DeviceHost {
+    mode: DeviceMode,
+    on_failure: OnFailure,
+    spawner: Option<Spawner>,
+    devices: Vec<Hosted>,
+}
+
+/// The kind of a device from its name: "rng0" is an "rng".
+pub fn kind_of(name: &str) -> &str {
+    name.trim_end_matches(|c: char| c.is_ascii_digit())
+}
+
+/// A new model of `kind`.
+fn model(kind: &str) -> Option<Box<dyn VirtioDevice>> {
+    match kind {
+        "rng" => Some(Box::new(devices::rng::Rng::new())),
+        _ => None,
+    }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl DeviceHost {
+    /// Sets up device hosting. In process mode this forks the spawner, so
+    /// call it while the VMM has a single thread.
+    pub fn new(mode: DeviceMode, on_failure: OnFailure) -> Result<Self> {
+        let spawner = match mode {
+            DeviceMode::Process => Some(Spawner::start()?),
+            DeviceMode::Thread => None,
+        };
+        Ok(Self {
+            mode,
+            on_failure,
+            spawner,
+            devices: Vec::new(),
+        })
+    }
+
+    /// Starts device `name` (e.g. "rng0") and plugs its transport into
+    /// `bus`.
+    pub fn add(
+        &mut self,
+        name: &str,
+        bus: &mut PciBus,
+        ram: &GuestRam,
+        vm: &Arc<VmFd>,
+        router: &Arc<IrqRouter>,
+    ) -> Result<()> {
+        let kind = kind_of(name);
+        let probe = model(kind).with_context(|| format!("{name}: unknown device kind"))?;
+        let device_type = probe.device_type();
+        drop(probe);
+        let Started {
+            chan: vmm_end,
+            pid,
+            thread,
+        } = start_device(self.spawner.as_ref(), self.mode, name)?;
+        let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
+        let remote = match RemoteDevice::connect(name, pid, vmm_end, device_type, memory) {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(p) = pid {
+                    // SAFETY: kill has no memory effects; p is the device
+                    // process just started, which failed its hello.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+                return Err(e);
+            }
+        };
+        let index = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
+        let bar = index
+            .checked_mul(BAR_STRIDE)
+            .filter(|off| *off < BAR_WINDOW_SIZE)
+            .map(|off| BAR_WINDOW_BASE + off)
+            .context("too many devices")?;
+        let transport = Arc::new(Mutex::new(VirtioPci::new(
+            remote,
+            bar,
+            vm.clone(),
+            router.clone(),
+        )?));
+        if bus.add(transport.clone()).is_none() {
+            bail!("{name}: the PCI bus is full");
+        }
+        match pid {
+            Some(p) => log::debug(&format!("device {name} started (pid {p})")),
+            None => log::debug(&format!("device {name} started (thread)")),
+        }
+        self.devices.push(Hosted {
+            name: name.to_owned(),
+            pid,
+            transport,
+            thread,
+            failed: false,
+        });
+        Ok(())
+    }
+
+    /// Fds the main loop polls for [`DeviceHost::service`].
+    pub fn poll_fds(&self) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self
+            .spawner
+            .iter()
+            .map(|s| s.events_fd().as_raw_fd())
+            .collect();
+        for d in self.devices.iter().filter(|d| !d.failed) {
+            fds.push(lock(&d.transport).backend().channel().as_raw_fd());
+        }
+        fds
+    }
+
+    /// Handles device exits and unsolicited device messages; returns a
+    /// reason when the VM must stop.
+    pub fn service(&mut self) -> Option<ExitReason> {
+        let exits: Vec<spawner::Exited> = self
+            .spawner
+            .as_ref()
+            .map(|s| std::iter::from_fn(|| s.next_exit()).collect())
+            .unwrap_or_default();
+        for e in exits {
+            if let Some(reason) = self.device_exited(e) {
+                return Some(reason);
+            }
+        }
+        for i in 0..self.devices.len() {
+            let events = {
+                let d = &self.devices[i];
+                let mut t = lock(&d.transport);
+                t.backend_mut().poll_events()
+            };
+            for ev in events {
+                if let Some(reason) = self.device_event(i, ev) {
+                    return Some(reason);
+                }
+            }
+        }
+        None
+    }
+
+    fn device_exited(&mut self, e: spawner::Exited) -> Option<ExitReason> {
+        let d = self.devices.iter_mut().find(|d| d.pid == Some(e.pid))?;
+        let how = describe_status(e.status);
+        let msg = format!("device {} (pid {}) {how}", d.name, e.pid);
+        d.failed = true;
+        d.pid = None;
+        let mut t = lock(&d.transport);
+        t.backend_mut().mark_dead();
+        match self.on_failure {
+            OnFailure::Exit => Some(ExitReason::Fatal(msg)),
+            OnFailure::Reset => {
+                log::error(&format!("{msg}; the guest sees it as needing a reset"));
+                t.device_failed();
+                None
+            }
+        }
+    }
+
+    fn device_event(&mut self, i: usize, ev: DeviceEvent) -> Option<ExitReason> {
+        let d = self.devices.get_mut(i)?;
+        let mut t = lock(&d.transport);
+        match ev {
+            DeviceEvent::ConfigChanged(cfg) => t.config_changed(cfg),
+            DeviceEvent::NeedsReset(reason) => {
+                let msg = format!("device {} needs a reset: {reason}", d.name);
+                if self.on_failure == OnFailure::Exit {
+                    return Some(ExitReason::Fatal(msg));
+                }
+                log::error(&msg);
+                t.device_failed();
+            }
+        }
+        None
+    }
+
+    /// Asks every device to exit and waits for device threads.
+    pub fn shutdown(&mut self) {
+        for d in &mut self.devices {
+            lock(&d.transport).backend_mut().shutdown();
+            if let Some(t) = d.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn describe_status(status: libc::c_int) -> String {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        format!("was killed by signal {sig} ({})", signal_name(sig))
+    } else if libc::WIFEXITED(status) {
+        format!("exited with status {}", libc::WEXITSTATUS(status))
+    } else {
+        format!("ended (wait status {status:#x})")
+    }
+}
+
+fn signal_name(sig: libc::c_int) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGSYS => "SIGSYS, a forbidden syscall",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGBUS => "SIGBUS",
+        _ => "signal",
+    }
+}
+
+/// A device just started: the VMM's end of its control channel and where it
+/// runs.
+pub struct Started {
+    /// The control channel.
+    pub chan: Channel,
+    /// The device process (process mode).
+    pub pid: Option<libc::pid_t>,
+    /// The device thread (thread mode).
+    pub thread: Option<JoinHandle<()>>,
+}
+
+/// Starts device `name` in a process through `spawner` (process mode) or in
+/// a thread of this process.
+pub fn start_device(spawner: Option<&Spawner>, mode: DeviceMode, name: &str) -> Result<Started> {
+    let (vmm_end, device_end) = Channel::pair().context("cannot create control socket")?;
+    match (spawner, mode) {
+        (Some(s), DeviceMode::Process) => {
+            let pid = s
+                .spawn(name, OwnedFd::from(device_end))
+                .with_context(|| format!("{name}: cannot start"))?;
+            Ok(Started {
+                chan: vmm_end,
+                pid: Some(pid),
+                thread: None,
+            })
+        }
+        _ => Ok(Started {
+            chan: vmm_end,
+            pid: None,
+            thread: Some(start_thread(name, device_end)?),
+        }),
+    }
+}
+
+fn start_thread(name: &str, chan: Channel) -> Result<JoinHandle<()>> {
+    let kind = kind_of(name).to_owned();
+    let label = name.to_owned();
+    std::thread::Builder::new()
+        .name(format!("skvm-dev-{name}"))
+        .spawn(move || {
+            let Some(mut m) = model(&kind) else {
+                return;
+            };
+            if let Err(e) = worker::serve(&chan, m.as_mut(), || Ok(())) {
+                log::error(&format!("device {label}: {e}"));
+            }
+        })
+        .with_context(|| format!("{name}: cannot start device thread"))
+}
+
+/// `main` of a device process (`skvm-dev NAME`, control socket on fd 3).
+pub fn process_main(name: &str) -> ExitCode {
+    sandbox::process::set_name(&format!("skvm-dev {name}"));
+    let kind = kind_of(name);
+    let (Some(mut m), Some(policy)) = (model(kind), policy::for_kind(kind)) else {
+        eprintln!("skvm-dev {name}: unknown device kind");
+        return ExitCode::from(1);
+    };
+    // SAFETY: F_GETFD only queries the fd number.
+    if unsafe { libc::fcntl(spawner::DEVICE_CONTROL_FD, libc::F_GETFD) } < 0 {
+        eprintln!("skvm-dev {name}: no control socket (run by skvm only)");
+        return ExitCode::from(1);
+    }
+    // SAFETY: the spawner put the control socket on this fd for us alone.
+    let chan = Channel::from_fd(unsafe { OwnedFd::from_raw_fd(spawner::DEVICE_CONTROL_FD) });
+    let confine = || {
+        policy
+            .install(sandbox::seccomp::Violation::Kill)
+            .map_err(|e| e.to_string())
+    };
+    match worker::serve(&chan, m.as_mut(), confine) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skvm-dev {name}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_come_from_names() {
+        assert_eq!(kind_of("rng0"), "rng");
+        assert_eq!(kind_of("blk12"), "blk");
+    }
+
+    #[test]
+    fn exit_statuses_are_described() {
+        assert!(describe_status(9).contains("SIGKILL"));
+        assert_eq!(describe_status(3 << 8), "exited with status 3");
+    }
+}

@@ -1,0 +1,133 @@
+//! The seccomp allowlists of device processes: what the worker loop needs
+//! for every device, plus each device kind's own needs. Installed after the
+//! hello, before any guest data is read; the default action kills the
+//! process.
+
+use sandbox::seccomp::{Arg, Policy, Syscall};
+
+// Bit masks and values the argument filters compare with, as u64.
+const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
+
+/// What every device worker needs.
+const WORKER: &[Syscall] = &[
+    Syscall {
+        nr: libc::SYS_read,
+        name: "read",
+        why: "read kick eventfds",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_write,
+        name: "write",
+        why: "signal interrupt eventfds; log lines on stderr",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_poll,
+        name: "poll",
+        why: "wait for kicks and control messages",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_recvmsg,
+        name: "recvmsg",
+        why: "control messages and the fds they carry",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_sendmsg,
+        name: "sendmsg",
+        why: "answers on the control socket",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_mmap,
+        name: "mmap",
+        why: "map guest memory at activation; heap; never executable",
+        rules: &[&[Arg::NoBits(2, PROT_EXEC)]],
+    },
+    Syscall {
+        nr: libc::SYS_mprotect,
+        name: "mprotect",
+        why: "the allocator grows heaps in place; never executable",
+        rules: &[&[Arg::NoBits(2, PROT_EXEC)]],
+    },
+    Syscall {
+        nr: libc::SYS_munmap,
+        name: "munmap",
+        why: "unmap guest memory on reset; heap",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_madvise,
+        name: "madvise",
+        why: "the allocator returns freed memory",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_brk,
+        name: "brk",
+        why: "the allocator's main heap",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_close,
+        name: "close",
+        why: "drop fds on reset and after rejected messages",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_futex,
+        name: "futex",
+        why: "std's locks (stderr)",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_clock_gettime,
+        name: "clock_gettime",
+        why: "timeouts, where the vDSO falls back to the syscall",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_exit_group,
+        name: "exit_group",
+        why: "exit on shutdown",
+        rules: &[],
+    },
+];
+
+/// virtio-rng's own needs.
+const RNG: &[Syscall] = &[Syscall {
+    nr: libc::SYS_getrandom,
+    name: "getrandom",
+    why: "the entropy it serves",
+    rules: &[],
+}];
+
+/// The policy of a device of `kind` ("rng", ...), or `None` if unknown.
+pub fn for_kind(kind: &str) -> Option<Policy> {
+    let extra = match kind {
+        "rng" => RNG,
+        _ => return None,
+    };
+    let mut p = Policy::new(WORKER);
+    p.extend(extra);
+    Some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rng_policy_is_small_and_compiles() {
+        let p = for_kind("rng").unwrap();
+        assert!(p.syscalls().len() <= 16, "{}", p.syscalls().len());
+        assert!(p.compile(sandbox::seccomp::Violation::Kill).is_ok());
+    }
+
+    #[test]
+    fn unknown_kinds_have_no_policy() {
+        assert!(for_kind("gpu").is_none());
+    }
+}

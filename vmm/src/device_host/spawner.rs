@@ -1,0 +1,416 @@
+//! The spawner: a small process forked from the VMM before any other thread
+//! exists, which forks and execs device processes on request and reports
+//! their exits.
+//!
+//! Forking a multi-threaded process is unsafe (another thread may hold a
+//! lock the child then needs), so the VMM never forks after its vCPU threads
+//! start; it asks the spawner, which stays single-threaded. Each device
+//! process is `/proc/self/exe` exec'd as `skvm-dev NAME` with its control
+//! socket as fd 3, stdin and stdout on /dev/null, and nothing else; it dies
+//! with the spawner, which dies with the VMM (PR_SET_PDEATHSIG), so no
+//! device outlives skvm however skvm ends.
+//!
+//! Requests and replies travel on one SOCK_SEQPACKET socket, exit reports on
+//! another; both carry fixed-size records.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// argv[0] of device processes; `main` recognises it.
+pub const DEVICE_ARGV0: &str = "skvm-dev";
+/// The fd a device process finds its control socket on.
+pub const DEVICE_CONTROL_FD: RawFd = 3;
+const RECORD: usize = 48;
+const NAME_MAX: usize = 32;
+const KIND_SPAWN: u32 = 1;
+const KIND_SPAWNED: u32 = 2;
+const KIND_FAILED: u32 = 3;
+const KIND_EXITED: u32 = 4;
+/// How long a spawn may take before the VMM gives up on the spawner.
+const SPAWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A device process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exited {
+    /// Its pid.
+    pub pid: libc::pid_t,
+    /// Its wait status.
+    pub status: libc::c_int,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    kind: u32,
+    pid: i32,
+    value: i32,
+    name: String,
+}
+
+impl Record {
+    fn encode(&self) -> [u8; RECORD] {
+        let mut b = [0u8; RECORD];
+        b[0..4].copy_from_slice(&self.kind.to_le_bytes());
+        b[4..8].copy_from_slice(&self.pid.to_le_bytes());
+        b[8..12].copy_from_slice(&self.value.to_le_bytes());
+        let name = self.name.as_bytes();
+        let n = name.len().min(NAME_MAX);
+        b[12] = u8::try_from(n).unwrap_or(0);
+        b[16..16 + n].copy_from_slice(&name[..n]);
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != RECORD {
+            return None;
+        }
+        let word = |i: usize| -> Option<[u8; 4]> { b.get(i..i + 4)?.try_into().ok() };
+        let n = usize::from(*b.get(12)?);
+        let name = std::str::from_utf8(b.get(16..16 + n.min(NAME_MAX))?).ok()?;
+        Some(Self {
+            kind: u32::from_le_bytes(word(0)?),
+            pid: i32::from_le_bytes(word(4)?),
+            value: i32::from_le_bytes(word(8)?),
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// Whether `name` is a valid device name: short, lowercase letters and
+/// digits, starting with a letter.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= NAME_MAX
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two new fds into the array.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are new and owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The VMM's handle on the spawner process.
+pub struct Spawner {
+    requests: Mutex<OwnedFd>,
+    events: OwnedFd,
+    pid: libc::pid_t,
+}
+
+impl Spawner {
+    /// Forks the spawner. Call it while the process has a single thread.
+    pub fn start() -> Result<Self> {
+        let (req_vmm, req_spawner) = seqpacket_pair().context("cannot create spawner socket")?;
+        let (ev_vmm, ev_spawner) = seqpacket_pair().context("cannot create spawner socket")?;
+        // SAFETY: getpid cannot fail.
+        let vmm = unsafe { libc::getpid() };
+        // SAFETY: the caller guarantees a single thread, so the child is a
+        // consistent copy; it only runs `spawner_main`, which never returns.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            bail!("cannot fork the spawner: {}", io::Error::last_os_error());
+        }
+        if pid == 0 {
+            drop(req_vmm);
+            drop(ev_vmm);
+            spawner_main(vmm, &req_spawner, &ev_spawner);
+        }
+        Ok(Self {
+            requests: Mutex::new(req_vmm),
+            events: ev_vmm,
+            pid,
+        })
+    }
+
+    /// Starts device process `name` with `control` as its control socket.
+    pub fn spawn(&self, name: &str, control: OwnedFd) -> Result<libc::pid_t> {
+        if !valid_name(name) {
+            bail!("invalid device name '{name}'");
+        }
+        let req = Record {
+            kind: KIND_SPAWN,
+            pid: 0,
+            value: 0,
+            name: name.to_owned(),
+        };
+        let sock = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        ipc::fdpass::send(sock.as_fd(), &req.encode(), &[control.as_fd()])
+            .context("cannot reach the spawner")?;
+        drop(control);
+        let mut buf = [0u8; RECORD];
+        let (n, fds) = ipc::fdpass::recv(sock.as_fd(), &mut buf, 0, Some(SPAWN_TIMEOUT))
+            .context("no answer from the spawner")?;
+        drop(fds);
+        match Record::decode(buf.get(..n).unwrap_or_default()) {
+            Some(r) if r.kind == KIND_SPAWNED => Ok(r.pid),
+            Some(r) if r.kind == KIND_FAILED => {
+                Err(io::Error::from_raw_os_error(r.value)).context("fork failed")
+            }
+            _ => bail!("bad answer from the spawner"),
+        }
+    }
+
+    /// The socket exit reports arrive on, to poll.
+    pub fn events_fd(&self) -> BorrowedFd<'_> {
+        self.events.as_fd()
+    }
+
+    /// The next exit report, if one is waiting.
+    pub fn next_exit(&self) -> Option<Exited> {
+        let mut buf = [0u8; RECORD];
+        let (n, _fds) =
+            ipc::fdpass::recv(self.events.as_fd(), &mut buf, 0, Some(Duration::ZERO)).ok()?;
+        let r = Record::decode(buf.get(..n)?)?;
+        (r.kind == KIND_EXITED).then_some(Exited {
+            pid: r.pid,
+            status: r.value,
+        })
+    }
+}
+
+impl Drop for Spawner {
+    /// Hangs up on the spawner, which then exits (taking any device still
+    /// alive with it through PR_SET_PDEATHSIG), and reaps it. A spawner that
+    /// does not exit within a second is killed.
+    fn drop(&mut self) {
+        let sock = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: shuts down a socket we own.
+        unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RDWR) };
+        for attempt in 0..=100 {
+            let mut status = 0;
+            // SAFETY: reaps our own child without blocking.
+            let rc = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+            if rc != 0 {
+                return;
+            }
+            if attempt == 100 {
+                // SAFETY: kills and reaps our own child.
+                unsafe {
+                    libc::kill(self.pid, libc::SIGKILL);
+                    libc::waitpid(self.pid, &mut status, 0);
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The spawner process: serves spawn requests and reports exits until the
+/// VMM goes away.
+fn spawner_main(vmm: libc::pid_t, requests: &OwnedFd, events: &OwnedFd) -> ! {
+    if sandbox::process::die_with_parent(vmm).is_err() {
+        // SAFETY: ends this process without unwinding into the VMM's code.
+        unsafe { libc::_exit(0) };
+    }
+    sandbox::process::set_name("skvm-spawner");
+    let keep = [2, requests.as_raw_fd(), events.as_raw_fd()];
+    let _ = sandbox::process::close_fds_except(&keep);
+    let sigchld = match child_signalfd() {
+        Ok(fd) => fd,
+        // SAFETY: as above.
+        Err(_) => unsafe { libc::_exit(1) },
+    };
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: requests.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sigchld.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: polls two valid pollfd structs.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            continue;
+        }
+        if fds[1].revents != 0 {
+            drain_signalfd(&sigchld);
+            report_exits(events);
+        }
+        if fds[0].revents != 0 && !serve_request(requests) {
+            // The VMM is gone; PR_SET_PDEATHSIG takes the devices down.
+            // SAFETY: as above.
+            unsafe { libc::_exit(0) };
+        }
+    }
+}
+
+/// SIGCHLD blocked and delivered through a signalfd.
+fn child_signalfd() -> io::Result<OwnedFd> {
+    // SAFETY: sigset_t is plain data; the calls only fill it in.
+    let fd = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn drain_signalfd(fd: &OwnedFd) {
+    let mut info = [0u8; 128];
+    // SAFETY: reads into a buffer of the given size until it would block.
+    while unsafe { libc::read(fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) } > 0 {}
+}
+
+fn report_exits(events: &OwnedFd) {
+    loop {
+        let mut status = 0;
+        // SAFETY: reaps any exited child without blocking.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+        let r = Record {
+            kind: KIND_EXITED,
+            pid,
+            value: status,
+            name: String::new(),
+        };
+        let _ = ipc::fdpass::send(events.as_fd(), &r.encode(), &[]);
+    }
+}
+
+/// Serves one request; false when the VMM hung up.
+fn serve_request(requests: &OwnedFd) -> bool {
+    let mut buf = [0u8; RECORD];
+    let (n, mut fds) = match ipc::fdpass::recv(requests.as_fd(), &mut buf, 1, None) {
+        Ok(r) => r,
+        Err(ipc::IpcError::Closed) => return false,
+        Err(_) => return true,
+    };
+    let reply = match (Record::decode(buf.get(..n).unwrap_or_default()), fds.pop()) {
+        (Some(r), Some(control)) if r.kind == KIND_SPAWN && valid_name(&r.name) => {
+            match fork_device(&r.name, &control) {
+                Ok(pid) => Record {
+                    kind: KIND_SPAWNED,
+                    pid,
+                    value: 0,
+                    name: r.name,
+                },
+                Err(e) => Record {
+                    kind: KIND_FAILED,
+                    pid: 0,
+                    value: e.raw_os_error().unwrap_or(libc::EIO),
+                    name: r.name,
+                },
+            }
+        }
+        _ => Record {
+            kind: KIND_FAILED,
+            pid: 0,
+            value: libc::EINVAL,
+            name: String::new(),
+        },
+    };
+    ipc::fdpass::send(requests.as_fd(), &reply.encode(), &[]).is_ok()
+}
+
+fn fork_device(name: &str, control: &OwnedFd) -> io::Result<libc::pid_t> {
+    let exe = c"/proc/self/exe";
+    let argv0 = CString::new(DEVICE_ARGV0).map_err(io::Error::other)?;
+    let argv1 = CString::new(name).map_err(io::Error::other)?;
+    let argv = [argv0.as_ptr(), argv1.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: getpid cannot fail.
+    let spawner = unsafe { libc::getpid() };
+    // SAFETY: the spawner is single-threaded; the child only makes syscalls
+    // on memory prepared above and then execs or exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid > 0 {
+        return Ok(pid);
+    }
+    // The child: die with the spawner, control socket on fd 3, /dev/null
+    // for stdin and stdout, stderr kept for log lines, nothing else.
+    // SAFETY: plain syscalls on valid arguments; the child never returns.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        if sandbox::process::die_with_parent(spawner).is_err() {
+            libc::_exit(126);
+        }
+        if libc::dup2(control.as_raw_fd(), DEVICE_CONTROL_FD) < 0 {
+            libc::_exit(126);
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+        }
+        if sandbox::process::close_fds_except(&[0, 1, 2, DEVICE_CONTROL_FD]).is_err() {
+            libc::_exit(126);
+        }
+        libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        libc::_exit(127);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let r = Record {
+            kind: KIND_SPAWN,
+            pid: 42,
+            value: -1,
+            name: "rng0".into(),
+        };
+        assert_eq!(Record::decode(&r.encode()), Some(r));
+    }
+
+    #[test]
+    fn short_or_bad_records_are_rejected() {
+        assert_eq!(Record::decode(&[0; 10]), None);
+        let mut b = [0u8; RECORD];
+        b[12] = 40;
+        b[16..48].fill(0xff);
+        assert_eq!(Record::decode(&b), None);
+    }
+
+    #[test]
+    fn device_names_are_checked() {
+        assert!(valid_name("rng0"));
+        assert!(valid_name("blk12"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("0rng"));
+        assert!(!valid_name("rng 0"));
+        assert!(!valid_name("../x"));
+        assert!(!valid_name(&"a".repeat(40)));
+    }
+}

@@ -1,0 +1,290 @@
+//! The device side of a control channel: the event loop that runs a virtio
+//! device model, the same code in a device process and in a VMM thread.
+//!
+//! It answers the VMM's requests (hello, config, activate, reset, shutdown)
+//! and, once active, waits on the queues' kick eventfds, lets the model
+//! process the queue, and signals the queue's interrupt eventfd when the
+//! model says the driver needs it. Nothing here trusts the VMM's numbers
+//! more than the guest's: queue layouts are validated by virtio-queue
+//! against the memory actually mapped.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use devices::virtio::VirtioDevice;
+use ipc::{Channel, DeviceInfo, IpcError, QueueLayout, Reply, Request, PROTOCOL_VERSION};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::{map_ranges, RamRange};
+
+/// How long a device waits for the VMM's hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct ActiveQueue {
+    index: usize,
+    queue: Queue,
+    kick: EventFd,
+    irq: EventFd,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queues: Vec<ActiveQueue>,
+    /// Kept for config-change interrupts from the device.
+    _config_irq: EventFd,
+}
+
+/// Why serving stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The control channel failed.
+    #[error(transparent)]
+    Ipc(#[from] IpcError),
+    /// The VMM broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// Confinement could not be applied.
+    #[error("cannot confine the device: {0}")]
+    Confine(String),
+}
+
+/// The device's self-description for the VMM.
+pub fn device_info(device: &dyn VirtioDevice) -> DeviceInfo {
+    DeviceInfo {
+        device_type: device.device_type(),
+        num_queues: u16::try_from(device.num_queues()).unwrap_or(0),
+        max_queue_size: device.max_queue_size(),
+        features: device.features(),
+        config: device.config(),
+    }
+}
+
+/// Serves `device` on `chan` until the VMM shuts it down or goes away.
+/// `confine` runs once, after the hello and before any guest data is
+/// touched (the process mode's seccomp filter).
+pub fn serve(
+    chan: &Channel,
+    device: &mut dyn VirtioDevice,
+    confine: impl FnOnce() -> Result<(), String>,
+) -> Result<(), WorkerError> {
+    match chan.recv_request(Some(HELLO_TIMEOUT))? {
+        (Request::Hello { version }, _) if version == PROTOCOL_VERSION => {}
+        (Request::Hello { version }, _) => {
+            let message = format!("unsupported protocol version {version}");
+            chan.send_reply(&Reply::Error {
+                message: message.clone(),
+            })?;
+            return Err(WorkerError::Protocol(message));
+        }
+        _ => return Err(WorkerError::Protocol("expected hello".into())),
+    }
+    chan.send_reply(&Reply::Welcome {
+        version: PROTOCOL_VERSION,
+        info: device_info(device),
+    })?;
+    confine().map_err(WorkerError::Confine)?;
+
+    let mut active: Option<Active> = None;
+    loop {
+        wait(chan, active.as_ref());
+        if let Some(a) = active.as_mut() {
+            if let Err(reason) = process_kicked(device, a) {
+                // The queue is unusable: stop serving it and tell the VMM.
+                active = None;
+                device.reset();
+                chan.send_reply(&Reply::NeedsReset { reason })?;
+            }
+        }
+        let (req, fds) = match chan.recv_request(Some(Duration::ZERO)) {
+            Ok(r) => r,
+            Err(IpcError::Timeout) => continue,
+            Err(IpcError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        match req {
+            Request::Shutdown => return Ok(()),
+            Request::Reset => {
+                active = None;
+                device.reset();
+                chan.send_reply(&Reply::Ack)?;
+            }
+            Request::ConfigRead { offset, len } => {
+                let cfg = device.config();
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                let end = start.saturating_add(usize::try_from(len).unwrap_or(0));
+                let data = cfg.get(start..end.min(cfg.len())).unwrap_or_default();
+                chan.send_reply(&Reply::ConfigData {
+                    data: data.to_vec(),
+                })?;
+            }
+            Request::ConfigWrite { offset, data } => {
+                let reply = match device.write_config(offset, &data) {
+                    Ok(()) => Reply::Ack,
+                    Err(e) => Reply::Error {
+                        message: e.to_string(),
+                    },
+                };
+                chan.send_reply(&reply)?;
+            }
+            Request::Activate {
+                features,
+                regions,
+                queues,
+            } => {
+                active = None;
+                let reply = match activate(device, features, &regions, &queues, fds) {
+                    Ok(mut a) => {
+                        // Kicks that came before activation are not lost.
+                        let first = process_all(device, &mut a);
+                        active = Some(a);
+                        match first {
+                            Ok(()) => Reply::Ack,
+                            Err(reason) => Reply::Error { message: reason },
+                        }
+                    }
+                    Err(message) => Reply::Error { message },
+                };
+                chan.send_reply(&reply)?;
+            }
+            Request::Hello { .. } => {
+                return Err(WorkerError::Protocol("hello twice".into()));
+            }
+        }
+    }
+}
+
+/// Blocks until the channel or a kick eventfd is readable.
+fn wait(chan: &Channel, active: Option<&Active>) {
+    let mut fds = vec![libc::pollfd {
+        fd: chan.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    if let Some(a) = active {
+        fds.extend(a.queues.iter().map(|q| libc::pollfd {
+            fd: q.kick.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+    }
+    let n = libc::nfds_t::try_from(fds.len()).unwrap_or(1);
+    // SAFETY: polls a vector of valid pollfd structs of length n.
+    unsafe { libc::poll(fds.as_mut_ptr(), n, -1) };
+}
+
+fn process_kicked(device: &mut dyn VirtioDevice, a: &mut Active) -> Result<(), String> {
+    for q in &mut a.queues {
+        // A read of a non-blocking eventfd succeeds only if it was kicked.
+        if q.kick.read().is_ok() {
+            run_queue(device, &a.mem, q)?;
+        }
+    }
+    Ok(())
+}
+
+fn process_all(device: &mut dyn VirtioDevice, a: &mut Active) -> Result<(), String> {
+    for q in &mut a.queues {
+        let _ = q.kick.read();
+        run_queue(device, &a.mem, q)?;
+    }
+    Ok(())
+}
+
+fn run_queue(
+    device: &mut dyn VirtioDevice,
+    mem: &GuestMemoryMmap,
+    q: &mut ActiveQueue,
+) -> Result<(), String> {
+    let notify = device
+        .process_queue(q.index, &mut q.queue, mem)
+        .map_err(|e| format!("queue {}: {e}", q.index))?;
+    if notify {
+        let _ = q.irq.write(1);
+    }
+    Ok(())
+}
+
+/// Maps the memory, builds and validates the queues, and activates the
+/// model. Fds: one per region, a kick per queue, an interrupt per queue,
+/// the config interrupt (the ipc crate checked the count).
+fn activate(
+    device: &mut dyn VirtioDevice,
+    features: u64,
+    regions: &[ipc::MemRegion],
+    layouts: &[QueueLayout],
+    fds: Vec<OwnedFd>,
+) -> Result<Active, String> {
+    let mut fds = fds.into_iter();
+    let mut ranges = Vec::with_capacity(regions.len());
+    for r in regions {
+        let fd = fds.next().ok_or("missing memory fd")?;
+        let range = RamRange {
+            guest_addr: r.guest_addr,
+            size: r.size,
+            file_offset: r.file_offset,
+        };
+        ranges.push((range, Arc::new(File::from(fd))));
+    }
+    let mem = map_ranges(&ranges).map_err(|e| format!("cannot map guest memory: {e}"))?;
+    let kicks: Vec<OwnedFd> = fds.by_ref().take(layouts.len()).collect();
+    let irqs: Vec<OwnedFd> = fds.by_ref().take(layouts.len()).collect();
+    let config_irq = fds.next().ok_or("missing config interrupt fd")?;
+    let event_idx = features & (1 << devices::virtio::VIRTIO_F_RING_EVENT_IDX) != 0;
+    let mut queues = Vec::with_capacity(layouts.len());
+    for ((l, kick), irq) in layouts.iter().zip(kicks).zip(irqs) {
+        let index = usize::from(l.index);
+        if index >= device.num_queues() || queues.iter().any(|q: &ActiveQueue| q.index == index) {
+            return Err(format!("bad queue index {index}"));
+        }
+        let queue = build_queue(device.max_queue_size(), l, event_idx, &mem)?;
+        queues.push(ActiveQueue {
+            index,
+            queue,
+            kick: eventfd(kick),
+            irq: eventfd(irq),
+        });
+    }
+    device
+        .activate(features)
+        .map_err(|e| format!("activation refused: {e}"))?;
+    Ok(Active {
+        mem,
+        queues,
+        _config_irq: eventfd(config_irq),
+    })
+}
+
+fn eventfd(fd: OwnedFd) -> EventFd {
+    // SAFETY: the fd came from the VMM as an eventfd; EventFd takes
+    // ownership, and a wrong kind only makes reads and writes fail.
+    unsafe {
+        <EventFd as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd))
+    }
+}
+
+fn build_queue(
+    max: u16,
+    l: &QueueLayout,
+    event_idx: bool,
+    mem: &GuestMemoryMmap,
+) -> Result<Queue, String> {
+    let bad = |what: &str| format!("queue {}: {what}", l.index);
+    let mut q = Queue::new(max).map_err(|e| bad(&e.to_string()))?;
+    q.try_set_size(l.size).map_err(|e| bad(&e.to_string()))?;
+    q.try_set_desc_table_address(vm_memory::GuestAddress(l.desc))
+        .map_err(|e| bad(&e.to_string()))?;
+    q.try_set_avail_ring_address(vm_memory::GuestAddress(l.avail))
+        .map_err(|e| bad(&e.to_string()))?;
+    q.try_set_used_ring_address(vm_memory::GuestAddress(l.used))
+        .map_err(|e| bad(&e.to_string()))?;
+    q.set_event_idx(event_idx);
+    q.set_ready(true);
+    if !q.is_valid(mem) {
+        return Err(bad("rings outside guest memory"));
+    }
+    Ok(q)
+}

@@ -1,0 +1,276 @@
+//! `skvm drive`: plays the guest's driver against a device, without a guest.
+//!
+//! The device is started exactly as `skvm run` starts it (same spawner, same
+//! confinement, same ipc, or a VMM thread in thread mode). This side builds
+//! a split virtqueue (virtio 1.2, 2.7) in a memfd "guest RAM", activates the
+//! device with it, then posts descriptor chains, kicks the queue's eventfd
+//! and waits on its interrupt eventfd, checking every used entry. It prints
+//! throughput and kick-to-interrupt latency: the device's own cost, which a
+//! guest on an emulating host cannot show.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::device_host::remote::RemoteDevice;
+use crate::device_host::spawner::Spawner;
+use crate::device_host::{kind_of, start_device, DeviceMode, Started};
+use crate::memory::GuestRam;
+use crate::virtio_pci::{Backend, DeviceEvents};
+
+/// Options of `skvm drive`.
+#[derive(Debug, Args)]
+pub struct DriveArgs {
+    /// Device to start, named as in `skvm run` (its kind is the name without
+    /// the trailing number). Only rng devices can be driven so far.
+    #[arg(long, value_name = "NAME", default_value = "rng0")]
+    pub device: String,
+    /// Where the device runs, as in `skvm run`.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = DeviceMode::Process)]
+    pub device_mode: DeviceMode,
+    /// Number of requests to complete.
+    #[arg(long, value_name = "N", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub requests: u32,
+    /// Bytes each request asks for (the rng device caps one request at
+    /// 64 KiB).
+    #[arg(long, value_name = "BYTES", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub size: u32,
+    /// Requests in flight per kick (queue depth).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub depth: u16,
+}
+
+/// Queue size used by the driver.
+const QUEUE_SIZE: u16 = 256;
+/// Where the queue parts and buffers sit in the driver's "guest RAM".
+const DESC: u64 = 0x1_0000;
+const AVAIL: u64 = 0x2_0000;
+const USED: u64 = 0x3_0000;
+const BUFFERS: u64 = 0x10_0000;
+/// Size of that RAM: the buffers of a full queue depth fit.
+const RAM: u64 = 16 << 20;
+/// Longest wait for an interrupt before the device is declared stuck.
+const IRQ_TIMEOUT: Duration = Duration::from_secs(5);
+/// VIRTQ_DESC_F_WRITE: the device writes this buffer.
+const DESC_F_WRITE: u16 = 2;
+
+/// What one run measured.
+struct Figures {
+    secs: f64,
+    latencies_ns: Vec<u64>,
+    bytes: u64,
+}
+
+/// `skvm drive`: runs the benchmark and prints one line of `key=value`
+/// figures.
+pub fn run(args: &DriveArgs) -> Result<()> {
+    if kind_of(&args.device) != "rng" {
+        bail!(
+            "device '{}': only rng devices can be driven so far",
+            args.device
+        );
+    }
+    // The spawner must be forked while this process has a single thread.
+    let spawner = match args.device_mode {
+        DeviceMode::Process => Some(Spawner::start()?),
+        DeviceMode::Thread => None,
+    };
+    let ram = GuestRam::new(RAM).context("cannot create driver memory")?;
+    let Started { chan, pid, thread } =
+        start_device(spawner.as_ref(), args.device_mode, &args.device)?;
+    let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
+    let mut dev = RemoteDevice::connect(&args.device, pid, chan, 4, memory)?;
+    let events = DeviceEvents {
+        kicks: vec![EventFd::new(EFD_NONBLOCK)?],
+        irqs: vec![EventFd::new(EFD_NONBLOCK)?],
+        config_irq: EventFd::new(EFD_NONBLOCK)?,
+    };
+    let layout = ipc::QueueLayout {
+        index: 0,
+        size: QUEUE_SIZE,
+        desc: DESC,
+        avail: AVAIL,
+        used: USED,
+    };
+    dev.activate(
+        1u64 << devices::virtio::VIRTIO_F_VERSION_1,
+        &[layout],
+        &events,
+    )
+    .context("activation failed")?;
+    let result = drive(&ram.mem, &events, args);
+    let pss = pid.and_then(pss_kib);
+    dev.shutdown();
+    drop(dev);
+    if let Some(t) = thread {
+        let _ = t.join();
+    }
+    drop(spawner);
+    let f = result?;
+    print_figures(args, &f, pss);
+    Ok(())
+}
+
+fn drive(mem: &GuestMemoryMmap, events: &DeviceEvents, args: &DriveArgs) -> Result<Figures> {
+    let size = args.size;
+    let depth = args.depth;
+    let mut latencies = Vec::with_capacity(usize::try_from(args.requests).unwrap_or(0));
+    let mut next_avail: u16 = 0;
+    let mut seen_used: u16 = 0;
+    let mut done: u32 = 0;
+    let mut bytes: u64 = 0;
+    let start = Instant::now();
+    while done < args.requests {
+        let batch = u16::try_from((args.requests - done).min(u32::from(depth))).unwrap_or(1);
+        for i in 0..batch {
+            let slot = next_avail.wrapping_add(i) % QUEUE_SIZE;
+            let buf = BUFFERS + u64::from(i) * 65536;
+            // Zero the first bytes so a device that writes nothing is caught.
+            mem.write_slice(&[0u8; 16], GuestAddress(buf))?;
+            let d = DESC + u64::from(slot) * 16;
+            mem.write_obj(buf, GuestAddress(d))?;
+            mem.write_obj(size, GuestAddress(d + 8))?;
+            mem.write_obj(DESC_F_WRITE, GuestAddress(d + 12))?;
+            mem.write_obj(0u16, GuestAddress(d + 14))?;
+            let ring = AVAIL + 4 + u64::from(next_avail.wrapping_add(i) % QUEUE_SIZE) * 2;
+            mem.write_obj(slot, GuestAddress(ring))?;
+        }
+        next_avail = next_avail.wrapping_add(batch);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        mem.write_obj(next_avail, GuestAddress(AVAIL + 2))?;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let kicked = Instant::now();
+        events.kicks[0].write(1)?;
+        // Wait until the device has used the whole batch.
+        loop {
+            wait_readable(&events.irqs[0])?;
+            let _ = events.irqs[0].read();
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            let used: u16 = mem.read_obj(GuestAddress(USED + 2))?;
+            if used == next_avail {
+                break;
+            }
+        }
+        latencies.push(u64::try_from(kicked.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        for i in 0..batch {
+            let e = USED + 4 + u64::from(seen_used.wrapping_add(i) % QUEUE_SIZE) * 8;
+            let id: u32 = mem.read_obj(GuestAddress(e))?;
+            let len: u32 = mem.read_obj(GuestAddress(e + 4))?;
+            ensure!(
+                id < u32::from(QUEUE_SIZE),
+                "used entry names descriptor {id}"
+            );
+            ensure!(len == size, "request of {size} bytes got {len}");
+            let slot = u64::from(id);
+            let k = (slot + u64::from(QUEUE_SIZE) - u64::from(seen_used % QUEUE_SIZE))
+                % u64::from(QUEUE_SIZE);
+            let mut head = [0u8; 16];
+            mem.read_slice(&mut head, GuestAddress(BUFFERS + k * 65536))?;
+            ensure!(
+                len < 16 || head.iter().any(|b| *b != 0),
+                "device returned zeros"
+            );
+            bytes += u64::from(len);
+        }
+        seen_used = seen_used.wrapping_add(batch);
+        done += u32::from(batch);
+    }
+    Ok(Figures {
+        secs: start.elapsed().as_secs_f64(),
+        latencies_ns: latencies,
+        bytes,
+    })
+}
+
+fn wait_readable(e: &EventFd) -> Result<()> {
+    // SAFETY: the EventFd outlives this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(e.as_raw_fd()) };
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(IRQ_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
+    loop {
+        // SAFETY: polls one valid pollfd.
+        let rc = unsafe { libc::poll(&mut p, 1, ms) };
+        if rc > 0 {
+            return Ok(());
+        }
+        if rc == 0 {
+            bail!("no interrupt from the device within {IRQ_TIMEOUT:?}");
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err.into());
+        }
+    }
+}
+
+/// Proportional set size of `pid` in KiB, from /proc/PID/smaps_rollup.
+fn pss_kib(pid: libc::pid_t) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("Pss:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The `p`th percentile (1 to 100) of sorted values, by nearest rank.
+fn percentile(sorted: &[u64], p: usize) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (p.saturating_mul(sorted.len()).div_ceil(100)).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Nanoseconds as microseconds, for printing.
+fn us(ns: u64) -> f64 {
+    Duration::from_nanos(ns).as_secs_f64() * 1e6
+}
+
+fn print_figures(args: &DriveArgs, f: &Figures, pss: Option<u64>) {
+    let mut l = f.latencies_ns.clone();
+    l.sort_unstable();
+    let mode = match args.device_mode {
+        DeviceMode::Process => "process",
+        DeviceMode::Thread => "thread",
+    };
+    let secs = f.secs.max(1e-9);
+    println!(
+        "device={} mode={mode} depth={} size={} requests={} secs={:.3} req_per_s={:.0} mb_per_s={:.1} \
+         p50_us={:.1} p90_us={:.1} p99_us={:.1} pss_kib={}",
+        args.device,
+        args.depth,
+        args.size,
+        args.requests,
+        f.secs,
+        f64::from(args.requests) / secs,
+        f.bytes as f64 / secs / 1e6,
+        us(percentile(&l, 50)),
+        us(percentile(&l, 90)),
+        us(percentile(&l, 99)),
+        pss.map_or_else(|| "n/a".to_owned(), |p| p.to_string()),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50), 50);
+        assert_eq!(percentile(&v, 99), 99);
+        assert_eq!(percentile(&v, 100), 100);
+        assert_eq!(percentile(&[7], 90), 7);
+        assert_eq!(percentile(&[], 50), 0);
+    }
+}
