@@ -63,6 +63,8 @@ need gcc:build-essential make:build-essential flex:flex bison:bison bc:bc \
 	objcopy:binutils patch:patch lz4:lz4 flock:util-linux
 find_linux_source
 check_busybox
+mke2fs=/usr/sbin/mke2fs
+[ -x "$mke2fs" ] || die "no $mke2fs: install e2fsprogs (scripts/setup.sh does)"
 
 fragment="$repo/guest/kernel.config"
 patches=()
@@ -83,10 +85,11 @@ kernel_key=$({
 initramfs_key=$({
 	printf 'recipe %s\n' "$initramfs_recipe"
 	busybox_key
+	printf 'mke2fs %s\n' "$(digest <"$mke2fs")"
 } | digest)
 
 kernel_files="vmlinux bzImage System.map config"
-initramfs_files="initramfs.cpio initramfs.cpio.gz initramfs.cpio.lz4"
+initramfs_files="initramfs.cpio initramfs.cpio.gz initramfs.cpio.lz4 initramfs-ext4.cpio"
 
 # True when the installed kernel (or initramfs) matches its key.
 installed() { # installed kernel|initramfs
@@ -253,12 +256,40 @@ build_kernel() {
 	echo "$kernel_key" >"$guest_dir/.kernel.key"
 }
 
+# gen_init_cpio lines for e2fsprogs' mke2fs as /usr/sbin/mkfs.ext4 (busybox
+# only makes ext2), with the shared libraries it loads and its config.
+mke2fs_cpio_list() {
+	local lib dir dirs=""
+	echo "file /usr/sbin/mkfs.ext4 $mke2fs 0755 0 0"
+	for lib in $(ldd "$mke2fs" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+		dir=$(dirname "$lib")
+		case " $dirs " in
+		*" $dir "*) ;;
+		*)
+			dirs="$dirs $dir"
+			[ "$dir" = /lib ] || echo "dir $dir 0755 0 0"
+			;;
+		esac
+		echo "file $lib $(readlink -f "$lib") 0755 0 0"
+	done
+	if [ -f /etc/mke2fs.conf ]; then
+		echo "file /etc/mke2fs.conf /etc/mke2fs.conf 0644 0 0"
+	fi
+}
+
 build_initramfs() {
 	local tmp f
 	ensure_gen_init_cpio
 	tmp=$(mktemp -d "$cache/initramfs.XXXXXX")
 	busybox_cpio_list "$tmp" >"$tmp/list"
 	write_cpio "$tmp/list" "$tmp/initramfs.cpio"
+	# The same plus mkfs.ext4, for the disk tests (bigger, so slower to
+	# unpack where guest kernel code is emulated).
+	{
+		cat "$tmp/list"
+		mke2fs_cpio_list
+	} >"$tmp/list-ext4"
+	write_cpio "$tmp/list-ext4" "$tmp/initramfs-ext4.cpio"
 	gzip -9 -n -c "$tmp/initramfs.cpio" >"$tmp/initramfs.cpio.gz"
 	lz4 -l -9 -q -f "$tmp/initramfs.cpio" "$tmp/initramfs.cpio.lz4"
 	rm -f "$guest_dir/.initramfs.key"

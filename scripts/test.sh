@@ -12,4 +12,4 @@ cd "$repo"
 "$repo/scripts/setup.sh" --no-run
 export SKVM_BIN="$repo/target/release/skvm"
 # Guest tests are CPU-bound on emulating hosts: one guest per core.
-cargo test --release --workspace "$@" -- --test-threads="$(nproc)"
+cargo test --release --workspace --no-fail-fast "$@" -- --test-threads="$(nproc)"

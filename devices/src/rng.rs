@@ -8,11 +8,12 @@
 //! unbounded work per kick. A request with a device-readable buffer, or a
 //! buffer outside guest memory, is completed with length 0.
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _, Permissions};
 
 use crate::virtio::{
-    check_features, DeviceError, GuestMemory, VirtioDevice, DEVICE_ID_RNG, TRANSPORT_FEATURES,
+    check_features, serve_queue, DeviceError, GuestMemory, Processed, VirtioDevice, DEVICE_ID_RNG,
+    TRANSPORT_FEATURES,
 };
 
 /// Most bytes served for one request.
@@ -183,36 +184,11 @@ impl VirtioDevice for Rng {
         index: usize,
         queue: &mut Queue,
         mem: &GuestMemory,
-    ) -> Result<bool, DeviceError> {
+    ) -> Result<Processed, DeviceError> {
         if index != 0 {
             return Err(DeviceError::NoQueue(index));
         }
-        // At most a few rounds of the whole ring per call.
-        let budget = usize::from(queue.size()).saturating_mul(4);
-        let mut served = 0usize;
-        queue
-            .disable_notification(mem)
-            .map_err(DeviceError::Queue)?;
-        loop {
-            while served < budget {
-                let chain = queue.iter(mem).map_err(DeviceError::Queue)?.next();
-                let Some(chain) = chain else {
-                    break;
-                };
-                let head = chain.head_index();
-                let len = self.serve(chain, mem);
-                queue.add_used(mem, head, len).map_err(DeviceError::Queue)?;
-                served += 1;
-            }
-            // Re-enable notifications; if buffers came meanwhile, go on.
-            if served >= budget || !queue.enable_notification(mem).map_err(DeviceError::Queue)? {
-                break;
-            }
-        }
-        if served == 0 {
-            return Ok(false);
-        }
-        queue.needs_notification(mem).map_err(DeviceError::Queue)
+        serve_queue(queue, mem, |chain| self.serve(chain, mem))
     }
 
     fn reset(&mut self) {
@@ -225,6 +201,7 @@ mod tests {
     use super::*;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::QueueT;
 
     const NEXT: u16 = 1;
     const WRITE: u16 = 2;
@@ -374,12 +351,12 @@ mod tests {
         let used_event = vq.avail_addr().unchecked_add(4 + 2 * 16);
         m.write_obj(5u16, used_event).unwrap();
         let mut rng = activated();
-        assert!(!rng.process_queue(0, &mut q, &m).unwrap());
+        assert!(!rng.process_queue(0, &mut q, &m).unwrap().notify);
         // Without event indices every completion interrupts.
         let vq2 = MockSplitQueue::create(&m, GuestAddress(0x8000), 16);
         vq2.add_desc_chains(&[desc(BUF, 8, WRITE, 0)], 0).unwrap();
         let mut q2: Queue = vq2.create_queue().unwrap();
-        assert!(rng.process_queue(0, &mut q2, &m).unwrap());
+        assert!(rng.process_queue(0, &mut q2, &m).unwrap().notify);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What every virtio device model provides (virtio 1.2, sections 2 and 5),
 //! independent of the transport and of where the model runs.
 
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
 /// Guest memory as device models see it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
@@ -44,6 +44,56 @@ pub enum DeviceError {
     Queue(virtio_queue::Error),
 }
 
+/// What one call of [`VirtioDevice::process_queue`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Processed {
+    /// The driver must be interrupted.
+    pub notify: bool,
+    /// The call stopped at its budget with buffers left: call it again
+    /// (the driver will not kick for them).
+    pub pending: bool,
+}
+
+/// Serves the available chains of `queue` with `serve`, which returns each
+/// chain's used length. At most a few rounds of the ring per call, so that
+/// a guest cannot keep the device from its control channel; notifications
+/// are suppressed meanwhile and re-enabled at the end (event index or
+/// flags, whichever was negotiated).
+pub fn serve_queue(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    mut serve: impl FnMut(DescriptorChain<&GuestMemory>) -> u32,
+) -> Result<Processed, DeviceError> {
+    let budget = usize::from(queue.size()).saturating_mul(4);
+    let mut served = 0usize;
+    let mut pending = false;
+    queue
+        .disable_notification(mem)
+        .map_err(DeviceError::Queue)?;
+    loop {
+        while served < budget {
+            let chain = queue.iter(mem).map_err(DeviceError::Queue)?.next();
+            let Some(chain) = chain else {
+                break;
+            };
+            let head = chain.head_index();
+            let len = serve(chain);
+            queue.add_used(mem, head, len).map_err(DeviceError::Queue)?;
+            served += 1;
+        }
+        if served >= budget {
+            pending = true;
+            break;
+        }
+        // Re-enable notifications; if buffers came meanwhile, go on.
+        if !queue.enable_notification(mem).map_err(DeviceError::Queue)? {
+            break;
+        }
+    }
+    let notify = served > 0 && queue.needs_notification(mem).map_err(DeviceError::Queue)?;
+    Ok(Processed { notify, pending })
+}
+
 /// A virtio device model.
 pub trait VirtioDevice: Send {
     /// Virtio device ID.
@@ -61,15 +111,15 @@ pub trait VirtioDevice: Send {
     /// The driver set DRIVER_OK with `features` (a subset of `features()`).
     fn activate(&mut self, features: u64) -> Result<(), DeviceError>;
     /// The driver made buffers available on queue `index`: consume them and
-    /// add used entries. Returns whether the guest must be interrupted. An
-    /// error means the queue itself is unusable (the device then needs a
-    /// reset); one bad request is completed or dropped, never an error.
+    /// add used entries. An error means the queue itself is unusable (the
+    /// device then needs a reset); one bad request is completed or dropped,
+    /// never an error.
     fn process_queue(
         &mut self,
         index: usize,
         queue: &mut Queue,
         mem: &GuestMemory,
-    ) -> Result<bool, DeviceError>;
+    ) -> Result<Processed, DeviceError>;
     /// Back to the state before activation.
     fn reset(&mut self);
 }

@@ -215,6 +215,61 @@ pub fn field(output: &str, key: &str) -> Option<String> {
     })
 }
 
+/// Pids of processes whose argv is `skvm-dev NAME`, children of children
+/// of `skvm` (the spawner's).
+pub fn device_pids(skvm: u32, name: &str) -> Vec<u32> {
+    let spawners: Vec<u32> = children(skvm);
+    let mut found = Vec::new();
+    for s in spawners {
+        for c in children(s) {
+            let cmdline = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
+            if cmdline == format!("skvm-dev\0{name}\0").as_bytes() {
+                found.push(c);
+            }
+        }
+    }
+    found
+}
+
+/// Pids of the processes whose parent is `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        // Field 4 (after the parenthesised comm) is the parent pid.
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next());
+    matches!(state, Some(s) if s != "Z" && s != "X")
+}
+
+/// Sends SIGKILL to `pid`, which must exist.
+pub fn sigkill(pid: u32) {
+    let pid = i32::try_from(pid).unwrap();
+    // SAFETY: kill has no memory effects; the test owns the processes it kills.
+    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill {pid}: {}", std::io::Error::last_os_error());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,9 @@ const DEFAULT_GUEST: Duration = Duration::from_secs(600);
 /// The stock distro kernel is much bigger and slower here.
 const STOCK_KERNEL: Duration = Duration::from_secs(2400);
 
-const REPORT: &str = "echo SKVM-NPROC $(nproc); grep MemTotal /proc/meminfo";
+/// One command at a time: no command substitution (see docs/ARCHITECTURE.md,
+/// "Concurrent processes on one vCPU").
+const REPORT: &str = "printf 'SKVM-NPROC '; nproc; grep MemTotal /proc/meminfo";
 
 fn mem_total_kib(output: &str) -> u64 {
     field(output, "MemTotal:")

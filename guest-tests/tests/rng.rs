@@ -8,26 +8,29 @@
 
 use std::time::Duration;
 
-use guest_tests::{field, run_to_exit, TestVm, CMD_EXIT_MARKER};
+use guest_tests::{
+    alive, children, device_pids, field, run_to_exit, sigkill, TestVm, CMD_EXIT_MARKER,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Reads `kib` KiB from /dev/hwrng and reports what the guest saw. Byte
 /// statistics cover the last 64 KiB (busybox `sort` on a mebibyte of lines
-/// needs more than the default guest's RAM), and the script avoids pipelines
-/// (see docs/ARCHITECTURE.md, "Concurrent processes on one vCPU").
+/// needs more than the default guest's RAM), and the script runs one process
+/// at a time, without pipelines or command substitution (see
+/// docs/ARCHITECTURE.md, "Concurrent processes on one vCPU").
 fn read_hwrng(kib: u32) -> String {
     format!(
-        "echo SKVM-RNG-CURRENT $(cat /sys/class/misc/hw_random/rng_current); \
+        "printf 'SKVM-RNG-CURRENT '; cat /sys/class/misc/hw_random/rng_current; \
          dd if=/dev/hwrng of=/tmp/r bs=1024 count={kib} 2>/dev/null; \
-         echo SKVM-RNG-BYTES $(wc -c < /tmp/r); \
+         printf 'SKVM-RNG-BYTES '; wc -c < /tmp/r; \
          tail -c 65536 /tmp/r > /tmp/t; head -c 65536 /tmp/r > /tmp/h; \
          od -An -v -tx1 /tmp/t > /tmp/o; tr ' ' '\\n' < /tmp/o > /tmp/l; \
          grep . /tmp/l > /tmp/g; sort -u /tmp/g > /tmp/s; \
-         echo SKVM-RNG-DISTINCT $(wc -l < /tmp/s); \
-         echo SKVM-RNG-HEAD $(md5sum < /tmp/h); \
-         echo SKVM-RNG-TAIL $(md5sum < /tmp/t); \
-         echo SKVM-MSI $(grep -c PCI-MSI /proc/interrupts)"
+         printf 'SKVM-RNG-DISTINCT '; wc -l < /tmp/s; \
+         printf 'SKVM-RNG-HEAD '; md5sum < /tmp/h; \
+         printf 'SKVM-RNG-TAIL '; md5sum < /tmp/t; \
+         printf 'SKVM-MSI '; grep -c PCI-MSI /proc/interrupts"
     )
 }
 
@@ -125,42 +128,6 @@ fn vmm_exits_do_not_grow_with_the_bytes_transferred() {
     );
 }
 
-/// Pids of processes whose argv is `skvm-dev NAME`, children of children
-/// of `skvm` (the spawner's).
-fn device_pids(skvm: u32, name: &str) -> Vec<u32> {
-    let spawners: Vec<u32> = children(skvm);
-    let mut found = Vec::new();
-    for s in spawners {
-        for c in children(s) {
-            let cmdline = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
-            if cmdline == format!("skvm-dev\0{name}\0").as_bytes() {
-                found.push(c);
-            }
-        }
-    }
-    found
-}
-
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        // Field 4 (after the parenthesised comm) is the parent pid.
-        let ppid = stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn one_process_per_device_and_killing_it_leaves_the_guest_running() {
     let script = "dd if=/dev/hwrng of=/tmp/r bs=64 count=16 2>/dev/null; echo SKVM-READY; \
@@ -179,16 +146,6 @@ fn one_process_per_device_and_killing_it_leaves_the_guest_running() {
     let after = seen.matches("SKVM-TICK").count();
     vm.wait_for_count("SKVM-TICK", after + 3, Duration::from_secs(120));
     assert!(device_pids(vm.pid(), "rng0").is_empty());
-}
-
-/// Whether `pid` is a live (not zombie) process.
-fn alive(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit(')')
-        .next()
-        .and_then(|r| r.split_whitespace().next());
-    matches!(state, Some(s) if s != "Z" && s != "X")
 }
 
 /// Boots with `--rng` plus `extra`, waits for the device to be in use, and
@@ -237,12 +194,4 @@ fn no_device_process_survives_a_killed_vmm() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(survivors().is_empty(), "still running: {:?}", survivors());
-}
-
-/// Sends SIGKILL to `pid`, which must exist.
-fn sigkill(pid: u32) {
-    let pid = i32::try_from(pid).unwrap();
-    // SAFETY: kill has no memory effects; the test owns the processes it kills.
-    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(rc, 0, "kill {pid}: {}", std::io::Error::last_os_error());
 }

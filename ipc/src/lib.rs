@@ -12,7 +12,7 @@
 //!
 //! | kind | direction | message | fds | answer |
 //! |---|---|---|---|---|
-//! | 1 | VMM -> device | `Hello { version }` | 0 | `Welcome` |
+//! | 1 | VMM -> device | `Hello { version, backend }` | the backend's (0 or 1) | `Welcome` / `Error` |
 //! | 2 | VMM -> device | `ConfigRead { offset, len }` | 0 | `ConfigData` |
 //! | 3 | VMM -> device | `ConfigWrite { offset, data }` | 0 | `Ack` / `Error` |
 //! | 4 | VMM -> device | `Activate { features, regions, queues }` | regions + 2 x queues + 1 | `Ack` / `Error` |
@@ -34,7 +34,7 @@ pub mod fdpass;
 pub mod wire;
 
 pub use channel::Channel;
-pub use wire::{DeviceInfo, MemRegion, QueueLayout, Reply, Request};
+pub use wire::{Backend, DeviceInfo, MemRegion, QueueLayout, Reply, Request};
 
 /// Version of the protocol; both ends must speak the same.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -50,6 +50,8 @@ pub const MAX_QUEUES: usize = 4;
 pub const MAX_REGIONS: usize = 4;
 /// Longest text (error messages, reasons), in bytes of UTF-8.
 pub const MAX_TEXT: usize = 256;
+/// Longest block device serial (virtio-blk GET_ID answers 20 bytes).
+pub const MAX_SERIAL: usize = 20;
 
 /// Errors of the protocol and its transport.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,9 @@ pub enum IpcError {
     /// Text that is not UTF-8.
     #[error("text is not UTF-8")]
     BadText,
+    /// A field with a value the protocol does not define.
+    #[error("invalid {0}")]
+    BadValue(&'static str),
     /// A message came with the wrong number of fds.
     #[error("message carries {got} fds, expected {expected}")]
     FdCount {

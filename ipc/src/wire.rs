@@ -15,7 +15,8 @@
 //! allocated, and a payload must be consumed exactly.
 
 use crate::{
-    IpcError, MAX_CONFIG, MAX_MESSAGE, MAX_QUEUES, MAX_REGIONS, MAX_TEXT, PROTOCOL_VERSION,
+    IpcError, MAX_CONFIG, MAX_MESSAGE, MAX_QUEUES, MAX_REGIONS, MAX_SERIAL, MAX_TEXT,
+    PROTOCOL_VERSION,
 };
 
 const MAGIC: u32 = 0x4d56_4b53;
@@ -75,13 +76,95 @@ pub struct DeviceInfo {
     pub config: Vec<u8>,
 }
 
+/// What a device is attached to on the host; sent with `Hello`, with the
+/// backend's fds beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// Nothing (virtio-rng); no fds.
+    None,
+    /// A disk image; one fd, the open image.
+    Block {
+        /// Capacity in 512-byte sectors.
+        sectors: u64,
+        /// Refuse writes (and the fd is read-only).
+        read_only: bool,
+        /// The fd was opened with O_DIRECT.
+        direct: bool,
+        /// The serial the guest reads with GET_ID (at most 20 bytes).
+        serial: Vec<u8>,
+    },
+}
+
+const BACKEND_NONE: u16 = 0;
+const BACKEND_BLOCK: u16 = 1;
+const BLOCK_READ_ONLY: u8 = 1;
+const BLOCK_DIRECT: u8 = 2;
+
+impl Backend {
+    /// How many fds travel with it.
+    pub fn fd_count(&self) -> usize {
+        match self {
+            Backend::None => 0,
+            Backend::Block { .. } => 1,
+        }
+    }
+
+    fn encode(&self, w: &mut Writer) -> Result<(), IpcError> {
+        match self {
+            Backend::None => w.u16(BACKEND_NONE),
+            Backend::Block {
+                sectors,
+                read_only,
+                direct,
+                serial,
+            } => {
+                w.u16(BACKEND_BLOCK);
+                w.u64(*sectors);
+                let mut flags = 0;
+                if *read_only {
+                    flags |= BLOCK_READ_ONLY;
+                }
+                if *direct {
+                    flags |= BLOCK_DIRECT;
+                }
+                w.buf.push(flags);
+                w.bytes("serial length", serial, MAX_SERIAL)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, IpcError> {
+        match r.u16()? {
+            BACKEND_NONE => Ok(Backend::None),
+            BACKEND_BLOCK => {
+                let sectors = r.u64()?;
+                let [flags] = r.array()?;
+                if flags & !(BLOCK_READ_ONLY | BLOCK_DIRECT) != 0 {
+                    return Err(IpcError::BadValue("block backend flags"));
+                }
+                Ok(Backend::Block {
+                    sectors,
+                    read_only: flags & BLOCK_READ_ONLY != 0,
+                    direct: flags & BLOCK_DIRECT != 0,
+                    serial: r.bytes("serial length", MAX_SERIAL)?,
+                })
+            }
+            _ => Err(IpcError::BadValue("backend kind")),
+        }
+    }
+}
+
 /// VMM -> device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// The first message; answered with `Welcome`.
+    /// The first message; answered with `Welcome`. Carries the backend's
+    /// fds.
     Hello {
         /// The VMM's protocol version.
         version: u16,
+        /// What the device serves.
+        backend: Backend,
     },
     /// Read device configuration; answered with `ConfigData`.
     ConfigRead {
@@ -280,6 +363,7 @@ impl Request {
             Request::Activate {
                 regions, queues, ..
             } => regions.len() + 2 * queues.len() + 1,
+            Request::Hello { backend, .. } => backend.fd_count(),
             _ => 0,
         }
     }
@@ -287,9 +371,10 @@ impl Request {
     /// The wire form; fails if a field is above its cap.
     pub fn encode(&self) -> Result<Vec<u8>, IpcError> {
         let w = match self {
-            Request::Hello { version } => {
+            Request::Hello { version, backend } => {
                 let mut w = Writer::new(HELLO);
                 w.u16(*version);
+                backend.encode(&mut w)?;
                 w
             }
             Request::ConfigRead { offset, len } => {
@@ -337,7 +422,10 @@ impl Request {
     pub fn decode(bytes: &[u8]) -> Result<Self, IpcError> {
         let (kind, mut r) = open(bytes)?;
         let req = match kind {
-            HELLO => Request::Hello { version: r.u16()? },
+            HELLO => Request::Hello {
+                version: r.u16()?,
+                backend: Backend::decode(&mut r)?,
+            },
             CONFIG_READ => Request::ConfigRead {
                 offset: r.u32()?,
                 len: r.u32()?,
@@ -462,7 +550,19 @@ mod tests {
 
     fn requests() -> Vec<Request> {
         vec![
-            Request::Hello { version: 1 },
+            Request::Hello {
+                version: 1,
+                backend: Backend::None,
+            },
+            Request::Hello {
+                version: 1,
+                backend: Backend::Block {
+                    sectors: 1 << 21,
+                    read_only: true,
+                    direct: false,
+                    serial: b"disk-1".to_vec(),
+                },
+            },
             Request::ConfigRead { offset: 4, len: 8 },
             Request::ConfigWrite {
                 offset: 2,
@@ -630,6 +730,53 @@ mod tests {
             ],
         };
         assert!(r.encode().is_err());
+    }
+
+    #[test]
+    fn unknown_backends_and_flags_are_rejected() {
+        let mut w = Writer::new(HELLO);
+        w.u16(PROTOCOL_VERSION);
+        w.u16(7);
+        assert!(matches!(
+            Request::decode(&w.finish().unwrap()),
+            Err(IpcError::BadValue("backend kind"))
+        ));
+        let mut w = Writer::new(HELLO);
+        w.u16(PROTOCOL_VERSION);
+        w.u16(BACKEND_BLOCK);
+        w.u64(8);
+        w.buf.push(0x80);
+        w.u16(0);
+        assert!(matches!(
+            Request::decode(&w.finish().unwrap()),
+            Err(IpcError::BadValue(_))
+        ));
+        let long = Request::Hello {
+            version: PROTOCOL_VERSION,
+            backend: Backend::Block {
+                sectors: 8,
+                read_only: false,
+                direct: false,
+                serial: vec![b'x'; MAX_SERIAL + 1],
+            },
+        };
+        assert!(long.encode().is_err());
+    }
+
+    #[test]
+    fn backends_say_how_many_fds_they_carry() {
+        let hello = |backend| Request::Hello {
+            version: PROTOCOL_VERSION,
+            backend,
+        };
+        assert_eq!(hello(Backend::None).fd_count(), 0);
+        let block = Backend::Block {
+            sectors: 8,
+            read_only: false,
+            direct: true,
+            serial: vec![],
+        };
+        assert_eq!(hello(block).fd_count(), 1);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use crate::device_host::{DeviceMode, OnFailure};
+use crate::disk::DiskSpec;
 use crate::memory::MIN_MEM;
 
 /// Largest vCPU count: APIC IDs must fit the xAPIC's 8 bits (255 is broadcast).
@@ -58,6 +59,15 @@ pub struct RunArgs {
     /// rng0.
     #[arg(long)]
     pub rng: bool,
+    /// Add a virtio-blk disk over a raw image file or block device; repeat
+    /// for more (blk0, blk1, ... in order; the guest's vda, vdb, ...). skvm
+    /// opens and locks the image (exclusively, shared with `ro`) and the
+    /// device process gets only that fd. `ro`: the guest cannot write;
+    /// `serial=ID`: up to 20 characters the guest reads as the disk's
+    /// serial; `direct=on`: bypass the host page cache (O_DIRECT; the guest
+    /// sees 4 KiB blocks). The size must be a multiple of 512 bytes.
+    #[arg(long, value_name = "PATH[,ro][,serial=ID][,direct=on]")]
+    pub disk: Vec<String>,
     /// Where virtio devices run: each in its own sandboxed process, or as
     /// threads of the VMM (no isolation; to measure what it costs).
     #[arg(long, value_enum, value_name = "MODE", default_value_t = DeviceMode::Process)]
@@ -99,6 +109,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// A --disk option that cannot be parsed.
+    #[error("{0}")]
+    BadDisk(String),
     /// No --kernel and no default guest.
     #[error("no --kernel given and the default guest is not built at {0}: run scripts/setup.sh")]
     NoDefaultGuest(PathBuf),
@@ -121,8 +134,10 @@ pub struct VmConfig {
     pub mem: u64,
     /// Quirks mode.
     pub host_quirks: HostQuirks,
-    /// Device names to start, e.g. "rng0".
-    pub devices: Vec<String>,
+    /// Disks, in order (blk0, blk1, ...).
+    pub disks: Vec<DiskSpec>,
+    /// Whether to add virtio-rng (rng0).
+    pub rng: bool,
     /// Where devices run.
     pub device_mode: DeviceMode,
     /// What a device failure does.
@@ -188,11 +203,13 @@ impl VmConfig {
             cpus,
             mem,
             host_quirks: args.host_quirks,
-            devices: if args.rng {
-                vec!["rng0".to_owned()]
-            } else {
-                Vec::new()
-            },
+            disks: args
+                .disk
+                .iter()
+                .map(|d| DiskSpec::parse(d))
+                .collect::<Result<_, _>>()
+                .map_err(ConfigError::BadDisk)?,
+            rng: args.rng,
             device_mode: args.device_mode,
             on_device_failure: args.on_device_failure,
         })
@@ -342,6 +359,7 @@ mod tests {
             mem: "128M".into(),
             host_quirks: HostQuirks::Auto,
             rng: false,
+            disk: Vec::new(),
             device_mode: DeviceMode::Process,
             on_device_failure: OnFailure::Reset,
             debug: false,

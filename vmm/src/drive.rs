@@ -86,7 +86,15 @@ pub fn run(args: &DriveArgs) -> Result<()> {
     let Started { chan, pid, thread } =
         start_device(spawner.as_ref(), args.device_mode, &args.device)?;
     let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
-    let mut dev = RemoteDevice::connect(&args.device, pid, chan, 4, memory)?;
+    let no_backend = (&ipc::Backend::None, &[][..]);
+    let mut dev = RemoteDevice::connect(
+        &args.device,
+        pid,
+        chan,
+        devices::virtio::DEVICE_ID_RNG,
+        no_backend,
+        memory,
+    )?;
     let events = DeviceEvents {
         kicks: vec![EventFd::new(EFD_NONBLOCK)?],
         irqs: vec![EventFd::new(EFD_NONBLOCK)?],

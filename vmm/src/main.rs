@@ -7,6 +7,7 @@ mod boot;
 mod config;
 mod console;
 mod device_host;
+mod disk;
 mod drive;
 mod exit;
 mod host;

@@ -19,6 +19,7 @@ use crate::boot::{self, BootSpec};
 use crate::config::{HostQuirks, VmConfig};
 use crate::console::{EscapeParser, RawTerminal};
 use crate::device_host::DeviceHost;
+use crate::disk;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::irq::IrqRouter;
 use crate::legacy::serial::{ConsoleOut, IrqTrigger, PanicRecord, SerialDevice, COM1_IRQ};
@@ -84,8 +85,32 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
     let vm = Arc::new(create_vm(&kvm, &ram)?);
     let router = Arc::new(IrqRouter::new(vm.clone()));
     let mut pci = PciBus::new();
-    for name in &cfg.devices {
-        host.add(name, &mut pci, &ram, &vm, &router)?;
+    for (i, spec) in cfg.disks.iter().enumerate() {
+        let disk = disk::open(spec)?;
+        let backend = ipc::Backend::Block {
+            sectors: disk.sectors,
+            read_only: spec.read_only,
+            direct: spec.direct,
+            serial: spec.serial.clone().unwrap_or_default().into_bytes(),
+        };
+        host.add(
+            &format!("blk{i}"),
+            (backend, vec![disk.fd]),
+            &mut pci,
+            &ram,
+            &vm,
+            &router,
+        )?;
+    }
+    if cfg.rng {
+        host.add(
+            "rng0",
+            (ipc::Backend::None, Vec::new()),
+            &mut pci,
+            &ram,
+            &vm,
+            &router,
+        )?;
     }
     let pci = Arc::new(pci);
     let cmdline = cfg.cmdline(quirks);

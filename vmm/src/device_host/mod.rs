@@ -17,7 +17,8 @@ pub mod remote;
 pub mod spawner;
 pub mod worker;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -25,7 +26,7 @@ use std::thread::JoinHandle;
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use devices::virtio::VirtioDevice;
-use ipc::Channel;
+use ipc::{Backend, Channel};
 use kvm_ioctls::VmFd;
 
 use crate::exit::ExitReason;
@@ -63,6 +64,8 @@ const BAR_STRIDE: u32 = 0x1_0000;
 
 struct Hosted {
     name: String,
+    /// The backend's fds (a disk image: holding it keeps its lock).
+    _backend_fds: Vec<OwnedFd>,
     pid: Option<libc::pid_t>,
     transport: Arc<Mutex<VirtioPci<RemoteDevice>>>,
     thread: Option<JoinHandle<()>>,
@@ -82,12 +85,49 @@ pub fn kind_of(name: &str) -> &str {
     name.trim_end_matches(|c: char| c.is_ascii_digit())
 }
 
-/// A new model of `kind`.
-fn model(kind: &str) -> Option<Box<dyn VirtioDevice>> {
+/// The virtio device ID of a device of `kind`.
+pub fn device_type_of(kind: &str) -> Option<u32> {
     match kind {
-        "rng" => Some(Box::new(devices::rng::Rng::new())),
+        "rng" => Some(devices::virtio::DEVICE_ID_RNG),
+        "blk" => Some(devices::virtio::DEVICE_ID_BLOCK),
         _ => None,
     }
+}
+
+/// Builds the model of a device of `kind` over `backend` and its fds (what
+/// the VMM sent with its hello).
+pub fn build_model(
+    kind: &str,
+    backend: Backend,
+    fds: Vec<OwnedFd>,
+) -> Result<Box<dyn VirtioDevice>, String> {
+    let mut fds = fds.into_iter();
+    let model: Box<dyn VirtioDevice> = match (kind, backend) {
+        ("rng", Backend::None) => Box::new(devices::rng::Rng::new()),
+        (
+            "blk",
+            Backend::Block {
+                sectors,
+                read_only,
+                direct,
+                serial,
+            },
+        ) => {
+            let image = fds.next().ok_or("no disk image fd")?;
+            let params = devices::block::DiskParams {
+                sectors,
+                read_only,
+                direct,
+                serial,
+            };
+            Box::new(devices::block::Block::new(File::from(image), params))
+        }
+        (kind, backend) => return Err(format!("a {kind} device cannot serve {backend:?}")),
+    };
+    if fds.next().is_some() {
+        return Err("unexpected backend fds".into());
+    }
+    Ok(model)
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -110,27 +150,38 @@ impl DeviceHost {
         })
     }
 
-    /// Starts device `name` (e.g. "rng0") and plugs its transport into
-    /// `bus`.
+    /// Starts device `name` (e.g. "rng0") over `backend` (whose fds the
+    /// host keeps) and plugs its transport into `bus`.
     pub fn add(
         &mut self,
         name: &str,
+        backend: (Backend, Vec<OwnedFd>),
         bus: &mut PciBus,
         ram: &GuestRam,
         vm: &Arc<VmFd>,
         router: &Arc<IrqRouter>,
     ) -> Result<()> {
         let kind = kind_of(name);
-        let probe = model(kind).with_context(|| format!("{name}: unknown device kind"))?;
-        let device_type = probe.device_type();
-        drop(probe);
+        let device_type =
+            device_type_of(kind).with_context(|| format!("{name}: unknown device kind"))?;
+        let (backend, backend_fds) = backend;
         let Started {
             chan: vmm_end,
             pid,
             thread,
         } = start_device(self.spawner.as_ref(), self.mode, name)?;
         let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
-        let remote = match RemoteDevice::connect(name, pid, vmm_end, device_type, memory) {
+        let borrowed: Vec<BorrowedFd<'_>> = backend_fds.iter().map(|f| f.as_fd()).collect();
+        let connected = RemoteDevice::connect(
+            name,
+            pid,
+            vmm_end,
+            device_type,
+            (&backend, &borrowed),
+            memory,
+        );
+        drop(borrowed);
+        let remote = match connected {
             Ok(r) => r,
             Err(e) => {
                 if let Some(p) = pid {
@@ -162,6 +213,7 @@ impl DeviceHost {
         }
         self.devices.push(Hosted {
             name: name.to_owned(),
+            _backend_fds: backend_fds,
             pid,
             transport,
             thread,
@@ -320,10 +372,8 @@ fn start_thread(name: &str, chan: Channel) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("skvm-dev-{name}"))
         .spawn(move || {
-            let Some(mut m) = model(&kind) else {
-                return;
-            };
-            if let Err(e) = worker::serve(&chan, m.as_mut(), || Ok(())) {
+            let make = Box::new(|b, fds| build_model(&kind, b, fds));
+            if let Err(e) = worker::serve(&chan, make, || Ok(())) {
                 log::error(&format!("device {label}: {e}"));
             }
         })
@@ -334,7 +384,7 @@ fn start_thread(name: &str, chan: Channel) -> Result<JoinHandle<()>> {
 pub fn process_main(name: &str) -> ExitCode {
     sandbox::process::set_name(&format!("skvm-dev {name}"));
     let kind = kind_of(name);
-    let (Some(mut m), Some(policy)) = (model(kind), policy::for_kind(kind)) else {
+    let Some(policy) = policy::for_kind(kind) else {
         eprintln!("skvm-dev {name}: unknown device kind");
         return ExitCode::from(1);
     };
@@ -350,7 +400,8 @@ pub fn process_main(name: &str) -> ExitCode {
             .install(sandbox::seccomp::Violation::Kill)
             .map_err(|e| e.to_string())
     };
-    match worker::serve(&chan, m.as_mut(), confine) {
+    let make = Box::new(|b, fds| build_model(kind, b, fds));
+    match worker::serve(&chan, make, confine) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("skvm-dev {name}: {e}");

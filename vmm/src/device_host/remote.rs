@@ -49,21 +49,24 @@ pub struct RemoteDevice {
 const MAX_UNSOLICITED: usize = 64;
 
 impl RemoteDevice {
-    /// Says hello to the device on `chan` and learns what it is. The device
-    /// must be of `expected_type`. `pid` is the device process, killed when
-    /// the device breaks the protocol (`None` for a device thread).
+    /// Says hello to the device on `chan`, hands it its backend (`backend`
+    /// and its fds) and learns what it is. The device must be of
+    /// `expected_type`. `pid` is the device process, killed when the device
+    /// breaks the protocol (`None` for a device thread).
     pub fn connect(
         name: &str,
         pid: Option<libc::pid_t>,
         chan: Channel,
         expected_type: u32,
+        backend: (&ipc::Backend, &[BorrowedFd<'_>]),
         memory: Vec<(RamRange, Arc<File>)>,
     ) -> Result<Self> {
         chan.send_request(
             &Request::Hello {
                 version: PROTOCOL_VERSION,
+                backend: backend.0.clone(),
             },
-            &[],
+            backend.1,
         )
         .with_context(|| format!("{name}: cannot greet the device"))?;
         let info = match chan
@@ -265,6 +268,8 @@ impl Backend for RemoteDevice {
 mod tests {
     use super::*;
 
+    const NO_BACKEND: (&ipc::Backend, &[BorrowedFd<'_>]) = (&ipc::Backend::None, &[]);
+
     fn info() -> DeviceInfo {
         DeviceInfo {
             device_type: 4,
@@ -320,7 +325,7 @@ mod tests {
             },
         ] {
             let (chan, t) = peer(welcome, |_| {});
-            assert!(RemoteDevice::connect("rng0", None, chan, 4, Vec::new()).is_err());
+            assert!(RemoteDevice::connect("rng0", None, chan, 4, NO_BACKEND, Vec::new()).is_err());
             t.join().unwrap();
         }
     }
@@ -329,7 +334,7 @@ mod tests {
     fn a_silent_device_times_out() {
         let (vmm, dev) = Channel::pair().unwrap();
         let start = std::time::Instant::now();
-        assert!(RemoteDevice::connect("rng0", None, vmm, 4, Vec::new()).is_err());
+        assert!(RemoteDevice::connect("rng0", None, vmm, 4, NO_BACKEND, Vec::new()).is_err());
         assert!(start.elapsed() < REPLY_TIMEOUT + Duration::from_secs(1));
         drop(dev);
     }
@@ -348,7 +353,7 @@ mod tests {
                 }
             }
         });
-        let mut d = RemoteDevice::connect("rng0", None, chan, 4, Vec::new()).unwrap();
+        let mut d = RemoteDevice::connect("rng0", None, chan, 4, NO_BACKEND, Vec::new()).unwrap();
         t.join().unwrap();
         let events = d.poll_events();
         assert!(events.len() <= MAX_UNSOLICITED);
@@ -369,7 +374,7 @@ mod tests {
             let _ = dev.send_reply(&Reply::ConfigData { data: vec![0] });
             let _ = dev.recv_request(Some(Duration::from_millis(200)));
         });
-        let mut d = RemoteDevice::connect("rng0", None, chan, 4, Vec::new()).unwrap();
+        let mut d = RemoteDevice::connect("rng0", None, chan, 4, NO_BACKEND, Vec::new()).unwrap();
         assert!(d.reset().is_err());
         assert!(d.reset().is_err());
         t.join().unwrap();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use devices::virtio::VirtioDevice;
-use ipc::{Channel, DeviceInfo, IpcError, QueueLayout, Reply, Request, PROTOCOL_VERSION};
+use ipc::{Backend, Channel, DeviceInfo, IpcError, QueueLayout, Reply, Request, PROTOCOL_VERSION};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -63,17 +63,23 @@ pub fn device_info(device: &dyn VirtioDevice) -> DeviceInfo {
     }
 }
 
-/// Serves `device` on `chan` until the VMM shuts it down or goes away.
-/// `confine` runs once, after the hello and before any guest data is
-/// touched (the process mode's seccomp filter).
+/// Builds a device model from the backend the VMM sent with its hello and
+/// the fds that came with it.
+pub type MakeDevice<'a> =
+    dyn FnOnce(Backend, Vec<OwnedFd>) -> Result<Box<dyn VirtioDevice>, String> + 'a;
+
+/// Serves a device on `chan` until the VMM shuts it down or goes away. The
+/// model is built by `make` from the hello's backend; `confine` runs once,
+/// after the hello and before any guest data is touched (the process
+/// mode's seccomp filter).
 pub fn serve(
     chan: &Channel,
-    device: &mut dyn VirtioDevice,
+    make: Box<MakeDevice<'_>>,
     confine: impl FnOnce() -> Result<(), String>,
 ) -> Result<(), WorkerError> {
-    match chan.recv_request(Some(HELLO_TIMEOUT))? {
-        (Request::Hello { version }, _) if version == PROTOCOL_VERSION => {}
-        (Request::Hello { version }, _) => {
+    let (backend, fds) = match chan.recv_request(Some(HELLO_TIMEOUT))? {
+        (Request::Hello { version, backend }, fds) if version == PROTOCOL_VERSION => (backend, fds),
+        (Request::Hello { version, .. }, _) => {
             let message = format!("unsupported protocol version {version}");
             chan.send_reply(&Reply::Error {
                 message: message.clone(),
@@ -81,7 +87,17 @@ pub fn serve(
             return Err(WorkerError::Protocol(message));
         }
         _ => return Err(WorkerError::Protocol("expected hello".into())),
-    }
+    };
+    let mut device = match make(backend, fds) {
+        Ok(d) => d,
+        Err(message) => {
+            chan.send_reply(&Reply::Error {
+                message: message.clone(),
+            })?;
+            return Err(WorkerError::Protocol(message));
+        }
+    };
+    let device = device.as_mut();
     chan.send_reply(&Reply::Welcome {
         version: PROTOCOL_VERSION,
         info: device_info(device),
@@ -199,11 +215,15 @@ fn run_queue(
     mem: &GuestMemoryMmap,
     q: &mut ActiveQueue,
 ) -> Result<(), String> {
-    let notify = device
+    let done = device
         .process_queue(q.index, &mut q.queue, mem)
         .map_err(|e| format!("queue {}: {e}", q.index))?;
-    if notify {
+    if done.notify {
         let _ = q.irq.write(1);
+    }
+    if done.pending {
+        // Come back after a look at the control channel.
+        let _ = q.kick.write(1);
     }
     Ok(())
 }

@@ -162,8 +162,9 @@ impl ConfigSpace {
             return None;
         }
         let base = self.read_u32(BAR0 + index * 4) & !(size - 1);
-        // A BAR that is being sized (all ones) or unassigned decodes nothing.
-        if base == 0 || u64::from(base) + u64::from(size) > 1 << 32 {
+        // A BAR that is being sized (all ones, read back as the size mask)
+        // or unassigned decodes nothing.
+        if base == 0 || base == !(size - 1) || u64::from(base) + u64::from(size) > 1 << 32 {
             return None;
         }
         Some((u64::from(base), u64::from(size)))

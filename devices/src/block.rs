@@ -1,0 +1,1120 @@
+//! virtio-blk, the block device (virtio 1.2, section 5.2), over a raw image
+//! the VMM opened: the device holds one fd and cannot open anything.
+//!
+//! One request queue. Each request is a device-readable header (type,
+//! reserved, sector), data (device-readable for writes, device-writable for
+//! reads) and a one-byte device-writable status at the very end. Nothing is
+//! assumed about how the driver splits these over descriptors: the readable
+//! bytes are one stream, the writable bytes another, and the header and the
+//! status are taken from their ends.
+//!
+//! Guest input is hostile. A chain with no writable byte has nowhere to put
+//! a status and is returned with length 0 ("dropped"); a chain cut short (a
+//! loop, a next index outside the table) likewise. Everything else gets a
+//! status: IOERR for requests past the end, data lengths that are not whole
+//! sectors, buffers outside guest memory, readable bytes after writable
+//! ones, writes to a read-only disk and failed host I/O; UNSUPP for unknown
+//! types and features that were not negotiated.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend as _};
+
+use crate::virtio::{
+    check_features, serve_queue, DeviceError, GuestMemory, Processed, VirtioDevice,
+    DEVICE_ID_BLOCK, TRANSPORT_FEATURES,
+};
+
+/// Bytes in a sector, the unit of every offset and length in the protocol.
+pub const SECTOR: u64 = 512;
+/// Queue size offered to the driver.
+pub const QUEUE_SIZE: u16 = 256;
+/// Largest data segment the driver may use (`size_max`).
+pub const SIZE_MAX: u32 = 1 << 20;
+/// Most data segments per request (`seg_max`): a queue's worth less the
+/// header and the status.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Most descriptors of one request that the device looks at; longer chains
+/// (possible with indirect tables) fail with IOERR.
+pub const MAX_DESCRIPTORS: usize = 1024;
+/// Most sectors one discard or write-zeroes segment may cover (1 GiB).
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 21;
+/// Most segments of one discard or write-zeroes request.
+pub const MAX_DISCARD_SEG: u32 = 1;
+/// Length of the serial returned by GET_ID.
+pub const ID_BYTES: usize = 20;
+
+/// Feature bits of virtio-blk (5.2.3).
+pub const VIRTIO_BLK_F_SIZE_MAX: u32 = 1;
+/// `seg_max` is valid.
+pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
+/// The disk is read-only.
+pub const VIRTIO_BLK_F_RO: u32 = 5;
+/// `blk_size` is valid.
+pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
+/// The FLUSH command is supported.
+pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+/// The DISCARD command is supported.
+pub const VIRTIO_BLK_F_DISCARD: u32 = 13;
+/// The WRITE_ZEROES command is supported.
+pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
+
+/// Request types (5.2.6).
+pub const VIRTIO_BLK_T_IN: u32 = 0;
+/// Write.
+pub const VIRTIO_BLK_T_OUT: u32 = 1;
+/// Flush the write cache.
+pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+/// Read the device ID (serial).
+pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+/// Discard sectors.
+pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
+/// Write zeroes to sectors.
+pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
+
+/// Request status values.
+pub const VIRTIO_BLK_S_OK: u8 = 0;
+/// The request failed.
+pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+/// The request is not supported.
+pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+
+/// Flag of a write-zeroes segment: the device may deallocate.
+const FLAG_UNMAP: u32 = 1;
+/// Bytes of the request header.
+const HEADER: usize = 16;
+/// Bytes of a discard / write-zeroes segment.
+const DWZ_SEGMENT: usize = 16;
+/// Length of the configuration space we describe (up to
+/// `write_zeroes_may_unmap` and its padding).
+const CONFIG_LEN: usize = 60;
+
+/// What the disk is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskParams {
+    /// Capacity in sectors.
+    pub sectors: u64,
+    /// Writes fail and RO is offered.
+    pub read_only: bool,
+    /// The image was opened with O_DIRECT: the guest is told 4 KiB blocks,
+    /// so that its I/O is aligned as the host requires.
+    pub direct: bool,
+    /// The GET_ID answer (at most 20 bytes).
+    pub serial: Vec<u8>,
+}
+
+/// What the device has done, for statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    /// Requests completed, whatever their status.
+    pub requests: u64,
+    /// Bytes read from the image into the guest.
+    pub bytes_read: u64,
+    /// Bytes written from the guest to the image.
+    pub bytes_written: u64,
+    /// Requests completed with IOERR.
+    pub errors: u64,
+    /// Requests completed with UNSUPP.
+    pub unsupported: u64,
+    /// Chains returned without a status (nowhere to put one).
+    pub dropped: u64,
+}
+
+/// The virtio-blk device model.
+pub struct Block {
+    file: File,
+    params: DiskParams,
+    features: u64,
+    stats: BlockStats,
+}
+
+/// One guest buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seg {
+    addr: GuestAddress,
+    len: usize,
+}
+
+/// A chain split into its readable and writable bytes.
+struct Parsed {
+    readable: Vec<Seg>,
+    writable: Vec<Seg>,
+    /// A readable descriptor came after a writable one.
+    misordered: bool,
+    /// More than [`MAX_DESCRIPTORS`] descriptors.
+    too_long: bool,
+}
+
+/// Why a request failed, as a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fail {
+    IoErr,
+    Unsupp,
+}
+
+fn io_err<T>(_: T) -> Fail {
+    Fail::IoErr
+}
+
+/// The first `n` bytes of `segs` and what is left after them.
+fn split_at(segs: &[Seg], mut n: usize) -> (Vec<Seg>, Vec<Seg>) {
+    let mut head = Vec::new();
+    let mut tail = Vec::new();
+    for s in segs {
+        if n == 0 {
+            tail.push(*s);
+        } else if s.len <= n {
+            head.push(*s);
+            n -= s.len;
+        } else {
+            head.push(Seg {
+                addr: s.addr,
+                len: n,
+            });
+            // The descriptor's range was checked not to wrap.
+            tail.push(Seg {
+                addr: s.addr.unchecked_add(n as u64),
+                len: s.len - n,
+            });
+            n = 0;
+        }
+    }
+    (head, tail)
+}
+
+fn total(segs: &[Seg]) -> usize {
+    segs.iter().map(|s| s.len).sum()
+}
+
+/// Reads `buf.len()` bytes from the start of `segs`.
+fn gather(mem: &GuestMemory, segs: &[Seg], buf: &mut [u8]) -> Result<(), Fail> {
+    let mut done = 0;
+    for s in segs {
+        if done == buf.len() {
+            break;
+        }
+        let n = s.len.min(buf.len() - done);
+        let dst = buf.get_mut(done..done + n).ok_or(Fail::IoErr)?;
+        mem.read_slice(dst, s.addr).map_err(io_err)?;
+        done += n;
+    }
+    if done == buf.len() {
+        Ok(())
+    } else {
+        Err(Fail::IoErr)
+    }
+}
+
+/// Writes `data` to the start of `segs`; returns how many bytes fit.
+fn scatter(mem: &GuestMemory, segs: &[Seg], data: &[u8]) -> Result<usize, Fail> {
+    let mut done = 0;
+    for s in segs {
+        if done == data.len() {
+            break;
+        }
+        let n = s.len.min(data.len() - done);
+        let src = data.get(done..done + n).ok_or(Fail::IoErr)?;
+        mem.write_slice(src, s.addr).map_err(io_err)?;
+        done += n;
+    }
+    Ok(done)
+}
+
+/// Host iovecs for `segs`; fails if any byte is outside guest memory. The
+/// pointers stay valid while `mem` is mapped (for the request's duration).
+fn iovecs(mem: &GuestMemory, segs: &[Seg]) -> Result<Vec<libc::iovec>, Fail> {
+    let mut v = Vec::with_capacity(segs.len());
+    for s in segs {
+        let slice = mem.get_slice(s.addr, s.len).map_err(io_err)?;
+        let ptr = slice.ptr_guard_mut().as_ptr();
+        v.push(libc::iovec {
+            iov_base: ptr.cast(),
+            iov_len: s.len,
+        });
+    }
+    Ok(v)
+}
+
+/// Drops the first `n` bytes of `iov`.
+fn advance(iov: &mut Vec<libc::iovec>, mut n: usize) {
+    let mut skip = 0;
+    for v in iov.iter_mut() {
+        if n == 0 {
+            break;
+        }
+        if v.iov_len <= n {
+            n -= v.iov_len;
+            skip += 1;
+        } else {
+            // SAFETY: n < iov_len, so the pointer stays inside the buffer.
+            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n).cast() };
+            v.iov_len -= n;
+            n = 0;
+        }
+    }
+    iov.drain(..skip);
+}
+
+/// preadv/pwritev of the whole of `iov` at `offset`, going on after short
+/// transfers and EINTR. A transfer that stops early (end of file) fails.
+fn transfer(
+    file: &File,
+    mut iov: Vec<libc::iovec>,
+    mut offset: u64,
+    write: bool,
+) -> io::Result<()> {
+    while !iov.is_empty() {
+        let cnt = libc::c_int::try_from(iov.len().min(1024)).unwrap_or(1024);
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: every iovec points into mapped guest memory of its length
+        // (see `iovecs`); the kernel reads or writes only those bytes.
+        let n = unsafe {
+            if write {
+                libc::pwritev(file.as_raw_fd(), iov.as_ptr(), cnt, off)
+            } else {
+                libc::preadv(file.as_raw_fd(), iov.as_ptr(), cnt, off)
+            }
+        };
+        match usize::try_from(n) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(n) => {
+                advance(&mut iov, n);
+                offset += n as u64;
+            }
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    let off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: fallocate has no memory effects.
+    if unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl Block {
+    /// A device over `file`, an image of `params.sectors` sectors.
+    pub fn new(file: File, params: DiskParams) -> Self {
+        Self {
+            file,
+            params,
+            features: 0,
+            stats: BlockStats::default(),
+        }
+    }
+
+    /// What the device has done so far.
+    pub fn stats(&self) -> BlockStats {
+        self.stats
+    }
+
+    fn negotiated(&self, bit: u32) -> bool {
+        self.features & (1 << bit) != 0
+    }
+
+    fn block_size(&self) -> u32 {
+        if self.params.direct {
+            4096
+        } else {
+            512
+        }
+    }
+
+    /// Splits `chain` into readable and writable segments; `None` if the
+    /// chain was cut short (a loop or a bad next index).
+    fn parse(chain: DescriptorChain<&GuestMemory>) -> Option<Parsed> {
+        let mut p = Parsed {
+            readable: Vec::new(),
+            writable: Vec::new(),
+            misordered: false,
+            too_long: false,
+        };
+        let mut count = 0usize;
+        let mut cut = false;
+        for desc in chain {
+            cut = desc.has_next();
+            count += 1;
+            if count > MAX_DESCRIPTORS {
+                p.too_long = true;
+                continue;
+            }
+            let len = usize::try_from(desc.len()).unwrap_or(0);
+            if len == 0 {
+                continue;
+            }
+            // A range that wraps the address space is outside memory.
+            if desc.addr().checked_add(desc.len().into()).is_none() {
+                p.too_long = true;
+                continue;
+            }
+            let seg = Seg {
+                addr: desc.addr(),
+                len,
+            };
+            if desc.is_write_only() {
+                p.writable.push(seg);
+            } else {
+                if !p.writable.is_empty() {
+                    p.misordered = true;
+                }
+                p.readable.push(seg);
+            }
+        }
+        if cut || count == 0 {
+            None
+        } else {
+            Some(p)
+        }
+    }
+
+    /// Serves one request; returns the used length.
+    fn serve(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
+        self.stats.requests += 1;
+        let Some(p) = Self::parse(chain) else {
+            self.stats.dropped += 1;
+            return 0;
+        };
+        // The status is the last writable byte.
+        let writable_len = total(&p.writable);
+        let Some(data_len) = writable_len.checked_sub(1) else {
+            self.stats.dropped += 1;
+            return 0;
+        };
+        let (data_out, status_seg) = split_at(&p.writable, data_len);
+        let Some(status_at) = status_seg.first().map(|s| s.addr) else {
+            self.stats.dropped += 1;
+            return 0;
+        };
+        let (status, written) = match self.execute(&p, &data_out, mem) {
+            Ok(n) => (VIRTIO_BLK_S_OK, n),
+            Err(Fail::IoErr) => {
+                self.stats.errors += 1;
+                (VIRTIO_BLK_S_IOERR, 0)
+            }
+            Err(Fail::Unsupp) => {
+                self.stats.unsupported += 1;
+                (VIRTIO_BLK_S_UNSUPP, 0)
+            }
+        };
+        if mem.write_obj(status, status_at).is_err() {
+            self.stats.dropped += 1;
+            return 0;
+        }
+        u32::try_from(written + 1).unwrap_or(u32::MAX)
+    }
+
+    /// Runs a well-formed request; returns the bytes written to the
+    /// guest's data buffers.
+    fn execute(&mut self, p: &Parsed, data_out: &[Seg], mem: &GuestMemory) -> Result<usize, Fail> {
+        if p.misordered || p.too_long {
+            return Err(Fail::IoErr);
+        }
+        let mut header = [0u8; HEADER];
+        gather(mem, &p.readable, &mut header)?;
+        let word = |i: usize| header.get(i..i + 4).and_then(|b| b.try_into().ok());
+        let kind = u32::from_le_bytes(word(0).ok_or(Fail::IoErr)?);
+        let sector = u64::from_le_bytes(
+            header
+                .get(8..16)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(Fail::IoErr)?,
+        );
+        let (_, data_in) = split_at(&p.readable, HEADER);
+        match kind {
+            VIRTIO_BLK_T_IN => {
+                let len = self.check_range(sector, total(data_out))?;
+                let iov = iovecs(mem, data_out)?;
+                transfer(&self.file, iov, sector * SECTOR, false).map_err(io_err)?;
+                self.stats.bytes_read += len as u64;
+                Ok(len)
+            }
+            VIRTIO_BLK_T_OUT => {
+                self.writable()?;
+                let len = self.check_range(sector, total(&data_in))?;
+                let iov = iovecs(mem, &data_in)?;
+                transfer(&self.file, iov, sector * SECTOR, true).map_err(io_err)?;
+                if !self.negotiated(VIRTIO_BLK_F_FLUSH) {
+                    // Without FLUSH the driver assumes write-through.
+                    self.file.sync_data().map_err(io_err)?;
+                }
+                self.stats.bytes_written += len as u64;
+                Ok(0)
+            }
+            VIRTIO_BLK_T_FLUSH => {
+                if !self.negotiated(VIRTIO_BLK_F_FLUSH) {
+                    return Err(Fail::Unsupp);
+                }
+                self.file.sync_data().map_err(io_err)?;
+                Ok(0)
+            }
+            VIRTIO_BLK_T_GET_ID => {
+                let mut id = [0u8; ID_BYTES];
+                let n = self.params.serial.len().min(ID_BYTES);
+                id.get_mut(..n)
+                    .ok_or(Fail::IoErr)?
+                    .copy_from_slice(self.params.serial.get(..n).ok_or(Fail::IoErr)?);
+                scatter(mem, data_out, &id)
+            }
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                let feature = if kind == VIRTIO_BLK_T_DISCARD {
+                    VIRTIO_BLK_F_DISCARD
+                } else {
+                    VIRTIO_BLK_F_WRITE_ZEROES
+                };
+                if !self.negotiated(feature) {
+                    return Err(Fail::Unsupp);
+                }
+                self.writable()?;
+                self.discard_or_zero(kind, &data_in, mem)?;
+                Ok(0)
+            }
+            _ => Err(Fail::Unsupp),
+        }
+    }
+
+    fn writable(&self) -> Result<(), Fail> {
+        if self.params.read_only {
+            Err(Fail::IoErr)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Checks that `len` bytes from `sector` are whole sectors inside the
+    /// disk; returns `len`.
+    fn check_range(&self, sector: u64, len: usize) -> Result<usize, Fail> {
+        let bytes = len as u64;
+        if !bytes.is_multiple_of(SECTOR) {
+            return Err(Fail::IoErr);
+        }
+        match sector.checked_add(bytes / SECTOR) {
+            Some(end) if end <= self.params.sectors => Ok(len),
+            _ => Err(Fail::IoErr),
+        }
+    }
+
+    fn discard_or_zero(&mut self, kind: u32, data: &[Seg], mem: &GuestMemory) -> Result<(), Fail> {
+        let len = total(data);
+        if len == 0 || !len.is_multiple_of(DWZ_SEGMENT) {
+            return Err(Fail::IoErr);
+        }
+        if len / DWZ_SEGMENT > MAX_DISCARD_SEG as usize {
+            return Err(Fail::Unsupp);
+        }
+        let mut seg = [0u8; DWZ_SEGMENT];
+        gather(mem, data, &mut seg)?;
+        let field = |i: usize, n: usize| seg.get(i..i + n).ok_or(Fail::IoErr);
+        let sector = u64::from_le_bytes(field(0, 8)?.try_into().map_err(io_err)?);
+        let count = u32::from_le_bytes(field(8, 4)?.try_into().map_err(io_err)?);
+        let flags = u32::from_le_bytes(field(12, 4)?.try_into().map_err(io_err)?);
+        let unmap = flags & FLAG_UNMAP != 0;
+        if flags & !FLAG_UNMAP != 0 || (kind == VIRTIO_BLK_T_DISCARD && unmap) {
+            return Err(Fail::Unsupp);
+        }
+        if count > MAX_DISCARD_SECTORS {
+            return Err(Fail::IoErr);
+        }
+        let bytes = u64::from(count) * SECTOR;
+        self.check_range(sector, usize::try_from(bytes).map_err(io_err)?)?;
+        let offset = sector * SECTOR;
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        if kind == VIRTIO_BLK_T_DISCARD {
+            // Discarded sectors read back as zeroes here, which the
+            // protocol allows.
+            return fallocate(&self.file, punch, offset, bytes).map_err(io_err);
+        }
+        let zero = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+        if unmap && fallocate(&self.file, punch, offset, bytes).is_ok() {
+            return Ok(());
+        }
+        if fallocate(&self.file, zero, offset, bytes).is_ok() {
+            return Ok(());
+        }
+        // Some file systems have neither: write the zeroes.
+        self.write_zeroes(offset, bytes)
+    }
+
+    fn write_zeroes(&mut self, mut offset: u64, mut bytes: u64) -> Result<(), Fail> {
+        const CHUNK: usize = 64 * 1024;
+        // O_DIRECT wants an aligned buffer: carve one out of a larger one.
+        let mut buf = vec![0u8; CHUNK + 4096];
+        let start = buf.as_ptr().align_offset(4096).min(4096);
+        let zeroes = buf.get_mut(start..start + CHUNK).ok_or(Fail::IoErr)?;
+        while bytes > 0 {
+            let n = usize::try_from(bytes.min(CHUNK as u64)).unwrap_or(CHUNK);
+            let part = zeroes.get_mut(..n).ok_or(Fail::IoErr)?;
+            let iov = vec![libc::iovec {
+                iov_base: part.as_mut_ptr().cast(),
+                iov_len: n,
+            }];
+            transfer(&self.file, iov, offset, true).map_err(io_err)?;
+            offset += n as u64;
+            bytes -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        DEVICE_ID_BLOCK
+    }
+
+    fn num_queues(&self) -> usize {
+        1
+    }
+
+    fn max_queue_size(&self) -> u16 {
+        QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = TRANSPORT_FEATURES
+            | 1 << VIRTIO_BLK_F_SIZE_MAX
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_BLK_SIZE
+            | 1 << VIRTIO_BLK_F_FLUSH
+            | 1 << VIRTIO_BLK_F_DISCARD
+            | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+        if self.params.read_only {
+            f |= 1 << VIRTIO_BLK_F_RO;
+        }
+        f
+    }
+
+    fn config(&self) -> Vec<u8> {
+        let mut c = vec![0u8; CONFIG_LEN];
+        let mut put = |at: usize, b: &[u8]| {
+            if let Some(dst) = c.get_mut(at..at + b.len()) {
+                dst.copy_from_slice(b);
+            }
+        };
+        let sector_align = self.block_size() / 512;
+        put(0, &self.params.sectors.to_le_bytes());
+        put(8, &SIZE_MAX.to_le_bytes());
+        put(12, &SEG_MAX.to_le_bytes());
+        put(20, &self.block_size().to_le_bytes());
+        put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
+        put(40, &MAX_DISCARD_SEG.to_le_bytes());
+        put(44, &sector_align.to_le_bytes());
+        put(48, &MAX_DISCARD_SECTORS.to_le_bytes());
+        put(52, &MAX_DISCARD_SEG.to_le_bytes());
+        put(56, &[1]);
+        c
+    }
+
+    fn write_config(&mut self, _offset: u32, _data: &[u8]) -> Result<(), DeviceError> {
+        // Only `writeback` is writable, and only with CONFIG_WCE, which is
+        // not offered.
+        Err(DeviceError::ReadOnlyConfig)
+    }
+
+    fn activate(&mut self, features: u64) -> Result<(), DeviceError> {
+        check_features(features, self.features())?;
+        self.features = features;
+        Ok(())
+    }
+
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+    ) -> Result<Processed, DeviceError> {
+        if index != 0 {
+            return Err(DeviceError::NoQueue(index));
+        }
+        serve_queue(queue, mem, |chain| self.serve(chain, mem))
+    }
+
+    fn reset(&mut self) {
+        self.features = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+    const MEM_SIZE: usize = 0x40_0000;
+    /// Request headers, one per 64 bytes.
+    const HDR: u64 = 0x10_0000;
+    /// Status bytes, one per 16 bytes.
+    const STATUS: u64 = 0x18_0000;
+    /// Data buffers.
+    const DATA: u64 = 0x20_0000;
+    const DISK_SECTORS: u64 = 64;
+
+    fn mem() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+    }
+
+    /// An image in a memfd, filled with `fill`.
+    fn image(fill: u8) -> File {
+        // SAFETY: memfd_create with a valid C string returns a new fd.
+        let fd = unsafe { libc::memfd_create(c"skvm-blk-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: the fd is new and owned by nothing else.
+        let mut f = unsafe { File::from_raw_fd(fd) };
+        f.write_all(&vec![fill; usize::try_from(DISK_SECTORS * SECTOR).unwrap()])
+            .unwrap();
+        f
+    }
+
+    fn contents(f: &File) -> Vec<u8> {
+        let mut f = f.try_clone().unwrap();
+        let mut v = Vec::new();
+        use std::io::Seek;
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut v).unwrap();
+        v
+    }
+
+    use std::io::SeekFrom;
+
+    fn device(read_only: bool) -> Block {
+        let mut b = Block::new(
+            image(0xaa),
+            DiskParams {
+                sectors: DISK_SECTORS,
+                read_only,
+                direct: false,
+                serial: b"serial-7".to_vec(),
+            },
+        );
+        b.activate(b.features()).unwrap();
+        b
+    }
+
+    /// A descriptor as (address, length, device-writable).
+    type D = (u64, u32, bool);
+
+    /// Queues `chains` and runs the device; returns the used entries as
+    /// (id, len).
+    fn run(b: &mut Block, m: &GuestMemory, chains: &[Vec<D>]) -> Vec<(u32, u32)> {
+        let vq = MockSplitQueue::new(m, 64);
+        let mut raw = Vec::new();
+        for c in chains {
+            for (i, &(addr, len, w)) in c.iter().enumerate() {
+                let idx = u16::try_from(raw.len()).unwrap();
+                let mut flags = if w { WRITE } else { 0 };
+                if i + 1 < c.len() {
+                    flags |= NEXT;
+                }
+                raw.push(RawDescriptor::from(SplitDescriptor::new(
+                    addr,
+                    len,
+                    flags,
+                    idx + 1,
+                )));
+            }
+        }
+        vq.add_desc_chains(&raw, 0).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        b.process_queue(0, &mut q, m).unwrap();
+        let n = vq.used().idx().load();
+        (0..n)
+            .map(|i| {
+                let e = vq.used().ring().ref_at(usize::from(i)).unwrap().load();
+                (e.id(), e.len())
+            })
+            .collect()
+    }
+
+    /// Writes request header `n` and returns its address.
+    fn header(m: &GuestMemory, n: u64, kind: u32, sector: u64) -> u64 {
+        let at = HDR + n * 64;
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..].copy_from_slice(&sector.to_le_bytes());
+        m.write_slice(&h, GuestAddress(at)).unwrap();
+        at
+    }
+
+    fn status(m: &GuestMemory, n: u64) -> u8 {
+        m.read_obj(GuestAddress(STATUS + n * 16)).unwrap()
+    }
+
+    fn st(n: u64) -> D {
+        (STATUS + n * 16, 1, true)
+    }
+
+    /// A plain request: header, one data buffer, status.
+    fn req(m: &GuestMemory, n: u64, kind: u32, sector: u64, data: u32, write: bool) -> Vec<D> {
+        // Poison the status so that a missing write shows.
+        m.write_obj(0xffu8, GuestAddress(STATUS + n * 16)).unwrap();
+        let h = header(m, n, kind, sector);
+        vec![(h, 16, false), (DATA + n * 0x1_0000, data, write), st(n)]
+    }
+
+    #[test]
+    fn written_sectors_read_back() {
+        let m = mem();
+        let mut b = device(false);
+        m.write_slice(&[0x5a; 1024], GuestAddress(DATA)).unwrap();
+        let w = req(&m, 0, VIRTIO_BLK_T_OUT, 3, 1024, false);
+        let r = req(&m, 1, VIRTIO_BLK_T_IN, 3, 1024, true);
+        let used = run(&mut b, &m, &[w, r]);
+        assert_eq!(used, vec![(0, 1), (3, 1025)]);
+        assert_eq!((status(&m, 0), status(&m, 1)), (0, 0));
+        let mut back = [0u8; 1024];
+        m.read_slice(&mut back, GuestAddress(DATA + 0x1_0000))
+            .unwrap();
+        assert_eq!(back, [0x5a; 1024]);
+        let disk = contents(&b.file);
+        assert_eq!(disk[3 * 512..5 * 512], [0x5a; 1024]);
+        assert_eq!(disk[5 * 512], 0xaa);
+        assert_eq!(b.stats().bytes_written, 1024);
+        assert_eq!(b.stats().bytes_read, 1024);
+    }
+
+    #[test]
+    fn a_header_split_over_descriptors_works() {
+        let m = mem();
+        let mut b = device(false);
+        let h = header(&m, 0, VIRTIO_BLK_T_IN, 1);
+        let chain = vec![(h, 5, false), (h + 5, 11, false), (DATA, 512, true), st(0)];
+        assert_eq!(run(&mut b, &m, &[chain]), vec![(0, 513)]);
+        assert_eq!(status(&m, 0), VIRTIO_BLK_S_OK);
+    }
+
+    #[test]
+    fn data_and_status_may_share_a_descriptor() {
+        let m = mem();
+        let mut b = device(false);
+        let h = header(&m, 0, VIRTIO_BLK_T_IN, 0);
+        assert_eq!(
+            run(&mut b, &m, &[vec![(h, 16, false), (DATA, 513, true)]]),
+            vec![(0, 513)]
+        );
+        let s: u8 = m.read_obj(GuestAddress(DATA + 512)).unwrap();
+        assert_eq!(s, VIRTIO_BLK_S_OK);
+    }
+
+    #[test]
+    fn requests_past_the_end_fail() {
+        let m = mem();
+        let mut b = device(false);
+        let chains = [
+            req(&m, 0, VIRTIO_BLK_T_IN, DISK_SECTORS, 512, true),
+            req(&m, 1, VIRTIO_BLK_T_OUT, DISK_SECTORS - 1, 1024, false),
+            req(&m, 2, VIRTIO_BLK_T_IN, u64::MAX, 512, true),
+            req(&m, 3, VIRTIO_BLK_T_IN, DISK_SECTORS - 1, 512, true),
+        ];
+        let used = run(&mut b, &m, &chains);
+        assert_eq!(used.len(), 4);
+        assert_eq!(status(&m, 0), VIRTIO_BLK_S_IOERR);
+        assert_eq!(status(&m, 1), VIRTIO_BLK_S_IOERR);
+        assert_eq!(status(&m, 2), VIRTIO_BLK_S_IOERR);
+        assert_eq!(status(&m, 3), VIRTIO_BLK_S_OK);
+        assert_eq!(b.stats().errors, 3);
+        assert!(contents(&b.file).iter().all(|&x| x == 0xaa));
+    }
+
+    #[test]
+    fn partial_sectors_fail() {
+        let m = mem();
+        let mut b = device(false);
+        let used = run(
+            &mut b,
+            &m,
+            &[
+                req(&m, 0, VIRTIO_BLK_T_IN, 0, 100, true),
+                req(&m, 1, VIRTIO_BLK_T_OUT, 0, 513, false),
+            ],
+        );
+        assert_eq!(used, vec![(0, 1), (3, 1)]);
+        assert_eq!(status(&m, 0), VIRTIO_BLK_S_IOERR);
+        assert_eq!(status(&m, 1), VIRTIO_BLK_S_IOERR);
+    }
+
+    #[test]
+    fn a_short_header_fails() {
+        let m = mem();
+        let mut b = device(false);
+        let h = header(&m, 0, VIRTIO_BLK_T_IN, 0);
+        run(&mut b, &m, &[vec![(h, 8, false), st(0)]]);
+        assert_eq!(status(&m, 0), VIRTIO_BLK_S_IOERR);
+    }
+
+    #[test]
+    fn a_chain_without_a_status_byte_is_dropped_and_the_next_served() {
+        let m = mem();
+        let mut b = device(false);
+        let h = header(&m, 0, VIRTIO_BLK_T_IN, 0);
+        let good = req(&m, 1, VIRTIO_BLK_T_FLUSH, 0, 0, false);
+        let good = vec![good[0], good[2]];
+        let used = run(
+            &mut b,
+            &m,
+            &[vec![(h, 16, false), (DATA, 512, false)], good],
+        );
+        assert_eq!(used, vec![(0, 0), (2, 1)]);
+        assert_eq!(b.stats().dropped, 1);
+        assert_eq!(status(&m, 1), VIRTIO_BLK_S_OK);
+    }
+
+    #[test]
+    fn a_zero_length_status_is_no_status() {
+        let m = mem();
+        let mut b = device(false);
+        let h = header(&m, 0, VIRTIO_BLK_T_FLUSH, 0);
+        let used = run(&mut b, &m, &[vec![(h, 16, false), (STATUS, 0, true)]]);
+        assert_eq!(used, vec![(0, 0)]);
+    }
+
+    #[test]
+    fn readable_after_writable_fails() {
+        let m = mem();
+        let mut b = device(false);
+        let h = header(&m, 0, VIRTIO_BLK_T_OUT, 0);
+        let chain = vec![(h, 16, false), st(0), (DATA, 512, false), st(1)];
+        m.write_obj(0xffu8, GuestAddress(STATUS + 16)).unwrap();
+        run(&mut b, &m, &[chain]);
+        // The status is the last writable byte.
+        assert_eq!(status(&m, 1), VIRTIO_BLK_S_IOERR);
+        assert!(contents(&b.file).iter().all(|&x| x == 0xaa));
+    }
+
+    #[test]
+    fn buffers_outside_memory_fail() {
+        let m = mem();
+        let mut b = device(false);
+        let h = header(&m, 0, VIRTIO_BLK_T_IN, 0);
+        let outside = MEM_SIZE as u64 - 256;
+        let huge = (DATA, 0x8000_0000, true);
+        let used = run(
+            &mut b,
+            &m,
+            &[
+                vec![(h, 16, false), (outside, 512, true), st(0)],
+                vec![(h, 16, false), huge, st(1)],
+                vec![(h, 16, false), (u64::MAX - 100, 512, true), st(2)],
+            ],
+        );
+        assert_eq!(used.len(), 3);
+        for n in 0..3 {
+            assert_eq!(status(&m, n), VIRTIO_BLK_S_IOERR, "request {n}");
+        }
+        // A chain of more than 4 GiB is illegal: virtio-queue stops the walk
+        // and the request is dropped.
+        let used = run(
+            &mut b,
+            &m,
+            &[vec![(h, 16, false), (DATA, u32::MAX, true), st(3)]],
+        );
+        assert_eq!(used, vec![(0, 0)]);
+    }
+
+    #[test]
+    fn a_descriptor_loop_is_dropped() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        let h = header(&m, 0, VIRTIO_BLK_T_IN, 0);
+        vq.desc_table()
+            .store(0, RawDescriptor::from(SplitDescriptor::new(h, 16, NEXT, 1)))
+            .unwrap();
+        vq.desc_table()
+            .store(
+                1,
+                RawDescriptor::from(SplitDescriptor::new(STATUS, 1, WRITE | NEXT, 0)),
+            )
+            .unwrap();
+        vq.avail().ring().ref_at(0).unwrap().store(0);
+        vq.avail().idx().store(1);
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut b = device(false);
+        b.process_queue(0, &mut q, &m).unwrap();
+        assert_eq!(vq.used().idx().load(), 1);
+        assert_eq!(vq.used().ring().ref_at(0).unwrap().load().len(), 0);
+        assert_eq!(b.stats().dropped, 1);
+    }
+
+    #[test]
+    fn a_read_only_disk_refuses_writes() {
+        let m = mem();
+        let mut b = device(true);
+        assert_ne!(b.features() & 1 << VIRTIO_BLK_F_RO, 0);
+        m.write_slice(&[1; 512], GuestAddress(DATA)).unwrap();
+        let mut dz = req(&m, 1, VIRTIO_BLK_T_DISCARD, 0, 16, false);
+        dz[1].0 = DATA + 0x8000;
+        m.write_slice(&dwz(0, 8, 0), GuestAddress(DATA + 0x8000))
+            .unwrap();
+        run(
+            &mut b,
+            &m,
+            &[req(&m, 0, VIRTIO_BLK_T_OUT, 0, 512, false), dz],
+        );
+        assert_eq!(status(&m, 0), VIRTIO_BLK_S_IOERR);
+        assert_eq!(status(&m, 1), VIRTIO_BLK_S_IOERR);
+        assert!(contents(&b.file).iter().all(|&x| x == 0xaa));
+    }
+
+    #[test]
+    fn unknown_types_are_unsupported() {
+        let m = mem();
+        let mut b = device(false);
+        run(&mut b, &m, &[req(&m, 0, 99, 0, 512, true)]);
+        assert_eq!(status(&m, 0), VIRTIO_BLK_S_UNSUPP);
+        assert_eq!(b.stats().unsupported, 1);
+    }
+
+    #[test]
+    fn unnegotiated_commands_are_unsupported() {
+        let m = mem();
+        let mut b = device(false);
+        b.reset();
+        b.activate(TRANSPORT_FEATURES).unwrap();
+        let f = req(&m, 0, VIRTIO_BLK_T_FLUSH, 0, 0, false);
+        let mut d = req(&m, 1, VIRTIO_BLK_T_DISCARD, 0, 16, false);
+        d[1].0 = DATA;
+        m.write_slice(&dwz(0, 8, 0), GuestAddress(DATA)).unwrap();
+        run(&mut b, &m, &[vec![f[0], f[2]], d]);
+        assert_eq!(status(&m, 0), VIRTIO_BLK_S_UNSUPP);
+        assert_eq!(status(&m, 1), VIRTIO_BLK_S_UNSUPP);
+    }
+
+    #[test]
+    fn get_id_returns_the_serial() {
+        let m = mem();
+        let mut b = device(false);
+        m.write_slice(&[0xee; 20], GuestAddress(DATA)).unwrap();
+        let used = run(&mut b, &m, &[req(&m, 0, VIRTIO_BLK_T_GET_ID, 0, 20, true)]);
+        assert_eq!(used, vec![(0, 21)]);
+        let mut id = [0u8; 20];
+        m.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id[..8], b"serial-7");
+        assert!(id[8..].iter().all(|&x| x == 0));
+    }
+
+    fn dwz(sector: u64, count: u32, flags: u32) -> [u8; 16] {
+        let mut s = [0u8; 16];
+        s[..8].copy_from_slice(&sector.to_le_bytes());
+        s[8..12].copy_from_slice(&count.to_le_bytes());
+        s[12..].copy_from_slice(&flags.to_le_bytes());
+        s
+    }
+
+    fn dwz_req(m: &GuestMemory, n: u64, kind: u32, segs: &[[u8; 16]]) -> Vec<D> {
+        let mut c = req(m, n, kind, 0, 0, false);
+        let at = DATA + n * 0x1_0000;
+        for (i, s) in segs.iter().enumerate() {
+            m.write_slice(s, GuestAddress(at + 16 * i as u64)).unwrap();
+        }
+        c[1] = (at, u32::try_from(16 * segs.len()).unwrap(), false);
+        c
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_clear_sectors() {
+        let m = mem();
+        let mut b = device(false);
+        let chains = [
+            dwz_req(&m, 0, VIRTIO_BLK_T_DISCARD, &[dwz(0, 8, 0)]),
+            dwz_req(&m, 1, VIRTIO_BLK_T_WRITE_ZEROES, &[dwz(16, 2, 0)]),
+            dwz_req(&m, 2, VIRTIO_BLK_T_WRITE_ZEROES, &[dwz(32, 8, FLAG_UNMAP)]),
+        ];
+        run(&mut b, &m, &chains);
+        for n in 0..3 {
+            assert_eq!(status(&m, n), VIRTIO_BLK_S_OK, "request {n}");
+        }
+        let disk = contents(&b.file);
+        let zero =
+            |from: usize, n: usize| disk[from * 512..(from + n) * 512].iter().all(|&x| x == 0);
+        assert!(zero(0, 8) && zero(16, 2) && zero(32, 8));
+        assert_eq!(disk[8 * 512], 0xaa);
+        assert_eq!(disk[18 * 512], 0xaa);
+        assert_eq!(disk.len() as u64, DISK_SECTORS * SECTOR);
+    }
+
+    #[test]
+    fn bad_discards_fail() {
+        let m = mem();
+        let mut b = device(false);
+        let chains = [
+            // The unmap flag is for write-zeroes only.
+            dwz_req(&m, 0, VIRTIO_BLK_T_DISCARD, &[dwz(0, 8, FLAG_UNMAP)]),
+            // More segments than offered.
+            dwz_req(&m, 1, VIRTIO_BLK_T_DISCARD, &[dwz(0, 8, 0), dwz(8, 8, 0)]),
+            // Past the end.
+            dwz_req(&m, 2, VIRTIO_BLK_T_DISCARD, &[dwz(DISK_SECTORS - 4, 8, 0)]),
+            // Unknown flags.
+            dwz_req(&m, 3, VIRTIO_BLK_T_WRITE_ZEROES, &[dwz(0, 8, 4)]),
+        ];
+        run(&mut b, &m, &chains);
+        assert_eq!(status(&m, 0), VIRTIO_BLK_S_UNSUPP);
+        assert_eq!(status(&m, 1), VIRTIO_BLK_S_UNSUPP);
+        assert_eq!(status(&m, 2), VIRTIO_BLK_S_IOERR);
+        assert_eq!(status(&m, 3), VIRTIO_BLK_S_UNSUPP);
+        assert!(contents(&b.file).iter().all(|&x| x == 0xaa));
+    }
+
+    #[test]
+    fn a_full_ring_of_bad_requests_keeps_the_device_serving() {
+        let m = mem();
+        let mut b = device(false);
+        let chains: Vec<Vec<D>> = (0..20)
+            .map(|n| req(&m, n, VIRTIO_BLK_T_IN, u64::MAX - n, 512, true))
+            .collect();
+        assert_eq!(run(&mut b, &m, &chains).len(), 20);
+        let ok = req(&m, 30, VIRTIO_BLK_T_IN, 0, 512, true);
+        assert_eq!(run(&mut b, &m, &[ok]), vec![(0, 513)]);
+        assert_eq!(status(&m, 30), VIRTIO_BLK_S_OK);
+    }
+
+    #[test]
+    fn the_configuration_describes_the_disk() {
+        let b = device(false);
+        let c = b.config();
+        assert_eq!(c.len(), CONFIG_LEN);
+        assert_eq!(u64::from_le_bytes(c[..8].try_into().unwrap()), DISK_SECTORS);
+        assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 512);
+        assert_eq!(b.features() & 1 << VIRTIO_BLK_F_RO, 0);
+        assert!(Block::new(image(0), b.params.clone())
+            .activate(1 << 3)
+            .is_err());
+    }
+
+    #[test]
+    fn iovec_advance_handles_partial_transfers() {
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        let mut v = vec![
+            libc::iovec {
+                iov_base: a.as_mut_ptr().cast(),
+                iov_len: 8,
+            },
+            libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: 8,
+            },
+        ];
+        advance(&mut v, 10);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].iov_len, 6);
+        advance(&mut v, 6);
+        assert!(v.is_empty());
+    }
+}

@@ -1,0 +1,230 @@
+//! Disk images for virtio-blk: the `--disk` option, and opening and locking
+//! an image in the VMM so that the device process gets one fd and nothing
+//! else.
+//!
+//! A writable image is locked exclusively and a read-only one shared
+//! (flock on the open file description, which the device's copy of the fd
+//! shares), so a second skvm cannot write an image another one uses, nor
+//! read one another one writes.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+use devices::block::SECTOR;
+
+/// One `--disk` option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// The image (a raw file or a block device).
+    pub path: PathBuf,
+    /// The guest may not write.
+    pub read_only: bool,
+    /// The serial the guest sees (/sys/block/vdX/serial), up to 20 bytes.
+    pub serial: Option<String>,
+    /// Bypass the host page cache (O_DIRECT).
+    pub direct: bool,
+}
+
+impl DiskSpec {
+    /// Parses `PATH[,ro][,serial=ID][,direct=on|off]`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let path = parts.next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(format!("--disk '{s}': no path"));
+        }
+        let mut spec = Self {
+            path: PathBuf::from(path),
+            read_only: false,
+            serial: None,
+            direct: false,
+        };
+        for opt in parts {
+            match opt.split_once('=') {
+                None if opt == "ro" => spec.read_only = true,
+                None if opt == "rw" => spec.read_only = false,
+                Some(("serial", id)) => {
+                    if id.is_empty()
+                        || id.len() > ipc::MAX_SERIAL
+                        || !id.bytes().all(|b| b.is_ascii_graphic())
+                    {
+                        return Err(format!(
+                            "--disk '{s}': serial must be 1 to {} printable ASCII characters",
+                            ipc::MAX_SERIAL
+                        ));
+                    }
+                    spec.serial = Some(id.to_owned());
+                }
+                Some(("direct", "on")) => spec.direct = true,
+                Some(("direct", "off")) => spec.direct = false,
+                _ => {
+                    return Err(format!(
+                        "--disk '{s}': unknown option '{opt}' (expected ro, serial=ID or direct=on|off)"
+                    ))
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// An image opened and locked for a device.
+#[derive(Debug)]
+pub struct OpenDisk {
+    /// The open image; its lock lasts while any copy of the fd is open.
+    pub fd: OwnedFd,
+    /// Capacity in sectors.
+    pub sectors: u64,
+}
+
+/// Opens and locks the image of `spec`. Errors are one line naming the
+/// path and the reason.
+pub fn open(spec: &DiskSpec) -> Result<OpenDisk> {
+    let path = &spec.path;
+    let shown = path.display();
+    let meta = std::fs::metadata(path).with_context(|| format!("disk {shown}"))?;
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        bail!("disk {shown}: is a directory, not an image");
+    }
+    if !ft.is_file() && !ft.is_block_device() {
+        bail!("disk {shown}: not a regular file or block device");
+    }
+    let mut flags = libc::O_CLOEXEC;
+    if spec.direct {
+        flags |= libc::O_DIRECT;
+    }
+    let mut file: File = OpenOptions::new()
+        .read(true)
+        .write(!spec.read_only)
+        .custom_flags(flags)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "disk {shown}: cannot open{}",
+                if spec.read_only { "" } else { " for writing" }
+            )
+        })?;
+    let size = file
+        .seek(SeekFrom::End(0))
+        .with_context(|| format!("disk {shown}: cannot find its size"))?;
+    if size == 0 {
+        bail!("disk {shown}: the image is empty");
+    }
+    if size % SECTOR != 0 {
+        bail!("disk {shown}: size {size} is not a multiple of {SECTOR} bytes");
+    }
+    let op = if spec.read_only {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
+    // SAFETY: flock has no memory effects; the fd is open.
+    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            bail!("disk {shown}: in use by another process (is another skvm using it?)");
+        }
+        return Err(e).with_context(|| format!("disk {shown}: cannot lock"));
+    }
+    Ok(OpenDisk {
+        fd: OwnedFd::from(file),
+        sectors: size / SECTOR,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse() {
+        let d = DiskSpec::parse("/tmp/a.img,ro,serial=abc-1,direct=on").unwrap();
+        assert_eq!(d.path, PathBuf::from("/tmp/a.img"));
+        assert!(d.read_only && d.direct);
+        assert_eq!(d.serial.as_deref(), Some("abc-1"));
+        let d = DiskSpec::parse("x.img").unwrap();
+        assert!(!d.read_only && !d.direct && d.serial.is_none());
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        for s in [
+            "",
+            ",ro",
+            "a.img,rw=1",
+            "a.img,direct=maybe",
+            "a.img,serial=",
+            "a.img,serial=123456789012345678901",
+            "a.img,serial=a b",
+            "a.img,cache=none",
+        ] {
+            assert!(DiskSpec::parse(s).is_err(), "{s}");
+        }
+    }
+
+    fn temp(name: &str, len: u64) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("skvm-disk-{}-{name}", std::process::id()));
+        let f = File::create(&p).unwrap();
+        f.set_len(len).unwrap();
+        p
+    }
+
+    fn spec(path: &std::path::Path, read_only: bool) -> DiskSpec {
+        DiskSpec {
+            path: path.to_owned(),
+            read_only,
+            serial: None,
+            direct: false,
+        }
+    }
+
+    #[test]
+    fn images_open_with_their_capacity() {
+        let p = temp("ok", 1 << 20);
+        let d = open(&spec(&p, false)).unwrap();
+        assert_eq!(d.sectors, 2048);
+        drop(d);
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn bad_images_are_refused_with_the_reason() {
+        let odd = temp("odd", 1000);
+        let empty = temp("empty", 0);
+        let cases = [
+            (PathBuf::from("/nonexistent/x.img"), "No such file"),
+            (std::env::temp_dir(), "directory"),
+            (PathBuf::from("/dev/null"), "not a regular file"),
+            (odd.clone(), "not a multiple of 512"),
+            (empty.clone(), "empty"),
+        ];
+        for (p, why) in cases {
+            let e = format!("{:#}", open(&spec(&p, false)).unwrap_err());
+            assert!(e.contains(why), "{}: {e}", p.display());
+        }
+        std::fs::remove_file(odd).unwrap();
+        std::fs::remove_file(empty).unwrap();
+    }
+
+    #[test]
+    fn a_writable_image_is_locked() {
+        let p = temp("lock", 4096);
+        let first = open(&spec(&p, false)).unwrap();
+        let e = format!("{:#}", open(&spec(&p, false)).unwrap_err());
+        assert!(e.contains("in use"), "{e}");
+        assert!(open(&spec(&p, true)).is_err());
+        drop(first);
+        // Read-only users share.
+        let a = open(&spec(&p, true)).unwrap();
+        let b = open(&spec(&p, true)).unwrap();
+        assert!(open(&spec(&p, false)).is_err());
+        drop((a, b));
+        std::fs::remove_file(p).unwrap();
+    }
+}
