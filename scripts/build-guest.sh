@@ -10,6 +10,10 @@
 #   initramfs.cpio.gz   busybox and guest/init as /init (the default initrd)
 #   initramfs.cpio      the same archive uncompressed, and
 #   initramfs.cpio.lz4  LZ4-compressed (legacy format), to compare unpack times
+#   initramfs-disk.cpio the same plus disk tools: e2fsprogs' mke2fs as
+#                       mkfs.ext4 (with its libraries) and guest/tools/
+#                       blkbench.c built static, for the disk tests and
+#                       scripts/bench-blk.sh
 #
 # The kernel is Debian's linux-source (/usr/src/linux-source-*.tar.xz) with
 # the patches in guest/patches/*.patch (if any, applied with patch -p1 in name
@@ -18,12 +22,12 @@
 #
 # Cached: the kernel is rebuilt only when guest/kernel.config, the patches,
 # the linux-source package version or the compiler changes, and the initramfs
-# only when guest/init or busybox changes; with nothing changed the script
+# only when guest/init, busybox, mke2fs or blkbench.c changes; with nothing changed the script
 # returns at once. --force rebuilds both (the kernel build stays incremental).
 # SKVM_JOBS sets make -j (default: nproc).
 #
 # Needs: linux-source build-essential flex bison libelf-dev bc busybox-static
-# lz4 (scripts/setup.sh installs them).
+# lz4 e2fsprogs (scripts/setup.sh installs them).
 set -euo pipefail
 # The braces make bash read the whole script before running any of it, so
 # editing the script while it runs (a kernel build takes minutes) is safe.
@@ -86,10 +90,11 @@ initramfs_key=$({
 	printf 'recipe %s\n' "$initramfs_recipe"
 	busybox_key
 	printf 'mke2fs %s\n' "$(digest <"$mke2fs")"
+	printf 'blkbench %s\n' "$(digest <"$repo/guest/tools/blkbench.c")"
 } | digest)
 
 kernel_files="vmlinux bzImage System.map config"
-initramfs_files="initramfs.cpio initramfs.cpio.gz initramfs.cpio.lz4 initramfs-ext4.cpio"
+initramfs_files="initramfs.cpio initramfs.cpio.gz initramfs.cpio.lz4 initramfs-disk.cpio"
 
 # True when the installed kernel (or initramfs) matches its key.
 installed() { # installed kernel|initramfs
@@ -283,13 +288,17 @@ build_initramfs() {
 	tmp=$(mktemp -d "$cache/initramfs.XXXXXX")
 	busybox_cpio_list "$tmp" >"$tmp/list"
 	write_cpio "$tmp/list" "$tmp/initramfs.cpio"
-	# The same plus mkfs.ext4, for the disk tests (bigger, so slower to
-	# unpack where guest kernel code is emulated).
+	# The same plus disk tools (mkfs.ext4, blkbench) for the disk tests and
+	# benchmarks: bigger, so slower to unpack where guest kernel code is
+	# emulated.
+	gcc -O2 -static -Wall -o "$tmp/blkbench" "$repo/guest/tools/blkbench.c" ||
+		die "cannot build guest/tools/blkbench.c (static glibc from libc6-dev)"
 	{
 		cat "$tmp/list"
 		mke2fs_cpio_list
-	} >"$tmp/list-ext4"
-	write_cpio "$tmp/list-ext4" "$tmp/initramfs-ext4.cpio"
+		echo "file /usr/bin/blkbench $tmp/blkbench 0755 0 0"
+	} >"$tmp/list-disk"
+	write_cpio "$tmp/list-disk" "$tmp/initramfs-disk.cpio"
 	gzip -9 -n -c "$tmp/initramfs.cpio" >"$tmp/initramfs.cpio.gz"
 	lz4 -l -9 -q -f "$tmp/initramfs.cpio" "$tmp/initramfs.cpio.lz4"
 	rm -f "$guest_dir/.initramfs.key"

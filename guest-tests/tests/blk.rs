@@ -171,7 +171,7 @@ fn three_disks_pattern_copy_read_only_and_discard() {
 fn guest_ext4_is_clean_for_the_host_e2fsck() {
     let s = Scratch::new("ext4");
     let img = s.blank("fs.img", 96 * MIB);
-    let initrd = default_guest().join("initramfs-ext4.cpio");
+    let initrd = default_guest().join("initramfs-disk.cpio");
     assert!(
         initrd.is_file(),
         "{} missing: run scripts/setup.sh",

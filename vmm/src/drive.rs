@@ -8,7 +8,7 @@
 //! throughput and kick-to-interrupt latency: the device's own cost, which a
 //! guest on an emulating host cannot show.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -18,7 +18,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device_host::remote::RemoteDevice;
 use crate::device_host::spawner::Spawner;
-use crate::device_host::{kind_of, start_device, DeviceMode, Started};
+use crate::device_host::{device_type_of, kind_of, start_device, DeviceMode, Started};
+use crate::disk::DiskSpec;
 use crate::memory::GuestRam;
 use crate::virtio_pci::{Backend, DeviceEvents};
 
@@ -26,7 +27,7 @@ use crate::virtio_pci::{Backend, DeviceEvents};
 #[derive(Debug, Args)]
 pub struct DriveArgs {
     /// Device to start, named as in `skvm run` (its kind is the name without
-    /// the trailing number). Only rng devices can be driven so far.
+    /// the trailing number): rng0, or blk0 with --disk.
     #[arg(long, value_name = "NAME", default_value = "rng0")]
     pub device: String,
     /// Where the device runs, as in `skvm run`.
@@ -36,15 +37,35 @@ pub struct DriveArgs {
     #[arg(long, value_name = "N", default_value_t = 20_000,
           value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
     pub requests: u32,
-    /// Bytes each request asks for (the rng device caps one request at
-    /// 64 KiB).
+    /// Bytes each request moves (rng: at most 64 KiB, its cap per request;
+    /// blk: a multiple of 512, at most 1 MiB).
     #[arg(long, value_name = "BYTES", default_value_t = 4096,
-          value_parser = clap::value_parser!(u32).range(1..=65536))]
+          value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
     pub size: u32,
     /// Requests in flight per kick (queue depth).
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub depth: u16,
+    /// The image a blk device serves, as `skvm run --disk` takes it
+    /// (PATH[,ro][,direct=on]). Writes change it.
+    #[arg(long, value_name = "PATH[,ro][,direct=on]")]
+    pub disk: Option<String>,
+    /// What blk requests do: sequential or random reads or writes.
+    #[arg(long, value_enum, value_name = "OP", default_value_t = BlkOp::Randread)]
+    pub op: BlkOp,
+}
+
+/// The blk workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BlkOp {
+    /// Sequential reads.
+    Read,
+    /// Sequential writes.
+    Write,
+    /// Reads at random aligned offsets.
+    Randread,
+    /// Writes at random aligned offsets.
+    Randwrite,
 }
 
 /// Queue size used by the driver.
@@ -53,11 +74,20 @@ const QUEUE_SIZE: u16 = 256;
 const DESC: u64 = 0x1_0000;
 const AVAIL: u64 = 0x2_0000;
 const USED: u64 = 0x3_0000;
+/// blk request headers (16 bytes each) and status bytes.
+const HEADERS: u64 = 0x4_0000;
+const STATUSES: u64 = 0x5_0000;
 const BUFFERS: u64 = 0x10_0000;
+/// Distance between two requests' data buffers.
+const STRIDE: u64 = 1 << 20;
 /// Size of that RAM: the buffers of a full queue depth fit.
-const RAM: u64 = 16 << 20;
+const RAM: u64 = BUFFERS + 64 * STRIDE;
+/// Descriptors per request (blk: header, data, status; rng uses one).
+const DESCS_PER_REQUEST: u16 = 3;
 /// Longest wait for an interrupt before the device is declared stuck.
 const IRQ_TIMEOUT: Duration = Duration::from_secs(5);
+/// VIRTQ_DESC_F_NEXT: the chain goes on.
+const DESC_F_NEXT: u16 = 1;
 /// VIRTQ_DESC_F_WRITE: the device writes this buffer.
 const DESC_F_WRITE: u16 = 2;
 
@@ -68,31 +98,84 @@ struct Figures {
     bytes: u64,
 }
 
+/// What the driver asks of the device.
+#[derive(Debug, Clone, Copy)]
+enum Workload {
+    /// Fill a buffer with random bytes.
+    Rng,
+    /// Block I/O on a disk of `sectors` sectors.
+    Blk { op: BlkOp, sectors: u64 },
+}
+
 /// `skvm drive`: runs the benchmark and prints one line of `key=value`
 /// figures.
 pub fn run(args: &DriveArgs) -> Result<()> {
-    if kind_of(&args.device) != "rng" {
-        bail!(
-            "device '{}': only rng devices can be driven so far",
+    let kind = kind_of(&args.device);
+    match (kind, &args.disk) {
+        ("rng", None) => {
+            if args.size > 65536 {
+                bail!(
+                    "--size {}: an rng request is at most 65536 bytes",
+                    args.size
+                );
+            }
+        }
+        ("blk", Some(_)) => {
+            if !args.size.is_multiple_of(512) {
+                bail!(
+                    "--size {}: blk requests are whole 512-byte sectors",
+                    args.size
+                );
+            }
+        }
+        ("blk", None) => bail!("device '{}': give the image with --disk", args.device),
+        ("rng", Some(_)) => bail!("device '{}': --disk is for blk devices", args.device),
+        _ => bail!(
+            "device '{}': only rng and blk devices can be driven so far",
             args.device
-        );
+        ),
     }
     // The spawner must be forked while this process has a single thread.
     let spawner = match args.device_mode {
         DeviceMode::Process => Some(Spawner::start()?),
         DeviceMode::Thread => None,
     };
+    let (backend, backend_fds, workload) = match &args.disk {
+        Some(d) => {
+            let spec = DiskSpec::parse(d).map_err(anyhow::Error::msg)?;
+            let disk = crate::disk::open(&spec)?;
+            if u64::from(args.size) > disk.sectors * 512 {
+                bail!("--size {} is larger than the disk", args.size);
+            }
+            if spec.read_only && matches!(args.op, BlkOp::Write | BlkOp::Randwrite) {
+                bail!("--op {:?} on a read-only disk", args.op);
+            }
+            let backend = ipc::Backend::Block {
+                sectors: disk.sectors,
+                read_only: spec.read_only,
+                direct: spec.direct,
+                serial: Vec::new(),
+            };
+            let w = Workload::Blk {
+                op: args.op,
+                sectors: disk.sectors,
+            };
+            (backend, vec![disk.fd], w)
+        }
+        None => (ipc::Backend::None, Vec::new(), Workload::Rng),
+    };
+    let device_type = device_type_of(kind).context("unknown device kind")?;
     let ram = GuestRam::new(RAM).context("cannot create driver memory")?;
     let Started { chan, pid, thread } =
         start_device(spawner.as_ref(), args.device_mode, &args.device)?;
     let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
-    let no_backend = (&ipc::Backend::None, &[][..]);
+    let borrowed: Vec<BorrowedFd<'_>> = backend_fds.iter().map(AsFd::as_fd).collect();
     let mut dev = RemoteDevice::connect(
         &args.device,
         pid,
         chan,
-        devices::virtio::DEVICE_ID_RNG,
-        no_backend,
+        device_type,
+        (&backend, &borrowed),
         memory,
     )?;
     let events = DeviceEvents {
@@ -107,13 +190,15 @@ pub fn run(args: &DriveArgs) -> Result<()> {
         avail: AVAIL,
         used: USED,
     };
-    dev.activate(
-        1u64 << devices::virtio::VIRTIO_F_VERSION_1,
-        &[layout],
-        &events,
-    )
-    .context("activation failed")?;
-    let result = drive(&ram.mem, &events, args);
+    // Everything the device offers that the driver understands: FLUSH (so
+    // writes are not synced one by one) and the ring features.
+    let features = dev.info().features
+        & ((1u64 << devices::virtio::VIRTIO_F_VERSION_1)
+            | (1 << devices::block::VIRTIO_BLK_F_FLUSH)
+            | (1 << devices::block::VIRTIO_BLK_F_RO));
+    dev.activate(features, &[layout], &events)
+        .context("activation failed")?;
+    let result = drive(&ram.mem, &events, args, workload);
     let pss = pid.and_then(pss_kib);
     dev.shutdown();
     drop(dev);
@@ -126,7 +211,102 @@ pub fn run(args: &DriveArgs) -> Result<()> {
     Ok(())
 }
 
-fn drive(mem: &GuestMemoryMmap, events: &DeviceEvents, args: &DriveArgs) -> Result<Figures> {
+fn write_desc(mem: &GuestMemoryMmap, index: u16, addr: u64, len: u32, flags: u16) -> Result<()> {
+    let d = DESC + u64::from(index) * 16;
+    mem.write_obj(addr, GuestAddress(d))?;
+    mem.write_obj(len, GuestAddress(d + 8))?;
+    mem.write_obj(flags, GuestAddress(d + 12))?;
+    mem.write_obj(index.wrapping_add(1), GuestAddress(d + 14))?;
+    Ok(())
+}
+
+/// xorshift64, for random offsets.
+fn next_random(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+/// Writes the chain of request `slot` (the `n`th of the run) starting at
+/// descriptor `head`.
+fn post(
+    mem: &GuestMemoryMmap,
+    w: Workload,
+    size: u32,
+    slot: u16,
+    n: u64,
+    rand: &mut u64,
+) -> Result<()> {
+    let head = slot * DESCS_PER_REQUEST;
+    let buf = BUFFERS + u64::from(slot) * STRIDE;
+    match w {
+        Workload::Rng => {
+            // Zero the first bytes so a device that writes nothing is caught.
+            mem.write_slice(&[0u8; 16], GuestAddress(buf))?;
+            write_desc(mem, head, buf, size, DESC_F_WRITE)
+        }
+        Workload::Blk { op, sectors } => {
+            let per = u64::from(size / 512);
+            let slots = (sectors / per).max(1);
+            let block = match op {
+                BlkOp::Read | BlkOp::Write => n % slots,
+                BlkOp::Randread | BlkOp::Randwrite => next_random(rand) % slots,
+            };
+            let write = matches!(op, BlkOp::Write | BlkOp::Randwrite);
+            let kind: u32 = if write {
+                devices::block::VIRTIO_BLK_T_OUT
+            } else {
+                devices::block::VIRTIO_BLK_T_IN
+            };
+            let hdr = HEADERS + u64::from(slot) * 16;
+            mem.write_obj(kind, GuestAddress(hdr))?;
+            mem.write_obj(0u32, GuestAddress(hdr + 4))?;
+            mem.write_obj(block * per, GuestAddress(hdr + 8))?;
+            let status = STATUSES + u64::from(slot);
+            mem.write_obj(0xffu8, GuestAddress(status))?;
+            let data_flags = if write {
+                DESC_F_NEXT
+            } else {
+                DESC_F_NEXT | DESC_F_WRITE
+            };
+            write_desc(mem, head, hdr, 16, DESC_F_NEXT)?;
+            write_desc(mem, head + 1, buf, size, data_flags)?;
+            write_desc(mem, head + 2, status, 1, DESC_F_WRITE)
+        }
+    }
+}
+
+/// Checks the used entry of request `slot`; returns the data bytes moved.
+fn check(mem: &GuestMemoryMmap, w: Workload, size: u32, slot: u16, len: u32) -> Result<u64> {
+    match w {
+        Workload::Rng => {
+            ensure!(len == size, "request of {size} bytes got {len}");
+            let mut head = [0u8; 16];
+            let buf = BUFFERS + u64::from(slot) * STRIDE;
+            mem.read_slice(&mut head, GuestAddress(buf))?;
+            ensure!(
+                len < 16 || head.iter().any(|b| *b != 0),
+                "device returned zeros"
+            );
+        }
+        Workload::Blk { op, .. } => {
+            let write = matches!(op, BlkOp::Write | BlkOp::Randwrite);
+            let want = if write { 1 } else { size + 1 };
+            ensure!(len == want, "used length {len}, expected {want}");
+            let status: u8 = mem.read_obj(GuestAddress(STATUSES + u64::from(slot)))?;
+            ensure!(status == 0, "request failed with status {status}");
+        }
+    }
+    Ok(u64::from(size))
+}
+
+fn drive(
+    mem: &GuestMemoryMmap,
+    events: &DeviceEvents,
+    args: &DriveArgs,
+    w: Workload,
+) -> Result<Figures> {
     let size = args.size;
     let depth = args.depth;
     let mut latencies = Vec::with_capacity(usize::try_from(args.requests).unwrap_or(0));
@@ -134,21 +314,21 @@ fn drive(mem: &GuestMemoryMmap, events: &DeviceEvents, args: &DriveArgs) -> Resu
     let mut seen_used: u16 = 0;
     let mut done: u32 = 0;
     let mut bytes: u64 = 0;
+    let mut rand = 0x9e37_79b9_7f4a_7c15u64;
     let start = Instant::now();
     while done < args.requests {
         let batch = u16::try_from((args.requests - done).min(u32::from(depth))).unwrap_or(1);
-        for i in 0..batch {
-            let slot = next_avail.wrapping_add(i) % QUEUE_SIZE;
-            let buf = BUFFERS + u64::from(i) * 65536;
-            // Zero the first bytes so a device that writes nothing is caught.
-            mem.write_slice(&[0u8; 16], GuestAddress(buf))?;
-            let d = DESC + u64::from(slot) * 16;
-            mem.write_obj(buf, GuestAddress(d))?;
-            mem.write_obj(size, GuestAddress(d + 8))?;
-            mem.write_obj(DESC_F_WRITE, GuestAddress(d + 12))?;
-            mem.write_obj(0u16, GuestAddress(d + 14))?;
-            let ring = AVAIL + 4 + u64::from(next_avail.wrapping_add(i) % QUEUE_SIZE) * 2;
-            mem.write_obj(slot, GuestAddress(ring))?;
+        for slot in 0..batch {
+            post(
+                mem,
+                w,
+                size,
+                slot,
+                u64::from(done) + u64::from(slot),
+                &mut rand,
+            )?;
+            let ring = AVAIL + 4 + u64::from(next_avail.wrapping_add(slot) % QUEUE_SIZE) * 2;
+            mem.write_obj(slot * DESCS_PER_REQUEST, GuestAddress(ring))?;
         }
         next_avail = next_avail.wrapping_add(batch);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
@@ -171,21 +351,13 @@ fn drive(mem: &GuestMemoryMmap, events: &DeviceEvents, args: &DriveArgs) -> Resu
             let e = USED + 4 + u64::from(seen_used.wrapping_add(i) % QUEUE_SIZE) * 8;
             let id: u32 = mem.read_obj(GuestAddress(e))?;
             let len: u32 = mem.read_obj(GuestAddress(e + 4))?;
+            let per = u32::from(DESCS_PER_REQUEST);
             ensure!(
-                id < u32::from(QUEUE_SIZE),
+                id.is_multiple_of(per) && id / per < u32::from(batch),
                 "used entry names descriptor {id}"
             );
-            ensure!(len == size, "request of {size} bytes got {len}");
-            let slot = u64::from(id);
-            let k = (slot + u64::from(QUEUE_SIZE) - u64::from(seen_used % QUEUE_SIZE))
-                % u64::from(QUEUE_SIZE);
-            let mut head = [0u8; 16];
-            mem.read_slice(&mut head, GuestAddress(BUFFERS + k * 65536))?;
-            ensure!(
-                len < 16 || head.iter().any(|b| *b != 0),
-                "device returned zeros"
-            );
-            bytes += u64::from(len);
+            let slot = u16::try_from(id / per).unwrap_or(0);
+            bytes += check(mem, w, size, slot, len)?;
         }
         seen_used = seen_used.wrapping_add(batch);
         done += u32::from(batch);
@@ -251,8 +423,15 @@ fn print_figures(args: &DriveArgs, f: &Figures, pss: Option<u64>) {
         DeviceMode::Thread => "thread",
     };
     let secs = f.secs.max(1e-9);
+    let op = match (kind_of(&args.device), args.op) {
+        ("blk", BlkOp::Read) => " op=read",
+        ("blk", BlkOp::Write) => " op=write",
+        ("blk", BlkOp::Randread) => " op=randread",
+        ("blk", BlkOp::Randwrite) => " op=randwrite",
+        _ => "",
+    };
     println!(
-        "device={} mode={mode} depth={} size={} requests={} secs={:.3} req_per_s={:.0} mb_per_s={:.1} \
+        "device={}{op} mode={mode} depth={} size={} requests={} secs={:.3} req_per_s={:.0} mb_per_s={:.1} \
          p50_us={:.1} p90_us={:.1} p99_us={:.1} pss_kib={}",
         args.device,
         args.depth,
