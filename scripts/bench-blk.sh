@@ -48,10 +48,12 @@ device_pid() {
 	local s c
 	for s in $(pgrep -P "$1"); do
 		for c in $(pgrep -P "$s"); do
-			if [ "$(tr '\0' ' ' <"/proc/$c/cmdline" 2>/dev/null)" = "skvm-dev blk0 " ]; then
+			case "$(tr '\0' ' ' <"/proc/$c/cmdline" 2>/dev/null)" in
+			"skvm-dev blk0 "*)
 				echo "$c"
 				return
-			fi
+				;;
+			esac
 		done
 	done
 }

@@ -223,7 +223,8 @@ pub fn device_pids(skvm: u32, name: &str) -> Vec<u32> {
     for s in spawners {
         for c in children(s) {
             let cmdline = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
-            if cmdline == format!("skvm-dev\0{name}\0").as_bytes() {
+            // argv: skvm-dev NAME SECCOMP-MODE NAMESPACES
+            if cmdline.starts_with(format!("skvm-dev\0{name}\0").as_bytes()) {
                 found.push(c);
             }
         }

@@ -24,6 +24,7 @@
 //! | 104 | device -> VMM | `Error { message }` | 0 | |
 //! | 105 | device -> VMM | `ConfigChanged { config }` (any time) | 0 | |
 //! | 106 | device -> VMM | `NeedsReset { reason }` (any time) | 0 | |
+//! | 107 | device -> VMM | `ForbiddenSyscall { nr }` (any time, `--seccomp trap`) | 0 | |
 //!
 //! The fds of `Activate` are, in order: one memfd per memory region, one kick
 //! eventfd per queue, one interrupt eventfd per queue, and the configuration

@@ -34,6 +34,7 @@ const ACK: u16 = 103;
 const ERROR: u16 = 104;
 const CONFIG_CHANGED: u16 = 105;
 const NEEDS_RESET: u16 = 106;
+const FORBIDDEN_SYSCALL: u16 = 107;
 
 /// A guest memory region; the memfd carrying it travels beside the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +228,36 @@ pub enum Reply {
         /// Why.
         reason: String,
     },
+    /// The device made a syscall its seccomp policy forbids (trap mode; sent
+    /// from its SIGSYS handler at any time).
+    ForbiddenSyscall {
+        /// The syscall number (x86_64).
+        nr: u32,
+    },
+}
+
+/// Bytes of an encoded `ForbiddenSyscall`.
+pub const FORBIDDEN_SYSCALL_BYTES: usize = HEADER + 4;
+
+/// `Reply::ForbiddenSyscall { nr }` encoded without allocating, for a
+/// signal handler.
+pub fn forbidden_syscall_message(nr: u32) -> [u8; FORBIDDEN_SYSCALL_BYTES] {
+    let mut b = [0u8; FORBIDDEN_SYSCALL_BYTES];
+    let fields: [&[u8]; 5] = [
+        &MAGIC.to_le_bytes(),
+        &PROTOCOL_VERSION.to_le_bytes(),
+        &FORBIDDEN_SYSCALL.to_le_bytes(),
+        &4u32.to_le_bytes(),
+        &nr.to_le_bytes(),
+    ];
+    let mut at = 0;
+    for f in fields {
+        for (d, s) in b.iter_mut().skip(at).zip(f) {
+            *d = *s;
+        }
+        at += f.len();
+    }
+    b
 }
 
 /// Appends fields to a message under construction.
@@ -506,6 +537,11 @@ impl Reply {
                 w.bytes("text length", reason.as_bytes(), MAX_TEXT)?;
                 w
             }
+            Reply::ForbiddenSyscall { nr } => {
+                let mut w = Writer::new(FORBIDDEN_SYSCALL);
+                w.u32(*nr);
+                w
+            }
         };
         w.finish()
     }
@@ -537,6 +573,7 @@ impl Reply {
             NEEDS_RESET => Reply::NeedsReset {
                 reason: r.text("text length")?,
             },
+            FORBIDDEN_SYSCALL => Reply::ForbiddenSyscall { nr: r.u32()? },
             other => return Err(IpcError::UnknownKind(other)),
         };
         r.end()?;
@@ -616,7 +653,17 @@ mod tests {
             Reply::NeedsReset {
                 reason: "queue 0: used ring outside memory".into(),
             },
+            Reply::ForbiddenSyscall { nr: 257 },
         ]
+    }
+
+    #[test]
+    fn the_signal_handler_encoding_matches_the_encoder() {
+        let r = Reply::ForbiddenSyscall { nr: 0xdead_beef };
+        assert_eq!(
+            forbidden_syscall_message(0xdead_beef).to_vec(),
+            r.encode().unwrap()
+        );
     }
 
     #[test]
@@ -815,8 +862,8 @@ mod tests {
             if b.len() >= HEADER {
                 b[..4].copy_from_slice(&MAGIC.to_le_bytes());
                 b[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-                let kinds = [1u16, 2, 3, 4, 5, 6, 101, 102, 103, 104, 105, 106];
-                let k = kinds[usize::try_from(next(&mut s) % 12).unwrap()];
+                let kinds = [1u16, 2, 3, 4, 5, 6, 101, 102, 103, 104, 105, 106, 107];
+                let k = kinds[usize::try_from(next(&mut s) % 13).unwrap()];
                 b[6..8].copy_from_slice(&k.to_le_bytes());
                 let plen = u32::try_from(b.len() - HEADER).unwrap();
                 b[8..12].copy_from_slice(&plen.to_le_bytes());

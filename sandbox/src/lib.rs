@@ -5,7 +5,12 @@
 //! - [`seccomp`]: syscall allowlists as data (each entry says why it is
 //!   needed), compiled with seccompiler; kill-process by default.
 //! - [`process`]: the steps before seccomp that apply to a freshly forked
-//!   device process (closing fds, the parent-death signal, no_new_privs).
+//!   device process (closing fds, the parent-death signal, its name).
+//! - [`jail`]: namespaces, the empty read-only root, capabilities,
+//!   no_new_privs, resource limits, and a probe of what the host supports.
+//! - [`syscalls`]: syscall names, for reports.
 
+pub mod jail;
 pub mod process;
 pub mod seccomp;
+pub mod syscalls;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use crate::device_host::{DeviceMode, OnFailure};
+use crate::device_host::{Degraded, DeviceMode, OnFailure, SandboxOpts, SeccompMode};
 use crate::disk::DiskSpec;
 use crate::memory::MIN_MEM;
 
@@ -76,9 +76,37 @@ pub struct RunArgs {
     /// device marked as needing a reset, or stop the VM with an error.
     #[arg(long, value_enum, value_name = "ACTION", default_value_t = OnFailure::Reset)]
     pub on_device_failure: OnFailure,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
     /// Print debug messages and exit statistics.
     #[arg(long)]
     pub debug: bool,
+}
+
+/// How device processes are confined (shared by `run` and `drive`).
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// What a device's seccomp filter does on a syscall its policy forbids:
+    /// kill the device process; or (for debugging) fail the syscall and log
+    /// "device NAME (pid N) made forbidden syscall NAME"; or have the kernel
+    /// log it and allow it.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SeccompMode::Kill)]
+    pub seccomp: SeccompMode,
+    /// Where the host forbids the namespaces device processes need (in a
+    /// container, say): refuse to start (deny), or warn and run devices
+    /// without namespaces and their empty root (allow).
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = Degraded::Deny)]
+    pub sandbox_degraded: Degraded,
+}
+
+impl SandboxArgs {
+    /// The options as the device host takes them.
+    pub fn opts(&self) -> SandboxOpts {
+        SandboxOpts {
+            seccomp: self.seccomp,
+            degraded: self.sandbox_degraded,
+        }
+    }
 }
 
 /// Errors in the command line.
@@ -142,6 +170,8 @@ pub struct VmConfig {
     pub device_mode: DeviceMode,
     /// What a device failure does.
     pub on_device_failure: OnFailure,
+    /// How device processes are confined.
+    pub sandbox: SandboxOpts,
 }
 
 /// The directory of the default guest.
@@ -212,6 +242,7 @@ impl VmConfig {
             rng: args.rng,
             device_mode: args.device_mode,
             on_device_failure: args.on_device_failure,
+            sandbox: args.sandbox.opts(),
         })
     }
 
@@ -362,6 +393,10 @@ mod tests {
             disk: Vec::new(),
             device_mode: DeviceMode::Process,
             on_device_failure: OnFailure::Reset,
+            sandbox: SandboxArgs {
+                seccomp: SeccompMode::Kill,
+                sandbox_degraded: Degraded::Deny,
+            },
             debug: false,
         }
     }

@@ -16,6 +16,7 @@ use clap::Args;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::config::SandboxArgs;
 use crate::device_host::remote::RemoteDevice;
 use crate::device_host::spawner::Spawner;
 use crate::device_host::{device_type_of, kind_of, start_device, DeviceMode, Started};
@@ -53,6 +54,8 @@ pub struct DriveArgs {
     /// What blk requests do: sequential or random reads or writes.
     #[arg(long, value_enum, value_name = "OP", default_value_t = BlkOp::Randread)]
     pub op: BlkOp,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
 /// The blk workloads.
@@ -166,8 +169,12 @@ pub fn run(args: &DriveArgs) -> Result<()> {
     };
     let device_type = device_type_of(kind).context("unknown device kind")?;
     let ram = GuestRam::new(RAM).context("cannot create driver memory")?;
-    let Started { chan, pid, thread } =
-        start_device(spawner.as_ref(), args.device_mode, &args.device)?;
+    let Started { chan, pid, thread } = start_device(
+        spawner.as_ref(),
+        args.device_mode,
+        &args.device,
+        args.sandbox.opts(),
+    )?;
     let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
     let borrowed: Vec<BorrowedFd<'_>> = backend_fds.iter().map(AsFd::as_fd).collect();
     let mut dev = RemoteDevice::connect(

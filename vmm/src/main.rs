@@ -16,6 +16,7 @@ mod legacy;
 mod log;
 mod memory;
 mod pci;
+mod sandbox_cmd;
 mod vcpu;
 mod virtio_pci;
 mod vm;
@@ -49,6 +50,10 @@ enum Command {
     /// The device is started as `skvm run` starts it (its own confined
     /// process, or a thread with --device-mode thread); no guest runs.
     Drive(drive::DriveArgs),
+    /// Inspect device confinement: what this host supports, and each device
+    /// kind's seccomp policy.
+    #[command(subcommand)]
+    Sandbox(sandbox_cmd::SandboxCommand),
 }
 
 fn main() -> ExitCode {
@@ -58,15 +63,18 @@ fn main() -> ExitCode {
         .next()
         .is_some_and(|a| a == device_host::spawner::DEVICE_ARGV0)
     {
-        let name = args
-            .next()
-            .and_then(|n| n.into_string().ok())
-            .unwrap_or_default();
-        return device_host::process_main(&name);
+        let mut next = || {
+            args.next()
+                .and_then(|n| n.into_string().ok())
+                .unwrap_or_default()
+        };
+        let (name, seccomp, ns) = (next(), next(), next());
+        return device_host::process_main(&name, &seccomp, &ns);
     }
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(&args),
+        Command::Sandbox(cmd) => sandbox_cmd::run(&cmd),
         Command::Drive(args) => match drive::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -80,7 +80,7 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
 
     // Device processes come from a spawner forked now, while skvm still has
     // a single thread.
-    let mut host = DeviceHost::new(cfg.device_mode, cfg.on_device_failure)?;
+    let mut host = DeviceHost::new(cfg.device_mode, cfg.on_device_failure, cfg.sandbox)?;
     let ram = GuestRam::new(cfg.mem).context("cannot create guest memory")?;
     let vm = Arc::new(create_vm(&kvm, &ram)?);
     let router = Arc::new(IrqRouter::new(vm.clone()));

@@ -36,7 +36,9 @@ use crate::memory::GuestRam;
 use crate::pci::PciBus;
 use crate::virtio_pci::VirtioPci;
 use remote::{DeviceEvent, RemoteDevice};
-use spawner::Spawner;
+use sandbox::seccomp::Violation;
+use spawner::{SpawnFlags, Spawner};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// Where device models run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -54,6 +56,55 @@ pub enum OnFailure {
     Reset,
     /// Stop the VM with an error.
     Exit,
+}
+
+/// What a device's seccomp filter does on a syscall its policy forbids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SeccompMode {
+    /// The kernel kills the device process (the default).
+    Kill,
+    /// The syscall fails with ENOSYS and the device reports it; skvm logs
+    /// "device NAME (pid N) made forbidden syscall NAME". For debugging.
+    Trap,
+    /// The kernel logs the syscall and allows it. For debugging.
+    Log,
+}
+
+impl SeccompMode {
+    fn violation(self) -> Violation {
+        match self {
+            SeccompMode::Kill => Violation::Kill,
+            SeccompMode::Trap => Violation::Trap,
+            SeccompMode::Log => Violation::Log,
+        }
+    }
+}
+
+/// Whether devices may run without namespaces where the host forbids them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Degraded {
+    /// Refuse to start a device that cannot be fully confined.
+    Deny,
+    /// Warn, and run it with seccomp, no capabilities and rlimits only.
+    Allow,
+}
+
+/// How device processes are confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxOpts {
+    /// Seccomp's action on forbidden syscalls.
+    pub seccomp: SeccompMode,
+    /// Whether to fall back to no namespaces.
+    pub degraded: Degraded,
+}
+
+impl Default for SandboxOpts {
+    fn default() -> Self {
+        Self {
+            seccomp: SeccompMode::Kill,
+            degraded: Degraded::Deny,
+        }
+    }
 }
 
 /// Base of the 32-bit window device BARs are placed in.
@@ -76,6 +127,7 @@ struct Hosted {
 pub struct DeviceHost {
     mode: DeviceMode,
     on_failure: OnFailure,
+    sandbox: SandboxOpts,
     spawner: Option<Spawner>,
     devices: Vec<Hosted>,
 }
@@ -137,7 +189,7 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl DeviceHost {
     /// Sets up device hosting. In process mode this forks the spawner, so
     /// call it while the VMM has a single thread.
-    pub fn new(mode: DeviceMode, on_failure: OnFailure) -> Result<Self> {
+    pub fn new(mode: DeviceMode, on_failure: OnFailure, sandbox: SandboxOpts) -> Result<Self> {
         let spawner = match mode {
             DeviceMode::Process => Some(Spawner::start()?),
             DeviceMode::Thread => None,
@@ -145,6 +197,7 @@ impl DeviceHost {
         Ok(Self {
             mode,
             on_failure,
+            sandbox,
             spawner,
             devices: Vec::new(),
         })
@@ -169,7 +222,7 @@ impl DeviceHost {
             chan: vmm_end,
             pid,
             thread,
-        } = start_device(self.spawner.as_ref(), self.mode, name)?;
+        } = start_device(self.spawner.as_ref(), self.mode, name, self.sandbox)?;
         let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
         let borrowed: Vec<BorrowedFd<'_>> = backend_fds.iter().map(|f| f.as_fd()).collect();
         let connected = RemoteDevice::connect(
@@ -286,6 +339,7 @@ impl DeviceHost {
         let mut t = lock(&d.transport);
         match ev {
             DeviceEvent::ConfigChanged(cfg) => t.config_changed(cfg),
+            DeviceEvent::ForbiddenSyscall(_) => {}
             DeviceEvent::NeedsReset(reason) => {
                 let msg = format!("device {} needs a reset: {reason}", d.name);
                 if self.on_failure == OnFailure::Exit {
@@ -344,14 +398,45 @@ pub struct Started {
 }
 
 /// Starts device `name` in a process through `spawner` (process mode) or in
-/// a thread of this process.
-pub fn start_device(spawner: Option<&Spawner>, mode: DeviceMode, name: &str) -> Result<Started> {
+/// a thread of this process. A process gets its namespaces; where the host
+/// refuses them, `sandbox.degraded` decides between an error and a warning.
+pub fn start_device(
+    spawner: Option<&Spawner>,
+    mode: DeviceMode,
+    name: &str,
+    sandbox: SandboxOpts,
+) -> Result<Started> {
     let (vmm_end, device_end) = Channel::pair().context("cannot create control socket")?;
     match (spawner, mode) {
         (Some(s), DeviceMode::Process) => {
-            let pid = s
-                .spawn(name, OwnedFd::from(device_end))
-                .with_context(|| format!("{name}: cannot start"))?;
+            let mut how = SpawnFlags {
+                namespaces: true,
+                seccomp: sandbox.seccomp.violation(),
+            };
+            let control = OwnedFd::from(device_end);
+            let copy = control
+                .try_clone()
+                .context("cannot duplicate control socket")?;
+            let pid = match s.spawn(name, control, how) {
+                Ok(pid) => pid,
+                Err(e) if sandbox.degraded == Degraded::Allow => {
+                    log::warn(&format!(
+                        "device {name}: {e:#}; running it WITHOUT namespaces or its \
+                         empty root (--sandbox-degraded allow): seccomp, no capabilities and \
+                         rlimits only"
+                    ));
+                    how.namespaces = false;
+                    s.spawn(name, copy, how)
+                        .with_context(|| format!("device {name}: cannot start"))?
+                }
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "device {name}: cannot be confined on this host (a container?); \
+                         `skvm sandbox check` shows what works, and --sandbox-degraded allow \
+                         runs devices without namespaces"
+                    )))
+                }
+            };
             Ok(Started {
                 chan: vmm_end,
                 pid: Some(pid),
@@ -380,12 +465,79 @@ fn start_thread(name: &str, chan: Channel) -> Result<JoinHandle<()>> {
         .with_context(|| format!("{name}: cannot start device thread"))
 }
 
-/// `main` of a device process (`skvm-dev NAME`, control socket on fd 3).
-pub fn process_main(name: &str) -> ExitCode {
+/// Where the trap-mode SIGSYS handler reports (the control socket).
+static TRAP_REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// SIGSYS handler of `--seccomp trap`: reports the syscall to the VMM on
+/// the control socket and makes it fail with ENOSYS. Async-signal-safe: no
+/// allocation, one sendmsg.
+extern "C" fn on_forbidden_syscall(
+    _sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
+    // The SIGSYS fields of siginfo_t (x86_64): si_call_addr at 16,
+    // si_syscall at 24.
+    // SAFETY: the kernel passes a valid siginfo_t for SIGSYS.
+    let nr = unsafe { info.cast::<u8>().add(24).cast::<i32>().read_unaligned() };
+    let msg = ipc::wire::forbidden_syscall_message(u32::try_from(nr).unwrap_or(u32::MAX));
+    let mut iov = libc::iovec {
+        iov_base: msg.as_ptr().cast_mut().cast(),
+        iov_len: msg.len(),
+    };
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    let fd = TRAP_REPORT_FD.load(Ordering::Relaxed);
+    // SAFETY: sends one datagram from a buffer that outlives the call.
+    unsafe { libc::sendmsg(fd, &hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    // SAFETY: ctx is the ucontext the kernel saved; RAX is the syscall's
+    // return value when the handler returns.
+    unsafe {
+        let uc = ctx.cast::<libc::ucontext_t>();
+        if let Some(rax) = (*uc).uc_mcontext.gregs.get_mut(libc::REG_RAX as usize) {
+            *rax = -i64::from(libc::ENOSYS);
+        }
+    }
+}
+
+fn install_trap_handler(control: RawFd) -> std::io::Result<()> {
+    TRAP_REPORT_FD.store(control, Ordering::Relaxed);
+    // SAFETY: sigaction is plain data; the handler is async-signal-safe.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = on_forbidden_syscall as *const () as usize;
+        act.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut act.sa_mask);
+        if libc::sigaction(libc::SIGSYS, &act, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Steps 3 to 6 of the confinement (see `sandbox::jail`): the empty root
+/// (with namespaces), no_new_privs, no capabilities, rlimits. Seccomp comes
+/// after the hello.
+fn confine_process(kind: &str, namespaces: bool) -> std::io::Result<()> {
+    if namespaces {
+        sandbox::jail::enter_empty_root()?;
+    }
+    sandbox::jail::no_new_privs()?;
+    sandbox::jail::drop_capabilities()?;
+    sandbox::jail::limit_resources(&sandbox::jail::device_limits(kind == "blk"))
+}
+
+/// `main` of a device process (`skvm-dev NAME SECCOMP NS`, control socket
+/// on fd 3; see [`SpawnFlags::args`]).
+pub fn process_main(name: &str, seccomp: &str, ns: &str) -> ExitCode {
     sandbox::process::set_name(&format!("skvm-dev {name}"));
     let kind = kind_of(name);
-    let Some(policy) = policy::for_kind(kind) else {
-        eprintln!("skvm-dev {name}: unknown device kind");
+    let (Some(mut policy), Some(how)) =
+        (policy::for_kind(kind), SpawnFlags::from_args(seccomp, ns))
+    else {
+        eprintln!("skvm-dev {name}: unknown device kind or options (run by skvm only)");
         return ExitCode::from(1);
     };
     // SAFETY: F_GETFD only queries the fd number.
@@ -393,13 +545,22 @@ pub fn process_main(name: &str) -> ExitCode {
         eprintln!("skvm-dev {name}: no control socket (run by skvm only)");
         return ExitCode::from(1);
     }
+    if let Err(e) = sandbox::process::close_fds_except(&[0, 1, 2, spawner::DEVICE_CONTROL_FD])
+        .and_then(|()| confine_process(kind, how.namespaces))
+    {
+        eprintln!("skvm-dev {name}: cannot confine the process: {e}");
+        return ExitCode::from(1);
+    }
     // SAFETY: the spawner put the control socket on this fd for us alone.
     let chan = Channel::from_fd(unsafe { OwnedFd::from_raw_fd(spawner::DEVICE_CONTROL_FD) });
-    let confine = || {
-        policy
-            .install(sandbox::seccomp::Violation::Kill)
-            .map_err(|e| e.to_string())
-    };
+    if how.seccomp == Violation::Trap {
+        if let Err(e) = install_trap_handler(spawner::DEVICE_CONTROL_FD) {
+            eprintln!("skvm-dev {name}: cannot install the SIGSYS handler: {e}");
+            return ExitCode::from(1);
+        }
+        policy.extend(policy::TRAP_EXTRA);
+    }
+    let confine = || policy.install(how.seccomp).map_err(|e| e.to_string());
     let make = Box::new(|b, fds| build_model(kind, b, fds));
     match worker::serve(&chan, make, confine) {
         Ok(()) => ExitCode::SUCCESS,

@@ -96,6 +96,14 @@ const WORKER: &[Syscall] = &[
     },
 ];
 
+/// What `--seccomp trap` adds: returning from the SIGSYS handler.
+pub const TRAP_EXTRA: &[Syscall] = &[Syscall {
+    nr: libc::SYS_rt_sigreturn,
+    name: "rt_sigreturn",
+    why: "return from the SIGSYS handler that reports a forbidden syscall (trap mode only)",
+    rules: &[],
+}];
+
 /// virtio-rng's own needs.
 const RNG: &[Syscall] = &[Syscall {
     nr: libc::SYS_getrandom,

@@ -31,6 +31,8 @@ pub enum DeviceEvent {
     ConfigChanged(Vec<u8>),
     /// The device cannot go on without a reset.
     NeedsReset(String),
+    /// The device made a forbidden syscall (already logged).
+    ForbiddenSyscall(u32),
 }
 
 /// A device on the other end of a control channel.
@@ -134,6 +136,18 @@ impl RemoteDevice {
         match r {
             Reply::ConfigChanged { config } => self.events.push(DeviceEvent::ConfigChanged(config)),
             Reply::NeedsReset { reason } => self.events.push(DeviceEvent::NeedsReset(reason)),
+            Reply::ForbiddenSyscall { nr } => {
+                let pid = self
+                    .pid
+                    .map_or_else(|| "thread".to_owned(), |p| format!("pid {p}"));
+                crate::log::error(&format!(
+                    "device {} ({pid}) made forbidden syscall {}",
+                    self.name,
+                    sandbox::syscalls::describe(i64::from(nr))
+                ));
+                // Counted against the flood limit like any other message.
+                self.events.push(DeviceEvent::ForbiddenSyscall(nr));
+            }
             other => {
                 self.fail(anyhow!("unexpected message {other:?}"));
             }
@@ -158,7 +172,9 @@ impl RemoteDevice {
                 .recv_reply(Some(REPLY_TIMEOUT))
                 .map_err(|e| self.fail(anyhow!(e)))?;
             match r {
-                Reply::ConfigChanged { .. } | Reply::NeedsReset { .. } => self.note_unsolicited(r),
+                Reply::ConfigChanged { .. }
+                | Reply::NeedsReset { .. }
+                | Reply::ForbiddenSyscall { .. } => self.note_unsolicited(r),
                 other => return Ok(other),
             }
         }

@@ -20,6 +20,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use sandbox::jail;
+use sandbox::seccomp::Violation;
 
 /// argv[0] of device processes; `main` recognises it.
 pub const DEVICE_ARGV0: &str = "skvm-dev";
@@ -33,6 +35,70 @@ const KIND_FAILED: u32 = 3;
 const KIND_EXITED: u32 = 4;
 /// How long a spawn may take before the VMM gives up on the spawner.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a device process is confined, as the spawner is asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpawnFlags {
+    /// New user, pid, mount, net, ipc and uts namespaces and an empty root.
+    pub namespaces: bool,
+    /// What the seccomp filter does on a forbidden syscall.
+    pub seccomp: Violation,
+}
+
+impl SpawnFlags {
+    fn encode(self) -> i32 {
+        let mode = match self.seccomp {
+            Violation::Kill => 0,
+            Violation::Trap => 1,
+            Violation::Log => 2,
+        };
+        i32::from(self.namespaces) | mode << 1
+    }
+
+    fn decode(v: i32) -> Option<Self> {
+        let seccomp = match (v >> 1) & 3 {
+            0 => Violation::Kill,
+            1 => Violation::Trap,
+            2 => Violation::Log,
+            _ => return None,
+        };
+        (v & !7 == 0).then_some(Self {
+            namespaces: v & 1 != 0,
+            seccomp,
+        })
+    }
+
+    /// The arguments after `skvm-dev NAME` that tell the device process.
+    pub fn args(self) -> [&'static str; 2] {
+        [
+            match self.seccomp {
+                Violation::Kill => "kill",
+                Violation::Trap => "trap",
+                Violation::Log => "log",
+            },
+            if self.namespaces { "ns" } else { "no-ns" },
+        ]
+    }
+
+    /// Parses what [`SpawnFlags::args`] produced.
+    pub fn from_args(seccomp: &str, ns: &str) -> Option<Self> {
+        let seccomp = match seccomp {
+            "kill" => Violation::Kill,
+            "trap" => Violation::Trap,
+            "log" => Violation::Log,
+            _ => return None,
+        };
+        let namespaces = match ns {
+            "ns" => true,
+            "no-ns" => false,
+            _ => return None,
+        };
+        Some(Self {
+            namespaces,
+            seccomp,
+        })
+    }
+}
 
 /// A device process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,15 +207,17 @@ impl Spawner {
         })
     }
 
-    /// Starts device process `name` with `control` as its control socket.
-    pub fn spawn(&self, name: &str, control: OwnedFd) -> Result<libc::pid_t> {
+    /// Starts device process `name` with `control` as its control socket,
+    /// confined as `how` says. An `io::Error` in the chain is the errno of
+    /// the failed fork or clone.
+    pub fn spawn(&self, name: &str, control: OwnedFd, how: SpawnFlags) -> Result<libc::pid_t> {
         if !valid_name(name) {
             bail!("invalid device name '{name}'");
         }
         let req = Record {
             kind: KIND_SPAWN,
             pid: 0,
-            value: 0,
+            value: how.encode(),
             name: name.to_owned(),
         };
         let sock = self.requests.lock().unwrap_or_else(|e| e.into_inner());
@@ -163,7 +231,12 @@ impl Spawner {
         match Record::decode(buf.get(..n).unwrap_or_default()) {
             Some(r) if r.kind == KIND_SPAWNED => Ok(r.pid),
             Some(r) if r.kind == KIND_FAILED => {
-                Err(io::Error::from_raw_os_error(r.value)).context("fork failed")
+                let what = if how.namespaces {
+                    "cannot create the device process in its namespaces"
+                } else {
+                    "cannot fork the device process"
+                };
+                Err(io::Error::from_raw_os_error(r.value)).context(what)
             }
             _ => bail!("bad answer from the spawner"),
         }
@@ -223,6 +296,13 @@ fn spawner_main(vmm: libc::pid_t, requests: &OwnedFd, events: &OwnedFd) -> ! {
         unsafe { libc::_exit(0) };
     }
     sandbox::process::set_name("skvm-spawner");
+    // Devices must not keep root's supplementary groups. In a user namespace
+    // that denies setgroups this fails, and there are none to drop.
+    // SAFETY: geteuid cannot fail; setgroups with an empty list.
+    if unsafe { libc::geteuid() } == 0 {
+        // SAFETY: as above.
+        unsafe { libc::setgroups(0, std::ptr::null()) };
+    }
     let keep = [2, requests.as_raw_fd(), events.as_raw_fd()];
     let _ = sandbox::process::close_fds_except(&keep);
     let sigchld = match child_signalfd() {
@@ -311,7 +391,11 @@ fn serve_request(requests: &OwnedFd) -> bool {
     };
     let reply = match (Record::decode(buf.get(..n).unwrap_or_default()), fds.pop()) {
         (Some(r), Some(control)) if r.kind == KIND_SPAWN && valid_name(&r.name) => {
-            match fork_device(&r.name, &control) {
+            let result = match SpawnFlags::decode(r.value) {
+                Some(how) => fork_device(&r.name, &control, how),
+                None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+            };
+            match result {
                 Ok(pid) => Record {
                     kind: KIND_SPAWNED,
                     pid,
@@ -336,21 +420,70 @@ fn serve_request(requests: &OwnedFd) -> bool {
     ipc::fdpass::send(requests.as_fd(), &reply.encode(), &[]).is_ok()
 }
 
-fn fork_device(name: &str, control: &OwnedFd) -> io::Result<libc::pid_t> {
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are new and owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Forks (or, with namespaces, clones) and execs device process `name`.
+/// With namespaces, the child waits until its user namespace's id maps are
+/// written, then becomes its namespace's root, which is an unprivileged
+/// user outside.
+fn fork_device(name: &str, control: &OwnedFd, how: SpawnFlags) -> io::Result<libc::pid_t> {
     let exe = c"/proc/self/exe";
     let argv0 = CString::new(DEVICE_ARGV0).map_err(io::Error::other)?;
     let argv1 = CString::new(name).map_err(io::Error::other)?;
-    let argv = [argv0.as_ptr(), argv1.as_ptr(), std::ptr::null()];
+    let [a2, a3] = how.args();
+    let argv2 = CString::new(a2).map_err(io::Error::other)?;
+    let argv3 = CString::new(a3).map_err(io::Error::other)?;
+    let argv = [
+        argv0.as_ptr(),
+        argv1.as_ptr(),
+        argv2.as_ptr(),
+        argv3.as_ptr(),
+        std::ptr::null(),
+    ];
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-    // SAFETY: getpid cannot fail.
-    let spawner = unsafe { libc::getpid() };
+    let (sync_rd, sync_wr) = pipe()?;
+    let (uid, gid) = jail::outside_ids();
     // SAFETY: the spawner is single-threaded; the child only makes syscalls
     // on memory prepared above and then execs or exits.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let pid = unsafe {
+        if how.namespaces {
+            jail::clone_into_namespaces(jail::NAMESPACES)?
+        } else {
+            let pid = libc::fork();
+            if pid < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            pid
+        }
+    };
     if pid > 0 {
+        drop(sync_rd);
+        if how.namespaces {
+            // Root inside a container may have no "nobody" to map to: map
+            // to itself then.
+            // SAFETY: geteuid and getegid cannot fail.
+            let (own_uid, own_gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+            let mapped = jail::write_id_maps(pid, uid, gid)
+                .or_else(|_| jail::write_id_maps(pid, own_uid, own_gid));
+            if let Err(e) = mapped {
+                // SAFETY: kills and reaps the child we just made.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+                return Err(e);
+            }
+        }
+        // SAFETY: writes one byte from a valid buffer.
+        unsafe { libc::write(sync_wr.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
         return Ok(pid);
     }
     // The child: die with the spawner, control socket on fd 3, /dev/null
@@ -360,7 +493,16 @@ fn fork_device(name: &str, control: &OwnedFd) -> io::Result<libc::pid_t> {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        if sandbox::process::die_with_parent(spawner).is_err() {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            libc::_exit(126);
+        }
+        // Wait for the parent (with namespaces: for the id maps). EOF means
+        // the spawner is gone or gave up.
+        let mut byte = 0u8;
+        if libc::read(sync_rd.as_raw_fd(), std::ptr::from_mut(&mut byte).cast(), 1) != 1 {
+            libc::_exit(126);
+        }
+        if how.namespaces && (libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0) {
             libc::_exit(126);
         }
         if libc::dup2(control.as_raw_fd(), DEVICE_CONTROL_FD) < 0 {
@@ -401,6 +543,24 @@ mod tests {
         b[12] = 40;
         b[16..48].fill(0xff);
         assert_eq!(Record::decode(&b), None);
+    }
+
+    #[test]
+    fn spawn_flags_round_trip() {
+        for namespaces in [false, true] {
+            for seccomp in [Violation::Kill, Violation::Trap, Violation::Log] {
+                let f = SpawnFlags {
+                    namespaces,
+                    seccomp,
+                };
+                assert_eq!(SpawnFlags::decode(f.encode()), Some(f));
+                let [a, b] = f.args();
+                assert_eq!(SpawnFlags::from_args(a, b), Some(f));
+            }
+        }
+        assert_eq!(SpawnFlags::decode(6), None);
+        assert_eq!(SpawnFlags::decode(8), None);
+        assert_eq!(SpawnFlags::from_args("allow", "ns"), None);
     }
 
     #[test]

@@ -1,0 +1,209 @@
+//! Device confinement, checked from the outside: the seccomp policies are as
+//! small as promised, this host supports every step, a running device
+//! process is in its own namespaces with an empty root, no capabilities, no
+//! new privileges, its seccomp filter and tight limits, and a host that
+//! forbids namespaces gets a clear refusal or, when allowed, a warning.
+
+// Test code: a panic is a failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use guest_tests::{device_pids, sigkill, skvm_bin};
+
+fn skvm(args: &[&str]) -> (i32, String) {
+    let out = Command::new(skvm_bin()).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The count `skvm sandbox show KIND` prints.
+fn allowed(kind: &str, mode: &str) -> usize {
+    let (code, out) = skvm(&["sandbox", "show", kind, "--seccomp", mode]);
+    assert_eq!(code, 0, "{out}");
+    let first = out.lines().next().unwrap();
+    let n: usize = first
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no count in: {first}"));
+    // One line per syscall follows.
+    assert_eq!(out.lines().count(), n + 1, "{out}");
+    n
+}
+
+#[test]
+fn seccomp_policies_are_within_their_targets() {
+    assert!(allowed("rng", "kill") <= 15);
+    assert!(allowed("blk", "kill") <= 25);
+    // Trap mode adds only rt_sigreturn, for its handler.
+    assert_eq!(allowed("rng", "trap"), allowed("rng", "kill") + 1);
+    let (_, out) = skvm(&["sandbox", "show", "blk"]);
+    for forbidden in [
+        "openat", "socket", "connect", "execve", "ptrace", "kill", "clone", "mount", "unshare",
+        "setuid",
+    ] {
+        assert!(
+            !out.lines()
+                .any(|l| l.split_whitespace().next() == Some(forbidden)),
+            "{forbidden} is allowed:\n{out}"
+        );
+    }
+    let (code, _) = skvm(&["sandbox", "show", "gpu"]);
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn this_host_supports_full_confinement() {
+    let (code, out) = skvm(&["sandbox", "check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+}
+
+/// Field `key` of /proc/PID/status.
+fn status_field(pid: u32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
+}
+
+fn ns(pid: &str, kind: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn check_confined(device: &str, extra: &[&str]) {
+    let mut args = vec![
+        "drive",
+        "--device",
+        device,
+        "--requests",
+        "100000000",
+        "--size",
+        "512",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = Command::new(skvm_bin())
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let pid = loop {
+        let pids = device_pids(child.id(), device);
+        if let Some(p) = pids.first() {
+            // Past the hello: the seccomp filter is in.
+            if status_field(*p, "Seccomp") == "2" {
+                break *p;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{device} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let p = pid.to_string();
+    for kind in ["user", "pid", "mnt", "net", "ipc", "uts"] {
+        assert_ne!(
+            ns(&p, kind),
+            ns("self", kind),
+            "{device}: same {kind} namespace"
+        );
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    for caps in ["CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh"] {
+        assert_eq!(status_field(pid, caps), "0000000000000000", "{caps}");
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let uid = status_field(pid, "Uid");
+        assert!(uid.split_whitespace().all(|u| u == "65534"), "uid {uid}");
+        assert_eq!(status_field(pid, "Groups"), "");
+    }
+    // pid 1 of its own pid namespace.
+    assert!(
+        status_field(pid, "NSpid").ends_with(" 1") || status_field(pid, "NSpid").ends_with("\t1")
+    );
+    // An empty root.
+    let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .collect();
+    assert!(root.is_empty(), "{device}: root has {} entries", root.len());
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let limit = |name: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .split_whitespace()
+            .rev()
+            .nth(2)
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(limit("Max processes"), "0");
+    assert_eq!(limit("Max core file size"), "0");
+    assert_eq!(limit("Max open files"), "64");
+    // Only its own fds: stdio, control socket, guest memory, eventfds (and
+    // the image for blk).
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    assert!(fds <= 10, "{device}: {fds} fds");
+    sigkill(child.id());
+    let _ = child.wait();
+}
+
+#[test]
+fn device_processes_are_confined() {
+    check_confined("rng0", &[]);
+    let img = std::env::temp_dir().join(format!("skvm-sandbox-{}.img", std::process::id()));
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let disk = img.to_str().unwrap().to_owned();
+    check_confined("blk0", &["--disk", &disk]);
+    std::fs::remove_file(&img).unwrap();
+}
+
+/// Runs skvm drive in a user namespace whose limit on nested user
+/// namespaces is 0: what a container that forbids them looks like.
+fn drive_without_namespaces(extra: &str) -> (i32, String) {
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces && exec {} drive --requests 100 {extra}",
+        skvm_bin().display()
+    );
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux) must be installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn a_host_without_namespaces_is_refused_unless_allowed() {
+    let (code, out) = drive_without_namespaces("");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cannot be confined on this host"), "{out}");
+    assert!(out.contains("--sandbox-degraded allow"), "{out}");
+    let (code, out) = drive_without_namespaces("--sandbox-degraded allow");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("skvm: warning: device rng0"), "{out}");
+    assert!(out.contains("WITHOUT namespaces"), "{out}");
+    assert!(out.contains("req_per_s="), "{out}");
+}

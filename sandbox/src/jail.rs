@@ -1,0 +1,455 @@
+//! The process-level confinement of a device process, the steps that come
+//! before seccomp: namespaces, an empty read-only root, no capabilities, no
+//! new privileges, tight resource limits.
+//!
+//! The order (see docs/ARCHITECTURE.md, "Confinement"):
+//!
+//! 1. the spawner closes every fd the device is not given;
+//! 2. the spawner creates the process in new user, pid, mount, net, ipc and
+//!    uts namespaces ([`clone_into_namespaces`]) and maps its root to an
+//!    unprivileged host user ([`write_id_maps`]);
+//! 3. the device process moves into an empty, read-only root
+//!    ([`enter_empty_root`]);
+//! 4. sets no_new_privs ([`no_new_privs`]);
+//! 5. drops every capability, the bounding and ambient sets included
+//!    ([`drop_capabilities`]);
+//! 6. lowers its resource limits ([`limit_resources`]);
+//! 7. installs its seccomp filter, last ([`crate::seccomp`]).
+
+use std::ffi::CStr;
+use std::io;
+
+/// The namespaces a device process gets.
+pub const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS;
+
+/// Host user a device's root is mapped to when skvm runs as root: nobody.
+pub const UNPRIVILEGED_ID: u32 = 65534;
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Forks like fork(2), the child in new namespaces `flags`. Returns the
+/// child's pid in the parent and 0 in the child.
+///
+/// # Safety
+///
+/// As fork: call it from a single-threaded process; the child may only make
+/// async-signal-safe calls until it execs or exits.
+pub unsafe fn clone_into_namespaces(flags: libc::c_int) -> io::Result<libc::pid_t> {
+    // Without a new stack, clone(2) behaves as fork(2) (copy-on-write).
+    let raw = libc::c_ulong::try_from(flags | libc::SIGCHLD)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: the caller upholds fork's rules; no stack or TLS pointers are
+    // passed, so the child continues on a copy of this stack.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, raw, 0usize, 0usize, 0usize, 0usize) };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The host user and group a namespaced device's root maps to: nobody when
+/// skvm is root, else skvm's own (an unprivileged user can map only itself).
+pub fn outside_ids() -> (u32, u32) {
+    // SAFETY: geteuid and getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if uid == 0 {
+        (UNPRIVILEGED_ID, UNPRIVILEGED_ID)
+    } else {
+        (uid, gid)
+    }
+}
+
+fn write_proc(pid: libc::pid_t, file: &str, data: &str) -> io::Result<()> {
+    std::fs::write(format!("/proc/{pid}/{file}"), data)
+        .map_err(|e| io::Error::new(e.kind(), format!("/proc/{pid}/{file}: {e}")))
+}
+
+/// Maps root in the user namespace of `pid` to `uid`/`gid` outside (one id
+/// each; groups are denied).
+pub fn write_id_maps(pid: libc::pid_t, uid: u32, gid: u32) -> io::Result<()> {
+    write_proc(pid, "setgroups", "deny")?;
+    write_proc(pid, "gid_map", &format!("0 {gid} 1\n"))?;
+    write_proc(pid, "uid_map", &format!("0 {uid} 1\n"))
+}
+
+fn mount(
+    src: &CStr,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    // SAFETY: every pointer is a valid C string or null.
+    check(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.map_or(std::ptr::null(), CStr::as_ptr),
+            flags,
+            data.map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+        )
+    })
+}
+
+/// Makes an empty tmpfs the root of this mount namespace, read-only, with
+/// the old root detached: nothing of the host's file systems stays
+/// reachable. The process must be in its own mount namespace.
+pub fn enter_empty_root() -> io::Result<()> {
+    // Mount events must not propagate back to the host.
+    mount(c"none", c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    let base = c"/tmp";
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount(
+        c"skvm-empty",
+        base,
+        Some(c"tmpfs"),
+        flags,
+        Some(c"size=4k,nr_inodes=2,mode=0555"),
+    )?;
+    // SAFETY: chdir on a valid C string.
+    check(unsafe { libc::chdir(base.as_ptr()) })?;
+    // pivot_root(".", ".") stacks the old root on the new one; detaching
+    // it leaves the new root alone.
+    // SAFETY: pivot_root on valid C strings.
+    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: umount2 on a valid C string.
+    check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) })?;
+    // SAFETY: chdir on a valid C string.
+    check(unsafe { libc::chdir(c"/".as_ptr()) })?;
+    mount(
+        c"none",
+        c"/",
+        None,
+        libc::MS_REMOUNT | libc::MS_RDONLY | flags,
+        None,
+    )
+}
+
+/// Sets no_new_privs: exec can never gain privileges again.
+pub fn no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// Drops every capability: the bounding set (as far as the kernel knows
+/// capabilities), the ambient set, then effective, permitted and
+/// inheritable.
+pub fn drop_capabilities() -> io::Result<()> {
+    for cap in 0..64 {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+            let e = io::Error::last_os_error();
+            // EINVAL: past the last capability this kernel has.
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(e);
+        }
+    }
+    // SAFETY: prctl with integer arguments.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    })?;
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capset reads a header and two data structs of the v3 layout.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, std::ptr::from_ref(&header), data.as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether this process has any capability left in its effective,
+/// permitted or bounding set.
+pub fn has_capabilities() -> io::Result<bool> {
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capget fills a header and two data structs of the v3 layout.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            std::ptr::from_mut(&mut header),
+            data.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if data.iter().any(|d| d.effective != 0 || d.permitted != 0) {
+        return Ok(true);
+    }
+    for cap in 0..64 {
+        // SAFETY: prctl with integer arguments.
+        match unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } {
+            1 => return Ok(true),
+            0 => {}
+            _ => break,
+        }
+    }
+    Ok(false)
+}
+
+/// A resource limit to set (soft and hard).
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    /// `libc::RLIMIT_*`.
+    pub resource: libc::__rlimit_resource_t,
+    /// The value.
+    pub value: u64,
+}
+
+/// Sets each limit as both soft and hard limit (it cannot be raised again).
+pub fn limit_resources(limits: &[Limit]) -> io::Result<()> {
+    for l in limits {
+        let r = libc::rlimit {
+            rlim_cur: l.value,
+            rlim_max: l.value,
+        };
+        // SAFETY: setrlimit reads one rlimit struct.
+        check(unsafe { libc::setrlimit(l.resource, &r) })?;
+    }
+    Ok(())
+}
+
+/// The limits of a device process: few fds, no new processes, no core
+/// dumps, and no file writes unless `writes_files` (a disk image).
+pub fn device_limits(writes_files: bool) -> Vec<Limit> {
+    let mut v = vec![
+        Limit {
+            resource: libc::RLIMIT_NOFILE,
+            value: 64,
+        },
+        Limit {
+            resource: libc::RLIMIT_NPROC,
+            value: 0,
+        },
+        Limit {
+            resource: libc::RLIMIT_CORE,
+            value: 0,
+        },
+    ];
+    if !writes_files {
+        v.push(Limit {
+            resource: libc::RLIMIT_FSIZE,
+            value: 0,
+        });
+    }
+    v
+}
+
+/// One thing `skvm sandbox check` tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// What was tried.
+    pub what: &'static str,
+    /// Whether it worked.
+    pub ok: bool,
+    /// The error, if it failed.
+    pub detail: String,
+}
+
+/// Runs `f` in a forked child and reports whether it returned Ok; the
+/// child's error text comes back through a pipe.
+fn in_child(flags: libc::c_int, f: impl FnOnce() -> io::Result<()>) -> Result<(), String> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error().to_string());
+    }
+    let [rd, wr] = fds;
+    // SAFETY: callers run this before starting threads (`skvm sandbox
+    // check` is single-threaded); the child exits without returning.
+    let pid = match unsafe { clone_into_namespaces(flags) } {
+        Ok(p) => p,
+        Err(e) => {
+            // SAFETY: closes the pipe we made.
+            unsafe {
+                libc::close(rd);
+                libc::close(wr);
+            }
+            return Err(e.to_string());
+        }
+    };
+    if pid == 0 {
+        let code = match f() {
+            Ok(()) => 0,
+            Err(e) => {
+                let msg = e.to_string();
+                // SAFETY: writes a buffer of its own length.
+                unsafe { libc::write(wr, msg.as_ptr().cast(), msg.len()) };
+                1
+            }
+        };
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    // SAFETY: closes our copy of the write end.
+    unsafe { libc::close(wr) };
+    let mut buf = [0u8; 256];
+    // SAFETY: reads into a buffer of its size.
+    let n = unsafe { libc::read(rd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: closes the read end.
+    unsafe { libc::close(rd) };
+    let mut status = 0;
+    // SAFETY: reaps our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else {
+        let len = usize::try_from(n).unwrap_or(0);
+        Err(String::from_utf8_lossy(buf.get(..len).unwrap_or_default()).into_owned())
+    }
+}
+
+/// Tries each confinement step in a throwaway child and reports what this
+/// host supports. Call it while the process has a single thread.
+pub fn probe_host() -> Vec<Probe> {
+    let mut out = Vec::new();
+    let mut record = |what, r: Result<(), String>| {
+        out.push(Probe {
+            what,
+            ok: r.is_ok(),
+            detail: r.err().unwrap_or_default(),
+        });
+    };
+    for (what, flag) in [
+        ("user namespace", libc::CLONE_NEWUSER),
+        ("pid namespace", libc::CLONE_NEWPID),
+        ("mount namespace", libc::CLONE_NEWNS),
+        ("net namespace", libc::CLONE_NEWNET),
+        ("ipc namespace", libc::CLONE_NEWIPC),
+        ("uts namespace", libc::CLONE_NEWUTS),
+    ] {
+        // Alone as root; inside a new user namespace otherwise.
+        // SAFETY: geteuid cannot fail.
+        let flags = if flag == libc::CLONE_NEWUSER || unsafe { libc::geteuid() } == 0 {
+            flag
+        } else {
+            flag | libc::CLONE_NEWUSER
+        };
+        record(what, in_child(flags, || Ok(())));
+    }
+    record(
+        "empty read-only root (pivot_root)",
+        in_child(libc::CLONE_NEWUSER | libc::CLONE_NEWNS, enter_empty_root),
+    );
+    record("all namespaces together", in_child(NAMESPACES, || Ok(())));
+    record(
+        "no_new_privs and dropping capabilities",
+        in_child(0, || {
+            no_new_privs()?;
+            drop_capabilities()?;
+            if has_capabilities()? {
+                return Err(io::Error::other("capabilities remain"));
+            }
+            Ok(())
+        }),
+    );
+    record(
+        "seccomp filter",
+        in_child(0, || {
+            no_new_privs()?;
+            let p = crate::seccomp::Policy::new(&[]);
+            let prog = p
+                .compile(crate::seccomp::Violation::Log)
+                .map_err(io::Error::other)?;
+            seccompiler::apply_filter(&prog).map_err(io::Error::other)
+        }),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_limits_forbid_file_writes_unless_asked() {
+        let has_fsize = |v: &[Limit]| v.iter().any(|l| l.resource == libc::RLIMIT_FSIZE);
+        assert!(has_fsize(&device_limits(false)));
+        assert!(!has_fsize(&device_limits(true)));
+    }
+
+    #[test]
+    fn outside_ids_are_never_root() {
+        let (uid, gid) = outside_ids();
+        assert_ne!(uid, 0);
+        assert_ne!(gid, 0);
+    }
+
+    #[test]
+    fn a_confined_child_sees_an_empty_root_and_has_no_capabilities() {
+        // Runs the real steps in a child, as the device process does.
+        let r = in_child(NAMESPACES & !libc::CLONE_NEWPID, || {
+            enter_empty_root()?;
+            no_new_privs()?;
+            drop_capabilities()?;
+            if has_capabilities()? {
+                return Err(io::Error::other("capabilities remain"));
+            }
+            let entries = std::fs::read_dir("/")?.count();
+            if entries != 0 {
+                return Err(io::Error::other(format!("{entries} entries in /")));
+            }
+            if std::fs::File::create("/x").is_ok() {
+                return Err(io::Error::other("the root is writable"));
+            }
+            if std::fs::metadata("/etc/passwd").is_ok() {
+                return Err(io::Error::other("/etc/passwd is reachable"));
+            }
+            Ok(())
+        });
+        assert_eq!(r, Ok(()));
+    }
+}
