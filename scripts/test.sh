@@ -11,5 +11,9 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 "$repo/scripts/setup.sh" --no-run
 export SKVM_BIN="$repo/target/release/skvm"
+# The escape suite's build: device kinds that attempt escapes on request
+# (feature escape-test; never the binary people run).
+cargo build --release -q -p vmm --features escape-test --target-dir "$repo/target/escape-test"
+export SKVM_ESCAPE_BIN="$repo/target/escape-test/release/skvm"
 # Guest tests are CPU-bound on emulating hosts: one guest per core.
 cargo test --release --workspace --no-fail-fast "$@" -- --test-threads="$(nproc)"

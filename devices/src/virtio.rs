@@ -42,6 +42,9 @@ pub enum DeviceError {
     /// The queue's rings cannot be used (outside memory, bad indices).
     #[error("queue unusable: {0}")]
     Queue(virtio_queue::Error),
+    /// The device refused a request, with why.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// What one call of [`VirtioDevice::process_queue`] did.

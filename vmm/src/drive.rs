@@ -56,6 +56,12 @@ pub struct DriveArgs {
     pub op: BlkOp,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// Test builds only: instead of a benchmark, make the confined device
+    /// (escrng0, escblk0) attempt this hostile action and report the
+    /// outcome.
+    #[cfg(feature = "escape-test")]
+    #[arg(long, value_name = "ACTION")]
+    pub escape: Option<String>,
 }
 
 /// The blk workloads.
@@ -113,6 +119,10 @@ enum Workload {
 /// `skvm drive`: runs the benchmark and prints one line of `key=value`
 /// figures.
 pub fn run(args: &DriveArgs) -> Result<()> {
+    #[cfg(feature = "escape-test")]
+    if let Some(action) = &args.escape {
+        return escape(args, action);
+    }
     let kind = kind_of(&args.device);
     match (kind, &args.disk) {
         ("rng", None) => {
@@ -215,6 +225,73 @@ pub fn run(args: &DriveArgs) -> Result<()> {
     drop(spawner);
     let f = result?;
     print_figures(args, &f, pss);
+    Ok(())
+}
+
+/// Test builds: starts the escape device as `skvm run` would start a
+/// device, has it attempt `action`, and prints the outcome.
+#[cfg(feature = "escape-test")]
+fn escape(args: &DriveArgs, action: &str) -> Result<()> {
+    use crate::device_host::escape::{real_kind, ACTIONS};
+    use crate::virtio_pci::Backend as _;
+    let index = ACTIONS
+        .iter()
+        .position(|a| *a == action)
+        .with_context(|| format!("unknown action '{action}'; actions: {}", ACTIONS.join(" ")))?;
+    ensure!(
+        real_kind(kind_of(&args.device)).is_some(),
+        "--escape needs an escape device (escrng0, escblk0)"
+    );
+    ensure!(
+        args.device_mode == DeviceMode::Process,
+        "--escape needs --device-mode process"
+    );
+    let spawner = Spawner::start()?;
+    let ram = GuestRam::new(1 << 20).context("cannot create driver memory")?;
+    let Started { chan, pid, .. } = start_device(
+        Some(&spawner),
+        DeviceMode::Process,
+        &args.device,
+        args.sandbox.opts(),
+    )?;
+    let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
+    let mut dev = RemoteDevice::connect(
+        &args.device,
+        pid,
+        chan,
+        devices::virtio::DEVICE_ID_RNG,
+        (&ipc::Backend::None, &[]),
+        memory,
+    )?;
+    // SAFETY: getpid cannot fail.
+    let me = unsafe { libc::getpid() };
+    let result = dev.write_config(u32::try_from(index)?, &me.to_le_bytes());
+    let outcome = match result {
+        Ok(()) => "outcome=escaped".to_owned(),
+        Err(e) if !dev.is_dead() => format!("outcome=refused reason=\"{e:#}\""),
+        Err(_) => {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let status = loop {
+                if let Some(x) = spawner.next_exit() {
+                    break Some(x.status);
+                }
+                if Instant::now() > deadline {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            match status {
+                Some(s) if libc::WIFSIGNALED(s) => {
+                    format!("outcome=killed signal={}", libc::WTERMSIG(s))
+                }
+                Some(s) => format!("outcome=exited status={}", libc::WEXITSTATUS(s)),
+                None => "outcome=unknown".to_owned(),
+            }
+        }
+    };
+    // The VMM side carries on: the device is shut down cleanly if alive.
+    dev.shutdown();
+    println!("escape={action} device={} {outcome}", args.device);
     Ok(())
 }
 

@@ -150,9 +150,19 @@ const BLK: &[Syscall] = &[
     },
 ];
 
+/// The kind whose confinement a device of `kind` gets (itself, except for
+/// the test-only escape kinds).
+pub fn confinement_kind(kind: &str) -> &str {
+    #[cfg(feature = "escape-test")]
+    if let Some(real) = super::escape::real_kind(kind) {
+        return real;
+    }
+    kind
+}
+
 /// The policy of a device of `kind` ("rng", ...), or `None` if unknown.
 pub fn for_kind(kind: &str) -> Option<Policy> {
-    let extra = match kind {
+    let extra = match confinement_kind(kind) {
         "rng" => RNG,
         "blk" => BLK,
         _ => return None,

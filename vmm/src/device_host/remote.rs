@@ -107,6 +107,13 @@ impl RemoteDevice {
         &self.chan
     }
 
+    /// Whether the device is gone (exited, killed, or dropped for breaking
+    /// the protocol).
+    #[cfg(feature = "escape-test")]
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
     /// Marks the device as gone: later calls fail at once.
     pub fn mark_dead(&mut self) {
         self.dead = true;
@@ -167,10 +174,15 @@ impl RemoteDevice {
             if self.dead {
                 bail!("device is not running");
             }
-            let r = self
-                .chan
-                .recv_reply(Some(REPLY_TIMEOUT))
-                .map_err(|e| self.fail(anyhow!(e)))?;
+            let r = match self.chan.recv_reply(Some(REPLY_TIMEOUT)) {
+                Ok(r) => r,
+                // It exited (the spawner reports how); not a protocol fault.
+                Err(ipc::IpcError::Closed) => {
+                    self.dead = true;
+                    bail!("the device exited");
+                }
+                Err(e) => return Err(self.fail(anyhow!(e))),
+            };
             match r {
                 Reply::ConfigChanged { .. }
                 | Reply::NeedsReset { .. }

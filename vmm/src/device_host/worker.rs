@@ -141,7 +141,7 @@ pub fn serve(
                 let reply = match device.write_config(offset, &data) {
                     Ok(()) => Reply::Ack,
                     Err(e) => Reply::Error {
-                        message: e.to_string(),
+                        message: clip(e.to_string()),
                     },
                 };
                 chan.send_reply(&reply)?;
@@ -171,6 +171,18 @@ pub fn serve(
             }
         }
     }
+}
+
+/// `text` cut to what an ipc message carries.
+fn clip(mut text: String) -> String {
+    if text.len() > ipc::MAX_TEXT {
+        let mut end = ipc::MAX_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// Blocks until the channel or a kick eventfd is readable.

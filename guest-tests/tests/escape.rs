@@ -1,0 +1,130 @@
+//! The escape suite: a device process, fully confined (namespaces, empty
+//! root, no capabilities, rlimits, its kind's seccomp policy), attempts
+//! hostile actions, and each must fail (killed by seccomp or refused) while
+//! the VMM side carries on. Runs the test-only build with feature
+//! `escape-test` (scripts/test.sh builds it and sets $SKVM_ESCAPE_BIN); the
+//! escrng/escblk device kinds get exactly rng's and blk's confinement.
+
+// Test code: a panic is a failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const ACTIONS: &[&str] = &[
+    "read-passwd",
+    "open-socket",
+    "connect-host",
+    "exec-shell",
+    "ptrace-vmm",
+    "kill-vmm",
+    "mmap-exec",
+    "mprotect-exec",
+    "write-foreign-fd",
+    "setuid",
+    "mount",
+    "unshare",
+    "fork",
+    "chdir-out",
+    "read-proc-environ",
+];
+
+fn escape_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SKVM_ESCAPE_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/escape-test/release/skvm");
+    assert!(
+        p.is_file(),
+        "no escape-test build: run scripts/test.sh, or cargo build --release -p vmm \
+         --features escape-test --target-dir target/escape-test"
+    );
+    p
+}
+
+/// Runs one action; returns skvm's output (its exit status must be 0: the
+/// VMM side carries on).
+fn attempt(device: &str, mode: &str, action: &str) -> String {
+    let out = Command::new(escape_bin())
+        .args([
+            "drive",
+            "--device",
+            device,
+            "--seccomp",
+            mode,
+            "--escape",
+            action,
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{device} {mode} {action}: {text}");
+    assert!(
+        text.contains(&format!("escape={action} device={device} outcome=")),
+        "{text}"
+    );
+    text
+}
+
+fn outcome(text: &str) -> &str {
+    text.split("outcome=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+}
+
+fn suite(device: &str) {
+    for action in ACTIONS {
+        // Kill mode (the default): the kernel kills the process, or the
+        // other layers refuse the action before seccomp matters.
+        let t = attempt(device, "kill", action);
+        let o = outcome(&t);
+        assert!(
+            t.contains("outcome=killed signal=31") || o == "refused",
+            "{device} kill {action}: {t}"
+        );
+        // Trap mode: refused, and reported by name when seccomp caught it.
+        let t = attempt(device, "trap", action);
+        assert_eq!(outcome(&t), "refused", "{device} trap {action}: {t}");
+        if *action != "write-foreign-fd" {
+            assert!(
+                t.contains(&format!("device {device} (pid "))
+                    && t.contains("made forbidden syscall"),
+                "{device} trap {action}: not reported: {t}"
+            );
+        }
+        // Log mode does not enforce seccomp: namespaces, the empty root,
+        // capabilities and rlimits must still stop everything but what
+        // only seccomp forbids (a socket in an empty network namespace, and
+        // executable memory).
+        let t = attempt(device, "log", action);
+        let only_seccomp = matches!(*action, "open-socket" | "mmap-exec" | "mprotect-exec");
+        if !only_seccomp {
+            assert_eq!(outcome(&t), "refused", "{device} log {action}: {t}");
+        }
+    }
+}
+
+#[test]
+fn an_rng_device_process_cannot_escape() {
+    suite("escrng0");
+}
+
+#[test]
+fn a_blk_device_process_cannot_escape() {
+    suite("escblk0");
+}
+
+#[test]
+fn forbidden_syscalls_are_named_in_trap_mode() {
+    let t = attempt("escblk0", "trap", "read-passwd");
+    assert!(t.contains("made forbidden syscall openat"), "{t}");
+    let t = attempt("escrng0", "trap", "exec-shell");
+    assert!(t.contains("made forbidden syscall execve"), "{t}");
+}

@@ -1,0 +1,222 @@
+//! Test-only (feature `escape-test`): a device model that, inside a fully
+//! confined device process, attempts hostile actions on request, so that
+//! tests can prove each one fails. Device kinds `escrng` and `escblk` get the
+//! confinement and seccomp policy of rng and blk around this model.
+//!
+//! A request is a configuration write at offset = the action's index with
+//! the VMM's pid (4 bytes, little-endian) as data; the answer is `Ack` if
+//! the action succeeded (an escape), or an error with the reason it failed.
+//! A seccomp kill ends the process instead.
+
+use std::ffi::CStr;
+use std::io;
+
+use devices::virtio::{
+    check_features, DeviceError, GuestMemory, Processed, VirtioDevice, DEVICE_ID_RNG,
+    TRANSPORT_FEATURES,
+};
+use virtio_queue::Queue;
+
+/// The hostile actions, by index.
+pub const ACTIONS: &[&str] = &[
+    "read-passwd",
+    "open-socket",
+    "connect-host",
+    "exec-shell",
+    "ptrace-vmm",
+    "kill-vmm",
+    "mmap-exec",
+    "mprotect-exec",
+    "write-foreign-fd",
+    "setuid",
+    "mount",
+    "unshare",
+    "fork",
+    "chdir-out",
+    "read-proc-environ",
+];
+
+/// Whether `kind` is an escape-test kind; returns the real kind whose
+/// confinement it gets.
+pub fn real_kind(kind: &str) -> Option<&'static str> {
+    match kind {
+        "escrng" => Some("rng"),
+        "escblk" => Some("blk"),
+        _ => None,
+    }
+}
+
+fn last_error() -> io::Error {
+    io::Error::last_os_error()
+}
+
+fn ok_if(rc: libc::c_long) -> io::Result<()> {
+    if rc < 0 {
+        Err(last_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn open(path: &CStr) -> io::Result<()> {
+    // SAFETY: open on a valid C string; the fd is closed at once.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+    ok_if(fd.into())?;
+    // SAFETY: closes the fd just opened.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// Attempts action `index` against the VMM `vmm`; Ok means it worked.
+#[allow(clippy::too_many_lines)]
+pub fn attempt(index: usize, vmm: libc::pid_t) -> io::Result<()> {
+    let name = ACTIONS.get(index).copied().unwrap_or("");
+    // SAFETY: each call is a plain syscall on valid arguments; anything it
+    // creates is released before returning.
+    unsafe {
+        match name {
+            "read-passwd" => open(c"/etc/passwd"),
+            "open-socket" => {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                ok_if(fd.into())?;
+                libc::close(fd);
+                Ok(())
+            }
+            "connect-host" => {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                ok_if(fd.into())?;
+                let addr = libc::sockaddr_in {
+                    sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or(0),
+                    sin_port: 22u16.to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                let len = libc::socklen_t::try_from(std::mem::size_of_val(&addr)).unwrap_or(0);
+                let rc = libc::connect(fd, std::ptr::from_ref(&addr).cast(), len);
+                let r = ok_if(rc.into());
+                libc::close(fd);
+                r
+            }
+            "exec-shell" => {
+                let argv = [c"sh".as_ptr(), std::ptr::null()];
+                let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+                ok_if(libc::execve(c"/bin/sh".as_ptr(), argv.as_ptr(), envp.as_ptr()).into())
+            }
+            "ptrace-vmm" => ok_if(libc::ptrace(libc::PTRACE_ATTACH, vmm, 0, 0)),
+            "kill-vmm" => ok_if(libc::kill(vmm, libc::SIGKILL).into()),
+            "mmap-exec" => {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if p == libc::MAP_FAILED {
+                    return Err(last_error());
+                }
+                libc::munmap(p, 4096);
+                Ok(())
+            }
+            "mprotect-exec" => {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if p == libc::MAP_FAILED {
+                    return Err(last_error());
+                }
+                let r = ok_if(libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC).into());
+                libc::munmap(p, 4096);
+                r
+            }
+            "write-foreign-fd" => ok_if(libc::write(100, c"x".as_ptr().cast(), 1) as libc::c_long),
+            "setuid" => ok_if(libc::setuid(1).into()),
+            "mount" => ok_if(
+                libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+                .into(),
+            ),
+            "unshare" => ok_if(libc::unshare(libc::CLONE_NEWNS).into()),
+            "fork" => {
+                let pid = libc::fork();
+                if pid == 0 {
+                    libc::_exit(0);
+                }
+                ok_if(pid.into())?;
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+                Ok(())
+            }
+            "chdir-out" => {
+                ok_if(libc::chdir(c"/..".as_ptr()).into())?;
+                ok_if(libc::access(c"etc/passwd".as_ptr(), libc::F_OK).into())
+            }
+            "read-proc-environ" => open(c"/proc/1/environ"),
+            _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        }
+    }
+}
+
+/// The escape model: an rng-typed device with no queue work.
+#[derive(Debug, Default)]
+pub struct Escape {
+    features: u64,
+}
+
+impl VirtioDevice for Escape {
+    fn device_type(&self) -> u32 {
+        DEVICE_ID_RNG
+    }
+    fn num_queues(&self) -> usize {
+        1
+    }
+    fn max_queue_size(&self) -> u16 {
+        16
+    }
+    fn features(&self) -> u64 {
+        TRANSPORT_FEATURES
+    }
+    fn config(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), DeviceError> {
+        let vmm = data
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, i32::from_le_bytes);
+        let index = usize::try_from(offset).unwrap_or(usize::MAX);
+        match attempt(index, vmm) {
+            Ok(()) => Ok(()),
+            // The reason travels back as the error text.
+            Err(e) => Err(DeviceError::Refused(e.to_string())),
+        }
+    }
+    fn activate(&mut self, features: u64) -> Result<(), DeviceError> {
+        check_features(features, self.features())?;
+        self.features = features;
+        Ok(())
+    }
+    fn process_queue(
+        &mut self,
+        _index: usize,
+        _queue: &mut Queue,
+        _mem: &GuestMemory,
+    ) -> Result<Processed, DeviceError> {
+        Ok(Processed::default())
+    }
+    fn reset(&mut self) {
+        self.features = 0;
+    }
+}
