@@ -177,10 +177,9 @@ impl TestVm {
         for r in self.readers.drain(..) {
             let _ = r.join();
         }
-        Finished {
-            status,
-            output: self.output(),
-        }
+        let output = self.output();
+        assert_no_forbidden_syscall(&output);
+        Finished { status, output }
     }
 
     /// The process id, for sending signals.
@@ -195,6 +194,20 @@ impl Drop for TestVm {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Fails the test if a device process made a syscall its seccomp policy
+/// does not allow (killed by SIGSYS in the default kill mode, or reported in
+/// trap mode): the policies must cover everything the devices do in the
+/// guest tests. The pinned toolchain (rust-toolchain.toml) keeps std from
+/// adding syscalls behind the policies' back.
+pub fn assert_no_forbidden_syscall(output: &str) {
+    for needle in ["SIGSYS, a forbidden syscall", "made forbidden syscall"] {
+        assert!(
+            !output.contains(needle),
+            "a device made a syscall its policy does not allow:\n{output}"
+        );
     }
 }
 

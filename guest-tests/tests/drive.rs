@@ -7,7 +7,7 @@
 
 use std::process::Command;
 
-use guest_tests::{field, skvm_bin};
+use guest_tests::{assert_no_forbidden_syscall, field, skvm_bin};
 
 fn drive(args: &[&str]) -> (i32, String) {
     let out = Command::new(skvm_bin())
@@ -20,6 +20,7 @@ fn drive(args: &[&str]) -> (i32, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_no_forbidden_syscall(&text);
     (out.status.code().unwrap_or(-1), text)
 }
 
