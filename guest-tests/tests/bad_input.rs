@@ -13,10 +13,23 @@ use guest_tests::{default_guest, run_to_exit, skvm_bin, Finished, TestVm};
 
 const QUICK: Duration = Duration::from_secs(30);
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("skvm-bad-input-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch directory, removed when dropped (also when a test fails).
+struct TmpDir(PathBuf);
+
+impl TmpDir {
+    fn new(name: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("skvm-bad-input-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        Self(d)
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        // The directory may be unreadable by design: make it removable.
+        let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o755));
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Asserts a clean failure: non-zero status and exactly one `skvm: error:`
@@ -45,7 +58,8 @@ fn missing_kernel_is_reported() {
 
 #[test]
 fn unreadable_kernel_is_reported() {
-    let dir = tmpdir("unreadable");
+    let scratch = TmpDir::new("unreadable");
+    let dir = scratch.0.clone();
     let k = dir.join("vmlinux");
     std::fs::copy(default_guest().join("vmlinux"), &k).unwrap();
     std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o000)).unwrap();
@@ -57,17 +71,18 @@ fn unreadable_kernel_is_reported() {
         .args(["run", "--kernel"])
         .arg(&k);
     let f = TestVm::spawn_command(cmd).wait_exit(QUICK);
-    std::fs::remove_dir_all(&dir).unwrap();
+    drop(scratch);
     assert_one_error(&f, "Permission denied");
 }
 
 #[test]
 fn file_that_is_not_a_kernel_is_reported() {
-    let dir = tmpdir("notkernel");
+    let scratch = TmpDir::new("notkernel");
+    let dir = scratch.0.clone();
     let k = dir.join("junk");
     std::fs::write(&k, vec![0x5au8; 64 * 1024]).unwrap();
     let f = run_to_exit(&["--kernel", k.to_str().unwrap()], QUICK);
-    std::fs::remove_dir_all(&dir).unwrap();
+    drop(scratch);
     assert_one_error(&f, "is not a Linux kernel");
 }
 
@@ -79,7 +94,8 @@ fn directory_as_kernel_is_reported() {
 
 #[test]
 fn initrd_that_does_not_fit_is_reported() {
-    let dir = tmpdir("bigInitrd");
+    let scratch = TmpDir::new("bigInitrd");
+    let dir = scratch.0.clone();
     let i = dir.join("initrd");
     // Sparse: 200 MiB of initrd for a 64 MiB guest.
     std::fs::File::create(&i)
@@ -98,7 +114,7 @@ fn initrd_that_does_not_fit_is_reported() {
         ],
         QUICK,
     );
-    std::fs::remove_dir_all(&dir).unwrap();
+    drop(scratch);
     assert_one_error(&f, "does not fit in guest memory");
 }
 
@@ -148,7 +164,8 @@ fn missing_dev_kvm_is_reported() {
 #[test]
 fn no_permission_on_dev_kvm_is_reported() {
     // A kernel nobody can read, so only /dev/kvm's permissions stop skvm.
-    let dir = tmpdir("nokvm");
+    let scratch = TmpDir::new("nokvm");
+    let dir = scratch.0.clone();
     let kernel = dir.join("vmlinux");
     std::fs::copy(default_guest().join("vmlinux"), &kernel).unwrap();
     std::fs::set_permissions(&kernel, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -159,6 +176,6 @@ fn no_permission_on_dev_kvm_is_reported() {
         .args(["run", "--kernel"])
         .arg(&kernel);
     let f = TestVm::spawn_command(cmd).wait_exit(QUICK);
-    std::fs::remove_dir_all(&dir).unwrap();
+    drop(scratch);
     assert_one_error(&f, "no permission to open /dev/kvm");
 }
