@@ -147,3 +147,46 @@ fn devices_that_cannot_be_driven_are_refused() {
     let (code, out) = drive(&["--size", "0"]);
     assert_eq!(code, 2, "{out}");
 }
+
+#[test]
+fn hostile_queues_are_handled_and_the_devices_keep_serving() {
+    let img = Image::new("hostile", 0x33);
+    let disk = img.arg("");
+    for mode in ["process", "thread"] {
+        for case in ["loop", "outside", "zero-len", "huge-len", "readonly"] {
+            let (code, out) = drive(&["--device-mode", mode, "--hostile", case]);
+            assert_eq!(code, 0, "rng {mode} {case}: {out}");
+            assert!(
+                out.contains("outcome=handled") && out.contains("then=served"),
+                "{out}"
+            );
+        }
+        for case in [
+            "loop",
+            "outside",
+            "past-end",
+            "partial-sector",
+            "split-header",
+            "no-status",
+            "unknown-type",
+        ] {
+            let (code, out) = drive(&[
+                "--device",
+                "blk0",
+                "--disk",
+                &disk,
+                "--device-mode",
+                mode,
+                "--hostile",
+                case,
+            ]);
+            assert_eq!(code, 0, "blk {mode} {case}: {out}");
+            assert!(
+                out.contains("outcome=handled") && out.contains("then=served"),
+                "{out}"
+            );
+        }
+    }
+    let (code, _) = drive(&["--hostile", "no-such-case"]);
+    assert_eq!(code, 1);
+}

@@ -56,6 +56,13 @@ pub struct DriveArgs {
     pub op: BlkOp,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// Instead of a benchmark, post one hostile descriptor chain (rng:
+    /// loop, outside, zero-len, huge-len, readonly; blk: loop, outside,
+    /// past-end, partial-sector, split-header, no-status, unknown-type),
+    /// check the device's answer, then check that a normal request still
+    /// works. Prints one line; exit status 1 if the device misbehaved.
+    #[arg(long, value_name = "CASE")]
+    pub hostile: Option<String>,
     /// Test builds only: instead of a benchmark, make the confined device
     /// (escrng0, escblk0) attempt this hostile action and report the
     /// outcome.
@@ -215,7 +222,13 @@ pub fn run(args: &DriveArgs) -> Result<()> {
             | (1 << devices::block::VIRTIO_BLK_F_RO));
     dev.activate(features, &[layout], &events)
         .context("activation failed")?;
-    let result = drive(&ram.mem, &events, args, workload);
+    let result = match &args.hostile {
+        Some(case) => hostile(&ram.mem, &events, workload, case).map(|line| {
+            println!("{line}");
+            None
+        }),
+        None => drive(&ram.mem, &events, args, workload).map(Some),
+    };
     let pss = pid.and_then(pss_kib);
     dev.shutdown();
     drop(dev);
@@ -223,9 +236,165 @@ pub fn run(args: &DriveArgs) -> Result<()> {
         let _ = t.join();
     }
     drop(spawner);
-    let f = result?;
-    print_figures(args, &f, pss);
+    if let Some(f) = result? {
+        print_figures(args, &f, pss);
+    }
     Ok(())
+}
+
+/// What a hostile chain must get back.
+struct Expect {
+    used_len: u32,
+    /// The blk status byte, where the device must write one.
+    status: Option<u8>,
+}
+
+/// Posts hostile chain `case` at descriptor 0 and returns what the device
+/// must answer.
+fn post_hostile(mem: &GuestMemoryMmap, w: Workload, case: &str) -> Result<Expect> {
+    use devices::block::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+    let buf = BUFFERS;
+    let outside = RAM - 16;
+    let expect = |used_len, status| Ok(Expect { used_len, status });
+    match (w, case) {
+        (Workload::Rng, "loop") => {
+            write_desc(mem, 0, buf, 64, DESC_F_WRITE | DESC_F_NEXT)?;
+            write_desc(mem, 1, buf + 64, 64, DESC_F_WRITE | DESC_F_NEXT)?;
+            mem.write_obj(0u16, GuestAddress(DESC + 16 + 14))?;
+            // Served up to the walk's limit: queue-size descriptors.
+            expect(u32::from(QUEUE_SIZE) * 64, None)
+        }
+        (Workload::Rng, "outside") => {
+            write_desc(mem, 0, outside, 64, DESC_F_WRITE)?;
+            expect(0, None)
+        }
+        (Workload::Rng, "zero-len") => {
+            write_desc(mem, 0, buf, 0, DESC_F_WRITE)?;
+            expect(0, None)
+        }
+        (Workload::Rng, "huge-len") => {
+            write_desc(mem, 0, buf, u32::MAX, DESC_F_WRITE)?;
+            expect(u32::try_from(devices::rng::MAX_REQUEST)?, None)
+        }
+        (Workload::Rng, "readonly") => {
+            write_desc(mem, 0, buf, 64, 0)?;
+            expect(0, None)
+        }
+        (Workload::Blk { sectors, .. }, case) => {
+            let hdr = HEADERS;
+            let status = STATUSES;
+            mem.write_obj(0xffu8, GuestAddress(status))?;
+            let header = |kind: u32, sector: u64| -> Result<()> {
+                mem.write_obj(kind, GuestAddress(hdr))?;
+                mem.write_obj(0u32, GuestAddress(hdr + 4))?;
+                mem.write_obj(sector, GuestAddress(hdr + 8))?;
+                Ok(())
+            };
+            let read_chain = |data: u64, len: u32| -> Result<()> {
+                write_desc(mem, 0, hdr, 16, DESC_F_NEXT)?;
+                write_desc(mem, 1, data, len, DESC_F_NEXT | DESC_F_WRITE)?;
+                write_desc(mem, 2, status, 1, DESC_F_WRITE)
+            };
+            let t_in = devices::block::VIRTIO_BLK_T_IN;
+            match case {
+                "loop" => {
+                    header(t_in, 0)?;
+                    write_desc(mem, 0, hdr, 16, DESC_F_NEXT)?;
+                    write_desc(mem, 1, status, 1, DESC_F_WRITE | DESC_F_NEXT)?;
+                    mem.write_obj(0u16, GuestAddress(DESC + 16 + 14))?;
+                    expect(0, None)
+                }
+                "outside" => {
+                    header(t_in, 0)?;
+                    read_chain(outside, 512)?;
+                    expect(1, Some(VIRTIO_BLK_S_IOERR))
+                }
+                "past-end" => {
+                    header(t_in, sectors)?;
+                    read_chain(buf, 512)?;
+                    expect(1, Some(VIRTIO_BLK_S_IOERR))
+                }
+                "partial-sector" => {
+                    header(t_in, 0)?;
+                    read_chain(buf, 100)?;
+                    expect(1, Some(VIRTIO_BLK_S_IOERR))
+                }
+                "split-header" => {
+                    header(t_in, 0)?;
+                    write_desc(mem, 0, hdr, 5, DESC_F_NEXT)?;
+                    write_desc(mem, 1, hdr + 5, 11, DESC_F_NEXT)?;
+                    write_desc(mem, 2, buf, 512, DESC_F_NEXT | DESC_F_WRITE)?;
+                    write_desc(mem, 3, status, 1, DESC_F_WRITE)?;
+                    expect(513, Some(VIRTIO_BLK_S_OK))
+                }
+                "no-status" => {
+                    header(t_in, 0)?;
+                    write_desc(mem, 0, hdr, 16, DESC_F_NEXT)?;
+                    write_desc(mem, 1, buf, 512, 0)?;
+                    expect(0, None)
+                }
+                "unknown-type" => {
+                    header(99, 0)?;
+                    read_chain(buf, 512)?;
+                    expect(1, Some(VIRTIO_BLK_S_UNSUPP))
+                }
+                other => bail!("unknown blk hostile case '{other}'"),
+            }
+        }
+        (Workload::Rng, other) => bail!("unknown rng hostile case '{other}'"),
+    }
+}
+
+/// Posts the chain at descriptor 0 as the next available entry, kicks,
+/// and returns its used length.
+fn submit_one(mem: &GuestMemoryMmap, events: &DeviceEvents, n: u16) -> Result<u32> {
+    let ring = AVAIL + 4 + u64::from(n % QUEUE_SIZE) * 2;
+    mem.write_obj(0u16, GuestAddress(ring))?;
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    mem.write_obj(n.wrapping_add(1), GuestAddress(AVAIL + 2))?;
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    events.kicks[0].write(1)?;
+    loop {
+        wait_readable(&events.irqs[0])?;
+        let _ = events.irqs[0].read();
+        let used: u16 = mem.read_obj(GuestAddress(USED + 2))?;
+        if used == n.wrapping_add(1) {
+            break;
+        }
+    }
+    let e = USED + 4 + u64::from(n % QUEUE_SIZE) * 8;
+    let id: u32 = mem.read_obj(GuestAddress(e))?;
+    ensure!(id == 0, "used entry names descriptor {id}");
+    Ok(mem.read_obj(GuestAddress(e + 4))?)
+}
+
+/// `--hostile CASE`: the hostile chain, then a normal request.
+fn hostile(
+    mem: &GuestMemoryMmap,
+    events: &DeviceEvents,
+    w: Workload,
+    case: &str,
+) -> Result<String> {
+    let want = post_hostile(mem, w, case)?;
+    let got = submit_one(mem, events, 0).context("no answer to the hostile chain")?;
+    ensure!(
+        got == want.used_len,
+        "hostile case {case}: used length {got}, expected {}",
+        want.used_len
+    );
+    if let Some(s) = want.status {
+        let st: u8 = mem.read_obj(GuestAddress(STATUSES))?;
+        ensure!(st == s, "hostile case {case}: status {st}, expected {s}");
+    }
+    // The device still serves a normal request.
+    let size = 4096;
+    let mut rand = 1;
+    post(mem, w, size, 0, 0, &mut rand)?;
+    let len = submit_one(mem, events, 1).context("no answer after the hostile chain")?;
+    check(mem, w, size, 0, len)?;
+    Ok(format!(
+        "hostile={case} outcome=handled used_len={got} then=served"
+    ))
 }
 
 /// Test builds: starts the escape device as `skvm run` would start a
