@@ -18,6 +18,7 @@
 
 use std::ffi::CStr;
 use std::io;
+use std::os::fd::AsRawFd;
 
 /// The namespaces a device process gets.
 pub const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
@@ -302,45 +303,28 @@ pub struct Probe {
 /// Runs `f` in a forked child and reports whether it returned Ok; the
 /// child's error text comes back through a pipe.
 fn in_child(flags: libc::c_int, f: impl FnOnce() -> io::Result<()>) -> Result<(), String> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error().to_string());
-    }
-    let [rd, wr] = fds;
+    let (rd, wr) = crate::process::pipe().map_err(|e| e.to_string())?;
     // SAFETY: callers run this before starting threads (`skvm sandbox
     // check` is single-threaded); the child exits without returning.
-    let pid = match unsafe { clone_into_namespaces(flags) } {
-        Ok(p) => p,
-        Err(e) => {
-            // SAFETY: closes the pipe we made.
-            unsafe {
-                libc::close(rd);
-                libc::close(wr);
-            }
-            return Err(e.to_string());
-        }
-    };
+    let pid = unsafe { clone_into_namespaces(flags) }.map_err(|e| e.to_string())?;
     if pid == 0 {
         let code = match f() {
             Ok(()) => 0,
             Err(e) => {
                 let msg = e.to_string();
                 // SAFETY: writes a buffer of its own length.
-                unsafe { libc::write(wr, msg.as_ptr().cast(), msg.len()) };
+                unsafe { libc::write(wr.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
                 1
             }
         };
         // SAFETY: ends the child without running the parent's destructors.
         unsafe { libc::_exit(code) };
     }
-    // SAFETY: closes our copy of the write end.
-    unsafe { libc::close(wr) };
+    drop(wr);
     let mut buf = [0u8; 256];
     // SAFETY: reads into a buffer of its size.
-    let n = unsafe { libc::read(rd, buf.as_mut_ptr().cast(), buf.len()) };
-    // SAFETY: closes the read end.
-    unsafe { libc::close(rd) };
+    let n = unsafe { libc::read(rd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    drop(rd);
     let mut status = 0;
     // SAFETY: reaps our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };

@@ -2,7 +2,7 @@
 //! process needs, dying with its parent, and naming it for `ps`.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 /// Closes every fd except those in `keep` (close_range(2) over the gaps).
 pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
@@ -46,6 +46,17 @@ pub fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
         return Err(io::Error::other("parent exited"));
     }
     Ok(())
+}
+
+/// A pipe (read end, write end), both close-on-exec.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are new and owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Sets the thread name `ps -o comm` shows (at most 15 bytes are kept).

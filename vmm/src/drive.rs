@@ -345,23 +345,31 @@ fn post_hostile(mem: &GuestMemoryMmap, w: Workload, case: &str) -> Result<Expect
     }
 }
 
+/// Publishes the available index `next_avail`, kicks the queue, and waits
+/// (interrupt by interrupt) until the device has used everything up to it.
+fn publish_and_wait(mem: &GuestMemoryMmap, events: &DeviceEvents, next_avail: u16) -> Result<()> {
+    use std::sync::atomic::{fence, Ordering};
+    fence(Ordering::SeqCst);
+    mem.write_obj(next_avail, GuestAddress(AVAIL + 2))?;
+    fence(Ordering::SeqCst);
+    events.kicks[0].write(1)?;
+    loop {
+        wait_readable(&events.irqs[0])?;
+        let _ = events.irqs[0].read();
+        fence(Ordering::SeqCst);
+        let used: u16 = mem.read_obj(GuestAddress(USED + 2))?;
+        if used == next_avail {
+            return Ok(());
+        }
+    }
+}
+
 /// Posts the chain at descriptor 0 as the next available entry, kicks,
 /// and returns its used length.
 fn submit_one(mem: &GuestMemoryMmap, events: &DeviceEvents, n: u16) -> Result<u32> {
     let ring = AVAIL + 4 + u64::from(n % QUEUE_SIZE) * 2;
     mem.write_obj(0u16, GuestAddress(ring))?;
-    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-    mem.write_obj(n.wrapping_add(1), GuestAddress(AVAIL + 2))?;
-    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-    events.kicks[0].write(1)?;
-    loop {
-        wait_readable(&events.irqs[0])?;
-        let _ = events.irqs[0].read();
-        let used: u16 = mem.read_obj(GuestAddress(USED + 2))?;
-        if used == n.wrapping_add(1) {
-            break;
-        }
-    }
+    publish_and_wait(mem, events, n.wrapping_add(1))?;
     let e = USED + 4 + u64::from(n % QUEUE_SIZE) * 8;
     let id: u32 = mem.read_obj(GuestAddress(e))?;
     ensure!(id == 0, "used entry names descriptor {id}");
@@ -584,21 +592,8 @@ fn drive(
             mem.write_obj(slot * DESCS_PER_REQUEST, GuestAddress(ring))?;
         }
         next_avail = next_avail.wrapping_add(batch);
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        mem.write_obj(next_avail, GuestAddress(AVAIL + 2))?;
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         let kicked = Instant::now();
-        events.kicks[0].write(1)?;
-        // Wait until the device has used the whole batch.
-        loop {
-            wait_readable(&events.irqs[0])?;
-            let _ = events.irqs[0].read();
-            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-            let used: u16 = mem.read_obj(GuestAddress(USED + 2))?;
-            if used == next_avail {
-                break;
-            }
-        }
+        publish_and_wait(mem, events, next_avail)?;
         latencies.push(u64::try_from(kicked.elapsed().as_nanos()).unwrap_or(u64::MAX));
         for i in 0..batch {
             let e = USED + 4 + u64::from(seen_used.wrapping_add(i) % QUEUE_SIZE) * 8;

@@ -462,13 +462,11 @@ pub fn start_device(
 }
 
 fn start_thread(name: &str, chan: Channel) -> Result<JoinHandle<()>> {
-    let kind = kind_of(name).to_owned();
     let label = name.to_owned();
     std::thread::Builder::new()
         .name(format!("skvm-dev-{name}"))
         .spawn(move || {
-            let make = Box::new(|b, fds| build_model(&kind, b, fds));
-            if let Err(e) = worker::serve(&chan, make, || Ok(())) {
+            if let Err(e) = worker::serve(&chan, kind_of(&label), || Ok(())) {
                 log::error(&format!("device {label}: {e}"));
             }
         })
@@ -571,8 +569,7 @@ pub fn process_main(name: &str, seccomp: &str, ns: &str) -> ExitCode {
         policy.extend(policy::TRAP_EXTRA);
     }
     let confine = || policy.install(how.seccomp).map_err(|e| e.to_string());
-    let make = Box::new(|b, fds| build_model(kind, b, fds));
-    match worker::serve(&chan, make, confine) {
+    match worker::serve(&chan, kind, confine) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("skvm-dev {name}: {e}");

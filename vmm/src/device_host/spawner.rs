@@ -420,16 +420,6 @@ fn serve_request(requests: &OwnedFd) -> bool {
     ipc::fdpass::send(requests.as_fd(), &reply.encode(), &[]).is_ok()
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both fds are new and owned by nothing else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 /// Forks (or, with namespaces, clones) and execs device process `name`.
 /// With namespaces, the child waits until its user namespace's id maps are
 /// written, then becomes its namespace's root, which is an unprivileged
@@ -449,7 +439,7 @@ fn fork_device(name: &str, control: &OwnedFd, how: SpawnFlags) -> io::Result<lib
         std::ptr::null(),
     ];
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-    let (sync_rd, sync_wr) = pipe()?;
+    let (sync_rd, sync_wr) = sandbox::process::pipe()?;
     let (uid, gid) = jail::outside_ids();
     // SAFETY: the spawner is single-threaded; the child only makes syscalls
     // on memory prepared above and then execs or exits.

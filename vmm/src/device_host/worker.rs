@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use devices::virtio::VirtioDevice;
-use ipc::{Backend, Channel, DeviceInfo, IpcError, QueueLayout, Reply, Request, PROTOCOL_VERSION};
+use ipc::{Channel, DeviceInfo, IpcError, QueueLayout, Reply, Request, PROTOCOL_VERSION};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -63,18 +63,13 @@ pub fn device_info(device: &dyn VirtioDevice) -> DeviceInfo {
     }
 }
 
-/// Builds a device model from the backend the VMM sent with its hello and
-/// the fds that came with it.
-pub type MakeDevice<'a> =
-    dyn FnOnce(Backend, Vec<OwnedFd>) -> Result<Box<dyn VirtioDevice>, String> + 'a;
-
-/// Serves a device on `chan` until the VMM shuts it down or goes away. The
-/// model is built by `make` from the hello's backend; `confine` runs once,
-/// after the hello and before any guest data is touched (the process
-/// mode's seccomp filter).
+/// Serves a device of `kind` on `chan` until the VMM shuts it down or goes
+/// away. The model is built from the backend the hello carries (see
+/// [`super::build_model`]); `confine` runs once, after the hello and before
+/// any guest data is touched (the process mode's seccomp filter).
 pub fn serve(
     chan: &Channel,
-    make: Box<MakeDevice<'_>>,
+    kind: &str,
     confine: impl FnOnce() -> Result<(), String>,
 ) -> Result<(), WorkerError> {
     let (backend, fds) = match chan.recv_request(Some(HELLO_TIMEOUT))? {
@@ -88,7 +83,7 @@ pub fn serve(
         }
         _ => return Err(WorkerError::Protocol("expected hello".into())),
     };
-    let mut device = match make(backend, fds) {
+    let mut device = match super::build_model(kind, backend, fds) {
         Ok(d) => d,
         Err(message) => {
             chan.send_reply(&Reply::Error {
