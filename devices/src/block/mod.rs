@@ -15,13 +15,21 @@
 //! sectors, buffers outside guest memory, readable bytes after writable
 //! ones, writes to a read-only disk and failed host I/O; UNSUPP for unknown
 //! types and features that were not negotiated.
+//!
+//! `segments` holds the guest-buffer side (splitting the streams, checked
+//! reads and writes, host iovecs), `hostio` the image side (whole
+//! preadv/pwritev transfers, fallocate); this file the protocol.
+
+mod hostio;
+mod segments;
 
 use std::fs::File;
-use std::io;
-use std::os::fd::AsRawFd;
 
 use virtio_queue::{DescriptorChain, Queue};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend as _};
+use vm_memory::{Address, Bytes};
+
+use hostio::{fallocate, transfer};
+use segments::{gather, iovecs, scatter, split_at, total, Seg};
 
 use crate::virtio::{
     check_features, serve_queue, DeviceError, GuestMemory, Processed, VirtioDevice,
@@ -131,13 +139,6 @@ pub struct Block {
     stats: BlockStats,
 }
 
-/// One guest buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Seg {
-    addr: GuestAddress,
-    len: usize,
-}
-
 /// A chain split into its readable and writable bytes.
 struct Parsed {
     readable: Vec<Seg>,
@@ -150,162 +151,13 @@ struct Parsed {
 
 /// Why a request failed, as a status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fail {
+pub(super) enum Fail {
     IoErr,
     Unsupp,
 }
 
-fn io_err<T>(_: T) -> Fail {
+pub(super) fn io_err<T>(_: T) -> Fail {
     Fail::IoErr
-}
-
-/// The first `n` bytes of `segs` and what is left after them.
-fn split_at(segs: &[Seg], mut n: usize) -> (Vec<Seg>, Vec<Seg>) {
-    let mut head = Vec::new();
-    let mut tail = Vec::new();
-    for s in segs {
-        if n == 0 {
-            tail.push(*s);
-        } else if s.len <= n {
-            head.push(*s);
-            n -= s.len;
-        } else {
-            head.push(Seg {
-                addr: s.addr,
-                len: n,
-            });
-            // The descriptor's range was checked not to wrap.
-            tail.push(Seg {
-                addr: s.addr.unchecked_add(n as u64),
-                len: s.len - n,
-            });
-            n = 0;
-        }
-    }
-    (head, tail)
-}
-
-fn total(segs: &[Seg]) -> usize {
-    segs.iter().map(|s| s.len).sum()
-}
-
-/// Reads `buf.len()` bytes from the start of `segs`.
-fn gather(mem: &GuestMemory, segs: &[Seg], buf: &mut [u8]) -> Result<(), Fail> {
-    let mut done = 0;
-    for s in segs {
-        if done == buf.len() {
-            break;
-        }
-        let n = s.len.min(buf.len() - done);
-        let dst = buf.get_mut(done..done + n).ok_or(Fail::IoErr)?;
-        mem.read_slice(dst, s.addr).map_err(io_err)?;
-        done += n;
-    }
-    if done == buf.len() {
-        Ok(())
-    } else {
-        Err(Fail::IoErr)
-    }
-}
-
-/// Writes `data` to the start of `segs`; returns how many bytes fit.
-fn scatter(mem: &GuestMemory, segs: &[Seg], data: &[u8]) -> Result<usize, Fail> {
-    let mut done = 0;
-    for s in segs {
-        if done == data.len() {
-            break;
-        }
-        let n = s.len.min(data.len() - done);
-        let src = data.get(done..done + n).ok_or(Fail::IoErr)?;
-        mem.write_slice(src, s.addr).map_err(io_err)?;
-        done += n;
-    }
-    Ok(done)
-}
-
-/// Host iovecs for `segs`; fails if any byte is outside guest memory. The
-/// pointers stay valid while `mem` is mapped (for the request's duration).
-fn iovecs(mem: &GuestMemory, segs: &[Seg]) -> Result<Vec<libc::iovec>, Fail> {
-    let mut v = Vec::with_capacity(segs.len());
-    for s in segs {
-        let slice = mem.get_slice(s.addr, s.len).map_err(io_err)?;
-        let ptr = slice.ptr_guard_mut().as_ptr();
-        v.push(libc::iovec {
-            iov_base: ptr.cast(),
-            iov_len: s.len,
-        });
-    }
-    Ok(v)
-}
-
-/// Drops the first `n` bytes of `iov`.
-fn advance(iov: &mut Vec<libc::iovec>, mut n: usize) {
-    let mut skip = 0;
-    for v in iov.iter_mut() {
-        if n == 0 {
-            break;
-        }
-        if v.iov_len <= n {
-            n -= v.iov_len;
-            skip += 1;
-        } else {
-            // SAFETY: n < iov_len, so the pointer stays inside the buffer.
-            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n).cast() };
-            v.iov_len -= n;
-            n = 0;
-        }
-    }
-    iov.drain(..skip);
-}
-
-/// preadv/pwritev of the whole of `iov` at `offset`, going on after short
-/// transfers and EINTR. A transfer that stops early (end of file) fails.
-fn transfer(
-    file: &File,
-    mut iov: Vec<libc::iovec>,
-    mut offset: u64,
-    write: bool,
-) -> io::Result<()> {
-    while !iov.is_empty() {
-        let cnt = libc::c_int::try_from(iov.len().min(1024)).unwrap_or(1024);
-        let off = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: every iovec points into mapped guest memory of its length
-        // (see `iovecs`); the kernel reads or writes only those bytes.
-        let n = unsafe {
-            if write {
-                libc::pwritev(file.as_raw_fd(), iov.as_ptr(), cnt, off)
-            } else {
-                libc::preadv(file.as_raw_fd(), iov.as_ptr(), cnt, off)
-            }
-        };
-        match usize::try_from(n) {
-            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-            Ok(n) => {
-                advance(&mut iov, n);
-                offset += n as u64;
-            }
-            Err(_) => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
-    let off =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: fallocate has no memory effects.
-    if unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 impl Block {
@@ -655,6 +507,7 @@ mod tests {
     use std::os::fd::FromRawFd;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
 
     const NEXT: u16 = 1;
     const WRITE: u16 = 2;
@@ -1095,26 +948,5 @@ mod tests {
         assert!(Block::new(image(0), b.params.clone())
             .activate(1 << 3)
             .is_err());
-    }
-
-    #[test]
-    fn iovec_advance_handles_partial_transfers() {
-        let mut a = [0u8; 8];
-        let mut b = [0u8; 8];
-        let mut v = vec![
-            libc::iovec {
-                iov_base: a.as_mut_ptr().cast(),
-                iov_len: 8,
-            },
-            libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: 8,
-            },
-        ];
-        advance(&mut v, 10);
-        assert_eq!(v.len(), 1);
-        assert_eq!(v[0].iov_len, 6);
-        advance(&mut v, 6);
-        assert!(v.is_empty());
     }
 }
