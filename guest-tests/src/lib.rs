@@ -159,8 +159,16 @@ impl TestVm {
         }
     }
 
+    /// Waits for skvm to exit; kills it and panics on timeout. Fails the
+    /// test if a device made a forbidden syscall.
+    pub fn wait_exit(self, timeout: Duration) -> Finished {
+        let f = self.finish(timeout);
+        assert_no_forbidden_syscall(&f.output);
+        f
+    }
+
     /// Waits for skvm to exit; kills it and panics on timeout.
-    pub fn wait_exit(mut self, timeout: Duration) -> Finished {
+    pub fn finish(mut self, timeout: Duration) -> Finished {
         let start = Instant::now();
         let mut child = self.child.take().expect("child");
         let status = loop {
@@ -168,8 +176,12 @@ impl TestVm {
                 break s;
             }
             if start.elapsed() > timeout {
-                let _ = child.kill();
-                let _ = child.wait();
+                // SIGTERM first: skvm stops the VM and, with --debug, says
+                // where each vCPU was; then make sure it is gone.
+                terminate(&mut child, Duration::from_secs(10));
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
                 panic!("skvm did not exit within {timeout:?}:\n{}", self.output());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -178,7 +190,6 @@ impl TestVm {
             let _ = r.join();
         }
         let output = self.output();
-        assert_no_forbidden_syscall(&output);
         Finished { status, output }
     }
 
@@ -186,6 +197,23 @@ impl TestVm {
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
+}
+
+/// Sends SIGTERM, waits up to `grace` for the child to exit, then kills it.
+fn terminate(child: &mut Child, grace: Duration) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill has no memory effects; the child is ours.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for TestVm {

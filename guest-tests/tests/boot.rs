@@ -119,6 +119,8 @@ fn stock_debian_kernel_boots_to_init_and_sees_every_vcpu() {
             "2",
             "--mem",
             "512M",
+            // On a hang, skvm's debug lines say where each vCPU stopped.
+            "--debug",
             "--run",
             REPORT,
         ],

@@ -4,12 +4,20 @@
 //! the VMM side carries on. Runs the test-only build with feature
 //! `escape-test` (scripts/test.sh builds it and sets $SKVM_ESCAPE_BIN); the
 //! escrng/escblk device kinds get exactly rng's and blk's confinement.
+//!
+//! The VMM's own filter (`--sandbox`) is attacked the same way: with
+//! `SKVM_ESCAPE_VMM=ACTION`, a VMM thread started before the filter attempts
+//! ACTION right after it is installed.
 
 // Test code: a panic is a failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
+
+use guest_tests::TestVm;
 
 const ACTIONS: &[&str] = &[
     "read-passwd",
@@ -127,4 +135,60 @@ fn forbidden_syscalls_are_named_in_trap_mode() {
     assert!(t.contains("made forbidden syscall openat"), "{t}");
     let t = attempt("escrng0", "trap", "exec-shell");
     assert!(t.contains("made forbidden syscall execve"), "{t}");
+}
+
+/// One action per group `--sandbox on` denies (the escape build's
+/// SKVM_ESCAPE_VMM actions).
+const VMM_ACTIONS: &[&str] = &["exec-shell", "fork", "setuid", "unshare", "setpriority"];
+
+fn vmm_escape(action: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(escape_bin());
+    cmd.env("SKVM_ESCAPE_VMM", action)
+        .args(["run", "--rng"])
+        .args(args);
+    cmd
+}
+
+#[test]
+fn the_vmm_filter_kills_skvm_on_what_it_denies() {
+    for action in VMM_ACTIONS {
+        // Killed before the vCPUs start; were the call allowed, the guest
+        // would boot and skvm exit 0.
+        let out = vmm_escape(action, &["--run", "true"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGSYS),
+            "{action}: {:?} {text}",
+            out.status
+        );
+    }
+}
+
+#[test]
+fn in_trap_mode_the_vmm_names_the_call_and_the_guest_carries_on() {
+    let mut cmd = vmm_escape(
+        "exec-shell",
+        &["--seccomp", "trap", "--run", "echo SKVM-GUEST-ALIVE"],
+    );
+    cmd.env_remove("SKVM_DEBUG");
+    let f = TestVm::spawn_command(cmd).finish(Duration::from_secs(600));
+    assert_eq!(f.code(), 0, "{}", f.output);
+    for needle in [
+        "the VMM made forbidden syscall execve",
+        "escape-vmm=exec-shell outcome=refused",
+        "SKVM-GUEST-ALIVE",
+    ] {
+        assert!(f.output.contains(needle), "no '{needle}':\n{}", f.output);
+    }
+}
+
+#[test]
+fn a_group_the_user_allows_is_not_filtered() {
+    let mut vm = TestVm::spawn_command(vmm_escape(
+        "fork",
+        &["--sandbox", "on,spawn=allow", "--run", "true"],
+    ));
+    vm.wait_for("escape-vmm=fork outcome=done", Duration::from_secs(60));
+    // Dropping the VM stops it.
 }

@@ -2,7 +2,8 @@
 //! small as promised, this host supports every step, a running device
 //! process is in its own namespaces with an empty root, no capabilities, no
 //! new privileges, its seccomp filter and tight limits, and a host that
-//! forbids namespaces gets a clear refusal or, when allowed, a warning.
+//! forbids namespaces gets a clear refusal or, when allowed, a warning. The
+//! VMM's own filter (`--sandbox`) is on every one of its threads.
 
 // Test code: a panic is a failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,7 +11,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use guest_tests::{device_pids, sigkill, skvm_bin};
+use guest_tests::{device_pids, sigkill, skvm_bin, TestVm};
 
 fn skvm(args: &[&str]) -> (i32, String) {
     let out = Command::new(skvm_bin()).args(args).output().unwrap();
@@ -206,4 +207,101 @@ fn a_host_without_namespaces_is_refused_unless_allowed() {
     assert!(out.contains("skvm: warning: device rng0"), "{out}");
     assert!(out.contains("WITHOUT namespaces"), "{out}");
     assert!(out.contains("req_per_s="), "{out}");
+}
+
+#[test]
+fn the_vmm_filter_lists_its_groups() {
+    let (code, out) = skvm(&["sandbox", "show", "vmm"]);
+    assert_eq!(code, 0, "{out}");
+    let first = out.lines().next().unwrap();
+    let n: usize = first
+        .split(": ")
+        .nth(2)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no count in: {first}"));
+    let listed = |out: &str, name: &str| {
+        out.lines()
+            .any(|l| l.starts_with("  ") && l.split_whitespace().next() == Some(name))
+    };
+    for group in [
+        "default:",
+        "obsolete:",
+        "elevateprivileges:",
+        "spawn:",
+        "resourcecontrol:",
+    ] {
+        assert!(out.lines().any(|l| l == group), "{group}\n{out}");
+    }
+    for name in [
+        "execve",
+        "setuid",
+        "ptrace",
+        "mount",
+        "unshare",
+        "bpf",
+        "setpriority",
+    ] {
+        assert!(listed(&out, name), "{name} not denied:\n{out}");
+    }
+    // One line per denied syscall (clone3 fails with ENOSYS instead).
+    let entries = out.lines().filter(|l| l.starts_with("  ")).count();
+    assert_eq!(entries, n + 1, "{out}");
+    // An allowed group is gone; so is the whole filter with off.
+    let (_, relaxed) = skvm(&["sandbox", "show", "vmm", "--sandbox", "on,spawn=allow"]);
+    assert!(
+        !listed(&relaxed, "execve") && listed(&relaxed, "setuid"),
+        "{relaxed}"
+    );
+    let (_, off) = skvm(&["sandbox", "show", "vmm", "--sandbox", "off"]);
+    assert!(off.contains("no seccomp filter"), "{off}");
+    let (code, bad) = skvm(&["run", "--sandbox", "on,spawn=sometimes"]);
+    assert_eq!(code, 2, "{bad}");
+}
+
+/// Every thread of `pid` with its seccomp mode and no_new_privs.
+fn thread_confinement(pid: u32) -> Vec<(String, String, String)> {
+    let mut v = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let tid = t.file_name().to_string_lossy().into_owned();
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
+            continue;
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or("?")
+                .trim()
+                .to_owned()
+        };
+        v.push((tid, field("Seccomp:"), field("NoNewPrivs:")));
+    }
+    v
+}
+
+#[test]
+fn every_vmm_thread_runs_under_the_vmm_filter() {
+    // Thread mode: the device thread exists before the filter (TSYNC must
+    // reach it); the vCPU threads are created after (they inherit it).
+    let mut vm = TestVm::spawn([
+        "run",
+        "--rng",
+        "--device-mode",
+        "thread",
+        "--run",
+        "echo SKVM-UP; sleep 3",
+    ]);
+    vm.wait_for("SKVM-UP", Duration::from_secs(600));
+    let threads = thread_confinement(vm.pid());
+    assert!(threads.len() >= 3, "{threads:?}");
+    for (tid, seccomp, nnp) in &threads {
+        assert_eq!(seccomp, "2", "thread {tid} unfiltered: {threads:?}");
+        assert_eq!(nnp, "1", "thread {tid}: {threads:?}");
+    }
+    let f = vm.wait_exit(Duration::from_secs(120));
+    assert_eq!(f.code(), 0, "{}", f.output);
 }

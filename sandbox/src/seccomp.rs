@@ -1,4 +1,5 @@
-//! Seccomp-bpf allowlists.
+//! Seccomp-bpf filters: allowlists for device processes, a denylist for the
+//! VMM.
 //!
 //! A [`Policy`] is plain data: a list of [`Syscall`]s, each with the reason it
 //! is allowed and, where an argument decides whether the call is dangerous,
@@ -6,6 +7,11 @@
 //! seccompiler and installs it on the calling thread; anything not on the
 //! list gets the policy's default action, kill-process unless asked
 //! otherwise.
+//!
+//! A [`Denylist`] is the reverse, for a process whose syscall set is too
+//! broad to enumerate safely (the VMM): the listed calls, under their
+//! argument conditions, get the violation action and everything else is
+//! allowed. It is installed on every thread of the process at once (TSYNC).
 
 use std::collections::BTreeMap;
 
@@ -21,6 +27,8 @@ pub enum Arg {
     Eq(u8, u64),
     /// Argument `index` has none of the bits in `mask` set.
     NoBits(u8, u64),
+    /// Argument `index` differs from `value`.
+    Ne(u8, u64),
 }
 
 /// An allowed syscall.
@@ -72,6 +80,33 @@ fn condition(a: Arg) -> Result<SeccompCondition, seccompiler::BackendError> {
         Arg::NoBits(i, mask) => {
             SeccompCondition::new(i, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(mask), 0)
         }
+        Arg::Ne(i, v) => SeccompCondition::new(i, SeccompCmpArgLen::Qword, SeccompCmpOp::Ne, v),
+    }
+}
+
+/// seccompiler rules for `syscalls`, keyed by number (an entry without
+/// argument conditions matches any arguments).
+fn rule_map(syscalls: &[Syscall]) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for s in syscalls {
+        let entry = rules.entry(s.nr).or_default();
+        for alt in s.rules {
+            let conds = alt
+                .iter()
+                .map(|a| condition(*a))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(SeccompError::Build)?;
+            entry.push(SeccompRule::new(conds).map_err(SeccompError::Build)?);
+        }
+    }
+    Ok(rules)
+}
+
+fn action_of(violation: Violation) -> SeccompAction {
+    match violation {
+        Violation::Kill => SeccompAction::KillProcess,
+        Violation::Trap => SeccompAction::Trap,
+        Violation::Log => SeccompAction::Log,
     }
 }
 
@@ -99,25 +134,13 @@ impl Policy {
 
     /// Compiles the policy for x86_64.
     pub fn compile(&self, violation: Violation) -> Result<BpfProgram, SeccompError> {
-        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-        for s in &self.syscalls {
-            let entry = rules.entry(s.nr).or_default();
-            for alt in s.rules {
-                let conds = alt
-                    .iter()
-                    .map(|a| condition(*a))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(SeccompError::Build)?;
-                entry.push(SeccompRule::new(conds).map_err(SeccompError::Build)?);
-            }
-        }
-        let mismatch = match violation {
-            Violation::Kill => SeccompAction::KillProcess,
-            Violation::Trap => SeccompAction::Trap,
-            Violation::Log => SeccompAction::Log,
-        };
-        let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
-            .map_err(SeccompError::Build)?;
+        let filter = SeccompFilter::new(
+            rule_map(&self.syscalls)?,
+            action_of(violation),
+            SeccompAction::Allow,
+            TargetArch::x86_64,
+        )
+        .map_err(SeccompError::Build)?;
         BpfProgram::try_from(filter).map_err(SeccompError::Build)
     }
 
@@ -126,6 +149,89 @@ impl Policy {
     pub fn install(&self, violation: Violation) -> Result<(), SeccompError> {
         let prog = self.compile(violation)?;
         seccompiler::apply_filter(&prog).map_err(SeccompError::Install)
+    }
+}
+
+/// A denylist: the listed syscalls (under their argument conditions) get
+/// the violation action, calls listed as unsupported fail with ENOSYS, and
+/// everything else is allowed.
+#[derive(Debug, Clone, Default)]
+pub struct Denylist {
+    deny: Vec<Syscall>,
+    unsupported: Vec<Syscall>,
+}
+
+impl Denylist {
+    /// An empty denylist (allows everything).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Denies `syscalls`.
+    pub fn deny(&mut self, syscalls: &[Syscall]) {
+        self.deny.extend_from_slice(syscalls);
+    }
+
+    /// Makes `syscalls` fail with ENOSYS, for calls whose arguments a filter
+    /// cannot inspect (clone3 takes a pointer) and that C libraries replace
+    /// with an older, filterable call when the kernel lacks them.
+    pub fn unsupported(&mut self, syscalls: &[Syscall]) {
+        self.unsupported.extend_from_slice(syscalls);
+    }
+
+    /// The denied syscalls, one entry per distinct number.
+    pub fn denied(&self) -> Vec<Syscall> {
+        let mut seen = BTreeMap::new();
+        for s in &self.deny {
+            seen.entry(s.nr).or_insert(*s);
+        }
+        seen.into_values().collect()
+    }
+
+    /// The ENOSYS syscalls, one entry per distinct number.
+    pub fn enosys(&self) -> Vec<Syscall> {
+        let mut seen = BTreeMap::new();
+        for s in &self.unsupported {
+            seen.entry(s.nr).or_insert(*s);
+        }
+        seen.into_values().collect()
+    }
+
+    /// Compiles the denylist for x86_64: one program, or two when some calls
+    /// fail with ENOSYS (stacked filters: the kernel applies the most severe
+    /// of their answers).
+    pub fn compile(&self, violation: Violation) -> Result<Vec<BpfProgram>, SeccompError> {
+        let mut progs = Vec::new();
+        for (list, action) in [
+            (&self.deny, action_of(violation)),
+            (
+                &self.unsupported,
+                SeccompAction::Errno(libc::ENOSYS.cast_unsigned()),
+            ),
+        ] {
+            if list.is_empty() {
+                continue;
+            }
+            let filter = SeccompFilter::new(
+                rule_map(list)?,
+                SeccompAction::Allow,
+                action,
+                TargetArch::x86_64,
+            )
+            .map_err(SeccompError::Build)?;
+            progs.push(BpfProgram::try_from(filter).map_err(SeccompError::Build)?);
+        }
+        Ok(progs)
+    }
+
+    /// Installs the denylist on every thread of the calling process
+    /// (SECCOMP_FILTER_FLAG_TSYNC; seccompiler sets no_new_privs first).
+    /// Threads created later inherit it. Irreversible.
+    pub fn install_all_threads(&self, violation: Violation) -> Result<(), SeccompError> {
+        for prog in self.compile(violation)? {
+            seccompiler::apply_filter_all_threads(&prog).map_err(SeccompError::Install)?;
+        }
+        Ok(())
     }
 }
 
@@ -229,6 +335,54 @@ mod tests {
             }
             // SAFETY: as above; the filter kills the process here.
             unsafe { libc::syscall(libc::SYS_mmap, 0, len, libc::PROT_EXEC, flags, -1, 0) };
+            0
+        });
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+        assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+    }
+
+    #[test]
+    fn a_denylist_covers_threads_that_already_exist() {
+        const GETPPID: Syscall = Syscall {
+            nr: libc::SYS_getppid,
+            name: "getppid",
+            why: "test",
+            rules: &[],
+        };
+        const CLONE3: Syscall = Syscall {
+            nr: libc::SYS_clone3,
+            name: "clone3",
+            why: "test",
+            rules: &[],
+        };
+        let mut d = Denylist::new();
+        d.deny(&[GETPPID]);
+        d.unsupported(&[CLONE3]);
+        assert_eq!(d.compile(Violation::Kill).unwrap().len(), 2);
+        let status = in_child(|| {
+            // A thread that exists before the filter (glibc makes malloc
+            // and thread creation usable in a forked child).
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let t = std::thread::spawn(move || {
+                let _ = rx.recv();
+                // SAFETY: a raw getppid; the filter kills the process here.
+                unsafe { libc::syscall(libc::SYS_getppid) };
+            });
+            if d.install_all_threads(Violation::Kill).is_err() {
+                return 3;
+            }
+            // SAFETY: a raw getpid, not on the list: allowed.
+            if unsafe { libc::syscall(libc::SYS_getpid) } <= 0 {
+                return 4;
+            }
+            // SAFETY: clone3 with no arguments; the filter answers ENOSYS
+            // before the kernel looks at them.
+            let rc = unsafe { libc::syscall(libc::SYS_clone3, 0, 0) };
+            if rc != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
+                return 5;
+            }
+            let _ = tx.send(());
+            let _ = t.join();
             0
         });
         assert!(libc::WIFSIGNALED(status), "status {status:#x}");

@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 use crate::device_host::{Degraded, DeviceMode, OnFailure, SandboxOpts, SeccompMode};
 use crate::disk::DiskSpec;
 use crate::memory::MIN_MEM;
+use crate::vmm_sandbox::VmmSandbox;
 
 /// Largest vCPU count: APIC IDs must fit the xAPIC's 8 bits (255 is broadcast).
 pub const MAX_CPUS: u32 = 254;
@@ -78,6 +79,24 @@ pub struct RunArgs {
     pub on_device_failure: OnFailure,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// The VMM's own seccomp filter, on all its threads from just before
+    /// the vCPUs start: `off`, or `on` with option groups as in QEMU's
+    /// -sandbox. `on` always denies what no running VMM needs (mount,
+    /// ptrace, module loading, namespaces, bpf, keyrings, clock setting,
+    /// reboot, ...) and by default every group too; allow one with
+    /// GROUP=allow. obsolete: syscalls modern C libraries never make;
+    /// elevateprivileges: set*uid/set*gid and capset (children: the same,
+    /// and anything spawned cannot gain privileges); spawn: fork, exec and
+    /// process-creating clone; resourcecontrol: scheduling, affinity,
+    /// priority and resource limits. A forbidden call follows --seccomp
+    /// (kill: skvm dies with SIGSYS). `skvm sandbox show vmm` lists the
+    /// filter.
+    #[arg(
+        long = "sandbox",
+        value_name = "on|off[,obsolete=allow|deny][,elevateprivileges=allow|deny|children][,spawn=allow|deny][,resourcecontrol=allow|deny]",
+        default_value = "on"
+    )]
+    pub vmm_sandbox: VmmSandbox,
     /// Print debug messages and exit statistics.
     #[arg(long)]
     pub debug: bool,
@@ -172,6 +191,8 @@ pub struct VmConfig {
     pub on_device_failure: OnFailure,
     /// How device processes are confined.
     pub sandbox: SandboxOpts,
+    /// The VMM's own filter.
+    pub vmm_sandbox: VmmSandbox,
 }
 
 /// The directory of the default guest.
@@ -243,6 +264,7 @@ impl VmConfig {
             device_mode: args.device_mode,
             on_device_failure: args.on_device_failure,
             sandbox: args.sandbox.opts(),
+            vmm_sandbox: args.vmm_sandbox,
         })
     }
 
@@ -397,6 +419,7 @@ mod tests {
                 seccomp: SeccompMode::Kill,
                 sandbox_degraded: Degraded::Deny,
             },
+            vmm_sandbox: VmmSandbox::default(),
             debug: false,
         }
     }

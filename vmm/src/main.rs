@@ -20,6 +20,7 @@ mod sandbox_cmd;
 mod vcpu;
 mod virtio_pci;
 mod vm;
+mod vmm_sandbox;
 
 use std::process::ExitCode;
 

@@ -4,9 +4,10 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use sandbox::seccomp::{Arg, Policy};
+use sandbox::seccomp::{Arg, Policy, Syscall};
 
 use crate::device_host::{policy, SeccompMode};
+use crate::vmm_sandbox::VmmSandbox;
 
 /// `skvm sandbox` subcommands.
 #[derive(Debug, Subcommand)]
@@ -14,16 +15,24 @@ pub enum SandboxCommand {
     /// Try each confinement step in a throwaway process and report what this
     /// host supports (exit status 1 if anything a device needs is missing).
     Check,
-    /// Print the seccomp policy of a device kind: every allowed syscall with
-    /// its reason and argument filters, and their count.
+    /// Print an effective seccomp filter: for a device kind, every allowed
+    /// syscall with its reason and argument filters, and their count; for
+    /// `vmm`, every syscall the VMM's --sandbox filter denies, by group.
     Show {
-        /// Device kind (rng, blk) or a device name (rng0, blk1).
-        #[arg(value_name = "DEVICE")]
+        /// Device kind (rng, blk), a device name (rng0, blk1), or vmm.
+        #[arg(value_name = "DEVICE|vmm")]
         device: String,
-        /// The policy as this seccomp mode installs it (trap adds
-        /// rt_sigreturn for its handler).
+        /// The filter as this seccomp mode installs it (trap adds
+        /// rt_sigreturn to device policies for their handler).
         #[arg(long, value_enum, value_name = "MODE", default_value_t = SeccompMode::Kill)]
         seccomp: SeccompMode,
+        /// For vmm: the --sandbox value to show the filter of.
+        #[arg(
+            long,
+            value_name = "on|off[,GROUP=allow|deny]...",
+            default_value = "on"
+        )]
+        sandbox: VmmSandbox,
     },
 }
 
@@ -31,7 +40,17 @@ pub enum SandboxCommand {
 pub fn run(cmd: &SandboxCommand) -> ExitCode {
     match cmd {
         SandboxCommand::Check => check(),
-        SandboxCommand::Show { device, seccomp } => show(device, *seccomp),
+        SandboxCommand::Show {
+            device,
+            seccomp,
+            sandbox,
+        } => {
+            if device == "vmm" {
+                show_vmm(sandbox, *seccomp)
+            } else {
+                show(device, *seccomp)
+            }
+        }
     }
 }
 
@@ -62,6 +81,7 @@ fn describe(a: &Arg) -> String {
     match a {
         Arg::Eq(i, v) => format!("arg{i} == {v:#x}"),
         Arg::NoBits(i, m) => format!("arg{i} & {m:#x} == 0"),
+        Arg::Ne(i, v) => format!("arg{i} != {v:#x}"),
     }
 }
 
@@ -74,36 +94,70 @@ pub fn policy_of(name: &str, mode: SeccompMode) -> Option<Policy> {
     Some(p)
 }
 
+fn action_text(mode: SeccompMode) -> &'static str {
+    match mode {
+        SeccompMode::Kill => "kill the process",
+        SeccompMode::Trap => "fail with ENOSYS and report to skvm",
+        SeccompMode::Log => "log and allow",
+    }
+}
+
+fn rules_text(s: &Syscall) -> String {
+    if s.rules.is_empty() {
+        return String::new();
+    }
+    let alts: Vec<String> = s
+        .rules
+        .iter()
+        .map(|alt| alt.iter().map(describe).collect::<Vec<_>>().join(" && "))
+        .collect();
+    format!(" [only if {}]", alts.join(" || "))
+}
+
+fn show_vmm(sb: &VmmSandbox, mode: SeccompMode) -> ExitCode {
+    if !sb.on {
+        println!("vmm: --sandbox off: no seccomp filter on the VMM");
+        return ExitCode::SUCCESS;
+    }
+    let d = sb.denylist();
+    println!(
+        "vmm: --sandbox {sb}: {} syscalls denied on every VMM thread (x86_64), the rest \
+         allowed; a denied call: {}",
+        d.denied().len(),
+        action_text(mode)
+    );
+    for (group, list) in sb.groups() {
+        println!("{group}:");
+        for s in list {
+            println!("  {:<20} {}{}", s.name, s.why, rules_text(s));
+        }
+    }
+    let enosys = sb.enosys();
+    if !enosys.is_empty() {
+        println!("fail with ENOSYS:");
+        for s in enosys {
+            println!("  {:<20} {}", s.name, s.why);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn show(name: &str, mode: SeccompMode) -> ExitCode {
     let Some(p) = policy_of(name, mode) else {
         crate::log::error(&format!(
-            "no seccomp policy for '{name}': device kinds are rng and blk"
+            "no seccomp policy for '{name}': device kinds are rng and blk, or vmm"
         ));
         return ExitCode::from(1);
     };
     let kind = crate::device_host::kind_of(name);
-    let action = match mode {
-        SeccompMode::Kill => "kill the process",
-        SeccompMode::Trap => "fail with ENOSYS and report to skvm",
-        SeccompMode::Log => "log and allow",
-    };
     let list = p.syscalls();
     println!(
-        "{kind}: {} syscalls allowed (x86_64); anything else: {action}",
-        list.len()
+        "{kind}: {} syscalls allowed (x86_64); anything else: {}",
+        list.len(),
+        action_text(mode)
     );
     for s in &list {
-        let rules = if s.rules.is_empty() {
-            String::new()
-        } else {
-            let alts: Vec<String> = s
-                .rules
-                .iter()
-                .map(|alt| alt.iter().map(describe).collect::<Vec<_>>().join(" && "))
-                .collect();
-            format!(" [only if {}]", alts.join(" || "))
-        };
-        println!("  {:<14} {}{rules}", s.name, s.why);
+        println!("  {:<14} {}{}", s.name, s.why, rules_text(s));
     }
     ExitCode::SUCCESS
 }

@@ -169,6 +169,21 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
             profile: profile.clone(),
         });
     }
+    // The VMM's own filter, on every thread that exists now (device threads
+    // in thread mode) and inherited by the vCPU threads created next.
+    #[cfg(feature = "escape-test")]
+    let escape = crate::vmm_sandbox::escape::prepare();
+    cfg.vmm_sandbox
+        .install(cfg.sandbox.seccomp)
+        .with_context(|| format!("cannot confine the VMM (--sandbox {})", cfg.vmm_sandbox))?;
+    #[cfg(feature = "escape-test")]
+    if let Some(e) = escape {
+        e.run();
+    }
+    log::debug(&format!(
+        "VMM seccomp filter: --sandbox {}",
+        cfg.vmm_sandbox
+    ));
     let handles = Arc::new(spawn_vcpus(vcpus)?);
     let sampler = profile
         .as_ref()

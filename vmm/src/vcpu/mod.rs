@@ -138,6 +138,15 @@ impl Vcpu {
                 self.exit.request(reason);
             }
         }
+        if log::debug_enabled() {
+            // Where each vCPU was when the VM stopped: what tells a guest
+            // hang (a vCPU spinning or halted) from a stalled console.
+            let where_ = match self.fd.get_regs() {
+                Ok(r) => format!("rip {:#x} rflags {:#x}", r.rip, r.rflags),
+                Err(e) => format!("registers unreadable: {e}"),
+            };
+            log::debug(&format!("vcpu{} stopped at {where_}", self.index));
+        }
     }
 
     fn fatal(&self, msg: String) -> ExitReason {
