@@ -59,6 +59,15 @@ pub struct TestVm {
     readers: Vec<JoinHandle<()>>,
 }
 
+/// A VM that had to be stopped.
+#[derive(Debug)]
+pub struct Unfinished {
+    /// Everything it printed.
+    pub output: String,
+    /// Stopped because it printed nothing for too long (else: timed out).
+    pub stalled: bool,
+}
+
 /// What a finished VM left.
 #[derive(Debug)]
 pub struct Finished {
@@ -168,21 +177,48 @@ impl TestVm {
     }
 
     /// Waits for skvm to exit; kills it and panics on timeout.
-    pub fn finish(mut self, timeout: Duration) -> Finished {
+    pub fn finish(self, timeout: Duration) -> Finished {
+        match self.finish_watching(timeout, Duration::MAX) {
+            Ok(f) => f,
+            Err(Unfinished { output, stalled }) => {
+                assert!(!stalled);
+                panic!("skvm did not exit within {timeout:?}:\n{output}")
+            }
+        }
+    }
+
+    /// Waits for skvm to exit, at most `timeout`, and stops it early when it
+    /// prints nothing for `stall`. A VM that is stopped is sent SIGTERM
+    /// first (skvm stops the VM and, with --debug, says where each vCPU
+    /// was), then killed.
+    pub fn finish_watching(
+        mut self,
+        timeout: Duration,
+        stall: Duration,
+    ) -> Result<Finished, Unfinished> {
         let start = Instant::now();
         let mut child = self.child.take().expect("child");
+        let mut seen = 0usize;
+        let mut last_output = Instant::now();
         let status = loop {
             if let Some(s) = child.try_wait().expect("wait") {
                 break s;
             }
-            if start.elapsed() > timeout {
-                // SIGTERM first: skvm stops the VM and, with --debug, says
-                // where each vCPU was; then make sure it is gone.
+            let len = self.output.lock().unwrap().len();
+            if len != seen {
+                seen = len;
+                last_output = Instant::now();
+            }
+            let stalled = last_output.elapsed() > stall;
+            if stalled || start.elapsed() > timeout {
                 terminate(&mut child, Duration::from_secs(10));
                 for r in self.readers.drain(..) {
                     let _ = r.join();
                 }
-                panic!("skvm did not exit within {timeout:?}:\n{}", self.output());
+                return Err(Unfinished {
+                    output: self.output(),
+                    stalled,
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -190,7 +226,7 @@ impl TestVm {
             let _ = r.join();
         }
         let output = self.output();
-        Finished { status, output }
+        Ok(Finished { status, output })
     }
 
     /// The process id, for sending signals.

@@ -82,6 +82,32 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
     // a single thread.
     let mut host = DeviceHost::new(cfg.device_mode, cfg.on_device_failure, cfg.sandbox)?;
     let ram = GuestRam::new(cfg.mem).context("cannot create guest memory")?;
+    // Reading the kernel and initrd into fresh guest pages is most of the
+    // setup time (page allocation, ~2 ms per MiB on kvm_pvm hosts): it runs
+    // in a thread while the VM, its memslots and the devices are set up.
+    let cmdline = cfg.cmdline(quirks);
+    log::debug(&format!("kernel command line: {cmdline}"));
+    let loader = {
+        let mem = ram.mem.clone();
+        let ranges = ram.ranges.clone();
+        let (kernel, initrd, cpus) = (cfg.kernel.clone(), cfg.initrd.clone(), cfg.cpus);
+        let cmdline = cmdline.clone();
+        std::thread::Builder::new()
+            .name("boot-loader".into())
+            .spawn(move || {
+                boot::load(
+                    &mem,
+                    &ranges,
+                    &BootSpec {
+                        kernel: &kernel,
+                        initrd: initrd.as_deref(),
+                        cmdline: &cmdline,
+                        cpus,
+                    },
+                )
+            })
+            .context("cannot start the boot loader thread")?
+    };
     let vm = Arc::new(create_vm(&kvm, &ram)?);
     let router = Arc::new(IrqRouter::new(vm.clone()));
     let mut pci = PciBus::new();
@@ -113,18 +139,6 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
         )?;
     }
     let pci = Arc::new(pci);
-    let cmdline = cfg.cmdline(quirks);
-    log::debug(&format!("kernel command line: {cmdline}"));
-    let boot_info = boot::load(
-        &ram.mem,
-        &ram.ranges,
-        &BootSpec {
-            kernel: &cfg.kernel,
-            initrd: cfg.initrd.as_deref(),
-            cmdline: &cmdline,
-            cpus: cfg.cpus,
-        },
-    )?;
 
     let exit = Arc::new(ExitSignal::new().context("cannot create exit eventfd")?);
     SIGNAL_EVENT_FD.store(exit.eventfd().as_raw_fd(), Ordering::SeqCst);
@@ -146,15 +160,16 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
     let stats = Arc::new(VcpuStats::default());
 
     let profile = std::env::var_os("SKVM_PROFILE").map(|_| Arc::new(vcpu::Profile::new()));
+    // vCPUs are created and configured while the loader runs; only the boot
+    // vCPU's registers wait for it.
+    let supported = setup::supported_cpuid(&kvm)?;
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
     for index in 0..cfg.cpus {
         let fd = vm
             .create_vcpu(u64::from(index))
             .with_context(|| format!("cannot create vcpu{index}"))?;
-        let cpuid = setup::cpuid(&kvm, index, cfg.cpus, quirks)?;
-        let boot = (index == 0).then_some(&boot_info);
-        setup::configure(&fd, &cpuid, &ram.mem, boot)
-            .with_context(|| format!("cannot configure vcpu{index}"))?;
+        let cpuid = setup::cpuid(&supported, index, cfg.cpus, quirks);
+        setup::configure(&fd, &cpuid).with_context(|| format!("cannot configure vcpu{index}"))?;
         vcpus.push(Vcpu {
             index,
             fd,
@@ -168,6 +183,13 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
             stats: stats.clone(),
             profile: profile.clone(),
         });
+    }
+    let boot_info = loader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the boot loader thread panicked"))??;
+    if let Some(boot) = vcpus.first() {
+        setup::set_boot_state(&boot.fd, &ram.mem, &boot_info)
+            .context("cannot set up the boot vcpu")?;
     }
     // The VMM's own filter, on every thread that exists now (device threads
     // in thread mode) and inherited by the vCPU threads created next.

@@ -149,12 +149,31 @@ pub fn load(
             max: CMDLINE_MAX - 1,
         });
     }
-    let (kind, mut hdr, entry, kernel_end) = load_kernel(mem, spec.kernel)?;
+    let low_top = ranges.first().map_or(0, |r| r.size);
+    // The initrd goes at the top of low RAM, below the kernel's limit (read
+    // from its header first), so it is read in a second thread while this
+    // one loads the kernel: both are mostly fresh-page allocation.
+    let limit = initrd_limit(peek_initrd_addr_max(spec.kernel), low_top);
+    let (kernel, initrd) = std::thread::scope(|s| {
+        let initrd = spec
+            .initrd
+            .map(|path| (path, s.spawn(move || load_initrd(mem, path, limit))));
+        let kernel = load_kernel(mem, spec.kernel);
+        let initrd = initrd.map(|(path, h)| {
+            h.join().unwrap_or_else(|_| {
+                Err(BootError::InitrdOpen {
+                    path: path.to_owned(),
+                    source: std::io::Error::other("loader thread panicked"),
+                })
+            })
+        });
+        (kernel, initrd)
+    });
+    let (kind, mut hdr, entry, kernel_end) = kernel?;
     log::debug(&format!(
         "kernel is {kind:?}, entry {:#x}",
         entry.raw_value()
     ));
-    let low_top = ranges.first().map_or(0, |r| r.size);
 
     let mut cmdline = spec.cmdline.as_bytes().to_vec();
     cmdline.push(0);
@@ -175,9 +194,12 @@ pub fn load(
         hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT;
     }
 
-    if let Some(path) = spec.initrd {
-        let limit = initrd_limit(&hdr, low_top);
-        let (addr, size) = load_initrd(mem, path, kernel_end, limit)?;
+    if let (Some(path), Some(loaded)) = (spec.initrd, initrd) {
+        let (addr, size) = loaded?;
+        // Loaded concurrently: only now can the overlap be checked.
+        if addr < kernel_end.max(HIMEM_START) {
+            return Err(initrd_fit(path, size, limit));
+        }
         // load_initrd keeps the initrd below 4 GiB.
         hdr.ramdisk_image = u32::try_from(addr).map_err(|_| initrd_fit(path, size, limit))?;
         hdr.ramdisk_size = u32::try_from(size).map_err(|_| initrd_fit(path, size, limit))?;
@@ -319,22 +341,52 @@ fn initrd_fit(path: &Path, size: u64, limit: u64) -> BootError {
     }
 }
 
-fn initrd_limit(hdr: &setup_header, low_top: u64) -> u64 {
-    let max = if hdr.initrd_addr_max == 0 {
+/// The highest address the kernel at `path` accepts for its initrd, from
+/// its header: 0x7fffffff for an ELF vmlinux, the setup header's
+/// `initrd_addr_max` for a bzImage of boot protocol 2.03 or later, else 0
+/// (the protocol's default). The kernel load reports unreadable files.
+fn peek_initrd_addr_max(path: &Path) -> u32 {
+    const HDRS_MAGIC: usize = 0x202;
+    const VERSION: usize = 0x206;
+    const INITRD_ADDR_MAX: usize = 0x22c;
+    let mut head = [0u8; 0x230];
+    let Ok(mut f) = File::open(path) else {
+        return 0;
+    };
+    if f.read_exact(&mut head).is_err() {
+        return 0;
+    }
+    if head.starts_with(b"\x7fELF") {
+        return 0x7fff_ffff;
+    }
+    let u16_at = |o: usize| {
+        head.get(o..o + 2)
+            .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |o: usize| {
+        head.get(o..o + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if head.get(HDRS_MAGIC..HDRS_MAGIC + 4) == Some(b"HdrS") && u16_at(VERSION) >= 0x0203 {
+        u32_at(INITRD_ADDR_MAX)
+    } else {
+        0
+    }
+}
+
+fn initrd_limit(initrd_addr_max: u32, low_top: u64) -> u64 {
+    let max = if initrd_addr_max == 0 {
         0x37ff_ffff
     } else {
-        u64::from(hdr.initrd_addr_max)
+        u64::from(initrd_addr_max)
     };
     // The 32-bit ramdisk_image field and the kernel's limit both apply.
     (max + 1).min(low_top).min(MMIO_HOLE_END - 1)
 }
 
-fn load_initrd(
-    mem: &GuestMemoryMmap,
-    path: &Path,
-    kernel_end: u64,
-    limit: u64,
-) -> Result<(u64, u64), BootError> {
+/// Reads the initrd at `path` to the highest page-aligned address that
+/// keeps it below `limit` (the caller checks it clears the kernel).
+fn load_initrd(mem: &GuestMemoryMmap, path: &Path, limit: u64) -> Result<(u64, u64), BootError> {
     let open_err = |source| BootError::InitrdOpen {
         path: path.to_owned(),
         source,
@@ -348,7 +400,7 @@ fn load_initrd(
     let too_big = || initrd_fit(path, size, limit);
     // Highest page-aligned address that keeps the initrd below `limit`.
     let addr = limit.checked_sub(size).ok_or_else(too_big)? & !0xfff;
-    if addr < kernel_end.max(HIMEM_START) {
+    if addr < HIMEM_START {
         return Err(too_big());
     }
     let len = usize::try_from(size).map_err(|_| too_big())?;
@@ -379,11 +431,8 @@ mod tests {
 
     #[test]
     fn initrd_limit_respects_ram_and_kernel_max() {
-        let hdr = setup_header {
-            initrd_addr_max: 0x7fff_ffff,
-            ..Default::default()
-        };
-        assert_eq!(initrd_limit(&hdr, 128 << 20), 128 << 20);
-        assert_eq!(initrd_limit(&hdr, 0xC000_0000), 0x8000_0000);
+        assert_eq!(initrd_limit(0x7fff_ffff, 128 << 20), 128 << 20);
+        assert_eq!(initrd_limit(0x7fff_ffff, 0xC000_0000), 0x8000_0000);
+        assert_eq!(initrd_limit(0, 0xC000_0000), 0x3800_0000);
     }
 }

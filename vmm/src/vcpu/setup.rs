@@ -55,6 +55,15 @@ const APIC_MODE_EXTINT: u32 = 0x7;
 const CPUID1_ECX_CX16: u32 = 1 << 13;
 const CPUID1_ECX_HYPERVISOR: u32 = 1 << 31;
 const CPUID1_EDX_HTT: u32 = 1 << 28;
+/// KVM's paravirtual feature leaf.
+const CPUID_KVM_FEATURES: u32 = 0x4000_0001;
+/// Paravirtual features whose hypercalls and halts misbehave on emulating
+/// hosts: PV_UNHALT (7, pv spinlocks halt with interrupts off and wait for
+/// a KICK_CPU hypercall), PV_SEND_IPI (11) and PV_SCHED_YIELD (13). Seen on
+/// kvm_pvm with Debian's kernel and 2 vCPUs: one vCPU halted in kvm_wait
+/// for good while the other sat on the SEND_IPI `vmcall` that should have
+/// woken it (the guest stops without a word).
+const KVM_PV_HYPERCALL_FEATURES: u32 = (1 << 7) | (1 << 11) | (1 << 13);
 
 /// Errors while preparing a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -77,11 +86,16 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> SetupError {
     move |source| SetupError::Kvm { what, source }
 }
 
-/// The CPUID table for vCPU `index` of `count`, from what KVM supports.
-pub fn cpuid(kvm: &Kvm, index: u8, count: u8, quirks: bool) -> Result<CpuId, SetupError> {
-    let mut cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("get supported cpuid"))?;
+/// What KVM supports, the base of every vCPU's CPUID (one ioctl, several
+/// ms on nested hosts: fetched once).
+pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, SetupError> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("get supported cpuid"))
+}
+
+/// vCPU `index`'s CPUID (of `count`), from what KVM supports.
+pub fn cpuid(supported: &CpuId, index: u8, count: u8, quirks: bool) -> CpuId {
+    let mut cpuid = supported.clone();
     for e in cpuid.as_mut_slice() {
         match e.function {
             1 => {
@@ -97,19 +111,15 @@ pub fn cpuid(kvm: &Kvm, index: u8, count: u8, quirks: bool) -> Result<CpuId, Set
                 }
             }
             0xb | 0x1f => e.edx = u32::from(index),
+            CPUID_KVM_FEATURES if quirks => e.eax &= !KVM_PV_HYPERCALL_FEATURES,
             _ => {}
         }
     }
-    Ok(cpuid)
+    cpuid
 }
 
-/// Programs CPUID, MSRs, FPU, LAPIC and (for the boot vCPU) registers.
-pub fn configure(
-    vcpu: &VcpuFd,
-    cpuid: &CpuId,
-    mem: &GuestMemoryMmap,
-    boot: Option<&BootInfo>,
-) -> Result<(), SetupError> {
+/// Programs CPUID, MSRs, FPU and LAPIC.
+pub fn configure(vcpu: &VcpuFd, cpuid: &CpuId) -> Result<(), SetupError> {
     vcpu.set_cpuid2(cpuid).map_err(kvm_err("set cpuid"))?;
     set_msrs(vcpu)?;
     let fpu = kvm_fpu {
@@ -118,20 +128,26 @@ pub fn configure(
         ..Default::default()
     };
     vcpu.set_fpu(&fpu).map_err(kvm_err("set fpu"))?;
-    set_lint(vcpu)?;
-    if let Some(boot) = boot {
-        set_long_mode(vcpu, mem)?;
-        let regs = kvm_regs {
-            rflags: 0x2,
-            rip: boot.entry.0,
-            rsp: BOOT_STACK,
-            rbp: BOOT_STACK,
-            rsi: boot.zero_page.0,
-            ..Default::default()
-        };
-        vcpu.set_regs(&regs).map_err(kvm_err("set regs"))?;
-    }
-    Ok(())
+    set_lint(vcpu)
+}
+
+/// Puts the boot vCPU in long mode at the kernel's entry point with the
+/// zero page in RSI (64-bit boot protocol).
+pub fn set_boot_state(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    boot: &BootInfo,
+) -> Result<(), SetupError> {
+    set_long_mode(vcpu, mem)?;
+    let regs = kvm_regs {
+        rflags: 0x2,
+        rip: boot.entry.0,
+        rsp: BOOT_STACK,
+        rbp: BOOT_STACK,
+        rsi: boot.zero_page.0,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).map_err(kvm_err("set regs"))
 }
 
 fn set_msrs(vcpu: &VcpuFd) -> Result<(), SetupError> {
