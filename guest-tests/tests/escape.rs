@@ -5,6 +5,11 @@
 //! `escape-test` (scripts/test.sh builds it and sets $SKVM_ESCAPE_BIN); the
 //! escrng/escblk device kinds get exactly rng's and blk's confinement.
 //!
+//! With a guest running: `SKVM_ESCAPE_DEVICE=ACTIONS` makes `skvm run` start
+//! its devices as escape devices that attempt ACTIONS once the guest's
+//! driver has activated them; the guest must finish its command and skvm
+//! exit 0.
+//!
 //! The VMM's own filter (`--sandbox`) is attacked the same way: with
 //! `SKVM_ESCAPE_VMM=ACTION`, a VMM thread started before the filter attempts
 //! ACTION right after it is installed.
@@ -191,4 +196,81 @@ fn a_group_the_user_allows_is_not_filtered() {
     ));
     vm.wait_for("escape-vmm=fork outcome=done", Duration::from_secs(60));
     // Dropping the VM stops it.
+}
+
+/// A scratch disk image, removed on drop.
+struct Image(PathBuf);
+
+impl Image {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("skvm-escape-{tag}-{}.img", std::process::id()));
+        std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Boots the default guest with one escape device (`rng` or `blk`) that
+/// attempts `actions` once the guest activates it; returns skvm's output
+/// after checking the guest finished and skvm exited 0.
+fn guest_escape(kind: &str, mode: &str, actions: &str) -> String {
+    let image = Image::new(&format!("{kind}-{mode}"));
+    let mut cmd = Command::new(escape_bin());
+    cmd.env("SKVM_ESCAPE_DEVICE", actions).args([
+        "run",
+        "--seccomp",
+        mode,
+        "--run",
+        "echo SKVM-GUEST-ALIVE",
+    ]);
+    if kind == "rng" {
+        cmd.arg("--rng");
+    } else {
+        cmd.args(["--disk", image.0.to_str().unwrap()]);
+    }
+    let f = TestVm::spawn_command(cmd).finish(Duration::from_secs(600));
+    assert_eq!(f.code(), 0, "{kind} {mode}: {}", f.output);
+    assert!(f.output.contains("SKVM-GUEST-ALIVE"), "{}", f.output);
+    assert!(!f.output.contains("outcome=escaped"), "{}", f.output);
+    f.output
+}
+
+#[test]
+fn a_device_killed_for_an_escape_leaves_the_vmm_and_the_guest_running() {
+    for kind in ["rng", "blk"] {
+        let out = guest_escape(kind, "kill", "exec-shell");
+        let dev = format!("esc{kind}0");
+        assert!(
+            out.contains(&format!("escape=exec-shell device={dev} outcome=failed")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("device {dev} (pid "))
+                && out.contains("was killed by signal 31 (SIGSYS"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn with_a_guest_running_every_escape_is_refused_and_named_in_trap_mode() {
+    for kind in ["rng", "blk"] {
+        let out = guest_escape(kind, "trap", "all");
+        let dev = format!("esc{kind}0");
+        for action in ACTIONS {
+            assert!(
+                out.contains(&format!("escape={action} device={dev} outcome=failed")),
+                "{kind} {action}:\n{out}"
+            );
+        }
+        // All but the write to a foreign fd (EBADF first) are seccomp's.
+        let named = out.matches(&format!("device {dev} (pid ")).count();
+        assert!(named >= ACTIONS.len() - 1, "{named}:\n{out}");
+        assert!(!out.contains("was killed"), "{out}");
+    }
 }

@@ -65,6 +65,13 @@ fn install_handler(sig: libc::c_int, handler: extern "C" fn(libc::c_int)) -> Res
     Ok(())
 }
 
+/// A device's name (test builds may make it an escape device).
+fn device_name(base: String) -> String {
+    #[cfg(feature = "escape-test")]
+    let base = crate::device_host::escape::run_device_name(base);
+    base
+}
+
 /// Creates the VM, boots it, and runs it until it stops.
 pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
     let kvm = host::open_kvm()?;
@@ -120,7 +127,7 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
             serial: spec.serial.clone().unwrap_or_default().into_bytes(),
         };
         host.add(
-            &format!("blk{i}"),
+            &device_name(format!("blk{i}")),
             (backend, vec![disk.fd]),
             &mut pci,
             &ram,
@@ -130,7 +137,7 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
     }
     if cfg.rng {
         host.add(
-            "rng0",
+            &device_name("rng0".to_owned()),
             (ipc::Backend::None, Vec::new()),
             &mut pci,
             &ram,

@@ -405,7 +405,10 @@ impl<B: Backend> VirtioPci<B> {
                 self.backend.name()
             ));
             self.device_failed();
+            return;
         }
+        #[cfg(feature = "escape-test")]
+        crate::device_host::escape::after_activation(&mut self.backend);
     }
 
     fn reset(&mut self) {
