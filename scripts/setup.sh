@@ -43,9 +43,10 @@ case ${1:-} in
 esac
 
 # Kernel build, initramfs tools, apt-get download and dpkg-deb, what the guest
-# tests use on the host, and what rustup needs.
+# tests use on the host, fio (scripts/bench-devices.sh compares blk with it),
+# and what rustup needs.
 packages="build-essential patch flex bison libelf-dev bc cpio xz-utils lz4 kmod
-busybox-static linux-source e2fsprogs iproute2 util-linux ca-certificates curl"
+busybox-static linux-source e2fsprogs iproute2 util-linux ca-certificates curl fio"
 
 missing=()
 for p in $packages; do

@@ -190,3 +190,17 @@ fn hostile_queues_are_handled_and_the_devices_keep_serving() {
     let (code, _) = drive(&["--hostile", "no-such-case"]);
     assert_eq!(code, 1);
 }
+
+#[test]
+fn the_unconfined_benchmark_mode_is_for_processes_only() {
+    // What bench-devices.sh compares the confined process with.
+    let (code, out) = drive(&["--unconfined", "--requests", "200"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("mode=process-unconfined"), "{out}");
+    let (code, out) = drive(&["--unconfined", "--device-mode", "thread"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("--unconfined is for --device-mode process"),
+        "{out}"
+    );
+}

@@ -124,6 +124,7 @@ impl SandboxArgs {
         SandboxOpts {
             seccomp: self.seccomp,
             degraded: self.sandbox_degraded,
+            unconfined: false,
         }
     }
 }

@@ -56,6 +56,11 @@ pub struct DriveArgs {
     pub op: BlkOp,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// Run the device process without any confinement (no namespaces,
+    /// empty root, capability drop, rlimits or seccomp), to measure what the
+    /// sandbox costs. Benchmarks only; `skvm run` has no such option.
+    #[arg(long)]
+    pub unconfined: bool,
     /// Instead of a benchmark, post one hostile descriptor chain (rng:
     /// loop, outside, zero-len, huge-len, readonly; blk: loop, outside,
     /// past-end, partial-sector, split-header, no-status, unknown-type),
@@ -155,6 +160,11 @@ pub fn run(args: &DriveArgs) -> Result<()> {
             args.device
         ),
     }
+    if args.unconfined && args.device_mode != DeviceMode::Process {
+        bail!("--unconfined is for --device-mode process");
+    }
+    let mut sandbox = args.sandbox.opts();
+    sandbox.unconfined = args.unconfined;
     // The spawner must be forked while this process has a single thread.
     let spawner = match args.device_mode {
         DeviceMode::Process => Some(Spawner::start()?),
@@ -186,12 +196,8 @@ pub fn run(args: &DriveArgs) -> Result<()> {
     };
     let device_type = device_type_of(kind).context("unknown device kind")?;
     let ram = GuestRam::new(RAM).context("cannot create driver memory")?;
-    let Started { chan, pid, thread } = start_device(
-        spawner.as_ref(),
-        args.device_mode,
-        &args.device,
-        args.sandbox.opts(),
-    )?;
+    let Started { chan, pid, thread } =
+        start_device(spawner.as_ref(), args.device_mode, &args.device, sandbox)?;
     let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
     let borrowed: Vec<BorrowedFd<'_>> = backend_fds.iter().map(AsFd::as_fd).collect();
     let mut dev = RemoteDevice::connect(
@@ -666,9 +672,10 @@ fn us(ns: u64) -> f64 {
 fn print_figures(args: &DriveArgs, f: &Figures, pss: Option<u64>) {
     let mut l = f.latencies_ns.clone();
     l.sort_unstable();
-    let mode = match args.device_mode {
-        DeviceMode::Process => "process",
-        DeviceMode::Thread => "thread",
+    let mode = match (args.device_mode, args.unconfined) {
+        (DeviceMode::Process, false) => "process",
+        (DeviceMode::Process, true) => "process-unconfined",
+        (DeviceMode::Thread, _) => "thread",
     };
     let secs = f.secs.max(1e-9);
     let op = match (kind_of(&args.device), args.op) {

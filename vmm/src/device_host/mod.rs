@@ -98,6 +98,9 @@ pub struct SandboxOpts {
     pub seccomp: SeccompMode,
     /// Whether to fall back to no namespaces.
     pub degraded: Degraded,
+    /// No confinement at all (`skvm drive --unconfined`, to measure the
+    /// sandbox's cost; never for `skvm run`).
+    pub unconfined: bool,
 }
 
 impl Default for SandboxOpts {
@@ -105,6 +108,7 @@ impl Default for SandboxOpts {
         Self {
             seccomp: SeccompMode::Kill,
             degraded: Degraded::Deny,
+            unconfined: false,
         }
     }
 }
@@ -420,8 +424,8 @@ pub fn start_device(
     match (spawner, mode) {
         (Some(s), DeviceMode::Process) => {
             let mut how = SpawnFlags {
-                namespaces: true,
-                seccomp: sandbox.seccomp.violation(),
+                namespaces: !sandbox.unconfined,
+                seccomp: (!sandbox.unconfined).then(|| sandbox.seccomp.violation()),
             };
             let control = OwnedFd::from(device_end);
             let copy = control
@@ -553,22 +557,30 @@ pub fn process_main(name: &str, seccomp: &str, ns: &str) -> ExitCode {
         eprintln!("skvm-dev {name}: no control socket (run by skvm only)");
         return ExitCode::from(1);
     }
-    if let Err(e) = sandbox::process::close_fds_except(&[0, 1, 2, spawner::DEVICE_CONTROL_FD])
-        .and_then(|()| confine_process(policy::confinement_kind(kind), how.namespaces))
-    {
+    let closed = sandbox::process::close_fds_except(&[0, 1, 2, spawner::DEVICE_CONTROL_FD]);
+    let confined = match how.seccomp {
+        Some(_) => {
+            closed.and_then(|()| confine_process(policy::confinement_kind(kind), how.namespaces))
+        }
+        None => closed,
+    };
+    if let Err(e) = confined {
         eprintln!("skvm-dev {name}: cannot confine the process: {e}");
         return ExitCode::from(1);
     }
     // SAFETY: the spawner put the control socket on this fd for us alone.
     let chan = Channel::from_fd(unsafe { OwnedFd::from_raw_fd(spawner::DEVICE_CONTROL_FD) });
-    if how.seccomp == Violation::Trap {
+    if how.seccomp == Some(Violation::Trap) {
         if let Err(e) = install_trap_handler(spawner::DEVICE_CONTROL_FD) {
             eprintln!("skvm-dev {name}: cannot install the SIGSYS handler: {e}");
             return ExitCode::from(1);
         }
         policy.extend(policy::TRAP_EXTRA);
     }
-    let confine = || policy.install(how.seccomp).map_err(|e| e.to_string());
+    let confine = || match how.seccomp {
+        Some(v) => policy.install(v).map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
     match worker::serve(&chan, kind, confine) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -41,40 +41,51 @@ const SPAWN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SpawnFlags {
     /// New user, pid, mount, net, ipc and uts namespaces and an empty root.
     pub namespaces: bool,
-    /// What the seccomp filter does on a forbidden syscall.
-    pub seccomp: Violation,
+    /// What the seccomp filter does on a forbidden syscall; `None`: no
+    /// confinement at all beyond closing fds (no seccomp, capabilities or
+    /// rlimits, and no namespaces), for `skvm drive --unconfined`, which
+    /// measures what the sandbox costs.
+    pub seccomp: Option<Violation>,
 }
 
 impl SpawnFlags {
     fn encode(self) -> i32 {
         let mode = match self.seccomp {
-            Violation::Kill => 0,
-            Violation::Trap => 1,
-            Violation::Log => 2,
+            Some(Violation::Kill) => 0,
+            Some(Violation::Trap) => 1,
+            Some(Violation::Log) => 2,
+            None => 3,
         };
         i32::from(self.namespaces) | mode << 1
     }
 
     fn decode(v: i32) -> Option<Self> {
         let seccomp = match (v >> 1) & 3 {
-            0 => Violation::Kill,
-            1 => Violation::Trap,
-            2 => Violation::Log,
-            _ => return None,
+            0 => Some(Violation::Kill),
+            1 => Some(Violation::Trap),
+            2 => Some(Violation::Log),
+            _ => None,
         };
-        (v & !7 == 0).then_some(Self {
+        let f = Self {
             namespaces: v & 1 != 0,
             seccomp,
-        })
+        };
+        (v & !7 == 0 && f.valid()).then_some(f)
+    }
+
+    /// Unconfined processes get no namespaces either.
+    fn valid(self) -> bool {
+        self.seccomp.is_some() || !self.namespaces
     }
 
     /// The arguments after `skvm-dev NAME` that tell the device process.
     pub fn args(self) -> [&'static str; 2] {
         [
             match self.seccomp {
-                Violation::Kill => "kill",
-                Violation::Trap => "trap",
-                Violation::Log => "log",
+                Some(Violation::Kill) => "kill",
+                Some(Violation::Trap) => "trap",
+                Some(Violation::Log) => "log",
+                None => "unconfined",
             },
             if self.namespaces { "ns" } else { "no-ns" },
         ]
@@ -83,9 +94,10 @@ impl SpawnFlags {
     /// Parses what [`SpawnFlags::args`] produced.
     pub fn from_args(seccomp: &str, ns: &str) -> Option<Self> {
         let seccomp = match seccomp {
-            "kill" => Violation::Kill,
-            "trap" => Violation::Trap,
-            "log" => Violation::Log,
+            "kill" => Some(Violation::Kill),
+            "trap" => Some(Violation::Trap),
+            "log" => Some(Violation::Log),
+            "unconfined" => None,
             _ => return None,
         };
         let namespaces = match ns {
@@ -93,10 +105,11 @@ impl SpawnFlags {
             "no-ns" => false,
             _ => return None,
         };
-        Some(Self {
+        let f = Self {
             namespaces,
             seccomp,
-        })
+        };
+        f.valid().then_some(f)
     }
 }
 
@@ -541,14 +554,25 @@ mod tests {
             for seccomp in [Violation::Kill, Violation::Trap, Violation::Log] {
                 let f = SpawnFlags {
                     namespaces,
-                    seccomp,
+                    seccomp: Some(seccomp),
                 };
                 assert_eq!(SpawnFlags::decode(f.encode()), Some(f));
                 let [a, b] = f.args();
                 assert_eq!(SpawnFlags::from_args(a, b), Some(f));
             }
         }
-        assert_eq!(SpawnFlags::decode(6), None);
+        let unconfined = SpawnFlags {
+            namespaces: false,
+            seccomp: None,
+        };
+        assert_eq!(SpawnFlags::decode(unconfined.encode()), Some(unconfined));
+        assert_eq!(
+            SpawnFlags::from_args("unconfined", "no-ns"),
+            Some(unconfined)
+        );
+        // Namespaces without the rest is not a combination skvm asks for.
+        assert_eq!(SpawnFlags::decode(7), None);
+        assert_eq!(SpawnFlags::from_args("unconfined", "ns"), None);
         assert_eq!(SpawnFlags::decode(8), None);
         assert_eq!(SpawnFlags::from_args("allow", "ns"), None);
     }

@@ -396,19 +396,20 @@ impl<B: Backend> VirtioPci<B> {
                 })
             })
             .collect();
-        if let Err(e) = self
+        let activated = self
             .backend
-            .activate(self.driver_features, &layouts, &self.events)
-        {
+            .activate(self.driver_features, &layouts, &self.events);
+        if let Err(e) = &activated {
             log::error(&format!(
                 "{}: activation failed: {e:#}",
                 self.backend.name()
             ));
             self.device_failed();
-            return;
         }
         #[cfg(feature = "escape-test")]
-        crate::device_host::escape::after_activation(&mut self.backend);
+        if activated.is_ok() {
+            crate::device_host::escape::after_activation(&mut self.backend);
+        }
     }
 
     fn reset(&mut self) {

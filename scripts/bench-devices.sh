@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Usage: scripts/bench-devices.sh [REQUESTS]
+#
+# Each device driven from the host (`skvm drive`: no guest, the device
+# started exactly as `skvm run` starts it), in one run:
+#   rng0: 4 KiB requests at queue depth 1 and 32;
+#   blk0: random 4 KiB reads and writes at depth 1 and 32 on a 256 MiB raw
+#         image in $TMPDIR (removed at exit), buffered (the host page cache);
+# each in three ways: a device thread in the VMM, a confined device process
+# (the default), and a device process with no confinement at all
+# (`--unconfined`). Printed: requests/s, MB/s, kick-to-interrupt latency
+# percentiles, the device process's PSS, and the ratios process/thread and
+# confined/unconfined measured in the same run. REQUESTS per case (default
+# 20000).
+# Baseline for blk: fio on the same file, random 4 KiB reads with libaio at
+# depth 32 and with a plain pread loop (psync, depth 1); the target is blk
+# randread at depth 32 >= 80% of what fio reaches.
+# Targets: process within 10% of thread on throughput; PSS under 2 MiB.
+# Absolute figures are this host's (a nested VM here, see
+# docs/ARCHITECTURE.md); ratios travel better.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+requests=${1:-20000}
+skvm=${SKVM_BIN:-$repo/target/release/skvm}
+[ -x "$skvm" ] || { echo "bench-devices: build skvm first (scripts/setup.sh --no-run)" >&2; exit 1; }
+case "$requests" in '' | *[!0-9]*) echo "bench-devices: REQUESTS must be a number" >&2; exit 1 ;; esac
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/skvm-bench-devices.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+img=$work/disk.img
+# Allocated, not sparse, and in the page cache: every case reads the same.
+dd if=/dev/urandom of="$img" bs=1M count=256 status=none
+cat "$img" >/dev/null
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
+
+# One drive run; prints its key=value line.
+drive() {
+	"$skvm" drive --requests "$requests" "$@" </dev/null
+}
+
+printf 'skvm device benchmark, %s requests per case (%s, %s)\n' "$requests" "$(uname -r)" "$(nproc) CPUs"
+printf '\n  %-22s %-19s %9s %8s %7s %7s %7s %8s\n' case mode "req/s" "MB/s" p50_us p90_us p99_us pss_kib
+declare -A rps
+row() {
+	local key=$1 mode=$2 line=$3
+	rps[$key/$mode]=$(field "$line" req_per_s)
+	printf '  %-22s %-19s %9s %8s %7s %7s %7s %8s\n' "$key" "$mode" "${rps[$key/$mode]}" \
+		"$(field "$line" mb_per_s)" "$(field "$line" p50_us)" "$(field "$line" p90_us)" \
+		"$(field "$line" p99_us)" "$(field "$line" pss_kib)"
+}
+
+cases=()
+for depth in 1 32; do
+	cases+=("rng0 4k d$depth|--device rng0 --size 4096 --depth $depth")
+done
+for op in randread randwrite; do
+	for depth in 1 32; do
+		cases+=("blk0 $op 4k d$depth|--device blk0 --disk $img --op $op --size 4096 --depth $depth")
+	done
+done
+
+for c in "${cases[@]}"; do
+	key=${c%%|*}
+	read -r -a args <<<"${c#*|}"
+	row "$key" thread "$(drive "${args[@]}" --device-mode thread)"
+	row "$key" process "$(drive "${args[@]}" --device-mode process)"
+	row "$key" process-unconfined "$(drive "${args[@]}" --device-mode process --unconfined)"
+done
+
+printf '\n  %-22s %16s %22s\n' case "process/thread" "confined/unconfined"
+for c in "${cases[@]}"; do
+	key=${c%%|*}
+	printf '  %-22s %16s %22s\n' "$key" "$(ratio "${rps[$key/process]}" "${rps[$key/thread]}")" \
+		"$(ratio "${rps[$key/process]}" "${rps[$key/process-unconfined]}")"
+done
+
+# fio's terse output: field 8 is read IOPS.
+fio_iops() {
+	fio --name=baseline --filename="$img" --rw=randread --bs=4k --size=256M \
+		--runtime=5 --time_based --direct=0 --invalidate=0 --minimal "$@" 2>/dev/null | cut -d';' -f8
+}
+if command -v fio >/dev/null; then
+	aio=$(fio_iops --ioengine=libaio --iodepth=32)
+	psync=$(fio_iops --ioengine=psync --iodepth=1)
+	blk=${rps[blk0 randread 4k d32/process]}
+	printf '\n  blk randread 4 KiB baseline on the same file (fio, 5 s each):\n'
+	printf '  %-40s %9s req/s\n' "fio libaio depth 32" "$aio" "fio pread loop (psync)" "$psync" \
+		"skvm blk0 process depth 32" "$blk"
+	printf '  %-40s %9s   (target >= 0.80)\n' "skvm / fio libaio depth 32" "$(ratio "$blk" "$aio")"
+	printf '  %-40s %9s\n' "skvm / fio pread loop" "$(ratio "$blk" "$psync")"
+else
+	echo "  (fio not installed: no blk baseline; scripts/setup.sh installs it)"
+fi
+if [ -d /sys/module/kvm_pvm ]; then
+	echo "  note: this host is a nested VM (kvm_pvm); absolute figures are host-specific"
+fi
