@@ -4,7 +4,8 @@
 # The whole test suite: sets up what the tests need (packages, the default
 # guest, the release build of skvm; cached, see scripts/setup.sh), then runs
 # every test of the workspace, including the guest tests that boot real
-# guests on /dev/kvm through target/release/skvm.
+# guests on /dev/kvm through target/release/skvm, and a smoke run of every
+# fuzz target.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,4 +17,11 @@ export SKVM_BIN="$repo/target/release/skvm"
 cargo build --release -q -p vmm --features escape-test --target-dir "$repo/target/escape-test"
 export SKVM_ESCAPE_BIN="$repo/target/escape-test/release/skvm"
 # Guest tests are CPU-bound on emulating hosts: one guest per core.
-cargo test --release --workspace --no-fail-fast "$@" -- --test-threads="$(nproc)"
+status=0
+cargo test --release --workspace --no-fail-fast "$@" -- --test-threads="$(nproc)" || status=$?
+# A short run of every fuzz target (installs nightly and cargo-fuzz the
+# first time; docs/FUZZING.md), unless only some tests were asked for.
+if [ "$#" -eq 0 ]; then
+	"$repo/scripts/fuzz.sh" --smoke 10 || status=$?
+fi
+exit "$status"
