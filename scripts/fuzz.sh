@@ -10,6 +10,9 @@
 #   ipc_reply    a hostile device talking to the VMM (VMM-side decoder)
 #   rng_queue    virtio-rng on arbitrary queue contents and guest memory
 #   blk_queue    virtio-blk on arbitrary queue contents and guest memory
+#   drive_e2e    fuzzed queues to sandboxed rng and blk device processes
+#                through the harness (skvm drive --fuzz-stdin; needs
+#                target/release/skvm, built here if missing)
 # Needs the nightly toolchain and cargo-fuzz; installs both the first time
 # (cached in ~/.rustup and ~/.cargo). The corpus grows in fuzz/corpus/TARGET
 # (not committed); a crash is written to fuzz/artifacts/TARGET/ and the run
@@ -18,7 +21,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-targets=(ipc_request ipc_reply rng_queue blk_queue)
+targets=(ipc_request ipc_reply rng_queue blk_queue drive_e2e)
 
 usage() {
 	sed -n '2,4p' "$0" | sed 's/^# //' >&2
@@ -35,6 +38,12 @@ ensure_tools() {
 	if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
 		log "installing cargo-fuzz"
 		cargo +nightly install cargo-fuzz --locked </dev/null
+	fi
+	# drive_e2e drives the product's own binary.
+	export SKVM_BIN=${SKVM_BIN:-$repo/target/release/skvm}
+	if [ ! -x "$SKVM_BIN" ]; then
+		log "building $SKVM_BIN"
+		cargo build --release -q -p vmm </dev/null
 	fi
 }
 

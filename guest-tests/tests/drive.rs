@@ -204,3 +204,49 @@ fn the_unconfined_benchmark_mode_is_for_processes_only() {
         "{out}"
     );
 }
+
+#[test]
+fn the_fuzz_harness_mode_answers_each_input_and_rejects_oversized_ones() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut frames = Vec::new();
+    // Empty memory, a garbage queue, and an available index past the ring
+    // (the device must refuse that queue and stay alive).
+    let mut garbage = vec![0xa5u8; 0x400];
+    garbage[0x102] = 0xff;
+    garbage[0x103] = 0xff;
+    for input in [Vec::new(), vec![0x5au8; 0x300], garbage] {
+        frames.extend_from_slice(&u32::try_from(input.len()).unwrap().to_le_bytes());
+        frames.extend_from_slice(&input);
+    }
+    let mut child = Command::new(skvm_bin())
+        .args(["drive", "--fuzz-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&frames).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(out.stdout, b"000", "{err}");
+    assert_no_forbidden_syscall(&err);
+    // More than 64 KiB is not an input the harness takes.
+    let mut child = Command::new(skvm_bin())
+        .args(["drive", "--fuzz-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&0x2_0000u32.to_le_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most"));
+}

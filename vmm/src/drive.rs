@@ -19,7 +19,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::config::SandboxArgs;
 use crate::device_host::remote::RemoteDevice;
 use crate::device_host::spawner::Spawner;
-use crate::device_host::{device_type_of, kind_of, start_device, DeviceMode, Started};
+use crate::device_host::{
+    describe_status, device_type_of, kind_of, start_device, DeviceMode, Started,
+};
 use crate::disk::DiskSpec;
 use crate::memory::GuestRam;
 use crate::virtio_pci::{Backend, DeviceEvents};
@@ -56,6 +58,15 @@ pub struct DriveArgs {
     pub op: BlkOp,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// Fuzzing harness mode (see docs/FUZZING.md): read inputs from stdin,
+    /// each a 4-byte little-endian length and that many bytes (at most 64
+    /// KiB). For each, reset and re-activate the device with a queue of 16
+    /// at descriptor table 0x0, available ring 0x100 and used ring 0x200,
+    /// write the input over driver memory from address 0, kick, and wait
+    /// briefly for an interrupt; then answer one byte on stdout: `0` if the
+    /// device is still alive. If it died, print why on stderr and exit 1.
+    #[arg(long)]
+    pub fuzz_stdin: bool,
     /// Run the device process without any confinement (no namespaces,
     /// empty root, capability drop, rlimits or seccomp), to measure what the
     /// sandbox costs. Benchmarks only; `skvm run` has no such option.
@@ -226,6 +237,39 @@ pub fn run(args: &DriveArgs) -> Result<()> {
         & ((1u64 << devices::virtio::VIRTIO_F_VERSION_1)
             | (1 << devices::block::VIRTIO_BLK_F_FLUSH)
             | (1 << devices::block::VIRTIO_BLK_F_RO));
+    if args.fuzz_stdin {
+        let all = dev.info().features;
+        let r = fuzz_stdin(&mut dev, &ram.mem, &events, all);
+        // An error with the device still alive is the input stream's.
+        let died = r.is_err() && dev.is_dead();
+        let mut reason = r
+            .as_ref()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        if died {
+            if let Some(s) = spawner.as_ref() {
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < deadline {
+                    if let Some(x) = s.next_exit() {
+                        reason = format!("{reason}; {}", describe_status(x.status));
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        dev.shutdown();
+        drop(dev);
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+        drop(spawner);
+        if died {
+            bail!("device {} died: {reason}", args.device);
+        }
+        return r;
+    }
     dev.activate(features, &[layout], &events)
         .context("activation failed")?;
     let result = match &args.hostile {
@@ -409,6 +453,74 @@ fn hostile(
     Ok(format!(
         "hostile={case} outcome=handled used_len={got} then=served"
     ))
+}
+
+/// Largest fuzz input: the part of driver memory it overwrites.
+const FUZZ_MAX: usize = 0x1_0000;
+/// The fuzz queue: small, at the same addresses as the in-process fuzz
+/// targets (fuzz/fuzz_targets/common), so corpora carry over.
+const FUZZ_QUEUE: ipc::QueueLayout = ipc::QueueLayout {
+    index: 0,
+    size: 16,
+    desc: 0x0,
+    avail: 0x100,
+    used: 0x200,
+};
+/// How long to wait for an interrupt after a fuzz input's kick: many
+/// inputs make the device answer nothing.
+const FUZZ_IRQ_WAIT_MS: i32 = 5;
+
+/// `--fuzz-stdin`: serves fuzz inputs until stdin ends. An error means the
+/// device died (or stopped answering the control channel).
+fn fuzz_stdin(
+    dev: &mut RemoteDevice,
+    mem: &GuestMemoryMmap,
+    events: &DeviceEvents,
+    features: u64,
+) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut stdin = std::io::stdin().lock();
+    let mut stdout = std::io::stdout().lock();
+    let zeros = vec![0u8; FUZZ_MAX];
+    let mut input = vec![0u8; FUZZ_MAX];
+    loop {
+        let mut len = [0u8; 4];
+        if stdin.read_exact(&mut len).is_err() {
+            return Ok(());
+        }
+        let n = usize::try_from(u32::from_le_bytes(len)).unwrap_or(usize::MAX);
+        ensure!(
+            n <= FUZZ_MAX,
+            "fuzz input of {n} bytes (at most {FUZZ_MAX})"
+        );
+        let data = input.get_mut(..n).context("input buffer")?;
+        stdin.read_exact(data).context("truncated fuzz input")?;
+        dev.reset().context("reset before the input")?;
+        mem.write_slice(&zeros, GuestAddress(0))?;
+        mem.write_slice(data, GuestAddress(0))?;
+        let _ = events.irqs[0].read();
+        if let Err(e) = dev.activate(features, &[FUZZ_QUEUE], events) {
+            // Refusing a queue it cannot use is a right answer.
+            if dev.is_dead() {
+                return Err(e.context("activation"));
+            }
+            stdout.write_all(b"0")?;
+            stdout.flush()?;
+            continue;
+        }
+        events.kicks[0].write(1)?;
+        let mut p = libc::pollfd {
+            fd: events.irqs[0].as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polls one valid pollfd; a timeout or EINTR is fine here.
+        unsafe { libc::poll(&mut p, 1, FUZZ_IRQ_WAIT_MS) };
+        // Alive if it still answers on its control channel.
+        dev.reset().context("reset after the input")?;
+        stdout.write_all(b"0")?;
+        stdout.flush()?;
+    }
 }
 
 /// Test builds: starts the escape device as `skvm run` would start a

@@ -377,7 +377,7 @@ impl DeviceHost {
     }
 }
 
-fn describe_status(status: libc::c_int) -> String {
+pub fn describe_status(status: libc::c_int) -> String {
     if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
         format!("was killed by signal {sig} ({})", signal_name(sig))

@@ -109,7 +109,6 @@ impl RemoteDevice {
 
     /// Whether the device is gone (exited, killed, or dropped for breaking
     /// the protocol).
-    #[cfg(feature = "escape-test")]
     pub fn is_dead(&self) -> bool {
         self.dead
     }
