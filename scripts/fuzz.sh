@@ -10,6 +10,8 @@
 #   ipc_reply    a hostile device talking to the VMM (VMM-side decoder)
 #   rng_queue    virtio-rng on arbitrary queue contents and guest memory
 #   blk_queue    virtio-blk on arbitrary queue contents and guest memory
+#   net_queue    virtio-net (receive and transmit) on arbitrary queue
+#                contents and guest memory, a socket pair as its tap
 #   drive_e2e    fuzzed queues to sandboxed rng and blk device processes
 #                through the harness (skvm drive --fuzz-stdin; needs
 #                target/release/skvm, built here if missing)
@@ -21,7 +23,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-targets=(ipc_request ipc_reply rng_queue blk_queue drive_e2e)
+targets=(ipc_request ipc_reply rng_queue blk_queue net_queue drive_e2e)
 
 usage() {
 	sed -n '2,4p' "$0" | sed 's/^# //' >&2

@@ -44,9 +44,11 @@ esac
 
 # Kernel build, initramfs tools, apt-get download and dpkg-deb, what the guest
 # tests use on the host, fio (scripts/bench-devices.sh compares blk with it),
-# and what rustup needs.
+# iputils-ping (the net tests ping guests from the host) and what rustup
+# needs.
 packages="build-essential patch flex bison libelf-dev bc cpio xz-utils lz4 kmod
-busybox-static linux-source e2fsprogs iproute2 util-linux ca-certificates curl fio"
+busybox-static linux-source e2fsprogs iproute2 util-linux ca-certificates curl fio
+iputils-ping"
 
 missing=()
 for p in $packages; do

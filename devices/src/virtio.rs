@@ -125,6 +125,12 @@ pub trait VirtioDevice: Send {
     ) -> Result<Processed, DeviceError>;
     /// Back to the state before activation.
     fn reset(&mut self);
+    /// A backend fd to wait on while active, with the queue to process
+    /// when it is readable (a tap's receive side); `None` when there is
+    /// none, or while the device waits for the driver instead.
+    fn backend_event(&self) -> Option<(std::os::fd::RawFd, usize)> {
+        None
+    }
 }
 
 /// Checks that `features` is a subset of `offered`.

@@ -3,7 +3,8 @@
 //! hostile actions, and each must fail (killed by seccomp or refused) while
 //! the VMM side carries on. Runs the test-only build with feature
 //! `escape-test` (scripts/test.sh builds it and sets $SKVM_ESCAPE_BIN); the
-//! escrng/escblk device kinds get exactly rng's and blk's confinement.
+//! escrng/escblk/escnet device kinds get exactly rng's, blk's and net's
+//! confinement.
 //!
 //! With a guest running: `SKVM_ESCAPE_DEVICE=ACTIONS` makes `skvm run` start
 //! its devices as escape devices that attempt ACTIONS once the guest's
@@ -132,6 +133,11 @@ fn an_rng_device_process_cannot_escape() {
 #[test]
 fn a_blk_device_process_cannot_escape() {
     suite("escblk0");
+}
+
+#[test]
+fn a_net_device_process_cannot_escape() {
+    suite("escnet0");
 }
 
 #[test]

@@ -42,19 +42,29 @@ fn allowed(kind: &str, mode: &str) -> usize {
 fn seccomp_policies_are_within_their_targets() {
     assert!(allowed("rng", "kill") <= 15);
     assert!(allowed("blk", "kill") <= 25);
+    assert!(allowed("net", "kill") <= 25);
     // Trap mode adds only rt_sigreturn, for its handler.
     assert_eq!(allowed("rng", "trap"), allowed("rng", "kill") + 1);
-    let (_, out) = skvm(&["sandbox", "show", "blk"]);
-    for forbidden in [
-        "openat", "socket", "connect", "execve", "ptrace", "kill", "clone", "mount", "unshare",
-        "setuid",
-    ] {
-        assert!(
-            !out.lines()
-                .any(|l| l.split_whitespace().next() == Some(forbidden)),
-            "{forbidden} is allowed:\n{out}"
-        );
+    for kind in ["rng", "blk", "net"] {
+        let (_, out) = skvm(&["sandbox", "show", kind]);
+        for forbidden in [
+            "openat", "socket", "connect", "execve", "ptrace", "kill", "clone", "mount", "unshare",
+            "setuid",
+        ] {
+            assert!(
+                !out.lines()
+                    .any(|l| l.split_whitespace().next() == Some(forbidden)),
+                "{kind}: {forbidden} is allowed:\n{out}"
+            );
+        }
     }
+    // net's one ioctl is TUNSETOFFLOAD, by argument.
+    let (_, out) = skvm(&["sandbox", "show", "net"]);
+    let ioctl = out
+        .lines()
+        .find(|l| l.starts_with("ioctl"))
+        .unwrap_or_else(|| panic!("no ioctl line:\n{out}"));
+    assert!(ioctl.contains("0x400454d0"), "{ioctl}");
     let (code, _) = skvm(&["sandbox", "show", "gpu"]);
     assert_eq!(code, 1);
 }

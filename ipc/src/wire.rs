@@ -94,10 +94,17 @@ pub enum Backend {
         /// The serial the guest reads with GET_ID (at most 20 bytes).
         serial: Vec<u8>,
     },
+    /// A network card; one fd, the tap (IFF_VNET_HDR, 12-byte header,
+    /// non-blocking).
+    Net {
+        /// The MAC address the guest sees.
+        mac: [u8; 6],
+    },
 }
 
 const BACKEND_NONE: u16 = 0;
 const BACKEND_BLOCK: u16 = 1;
+const BACKEND_NET: u16 = 2;
 const BLOCK_READ_ONLY: u8 = 1;
 const BLOCK_DIRECT: u8 = 2;
 
@@ -106,7 +113,7 @@ impl Backend {
     pub fn fd_count(&self) -> usize {
         match self {
             Backend::None => 0,
-            Backend::Block { .. } => 1,
+            Backend::Block { .. } | Backend::Net { .. } => 1,
         }
     }
 
@@ -131,6 +138,10 @@ impl Backend {
                 w.buf.push(flags);
                 w.bytes("serial length", serial, MAX_SERIAL)?;
             }
+            Backend::Net { mac } => {
+                w.u16(BACKEND_NET);
+                w.buf.extend_from_slice(mac);
+            }
         }
         Ok(())
     }
@@ -151,6 +162,7 @@ impl Backend {
                     serial: r.bytes("serial length", MAX_SERIAL)?,
                 })
             }
+            BACKEND_NET => Ok(Backend::Net { mac: r.array()? }),
             _ => Err(IpcError::BadValue("backend kind")),
         }
     }
@@ -598,6 +610,12 @@ mod tests {
                     read_only: true,
                     direct: false,
                     serial: b"disk-1".to_vec(),
+                },
+            },
+            Request::Hello {
+                version: 1,
+                backend: Backend::Net {
+                    mac: [2, 0, 0, 1, 2, 3],
                 },
             },
             Request::ConfigRead { offset: 4, len: 8 },

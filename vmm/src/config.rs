@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 use crate::device_host::{Degraded, DeviceMode, OnFailure, SandboxOpts, SeccompMode};
 use crate::disk::DiskSpec;
 use crate::memory::MIN_MEM;
+use crate::tap::NetSpec;
 use crate::vmm_sandbox::VmmSandbox;
 
 /// Largest vCPU count: APIC IDs must fit the xAPIC's 8 bits (255 is broadcast).
@@ -69,6 +70,19 @@ pub struct RunArgs {
     /// sees 4 KiB blocks). The size must be a multiple of 512 bytes.
     #[arg(long, value_name = "PATH[,ro][,serial=ID][,direct=on]")]
     pub disk: Vec<String>,
+    /// Add a virtio-net card over a tap device; repeat for more (net0,
+    /// net1, ...; the guest's eth0, eth1, ...). `tap=NAME` attaches to an
+    /// existing tap (`ip tuntap add NAME mode tap`); `tap` alone creates
+    /// one named skvmtapN, brings it up and removes it when skvm exits
+    /// (needs CAP_NET_ADMIN). skvm opens the tap and the device process
+    /// gets only that fd. `mac=MAC`: the guest's address (default: a
+    /// locally administered one derived from --name and the device).
+    #[arg(long, value_name = "tap[=NAME][,mac=MAC]")]
+    pub net: Vec<String>,
+    /// The VM's name: default MAC addresses derive from it, so a VM keeps
+    /// its addresses across boots.
+    #[arg(long, value_name = "NAME", default_value = "skvm")]
+    pub name: String,
     /// Where virtio devices run: each in its own sandboxed process, or as
     /// threads of the VMM (no isolation; to measure what it costs).
     #[arg(long, value_enum, value_name = "MODE", default_value_t = DeviceMode::Process)]
@@ -160,6 +174,9 @@ pub enum ConfigError {
     /// A --disk option that cannot be parsed.
     #[error("{0}")]
     BadDisk(String),
+    /// A --net option that cannot be parsed.
+    #[error("{0}")]
+    BadNet(String),
     /// No --kernel and no default guest.
     #[error("no --kernel given and the default guest is not built at {0}: run scripts/setup.sh")]
     NoDefaultGuest(PathBuf),
@@ -186,6 +203,10 @@ pub struct VmConfig {
     pub disks: Vec<DiskSpec>,
     /// Whether to add virtio-rng (rng0).
     pub rng: bool,
+    /// Network cards, in order (net0, net1, ...).
+    pub nets: Vec<NetSpec>,
+    /// The VM's name.
+    pub name: String,
     /// Where devices run.
     pub device_mode: DeviceMode,
     /// What a device failure does.
@@ -262,6 +283,13 @@ impl VmConfig {
                 .collect::<Result<_, _>>()
                 .map_err(ConfigError::BadDisk)?,
             rng: args.rng,
+            nets: args
+                .net
+                .iter()
+                .map(|n| NetSpec::parse(n))
+                .collect::<Result<_, _>>()
+                .map_err(ConfigError::BadNet)?,
+            name: args.name.clone(),
             device_mode: args.device_mode,
             on_device_failure: args.on_device_failure,
             sandbox: args.sandbox.opts(),
@@ -320,7 +348,7 @@ fn check_readable(what: &'static str, path: &std::path::Path) -> Result<(), Conf
 /// know are harmless to it.
 pub const QUIRKS_CMDLINE: &[&str] = &[
     "noxsave",
-    "clearcpuid=cx16,popcnt,smap,ssse3,sse4_1,sse4_2,avx,avx2,avx512f,aes,pclmulqdq,sha_ni,gfni,vaes,vpclmulqdq",
+    "clearcpuid=cx16,popcnt,smap,ssse3,sse4_1,sse4_2,avx,avx2,avx512f,aes,pclmulqdq,sha_ni,gfni,vaes,vpclmulqdq,erms,fsrm",
     "noreplace-smp",
     "cryptomgr.notests",
     "initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,crypto_kdf108_init,blake2s_mod_init",
@@ -414,6 +442,8 @@ mod tests {
             host_quirks: HostQuirks::Auto,
             rng: false,
             disk: Vec::new(),
+            net: Vec::new(),
+            name: "skvm".into(),
             device_mode: DeviceMode::Process,
             on_device_failure: OnFailure::Reset,
             sandbox: SandboxArgs {

@@ -80,7 +80,7 @@ pub struct DriveArgs {
     #[arg(long, value_name = "CASE")]
     pub hostile: Option<String>,
     /// Test builds only: instead of a benchmark, make the confined device
-    /// (escrng0, escblk0) attempt this hostile action and report the
+    /// (escrng0, escblk0, escnet0) attempt this hostile action and report the
     /// outcome.
     #[cfg(feature = "escape-test")]
     #[arg(long, value_name = "ACTION")]
@@ -535,7 +535,7 @@ fn escape(args: &DriveArgs, action: &str) -> Result<()> {
         .with_context(|| format!("unknown action '{action}'; actions: {}", ACTIONS.join(" ")))?;
     ensure!(
         real_kind(kind_of(&args.device)).is_some(),
-        "--escape needs an escape device (escrng0, escblk0)"
+        "--escape needs an escape device (escrng0, escblk0, escnet0)"
     );
     ensure!(
         args.device_mode == DeviceMode::Process,

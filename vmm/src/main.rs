@@ -17,6 +17,7 @@ mod log;
 mod memory;
 mod pci;
 mod sandbox_cmd;
+mod tap;
 mod vcpu;
 mod virtio_pci;
 mod vm;

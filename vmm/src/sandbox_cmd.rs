@@ -19,7 +19,7 @@ pub enum SandboxCommand {
     /// syscall with its reason and argument filters, and their count; for
     /// `vmm`, every syscall the VMM's --sandbox filter denies, by group.
     Show {
-        /// Device kind (rng, blk), a device name (rng0, blk1), or vmm.
+        /// Device kind (rng, blk, net), a device name (rng0, blk1, net0), or vmm.
         #[arg(value_name = "DEVICE|vmm")]
         device: String,
         /// The filter as this seccomp mode installs it (trap adds
@@ -145,7 +145,7 @@ fn show_vmm(sb: &VmmSandbox, mode: SeccompMode) -> ExitCode {
 fn show(name: &str, mode: SeccompMode) -> ExitCode {
     let Some(p) = policy_of(name, mode) else {
         crate::log::error(&format!(
-            "no seccomp policy for '{name}': device kinds are rng and blk, or vmm"
+            "no seccomp policy for '{name}': device kinds are rng, blk and net, or vmm"
         ));
         return ExitCode::from(1);
     };

@@ -26,6 +26,7 @@ use crate::legacy::serial::{ConsoleOut, IrqTrigger, PanicRecord, SerialDevice, C
 use crate::legacy::LegacyDevices;
 use crate::memory::GuestRam;
 use crate::pci::PciBus;
+use crate::tap;
 use crate::vcpu::{self, setup, Vcpu, VcpuStats};
 use crate::{host, log};
 
@@ -139,6 +140,32 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
         host.add(
             &device_name("rng0".to_owned()),
             (ipc::Backend::None, Vec::new()),
+            &mut pci,
+            &ram,
+            &vm,
+            &router,
+        )?;
+    }
+    for (i, spec) in cfg.nets.iter().enumerate() {
+        let name = device_name(format!("net{i}"));
+        let tap = tap::open(spec).with_context(|| format!("device {name}"))?;
+        let mac = spec
+            .mac
+            .unwrap_or_else(|| tap::default_mac(&cfg.name, &name));
+        if tap.created {
+            log::info(&format!(
+                "device {name}: created tap {} (removed when skvm exits)",
+                tap.name
+            ));
+        }
+        log::debug(&format!(
+            "device {name}: tap {}, MAC {}",
+            tap.name,
+            tap::format_mac(&mac)
+        ));
+        host.add(
+            &name,
+            (ipc::Backend::Net { mac }, vec![tap.fd]),
             &mut pci,
             &ram,
             &vm,

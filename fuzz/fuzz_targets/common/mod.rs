@@ -34,12 +34,18 @@ pub fn guest(data: &[u8]) -> (GuestMemory, Queue) {
 /// Activates `dev` with every feature it offers and lets it serve queue 0
 /// until it has nothing pending. Queue errors are allowed (the device then
 /// needs a reset); panics are what the fuzzer looks for.
+#[allow(dead_code)] // not every target uses both
 pub fn serve(dev: &mut dyn VirtioDevice, data: &[u8]) {
     let features = dev.features();
+    serve_with(dev, data, 0, features);
+}
+
+/// The same with queue `index` (laid out as queue 0 is) and `features`.
+pub fn serve_with(dev: &mut dyn VirtioDevice, data: &[u8], index: usize, features: u64) {
     dev.activate(features).expect("offered features are accepted");
     let (mem, mut q) = guest(data);
     for _ in 0..MAX_ROUNDS {
-        match dev.process_queue(0, &mut q, &mem) {
+        match dev.process_queue(index, &mut q, &mem) {
             Ok(p) if p.pending => continue,
             _ => break,
         }

@@ -1,7 +1,8 @@
 //! Test-only (feature `escape-test`): a device model that, inside a fully
 //! confined device process, attempts hostile actions on request, so that
-//! tests can prove each one fails. Device kinds `escrng` and `escblk` get the
-//! confinement and seccomp policy of rng and blk around this model.
+//! tests can prove each one fails. Device kinds `escrng`, `escblk` and `escnet`
+//! get the confinement and seccomp policy of rng, blk and net around this
+//! model.
 //!
 //! A request is a configuration write at offset = the action's index with
 //! the VMM's pid (4 bytes, little-endian) as data; the answer is `Ack` if
@@ -47,6 +48,7 @@ pub fn real_kind(kind: &str) -> Option<&'static str> {
     match kind {
         "escrng" => Some("rng"),
         "escblk" => Some("blk"),
+        "escnet" => Some("net"),
         _ => None,
     }
 }

@@ -152,6 +152,7 @@ pub fn device_type_of(kind: &str) -> Option<u32> {
     match kind {
         "rng" => Some(devices::virtio::DEVICE_ID_RNG),
         "blk" => Some(devices::virtio::DEVICE_ID_BLOCK),
+        "net" => Some(devices::virtio::DEVICE_ID_NET),
         _ => None,
     }
 }
@@ -187,6 +188,10 @@ pub fn build_model(
                 serial,
             };
             Box::new(devices::block::Block::new(File::from(image), params))
+        }
+        ("net", Backend::Net { mac }) => {
+            let tap = fds.next().ok_or("no tap fd")?;
+            Box::new(devices::net::Net::new(tap, devices::net::NetParams { mac }))
         }
         (kind, backend) => return Err(format!("a {kind} device cannot serve {backend:?}")),
     };

@@ -13,7 +13,7 @@ const WORKER: &[Syscall] = &[
     Syscall {
         nr: libc::SYS_read,
         name: "read",
-        why: "read kick eventfds",
+        why: "read kick eventfds; receive frames from a tap (net)",
         rules: &[],
     },
     Syscall {
@@ -96,6 +96,16 @@ const WORKER: &[Syscall] = &[
     },
 ];
 
+/// What debug builds add: std checks that an fd is open before it closes
+/// it (fcntl F_GETFD) when debug assertions are on.
+#[cfg(debug_assertions)]
+const DEBUG_EXTRA: &[Syscall] = &[Syscall {
+    nr: libc::SYS_fcntl,
+    name: "fcntl",
+    why: "F_GETFD only: debug builds of std check an fd before closing it (not in release builds)",
+    rules: &[&[Arg::Eq(1, libc::F_GETFD as u64)]],
+}];
+
 /// What `--seccomp trap` adds: returning from the SIGSYS handler.
 pub const TRAP_EXTRA: &[Syscall] = &[Syscall {
     nr: libc::SYS_rt_sigreturn,
@@ -150,6 +160,23 @@ const BLK: &[Syscall] = &[
     },
 ];
 
+/// virtio-net's own needs: frames on the one tap fd it was given. It
+/// cannot open, create sockets or configure interfaces.
+const NET: &[Syscall] = &[
+    Syscall {
+        nr: libc::SYS_writev,
+        name: "writev",
+        why: "transmit: a frame straight from guest memory to the tap",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_ioctl,
+        name: "ioctl",
+        why: "TUNSETOFFLOAD only: the offloads the driver accepts, at activation and reset",
+        rules: &[&[Arg::Eq(1, devices::net::TUNSETOFFLOAD)]],
+    },
+];
+
 /// The kind whose confinement a device of `kind` gets (itself, except for
 /// the test-only escape kinds).
 pub fn confinement_kind(kind: &str) -> &str {
@@ -165,10 +192,13 @@ pub fn for_kind(kind: &str) -> Option<Policy> {
     let extra = match confinement_kind(kind) {
         "rng" => RNG,
         "blk" => BLK,
+        "net" => NET,
         _ => return None,
     };
     let mut p = Policy::new(WORKER);
     p.extend(extra);
+    #[cfg(debug_assertions)]
+    p.extend(DEBUG_EXTRA);
     Some(p)
 }
 
@@ -186,6 +216,13 @@ mod tests {
     #[test]
     fn blk_policy_is_small_and_compiles() {
         let p = for_kind("blk").unwrap();
+        assert!(p.syscalls().len() <= 25, "{}", p.syscalls().len());
+        assert!(p.compile(sandbox::seccomp::Violation::Kill).is_ok());
+    }
+
+    #[test]
+    fn net_policy_is_small_and_compiles() {
+        let p = for_kind("net").unwrap();
         assert!(p.syscalls().len() <= 25, "{}", p.syscalls().len());
         assert!(p.compile(sandbox::seccomp::Violation::Kill).is_ok());
     }

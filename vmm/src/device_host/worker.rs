@@ -9,7 +9,7 @@
 //! against the memory actually mapped.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,9 +101,11 @@ pub fn serve(
 
     let mut active: Option<Active> = None;
     loop {
-        wait(chan, active.as_ref());
+        let backend = active.as_ref().and(device.backend_event());
+        let backend_ready = wait(chan, active.as_ref(), backend.map(|(fd, _)| fd));
         if let Some(a) = active.as_mut() {
-            if let Err(reason) = process_kicked(device, a) {
+            let ready_queue = backend.filter(|_| backend_ready).map(|(_, q)| q);
+            if let Err(reason) = process_kicked(device, a, ready_queue) {
                 // The queue is unusable: stop serving it and tell the VMM.
                 active = None;
                 device.reset();
@@ -180,13 +182,21 @@ fn clip(mut text: String) -> String {
     text
 }
 
-/// Blocks until the channel or a kick eventfd is readable.
-fn wait(chan: &Channel, active: Option<&Active>) {
+/// Blocks until the channel, a kick eventfd or the backend fd is
+/// readable; returns whether the backend fd is.
+fn wait(chan: &Channel, active: Option<&Active>, backend: Option<RawFd>) -> bool {
     let mut fds = vec![libc::pollfd {
         fd: chan.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     }];
+    if let Some(fd) = backend {
+        fds.push(libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
     if let Some(a) = active {
         fds.extend(a.queues.iter().map(|q| libc::pollfd {
             fd: q.kick.as_raw_fd(),
@@ -197,12 +207,19 @@ fn wait(chan: &Channel, active: Option<&Active>) {
     let n = libc::nfds_t::try_from(fds.len()).unwrap_or(1);
     // SAFETY: polls a vector of valid pollfd structs of length n.
     unsafe { libc::poll(fds.as_mut_ptr(), n, -1) };
+    backend.is_some() && fds.get(1).is_some_and(|p| p.revents != 0)
 }
 
-fn process_kicked(device: &mut dyn VirtioDevice, a: &mut Active) -> Result<(), String> {
+/// Runs the queues that were kicked, and `ready`, the queue whose backend
+/// has data.
+fn process_kicked(
+    device: &mut dyn VirtioDevice,
+    a: &mut Active,
+    ready: Option<usize>,
+) -> Result<(), String> {
     for q in &mut a.queues {
         // A read of a non-blocking eventfd succeeds only if it was kicked.
-        if q.kick.read().is_ok() {
+        if q.kick.read().is_ok() || ready == Some(q.index) {
             run_queue(device, &a.mem, q)?;
         }
     }

@@ -216,8 +216,14 @@ impl<B: Backend> VirtioPci<B> {
     }
 
     /// The device failed (its process died, or it asked for a reset): set
-    /// DEVICE_NEEDS_RESET and tell the driver with a config interrupt.
+    /// DEVICE_NEEDS_RESET and tell the driver with a config interrupt. Not
+    /// while the device is reset (status 0): a driver that has just written
+    /// 0 waits to read 0 back (Linux polls for ever), and the next
+    /// activation fails anyway.
     pub fn device_failed(&mut self) {
+        if self.status == 0 {
+            return;
+        }
         self.status |= status::NEEDS_RESET;
         self.generation = self.generation.wrapping_add(1);
         let _ = self.events.config_irq.write(1);
