@@ -62,7 +62,7 @@ fn seccomp_policies_are_within_their_targets() {
     let (_, out) = skvm(&["sandbox", "show", "net"]);
     let ioctl = out
         .lines()
-        .find(|l| l.starts_with("ioctl"))
+        .find(|l| l.trim_start().starts_with("ioctl"))
         .unwrap_or_else(|| panic!("no ioctl line:\n{out}"));
     assert!(ioctl.contains("0x400454d0"), "{ioctl}");
     let (code, _) = skvm(&["sandbox", "show", "gpu"]);
