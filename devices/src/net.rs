@@ -508,6 +508,17 @@ impl VirtioDevice for Net {
         (!self.rx_starved && !self.tap_failed).then(|| (self.tap.as_raw_fd(), RX_QUEUE))
     }
 
+    fn report(&self) -> Option<String> {
+        let s = &self.stats;
+        (s.tx_dropped + s.rx_dropped + s.tx_errors > 0).then(|| {
+            format!(
+                "dropped {} malformed transmit chains and {} received frames (bad or too few \
+                 buffers); the tap refused {} frames",
+                s.tx_dropped, s.rx_dropped, s.tx_errors
+            )
+        })
+    }
+
     fn reset(&mut self) {
         self.features = 0;
         self.rx_len = 0;
@@ -655,6 +666,11 @@ mod tests {
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].len(), 100);
         assert_eq!(n.stats().tx_dropped, 5);
+        let report = n.report().unwrap();
+        assert!(
+            report.starts_with("dropped 5 malformed transmit chains"),
+            "{report}"
+        );
     }
 
     #[test]
@@ -809,5 +825,7 @@ mod tests {
         assert_eq!(c[..6], [2, 0, 0, 0, 0, 1]);
         assert_eq!(u16::from_le_bytes([c[6], c[7]]), VIRTIO_NET_S_LINK_UP);
         assert!(n.features() & (1 << VIRTIO_NET_F_MAC) != 0);
+        // Nothing dropped, nothing to report.
+        assert!(n.report().is_none());
     }
 }

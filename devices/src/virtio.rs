@@ -131,6 +131,11 @@ pub trait VirtioDevice: Send {
     fn backend_event(&self) -> Option<(std::os::fd::RawFd, usize)> {
         None
     }
+    /// What the device has to say when it stops: hostile input it dropped,
+    /// backend errors. `None` when there is nothing worth a log line.
+    fn report(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Checks that `features` is a subset of `offered`.

@@ -475,7 +475,7 @@ fn start_thread(name: &str, chan: Channel) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("skvm-dev-{name}"))
         .spawn(move || {
-            if let Err(e) = worker::serve(&chan, kind_of(&label), || Ok(())) {
+            if let Err(e) = worker::serve(&chan, &label, || Ok(())) {
                 log::error(&format!("device {label}: {e}"));
             }
         })
@@ -586,7 +586,7 @@ pub fn process_main(name: &str, seccomp: &str, ns: &str) -> ExitCode {
         Some(v) => policy.install(v).map_err(|e| e.to_string()),
         None => Ok(()),
     };
-    match worker::serve(&chan, kind, confine) {
+    match worker::serve(&chan, name, confine) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("skvm-dev {name}: {e}");

@@ -63,15 +63,17 @@ pub fn device_info(device: &dyn VirtioDevice) -> DeviceInfo {
     }
 }
 
-/// Serves a device of `kind` on `chan` until the VMM shuts it down or goes
-/// away. The model is built from the backend the hello carries (see
+/// Serves device `name` (of kind "rng" for "rng0", ...) on `chan` until
+/// the VMM shuts it down or goes away, then logs what the model reports
+/// (hostile input it dropped). The model is built from the backend the hello carries (see
 /// [`super::build_model`]); `confine` runs once, after the hello and before
 /// any guest data is touched (the process mode's seccomp filter).
 pub fn serve(
     chan: &Channel,
-    kind: &str,
+    name: &str,
     confine: impl FnOnce() -> Result<(), String>,
 ) -> Result<(), WorkerError> {
+    let kind = super::kind_of(name);
     let (backend, fds) = match chan.recv_request(Some(HELLO_TIMEOUT))? {
         (Request::Hello { version, backend }, fds) if version == PROTOCOL_VERSION => (backend, fds),
         (Request::Hello { version, .. }, _) => {
@@ -93,6 +95,19 @@ pub fn serve(
         }
     };
     let device = device.as_mut();
+    let result = serve_model(chan, device, confine);
+    if let Some(report) = device.report() {
+        crate::log::warn(&format!("device {name}: {report}"));
+    }
+    result
+}
+
+/// The loop of [`serve`] once the model is built.
+fn serve_model(
+    chan: &Channel,
+    device: &mut dyn VirtioDevice,
+    confine: impl FnOnce() -> Result<(), String>,
+) -> Result<(), WorkerError> {
     chan.send_reply(&Reply::Welcome {
         version: PROTOCOL_VERSION,
         info: device_info(device),
