@@ -38,6 +38,11 @@ pub enum SandboxCommand {
 
 /// Runs a `skvm sandbox` subcommand.
 pub fn run(cmd: &SandboxCommand) -> ExitCode {
+    // These commands only print: like any listing tool, end quietly when
+    // the reader goes away (`skvm sandbox show blk | head -1`) instead of
+    // failing on EPIPE.
+    // SAFETY: restores the default action of one signal; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     match cmd {
         SandboxCommand::Check => check(),
         SandboxCommand::Show {
