@@ -18,4 +18,6 @@
 pub mod block;
 pub mod net;
 pub mod rng;
+#[cfg(test)]
+mod test_queue;
 pub mod virtio;

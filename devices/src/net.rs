@@ -530,12 +530,11 @@ impl VirtioDevice for Net {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_queue::{raw_chains as raw, used, NEXT};
     use std::os::unix::net::UnixDatagram;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
 
-    const NEXT: u16 = 1;
-    const WRITE: u16 = 2;
     const MEM_SIZE: usize = 0x40_0000;
     /// Buffers, one per 64 KiB.
     const BUF: u64 = 0x10_0000;
@@ -558,39 +557,6 @@ mod tests {
         );
         n.activate(features).unwrap();
         (n, theirs)
-    }
-
-    /// A descriptor as (address, length, device-writable).
-    type D = (u64, u32, bool);
-
-    fn raw(chains: &[Vec<D>], first: u16) -> Vec<RawDescriptor> {
-        let mut raw = Vec::new();
-        for c in chains {
-            for (i, &(addr, len, w)) in c.iter().enumerate() {
-                let idx = first + u16::try_from(raw.len()).unwrap();
-                let mut flags = if w { WRITE } else { 0 };
-                if i + 1 < c.len() {
-                    flags |= NEXT;
-                }
-                raw.push(RawDescriptor::from(SplitDescriptor::new(
-                    addr,
-                    len,
-                    flags,
-                    idx + 1,
-                )));
-            }
-        }
-        raw
-    }
-
-    fn used(vq: &MockSplitQueue<'_, GuestMemory>) -> Vec<(u32, u32)> {
-        let n = vq.used().idx().load();
-        (0..n)
-            .map(|i| {
-                let e = vq.used().ring().ref_at(usize::from(i)).unwrap().load();
-                (e.id(), e.len())
-            })
-            .collect()
     }
 
     /// A frame with its vnet header: `len` bytes in all, a counting

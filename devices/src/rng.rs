@@ -203,8 +203,7 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::QueueT;
 
-    const NEXT: u16 = 1;
-    const WRITE: u16 = 2;
+    use crate::test_queue::{used, NEXT, WRITE};
     const MEM_SIZE: usize = 0x20_0000;
     const BUF: u64 = 0x10_0000;
 
@@ -220,17 +219,6 @@ mod tests {
         let mut r = Rng::new();
         r.activate(TRANSPORT_FEATURES).unwrap();
         r
-    }
-
-    /// Used entries as (id, len).
-    fn used(vq: &MockSplitQueue<'_, GuestMemory>) -> Vec<(u32, u32)> {
-        let n = vq.used().idx().load();
-        (0..n)
-            .map(|i| {
-                let e = vq.used().ring().ref_at(usize::from(i)).unwrap().load();
-                (e.id(), e.len())
-            })
-            .collect()
     }
 
     fn run(descs: &[RawDescriptor]) -> (Vec<(u32, u32)>, GuestMemory, Rng) {

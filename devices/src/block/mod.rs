@@ -509,8 +509,8 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
 
-    const NEXT: u16 = 1;
-    const WRITE: u16 = 2;
+    use crate::test_queue::{raw_chains, used, D, NEXT, WRITE};
+
     const MEM_SIZE: usize = 0x40_0000;
     /// Request headers, one per 64 bytes.
     const HDR: u64 = 0x10_0000;
@@ -561,39 +561,14 @@ mod tests {
         b
     }
 
-    /// A descriptor as (address, length, device-writable).
-    type D = (u64, u32, bool);
-
     /// Queues `chains` and runs the device; returns the used entries as
     /// (id, len).
     fn run(b: &mut Block, m: &GuestMemory, chains: &[Vec<D>]) -> Vec<(u32, u32)> {
         let vq = MockSplitQueue::new(m, 64);
-        let mut raw = Vec::new();
-        for c in chains {
-            for (i, &(addr, len, w)) in c.iter().enumerate() {
-                let idx = u16::try_from(raw.len()).unwrap();
-                let mut flags = if w { WRITE } else { 0 };
-                if i + 1 < c.len() {
-                    flags |= NEXT;
-                }
-                raw.push(RawDescriptor::from(SplitDescriptor::new(
-                    addr,
-                    len,
-                    flags,
-                    idx + 1,
-                )));
-            }
-        }
-        vq.add_desc_chains(&raw, 0).unwrap();
+        vq.add_desc_chains(&raw_chains(chains, 0), 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
         b.process_queue(0, &mut q, m).unwrap();
-        let n = vq.used().idx().load();
-        (0..n)
-            .map(|i| {
-                let e = vq.used().ring().ref_at(usize::from(i)).unwrap().load();
-                (e.id(), e.len())
-            })
-            .collect()
+        used(&vq)
     }
 
     /// Writes request header `n` and returns its address.
