@@ -348,6 +348,17 @@ pub fn sigkill(pid: u32) {
     assert_eq!(rc, 0, "kill {pid}: {}", std::io::Error::last_os_error());
 }
 
+/// A finished command's exit code (-1 if killed by a signal) and its stdout
+/// followed by its stderr.
+pub fn code_and_text(out: &std::process::Output) -> (i32, String) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@
 
 use std::process::Command;
 
-use guest_tests::{assert_no_forbidden_syscall, field, skvm_bin};
+use guest_tests::{assert_no_forbidden_syscall, code_and_text, field, skvm_bin};
 
 fn drive(args: &[&str]) -> (i32, String) {
     let out = Command::new(skvm_bin())
@@ -15,13 +15,9 @@ fn drive(args: &[&str]) -> (i32, String) {
         .args(args)
         .output()
         .expect("cannot run skvm drive");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, text) = code_and_text(&out);
     assert_no_forbidden_syscall(&text);
-    (out.status.code().unwrap_or(-1), text)
+    (code, text)
 }
 
 fn value(out: &str, key: &str) -> f64 {

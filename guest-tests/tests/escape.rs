@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use guest_tests::TestVm;
+use guest_tests::{code_and_text, TestVm};
 
 const ACTIONS: &[&str] = &[
     "read-passwd",
@@ -71,11 +71,7 @@ fn attempt(device: &str, mode: &str, action: &str) -> String {
         ])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_, text) = code_and_text(&out);
     assert!(out.status.success(), "{device} {mode} {action}: {text}");
     assert!(
         text.contains(&format!("escape={action} device={device} outcome=")),

@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use guest_tests::{field, sigkill, skvm_bin, TestVm};
+use guest_tests::{code_and_text, field, sigkill, skvm_bin, TestVm};
 
 const HOST_IP: &str = "10.0.2.1";
 const GUEST_IP: &str = "10.0.2.15";
@@ -291,12 +291,7 @@ fn refused(ns: &Netns, wrapper: &[&str], args: &[&str]) -> (i32, String) {
         .args(args)
         .args(["--run", "true"]);
     let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    code_and_text(&out)
 }
 
 #[test]

@@ -11,16 +11,11 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use guest_tests::{device_pids, sigkill, skvm_bin, TestVm};
+use guest_tests::{code_and_text, device_pids, sigkill, skvm_bin, TestVm};
 
 fn skvm(args: &[&str]) -> (i32, String) {
     let out = Command::new(skvm_bin()).args(args).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    code_and_text(&out)
 }
 
 /// The count `skvm sandbox show KIND` prints.
@@ -198,12 +193,7 @@ fn drive_without_namespaces(extra: &str) -> (i32, String) {
         .args(["--user", "--map-root-user", "sh", "-c", &script])
         .output()
         .expect("unshare (util-linux) must be installed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    code_and_text(&out)
 }
 
 #[test]
