@@ -136,6 +136,25 @@ pub trait VirtioDevice: Send {
     fn report(&self) -> Option<String> {
         None
     }
+    /// The model's own state beyond features and queues, for a new
+    /// instance to carry on with (at most `ipc::MAX_DEVICE_STATE` bytes).
+    /// Called between requests, so nothing is in flight.
+    fn save_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Takes over what [`VirtioDevice::save_state`] of another instance
+    /// returned, after [`VirtioDevice::activate`]; refuses anything that
+    /// instance could not have produced.
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), DeviceError> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(DeviceError::Refused(format!(
+                "{} bytes of device state for a device that keeps none",
+                state.len()
+            )))
+        }
+    }
 }
 
 /// Checks that `features` is a subset of `offered`.

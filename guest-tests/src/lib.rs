@@ -7,8 +7,9 @@
 // This crate is test support: a panic is how it fails a test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read;
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -370,4 +371,82 @@ mod tests {
         assert_eq!(field(out, "MemTotal:").as_deref(), Some("123"));
         assert_eq!(field(out, "absent"), None);
     }
+}
+
+/// A mebibyte.
+pub const MIB: u64 = 1 << 20;
+
+/// A scratch directory for one test's files, removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A fresh directory for test `name` of `suite` (this process's).
+    pub fn new(suite: &str, name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("skvm-{suite}-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// The path of file `name` in it.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// A sparse image of `len` bytes (reads as zeroes).
+    pub fn blank(&self, name: &str, len: u64) -> PathBuf {
+        let p = self.path(name);
+        File::create(&p).unwrap().set_len(len).unwrap();
+        p
+    }
+
+    /// An image of `len` pseudo-random bytes, all allocated.
+    pub fn pattern(&self, name: &str, len: u64, seed: u64) -> PathBuf {
+        let p = self.path(name);
+        let mut f = File::create(&p).unwrap();
+        let mut s = seed | 1;
+        let mut buf = vec![0u8; usize::try_from(MIB).unwrap()];
+        for _ in 0..len / MIB {
+            for chunk in buf.chunks_mut(8) {
+                // xorshift64
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                chunk.copy_from_slice(&s.to_le_bytes()[..chunk.len()]);
+            }
+            f.write_all(&buf).unwrap();
+        }
+        f.sync_all().unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sends `command` to a VM's control socket with `skvm ctl`; returns the
+/// exit code and the answer (JSON null when there was none).
+pub fn ctl(socket: &Path, command: &str) -> (i32, serde_json::Value) {
+    let out = Command::new(skvm_bin())
+        .arg("ctl")
+        .arg(socket)
+        .args(command.split_whitespace())
+        .output()
+        .unwrap();
+    let (code, _) = code_and_text(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answer = serde_json::from_str(text.trim()).unwrap_or(serde_json::Value::Null);
+    (code, answer)
+}
+
+/// The entry of device `name` in a `status` answer.
+pub fn device_status(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
 }

@@ -16,68 +16,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use guest_tests::{
-    default_guest, device_pids, field, run_to_exit, sigkill, TestVm, CMD_EXIT_MARKER,
+    default_guest, device_pids, field, run_to_exit, sigkill, Scratch, TestVm, CMD_EXIT_MARKER, MIB,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(900);
-const MIB: u64 = 1 << 20;
-
-/// A scratch directory removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("skvm-blk-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// A sparse image of `len` bytes (reads as zeroes).
-    fn blank(&self, name: &str, len: u64) -> PathBuf {
-        let p = self.path(name);
-        File::create(&p).unwrap().set_len(len).unwrap();
-        p
-    }
-
-    /// An image of `len` pseudo-random bytes, all allocated.
-    fn pattern(&self, name: &str, len: u64, seed: u64) -> PathBuf {
-        let p = self.path(name);
-        let mut f = File::create(&p).unwrap();
-        let mut s = seed | 1;
-        let mut buf = vec![0u8; usize::try_from(MIB).unwrap()];
-        for _ in 0..len / MIB {
-            for chunk in buf.chunks_mut(8) {
-                // xorshift64
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                chunk.copy_from_slice(&s.to_le_bytes()[..chunk.len()]);
-            }
-            f.write_all(&buf).unwrap();
-        }
-        f.sync_all().unwrap();
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn read_all(p: &Path) -> Vec<u8> {
     let mut v = Vec::new();
@@ -104,7 +54,7 @@ fn assert_field(output: &str, key: &str, want: &str) {
 
 #[test]
 fn three_disks_pattern_copy_read_only_and_discard() {
-    let s = Scratch::new("three");
+    let s = Scratch::new("blk", "three");
     let target = s.blank("target.img", 64 * MIB);
     let source = s.pattern("source.img", 64 * MIB, 7);
     let trim = s.pattern("trim.img", 32 * MIB, 11);
@@ -169,7 +119,7 @@ fn three_disks_pattern_copy_read_only_and_discard() {
 
 #[test]
 fn guest_ext4_is_clean_for_the_host_e2fsck() {
-    let s = Scratch::new("ext4");
+    let s = Scratch::new("blk", "ext4");
     let img = s.blank("fs.img", 96 * MIB);
     let initrd = default_guest().join("initramfs-disk.cpio");
     assert!(
@@ -236,7 +186,7 @@ fn guest_ext4_is_clean_for_the_host_e2fsck() {
 /// Writes 4 MiB through the guest's page cache with a final fsync (FLUSH),
 /// then kills `victim` with SIGKILL; the data must be in the host file.
 fn flushed_writes_survive(victim: &str) {
-    let s = Scratch::new(victim);
+    let s = Scratch::new("blk", victim);
     let target = s.blank("target.img", 4 * MIB);
     let source = s.pattern("source.img", 4 * MIB, 3);
     let script = "dd if=/dev/vdb of=/dev/vda bs=1M iflag=direct conv=fsync 2>/dev/null; \
@@ -302,7 +252,7 @@ fn refused(disk: &str, why: &str) {
 
 #[test]
 fn bad_disks_are_refused_with_a_clear_error() {
-    let s = Scratch::new("bad");
+    let s = Scratch::new("blk", "bad");
     let odd = s.path("odd.img");
     File::create(&odd).unwrap().set_len(1000).unwrap();
     refused("/nonexistent/disk.img", "/nonexistent/disk.img");
@@ -318,7 +268,7 @@ fn bad_disks_are_refused_with_a_clear_error() {
 
 #[test]
 fn a_second_vm_cannot_use_a_writable_image_in_use() {
-    let s = Scratch::new("lock");
+    let s = Scratch::new("blk", "lock");
     let img = s.blank("shared.img", MIB);
     let first = TestVm::spawn(["run", "--disk", img.to_str().unwrap(), "--run", "sleep 600"]);
     // The image is locked before the guest starts.

@@ -1,8 +1,9 @@
 //! virtio-net over a tap, in a network namespace each test creates and
 //! deletes (no address outside it is ever used): the guest pings the host
 //! side and is pinged, TCP data crosses each way with the right checksum at
-//! MTU 1500 and 9000, a tap skvm creates lives exactly as long as skvm, and
-//! creating one without CAP_NET_ADMIN fails clearly.
+//! MTU 1500 and 9000 (at 1500 while the device process is killed and
+//! restarted three times), a tap skvm creates lives exactly as long as
+//! skvm, and creating one without CAP_NET_ADMIN fails clearly.
 //!
 //! The host side of the TCP transfers runs in a thread that joined the
 //! namespace (setns affects the calling thread only). Transfers are
@@ -199,8 +200,10 @@ fn host_side(ns: &Netns, data: Vec<u8>, ping_size: u32) -> (String, Vec<u8>) {
     })
 }
 
-/// Boots a guest on tap `tap` in `ns` and moves data both ways.
-fn ping_and_transfer(ns: &Netns, mode: &str, mtu: u32) {
+/// Boots a guest on tap `tap` in `ns` and moves data both ways; `kills`
+/// times during the transfer to the guest, kills the device process (which
+/// skvm restarts).
+fn ping_and_transfer(ns: &Netns, mode: &str, mtu: u32, kills: usize) {
     let tap = "skvmt0";
     ns.tap(tap, mtu);
     // The largest ICMP payload a frame of this MTU carries.
@@ -212,7 +215,11 @@ fn ping_and_transfer(ns: &Netns, mode: &str, mtu: u32) {
     let vm = TestVm::spawn_command(cmd);
     let data = pattern(transfer_bytes());
     let sent_md5 = md5(&data);
-    let (ping, back) = host_side(ns, data, ping_size);
+    let (ping, back) = std::thread::scope(|scope| {
+        let vm = &vm;
+        scope.spawn(move || kill_during_transfer(vm, kills));
+        host_side(ns, data, ping_size)
+    });
     let f = vm.wait_exit(TIMEOUT);
     let out = &f.output;
     assert_eq!(f.code(), 0, "{out}");
@@ -239,18 +246,49 @@ fn ping_and_transfer(ns: &Netns, mode: &str, mtu: u32) {
     // Guest to host.
     assert_eq!(back.len(), transfer_bytes());
     assert_eq!(md5(&back), sent_md5);
+    let restarts = out
+        .lines()
+        .filter(|l| l.contains("device net0 (pid ") && l.contains("restarted it"))
+        .count();
+    assert_eq!(restarts, kills, "{out}");
+}
+
+/// Once the guest has pinged the host (its transfer comes next), kills the
+/// net0 process `kills` times, two seconds apart, each time once skvm has
+/// restarted it.
+fn kill_during_transfer(vm: &TestVm, kills: usize) {
+    if kills == 0 {
+        return;
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while !vm.output().contains("packets received") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut last = 0;
+    for _ in 0..kills {
+        std::thread::sleep(Duration::from_secs(2));
+        let pid = loop {
+            match guest_tests::device_pids(vm.pid(), "net0").as_slice() {
+                [p] if *p != last => break *p,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                other => panic!("no new net0 process: {other:?}"),
+            }
+        };
+        sigkill(pid);
+        last = pid;
+    }
 }
 
 #[test]
-fn a_process_device_pings_and_moves_data_both_ways_at_mtu_1500() {
+fn a_process_device_pings_and_moves_data_both_ways_at_mtu_1500_through_three_kills() {
     let ns = Netns::new("n1500");
-    ping_and_transfer(&ns, "process", 1500);
+    ping_and_transfer(&ns, "process", 1500, 3);
 }
 
 #[test]
 fn a_thread_device_pings_and_moves_data_both_ways_at_mtu_9000() {
     let ns = Netns::new("n9000");
-    ping_and_transfer(&ns, "thread", 9000);
+    ping_and_transfer(&ns, "thread", 9000, 0);
 }
 
 #[test]

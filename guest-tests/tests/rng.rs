@@ -129,10 +129,17 @@ fn vmm_exits_do_not_grow_with_the_bytes_transferred() {
 }
 
 #[test]
-fn one_process_per_device_and_killing_it_leaves_the_guest_running() {
+fn one_process_per_device_and_with_reset_killing_it_leaves_the_guest_running() {
     let script = "dd if=/dev/hwrng of=/tmp/r bs=64 count=16 2>/dev/null; echo SKVM-READY; \
                   i=0; while [ $i -lt 400 ]; do echo SKVM-TICK $i; i=$((i+1)); sleep 1; done";
-    let mut vm = TestVm::spawn(["run", "--rng", "--run", script]);
+    let mut vm = TestVm::spawn([
+        "run",
+        "--rng",
+        "--on-device-failure",
+        "reset",
+        "--run",
+        script,
+    ]);
     vm.wait_for("SKVM-READY", TIMEOUT);
     let pids = device_pids(vm.pid(), "rng0");
     assert_eq!(pids.len(), 1, "device processes: {pids:?}");

@@ -18,6 +18,9 @@
 //! | 4 | VMM -> device | `Activate { features, regions, queues }` | regions + 2 x queues + 1 | `Ack` / `Error` |
 //! | 5 | VMM -> device | `Reset` | 0 | `Ack` |
 //! | 6 | VMM -> device | `Shutdown` | 0 | none; the device exits |
+//! | 7 | VMM -> device | `Pause` | 0 | `Saved` |
+//! | 8 | VMM -> device | `Resume` | 0 | `Ack` |
+//! | 9 | VMM -> device | `Restore { regions, state, recover }` | as `Activate` | `Ack` / `Error` |
 //! | 101 | device -> VMM | `Welcome { version, info }` | 0 | |
 //! | 102 | device -> VMM | `ConfigData { data }` | 0 | |
 //! | 103 | device -> VMM | `Ack` | 0 | |
@@ -25,17 +28,29 @@
 //! | 105 | device -> VMM | `ConfigChanged { config }` (any time) | 0 | |
 //! | 106 | device -> VMM | `NeedsReset { reason }` (any time) | 0 | |
 //! | 107 | device -> VMM | `ForbiddenSyscall { nr }` (any time, `--seccomp trap`) | 0 | |
+//! | 108 | device -> VMM | `Saved { state }` | 0 | |
 //!
 //! The fds of `Activate` are, in order: one memfd per memory region, one kick
 //! eventfd per queue, one interrupt eventfd per queue, and the configuration
-//! change interrupt eventfd. The wire format is in [`wire`].
+//! change interrupt eventfd; those of `Restore` are the same, with the
+//! queues of its state. The wire format is in [`wire`].
+//!
+//! Save and restore: `Pause` stops an active device between requests and
+//! answers with its [`DeviceState`]; a new instance of the device (a new
+//! process, with a new memory map) gets that state with `Restore` and
+//! carries on, validating it first: it accepts only state it would have
+//! reached itself. A device that died unsaved is restored from what the VMM
+//! knows (features, queue layouts) with `recover` set: the queues' indices
+//! then come from the used rings in guest memory.
 
 mod channel;
 pub mod fdpass;
 pub mod wire;
 
 pub use channel::Channel;
-pub use wire::{Backend, DeviceInfo, MemRegion, QueueLayout, Reply, Request};
+pub use wire::{
+    Backend, DeviceInfo, DeviceState, MemRegion, QueueLayout, QueueState, Reply, Request,
+};
 
 /// Version of the protocol; both ends must speak the same.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -51,6 +66,8 @@ pub const MAX_QUEUES: usize = 4;
 pub const MAX_REGIONS: usize = 4;
 /// Longest text (error messages, reasons), in bytes of UTF-8.
 pub const MAX_TEXT: usize = 256;
+/// Largest device-specific part of a saved [`DeviceState`].
+pub const MAX_DEVICE_STATE: usize = 256;
 /// Longest block device serial (virtio-blk GET_ID answers 20 bytes).
 pub const MAX_SERIAL: usize = 20;
 

@@ -15,8 +15,8 @@
 //! allocated, and a payload must be consumed exactly.
 
 use crate::{
-    IpcError, MAX_CONFIG, MAX_MESSAGE, MAX_QUEUES, MAX_REGIONS, MAX_SERIAL, MAX_TEXT,
-    PROTOCOL_VERSION,
+    IpcError, MAX_CONFIG, MAX_DEVICE_STATE, MAX_MESSAGE, MAX_QUEUES, MAX_REGIONS, MAX_SERIAL,
+    MAX_TEXT, PROTOCOL_VERSION,
 };
 
 const MAGIC: u32 = 0x4d56_4b53;
@@ -28,6 +28,9 @@ const CONFIG_WRITE: u16 = 3;
 const ACTIVATE: u16 = 4;
 const RESET: u16 = 5;
 const SHUTDOWN: u16 = 6;
+const PAUSE: u16 = 7;
+const RESUME: u16 = 8;
+const RESTORE: u16 = 9;
 const WELCOME: u16 = 101;
 const CONFIG_DATA: u16 = 102;
 const ACK: u16 = 103;
@@ -35,6 +38,7 @@ const ERROR: u16 = 104;
 const CONFIG_CHANGED: u16 = 105;
 const NEEDS_RESET: u16 = 106;
 const FORBIDDEN_SYSCALL: u16 = 107;
+const SAVED: u16 = 108;
 
 /// A guest memory region; the memfd carrying it travels beside the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +64,111 @@ pub struct QueueLayout {
     pub avail: u64,
     /// Used (device) ring.
     pub used: u64,
+}
+
+/// Where a queue was when its device was saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueState {
+    /// Where the driver put it.
+    pub layout: QueueLayout,
+    /// Whether event indices are in use (VIRTIO_F_RING_EVENT_IDX).
+    pub event_idx: bool,
+    /// The next available-ring entry the device would take.
+    pub next_avail: u16,
+    /// The next used-ring entry the device would fill.
+    pub next_used: u16,
+}
+
+/// A device's state: what a new instance needs to carry on where the old
+/// one stopped. Plain data; the device validates it on restore.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceState {
+    /// Negotiated features.
+    pub features: u64,
+    /// The queues the driver enabled.
+    pub queues: Vec<QueueState>,
+    /// The model's own state (its format is the model's).
+    pub device: Vec<u8>,
+}
+
+impl DeviceState {
+    fn encode(&self, w: &mut Writer) -> Result<(), IpcError> {
+        w.u64(self.features);
+        w.count("queues", self.queues.len(), MAX_QUEUES)?;
+        for q in &self.queues {
+            encode_layout(w, &q.layout);
+            w.buf.push(u8::from(q.event_idx));
+            w.u16(q.next_avail);
+            w.u16(q.next_used);
+        }
+        w.bytes("device state length", &self.device, MAX_DEVICE_STATE)
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, IpcError> {
+        let features = r.u64()?;
+        let n = r.count("queues", MAX_QUEUES, QUEUE_STATE_BYTES)?;
+        let mut queues = Vec::with_capacity(n);
+        for _ in 0..n {
+            let layout = decode_layout(r)?;
+            let event_idx = match r.array()? {
+                [0] => false,
+                [1] => true,
+                _ => return Err(IpcError::BadValue("event index flag")),
+            };
+            queues.push(QueueState {
+                layout,
+                event_idx,
+                next_avail: r.u16()?,
+                next_used: r.u16()?,
+            });
+        }
+        Ok(Self {
+            features,
+            queues,
+            device: r.bytes("device state length", MAX_DEVICE_STATE)?,
+        })
+    }
+}
+
+fn encode_layout(w: &mut Writer, q: &QueueLayout) {
+    w.u16(q.index);
+    w.u16(q.size);
+    w.u64(q.desc);
+    w.u64(q.avail);
+    w.u64(q.used);
+}
+
+fn decode_layout(r: &mut Reader<'_>) -> Result<QueueLayout, IpcError> {
+    Ok(QueueLayout {
+        index: r.u16()?,
+        size: r.u16()?,
+        desc: r.u64()?,
+        avail: r.u64()?,
+        used: r.u64()?,
+    })
+}
+
+fn encode_regions(w: &mut Writer, regions: &[MemRegion]) -> Result<(), IpcError> {
+    w.count("memory regions", regions.len(), MAX_REGIONS)?;
+    for r in regions {
+        w.u64(r.guest_addr);
+        w.u64(r.size);
+        w.u64(r.file_offset);
+    }
+    Ok(())
+}
+
+fn decode_regions(r: &mut Reader<'_>) -> Result<Vec<MemRegion>, IpcError> {
+    let n = r.count("memory regions", MAX_REGIONS, REGION_BYTES)?;
+    let mut regions = Vec::with_capacity(n);
+    for _ in 0..n {
+        regions.push(MemRegion {
+            guest_addr: r.u64()?,
+            size: r.u64()?,
+            file_offset: r.u64()?,
+        });
+    }
+    Ok(regions)
 }
 
 /// What a device is, as it tells the VMM.
@@ -206,6 +315,24 @@ pub enum Request {
     Reset,
     /// Exit; no answer.
     Shutdown,
+    /// Stop serving the queues between two requests and answer with the
+    /// state (`Saved`); kicks wait in their eventfds meanwhile.
+    Pause,
+    /// Serve the queues again after `Pause`; answered with `Ack`.
+    Resume,
+    /// Carry on from `state` (a saved one, or one the VMM put together) in
+    /// place of `Activate`; answered with `Ack` or `Error`. Carries fds
+    /// like `Activate`.
+    Restore {
+        /// Guest memory, one memfd each.
+        regions: Vec<MemRegion>,
+        /// Where to carry on from.
+        state: DeviceState,
+        /// The previous instance died unsaved: take the queues' indices
+        /// from the used rings (the state's are ignored) and interrupt the
+        /// driver once per queue, in case an interrupt was lost.
+        recover: bool,
+    },
 }
 
 /// Device -> VMM.
@@ -245,6 +372,12 @@ pub enum Reply {
     ForbiddenSyscall {
         /// The syscall number (x86_64).
         nr: u32,
+    },
+    /// Answer to `Pause`: the device's state (no queues when it was not
+    /// active).
+    Saved {
+        /// The state.
+        state: DeviceState,
     },
 }
 
@@ -398,6 +531,7 @@ fn open(bytes: &[u8]) -> Result<(u16, Reader<'_>), IpcError> {
 
 const REGION_BYTES: usize = 24;
 const QUEUE_BYTES: usize = 28;
+const QUEUE_STATE_BYTES: usize = QUEUE_BYTES + 5;
 
 impl Request {
     /// How many fds the message must carry.
@@ -406,6 +540,7 @@ impl Request {
             Request::Activate {
                 regions, queues, ..
             } => regions.len() + 2 * queues.len() + 1,
+            Request::Restore { regions, state, .. } => regions.len() + 2 * state.queues.len() + 1,
             Request::Hello { backend, .. } => backend.fd_count(),
             _ => 0,
         }
@@ -439,24 +574,28 @@ impl Request {
             } => {
                 let mut w = Writer::new(ACTIVATE);
                 w.u64(*features);
-                w.count("memory regions", regions.len(), MAX_REGIONS)?;
-                for r in regions {
-                    w.u64(r.guest_addr);
-                    w.u64(r.size);
-                    w.u64(r.file_offset);
-                }
+                encode_regions(&mut w, regions)?;
                 w.count("queues", queues.len(), MAX_QUEUES)?;
                 for q in queues {
-                    w.u16(q.index);
-                    w.u16(q.size);
-                    w.u64(q.desc);
-                    w.u64(q.avail);
-                    w.u64(q.used);
+                    encode_layout(&mut w, q);
                 }
                 w
             }
             Request::Reset => Writer::new(RESET),
             Request::Shutdown => Writer::new(SHUTDOWN),
+            Request::Pause => Writer::new(PAUSE),
+            Request::Resume => Writer::new(RESUME),
+            Request::Restore {
+                regions,
+                state,
+                recover,
+            } => {
+                let mut w = Writer::new(RESTORE);
+                encode_regions(&mut w, regions)?;
+                state.encode(&mut w)?;
+                w.buf.push(u8::from(*recover));
+                w
+            }
         };
         w.finish()
     }
@@ -479,25 +618,11 @@ impl Request {
             },
             ACTIVATE => {
                 let features = r.u64()?;
-                let n = r.count("memory regions", MAX_REGIONS, REGION_BYTES)?;
-                let mut regions = Vec::with_capacity(n);
-                for _ in 0..n {
-                    regions.push(MemRegion {
-                        guest_addr: r.u64()?,
-                        size: r.u64()?,
-                        file_offset: r.u64()?,
-                    });
-                }
+                let regions = decode_regions(&mut r)?;
                 let n = r.count("queues", MAX_QUEUES, QUEUE_BYTES)?;
                 let mut queues = Vec::with_capacity(n);
                 for _ in 0..n {
-                    queues.push(QueueLayout {
-                        index: r.u16()?,
-                        size: r.u16()?,
-                        desc: r.u64()?,
-                        avail: r.u64()?,
-                        used: r.u64()?,
-                    });
+                    queues.push(decode_layout(&mut r)?);
                 }
                 Request::Activate {
                     features,
@@ -507,6 +632,17 @@ impl Request {
             }
             RESET => Request::Reset,
             SHUTDOWN => Request::Shutdown,
+            PAUSE => Request::Pause,
+            RESUME => Request::Resume,
+            RESTORE => Request::Restore {
+                regions: decode_regions(&mut r)?,
+                state: DeviceState::decode(&mut r)?,
+                recover: match r.array()? {
+                    [0] => false,
+                    [1] => true,
+                    _ => return Err(IpcError::BadValue("recover flag")),
+                },
+            },
             other => return Err(IpcError::UnknownKind(other)),
         };
         r.end()?;
@@ -554,6 +690,11 @@ impl Reply {
                 w.u32(*nr);
                 w
             }
+            Reply::Saved { state } => {
+                let mut w = Writer::new(SAVED);
+                state.encode(&mut w)?;
+                w
+            }
         };
         w.finish()
     }
@@ -586,6 +727,9 @@ impl Reply {
                 reason: r.text("text length")?,
             },
             FORBIDDEN_SYSCALL => Reply::ForbiddenSyscall { nr: r.u32()? },
+            SAVED => Reply::Saved {
+                state: DeviceState::decode(&mut r)?,
+            },
             other => return Err(IpcError::UnknownKind(other)),
         };
         r.end()?;
@@ -647,7 +791,37 @@ mod tests {
             },
             Request::Reset,
             Request::Shutdown,
+            Request::Pause,
+            Request::Resume,
+            Request::Restore {
+                regions: vec![MemRegion {
+                    guest_addr: 0,
+                    size: 1 << 30,
+                    file_offset: 0,
+                }],
+                state: saved(),
+                recover: true,
+            },
         ]
+    }
+
+    fn saved() -> DeviceState {
+        DeviceState {
+            features: 1 << 32 | 1 << 29,
+            queues: vec![QueueState {
+                layout: QueueLayout {
+                    index: 1,
+                    size: 128,
+                    desc: 0x1000,
+                    avail: 0x2000,
+                    used: 0x3000,
+                },
+                event_idx: true,
+                next_avail: 65535,
+                next_used: 65530,
+            }],
+            device: vec![7; 16],
+        }
     }
 
     fn replies() -> Vec<Reply> {
@@ -672,7 +846,35 @@ mod tests {
                 reason: "queue 0: used ring outside memory".into(),
             },
             Reply::ForbiddenSyscall { nr: 257 },
+            Reply::Saved { state: saved() },
+            Reply::Saved {
+                state: DeviceState::default(),
+            },
         ]
+    }
+
+    #[test]
+    fn saved_state_flags_are_strict_and_restore_carries_activate_fds() {
+        let restore = Request::Restore {
+            regions: vec![],
+            state: saved(),
+            recover: false,
+        };
+        assert_eq!(restore.fd_count(), 2 + 1);
+        let good = restore.encode().unwrap();
+        // The recover flag is the last byte; the event-index flag sits
+        // after the queue layout (header, regions count, features, queue
+        // count, layout).
+        let event_idx_at = HEADER + 2 + 8 + 2 + QUEUE_BYTES;
+        assert_eq!(good[event_idx_at], 1);
+        for at in [good.len() - 1, event_idx_at] {
+            let mut bad = good.clone();
+            bad[at] = 2;
+            assert!(matches!(Request::decode(&bad), Err(IpcError::BadValue(_))));
+        }
+        let mut big = saved();
+        big.device = vec![0; MAX_DEVICE_STATE + 1];
+        assert!(Reply::Saved { state: big }.encode().is_err());
     }
 
     #[test]

@@ -87,10 +87,25 @@ pub struct RunArgs {
     /// threads of the VMM (no isolation; to measure what it costs).
     #[arg(long, value_enum, value_name = "MODE", default_value_t = DeviceMode::Process)]
     pub device_mode: DeviceMode,
-    /// When a device process dies or fails: keep the guest running with the
-    /// device marked as needing a reset, or stop the VM with an error.
-    #[arg(long, value_enum, value_name = "ACTION", default_value_t = OnFailure::Reset)]
+    /// When a device process dies: start a new one that carries on where
+    /// the old one stopped, without the guest noticing (restart; at most
+    /// --restart-limit times a minute per device, and never after a kill
+    /// by the device's seccomp filter); keep the guest running with the
+    /// device marked as needing a reset (reset; also what restart falls
+    /// back to); or stop the VM with an error (exit). A device that says
+    /// the guest broke its queues is always marked as needing a reset.
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = OnFailure::Restart)]
     pub on_device_failure: OnFailure,
+    /// Most restarts of one device within a minute (--on-device-failure
+    /// restart); past it the device is marked as needing a reset.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub restart_limit: u32,
+    /// Listen for control commands on this unix socket (`skvm ctl PATH
+    /// COMMAND`: status, pause, resume, device-restart NAME, shutdown). The
+    /// socket is created mode 0600 and removed at exit; an existing socket
+    /// file at PATH is replaced, any other file is refused.
+    #[arg(long, value_name = "PATH")]
+    pub ctl: Option<PathBuf>,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
     /// The VMM's own seccomp filter, on all its threads from just before
@@ -211,6 +226,10 @@ pub struct VmConfig {
     pub device_mode: DeviceMode,
     /// What a device failure does.
     pub on_device_failure: OnFailure,
+    /// Most restarts of one device a minute.
+    pub restart_limit: u32,
+    /// The control socket's path.
+    pub ctl: Option<PathBuf>,
     /// How device processes are confined.
     pub sandbox: SandboxOpts,
     /// The VMM's own filter.
@@ -292,6 +311,8 @@ impl VmConfig {
             name: args.name.clone(),
             device_mode: args.device_mode,
             on_device_failure: args.on_device_failure,
+            restart_limit: args.restart_limit,
+            ctl: args.ctl.clone(),
             sandbox: args.sandbox.opts(),
             vmm_sandbox: args.vmm_sandbox,
         })
@@ -445,7 +466,9 @@ mod tests {
             net: Vec::new(),
             name: "skvm".into(),
             device_mode: DeviceMode::Process,
-            on_device_failure: OnFailure::Reset,
+            on_device_failure: OnFailure::Restart,
+            restart_limit: 20,
+            ctl: None,
             sandbox: SandboxArgs {
                 seccomp: SeccompMode::Kill,
                 sandbox_degraded: Degraded::Deny,

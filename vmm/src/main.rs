@@ -6,6 +6,7 @@
 mod boot;
 mod config;
 mod console;
+mod ctl;
 mod device_host;
 mod disk;
 mod drive;
@@ -56,6 +57,17 @@ enum Command {
     /// kind's seccomp policy.
     #[command(subcommand)]
     Sandbox(sandbox_cmd::SandboxCommand),
+    /// Send one command to a running VM's control socket (`skvm run --ctl
+    /// SOCKET`) and print its answer, one JSON object.
+    ///
+    /// Commands: status (the VM's state and each device's pid, state,
+    /// restarts and resident memory), pause, resume (vCPUs and devices),
+    /// device-restart NAME (save the device, replace its process by a new
+    /// one in a new sandbox, restore it; answers the time of each step),
+    /// mem-add SIZE (not implemented yet), shutdown (stop the VM at once,
+    /// as if the guest powered off). Exit status: 0 when the answer has
+    /// "ok":true, 1 otherwise.
+    Ctl(ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +89,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(&args),
         Command::Sandbox(cmd) => sandbox_cmd::run(&cmd),
+        Command::Ctl(args) => match ctl::client(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                log::error(&format!("{e:#}"));
+                ExitCode::from(1)
+            }
+        },
         Command::Drive(args) => match drive::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -18,6 +18,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::{self, BootSpec};
 use crate::config::{HostQuirks, VmConfig};
 use crate::console::{EscapeParser, RawTerminal};
+use crate::ctl::{self, CtlServer};
 use crate::device_host::DeviceHost;
 use crate::disk;
 use crate::exit::{ExitReason, ExitSignal};
@@ -27,7 +28,7 @@ use crate::legacy::LegacyDevices;
 use crate::memory::GuestRam;
 use crate::pci::PciBus;
 use crate::tap;
-use crate::vcpu::{self, setup, Vcpu, VcpuStats};
+use crate::vcpu::{self, setup, PauseGate, Vcpu, VcpuStats};
 use crate::{host, log};
 
 /// KVM needs three pages for the TSS and one for the identity map, in the
@@ -88,7 +89,12 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
 
     // Device processes come from a spawner forked now, while skvm still has
     // a single thread.
-    let mut host = DeviceHost::new(cfg.device_mode, cfg.on_device_failure, cfg.sandbox)?;
+    let mut host = DeviceHost::new(
+        cfg.device_mode,
+        (cfg.on_device_failure, cfg.restart_limit),
+        cfg.sandbox,
+    )?;
+    let ctl_server = cfg.ctl.as_deref().map(CtlServer::bind).transpose()?;
     let ram = GuestRam::new(cfg.mem).context("cannot create guest memory")?;
     // Reading the kernel and initrd into fresh guest pages is most of the
     // setup time (page allocation, ~2 ms per MiB on kvm_pvm hosts): it runs
@@ -196,6 +202,7 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
     let profile = std::env::var_os("SKVM_PROFILE").map(|_| Arc::new(vcpu::Profile::new()));
     // vCPUs are created and configured while the loader runs; only the boot
     // vCPU's registers wait for it.
+    let gate = Arc::new(PauseGate::default());
     let supported = setup::supported_cpuid(&kvm)?;
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
     for index in 0..cfg.cpus {
@@ -216,6 +223,7 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
             quirks,
             stats: stats.clone(),
             profile: profile.clone(),
+            gate: gate.clone(),
         });
     }
     let boot_info = loader
@@ -245,7 +253,14 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
         .as_ref()
         .map(|_| spawn_sampler(handles.clone(), exit.clone()));
     let _raw = RawTerminal::enable(libc::STDIN_FILENO);
-    main_loop(&exit, &legacy, &panic, &mut host);
+    let mut control = ctl_server.map(|server| Control {
+        server,
+        gate,
+        handles: handles.clone(),
+        paused: false,
+    });
+    main_loop(&exit, &legacy, &panic, &mut host, control.as_mut());
+    drop(control);
     if let Some(s) = sampler {
         let _ = s.join();
     }
@@ -395,12 +410,129 @@ fn stop_vcpus(handles: Vec<JoinHandle<()>>) {
     }
 }
 
-/// Forwards terminal input to the UART and waits for an exit reason.
+/// What the control socket acts on.
+struct Control {
+    server: CtlServer,
+    gate: Arc<PauseGate>,
+    handles: Arc<Vec<JoinHandle<()>>>,
+    paused: bool,
+}
+
+/// How long the vCPUs may take to stop for a pause.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Control {
+    /// Answers every waiting client.
+    fn serve(&mut self, host: &mut DeviceHost, exit: &ExitSignal) {
+        while let Some((stream, command)) = self.server.next() {
+            let answer = match command {
+                Ok(c) => self.execute(c, host, exit),
+                Err(e) => ctl::error_answer(&e),
+            };
+            ctl::answer(stream, &answer);
+        }
+    }
+
+    fn execute(
+        &mut self,
+        command: ctl::Command,
+        host: &mut DeviceHost,
+        exit: &ExitSignal,
+    ) -> String {
+        log::debug(&format!("control socket: {command:?}"));
+        let result = match command {
+            ctl::Command::Status => Ok(self.status(host)),
+            ctl::Command::Pause => self.pause(host).map(|()| self.state_answer()),
+            ctl::Command::Resume => {
+                let resumed = host.resume_all();
+                self.gate.resume();
+                self.paused = false;
+                resumed.map(|()| self.state_answer())
+            }
+            ctl::Command::DeviceRestart(name) => host.restart(&name).map(|t| {
+                format!(
+                    "{{\"ok\":true,\"device\":{},\"pid\":{},\"save_us\":{},\"spawn_us\":{},\"restore_us\":{}}}",
+                    ctl::json_string(&name),
+                    t.pid.map_or_else(|| "null".to_owned(), |p| p.to_string()),
+                    t.save.as_micros(),
+                    t.spawn.as_micros(),
+                    t.restore.as_micros()
+                )
+            }),
+            ctl::Command::MemAdd(_) => Err(anyhow::anyhow!(
+                "mem-add: memory hotplug is not implemented yet"
+            )),
+            ctl::Command::Shutdown => {
+                log::info("shutdown requested on the control socket");
+                exit.request(ExitReason::Poweroff);
+                Ok("{\"ok\":true}".to_owned())
+            }
+        };
+        result.unwrap_or_else(|e| ctl::error_answer(&format!("{e:#}")))
+    }
+
+    fn state_answer(&self) -> String {
+        let state = if self.paused { "paused" } else { "running" };
+        format!("{{\"ok\":true,\"state\":\"{state}\"}}")
+    }
+
+    fn pause(&mut self, host: &mut DeviceHost) -> Result<()> {
+        if self.paused {
+            return Ok(());
+        }
+        let handles = self.handles.clone();
+        let kick = move || {
+            for h in handles.iter().filter(|h| !h.is_finished()) {
+                // SAFETY: the thread is alive; the signal's handler does
+                // nothing.
+                unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::kick_signal()) };
+            }
+        };
+        if !self.gate.pause(self.handles.len(), kick, PAUSE_TIMEOUT) {
+            self.gate.resume();
+            bail!("the vCPUs did not stop within {PAUSE_TIMEOUT:?}");
+        }
+        if let Err(e) = host.pause_all() {
+            let _ = host.resume_all();
+            self.gate.resume();
+            return Err(e);
+        }
+        self.paused = true;
+        Ok(())
+    }
+
+    fn status(&self, host: &DeviceHost) -> String {
+        let devices: Vec<String> = host
+            .status()
+            .iter()
+            .map(|d| {
+                let num = |v: Option<u64>| v.map_or_else(|| "null".to_owned(), |v| v.to_string());
+                format!(
+                    "{{\"name\":{},\"pid\":{},\"state\":\"{}\",\"restarts\":{},\"rss_kib\":{}}}",
+                    ctl::json_string(&d.name),
+                    num(d.pid.and_then(|p| u64::try_from(p).ok())),
+                    d.state,
+                    d.restarts,
+                    num(d.rss_kib)
+                )
+            })
+            .collect();
+        let state = if self.paused { "paused" } else { "running" };
+        format!(
+            "{{\"ok\":true,\"state\":\"{state}\",\"devices\":[{}]}}",
+            devices.join(",")
+        )
+    }
+}
+
+/// Forwards terminal input to the UART, serves device events and the
+/// control socket, and waits for an exit reason.
 fn main_loop(
     exit: &ExitSignal,
     legacy: &LegacyDevices,
     panic: &Mutex<Option<PanicRecord>>,
     host: &mut DeviceHost,
+    mut control: Option<&mut Control>,
 ) {
     let mut parser = EscapeParser::default();
     let mut stdin_open = true;
@@ -424,9 +556,13 @@ fn main_loop(
         } else {
             -1
         };
+        let host_fds = host.poll_fds();
+        let n_host = host_fds.len();
+        let ctl_fd = control.as_ref().map_or(-1, |c| c.server.fd());
         let mut fds: Vec<libc::pollfd> = [exit.eventfd().as_raw_fd(), stdin_fd]
             .into_iter()
-            .chain(host.poll_fds())
+            .chain(host_fds)
+            .chain([ctl_fd])
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -440,10 +576,15 @@ fn main_loop(
         if n < 0 {
             continue;
         }
-        if fds.iter().skip(2).any(|f| f.revents != 0) {
+        if fds.iter().skip(2).take(n_host).any(|f| f.revents != 0) {
             if let Some(reason) = host.service() {
                 exit.request(reason);
                 return;
+            }
+        }
+        if let Some(c) = control.as_deref_mut() {
+            if fds.last().is_some_and(|f| f.revents != 0) {
+                c.serve(host, exit);
             }
         }
         if fds[0].revents != 0 {

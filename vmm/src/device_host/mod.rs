@@ -9,8 +9,11 @@
 //! way.
 //!
 //! Supervision: the spawner reports every device process exit; the host logs
-//! the device, pid and signal, then marks the device DEVICE_NEEDS_RESET for
-//! the guest (`--on-device-failure reset`) or stops the VM (`exit`).
+//! the device, pid and signal, then starts a new instance that carries on
+//! from what the VMM knows (`--on-device-failure restart`, the default: see
+//! [`DeviceHost::respawn`]), marks the device DEVICE_NEEDS_RESET for the
+//! guest (`reset`) or stops the VM (`exit`). A running device can also be
+//! paused, saved and replaced on request ([`DeviceHost::restart`]).
 
 #[cfg(feature = "escape-test")]
 pub mod escape;
@@ -19,22 +22,24 @@ pub mod remote;
 pub mod spawner;
 pub mod worker;
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use devices::virtio::VirtioDevice;
-use ipc::{Backend, Channel};
+use ipc::{Backend, Channel, DeviceState};
 use kvm_ioctls::VmFd;
 
 use crate::exit::ExitReason;
 use crate::irq::IrqRouter;
 use crate::log;
-use crate::memory::GuestRam;
+use crate::memory::{GuestRam, RamRange};
 use crate::pci::PciBus;
 use crate::virtio_pci::VirtioPci;
 use remote::{DeviceEvent, RemoteDevice};
@@ -54,6 +59,9 @@ pub enum DeviceMode {
 /// What to do when a device process dies or gives up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnFailure {
+    /// Start a new device process that carries on where the old one
+    /// stopped (within the restart limit).
+    Restart,
     /// Keep the guest running with the device marked DEVICE_NEEDS_RESET.
     Reset,
     /// Stop the VM with an error.
@@ -121,21 +129,60 @@ const BAR_STRIDE: u32 = 0x1_0000;
 
 struct Hosted {
     name: String,
+    device_type: u32,
+    /// What the device serves, for new instances.
+    backend: Backend,
     /// The backend's fds (a disk image: holding it keeps its lock).
-    _backend_fds: Vec<OwnedFd>,
+    backend_fds: Vec<OwnedFd>,
     pid: Option<libc::pid_t>,
     transport: Arc<Mutex<VirtioPci<RemoteDevice>>>,
     thread: Option<JoinHandle<()>>,
     failed: bool,
+    paused: bool,
+    /// Instances started after the first.
+    restarts: u32,
+    /// When the restarts of the last minute happened.
+    recent_restarts: VecDeque<Instant>,
 }
 
 /// The VM's devices and, in process mode, the spawner.
 pub struct DeviceHost {
     mode: DeviceMode,
     on_failure: OnFailure,
+    restart_limit: u32,
     sandbox: SandboxOpts,
     spawner: Option<Spawner>,
+    /// Guest memory as devices map it.
+    memory: Vec<(RamRange, Arc<File>)>,
     devices: Vec<Hosted>,
+}
+
+/// What one device looks like from outside, for `skvm ctl status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStatus {
+    /// "rng0", "blk0", ...
+    pub name: String,
+    /// Its process (process mode).
+    pub pid: Option<libc::pid_t>,
+    /// "running", "paused" or "failed".
+    pub state: &'static str,
+    /// Instances started after the first.
+    pub restarts: u32,
+    /// Resident memory of its process, KiB.
+    pub rss_kib: Option<u64>,
+}
+
+/// How long each step of replacing a running device took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartTimes {
+    /// Pause and save.
+    pub save: Duration,
+    /// Stop the old instance, start and greet the new one.
+    pub spawn: Duration,
+    /// Restore and resume.
+    pub restore: Duration,
+    /// The new instance's process.
+    pub pid: Option<libc::pid_t>,
 }
 
 /// The kind of a device from its name: "rng0" is an "rng".
@@ -208,7 +255,11 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl DeviceHost {
     /// Sets up device hosting. In process mode this forks the spawner, so
     /// call it while the VMM has a single thread.
-    pub fn new(mode: DeviceMode, on_failure: OnFailure, sandbox: SandboxOpts) -> Result<Self> {
+    pub fn new(
+        mode: DeviceMode,
+        (on_failure, restart_limit): (OnFailure, u32),
+        sandbox: SandboxOpts,
+    ) -> Result<Self> {
         let spawner = match mode {
             DeviceMode::Process => Some(Spawner::start()?),
             DeviceMode::Thread => None,
@@ -216,8 +267,10 @@ impl DeviceHost {
         Ok(Self {
             mode,
             on_failure,
+            restart_limit,
             sandbox,
             spawner,
+            memory: Vec::new(),
             devices: Vec::new(),
         })
     }
@@ -242,28 +295,14 @@ impl DeviceHost {
             pid,
             thread,
         } = start_device(self.spawner.as_ref(), self.mode, name, self.sandbox)?;
-        let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
-        let borrowed: Vec<BorrowedFd<'_>> = backend_fds.iter().map(|f| f.as_fd()).collect();
-        let connected = RemoteDevice::connect(
+        self.memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
+        let remote = greet(
             name,
-            pid,
-            vmm_end,
+            (vmm_end, pid),
             device_type,
-            (&backend, &borrowed),
-            memory,
-        );
-        drop(borrowed);
-        let remote = match connected {
-            Ok(r) => r,
-            Err(e) => {
-                if let Some(p) = pid {
-                    // SAFETY: kill has no memory effects; p is the device
-                    // process just started, which failed its hello.
-                    unsafe { libc::kill(p, libc::SIGKILL) };
-                }
-                return Err(e);
-            }
-        };
+            (&backend, &backend_fds),
+            &self.memory,
+        )?;
         let index = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
         let bar = index
             .checked_mul(BAR_STRIDE)
@@ -285,13 +324,176 @@ impl DeviceHost {
         }
         self.devices.push(Hosted {
             name: name.to_owned(),
-            _backend_fds: backend_fds,
+            device_type,
+            backend,
+            backend_fds,
             pid,
             transport,
             thread,
             failed: false,
+            paused: false,
+            restarts: 0,
+            recent_restarts: VecDeque::new(),
         });
         Ok(())
+    }
+
+    /// Starts a new instance of device `i` and puts it in place of the
+    /// current one, which is gone or stopped: it carries on from `saved`,
+    /// or (`None`, the old one died unsaved) from what the transport knows.
+    /// Returns the new process's pid and how long the restore took.
+    fn respawn(
+        &mut self,
+        i: usize,
+        saved: Option<DeviceState>,
+    ) -> Result<(Option<libc::pid_t>, Duration)> {
+        let d = self.devices.get_mut(i).context("no such device")?;
+        if let Some(t) = d.thread.take() {
+            let _ = t.join();
+        }
+        let Started { chan, pid, thread } =
+            start_device(self.spawner.as_ref(), self.mode, &d.name, self.sandbox)?;
+        let remote = greet(
+            &d.name,
+            (chan, pid),
+            d.device_type,
+            (&d.backend, &d.backend_fds),
+            &self.memory,
+        )?;
+        d.pid = pid;
+        d.thread = thread;
+        d.failed = false;
+        d.paused = false;
+        d.restarts = d.restarts.saturating_add(1);
+        let mut t = lock(&d.transport);
+        let restore_start = Instant::now();
+        let mut old = t.replace_backend(remote, saved)?;
+        let restored = restore_start.elapsed();
+        old.shutdown();
+        Ok((pid, restored))
+    }
+
+    /// Whether device `i` may be restarted once more now (at most
+    /// `restart_limit` times in any minute); counts the restart if so.
+    fn restart_allowed(&mut self, i: usize) -> bool {
+        let limit = usize::try_from(self.restart_limit).unwrap_or(usize::MAX);
+        let Some(d) = self.devices.get_mut(i) else {
+            return false;
+        };
+        let now = Instant::now();
+        while d
+            .recent_restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            d.recent_restarts.pop_front();
+        }
+        if d.recent_restarts.len() >= limit {
+            return false;
+        }
+        d.recent_restarts.push_back(now);
+        true
+    }
+
+    fn index_of(&self, name: &str) -> Result<usize> {
+        self.devices
+            .iter()
+            .position(|d| d.name == name)
+            .with_context(|| {
+                let names: Vec<&str> = self.devices.iter().map(|d| d.name.as_str()).collect();
+                format!("no device {name} (devices: {})", names.join(", "))
+            })
+    }
+
+    /// Replaces running device `name` by a new instance: pause and save,
+    /// stop, start a new one (a new process with its own sandbox), restore.
+    /// The guest sees a pause of its I/O on that device and nothing else.
+    pub fn restart(&mut self, name: &str) -> Result<RestartTimes> {
+        let i = self.index_of(name)?;
+        let d = &mut self.devices[i];
+        if d.failed {
+            bail!("device {name} has failed; the guest must reset it");
+        }
+        let start = Instant::now();
+        let saved = {
+            let mut t = lock(&d.transport);
+            let saved = t
+                .pause()
+                .with_context(|| format!("device {name}: cannot save"))?;
+            t.backend_mut().shutdown();
+            saved
+        };
+        let saved_at = Instant::now();
+        // The old process may still be on its way out; its exit report then
+        // names a pid no device has and is ignored.
+        let respawned = self.respawn(i, saved);
+        let done = Instant::now();
+        let (pid, restore) = match respawned {
+            Ok(r) => r,
+            Err(e) => {
+                let d = &mut self.devices[i];
+                d.failed = true;
+                lock(&d.transport).device_failed();
+                return Err(e.context(format!(
+                    "device {name}: cannot restart; the guest sees it as needing a reset"
+                )));
+            }
+        };
+        log::info(&format!(
+            "device {name} restarted on request{}",
+            pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+        ));
+        Ok(RestartTimes {
+            save: saved_at - start,
+            spawn: (done - saved_at).saturating_sub(restore),
+            restore,
+            pid,
+        })
+    }
+
+    /// Pauses every running device (their kicks wait in the eventfds).
+    pub fn pause_all(&mut self) -> Result<()> {
+        for d in self.devices.iter_mut().filter(|d| !d.failed && !d.paused) {
+            let mut t = lock(&d.transport);
+            if t.pause()
+                .with_context(|| format!("device {}: cannot pause", d.name))?
+                .is_some()
+            {
+                d.paused = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets every paused device serve its queues again.
+    pub fn resume_all(&mut self) -> Result<()> {
+        for d in self.devices.iter_mut().filter(|d| d.paused) {
+            d.paused = false;
+            lock(&d.transport)
+                .resume()
+                .with_context(|| format!("device {}: cannot resume", d.name))?;
+        }
+        Ok(())
+    }
+
+    /// Each device's pid, state, restarts and resident memory.
+    pub fn status(&self) -> Vec<DeviceStatus> {
+        self.devices
+            .iter()
+            .map(|d| DeviceStatus {
+                name: d.name.clone(),
+                pid: d.pid,
+                state: if d.failed {
+                    "failed"
+                } else if d.paused {
+                    "paused"
+                } else {
+                    "running"
+                },
+                restarts: d.restarts,
+                rss_kib: d.pid.and_then(rss_kib),
+            })
+            .collect()
     }
 
     /// Fds the main loop polls for [`DeviceHost::service`].
@@ -336,21 +538,47 @@ impl DeviceHost {
     }
 
     fn device_exited(&mut self, e: spawner::Exited) -> Option<ExitReason> {
-        let d = self.devices.iter_mut().find(|d| d.pid == Some(e.pid))?;
+        // Exits of replaced instances name no device any more.
+        let i = self.devices.iter().position(|d| d.pid == Some(e.pid))?;
+        let d = &mut self.devices[i];
         let how = describe_status(e.status);
         let msg = format!("device {} (pid {}) {how}", d.name, e.pid);
         d.failed = true;
         d.pid = None;
-        let mut t = lock(&d.transport);
-        t.backend_mut().mark_dead();
-        match self.on_failure {
-            OnFailure::Exit => Some(ExitReason::Fatal(msg)),
-            OnFailure::Reset => {
-                log::error(&format!("{msg}; the guest sees it as needing a reset"));
-                t.device_failed();
-                None
+        lock(&d.transport).backend_mut().mark_dead();
+        let by_seccomp = libc::WIFSIGNALED(e.status) && libc::WTERMSIG(e.status) == libc::SIGSYS;
+        let on_failure = self.on_failure;
+        let why_not = match on_failure {
+            OnFailure::Exit => return Some(ExitReason::Fatal(msg)),
+            OnFailure::Reset => None,
+            OnFailure::Restart if by_seccomp => Some(
+                "not restarted: a device its seccomp filter killed may be compromised".to_owned(),
+            ),
+            OnFailure::Restart if !self.restart_allowed(i) => Some(format!(
+                "not restarted: {} restarts within a minute (--restart-limit)",
+                self.restart_limit
+            )),
+            OnFailure::Restart => {
+                let started = Instant::now();
+                match self.respawn(i, None) {
+                    Ok((pid, _)) => {
+                        log::warn(&format!(
+                            "{msg}; restarted it{} in {:.2} ms",
+                            pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                            started.elapsed().as_secs_f64() * 1000.0
+                        ));
+                        return None;
+                    }
+                    Err(e) => Some(format!("cannot restart it: {e:#}")),
+                }
             }
-        }
+        };
+        let d = &mut self.devices[i];
+        d.failed = true;
+        let why = why_not.map(|w| format!("; {w}")).unwrap_or_default();
+        log::error(&format!("{msg}{why}; the guest sees it as needing a reset"));
+        lock(&d.transport).device_failed();
+        None
     }
 
     fn device_event(&mut self, i: usize, ev: DeviceEvent) -> Option<ExitReason> {
@@ -380,6 +608,41 @@ impl DeviceHost {
             }
         }
     }
+}
+
+/// Says hello to a device just started on `chan` (process `pid`), handing
+/// it its backend; kills the process if the hello fails.
+fn greet(
+    name: &str,
+    (chan, pid): (Channel, Option<libc::pid_t>),
+    device_type: u32,
+    (backend, fds): (&Backend, &[OwnedFd]),
+    memory: &[(RamRange, Arc<File>)],
+) -> Result<RemoteDevice> {
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+    let connected = RemoteDevice::connect(
+        name,
+        pid,
+        chan,
+        device_type,
+        (backend, &borrowed),
+        memory.to_vec(),
+    );
+    if connected.is_err() {
+        if let Some(p) = pid {
+            // SAFETY: kill has no memory effects; p is the device process
+            // just started, which failed its hello.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+    connected
+}
+
+/// VmRSS of process `pid`, in KiB.
+fn rss_kib(pid: libc::pid_t) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 pub fn describe_status(status: libc::c_int) -> String {

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ipc::{Channel, DeviceInfo, MemRegion, QueueLayout, Reply, Request, PROTOCOL_VERSION};
+use ipc::{
+    Channel, DeviceInfo, DeviceState, MemRegion, QueueLayout, Reply, Request, PROTOCOL_VERSION,
+};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -224,6 +226,23 @@ impl RemoteDevice {
         }
     }
 
+    /// The memory regions the device maps and their fds.
+    fn regions(&self) -> (Vec<MemRegion>, Vec<Arc<File>>) {
+        let regions = self
+            .memory
+            .iter()
+            .map(|(r, _)| MemRegion {
+                guest_addr: r.guest_addr,
+                size: r.size,
+                file_offset: r.file_offset,
+            })
+            .collect();
+        (
+            regions,
+            self.memory.iter().map(|(_, f)| f.clone()).collect(),
+        )
+    }
+
     fn expect_ack(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<()> {
         match self.call(req, fds)? {
             Reply::Ack => Ok(()),
@@ -258,26 +277,8 @@ impl Backend for RemoteDevice {
         queues: &[QueueLayout],
         events: &DeviceEvents,
     ) -> Result<()> {
-        let regions: Vec<MemRegion> = self
-            .memory
-            .iter()
-            .map(|(r, _)| MemRegion {
-                guest_addr: r.guest_addr,
-                size: r.size,
-                file_offset: r.file_offset,
-            })
-            .collect();
-        let files: Vec<Arc<File>> = self.memory.iter().map(|(_, f)| f.clone()).collect();
-        let mut fds: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.as_fd()).collect();
-        for list in [&events.kicks, &events.irqs] {
-            for q in queues {
-                let e = list
-                    .get(usize::from(q.index))
-                    .context("queue index out of range")?;
-                fds.push(borrow(e));
-            }
-        }
-        fds.push(borrow(&events.config_irq));
+        let (regions, files) = self.regions();
+        let fds = event_fds(&files, queues, events)?;
         let req = Request::Activate {
             features,
             regions,
@@ -289,6 +290,49 @@ impl Backend for RemoteDevice {
     fn reset(&mut self) -> Result<()> {
         self.expect_ack(&Request::Reset, &[])
     }
+
+    fn pause(&mut self) -> Result<DeviceState> {
+        match self.call(&Request::Pause, &[])? {
+            Reply::Saved { state } => Ok(state),
+            other => Err(self.fail(anyhow!("unexpected answer to pause {other:?}"))),
+        }
+    }
+
+    fn resume(&mut self) -> Result<()> {
+        self.expect_ack(&Request::Resume, &[])
+    }
+
+    fn restore(&mut self, state: &DeviceState, recover: bool, events: &DeviceEvents) -> Result<()> {
+        let (regions, files) = self.regions();
+        let layouts: Vec<QueueLayout> = state.queues.iter().map(|q| q.layout).collect();
+        let fds = event_fds(&files, &layouts, events)?;
+        let req = Request::Restore {
+            regions,
+            state: state.clone(),
+            recover,
+        };
+        self.expect_ack(&req, &fds)
+    }
+}
+
+/// The fds of an activation, in the protocol's order: memory, the queues'
+/// kicks, their interrupts, the configuration interrupt.
+fn event_fds<'a>(
+    files: &'a [Arc<File>],
+    queues: &[QueueLayout],
+    events: &'a DeviceEvents,
+) -> Result<Vec<BorrowedFd<'a>>> {
+    let mut fds: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.as_fd()).collect();
+    for list in [&events.kicks, &events.irqs] {
+        for q in queues {
+            let e = list
+                .get(usize::from(q.index))
+                .context("queue index out of range")?;
+            fds.push(borrow(e));
+        }
+    }
+    fds.push(borrow(&events.config_irq));
+    Ok(fds)
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! The device side of a control channel: the event loop that runs a virtio
 //! device model, the same code in a device process and in a VMM thread.
 //!
-//! It answers the VMM's requests (hello, config, activate, reset, shutdown)
-//! and, once active, waits on the queues' kick eventfds, lets the model
-//! process the queue, and signals the queue's interrupt eventfd when the
-//! model says the driver needs it. Nothing here trusts the VMM's numbers
+//! It answers the VMM's requests (hello, config, activate, reset, shutdown,
+//! pause, resume, restore) and, once active, waits on the queues' kick
+//! eventfds, lets the model process the queue, and signals the queue's
+//! interrupt eventfd when the model says the driver needs it. Paused, it
+//! waits on the control channel alone; kicks stay in their eventfds for
+//! whoever serves the queues next. Nothing here trusts the VMM's numbers
 //! more than the guest's: queue layouts are validated by virtio-queue
 //! against the memory actually mapped.
 
@@ -14,7 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use devices::virtio::VirtioDevice;
-use ipc::{Channel, DeviceInfo, IpcError, QueueLayout, Reply, Request, PROTOCOL_VERSION};
+use ipc::{
+    Channel, DeviceInfo, DeviceState, IpcError, QueueLayout, QueueState, Reply, Request,
+    PROTOCOL_VERSION,
+};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -32,6 +37,7 @@ struct ActiveQueue {
 }
 
 struct Active {
+    features: u64,
     mem: GuestMemoryMmap,
     queues: Vec<ActiveQueue>,
     /// Kept for config-change interrupts from the device.
@@ -115,10 +121,12 @@ fn serve_model(
     confine().map_err(WorkerError::Confine)?;
 
     let mut active: Option<Active> = None;
+    let mut paused = false;
     loop {
-        let backend = active.as_ref().and(device.backend_event());
-        let backend_ready = wait(chan, active.as_ref(), backend.map(|(fd, _)| fd));
-        if let Some(a) = active.as_mut() {
+        let serving = active.as_ref().filter(|_| !paused);
+        let backend = serving.and(device.backend_event());
+        let backend_ready = wait(chan, serving, backend.map(|(fd, _)| fd));
+        if let Some(a) = active.as_mut().filter(|_| !paused) {
             let ready_queue = backend.filter(|_| backend_ready).map(|(_, q)| q);
             if let Err(reason) = process_kicked(device, a, ready_queue) {
                 // The queue is unusable: stop serving it and tell the VMM.
@@ -137,8 +145,43 @@ fn serve_model(
             Request::Shutdown => return Ok(()),
             Request::Reset => {
                 active = None;
+                paused = false;
                 device.reset();
                 chan.send_reply(&Reply::Ack)?;
+            }
+            Request::Pause => {
+                paused = true;
+                let state = active.as_ref().map(|a| save(device, a)).unwrap_or_default();
+                chan.send_reply(&Reply::Saved { state })?;
+            }
+            Request::Resume => {
+                paused = false;
+                let mut reply = Reply::Ack;
+                if let Some(a) = active.as_mut() {
+                    if let Err(reason) = process_all(device, a) {
+                        reply = Reply::Error { message: reason };
+                    }
+                }
+                chan.send_reply(&reply)?;
+            }
+            Request::Restore {
+                regions,
+                state,
+                recover,
+            } => {
+                active = None;
+                paused = false;
+                let reply = match restore(device, &regions, &state, recover, fds) {
+                    Ok(a) => {
+                        active = Some(a);
+                        Reply::Ack
+                    }
+                    Err(message) => {
+                        device.reset();
+                        Reply::Error { message }
+                    }
+                };
+                chan.send_reply(&reply)?;
             }
             Request::ConfigRead { offset, len } => {
                 let cfg = device.config();
@@ -311,10 +354,97 @@ fn activate(
         .activate(features)
         .map_err(|e| format!("activation refused: {e}"))?;
     Ok(Active {
+        features,
         mem,
         queues,
         _config_irq: eventfd(config_irq),
     })
+}
+
+/// What a new instance needs to carry on: features, queues and their
+/// indices, the model's own state. Taken between requests, when every
+/// chain the device took is completed (next avail equals next used).
+fn save(device: &dyn VirtioDevice, a: &Active) -> DeviceState {
+    let queues = a
+        .queues
+        .iter()
+        .map(|q| QueueState {
+            layout: QueueLayout {
+                index: u16::try_from(q.index).unwrap_or(u16::MAX),
+                size: q.queue.size(),
+                desc: q.queue.desc_table(),
+                avail: q.queue.avail_ring(),
+                used: q.queue.used_ring(),
+            },
+            event_idx: q.queue.event_idx_enabled(),
+            next_avail: q.queue.next_avail(),
+            next_used: q.queue.next_used(),
+        })
+        .collect();
+    DeviceState {
+        features: a.features,
+        queues,
+        device: device.save_state(),
+    }
+}
+
+/// Activates the model from a saved state (or, with `recover`, from what
+/// the VMM knows of a device that died unsaved), accepting only state this
+/// device could have reached: the queues' used indices are the ones in the
+/// used rings, nothing is in flight, event indices follow the features,
+/// and the model takes its own part. Then serves what waits and, when
+/// recovering, interrupts the driver once per queue (an interrupt the dead
+/// instance owed is not lost).
+fn restore(
+    device: &mut dyn VirtioDevice,
+    regions: &[ipc::MemRegion],
+    state: &DeviceState,
+    recover: bool,
+    fds: Vec<OwnedFd>,
+) -> Result<Active, String> {
+    let layouts: Vec<QueueLayout> = state.queues.iter().map(|q| q.layout).collect();
+    let mut a = activate(device, state.features, regions, &layouts, fds)?;
+    let event_idx = state.features & (1 << devices::virtio::VIRTIO_F_RING_EVENT_IDX) != 0;
+    for (q, s) in a.queues.iter_mut().zip(&state.queues) {
+        let bad = |what: String| format!("queue {}: {what}", q.index);
+        if s.event_idx != event_idx {
+            return Err(bad("event index state does not follow the features".into()));
+        }
+        let used = q
+            .queue
+            .used_idx(&a.mem, std::sync::atomic::Ordering::Acquire)
+            .map_err(|e| bad(e.to_string()))?
+            .0;
+        if !recover {
+            if s.next_used != used {
+                return Err(bad(format!(
+                    "saved next used index {} but the used ring says {used}",
+                    s.next_used
+                )));
+            }
+            if s.next_avail != s.next_used {
+                return Err(bad(format!(
+                    "{} chains in flight; this device completes every chain it takes \
+                     before it pauses",
+                    s.next_avail.wrapping_sub(s.next_used)
+                )));
+            }
+        }
+        q.queue.set_next_avail(used);
+        q.queue.set_next_used(used);
+    }
+    if !recover {
+        device
+            .restore_state(&state.device)
+            .map_err(|e| format!("device state refused: {e}"))?;
+    }
+    process_all(device, &mut a)?;
+    if recover {
+        for q in &a.queues {
+            let _ = q.irq.write(1);
+        }
+    }
+    Ok(a)
 }
 
 fn eventfd(fd: OwnedFd) -> EventFd {
@@ -346,4 +476,122 @@ fn build_queue(
         return Err(bad("rings outside guest memory"));
     }
     Ok(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device_host::remote::RemoteDevice;
+    use crate::device_host::{start_device, DeviceMode, SandboxOpts, Started};
+    use crate::memory::GuestRam;
+    use crate::virtio_pci::{Backend, DeviceEvents};
+    use vm_memory::{Bytes, GuestAddress};
+
+    const LAYOUT: QueueLayout = QueueLayout {
+        index: 0,
+        size: 16,
+        desc: 0x1000,
+        avail: 0x2000,
+        used: 0x3000,
+    };
+    const FEATURES: u64 = (1 << 32) | (1 << devices::virtio::VIRTIO_F_RING_EVENT_IDX);
+
+    /// An rng device in a thread of this process, greeted.
+    fn rng(ram: &GuestRam) -> RemoteDevice {
+        let Started { chan, .. } =
+            start_device(None, DeviceMode::Thread, "rng0", SandboxOpts::default()).unwrap();
+        let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
+        RemoteDevice::connect(
+            "rng0",
+            None,
+            chan,
+            devices::virtio::DEVICE_ID_RNG,
+            (&ipc::Backend::None, &[]),
+            memory,
+        )
+        .unwrap()
+    }
+
+    fn events() -> DeviceEvents {
+        let e = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        DeviceEvents {
+            kicks: vec![e()],
+            irqs: vec![e()],
+            config_irq: e(),
+        }
+    }
+
+    fn state(next_avail: u16, next_used: u16) -> DeviceState {
+        DeviceState {
+            features: FEATURES,
+            queues: vec![QueueState {
+                layout: LAYOUT,
+                event_idx: true,
+                next_avail,
+                next_used,
+            }],
+            device: Vec::new(),
+        }
+    }
+
+    fn set_used_idx(ram: &GuestRam, idx: u16) {
+        ram.mem
+            .write_obj(idx, GuestAddress(LAYOUT.used + 2))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_device_restores_only_state_it_could_have_reached() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        let ev = events();
+        let mut first = rng(&ram);
+        first.activate(FEATURES, &[LAYOUT], &ev).unwrap();
+        // The used ring says 3 chains were completed (by a device that
+        // served them); the saved state must agree.
+        set_used_idx(&ram, 3);
+        let saved = first.pause().unwrap();
+        assert_eq!(saved.queues.len(), 1);
+        assert_eq!(saved.features, FEATURES);
+        first.shutdown();
+
+        let mut second = rng(&ram);
+        let refused = |d: &mut RemoteDevice, s: &DeviceState, why: &str| {
+            let e = format!("{:#}", d.restore(s, false, &ev).unwrap_err());
+            assert!(e.contains(why), "{e}");
+        };
+        // Its indices are where the first instance was: 0, not 3.
+        refused(&mut second, &saved, "but the used ring says 3");
+        set_used_idx(&ram, 0);
+        refused(&mut second, &state(2, 0), "2 chains in flight");
+        let mut no_event_idx = state(0, 0);
+        no_event_idx.queues[0].event_idx = false;
+        refused(&mut second, &no_event_idx, "event index state");
+        let mut blob = state(0, 0);
+        blob.device = vec![1];
+        refused(&mut second, &blob, "device state refused");
+        let mut unoffered = state(0, 0);
+        unoffered.features |= 1 << 5;
+        refused(&mut second, &unoffered, "activation refused");
+        let mut outside = state(0, 0);
+        outside.queues[0].layout.used = 1 << 40;
+        refused(&mut second, &outside, "outside guest memory");
+        second.restore(&saved, false, &ev).unwrap();
+        assert_eq!(second.pause().unwrap(), saved);
+        second.shutdown();
+
+        // Recovery takes the indices from the used ring and interrupts the
+        // driver once (an interrupt the dead instance owed). The driver had
+        // made those 9 chains available.
+        set_used_idx(&ram, 9);
+        ram.mem
+            .write_obj(9u16, GuestAddress(LAYOUT.avail + 2))
+            .unwrap();
+        let _ = ev.irqs[0].read();
+        let mut third = rng(&ram);
+        third.restore(&state(0, 0), true, &ev).unwrap();
+        assert_eq!(ev.irqs[0].read().unwrap(), 1);
+        let now = third.pause().unwrap();
+        assert_eq!((now.queues[0].next_avail, now.queues[0].next_used), (9, 9));
+        third.shutdown();
+    }
 }

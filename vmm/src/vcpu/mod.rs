@@ -4,7 +4,8 @@ pub mod emulation;
 pub mod setup;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
@@ -90,6 +91,72 @@ pub struct Vcpu {
     pub stats: Arc<VcpuStats>,
     /// Guest RIP samples taken when kicked, if profiling (`SKVM_PROFILE`).
     pub profile: Option<Arc<Profile>>,
+    /// Holds the vCPU outside KVM_RUN while the VM is paused.
+    pub gate: Arc<PauseGate>,
+}
+
+/// Holds vCPUs outside KVM_RUN while the VM is paused (`skvm ctl pause`).
+#[derive(Default)]
+pub struct PauseGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    paused: bool,
+    parked: usize,
+}
+
+impl PauseGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called by a vCPU between two KVM_RUNs: waits while the VM is paused
+    /// (and not stopping).
+    fn park_if_paused(&self, exit: &ExitSignal) {
+        let mut s = self.lock();
+        if !s.paused {
+            return;
+        }
+        s.parked += 1;
+        self.changed.notify_all();
+        while s.paused && !exit.requested() {
+            s = self
+                .changed
+                .wait_timeout(s, Duration::from_millis(100))
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+        }
+        s.parked -= 1;
+    }
+
+    /// Pauses: returns once `vcpus` vCPUs are parked, calling `kick` (which
+    /// gets them out of KVM_RUN) until they are; false after `timeout`.
+    pub fn pause(&self, vcpus: usize, kick: impl Fn(), timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        s.paused = true;
+        while s.parked < vcpus {
+            if Instant::now() > deadline {
+                return false;
+            }
+            drop(s);
+            kick();
+            s = self.lock();
+            s = self
+                .changed
+                .wait_timeout(s, Duration::from_millis(1))
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+        }
+        true
+    }
+
+    /// Lets the vCPUs run again.
+    pub fn resume(&self) {
+        self.lock().paused = false;
+        self.changed.notify_all();
+    }
 }
 
 /// Guest RIP samples by second since the start (`SKVM_PROFILE`).
@@ -134,6 +201,10 @@ impl Vcpu {
     /// Runs the guest until the VM stops.
     pub fn run(mut self) {
         while !self.exit.requested() {
+            self.gate.park_if_paused(&self.exit);
+            if self.exit.requested() {
+                break;
+            }
             if let Err(reason) = self.run_once() {
                 self.exit.request(reason);
             }

@@ -23,7 +23,7 @@ pub mod msix;
 
 use std::sync::Arc;
 
-use ipc::{DeviceInfo, QueueLayout};
+use ipc::{DeviceInfo, DeviceState, QueueLayout, QueueState};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -92,6 +92,18 @@ pub trait Backend: Send {
     ) -> anyhow::Result<()>;
     /// The driver reset the device.
     fn reset(&mut self) -> anyhow::Result<()>;
+    /// Stop serving the queues and say where they are.
+    fn pause(&mut self) -> anyhow::Result<DeviceState>;
+    /// Serve the queues again after [`Backend::pause`].
+    fn resume(&mut self) -> anyhow::Result<()>;
+    /// Carry on from `state` in place of an activation; `recover` when the
+    /// state is put together by the VMM for an instance that died unsaved.
+    fn restore(
+        &mut self,
+        state: &DeviceState,
+        recover: bool,
+        events: &DeviceEvents,
+    ) -> anyhow::Result<()>;
 }
 
 #[derive(Clone, Copy)]
@@ -227,6 +239,96 @@ impl<B: Backend> VirtioPci<B> {
         self.status |= status::NEEDS_RESET;
         self.generation = self.generation.wrapping_add(1);
         let _ = self.events.config_irq.write(1);
+    }
+
+    /// Whether the driver has the device running (DRIVER_OK, not failed).
+    pub fn is_active(&self) -> bool {
+        self.status & status::DRIVER_OK != 0 && self.status & status::NEEDS_RESET == 0
+    }
+
+    /// Stops a running device between requests and returns its state;
+    /// `None` when it is not running (nothing to save).
+    pub fn pause(&mut self) -> anyhow::Result<Option<DeviceState>> {
+        if !self.is_active() {
+            return Ok(None);
+        }
+        self.backend.pause().map(Some)
+    }
+
+    /// Lets a paused device serve its queues again.
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        if self.is_active() {
+            self.backend.resume()?;
+        }
+        Ok(())
+    }
+
+    /// Puts `backend`, a new instance of the same device, in place of the
+    /// current one and, if the driver has the device running, brings it to
+    /// where the old one was: `saved`, or without it (the old instance died
+    /// unsaved) what the transport knows, the negotiated features and the
+    /// queue layouts, with the indices from the used rings. The guest sees
+    /// nothing but, at most, an extra interrupt. Returns the old instance;
+    /// on failure the device is marked DEVICE_NEEDS_RESET.
+    pub fn replace_backend(&mut self, backend: B, saved: Option<DeviceState>) -> anyhow::Result<B> {
+        let same = {
+            let new = backend.info();
+            new.device_type == self.info.device_type
+                && new.num_queues == self.info.num_queues
+                && new.max_queue_size == self.info.max_queue_size
+                && new.features == self.info.features
+        };
+        let old = std::mem::replace(&mut self.backend, backend);
+        if !same {
+            self.device_failed();
+            anyhow::bail!("the new instance is not the same device");
+        }
+        if self.is_active() {
+            let recover = saved.is_none();
+            let state = saved.unwrap_or_else(|| self.known_state());
+            if let Err(e) = self.backend.restore(&state, recover, &self.events) {
+                self.device_failed();
+                return Err(e.context("restore failed"));
+            }
+        }
+        Ok(old)
+    }
+
+    /// The state of the running device as the transport knows it: features
+    /// and queue layouts (no indices).
+    fn known_state(&self) -> DeviceState {
+        let event_idx = self.driver_features & (1 << devices::virtio::VIRTIO_F_RING_EVENT_IDX) != 0;
+        DeviceState {
+            features: self.driver_features,
+            queues: self
+                .enabled_layouts()
+                .into_iter()
+                .map(|layout| QueueState {
+                    layout,
+                    event_idx,
+                    next_avail: 0,
+                    next_used: 0,
+                })
+                .collect(),
+            device: Vec::new(),
+        }
+    }
+
+    fn enabled_layouts(&self) -> Vec<QueueLayout> {
+        self.queues
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.enabled)
+            .filter_map(|(i, q)| {
+                Some(QueueLayout {
+                    index: u16::try_from(i).ok()?,
+                    size: q.size,
+                    desc: q.desc,
+                    avail: q.avail,
+                    used: q.used,
+                })
+            })
+            .collect()
     }
 
     /// New device configuration from the device.
@@ -387,21 +489,7 @@ impl<B: Backend> VirtioPci<B> {
     }
 
     fn activate(&mut self) {
-        let layouts: Vec<QueueLayout> = self
-            .queues
-            .iter()
-            .enumerate()
-            .filter(|(_, q)| q.enabled)
-            .filter_map(|(i, q)| {
-                Some(QueueLayout {
-                    index: u16::try_from(i).ok()?,
-                    size: q.size,
-                    desc: q.desc,
-                    avail: q.avail,
-                    used: q.used,
-                })
-            })
-            .collect();
+        let layouts = self.enabled_layouts();
         let activated = self
             .backend
             .activate(self.driver_features, &layouts, &self.events);

@@ -1,0 +1,272 @@
+//! The control socket (`skvm run --ctl PATH`) and its client (`skvm ctl`).
+//!
+//! One command per connection: the client writes one line (`status`,
+//! `pause`, `resume`, `device-restart NAME`, `mem-add SIZE`, `shutdown`),
+//! skvm answers with one JSON object on one line and closes. The main
+//! thread serves the socket between its other work; a client that does not
+//! send its line within a second is dropped, so it cannot stall the VM.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+/// Longest command line accepted.
+const MAX_LINE: usize = 256;
+/// How long a client may take to send its command.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A command on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Each device's pid, state, restarts and RSS, and the VM's state.
+    Status,
+    /// Stop the vCPUs and the devices.
+    Pause,
+    /// Start them again.
+    Resume,
+    /// Replace a device by a new instance (save, new sandbox, restore).
+    DeviceRestart(String),
+    /// Add guest memory.
+    MemAdd(u64),
+    /// Stop the VM.
+    Shutdown,
+}
+
+/// Parses one command line.
+pub fn parse(line: &str) -> Result<Command, String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["status"] => Ok(Command::Status),
+        ["pause"] => Ok(Command::Pause),
+        ["resume"] => Ok(Command::Resume),
+        ["shutdown"] => Ok(Command::Shutdown),
+        ["device-restart", name] => Ok(Command::DeviceRestart((*name).to_owned())),
+        ["mem-add", size] => crate::config::parse_size(size)
+            .filter(|s| *s > 0)
+            .map(Command::MemAdd)
+            .ok_or_else(|| format!("bad size {size:?} (e.g. 128M, 1G)")),
+        [] => Err("empty command".into()),
+        _ => Err(format!(
+            "unknown command {:?} (status, pause, resume, device-restart NAME, mem-add SIZE, \
+             shutdown)",
+            clip(line.trim())
+        )),
+    }
+}
+
+fn clip(s: &str) -> &str {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A JSON string literal for `s`.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The answer to a failed command.
+pub fn error_answer(message: &str) -> String {
+    format!("{{\"ok\":false,\"error\":{}}}", json_string(message))
+}
+
+/// The listening control socket; removed when dropped.
+pub struct CtlServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl CtlServer {
+    /// Listens on `path` (mode 0600). A socket file already there (left by
+    /// a VM that was killed) is replaced; any other file is refused.
+    pub fn bind(path: &Path) -> Result<Self> {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+                .with_context(|| format!("cannot replace {}", path.display()))?,
+            Ok(_) => bail!(
+                "--ctl {}: the file exists and is not a socket",
+                path.display()
+            ),
+            Err(_) => {}
+        }
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("--ctl {}: cannot listen", path.display()))?;
+        let server = Self {
+            listener,
+            path: path.to_owned(),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("--ctl {}: cannot restrict", path.display()))?;
+        server
+            .listener
+            .set_nonblocking(true)
+            .context("control socket")?;
+        Ok(server)
+    }
+
+    /// The fd to poll for clients.
+    pub fn fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+
+    /// The next waiting client with its command line, if any. A client
+    /// that sends nothing usable gets its error answer here.
+    pub fn next(&self) -> Option<(UnixStream, Result<Command, String>)> {
+        loop {
+            let (mut stream, _) = self.listener.accept().ok()?;
+            if stream.set_nonblocking(false).is_err()
+                || stream.set_read_timeout(Some(CLIENT_TIMEOUT)).is_err()
+                || stream.set_write_timeout(Some(CLIENT_TIMEOUT)).is_err()
+            {
+                continue;
+            }
+            let command = read_line(&mut stream).and_then(|l| parse(&l));
+            return Some((stream, command));
+        }
+    }
+}
+
+impl Drop for CtlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Sends `answer` (one JSON object) and closes.
+pub fn answer(mut stream: UnixStream, answer: &str) {
+    let _ = stream.write_all(format!("{answer}\n").as_bytes());
+}
+
+fn read_line(stream: &mut UnixStream) -> Result<String, String> {
+    let mut buf = Vec::with_capacity(64);
+    let mut chunk = [0u8; 64];
+    while !buf.contains(&b'\n') {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(e) => return Err(format!("reading the command: {e}")),
+        }
+        if buf.len() > MAX_LINE {
+            return Err(format!("command longer than {MAX_LINE} bytes"));
+        }
+    }
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    String::from_utf8(line.to_vec()).map_err(|_| "command is not UTF-8".to_owned())
+}
+
+/// `skvm ctl` options.
+#[derive(Debug, Clone, Args)]
+pub struct CtlArgs {
+    /// The VM's control socket (`skvm run --ctl PATH`).
+    #[arg(value_name = "SOCKET")]
+    pub socket: PathBuf,
+    /// status | pause | resume | device-restart NAME | mem-add SIZE |
+    /// shutdown.
+    #[arg(value_name = "COMMAND", required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+/// Sends one command and prints the answer; fails when skvm cannot be
+/// reached or the answer is not `"ok":true`.
+pub fn client(args: &CtlArgs) -> Result<()> {
+    let line = args.command.join(" ");
+    parse(&line).map_err(anyhow::Error::msg)?;
+    let mut stream = UnixStream::connect(&args.socket)
+        .with_context(|| format!("cannot connect to {}", args.socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .context("cannot send the command")?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .context("no answer from skvm")?;
+    let answer = answer.trim_end();
+    if answer.is_empty() {
+        bail!("skvm closed the connection without an answer");
+    }
+    println!("{answer}");
+    if !answer.starts_with("{\"ok\":true") {
+        bail!("the command failed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_and_bad_ones_say_why() {
+        assert_eq!(parse("status\n"), Ok(Command::Status));
+        assert_eq!(
+            parse(" device-restart  blk0 "),
+            Ok(Command::DeviceRestart("blk0".into()))
+        );
+        assert_eq!(parse("mem-add 128M"), Ok(Command::MemAdd(128 << 20)));
+        assert!(parse("mem-add 0").unwrap_err().contains("bad size"));
+        assert!(parse("mem-add lots").is_err());
+        assert!(parse("device-restart")
+            .unwrap_err()
+            .contains("unknown command"));
+        assert!(parse("").is_err());
+        assert!(parse("reboot now").unwrap_err().contains("status, pause"));
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
+        assert_eq!(
+            error_answer("no \"x\""),
+            "{\"ok\":false,\"error\":\"no \\\"x\\\"\"}"
+        );
+    }
+
+    #[test]
+    fn a_socket_file_is_replaced_and_other_files_are_refused() {
+        let dir = std::env::temp_dir().join(format!("skvm-ctl-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("ctl");
+        drop(UnixListener::bind(&sock).unwrap());
+        let server = CtlServer::bind(&sock).unwrap();
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mut c = UnixStream::connect(&sock).unwrap();
+        c.write_all(b"status\n").unwrap();
+        let (s, cmd) = server.next().unwrap();
+        assert_eq!(cmd, Ok(Command::Status));
+        answer(s, "{\"ok\":true}");
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "{\"ok\":true}\n");
+        drop(server);
+        assert!(!sock.exists(), "the socket outlived the server");
+        let file = dir.join("file");
+        std::fs::write(&file, b"keep").unwrap();
+        let e = CtlServer::bind(&file).err().unwrap().to_string();
+        assert!(e.contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
