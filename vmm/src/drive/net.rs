@@ -83,7 +83,10 @@ pub fn open(spec: &str, device: &str, size: u32) -> Result<(Host, ipc::Backend, 
             tap.name
         );
     }
-    let largest = (link.mtu + 14).min(u32::try_from(MAX_FRAME - VNET_HDR_LEN - 4)?);
+    let largest = link
+        .mtu
+        .saturating_add(14)
+        .min(u32::try_from(MAX_FRAME - VNET_HDR_LEN - 4)?);
     if !(MIN_FRAME..=largest).contains(&size) {
         bail!(
             "--size {size}: frames on tap {} (MTU {}) are {MIN_FRAME} to {largest} bytes",
@@ -606,7 +609,6 @@ fn hostile_tx(
         "hostile case {case}: used length {got}, expected 0"
     );
     // A normal frame, number 1; frame 0 must not come before it.
-    let templates = [template(BROADCAST, host.mac, 0, size)];
     mem.write_slice(
         &1u64.to_le_bytes(),
         GuestAddress(buf + u64::from(hdr) + SEQ_AT as u64),
