@@ -301,31 +301,12 @@ pub fn run(args: &DriveArgs) -> Result<()> {
         Target::Request(_) => vec![QUEUE0.layout()],
         Target::Net(_) => vec![QUEUE0.layout(), QUEUE1.layout()],
     };
-    let events = DeviceEvents {
-        kicks: queues
-            .iter()
-            .map(|_| EventFd::new(EFD_NONBLOCK))
-            .collect::<Result<_, _>>()?,
-        irqs: queues
-            .iter()
-            .map(|_| EventFd::new(EFD_NONBLOCK))
-            .collect::<Result<_, _>>()?,
-        config_irq: EventFd::new(EFD_NONBLOCK)?,
-    };
+    let events = queue_events(queues.len())?;
     let result = if args.fuzz_stdin {
         let all = dev.info().features;
         fuzz::fuzz_stdin(&mut dev, &ram.mem, &events, all).map(|()| None)
     } else {
-        // Everything the device offers that the driver understands: blk's
-        // FLUSH (so writes are not synced one by one) and RO, net's MAC,
-        // STATUS and MRG_RXBUF (no offloads: frames stay whole and
-        // checksummed), and VERSION_1.
-        let features = dev.info().features
-            & ((1u64 << devices::virtio::VIRTIO_F_VERSION_1)
-                | (1 << devices::block::VIRTIO_BLK_F_FLUSH)
-                | (1 << devices::block::VIRTIO_BLK_F_RO)
-                | net::FEATURES);
-        dev.activate(features, &queues, &events)
+        dev.activate(driver_features(dev.info().features), &queues, &events)
             .context("activation failed")
             .and_then(|()| exercise(args, &ram.mem, &events, &target))
     };
@@ -354,6 +335,32 @@ pub fn run(args: &DriveArgs) -> Result<()> {
         }
         Ok(None) => Ok(()),
     }
+}
+
+/// A kick and an interrupt eventfd for each of `queues` queues.
+fn queue_events(queues: usize) -> Result<DeviceEvents> {
+    let eventfds = || {
+        (0..queues)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(DeviceEvents {
+        kicks: eventfds()?,
+        irqs: eventfds()?,
+        config_irq: EventFd::new(EFD_NONBLOCK)?,
+    })
+}
+
+/// What the harness's driver takes of the `offered` features: everything
+/// it understands. blk's FLUSH (so writes are not synced one by one) and
+/// RO, net's MAC, STATUS and MRG_RXBUF (no offloads: frames stay whole and
+/// checksummed), and VERSION_1.
+fn driver_features(offered: u64) -> u64 {
+    offered
+        & ((1u64 << devices::virtio::VIRTIO_F_VERSION_1)
+            | (1 << devices::block::VIRTIO_BLK_F_FLUSH)
+            | (1 << devices::block::VIRTIO_BLK_F_RO)
+            | net::FEATURES)
 }
 
 /// The benchmark or the hostile case, on an activated device. Returns the
