@@ -1,13 +1,15 @@
-//! `skvm drive`: the rng and blk devices, started as `skvm run` starts them
-//! (a confined process with its seccomp filter in kill mode, or a thread),
-//! are driven from the host through their real queue, eventfds and ipc.
+//! `skvm drive`: the rng, blk and net devices, started as `skvm run` starts
+//! them (a confined process with its seccomp filter in kill mode, or a
+//! thread), are driven from the host through their real queues, eventfds
+//! and ipc. net runs over a tap in a network namespace each test creates
+//! and deletes (no interface or address outside it is touched).
 
 // Test code: a panic is a failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 
-use guest_tests::{assert_no_forbidden_syscall, code_and_text, field, skvm_bin};
+use guest_tests::{assert_no_forbidden_syscall, code_and_text, field, skvm_bin, Netns};
 
 fn drive(args: &[&str]) -> (i32, String) {
     let out = Command::new(skvm_bin())
@@ -133,7 +135,16 @@ fn devices_that_cannot_be_driven_are_refused() {
     assert!(out.contains("--disk"), "{out}");
     let (code, out) = drive(&["--device", "net0"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("only rng and blk devices"), "{out}");
+    assert!(out.contains("give the tap with --net"), "{out}");
+    let (code, out) = drive(&["--device", "gpu0"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("only rng, blk and net devices"), "{out}");
+    let (code, out) = drive(&["--net", "tap=t0"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("--net is for net devices"), "{out}");
+    let (code, out) = drive(&["--op", "tx"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("--op tx is not for rng devices"), "{out}");
     let img = Image::new("bad", 0);
     let disk = img.arg("");
     let (code, out) = drive(&["--device", "blk0", "--disk", &disk, "--size", "1000"]);
@@ -245,4 +256,196 @@ fn the_fuzz_harness_mode_answers_each_input_and_rejects_oversized_ones() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("at most"));
+}
+
+/// `skvm drive ARGS` inside `ns`.
+fn drive_in(ns: &Netns, args: &[&str]) -> (i32, String) {
+    let out = ns
+        .exec(skvm_bin().to_str().unwrap())
+        .arg("drive")
+        .args(args)
+        .output()
+        .expect("cannot run skvm drive");
+    let (code, text) = code_and_text(&out);
+    assert_no_forbidden_syscall(&text);
+    (code, text)
+}
+
+#[test]
+fn the_net_device_sends_and_receives_frames_through_a_tap_in_both_modes() {
+    let ns = Netns::new("drvnet");
+    ns.tap("skvmd0", 1500);
+    ns.tap("skvmd1", 9000);
+    for mode in ["process", "thread"] {
+        for op in ["tx", "rx"] {
+            for depth in ["1", "32"] {
+                let (code, out) = drive_in(
+                    &ns,
+                    &[
+                        "--device",
+                        "net0",
+                        "--net",
+                        "tap=skvmd0",
+                        "--device-mode",
+                        mode,
+                        "--op",
+                        op,
+                        "--depth",
+                        depth,
+                        "--requests",
+                        "2000",
+                    ],
+                );
+                assert_eq!(code, 0, "{mode} {op} depth {depth}: {out}");
+                assert!(out.contains(&format!("op={op} mode={mode}")), "{out}");
+                assert!(value(&out, "mb_per_s") > 0.0, "{out}");
+                assert!(value(&out, "p50_us") > 0.0, "{out}");
+                if mode == "process" {
+                    let pss = value(&out, "pss_kib");
+                    assert!(pss > 0.0 && pss < 2048.0, "device PSS {pss} KiB: {out}");
+                }
+            }
+            // Jumbo frames, and the smallest.
+            for (tap, size) in [("skvmd1", "9014"), ("skvmd0", "60")] {
+                let (code, out) = drive_in(
+                    &ns,
+                    &[
+                        "--device",
+                        "net0",
+                        "--net",
+                        &format!("tap={tap}"),
+                        "--device-mode",
+                        mode,
+                        "--op",
+                        op,
+                        "--size",
+                        size,
+                        "--depth",
+                        "8",
+                        "--requests",
+                        "400",
+                    ],
+                );
+                assert_eq!(code, 0, "{mode} {op} size {size}: {out}");
+                assert!(out.contains(&format!("size={size}")), "{out}");
+            }
+        }
+    }
+    // The taps are free again: no device outlived its run.
+    let (code, out) = drive_in(&ns, &["--device", "net0", "--net", "tap=skvmd0"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn hostile_net_queues_are_dropped_counted_and_the_device_keeps_serving() {
+    let ns = Netns::new("drvhostile");
+    ns.tap("skvmh0", 1500);
+    for mode in ["process", "thread"] {
+        for case in [
+            "tx-short",
+            "tx-oversized",
+            "tx-writable",
+            "tx-outside",
+            "tx-loop",
+            "rx-readable",
+            "rx-outside",
+            "rx-zero-len",
+            "rx-loop",
+        ] {
+            let (code, out) = drive_in(
+                &ns,
+                &[
+                    "--device",
+                    "net0",
+                    "--net",
+                    "tap=skvmh0",
+                    "--device-mode",
+                    mode,
+                    "--hostile",
+                    case,
+                ],
+            );
+            assert_eq!(code, 0, "{mode} {case}: {out}");
+            assert!(
+                out.contains(&format!(
+                    "hostile={case} outcome=handled used_len=0 then=served"
+                )),
+                "{out}"
+            );
+            // The device counted exactly the hostile chain's drop.
+            let counted = if case.starts_with("tx-") {
+                "dropped 1 malformed transmit chains and 0 received frames"
+            } else {
+                "dropped 0 malformed transmit chains and 1 received frames"
+            };
+            assert!(
+                out.contains(&format!("device net0: {counted}")),
+                "{mode} {case}: {out}"
+            );
+        }
+    }
+    let (code, out) = drive_in(
+        &ns,
+        &[
+            "--device",
+            "net0",
+            "--net",
+            "tap=skvmh0",
+            "--hostile",
+            "rx-nonsense",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("unknown net hostile case"), "{out}");
+}
+
+#[test]
+fn net_driving_errors_are_one_clear_line_and_a_created_tap_goes_away() {
+    let ns = Netns::new("drverr");
+    ns.tap("skvme0", 1500);
+    ns.ip(&["tuntap", "add", "skvmdown", "mode", "tap"]);
+    let cases: [(&[&str], &str); 6] = [
+        (&["--net", "tap=nosuchtap"], "tap nosuchtap does not exist"),
+        (&["--net", "tap=skvmdown"], "tap skvmdown is down"),
+        (&["--net", "tap=lo"], "lo is not a tap device"),
+        (
+            &["--net", "tap=skvme0", "--size", "4000"],
+            "--size 4000: frames on tap skvme0 (MTU 1500) are 60 to 1514 bytes",
+        ),
+        (
+            &["--net", "tap=skvme0", "--op", "randread"],
+            "--op randread is not for net devices",
+        ),
+        (
+            &["--net", "tap=skvme0", "--fuzz-stdin"],
+            "--fuzz-stdin drives rng and blk devices only",
+        ),
+    ];
+    for (args, message) in cases {
+        let mut all = vec!["--device", "net0"];
+        all.extend_from_slice(args);
+        let (code, out) = drive_in(&ns, &all);
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(out.contains(message), "{args:?}: {out}");
+        assert_eq!(out.lines().count(), 1, "{args:?}: {out}");
+    }
+    // A tap created for the run is gone after it.
+    let (code, out) = drive_in(
+        &ns,
+        &[
+            "--device",
+            "net0",
+            "--net",
+            "tap",
+            "--op",
+            "rx",
+            "--requests",
+            "200",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !ns.has_link("skvmtap0"),
+        "the created tap outlived skvm drive"
+    );
 }

@@ -19,96 +19,13 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use guest_tests::{code_and_text, field, sigkill, skvm_bin, TestVm};
+use guest_tests::{code_and_text, field, sigkill, skvm_bin, Netns, TestVm};
 
 const HOST_IP: &str = "10.0.2.1";
 const GUEST_IP: &str = "10.0.2.15";
 const TIMEOUT: Duration = Duration::from_secs(2400);
-
-/// A network namespace for one test, deleted (with its taps) on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("skvm-{tag}-{}-{n}", std::process::id());
-        let ns = Netns { name };
-        let _ = Command::new("ip")
-            .args(["netns", "del", &ns.name])
-            .stderr(Stdio::null())
-            .status();
-        run_ok(Command::new("ip").args(["netns", "add", &ns.name]));
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args));
-    }
-
-    /// Whether interface `name` exists in the namespace.
-    fn has_link(&self, name: &str) -> bool {
-        Command::new("ip")
-            .args(["-n", &self.name, "link", "show", name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    }
-
-    /// A command that runs `program` inside the namespace.
-    fn exec(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
-    }
-
-    /// A tap named `tap` with the host's address, up, at `mtu`.
-    fn tap(&self, tap: &str, mtu: u32) {
-        self.ip(&["tuntap", "add", tap, "mode", "tap"]);
-        self.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", tap]);
-        self.ip(&["link", "set", tap, "mtu", &mtu.to_string(), "up"]);
-    }
-
-    /// Runs `f` in a thread inside the namespace.
-    fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns on an open namespace fd; it changes this
-            // thread's network namespace only.
-            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn transfer_bytes() -> usize {
     let mib: usize = std::env::var("SKVM_NET_TEST_MIB")
@@ -166,7 +83,7 @@ fn guest_script(mtu: u32, ping_size: u32) -> String {
 /// `ping_size` bytes (not fragmented), and take the guest's copy back.
 /// Returns (ping output, what came back).
 fn host_side(ns: &Netns, data: Vec<u8>, ping_size: u32) -> (String, Vec<u8>) {
-    let ping_ns = ns.name.clone();
+    let ping_ns = ns.name().to_owned();
     ns.run_in(move || {
         let listener = TcpListener::bind((HOST_IP, 5002)).unwrap();
         let start = Instant::now();
@@ -206,6 +123,7 @@ fn host_side(ns: &Netns, data: Vec<u8>, ping_size: u32) -> (String, Vec<u8>) {
 fn ping_and_transfer(ns: &Netns, mode: &str, mtu: u32, kills: usize) {
     let tap = "skvmt0";
     ns.tap(tap, mtu);
+    ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", tap]);
     // The largest ICMP payload a frame of this MTU carries.
     let ping_size = mtu - 28;
     let mut cmd = ns.exec(skvm_bin().to_str().unwrap());
@@ -322,7 +240,7 @@ fn a_created_tap_lives_exactly_as_long_as_skvm() {
 /// booting); returns (exit code, output).
 fn refused(ns: &Netns, wrapper: &[&str], args: &[&str]) -> (i32, String) {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.name])
+    cmd.args(["netns", "exec", ns.name()])
         .args(wrapper)
         .arg(skvm_bin())
         .arg("run")

@@ -227,15 +227,73 @@ pub fn open(spec: &NetSpec) -> Result<OpenTap> {
     })
 }
 
-/// Sets IFF_UP on interface `name`.
-fn set_up(name: &str) -> Result<()> {
+/// A socket for interface ioctls.
+fn ioctl_socket() -> Result<OwnedFd> {
     // SAFETY: socket() returns a new fd or -1.
     let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if sock < 0 {
         return Err(std::io::Error::last_os_error()).context("socket");
     }
     // SAFETY: sock is a new fd owned by nothing else.
-    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    Ok(unsafe { OwnedFd::from_raw_fd(sock) })
+}
+
+/// What `skvm drive` needs to know of a tap's interface.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkInfo {
+    /// Its interface index.
+    pub index: u32,
+    /// Its MTU.
+    pub mtu: u32,
+    /// IFF_UP is set.
+    pub up: bool,
+}
+
+/// The index, MTU and state of interface `name` (in this thread's network
+/// namespace).
+pub fn link_info(name: &str) -> Result<LinkInfo> {
+    let c = std::ffi::CString::new(name).context("bad interface name")?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        bail!("interface {name} does not exist");
+    }
+    let sock = ioctl_socket()?;
+    let mut req = IfReq::new(name, 0);
+    // SAFETY: SIOCGIFFLAGS writes the flags of one struct ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error()).context("SIOCGIFFLAGS");
+    }
+    let up = req.flags & IFF_UP != 0;
+    // The MTU is an int where the flags were (a union in struct ifreq).
+    let mut m = IfReqInt {
+        name: req.name,
+        value: 0,
+        _pad: [0; 20],
+    };
+    // SAFETY: SIOCGIFMTU writes the MTU of one struct ifreq, which m is
+    // (name, the int member of the union, padding to 40 bytes).
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU as _, &mut m) } < 0 {
+        return Err(std::io::Error::last_os_error()).context("SIOCGIFMTU");
+    }
+    Ok(LinkInfo {
+        index,
+        mtu: u32::try_from(m.value).unwrap_or(0),
+        up,
+    })
+}
+
+/// `struct ifreq` with the int member of its union (ifr_mtu).
+#[repr(C)]
+struct IfReqInt {
+    name: [u8; 16],
+    value: libc::c_int,
+    _pad: [u8; 20],
+}
+
+/// Sets IFF_UP on interface `name`.
+fn set_up(name: &str) -> Result<()> {
+    let sock = ioctl_socket()?;
     let mut req = IfReq::new(name, 0);
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write one struct ifreq.
     unsafe {

@@ -1,0 +1,532 @@
+//! `skvm drive`: plays the guest's driver against a device, without a guest.
+//!
+//! The device is started exactly as `skvm run` starts it (same spawner, same
+//! confinement, same ipc, or a VMM thread in thread mode). This side builds
+//! split virtqueues (virtio 1.2, 2.7) in a memfd "guest RAM", activates the
+//! device with them, then posts descriptor chains, kicks the queue's eventfd
+//! and waits on its interrupt eventfd, checking every used entry. It prints
+//! throughput and kick-to-interrupt latency: the device's own cost, which a
+//! guest on an emulating host cannot show.
+//!
+//! Code map: `queue` is the driver's half of a split virtqueue; `request`
+//! drives the one-queue devices (rng, blk); `net` drives virtio-net through
+//! a tap and AF_PACKET sockets on its interface; `fuzz` is `--fuzz-stdin`.
+
+mod fuzz;
+mod net;
+mod queue;
+mod request;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::SandboxArgs;
+use crate::device_host::remote::RemoteDevice;
+use crate::device_host::spawner::Spawner;
+use crate::device_host::{
+    describe_status, device_type_of, kind_of, start_device, DeviceMode, Started,
+};
+use crate::disk::DiskSpec;
+use crate::memory::GuestRam;
+use crate::virtio_pci::{Backend, DeviceEvents};
+use queue::{QUEUE0, QUEUE1, RAM};
+use request::Workload;
+
+/// Options of `skvm drive`.
+#[derive(Debug, Args)]
+pub struct DriveArgs {
+    /// Device to start, named as in `skvm run` (its kind is the name without
+    /// the trailing number): rng0, blk0 with --disk, or net0 with --net.
+    #[arg(long, value_name = "NAME", default_value = "rng0")]
+    pub device: String,
+    /// Where the device runs, as in `skvm run`.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = DeviceMode::Process)]
+    pub device_mode: DeviceMode,
+    /// Number of requests to complete (net: frames).
+    #[arg(long, value_name = "N", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub requests: u32,
+    /// Bytes each request moves (rng: at most 64 KiB, its cap per request;
+    /// blk: a multiple of 512, at most 1 MiB; net: the Ethernet frame, 60
+    /// bytes to the tap's MTU plus 14). Default 4096, net 1514.
+    #[arg(long, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    pub size: Option<u32>,
+    /// Requests in flight per kick (queue depth; net rx: frames sent to the
+    /// tap at once).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub depth: u16,
+    /// The image a blk device serves, as `skvm run --disk` takes it
+    /// (PATH[,ro][,direct=on]). Writes change it.
+    #[arg(long, value_name = "PATH[,ro][,direct=on]")]
+    pub disk: Option<String>,
+    /// The tap a net device serves, as `skvm run --net` takes it:
+    /// tap=NAME attaches to an existing tap (it must be up), tap creates
+    /// one for the run. The harness's end is AF_PACKET sockets on the
+    /// tap's interface (CAP_NET_RAW).
+    #[arg(long, value_name = "tap[=NAME][,mac=MAC]")]
+    pub net: Option<String>,
+    /// What requests do. blk: sequential or random reads or writes
+    /// (default randread). net: tx, frames the driver sends, read back
+    /// from the tap's interface; rx, frames written into the tap's
+    /// interface that the driver receives (default tx).
+    #[arg(long, value_enum, value_name = "OP")]
+    pub op: Option<Op>,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// Fuzzing harness mode (see docs/FUZZING.md): read inputs from stdin,
+    /// each a 4-byte little-endian length and that many bytes (at most 64
+    /// KiB). For each, reset and re-activate the device with a queue of 16
+    /// at descriptor table 0x0, available ring 0x100 and used ring 0x200,
+    /// write the input over driver memory from address 0, kick, and wait
+    /// briefly for an interrupt; then answer one byte on stdout: `0` if the
+    /// device is still alive. If it died, print why on stderr and exit 1.
+    /// rng and blk only.
+    #[arg(long)]
+    pub fuzz_stdin: bool,
+    /// Run the device process without any confinement (no namespaces,
+    /// empty root, capability drop, rlimits or seccomp), to measure what the
+    /// sandbox costs. Benchmarks only; `skvm run` has no such option.
+    #[arg(long)]
+    pub unconfined: bool,
+    /// Instead of a benchmark, post one hostile descriptor chain (rng:
+    /// loop, outside, zero-len, huge-len, readonly; blk: loop, outside,
+    /// past-end, partial-sector, split-header, no-status, unknown-type;
+    /// net: tx-short, tx-oversized, tx-writable, tx-outside, tx-loop,
+    /// rx-readable, rx-outside, rx-zero-len, rx-loop), check the device's
+    /// answer, then check that a normal request still works. Prints one
+    /// line; exit status 1 if the device misbehaved.
+    #[arg(long, value_name = "CASE")]
+    pub hostile: Option<String>,
+    /// Test builds only: instead of a benchmark, make the confined device
+    /// (escrng0, escblk0, escnet0) attempt this hostile action and report the
+    /// outcome.
+    #[cfg(feature = "escape-test")]
+    #[arg(long, value_name = "ACTION")]
+    pub escape: Option<String>,
+}
+
+/// What requests do (`--op`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Op {
+    /// blk: sequential reads.
+    Read,
+    /// blk: sequential writes.
+    Write,
+    /// blk: reads at random aligned offsets.
+    Randread,
+    /// blk: writes at random aligned offsets.
+    Randwrite,
+    /// net: the driver transmits frames.
+    Tx,
+    /// net: the driver receives frames.
+    Rx,
+}
+
+impl Op {
+    /// Its name on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Randread => "randread",
+            Op::Randwrite => "randwrite",
+            Op::Tx => "tx",
+            Op::Rx => "rx",
+        }
+    }
+
+    fn is_blk(self) -> bool {
+        matches!(self, Op::Read | Op::Write | Op::Randread | Op::Randwrite)
+    }
+}
+
+impl DriveArgs {
+    /// Bytes per request, with the device's default.
+    fn size(&self) -> u32 {
+        let default = if kind_of(&self.device) == "net" {
+            1514
+        } else {
+            4096
+        };
+        self.size.unwrap_or(default)
+    }
+
+    /// The operation, with the device's default (none for rng).
+    fn op(&self) -> Option<Op> {
+        match kind_of(&self.device) {
+            "blk" => Some(self.op.unwrap_or(Op::Randread)),
+            "net" => Some(self.op.unwrap_or(Op::Tx)),
+            _ => None,
+        }
+    }
+}
+
+/// What one run measured.
+struct Figures {
+    secs: f64,
+    latencies_ns: Vec<u64>,
+    bytes: u64,
+}
+
+/// The device under test and its host side.
+enum Target {
+    /// rng or blk, one queue.
+    Request(Workload),
+    /// net, through a tap.
+    Net(net::Host),
+}
+
+/// Refuses option combinations that do not fit the device.
+fn validate(args: &DriveArgs) -> Result<()> {
+    let kind = kind_of(&args.device);
+    let size = args.size();
+    match (kind, &args.disk, &args.net) {
+        ("rng", None, None) => {
+            if size > 65536 {
+                bail!("--size {size}: an rng request is at most 65536 bytes");
+            }
+        }
+        ("blk", Some(_), None) => {
+            if !size.is_multiple_of(512) {
+                bail!("--size {size}: blk requests are whole 512-byte sectors");
+            }
+        }
+        ("net", None, Some(_)) => {
+            if args.fuzz_stdin {
+                bail!("--fuzz-stdin drives rng and blk devices only");
+            }
+        }
+        ("blk", None, _) => bail!("device '{}': give the image with --disk", args.device),
+        ("net", _, None) => bail!(
+            "device '{}': give the tap with --net tap[=NAME]",
+            args.device
+        ),
+        ("rng" | "net", Some(_), _) => {
+            bail!("device '{}': --disk is for blk devices", args.device)
+        }
+        ("rng" | "blk", _, Some(_)) => {
+            bail!("device '{}': --net is for net devices", args.device)
+        }
+        _ => bail!(
+            "device '{}': only rng, blk and net devices can be driven",
+            args.device
+        ),
+    }
+    match (kind, args.op) {
+        (_, None) => {}
+        ("blk", Some(op)) if op.is_blk() => {}
+        ("net", Some(Op::Tx | Op::Rx)) => {}
+        (_, Some(op)) => bail!("--op {} is not for {} devices", op.name(), kind),
+    }
+    if args.unconfined && args.device_mode != DeviceMode::Process {
+        bail!("--unconfined is for --device-mode process");
+    }
+    Ok(())
+}
+
+/// Opens what the device serves: its backend, the fds that go with it, and
+/// the harness's side.
+fn open_target(args: &DriveArgs) -> Result<(ipc::Backend, Vec<OwnedFd>, Target)> {
+    if let Some(d) = &args.disk {
+        let spec = DiskSpec::parse(d).map_err(anyhow::Error::msg)?;
+        let disk = crate::disk::open(&spec)?;
+        let op = args.op().unwrap_or(Op::Randread);
+        if u64::from(args.size()) > disk.sectors * 512 {
+            bail!("--size {} is larger than the disk", args.size());
+        }
+        if spec.read_only && matches!(op, Op::Write | Op::Randwrite) {
+            bail!("--op {} on a read-only disk", op.name());
+        }
+        let backend = ipc::Backend::Block {
+            sectors: disk.sectors,
+            read_only: spec.read_only,
+            direct: spec.direct,
+            serial: Vec::new(),
+        };
+        let w = Workload::Blk {
+            op,
+            sectors: disk.sectors,
+        };
+        return Ok((backend, vec![disk.fd], Target::Request(w)));
+    }
+    if let Some(n) = &args.net {
+        let (host, backend, tap) = net::open(n, &args.device, args.size())?;
+        return Ok((backend, vec![tap], Target::Net(host)));
+    }
+    Ok((
+        ipc::Backend::None,
+        Vec::new(),
+        Target::Request(Workload::Rng),
+    ))
+}
+
+/// `skvm drive`: runs the benchmark and prints one line of `key=value`
+/// figures (or the hostile case's line).
+pub fn run(args: &DriveArgs) -> Result<()> {
+    #[cfg(feature = "escape-test")]
+    if let Some(action) = &args.escape {
+        return escape(args, action);
+    }
+    validate(args)?;
+    let mut sandbox = args.sandbox.opts();
+    sandbox.unconfined = args.unconfined;
+    // The spawner must be forked while this process has a single thread.
+    let spawner = match args.device_mode {
+        DeviceMode::Process => Some(Spawner::start()?),
+        DeviceMode::Thread => None,
+    };
+    let (backend, backend_fds, target) = open_target(args)?;
+    let kind = kind_of(&args.device);
+    let device_type = device_type_of(kind).context("unknown device kind")?;
+    let ram = GuestRam::new(RAM).context("cannot create driver memory")?;
+    let Started { chan, pid, thread } =
+        start_device(spawner.as_ref(), args.device_mode, &args.device, sandbox)?;
+    let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
+    let borrowed: Vec<BorrowedFd<'_>> = backend_fds.iter().map(AsFd::as_fd).collect();
+    let mut dev = RemoteDevice::connect(
+        &args.device,
+        pid,
+        chan,
+        device_type,
+        (&backend, &borrowed),
+        memory,
+    )?;
+    let queues = match target {
+        Target::Request(_) => vec![QUEUE0.layout()],
+        Target::Net(_) => vec![QUEUE0.layout(), QUEUE1.layout()],
+    };
+    let events = queue_events(queues.len())?;
+    let result = if args.fuzz_stdin {
+        let all = dev.info().features;
+        fuzz::fuzz_stdin(&mut dev, &ram.mem, &events, all).map(|()| None)
+    } else {
+        dev.activate(driver_features(dev.info().features), &queues, &events)
+            .context("activation failed")
+            .and_then(|()| exercise(args, &ram.mem, &events, &target))
+    };
+    // An error with the device still alive is the harness's (or the fuzz
+    // input stream's).
+    let died = result.is_err() && dev.is_dead();
+    let pss = pid.and_then(pss_kib);
+    dev.shutdown();
+    drop(dev);
+    if let Some(t) = thread {
+        let _ = t.join();
+    }
+    // Let the device process end on its own, so that its last words (what
+    // it dropped) are written before the spawner takes it down.
+    let status = spawner.as_ref().and_then(wait_exit);
+    drop(spawner);
+    match result {
+        Err(e) if died => {
+            let how = status.map(describe_status).unwrap_or_default();
+            bail!("device {} died: {e:#}; {how}", args.device)
+        }
+        Err(e) => Err(e),
+        Ok(Some(f)) => {
+            print_figures(args, &f, pss);
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+    }
+}
+
+/// A kick and an interrupt eventfd for each of `queues` queues.
+fn queue_events(queues: usize) -> Result<DeviceEvents> {
+    let eventfds = || {
+        (0..queues)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(DeviceEvents {
+        kicks: eventfds()?,
+        irqs: eventfds()?,
+        config_irq: EventFd::new(EFD_NONBLOCK)?,
+    })
+}
+
+/// What the harness's driver takes of the `offered` features: everything
+/// it understands. blk's FLUSH (so writes are not synced one by one) and
+/// RO, net's MAC, STATUS and MRG_RXBUF (no offloads: frames stay whole and
+/// checksummed), and VERSION_1.
+fn driver_features(offered: u64) -> u64 {
+    offered
+        & ((1u64 << devices::virtio::VIRTIO_F_VERSION_1)
+            | (1 << devices::block::VIRTIO_BLK_F_FLUSH)
+            | (1 << devices::block::VIRTIO_BLK_F_RO)
+            | net::FEATURES)
+}
+
+/// The benchmark or the hostile case, on an activated device. Returns the
+/// figures of a benchmark.
+fn exercise(
+    args: &DriveArgs,
+    mem: &vm_memory::GuestMemoryMmap,
+    events: &DeviceEvents,
+    target: &Target,
+) -> Result<Option<Figures>> {
+    match (&args.hostile, target) {
+        (Some(case), Target::Request(w)) => {
+            println!("{}", request::hostile(mem, events, *w, case)?);
+            Ok(None)
+        }
+        (Some(case), Target::Net(host)) => {
+            println!("{}", net::hostile(mem, events, host, case)?);
+            Ok(None)
+        }
+        (None, Target::Request(w)) => request::drive(mem, events, args, *w).map(Some),
+        (None, Target::Net(host)) => net::drive(mem, events, host, args).map(Some),
+    }
+}
+
+/// Waits up to two seconds for the spawner's report that the device
+/// process ended; its wait status.
+fn wait_exit(spawner: &Spawner) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if let Some(x) = spawner.next_exit() {
+            return Some(x.status);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// Test builds: starts the escape device as `skvm run` would start a
+/// device, has it attempt `action`, and prints the outcome.
+#[cfg(feature = "escape-test")]
+fn escape(args: &DriveArgs, action: &str) -> Result<()> {
+    use crate::device_host::escape::{real_kind, ACTIONS};
+    use crate::virtio_pci::Backend as _;
+    use anyhow::ensure;
+    let index = ACTIONS
+        .iter()
+        .position(|a| *a == action)
+        .with_context(|| format!("unknown action '{action}'; actions: {}", ACTIONS.join(" ")))?;
+    ensure!(
+        real_kind(kind_of(&args.device)).is_some(),
+        "--escape needs an escape device (escrng0, escblk0, escnet0)"
+    );
+    ensure!(
+        args.device_mode == DeviceMode::Process,
+        "--escape needs --device-mode process"
+    );
+    let spawner = Spawner::start()?;
+    let ram = GuestRam::new(1 << 20).context("cannot create driver memory")?;
+    let Started { chan, pid, .. } = start_device(
+        Some(&spawner),
+        DeviceMode::Process,
+        &args.device,
+        args.sandbox.opts(),
+    )?;
+    let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
+    let mut dev = RemoteDevice::connect(
+        &args.device,
+        pid,
+        chan,
+        devices::virtio::DEVICE_ID_RNG,
+        (&ipc::Backend::None, &[]),
+        memory,
+    )?;
+    // SAFETY: getpid cannot fail.
+    let me = unsafe { libc::getpid() };
+    let result = dev.write_config(u32::try_from(index)?, &me.to_le_bytes());
+    let outcome = match result {
+        Ok(()) => "outcome=escaped".to_owned(),
+        Err(e) if !dev.is_dead() => format!("outcome=refused reason=\"{e:#}\""),
+        Err(_) => {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let status = loop {
+                if let Some(x) = spawner.next_exit() {
+                    break Some(x.status);
+                }
+                if Instant::now() > deadline {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            match status {
+                Some(s) if libc::WIFSIGNALED(s) => {
+                    format!("outcome=killed signal={}", libc::WTERMSIG(s))
+                }
+                Some(s) => format!("outcome=exited status={}", libc::WEXITSTATUS(s)),
+                None => "outcome=unknown".to_owned(),
+            }
+        }
+    };
+    // The VMM side carries on: the device is shut down cleanly if alive.
+    dev.shutdown();
+    println!("escape={action} device={} {outcome}", args.device);
+    Ok(())
+}
+
+/// Proportional set size of `pid` in KiB, from /proc/PID/smaps_rollup.
+fn pss_kib(pid: libc::pid_t) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("Pss:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The `p`th percentile (1 to 100) of sorted values, by nearest rank.
+fn percentile(sorted: &[u64], p: usize) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (p.saturating_mul(sorted.len()).div_ceil(100)).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Nanoseconds as microseconds, for printing.
+fn us(ns: u64) -> f64 {
+    Duration::from_nanos(ns).as_secs_f64() * 1e6
+}
+
+fn print_figures(args: &DriveArgs, f: &Figures, pss: Option<u64>) {
+    let mut l = f.latencies_ns.clone();
+    l.sort_unstable();
+    let mode = match (args.device_mode, args.unconfined) {
+        (DeviceMode::Process, false) => "process",
+        (DeviceMode::Process, true) => "process-unconfined",
+        (DeviceMode::Thread, _) => "thread",
+    };
+    let secs = f.secs.max(1e-9);
+    let op = args
+        .op()
+        .map_or_else(String::new, |op| format!(" op={}", op.name()));
+    println!(
+        "device={}{op} mode={mode} depth={} size={} requests={} secs={:.3} req_per_s={:.0} mb_per_s={:.1} \
+         p50_us={:.1} p90_us={:.1} p99_us={:.1} pss_kib={}",
+        args.device,
+        args.depth,
+        args.size(),
+        args.requests,
+        f.secs,
+        f64::from(args.requests) / secs,
+        f.bytes as f64 / secs / 1e6,
+        us(percentile(&l, 50)),
+        us(percentile(&l, 90)),
+        us(percentile(&l, 99)),
+        pss.map_or_else(|| "n/a".to_owned(), |p| p.to_string()),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50), 50);
+        assert_eq!(percentile(&v, 99), 99);
+        assert_eq!(percentile(&v, 100), 100);
+        assert_eq!(percentile(&[7], 90), 7);
+        assert_eq!(percentile(&[], 50), 0);
+    }
+}

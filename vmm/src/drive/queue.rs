@@ -1,0 +1,222 @@
+//! The driver's half of a split virtqueue (virtio 1.2, 2.7) in the
+//! harness's "guest RAM": where the rings sit, writing descriptors and
+//! available entries, publishing the available index, kicking, and
+//! waiting for the device's interrupt.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{fence, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::virtio_pci::DeviceEvents;
+
+/// Queue size used by the driver, on every queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Longest wait for an interrupt before the device is declared stuck.
+pub const IRQ_TIMEOUT: Duration = Duration::from_secs(5);
+/// VIRTQ_DESC_F_NEXT: the chain goes on.
+pub const DESC_F_NEXT: u16 = 1;
+/// VIRTQ_DESC_F_WRITE: the device writes this buffer.
+pub const DESC_F_WRITE: u16 = 2;
+/// VIRTQ_USED_F_NO_NOTIFY: the device does not need kicks just now.
+const USED_F_NO_NOTIFY: u16 = 1;
+
+/// blk request headers (16 bytes each) and status bytes.
+pub const HEADERS: u64 = 0x4_0000;
+/// blk status bytes, one per request slot.
+pub const STATUSES: u64 = 0x5_0000;
+/// Data buffers: one per request slot, [`STRIDE`] apart.
+pub const BUFFERS: u64 = 0x10_0000;
+/// Distance between two requests' data buffers.
+pub const STRIDE: u64 = 1 << 20;
+/// Request slots (the deepest queue depth).
+pub const SLOTS: u16 = 64;
+/// Size of the driver's RAM: the buffers of every slot fit.
+pub const RAM: u64 = BUFFERS + SLOTS as u64 * STRIDE;
+
+/// Where one queue's three parts sit in driver memory, and its index.
+#[derive(Debug, Clone, Copy)]
+pub struct Ring {
+    /// The queue's index in the device.
+    pub index: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+}
+
+/// Queue 0 (rng's and blk's only queue; net's receive queue).
+pub const QUEUE0: Ring = Ring {
+    index: 0,
+    desc: 0x1_0000,
+    avail: 0x2_0000,
+    used: 0x3_0000,
+};
+
+/// Queue 1 (net's transmit queue).
+pub const QUEUE1: Ring = Ring {
+    index: 1,
+    desc: 0x6_0000,
+    avail: 0x7_0000,
+    used: 0x8_0000,
+};
+
+impl Ring {
+    /// The layout the device is activated with.
+    pub fn layout(self) -> ipc::QueueLayout {
+        ipc::QueueLayout {
+            index: self.index,
+            size: QUEUE_SIZE,
+            desc: self.desc,
+            avail: self.avail,
+            used: self.used,
+        }
+    }
+
+    /// Writes descriptor `index`; its `next` field names the following
+    /// descriptor (used only with [`DESC_F_NEXT`]).
+    pub fn write_desc(
+        self,
+        mem: &GuestMemoryMmap,
+        index: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+    ) -> Result<()> {
+        self.write_desc_to(mem, index, addr, len, flags, index.wrapping_add(1))
+    }
+
+    /// Writes descriptor `index` with an explicit `next`.
+    pub fn write_desc_to(
+        self,
+        mem: &GuestMemoryMmap,
+        index: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) -> Result<()> {
+        let d = self.desc + u64::from(index) * 16;
+        mem.write_obj(addr, GuestAddress(d))?;
+        mem.write_obj(len, GuestAddress(d + 8))?;
+        mem.write_obj(flags, GuestAddress(d + 12))?;
+        mem.write_obj(next, GuestAddress(d + 14))?;
+        Ok(())
+    }
+
+    /// Puts chain `head` in the available ring at running position `pos`
+    /// (not yet published).
+    pub fn offer(self, mem: &GuestMemoryMmap, pos: u16, head: u16) -> Result<()> {
+        let ring = self.avail + 4 + u64::from(pos % QUEUE_SIZE) * 2;
+        mem.write_obj(head, GuestAddress(ring))?;
+        Ok(())
+    }
+
+    /// Publishes the available index `next_avail` and kicks the queue,
+    /// unless the device said it needs no kick.
+    pub fn publish(
+        self,
+        mem: &GuestMemoryMmap,
+        events: &DeviceEvents,
+        next_avail: u16,
+    ) -> Result<()> {
+        fence(Ordering::SeqCst);
+        mem.write_obj(next_avail, GuestAddress(self.avail + 2))?;
+        fence(Ordering::SeqCst);
+        let flags: u16 = mem.read_obj(GuestAddress(self.used))?;
+        if flags & USED_F_NO_NOTIFY == 0 {
+            self.kick(events)?;
+        }
+        Ok(())
+    }
+
+    /// Kicks the queue.
+    pub fn kick(self, events: &DeviceEvents) -> Result<()> {
+        events.kicks[usize::from(self.index)].write(1)?;
+        Ok(())
+    }
+
+    /// Publishes `next_avail`, kicks, and waits (interrupt by interrupt)
+    /// until the device has used everything up to it.
+    pub fn publish_and_wait(
+        self,
+        mem: &GuestMemoryMmap,
+        events: &DeviceEvents,
+        next_avail: u16,
+    ) -> Result<()> {
+        fence(Ordering::SeqCst);
+        mem.write_obj(next_avail, GuestAddress(self.avail + 2))?;
+        fence(Ordering::SeqCst);
+        self.kick(events)?;
+        loop {
+            self.wait_interrupt(events)?;
+            if self.used_idx(mem)? == next_avail {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits for the queue's interrupt and consumes it.
+    pub fn wait_interrupt(self, events: &DeviceEvents) -> Result<()> {
+        let irq = &events.irqs[usize::from(self.index)];
+        wait_readable(irq)?;
+        let _ = irq.read();
+        Ok(())
+    }
+
+    /// The device's used index.
+    pub fn used_idx(self, mem: &GuestMemoryMmap) -> Result<u16> {
+        fence(Ordering::SeqCst);
+        Ok(mem.read_obj(GuestAddress(self.used + 2))?)
+    }
+
+    /// The used entry at running position `pos`: (descriptor id, length).
+    pub fn used_entry(self, mem: &GuestMemoryMmap, pos: u16) -> Result<(u32, u32)> {
+        let e = self.used + 4 + u64::from(pos % QUEUE_SIZE) * 8;
+        Ok((
+            mem.read_obj(GuestAddress(e))?,
+            mem.read_obj(GuestAddress(e + 4))?,
+        ))
+    }
+
+    /// Posts the chain at descriptor 0 as the `n`th available entry,
+    /// kicks, and returns its used length.
+    pub fn submit_one(self, mem: &GuestMemoryMmap, events: &DeviceEvents, n: u16) -> Result<u32> {
+        self.offer(mem, n, 0)?;
+        self.publish_and_wait(mem, events, n.wrapping_add(1))?;
+        let (id, len) = self.used_entry(mem, n)?;
+        anyhow::ensure!(id == 0, "used entry names descriptor {id}");
+        Ok(len)
+    }
+}
+
+/// Waits until eventfd `e` is readable, at most [`IRQ_TIMEOUT`].
+pub fn wait_readable(e: &EventFd) -> Result<()> {
+    if poll_in(e.as_raw_fd(), IRQ_TIMEOUT)? {
+        return Ok(());
+    }
+    bail!("no interrupt from the device within {IRQ_TIMEOUT:?}")
+}
+
+/// Polls `fd` for input up to `timeout`; false when it timed out.
+pub fn poll_in(fd: std::os::fd::RawFd, timeout: Duration) -> Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    loop {
+        // SAFETY: polls one pollfd the caller keeps open.
+        let rc = unsafe { libc::poll(&mut p, 1, ms) };
+        if rc >= 0 {
+            return Ok(rc > 0);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err.into());
+        }
+    }
+}
