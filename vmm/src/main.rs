@@ -83,7 +83,7 @@ fn main() -> ExitCode {
                 .unwrap_or_default()
         };
         let (name, seccomp, ns) = (next(), next(), next());
-        return device_host::process_main(&name, &seccomp, &ns);
+        device_host::process_main(&name, &seccomp, &ns);
     }
     let cli = Cli::parse();
     match cli.command {

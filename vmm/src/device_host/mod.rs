@@ -25,7 +25,6 @@ pub mod worker;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -810,20 +809,32 @@ fn confine_process(kind: &str, namespaces: bool) -> std::io::Result<()> {
 }
 
 /// `main` of a device process (`skvm-dev NAME SECCOMP NS`, control socket
-/// on fd 3; see [`SpawnFlags::args`]).
-pub fn process_main(name: &str, seccomp: &str, ns: &str) -> ExitCode {
+/// on fd 3; see [`SpawnFlags::args`]). Ends with `_exit`: the runtime's
+/// own teardown makes syscalls (sigaltstack) no device policy allows.
+pub fn process_main(name: &str, seccomp: &str, ns: &str) -> ! {
+    let code = device_main(name, seccomp, ns);
+    // SAFETY: ends the process at once; nothing buffered is lost (log lines
+    // are written unbuffered).
+    unsafe { libc::_exit(code) }
+}
+
+fn device_main(name: &str, seccomp: &str, ns: &str) -> i32 {
     sandbox::process::set_name(&format!("skvm-dev {name}"));
+    // Past the file-size limit (no regular file is writable, stderr
+    // included), a write fails with EFBIG instead of killing the device.
+    // SAFETY: sets a signal's disposition to ignore.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let kind = kind_of(name);
     let (Some(mut policy), Some(how)) =
         (policy::for_kind(kind), SpawnFlags::from_args(seccomp, ns))
     else {
         eprintln!("skvm-dev {name}: unknown device kind or options (run by skvm only)");
-        return ExitCode::from(1);
+        return 1;
     };
     // SAFETY: F_GETFD only queries the fd number.
     if unsafe { libc::fcntl(spawner::DEVICE_CONTROL_FD, libc::F_GETFD) } < 0 {
         eprintln!("skvm-dev {name}: no control socket (run by skvm only)");
-        return ExitCode::from(1);
+        return 1;
     }
     let closed = sandbox::process::close_fds_except(&[0, 1, 2, spawner::DEVICE_CONTROL_FD]);
     let confined = match how.seccomp {
@@ -834,14 +845,14 @@ pub fn process_main(name: &str, seccomp: &str, ns: &str) -> ExitCode {
     };
     if let Err(e) = confined {
         eprintln!("skvm-dev {name}: cannot confine the process: {e}");
-        return ExitCode::from(1);
+        return 1;
     }
     // SAFETY: the spawner put the control socket on this fd for us alone.
     let chan = Channel::from_fd(unsafe { OwnedFd::from_raw_fd(spawner::DEVICE_CONTROL_FD) });
     if how.seccomp == Some(Violation::Trap) {
         if let Err(e) = install_trap_handler(spawner::DEVICE_CONTROL_FD) {
             eprintln!("skvm-dev {name}: cannot install the SIGSYS handler: {e}");
-            return ExitCode::from(1);
+            return 1;
         }
         policy.extend(policy::TRAP_EXTRA);
     }
@@ -850,10 +861,10 @@ pub fn process_main(name: &str, seccomp: &str, ns: &str) -> ExitCode {
         None => Ok(()),
     };
     match worker::serve(&chan, name, confine) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("skvm-dev {name}: {e}");
-            ExitCode::from(1)
+            1
         }
     }
 }

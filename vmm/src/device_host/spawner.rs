@@ -508,6 +508,11 @@ fn fork_device(name: &str, control: &OwnedFd, how: SpawnFlags) -> io::Result<lib
         if how.namespaces && (libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0) {
             libc::_exit(126);
         }
+        // A change of effective ids clears the parent-death signal: set it
+        // again, or a wedged device would outlive the spawner (and skvm).
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            libc::_exit(126);
+        }
         if libc::dup2(control.as_raw_fd(), DEVICE_CONTROL_FD) < 0 {
             libc::_exit(126);
         }
