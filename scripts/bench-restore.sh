@@ -80,7 +80,7 @@ run_mode() {
 	if [ "$mode" = process ]; then
 		local pid
 		for ((i = 0; i < rounds; i++)); do
-			pid=$(ip netns pids "$ns" | xargs -r ps -o pid=,args= -p 2>/dev/null | awk '$2 == "skvm-dev" && $3 == "rng0" { print $1 }' | head -n 1)
+			pid=$("$skvm" ctl "$sock" status | sed -n 's/.*"name":"rng0","pid":\([0-9]*\).*/\1/p')
 			[ -n "$pid" ] || { echo "bench-restore: no rng0 process" >&2; exit 1; }
 			kill -9 "$pid"
 			until [ "$(grep -c 'device rng0 (pid .*restarted it' "$work/out.$mode")" -gt "$i" ]; do sleep 0.05; done
