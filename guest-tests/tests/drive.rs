@@ -130,21 +130,18 @@ fn a_read_only_blk_device_is_driven_for_reads_only() {
 
 #[test]
 fn devices_that_cannot_be_driven_are_refused() {
-    let (code, out) = drive(&["--device", "blk0"]);
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("--disk"), "{out}");
-    let (code, out) = drive(&["--device", "net0"]);
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("give the tap with --net"), "{out}");
-    let (code, out) = drive(&["--device", "gpu0"]);
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("only rng, blk and net devices"), "{out}");
-    let (code, out) = drive(&["--net", "tap=t0"]);
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("--net is for net devices"), "{out}");
-    let (code, out) = drive(&["--op", "tx"]);
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("--op tx is not for rng devices"), "{out}");
+    let refusals: [(&[&str], &str); 5] = [
+        (&["--device", "blk0"], "--disk"),
+        (&["--device", "net0"], "give the tap with --net"),
+        (&["--device", "gpu0"], "only rng, blk and net devices"),
+        (&["--net", "tap=t0"], "--net is for net devices"),
+        (&["--op", "tx"], "--op tx is not for rng devices"),
+    ];
+    for (args, why) in refusals {
+        let (code, out) = drive(args);
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(out.contains(why), "{args:?}: {out}");
+    }
     let img = Image::new("bad", 0);
     let disk = img.arg("");
     let (code, out) = drive(&["--device", "blk0", "--disk", &disk, "--size", "1000"]);

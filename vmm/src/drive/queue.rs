@@ -122,13 +122,20 @@ impl Ring {
         events: &DeviceEvents,
         next_avail: u16,
     ) -> Result<()> {
-        fence(Ordering::SeqCst);
-        mem.write_obj(next_avail, GuestAddress(self.avail + 2))?;
-        fence(Ordering::SeqCst);
+        self.set_avail_idx(mem, next_avail)?;
         let flags: u16 = mem.read_obj(GuestAddress(self.used))?;
         if flags & USED_F_NO_NOTIFY == 0 {
             self.kick(events)?;
         }
+        Ok(())
+    }
+
+    /// Makes the chains up to `next_avail` available, ordered after the
+    /// writes that built them and before what follows.
+    fn set_avail_idx(self, mem: &GuestMemoryMmap, next_avail: u16) -> Result<()> {
+        fence(Ordering::SeqCst);
+        mem.write_obj(next_avail, GuestAddress(self.avail + 2))?;
+        fence(Ordering::SeqCst);
         Ok(())
     }
 
@@ -146,9 +153,7 @@ impl Ring {
         events: &DeviceEvents,
         next_avail: u16,
     ) -> Result<()> {
-        fence(Ordering::SeqCst);
-        mem.write_obj(next_avail, GuestAddress(self.avail + 2))?;
-        fence(Ordering::SeqCst);
+        self.set_avail_idx(mem, next_avail)?;
         self.kick(events)?;
         loop {
             self.wait_interrupt(events)?;
