@@ -10,12 +10,14 @@
 //! - [`rng`]: virtio-rng (entropy device, virtio 1.2 section 5.4).
 //! - [`block`]: virtio-blk over a raw image fd (section 5.2).
 //! - [`net`]: virtio-net over a tap fd (section 5.1).
+//! - [`mem`]: virtio-mem, guest memory plugged by blocks (section 5.15).
 //!
 //! Guest memory and every queue field are written by a hostile guest: models
 //! check every address through vm-memory, cap every length, bound the work
 //! of one call, and never panic on guest data.
 
 pub mod block;
+pub mod mem;
 pub mod net;
 pub mod rng;
 #[cfg(test)]

@@ -7,10 +7,8 @@
 //!
 //! The host side of the TCP transfers runs in a thread that joined the
 //! namespace (setns affects the calling thread only). Transfers are
-//! `SKVM_NET_TEST_MIB` MiB each way (default 4): this host's KVM emulates
-//! guest kernel code and moves about 0.15 MB/s through the guest's TCP
-//! stack, so the 64 MiB each way takes over 15 minutes here
-//! (`SKVM_NET_TEST_MIB=64` runs it).
+//! `SKVM_NET_TEST_MIB` MiB each way (default 64). This host's KVM emulates
+//! guest kernel code, and the guest's TCP stack is the bottleneck.
 
 // Test code: a panic is a failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -31,7 +29,7 @@ fn transfer_bytes() -> usize {
     let mib: usize = std::env::var("SKVM_NET_TEST_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(64);
     mib << 20
 }
 

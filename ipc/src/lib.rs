@@ -57,13 +57,13 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Largest encoded message, header included.
 pub const MAX_MESSAGE: usize = 4096;
 /// Most fds one message may carry.
-pub const MAX_FDS: usize = 16;
+pub const MAX_FDS: usize = 24;
 /// Largest device configuration space.
 pub const MAX_CONFIG: usize = 256;
 /// Most queues of a device.
 pub const MAX_QUEUES: usize = 4;
 /// Most guest memory regions.
-pub const MAX_REGIONS: usize = 4;
+pub const MAX_REGIONS: usize = 8;
 /// Longest text (error messages, reasons), in bytes of UTF-8.
 pub const MAX_TEXT: usize = 256;
 /// Largest device-specific part of a saved [`DeviceState`].

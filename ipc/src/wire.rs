@@ -209,11 +209,25 @@ pub enum Backend {
         /// The MAC address the guest sees.
         mac: [u8; 6],
     },
+    /// A virtio-mem region; no fds (the memory comes with activation).
+    Mem {
+        /// Guest physical address of the region.
+        addr: u64,
+        /// Size of the region.
+        region_size: u64,
+        /// Block size.
+        block_size: u64,
+        /// The part backed with memory, from the start.
+        usable: u64,
+        /// How much the driver is asked to plug.
+        requested: u64,
+    },
 }
 
 const BACKEND_NONE: u16 = 0;
 const BACKEND_BLOCK: u16 = 1;
 const BACKEND_NET: u16 = 2;
+const BACKEND_MEM: u16 = 3;
 const BLOCK_READ_ONLY: u8 = 1;
 const BLOCK_DIRECT: u8 = 2;
 
@@ -221,7 +235,7 @@ impl Backend {
     /// How many fds travel with it.
     pub fn fd_count(&self) -> usize {
         match self {
-            Backend::None => 0,
+            Backend::None | Backend::Mem { .. } => 0,
             Backend::Block { .. } | Backend::Net { .. } => 1,
         }
     }
@@ -251,6 +265,18 @@ impl Backend {
                 w.u16(BACKEND_NET);
                 w.buf.extend_from_slice(mac);
             }
+            Backend::Mem {
+                addr,
+                region_size,
+                block_size,
+                usable,
+                requested,
+            } => {
+                w.u16(BACKEND_MEM);
+                for v in [addr, region_size, block_size, usable, requested] {
+                    w.u64(*v);
+                }
+            }
         }
         Ok(())
     }
@@ -272,6 +298,13 @@ impl Backend {
                 })
             }
             BACKEND_NET => Ok(Backend::Net { mac: r.array()? }),
+            BACKEND_MEM => Ok(Backend::Mem {
+                addr: r.u64()?,
+                region_size: r.u64()?,
+                block_size: r.u64()?,
+                usable: r.u64()?,
+                requested: r.u64()?,
+            }),
             _ => Err(IpcError::BadValue("backend kind")),
         }
     }
@@ -760,6 +793,16 @@ mod tests {
                 version: 1,
                 backend: Backend::Net {
                     mac: [2, 0, 0, 1, 2, 3],
+                },
+            },
+            Request::Hello {
+                version: 1,
+                backend: Backend::Mem {
+                    addr: 1 << 32,
+                    region_size: 1 << 30,
+                    block_size: 2 << 20,
+                    usable: 256 << 20,
+                    requested: 128 << 20,
                 },
             },
             Request::ConfigRead { offset: 4, len: 8 },

@@ -53,6 +53,12 @@ pub struct RunArgs {
     /// boot, so more memory boots slower where guest kernel code is emulated.
     #[arg(long, value_name = "SIZE", default_value = "256M")]
     pub mem: String,
+    /// Room for memory hotplug: adds a virtio-mem device (mem0, in a VMM
+    /// thread) with a region of this size above guest RAM, which `skvm ctl
+    /// SOCKET mem-add SIZE` fills 128 MiB at a time. A multiple of 128 MiB,
+    /// at most 4G; 0 (the default): no hotplug.
+    #[arg(long, value_name = "SIZE", default_value = "0")]
+    pub hotplug_mem: String,
     /// Workarounds for hosts whose KVM emulates guest kernel code: complete
     /// int3, clac/stac and fwait in skvm, and add guest command-line options.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = HostQuirks::Auto)]
@@ -101,7 +107,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub restart_limit: u32,
     /// Listen for control commands on this unix socket (`skvm ctl PATH
-    /// COMMAND`: status, pause, resume, device-restart NAME, shutdown). The
+    /// COMMAND`: status, pause, resume, device-restart NAME, mem-add SIZE,
+    /// shutdown). The
     /// socket is created mode 0600 and removed at exit; an existing socket
     /// file at PATH is replaced, any other file is refused.
     #[arg(long, value_name = "PATH")]
@@ -192,6 +199,9 @@ pub enum ConfigError {
     /// A --net option that cannot be parsed.
     #[error("{0}")]
     BadNet(String),
+    /// A --hotplug-mem that is not a usable size.
+    #[error("invalid --hotplug-mem '{0}': expected a multiple of 128M up to 4G, or 0")]
+    BadHotplug(String),
     /// No --kernel and no default guest.
     #[error("no --kernel given and the default guest is not built at {0}: run scripts/setup.sh")]
     NoDefaultGuest(PathBuf),
@@ -212,6 +222,8 @@ pub struct VmConfig {
     pub cpus: u8,
     /// RAM in bytes.
     pub mem: u64,
+    /// Room for hot-added memory in bytes (0: no virtio-mem).
+    pub hotplug_mem: u64,
     /// Quirks mode.
     pub host_quirks: HostQuirks,
     /// Disks, in order (blk0, blk1, ...).
@@ -267,6 +279,11 @@ impl VmConfig {
                 min: MIN_MEM >> 20,
             });
         }
+        let hotplug_mem = parse_size(&args.hotplug_mem)
+            .filter(|s| {
+                s.is_multiple_of(crate::hotplug::GRANULE) && *s <= crate::hotplug::MAX_REGION
+            })
+            .ok_or_else(|| ConfigError::BadHotplug(args.hotplug_mem.clone()))?;
         if args.cpus == 0 || args.cpus > MAX_CPUS {
             return Err(ConfigError::Cpus(args.cpus));
         }
@@ -294,6 +311,7 @@ impl VmConfig {
             run: args.run.clone(),
             cpus,
             mem,
+            hotplug_mem,
             host_quirks: args.host_quirks,
             disks: args
                 .disk
@@ -460,6 +478,7 @@ mod tests {
             run: None,
             cpus: 1,
             mem: "128M".into(),
+            hotplug_mem: "0".into(),
             host_quirks: HostQuirks::Auto,
             rng: false,
             disk: Vec::new(),
@@ -482,6 +501,31 @@ mod tests {
     fn zero_cpus_is_an_error() {
         let a = RunArgs { cpus: 0, ..args() };
         assert!(matches!(VmConfig::from_args(&a), Err(ConfigError::Cpus(0))));
+    }
+
+    #[test]
+    fn hotplug_room_is_whole_memory_blocks_up_to_4g() {
+        for (given, want) in [
+            ("0", Some(0)),
+            ("128M", Some(128 << 20)),
+            ("4G", Some(4 << 30)),
+        ] {
+            let a = RunArgs {
+                hotplug_mem: given.into(),
+                ..args()
+            };
+            assert_eq!(VmConfig::from_args(&a).ok().map(|c| c.hotplug_mem), want);
+        }
+        for bad in ["100M", "5G", "lots", "-1"] {
+            let a = RunArgs {
+                hotplug_mem: bad.into(),
+                ..args()
+            };
+            assert!(
+                matches!(VmConfig::from_args(&a), Err(ConfigError::BadHotplug(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod disk;
 mod drive;
 mod exit;
 mod host;
+mod hotplug;
 mod irq;
 mod legacy;
 mod log;
@@ -64,8 +65,10 @@ enum Command {
     /// restarts and resident memory), pause, resume (vCPUs and devices),
     /// device-restart NAME (save the device, replace its process by a new
     /// one in a new sandbox, restore it; answers the time of each step),
-    /// mem-add SIZE (not implemented yet), shutdown (stop the VM at once,
-    /// as if the guest powered off). Exit status: 0 when the answer has
+    /// mem-add SIZE (memory hotplug, with `skvm run --hotplug-mem`: back
+    /// SIZE more bytes, a multiple of 128M, give every device the new
+    /// memory map, then let the guest plug it), shutdown (stop the VM at
+    /// once, as if the guest powered off). Exit status: 0 when the answer has
     /// "ok":true, 1 otherwise.
     Ctl(ctl::CtlArgs),
 }

@@ -116,7 +116,8 @@ pub fn map_ranges(ranges: &[(RamRange, Arc<File>)]) -> Result<GuestMemoryMmap, M
     GuestMemoryMmap::from_regions(regions).map_err(|_| MemoryError::Layout)
 }
 
-fn create_memfd(size: u64) -> Result<File, MemoryError> {
+/// A sealed memfd of `size` bytes.
+pub fn create_memfd(size: u64) -> Result<File, MemoryError> {
     let name = c"skvm-guest-ram";
     // SAFETY: `name` is a valid NUL-terminated string; the flags are valid.
     let fd =

@@ -29,7 +29,7 @@ use crate::memory::GuestRam;
 use crate::pci::PciBus;
 use crate::tap;
 use crate::vcpu::{self, setup, PauseGate, Vcpu, VcpuStats};
-use crate::{host, log};
+use crate::{host, hotplug, log};
 
 /// KVM needs three pages for the TSS and one for the identity map, in the
 /// MMIO hole below the IO-APIC.
@@ -178,6 +178,34 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
             &router,
         )?;
     }
+    // Memory hotplug: virtio-mem last, with nothing usable yet.
+    let vcpu_mem = Arc::new(Mutex::new(ram.mem.clone()));
+    let hotplug = if cfg.hotplug_mem > 0 {
+        let top = ram
+            .ranges
+            .iter()
+            .map(|r| r.guest_addr + r.size)
+            .max()
+            .unwrap_or(0);
+        let addr = hotplug::region_addr(top);
+        host.add(
+            hotplug::DEVICE,
+            (hotplug::backend(addr, cfg.hotplug_mem, 0), Vec::new()),
+            &mut pci,
+            &ram,
+            &vm,
+            &router,
+        )?;
+        let ranges = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
+        Some(hotplug::Hotplug::new(
+            vm.clone(),
+            (addr, cfg.hotplug_mem),
+            ranges,
+            vcpu_mem.clone(),
+        ))
+    } else {
+        None
+    };
     let pci = Arc::new(pci);
 
     let exit = Arc::new(ExitSignal::new().context("cannot create exit eventfd")?);
@@ -214,7 +242,7 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
         vcpus.push(Vcpu {
             index,
             fd,
-            mem: ram.mem.clone(),
+            mem: vcpu_mem.clone(),
             legacy: legacy.clone(),
             retry_rip: 0,
             retries: 0,
@@ -258,6 +286,7 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
         gate,
         handles: handles.clone(),
         paused: false,
+        hotplug,
     });
     main_loop(&exit, &legacy, &panic, &mut host, control.as_mut());
     drop(control);
@@ -416,6 +445,7 @@ struct Control {
     gate: Arc<PauseGate>,
     handles: Arc<Vec<JoinHandle<()>>>,
     paused: bool,
+    hotplug: Option<hotplug::Hotplug>,
 }
 
 /// How long the vCPUs may take to stop for a pause.
@@ -459,9 +489,26 @@ impl Control {
                     t.restore.as_micros()
                 )
             }),
-            ctl::Command::MemAdd(_) => Err(anyhow::anyhow!(
-                "mem-add: memory hotplug is not implemented yet"
-            )),
+            ctl::Command::MemAdd(size) => match self.hotplug.as_mut() {
+                None => Err(anyhow::anyhow!(
+                    "mem-add: this VM has no room for memory hotplug (skvm run --hotplug-mem SIZE)"
+                )),
+                Some(h) => h.add(size, host).map(|a| {
+                    log::info(&format!(
+                        "memory: added {} MiB; {} devices rebuilt, longest pause {} us",
+                        a.size >> 20,
+                        a.devices,
+                        a.longest_pause.as_micros()
+                    ));
+                    format!(
+                        "{{\"ok\":true,\"added\":{},\"usable\":{},\"devices\":{},\"longest_pause_us\":{}}}",
+                        a.size,
+                        a.usable,
+                        a.devices,
+                        a.longest_pause.as_micros()
+                    )
+                }),
+            },
             ctl::Command::Shutdown => {
                 log::info("shutdown requested on the control socket");
                 exit.request(ExitReason::Poweroff);
@@ -518,8 +565,9 @@ impl Control {
             })
             .collect();
         let state = if self.paused { "paused" } else { "running" };
+        let hotplugged = self.hotplug.as_ref().map_or(0, hotplug::Hotplug::added);
         format!(
-            "{{\"ok\":true,\"state\":\"{state}\",\"devices\":[{}]}}",
+            "{{\"ok\":true,\"state\":\"{state}\",\"hotplugged\":{hotplugged},\"devices\":[{}]}}",
             devices.join(",")
         )
     }

@@ -184,6 +184,17 @@ pub struct RestartTimes {
     pub pid: Option<libc::pid_t>,
 }
 
+/// Where device `name` runs: virtio-mem (the VMM's memory manager, which
+/// touches no guest data but its own queue) always in a VMM thread, every
+/// other device as `mode` says.
+fn mode_for(name: &str, mode: DeviceMode) -> DeviceMode {
+    if kind_of(name) == "mem" {
+        DeviceMode::Thread
+    } else {
+        mode
+    }
+}
+
 /// The kind of a device from its name: "rng0" is an "rng".
 pub fn kind_of(name: &str) -> &str {
     name.trim_end_matches(|c: char| c.is_ascii_digit())
@@ -199,6 +210,7 @@ pub fn device_type_of(kind: &str) -> Option<u32> {
         "rng" => Some(devices::virtio::DEVICE_ID_RNG),
         "blk" => Some(devices::virtio::DEVICE_ID_BLOCK),
         "net" => Some(devices::virtio::DEVICE_ID_NET),
+        "mem" => Some(devices::mem::DEVICE_ID_MEM),
         _ => None,
     }
 }
@@ -235,6 +247,22 @@ pub fn build_model(
             };
             Box::new(devices::block::Block::new(File::from(image), params))
         }
+        (
+            "mem",
+            Backend::Mem {
+                addr,
+                region_size,
+                block_size,
+                usable,
+                requested,
+            },
+        ) => Box::new(devices::mem::Mem::new(devices::mem::MemParams {
+            addr,
+            region_size,
+            block_size,
+            usable,
+            requested,
+        })?),
         ("net", Backend::Net { mac }) => {
             let tap = fds.next().ok_or("no tap fd")?;
             Box::new(devices::net::Net::new(tap, devices::net::NetParams { mac }))
@@ -293,7 +321,12 @@ impl DeviceHost {
             chan: vmm_end,
             pid,
             thread,
-        } = start_device(self.spawner.as_ref(), self.mode, name, self.sandbox)?;
+        } = start_device(
+            self.spawner.as_ref(),
+            mode_for(name, self.mode),
+            name,
+            self.sandbox,
+        )?;
         self.memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
         let remote = greet(
             name,
@@ -350,8 +383,12 @@ impl DeviceHost {
         if let Some(t) = d.thread.take() {
             let _ = t.join();
         }
-        let Started { chan, pid, thread } =
-            start_device(self.spawner.as_ref(), self.mode, &d.name, self.sandbox)?;
+        let Started { chan, pid, thread } = start_device(
+            self.spawner.as_ref(),
+            mode_for(&d.name, self.mode),
+            &d.name,
+            self.sandbox,
+        )?;
         let remote = greet(
             &d.name,
             (chan, pid),
@@ -364,11 +401,21 @@ impl DeviceHost {
         d.failed = false;
         d.paused = false;
         d.restarts = d.restarts.saturating_add(1);
-        let mut t = lock(&d.transport);
-        let restore_start = Instant::now();
-        let mut old = t.replace_backend(remote, saved)?;
-        let restored = restore_start.elapsed();
-        old.shutdown();
+        let (restored, events) = {
+            let mut t = lock(&d.transport);
+            let restore_start = Instant::now();
+            let mut old = t.replace_backend(remote, saved)?;
+            let restored = restore_start.elapsed();
+            old.shutdown();
+            (restored, t.backend_mut().poll_events())
+        };
+        // What the new instance said while it was restored (a configuration
+        // that moved on from its hello: virtio-mem's plugged size).
+        for ev in events {
+            if let Some(ExitReason::Fatal(msg)) = self.device_event(i, ev) {
+                log::error(&msg);
+            }
+        }
         Ok((pid, restored))
     }
 
@@ -439,7 +486,7 @@ impl DeviceHost {
             }
         };
         log::info(&format!(
-            "device {name} restarted on request{}",
+            "device {name} replaced by a new instance{}",
             pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
         ));
         Ok(RestartTimes {
@@ -448,6 +495,42 @@ impl DeviceHost {
             restore,
             pid,
         })
+    }
+
+    /// Adds a region of guest memory for devices started from now on
+    /// (what [`DeviceHost::rebuild_all`] gives every device).
+    pub fn add_memory(&mut self, range: RamRange, file: Arc<File>) {
+        self.memory.push((range, file));
+    }
+
+    /// Changes what device `name` serves, for its next instance.
+    pub fn set_backend(&mut self, name: &str, backend: Backend) -> Result<()> {
+        let i = self.index_of(name)?;
+        self.devices[i].backend = backend;
+        Ok(())
+    }
+
+    /// Replaces every running device by a new instance over the current
+    /// memory (a new process and sandbox in process mode), `last` after all
+    /// others. Returns each device's times; a device that cannot be
+    /// restarted is marked failed and reported, the others go on.
+    pub fn rebuild_all(&mut self, last: &str) -> (Vec<(String, RestartTimes)>, Vec<String>) {
+        let mut names: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|d| !d.failed)
+            .map(|d| d.name.clone())
+            .collect();
+        names.sort_by_key(|n| n == last);
+        let mut done = Vec::with_capacity(names.len());
+        let mut errors = Vec::new();
+        for name in names {
+            match self.restart(&name) {
+                Ok(t) => done.push((name, t)),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        (done, errors)
     }
 
     /// Pauses every running device (their kicks wait in the eventfds).

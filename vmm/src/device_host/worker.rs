@@ -114,9 +114,12 @@ fn serve_model(
     device: &mut dyn VirtioDevice,
     confine: impl FnOnce() -> Result<(), String>,
 ) -> Result<(), WorkerError> {
+    let info = device_info(device);
+    // The configuration the VMM knows, to tell it when a restore moves it.
+    let mut announced = info.config.clone();
     chan.send_reply(&Reply::Welcome {
         version: PROTOCOL_VERSION,
-        info: device_info(device),
+        info,
     })?;
     confine().map_err(WorkerError::Confine)?;
 
@@ -174,6 +177,13 @@ fn serve_model(
                 let reply = match restore(device, &regions, &state, recover, fds) {
                     Ok(a) => {
                         active = Some(a);
+                        let config = device.config();
+                        if config != announced {
+                            chan.send_reply(&Reply::ConfigChanged {
+                                config: config.clone(),
+                            })?;
+                            announced = config;
+                        }
                         Reply::Ack
                     }
                     Err(message) => {

@@ -72,8 +72,9 @@ pub struct Vcpu {
     pub index: u8,
     /// The KVM vCPU.
     pub fd: VcpuFd,
-    /// Guest memory, for reading instructions on emulation failures.
-    pub mem: GuestMemoryMmap,
+    /// Guest memory, for reading instructions on emulation failures
+    /// (replaced when memory is hot-added).
+    pub mem: Arc<Mutex<GuestMemoryMmap>>,
     /// The port I/O devices.
     pub legacy: Arc<LegacyDevices>,
     /// RIP of the last instruction KVM could not emulate, and how many times
@@ -307,6 +308,11 @@ impl Vcpu {
         }
     }
 
+    /// Guest memory as it is now.
+    fn memory(&self) -> GuestMemoryMmap {
+        self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn internal_error(&mut self) -> Result<(), ExitReason> {
         const EMULATION_RETRIES: u32 = 3;
         // SAFETY: KVM_EXIT_INTERNAL_ERROR means the `internal` union member is
@@ -316,7 +322,8 @@ impl Vcpu {
             return Err(self.fatal(format!("KVM internal error, suberror {suberror}")));
         }
         if !self.quirks {
-            let detail = match emulation::recover_dry(&self.fd, &self.mem) {
+            let mem = self.memory();
+            let detail = match emulation::recover_dry(&self.fd, &mem) {
                 Ok(s) => s,
                 Err(e) => e.to_string(),
             };
@@ -325,7 +332,7 @@ impl Vcpu {
                  try --host-quirks on"
             )));
         }
-        match emulation::recover(&self.fd, &self.mem) {
+        match emulation::recover(&self.fd, &self.memory()) {
             Ok(r) => {
                 let c = match r {
                     emulation::Recovery::Breakpoint => &self.stats.int3,

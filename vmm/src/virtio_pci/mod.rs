@@ -278,10 +278,15 @@ impl<B: Backend> VirtioPci<B> {
                 && new.max_queue_size == self.info.max_queue_size
                 && new.features == self.info.features
         };
+        let config = backend.info().config.clone();
         let old = std::mem::replace(&mut self.backend, backend);
         if !same {
             self.device_failed();
             anyhow::bail!("the new instance is not the same device");
+        }
+        if config != self.info.config {
+            // A new backend description (virtio-mem after mem-add).
+            self.config_changed(config);
         }
         if self.is_active() {
             let recover = saved.is_none();
