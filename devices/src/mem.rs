@@ -253,10 +253,6 @@ impl VirtioDevice for Mem {
         c
     }
 
-    fn write_config(&mut self, _offset: u32, _data: &[u8]) -> Result<(), DeviceError> {
-        Err(DeviceError::ReadOnlyConfig)
-    }
-
     fn activate(&mut self, features: u64) -> Result<(), DeviceError> {
         check_features(features, self.features())?;
         self.features = features;

@@ -508,11 +508,6 @@ impl VirtioDevice for Net {
         c
     }
 
-    fn write_config(&mut self, _offset: u32, _data: &[u8]) -> Result<(), DeviceError> {
-        // The MAC is writable only on legacy devices.
-        Err(DeviceError::ReadOnlyConfig)
-    }
-
     fn activate(&mut self, features: u64) -> Result<(), DeviceError> {
         check_features(features, self.features())?;
         self.features = features;

@@ -169,10 +169,6 @@ impl VirtioDevice for Rng {
         Vec::new()
     }
 
-    fn write_config(&mut self, _offset: u32, _data: &[u8]) -> Result<(), DeviceError> {
-        Err(DeviceError::ReadOnlyConfig)
-    }
-
     fn activate(&mut self, features: u64) -> Result<(), DeviceError> {
         check_features(features, self.features())?;
         self.features = features;

@@ -109,8 +109,12 @@ pub trait VirtioDevice: Send {
     fn features(&self) -> u64;
     /// The device-specific configuration space (may be empty).
     fn config(&self) -> Vec<u8>;
-    /// A driver write to the configuration space.
-    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), DeviceError>;
+    /// A driver write to the configuration space. Refused by default: no
+    /// skvm device offers a writable field (blk's `writeback` needs
+    /// CONFIG_WCE, net's MAC is writable only on legacy devices).
+    fn write_config(&mut self, _offset: u32, _data: &[u8]) -> Result<(), DeviceError> {
+        Err(DeviceError::ReadOnlyConfig)
+    }
     /// The driver set DRIVER_OK with `features` (a subset of `features()`).
     fn activate(&mut self, features: u64) -> Result<(), DeviceError>;
     /// The driver made buffers available on queue `index`: consume them and

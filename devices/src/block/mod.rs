@@ -471,12 +471,6 @@ impl VirtioDevice for Block {
         c
     }
 
-    fn write_config(&mut self, _offset: u32, _data: &[u8]) -> Result<(), DeviceError> {
-        // Only `writeback` is writable, and only with CONFIG_WCE, which is
-        // not offered.
-        Err(DeviceError::ReadOnlyConfig)
-    }
-
     fn activate(&mut self, features: u64) -> Result<(), DeviceError> {
         check_features(features, self.features())?;
         self.features = features;
