@@ -1,0 +1,387 @@
+//! The wire format's unit tests.
+
+use super::backend::BACKEND_BLOCK;
+use super::*;
+use crate::MAX_SERIAL;
+
+fn requests() -> Vec<Request> {
+    vec![
+        Request::Hello {
+            version: 1,
+            backend: Backend::None,
+        },
+        Request::Hello {
+            version: 1,
+            backend: Backend::Block {
+                sectors: 1 << 21,
+                read_only: true,
+                direct: false,
+                serial: b"disk-1".to_vec(),
+            },
+        },
+        Request::Hello {
+            version: 1,
+            backend: Backend::Net {
+                mac: [2, 0, 0, 1, 2, 3],
+            },
+        },
+        Request::Hello {
+            version: 1,
+            backend: Backend::Mem {
+                addr: 1 << 32,
+                region_size: 1 << 30,
+                block_size: 2 << 20,
+                usable: 256 << 20,
+                requested: 128 << 20,
+            },
+        },
+        Request::ConfigRead { offset: 4, len: 8 },
+        Request::ConfigWrite {
+            offset: 2,
+            data: vec![1, 2, 3],
+        },
+        Request::Activate {
+            features: 1 << 32 | 1 << 29,
+            regions: vec![
+                MemRegion {
+                    guest_addr: 0,
+                    size: 3 << 30,
+                    file_offset: 0,
+                },
+                MemRegion {
+                    guest_addr: 1 << 32,
+                    size: 1 << 30,
+                    file_offset: 3 << 30,
+                },
+            ],
+            queues: vec![QueueLayout {
+                index: 0,
+                size: 256,
+                desc: 0x1000,
+                avail: 0x2000,
+                used: 0x3000,
+            }],
+        },
+        Request::Reset,
+        Request::Shutdown,
+        Request::Pause,
+        Request::Resume,
+        Request::Restore {
+            regions: vec![MemRegion {
+                guest_addr: 0,
+                size: 1 << 30,
+                file_offset: 0,
+            }],
+            state: saved(),
+            recover: true,
+        },
+    ]
+}
+
+fn saved() -> DeviceState {
+    DeviceState {
+        features: 1 << 32 | 1 << 29,
+        queues: vec![QueueState {
+            layout: QueueLayout {
+                index: 1,
+                size: 128,
+                desc: 0x1000,
+                avail: 0x2000,
+                used: 0x3000,
+            },
+            event_idx: true,
+            next_avail: 65535,
+            next_used: 65530,
+        }],
+        device: vec![7; 16],
+    }
+}
+
+fn replies() -> Vec<Reply> {
+    vec![
+        Reply::Welcome {
+            version: 1,
+            info: DeviceInfo {
+                device_type: 4,
+                num_queues: 1,
+                max_queue_size: 256,
+                features: 1 << 32,
+                config: vec![9; 8],
+            },
+        },
+        Reply::ConfigData { data: vec![1, 2] },
+        Reply::Ack,
+        Reply::Error {
+            message: "no".into(),
+        },
+        Reply::ConfigChanged { config: vec![] },
+        Reply::NeedsReset {
+            reason: "queue 0: used ring outside memory".into(),
+        },
+        Reply::ForbiddenSyscall { nr: 257 },
+        Reply::Saved { state: saved() },
+        Reply::Saved {
+            state: DeviceState::default(),
+        },
+    ]
+}
+
+#[test]
+fn saved_state_flags_are_strict_and_restore_carries_activate_fds() {
+    let restore = Request::Restore {
+        regions: vec![],
+        state: saved(),
+        recover: false,
+    };
+    assert_eq!(restore.fd_count(), 2 + 1);
+    let good = restore.encode().unwrap();
+    // The recover flag is the last byte; the event-index flag sits
+    // after the queue layout (header, regions count, features, queue
+    // count, layout).
+    let event_idx_at = HEADER + 2 + 8 + 2 + QUEUE_BYTES;
+    assert_eq!(good[event_idx_at], 1);
+    for at in [good.len() - 1, event_idx_at] {
+        let mut bad = good.clone();
+        bad[at] = 2;
+        assert!(matches!(Request::decode(&bad), Err(IpcError::BadValue(_))));
+    }
+    let mut big = saved();
+    big.device = vec![0; MAX_DEVICE_STATE + 1];
+    assert!(Reply::Saved { state: big }.encode().is_err());
+}
+
+#[test]
+fn the_signal_handler_encoding_matches_the_encoder() {
+    let r = Reply::ForbiddenSyscall { nr: 0xdead_beef };
+    assert_eq!(
+        forbidden_syscall_message(0xdead_beef).to_vec(),
+        r.encode().unwrap()
+    );
+}
+
+#[test]
+fn every_request_round_trips() {
+    for r in requests() {
+        assert_eq!(Request::decode(&r.encode().unwrap()).unwrap(), r);
+    }
+}
+
+#[test]
+fn every_reply_round_trips() {
+    for r in replies() {
+        assert_eq!(Reply::decode(&r.encode().unwrap()).unwrap(), r);
+    }
+}
+
+#[test]
+fn every_strict_prefix_fails_cleanly() {
+    for r in requests() {
+        let b = r.encode().unwrap();
+        for n in 0..b.len() {
+            assert!(Request::decode(&b[..n]).is_err(), "{r:?} prefix {n}");
+        }
+    }
+    for r in replies() {
+        let b = r.encode().unwrap();
+        for n in 0..b.len() {
+            assert!(Reply::decode(&b[..n]).is_err(), "{r:?} prefix {n}");
+        }
+    }
+}
+
+#[test]
+fn trailing_bytes_are_rejected() {
+    let mut b = Request::Reset.encode().unwrap();
+    b.push(0);
+    assert!(Request::decode(&b).is_err());
+    // Even when the header's length covers them.
+    b[8] = 1;
+    assert!(matches!(Request::decode(&b), Err(IpcError::Trailing(1))));
+}
+
+#[test]
+fn directions_do_not_mix() {
+    let b = Reply::Ack.encode().unwrap();
+    assert!(matches!(
+        Request::decode(&b),
+        Err(IpcError::UnknownKind(ACK))
+    ));
+    let b = Request::Reset.encode().unwrap();
+    assert!(matches!(
+        Reply::decode(&b),
+        Err(IpcError::UnknownKind(RESET))
+    ));
+}
+
+#[test]
+fn wrong_magic_and_version_are_rejected() {
+    let mut b = Request::Reset.encode().unwrap();
+    b[0] ^= 1;
+    assert!(matches!(Request::decode(&b), Err(IpcError::BadMagic(_))));
+    let mut b = Request::Reset.encode().unwrap();
+    b[4] = 9;
+    assert!(matches!(Request::decode(&b), Err(IpcError::Version(9))));
+}
+
+#[test]
+fn counts_above_caps_are_rejected_before_allocating() {
+    // A ConfigWrite claiming 65535 bytes in a 20-byte message.
+    let mut w = Writer::new(CONFIG_WRITE);
+    w.u32(0);
+    w.u16(u16::MAX);
+    let b = w.finish().unwrap();
+    assert!(matches!(
+        Request::decode(&b),
+        Err(IpcError::Limit { got: 65535, .. })
+    ));
+    // An Activate claiming three queues' worth but carrying one.
+    let mut w = Writer::new(ACTIVATE);
+    w.u64(0);
+    w.u16(0);
+    w.u16(3);
+    w.buf.extend_from_slice(&[0; QUEUE_BYTES]);
+    let b = w.finish().unwrap();
+    assert!(matches!(Request::decode(&b), Err(IpcError::Truncated)));
+}
+
+#[test]
+fn encoding_refuses_what_decoding_would_refuse() {
+    let r = Request::ConfigWrite {
+        offset: 0,
+        data: vec![0; MAX_CONFIG + 1],
+    };
+    assert!(r.encode().is_err());
+    let r = Reply::Error {
+        message: "x".repeat(MAX_TEXT + 1),
+    };
+    assert!(r.encode().is_err());
+    let r = Request::Activate {
+        features: 0,
+        regions: vec![],
+        queues: vec![
+            QueueLayout {
+                index: 0,
+                size: 1,
+                desc: 0,
+                avail: 0,
+                used: 0
+            };
+            MAX_QUEUES + 1
+        ],
+    };
+    assert!(r.encode().is_err());
+}
+
+#[test]
+fn unknown_backends_and_flags_are_rejected() {
+    let mut w = Writer::new(HELLO);
+    w.u16(PROTOCOL_VERSION);
+    w.u16(7);
+    assert!(matches!(
+        Request::decode(&w.finish().unwrap()),
+        Err(IpcError::BadValue("backend kind"))
+    ));
+    let mut w = Writer::new(HELLO);
+    w.u16(PROTOCOL_VERSION);
+    w.u16(BACKEND_BLOCK);
+    w.u64(8);
+    w.buf.push(0x80);
+    w.u16(0);
+    assert!(matches!(
+        Request::decode(&w.finish().unwrap()),
+        Err(IpcError::BadValue(_))
+    ));
+    let long = Request::Hello {
+        version: PROTOCOL_VERSION,
+        backend: Backend::Block {
+            sectors: 8,
+            read_only: false,
+            direct: false,
+            serial: vec![b'x'; MAX_SERIAL + 1],
+        },
+    };
+    assert!(long.encode().is_err());
+}
+
+#[test]
+fn backends_say_how_many_fds_they_carry() {
+    let hello = |backend| Request::Hello {
+        version: PROTOCOL_VERSION,
+        backend,
+    };
+    assert_eq!(hello(Backend::None).fd_count(), 0);
+    let block = Backend::Block {
+        sectors: 8,
+        read_only: false,
+        direct: true,
+        serial: vec![],
+    };
+    assert_eq!(hello(block).fd_count(), 1);
+}
+
+#[test]
+fn oversized_input_is_rejected() {
+    let b = vec![0u8; MAX_MESSAGE + 1];
+    assert!(matches!(Request::decode(&b), Err(IpcError::TooLong(_))));
+}
+
+#[test]
+fn invalid_utf8_text_is_rejected() {
+    let mut w = Writer::new(ERROR);
+    w.bytes("t", &[0xff, 0xfe], MAX_TEXT).unwrap();
+    assert!(matches!(
+        Reply::decode(&w.finish().unwrap()),
+        Err(IpcError::BadText)
+    ));
+}
+
+/// xorshift64: enough randomness to shake a decoder.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn garbage_never_panics() {
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..5000 {
+        let len = usize::try_from(next(&mut s) % 200).unwrap();
+        let mut b: Vec<u8> = (0..len).map(|_| (next(&mut s) & 0xff) as u8).collect();
+        let _ = Request::decode(&b);
+        let _ = Reply::decode(&b);
+        // A valid header in front makes the payload decoders work too.
+        if b.len() >= HEADER {
+            b[..4].copy_from_slice(&MAGIC.to_le_bytes());
+            b[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+            let kinds = [1u16, 2, 3, 4, 5, 6, 101, 102, 103, 104, 105, 106, 107];
+            let k = kinds[usize::try_from(next(&mut s) % 13).unwrap()];
+            b[6..8].copy_from_slice(&k.to_le_bytes());
+            let plen = u32::try_from(b.len() - HEADER).unwrap();
+            b[8..12].copy_from_slice(&plen.to_le_bytes());
+            let _ = Request::decode(&b);
+            let _ = Reply::decode(&b);
+        }
+    }
+}
+
+#[test]
+fn single_byte_mutations_never_panic() {
+    let mut s = 42u64;
+    let all: Vec<Vec<u8>> = requests()
+        .iter()
+        .map(|r| r.encode().unwrap())
+        .chain(replies().iter().map(|r| r.encode().unwrap()))
+        .collect();
+    for b in &all {
+        for i in 0..b.len() {
+            for _ in 0..8 {
+                let mut m = b.clone();
+                m[i] = (next(&mut s) & 0xff) as u8;
+                let _ = Request::decode(&m);
+                let _ = Reply::decode(&m);
+            }
+        }
+    }
+}
