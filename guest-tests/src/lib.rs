@@ -509,6 +509,26 @@ impl Drop for Scratch {
     }
 }
 
+/// The one process of device `name` under `vm` once it is not `old` (a
+/// restarted device's; 0 takes the first), waiting up to `timeout`.
+pub fn new_device_pid(vm: &TestVm, name: &str, old: u32, timeout: Duration) -> u32 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pids = device_pids(vm.pid(), name);
+        if let [p] = pids.as_slice() {
+            if *p != old {
+                return *p;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} was not restarted: {pids:?}\n{}",
+            vm.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Sends `command` to a VM's control socket with `skvm ctl`; returns the
 /// exit code and the answer (JSON null when there was none).
 pub fn ctl(socket: &Path, command: &str) -> (i32, serde_json::Value) {

@@ -183,13 +183,7 @@ fn kill_during_transfer(vm: &TestVm, kills: usize) {
     let mut last = 0;
     for _ in 0..kills {
         std::thread::sleep(Duration::from_secs(2));
-        let pid = loop {
-            match guest_tests::device_pids(vm.pid(), "net0").as_slice() {
-                [p] if *p != last => break *p,
-                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                other => panic!("no new net0 process: {other:?}"),
-            }
-        };
+        let pid = guest_tests::new_device_pid(vm, "net0", last, TIMEOUT);
         sigkill(pid);
         last = pid;
     }

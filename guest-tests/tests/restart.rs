@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use guest_tests::{
-    alive, ctl, device_pids, device_status, field, sigkill, Scratch, TestVm, CMD_EXIT_MARKER, MIB,
+    alive, ctl, device_pids, device_status, field, new_device_pid, sigkill, Scratch, TestVm,
+    CMD_EXIT_MARKER, MIB,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(900);
@@ -29,21 +30,7 @@ fn socket(s: &Scratch) -> PathBuf {
 
 /// The one process of device `name` once it differs from `old`.
 fn new_pid(vm: &TestVm, name: &str, old: u32) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let pids = device_pids(vm.pid(), name);
-        if let [p] = pids.as_slice() {
-            if *p != old {
-                return *p;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} was not restarted: {pids:?}\n{}",
-            vm.output()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    new_device_pid(vm, name, old, Duration::from_secs(30))
 }
 
 /// How many times skvm logged restarting `name` after a death.
