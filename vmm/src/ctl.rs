@@ -3,8 +3,9 @@
 //! One command per connection: the client writes one line (`status`,
 //! `pause`, `resume`, `device-restart NAME`, `mem-add SIZE`, `shutdown`),
 //! skvm answers with one JSON object on one line and closes. The main
-//! thread serves the socket between its other work; a client that does not
-//! send its line within a second is dropped, so it cannot stall the VM.
+//! thread serves the socket between its other work ([`Control`]); a client
+//! that does not send its line within a second is dropped, so it cannot
+//! stall the VM.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -13,8 +14,18 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
 use anyhow::{bail, Context, Result};
 use clap::Args;
+
+use crate::device_host::DeviceHost;
+use crate::exit::{ExitReason, ExitSignal};
+use crate::hotplug::Hotplug;
+use crate::log;
+use crate::vcpu::{self, PauseGate};
 
 /// Longest command line accepted.
 const MAX_LINE: usize = 256;
@@ -172,6 +183,157 @@ fn read_line(stream: &mut UnixStream) -> Result<String, String> {
     }
     let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
     String::from_utf8(line.to_vec()).map_err(|_| "command is not UTF-8".to_owned())
+}
+
+/// What the control socket acts on: the VM's vCPUs, its devices and its
+/// hot-added memory; commands run on the main thread.
+pub struct Control {
+    server: CtlServer,
+    gate: Arc<PauseGate>,
+    handles: Arc<Vec<JoinHandle<()>>>,
+    paused: bool,
+    hotplug: Option<Hotplug>,
+}
+
+/// How long the vCPUs may take to stop for a pause.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Control {
+    /// Serves `server`, pausing the vCPU threads `handles` through `gate`.
+    pub fn new(
+        server: CtlServer,
+        gate: Arc<PauseGate>,
+        handles: Arc<Vec<JoinHandle<()>>>,
+        hotplug: Option<Hotplug>,
+    ) -> Self {
+        Self {
+            server,
+            gate,
+            handles,
+            paused: false,
+            hotplug,
+        }
+    }
+
+    /// The fd to poll for clients.
+    pub fn fd(&self) -> RawFd {
+        self.server.fd()
+    }
+
+    /// Answers every waiting client.
+    pub fn serve(&mut self, host: &mut DeviceHost, exit: &ExitSignal) {
+        while let Some((stream, command)) = self.server.next() {
+            let reply = match command {
+                Ok(c) => self.execute(c, host, exit),
+                Err(e) => error_answer(&e),
+            };
+            answer(stream, &reply);
+        }
+    }
+
+    fn execute(&mut self, command: Command, host: &mut DeviceHost, exit: &ExitSignal) -> String {
+        log::debug(&format!("control socket: {command:?}"));
+        let result = match command {
+            Command::Status => Ok(self.status(host)),
+            Command::Pause => self.pause(host).map(|()| self.state_answer()),
+            Command::Resume => {
+                let resumed = host.resume_all();
+                self.gate.resume();
+                self.paused = false;
+                resumed.map(|()| self.state_answer())
+            }
+            Command::DeviceRestart(name) => host.restart(&name).map(|t| {
+                format!(
+                    "{{\"ok\":true,\"device\":{},\"pid\":{},\"save_us\":{},\"spawn_us\":{},\"restore_us\":{}}}",
+                    json_string(&name),
+                    t.pid.map_or_else(|| "null".to_owned(), |p| p.to_string()),
+                    t.save.as_micros(),
+                    t.spawn.as_micros(),
+                    t.restore.as_micros()
+                )
+            }),
+            Command::MemAdd(size) => match self.hotplug.as_mut() {
+                None => Err(anyhow::anyhow!(
+                    "mem-add: this VM has no room for memory hotplug (skvm run --hotplug-mem SIZE)"
+                )),
+                Some(h) => h.add(size, host).map(|a| {
+                    log::info(&format!(
+                        "memory: added {} MiB; {} devices rebuilt, longest pause {} us",
+                        a.size >> 20,
+                        a.devices,
+                        a.longest_pause.as_micros()
+                    ));
+                    format!(
+                        "{{\"ok\":true,\"added\":{},\"usable\":{},\"devices\":{},\"longest_pause_us\":{}}}",
+                        a.size,
+                        a.usable,
+                        a.devices,
+                        a.longest_pause.as_micros()
+                    )
+                }),
+            },
+            Command::Shutdown => {
+                log::info("shutdown requested on the control socket");
+                exit.request(ExitReason::Poweroff);
+                Ok("{\"ok\":true}".to_owned())
+            }
+        };
+        result.unwrap_or_else(|e| error_answer(&format!("{e:#}")))
+    }
+
+    fn state_answer(&self) -> String {
+        let state = if self.paused { "paused" } else { "running" };
+        format!("{{\"ok\":true,\"state\":\"{state}\"}}")
+    }
+
+    fn pause(&mut self, host: &mut DeviceHost) -> Result<()> {
+        if self.paused {
+            return Ok(());
+        }
+        let handles = self.handles.clone();
+        let kick = move || {
+            for h in handles.iter().filter(|h| !h.is_finished()) {
+                // SAFETY: the thread is alive; the signal's handler does
+                // nothing.
+                unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::kick_signal()) };
+            }
+        };
+        if !self.gate.pause(self.handles.len(), kick, PAUSE_TIMEOUT) {
+            self.gate.resume();
+            bail!("the vCPUs did not stop within {PAUSE_TIMEOUT:?}");
+        }
+        if let Err(e) = host.pause_all() {
+            let _ = host.resume_all();
+            self.gate.resume();
+            return Err(e);
+        }
+        self.paused = true;
+        Ok(())
+    }
+
+    fn status(&self, host: &DeviceHost) -> String {
+        let devices: Vec<String> = host
+            .status()
+            .iter()
+            .map(|d| {
+                let num = |v: Option<u64>| v.map_or_else(|| "null".to_owned(), |v| v.to_string());
+                format!(
+                    "{{\"name\":{},\"pid\":{},\"state\":\"{}\",\"restarts\":{},\"rss_kib\":{}}}",
+                    json_string(&d.name),
+                    num(d.pid.and_then(|p| u64::try_from(p).ok())),
+                    d.state,
+                    d.restarts,
+                    num(d.rss_kib)
+                )
+            })
+            .collect();
+        let state = if self.paused { "paused" } else { "running" };
+        let hotplugged = self.hotplug.as_ref().map_or(0, Hotplug::added);
+        format!(
+            "{{\"ok\":true,\"state\":\"{state}\",\"hotplugged\":{hotplugged},\"devices\":[{}]}}",
+            devices.join(",")
+        )
+    }
 }
 
 /// `skvm ctl` options.

@@ -18,7 +18,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::{self, BootSpec};
 use crate::config::{HostQuirks, VmConfig};
 use crate::console::{EscapeParser, RawTerminal};
-use crate::ctl::{self, CtlServer};
+use crate::ctl::{Control, CtlServer};
 use crate::device_host::DeviceHost;
 use crate::disk;
 use crate::exit::{ExitReason, ExitSignal};
@@ -281,13 +281,7 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
         .as_ref()
         .map(|_| spawn_sampler(handles.clone(), exit.clone()));
     let _raw = RawTerminal::enable(libc::STDIN_FILENO);
-    let mut control = ctl_server.map(|server| Control {
-        server,
-        gate,
-        handles: handles.clone(),
-        paused: false,
-        hotplug,
-    });
+    let mut control = ctl_server.map(|server| Control::new(server, gate, handles.clone(), hotplug));
     main_loop(&exit, &legacy, &panic, &mut host, control.as_mut());
     drop(control);
     if let Some(s) = sampler {
@@ -439,140 +433,6 @@ fn stop_vcpus(handles: Vec<JoinHandle<()>>) {
     }
 }
 
-/// What the control socket acts on.
-struct Control {
-    server: CtlServer,
-    gate: Arc<PauseGate>,
-    handles: Arc<Vec<JoinHandle<()>>>,
-    paused: bool,
-    hotplug: Option<hotplug::Hotplug>,
-}
-
-/// How long the vCPUs may take to stop for a pause.
-const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-impl Control {
-    /// Answers every waiting client.
-    fn serve(&mut self, host: &mut DeviceHost, exit: &ExitSignal) {
-        while let Some((stream, command)) = self.server.next() {
-            let answer = match command {
-                Ok(c) => self.execute(c, host, exit),
-                Err(e) => ctl::error_answer(&e),
-            };
-            ctl::answer(stream, &answer);
-        }
-    }
-
-    fn execute(
-        &mut self,
-        command: ctl::Command,
-        host: &mut DeviceHost,
-        exit: &ExitSignal,
-    ) -> String {
-        log::debug(&format!("control socket: {command:?}"));
-        let result = match command {
-            ctl::Command::Status => Ok(self.status(host)),
-            ctl::Command::Pause => self.pause(host).map(|()| self.state_answer()),
-            ctl::Command::Resume => {
-                let resumed = host.resume_all();
-                self.gate.resume();
-                self.paused = false;
-                resumed.map(|()| self.state_answer())
-            }
-            ctl::Command::DeviceRestart(name) => host.restart(&name).map(|t| {
-                format!(
-                    "{{\"ok\":true,\"device\":{},\"pid\":{},\"save_us\":{},\"spawn_us\":{},\"restore_us\":{}}}",
-                    ctl::json_string(&name),
-                    t.pid.map_or_else(|| "null".to_owned(), |p| p.to_string()),
-                    t.save.as_micros(),
-                    t.spawn.as_micros(),
-                    t.restore.as_micros()
-                )
-            }),
-            ctl::Command::MemAdd(size) => match self.hotplug.as_mut() {
-                None => Err(anyhow::anyhow!(
-                    "mem-add: this VM has no room for memory hotplug (skvm run --hotplug-mem SIZE)"
-                )),
-                Some(h) => h.add(size, host).map(|a| {
-                    log::info(&format!(
-                        "memory: added {} MiB; {} devices rebuilt, longest pause {} us",
-                        a.size >> 20,
-                        a.devices,
-                        a.longest_pause.as_micros()
-                    ));
-                    format!(
-                        "{{\"ok\":true,\"added\":{},\"usable\":{},\"devices\":{},\"longest_pause_us\":{}}}",
-                        a.size,
-                        a.usable,
-                        a.devices,
-                        a.longest_pause.as_micros()
-                    )
-                }),
-            },
-            ctl::Command::Shutdown => {
-                log::info("shutdown requested on the control socket");
-                exit.request(ExitReason::Poweroff);
-                Ok("{\"ok\":true}".to_owned())
-            }
-        };
-        result.unwrap_or_else(|e| ctl::error_answer(&format!("{e:#}")))
-    }
-
-    fn state_answer(&self) -> String {
-        let state = if self.paused { "paused" } else { "running" };
-        format!("{{\"ok\":true,\"state\":\"{state}\"}}")
-    }
-
-    fn pause(&mut self, host: &mut DeviceHost) -> Result<()> {
-        if self.paused {
-            return Ok(());
-        }
-        let handles = self.handles.clone();
-        let kick = move || {
-            for h in handles.iter().filter(|h| !h.is_finished()) {
-                // SAFETY: the thread is alive; the signal's handler does
-                // nothing.
-                unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::kick_signal()) };
-            }
-        };
-        if !self.gate.pause(self.handles.len(), kick, PAUSE_TIMEOUT) {
-            self.gate.resume();
-            bail!("the vCPUs did not stop within {PAUSE_TIMEOUT:?}");
-        }
-        if let Err(e) = host.pause_all() {
-            let _ = host.resume_all();
-            self.gate.resume();
-            return Err(e);
-        }
-        self.paused = true;
-        Ok(())
-    }
-
-    fn status(&self, host: &DeviceHost) -> String {
-        let devices: Vec<String> = host
-            .status()
-            .iter()
-            .map(|d| {
-                let num = |v: Option<u64>| v.map_or_else(|| "null".to_owned(), |v| v.to_string());
-                format!(
-                    "{{\"name\":{},\"pid\":{},\"state\":\"{}\",\"restarts\":{},\"rss_kib\":{}}}",
-                    ctl::json_string(&d.name),
-                    num(d.pid.and_then(|p| u64::try_from(p).ok())),
-                    d.state,
-                    d.restarts,
-                    num(d.rss_kib)
-                )
-            })
-            .collect();
-        let state = if self.paused { "paused" } else { "running" };
-        let hotplugged = self.hotplug.as_ref().map_or(0, hotplug::Hotplug::added);
-        format!(
-            "{{\"ok\":true,\"state\":\"{state}\",\"hotplugged\":{hotplugged},\"devices\":[{}]}}",
-            devices.join(",")
-        )
-    }
-}
-
 /// Forwards terminal input to the UART, serves device events and the
 /// control socket, and waits for an exit reason.
 fn main_loop(
@@ -606,7 +466,7 @@ fn main_loop(
         };
         let host_fds = host.poll_fds();
         let n_host = host_fds.len();
-        let ctl_fd = control.as_ref().map_or(-1, |c| c.server.fd());
+        let ctl_fd = control.as_ref().map_or(-1, |c| c.fd());
         let mut fds: Vec<libc::pollfd> = [exit.eventfd().as_raw_fd(), stdin_fd]
             .into_iter()
             .chain(host_fds)
