@@ -9,13 +9,14 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+mod net;
+pub use net::{md5, pattern, tcp_round_trip, Netns, GUEST_IP, HOST_IP};
 
 /// The marker the default initramfs prints when its command ends.
 pub const CMD_EXIT_MARKER: &str = "SKVM-CMD-EXIT";
@@ -360,89 +361,6 @@ pub fn code_and_text(out: &std::process::Output) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code().unwrap_or(-1), text)
-}
-
-/// A network namespace for one test, deleted (with its interfaces) when
-/// dropped, also when the test fails. Its name carries `tag`, the test
-/// process's pid and a counter, so parallel tests do not meet.
-pub struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// Creates the namespace (after deleting a leftover of the same name)
-    /// with its loopback up.
-    pub fn new(tag: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("skvm-{tag}-{}-{n}", std::process::id());
-        let ns = Netns { name };
-        let _ = Command::new("ip")
-            .args(["netns", "del", &ns.name])
-            .stderr(Stdio::null())
-            .status();
-        run_ok(Command::new("ip").args(["netns", "add", &ns.name]));
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// Its name, for `ip netns exec` and /run/netns.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Runs `ip ARGS` in the namespace; panics if it fails.
-    pub fn ip(&self, args: &[&str]) {
-        run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args));
-    }
-
-    /// Whether interface `name` exists in the namespace.
-    pub fn has_link(&self, name: &str) -> bool {
-        Command::new("ip")
-            .args(["-n", &self.name, "link", "show", name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    }
-
-    /// A command that runs `program` inside the namespace.
-    pub fn exec(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
-    }
-
-    /// Adds tap `tap` at `mtu` and brings it up.
-    pub fn tap(&self, tap: &str, mtu: u32) {
-        self.ip(&["tuntap", "add", tap, "mode", "tap"]);
-        self.ip(&["link", "set", tap, "mtu", &mtu.to_string(), "up"]);
-    }
-
-    /// Runs `f` in a thread inside the namespace (setns changes the
-    /// calling thread's namespace only).
-    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns on an open namespace fd; it changes this
-            // thread's network namespace only.
-            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
 }
 
 /// Runs `cmd`; panics with its stderr if it fails.

@@ -2,10 +2,15 @@
 //! more of the region, gives every device process a new sandbox with the
 //! new memory map, and only then lets the guest plug it. The guest's
 //! MemTotal grows; each device process maps exactly the memory that is
-//! backed; a blk copy through a 64 MiB buffer that the guest allocates
-//! after the hotplug (above 4 GiB, where user pages go first) lands in the
-//! new memory and arrives whole; rng reads still work; bad sizes are
-//! refused.
+//! backed; then every device does I/O through memory the guest allocates
+//! after the hotplug (above 4 GiB, in the zone the guest allocates from
+//! first): a blk copy through a 64 MiB buffer arrives whole and its pages
+//! are found in the new memory; a TCP round trip on net arrives whole and
+//! every receive buffer the driver posted sits in the new memory; the rng
+//! driver, bound again, puts its rings there and reads work. Where buffers
+//! sit is read from outside: descriptor tables (at the addresses `skvm ctl
+//! status` gives) in skvm's memfds, each named with its guest address.
+//! Bad sizes are refused.
 //!
 //! Guest scripts use shell builtins and one command at a time (see
 //! docs/ARCHITECTURE.md, "Concurrent processes on one vCPU").
@@ -15,12 +20,22 @@
 
 use std::collections::HashSet;
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-use guest_tests::{ctl, device_pids, device_status, field, Scratch, TestVm, MIB};
+use guest_tests::{
+    ctl, device_pids, device_status, field, md5, pattern, skvm_bin, tcp_round_trip, Netns, Scratch,
+    TestVm, GUEST_IP, HOST_IP, MIB,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
 const PAGE: usize = 4096;
+const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+const TAP: &str = "skvmh0";
+/// Sent to the guest and back after the hotplug.
+const NET_BYTES: usize = 2 << 20;
+/// The devices the VM has besides mem0.
+const DEVICES: [&str; 4] = ["blk0", "blk1", "rng0", "net0"];
 
 /// Mappings of guest memory (memfds) in process `pid`.
 fn memory_mappings(pid: u32) -> usize {
@@ -31,28 +46,116 @@ fn memory_mappings(pid: u32) -> usize {
         .count()
 }
 
-/// The contents of skvm's guest memory memfds of `size` bytes.
-fn memfds_of_size(skvm: u32, size: u64) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{skvm}/fd")).unwrap() {
-        let path = e.unwrap().path();
-        let Ok(target) = std::fs::read_link(&path) else {
-            continue;
-        };
-        if !target.to_string_lossy().contains("memfd:skvm-guest-ram") {
-            continue;
+/// Guest memory read from outside, through skvm's memfds: boot RAM (file
+/// offset = guest address, for RAM under 3 GiB) and each hotplugged region,
+/// whose memfd is named with its guest address.
+struct GuestMemory {
+    /// (guest address, memfd, hotplugged)
+    regions: Vec<(u64, std::fs::File, bool)>,
+}
+
+impl GuestMemory {
+    fn of(skvm: u32) -> Self {
+        let mut regions = Vec::new();
+        for e in std::fs::read_dir(format!("/proc/{skvm}/fd")).unwrap() {
+            let path = e.unwrap().path();
+            let Ok(target) = std::fs::read_link(&path) else {
+                continue;
+            };
+            let target = target.to_string_lossy().into_owned();
+            let Some(rest) = target.strip_prefix("/memfd:skvm-guest-ram") else {
+                continue;
+            };
+            let (addr, hot) = match rest.strip_prefix("@0x") {
+                Some(hex) => (
+                    u64::from_str_radix(hex.split(' ').next().unwrap(), 16).unwrap(),
+                    true,
+                ),
+                None => (0, false),
+            };
+            regions.push((addr, std::fs::File::open(&path).unwrap(), hot));
         }
-        let Ok(mut f) = std::fs::File::open(&path) else {
-            continue;
-        };
-        if f.metadata().unwrap().len() != size {
-            continue;
-        }
-        let mut data = Vec::new();
-        f.read_to_end(&mut data).unwrap();
-        out.push(data);
+        Self { regions }
     }
-    out
+
+    /// The region holding `addr`: (its memfd, offset in it, hotplugged).
+    fn find(&self, addr: u64) -> Option<(&std::fs::File, u64, bool)> {
+        self.regions.iter().find_map(|(base, f, hot)| {
+            let len = f.metadata().unwrap().len();
+            (addr >= *base && addr - base < len).then(|| (f, addr - base, *hot))
+        })
+    }
+
+    fn read(&self, addr: u64, buf: &mut [u8]) {
+        let (f, off, _) = self.find(addr).unwrap_or_else(|| panic!("{addr:#x}"));
+        f.read_exact_at(buf, off).unwrap();
+    }
+
+    fn hotplugged(&self, addr: u64) -> bool {
+        self.find(addr).is_some_and(|(_, _, hot)| hot)
+    }
+
+    /// Every hotplugged region's contents.
+    fn hotplugged_contents(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for (_, f, hot) in &self.regions {
+            if *hot {
+                let mut data = Vec::new();
+                (&*f).read_to_end(&mut data).unwrap();
+                out.push(data);
+            }
+        }
+        out
+    }
+
+    /// The guest addresses of the buffers in the descriptor table of queue
+    /// `q` (a queue in `skvm ctl status`): every entry the driver has
+    /// filled, through indirect tables.
+    fn buffers(&self, q: &serde_json::Value) -> Vec<u64> {
+        let desc = q["desc"].as_u64().unwrap();
+        let size = q["size"].as_u64().unwrap();
+        let mut out = Vec::new();
+        let mut d = [0u8; 16];
+        for i in 0..size {
+            self.read(desc + 16 * i, &mut d);
+            let addr = u64::from_le_bytes(d[0..8].try_into().unwrap());
+            let len = u32::from_le_bytes(d[8..12].try_into().unwrap());
+            let flags = u16::from_le_bytes(d[12..14].try_into().unwrap());
+            if addr == 0 {
+                continue;
+            }
+            if flags & VIRTQ_DESC_F_INDIRECT == 0 {
+                out.push(addr);
+                continue;
+            }
+            for j in 0..u64::from(len / 16) {
+                let mut e = [0u8; 16];
+                self.read(addr + 16 * j, &mut e);
+                out.push(u64::from_le_bytes(e[0..8].try_into().unwrap()));
+            }
+        }
+        out
+    }
+
+    /// How many of the buffers of `device`'s queue `index` sit in
+    /// hotplugged memory, of how many.
+    fn buffers_in_new_memory(
+        &self,
+        st: &serde_json::Value,
+        device: &str,
+        index: u64,
+    ) -> (usize, usize) {
+        let d = device_status(st, device);
+        let q = d["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["index"] == index)
+            .unwrap_or_else(|| panic!("{device} has no queue {index}: {st}"));
+        let all = self.buffers(q);
+        let new = all.iter().filter(|a| self.hotplugged(**a)).count();
+        (new, all.len())
+    }
 }
 
 #[test]
@@ -61,36 +164,37 @@ fn mem_add_grows_the_guest_and_rebuilds_every_device_with_the_new_memory() {
     let sock = s.path("ctl.sock");
     let target = s.blank("target.img", 64 * MIB);
     let source = s.pattern("source.img", 64 * MIB, 9);
-    // Wait for MemTotal to grow by 400 MB, then copy through a 64 MiB
-    // buffer (allocated now, so from the new memory) and read the rng.
-    let script = "b=0; while read k v u; do [ \"$k\" = MemTotal: ] && b=$v; done < /proc/meminfo; \
-                  echo SKVM-MEM-BOOT $b; echo SKVM-READY; n=$b; \
-                  while [ $n -lt $((b + 400000)) ]; do sleep 1; \
-                  while read k v u; do [ \"$k\" = MemTotal: ] && n=$v; done < /proc/meminfo; done; \
-                  echo SKVM-MEM-AFTER $n; \
-                  dd if=/dev/vdb of=/dev/vda bs=64M iflag=direct oflag=direct 2>/dev/null; \
-                  echo SKVM-COPY $?; \
-                  dd if=/dev/hwrng of=/tmp/r bs=4096 count=4 2>/dev/null; echo SKVM-RNG $?; \
-                  echo SKVM-DONE; while true; do sleep 1; done";
-    let args = [
-        "run".to_owned(),
-        "--mem".to_owned(),
-        "128M".to_owned(),
-        "--hotplug-mem".to_owned(),
-        "512M".to_owned(),
-        "--rng".to_owned(),
-        "--disk".to_owned(),
-        target.display().to_string(),
-        "--disk".to_owned(),
-        format!("{},ro", source.display()),
-        "--ctl".to_owned(),
-        sock.display().to_string(),
-        "--run".to_owned(),
-        script.to_owned(),
-    ];
-    let mut vm = TestVm::spawn(&args);
+    let ns = Netns::new("hotplug");
+    ns.tap(TAP, 1500);
+    ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", TAP]);
+    // Wait for MemTotal to grow by 400 MB, then use every device with
+    // buffers allocated now, so from the new memory: blk copies through a
+    // 64 MiB buffer; the rng driver is bound again (new rings and buffer);
+    // net receives a file and sends it back.
+    let script = format!(
+        "b=0; while read k v u; do [ \"$k\" = MemTotal: ] && b=$v; done < /proc/meminfo; \
+         echo SKVM-MEM-BOOT $b; echo SKVM-READY; n=$b; \
+         while [ $n -lt $((b + 400000)) ]; do sleep 1; \
+         while read k v u; do [ \"$k\" = MemTotal: ] && n=$v; done < /proc/meminfo; done; \
+         echo SKVM-MEM-AFTER $n; \
+         dd if=/dev/vdb of=/dev/vda bs=64M iflag=direct oflag=direct 2>/dev/null; \
+         echo SKVM-COPY $?; \
+         d=/sys/bus/virtio/drivers/virtio_rng; for r in $d/virtio*; do r=${{r##*/}}; done; \
+         echo $r > $d/unbind; echo $r > $d/bind; echo SKVM-REBIND $?; \
+         dd if=/dev/hwrng of=/tmp/r bs=4096 count=4 2>/dev/null; echo SKVM-RNG $?; \
+         ip addr add {GUEST_IP}/24 dev eth0; ip link set eth0 up; \
+         nc -l -p 5001 > /tmp/in; md5sum /tmp/in; nc {HOST_IP} 5002 < /tmp/in; echo SKVM-NET $?; \
+         echo SKVM-DONE; while true; do sleep 1; done"
+    );
+    let mut cmd = ns.exec(skvm_bin().to_str().unwrap());
+    cmd.args(["run", "--mem", "128M", "--hotplug-mem", "512M", "--rng"])
+        .args(["--disk", target.to_str().unwrap()])
+        .args(["--disk", &format!("{},ro", source.display())])
+        .args(["--net", &format!("tap={TAP}")])
+        .args(["--ctl", sock.to_str().unwrap(), "--run", &script]);
+    let mut vm = TestVm::spawn_command(cmd);
     vm.wait_for("SKVM-READY", TIMEOUT);
-    for name in ["blk0", "blk1", "rng0"] {
+    for name in DEVICES {
         let pid = device_pids(vm.pid(), name)[0];
         assert_eq!(memory_mappings(pid), 1, "{name} before mem-add");
     }
@@ -104,7 +208,7 @@ fn mem_add_grows_the_guest_and_rebuilds_every_device_with_the_new_memory() {
         let (code, a) = ctl(&sock, "mem-add 256M");
         assert_eq!(code, 0, "{a}");
         assert_eq!(a["added"], 256 * MIB);
-        assert_eq!(a["devices"], 4, "{a}");
+        assert_eq!(a["devices"], DEVICES.len() + 1, "{a}");
         assert!(a["longest_pause_us"].is_u64(), "{a}");
     }
     let (code, e) = ctl(&sock, "mem-add 128M");
@@ -113,27 +217,57 @@ fn mem_add_grows_the_guest_and_rebuilds_every_device_with_the_new_memory() {
     assert_eq!(st["hotplugged"], 512 * MIB, "{st}");
     // Every device process is new (restarted twice) and maps boot RAM and
     // the two added regions, no more.
-    for name in ["blk0", "blk1", "rng0"] {
+    for name in DEVICES {
         let d = device_status(&st, name);
         assert_eq!(d["restarts"], 2, "{st}");
         let pid = u32::try_from(d["pid"].as_u64().unwrap()).unwrap();
         assert_eq!(memory_mappings(pid), 3, "{name} after mem-add");
     }
 
+    let data = pattern(NET_BYTES);
+    let ((), back) = tcp_round_trip(&ns, data.clone(), || ());
     vm.wait_for("SKVM-DONE", TIMEOUT);
     let out = vm.output();
     let boot: u64 = field(&out, "SKVM-MEM-BOOT").unwrap().parse().unwrap();
     let after: u64 = field(&out, "SKVM-MEM-AFTER").unwrap().parse().unwrap();
     // 512 MiB is 524288 KiB; the kernel keeps some for the new memmap.
     assert!(after >= boot + 480_000, "MemTotal {boot} -> {after} KiB");
-    assert_eq!(field(&out, "SKVM-COPY").as_deref(), Some("0"), "{out}");
-    assert_eq!(field(&out, "SKVM-RNG").as_deref(), Some("0"), "{out}");
+    for marker in ["SKVM-COPY", "SKVM-REBIND", "SKVM-RNG", "SKVM-NET"] {
+        assert_eq!(field(&out, marker).as_deref(), Some("0"), "{marker}: {out}");
+    }
     let want = std::fs::read(&source).unwrap();
     assert!(std::fs::read(&target).unwrap() == want, "copy corrupted");
-    // The copy's buffer sat in the added memory: pages of the pattern are
-    // there.
+    assert!(out.contains(&format!("{}  /tmp/in", md5(&data))), "{out}");
+    assert!(back == data, "net data came back different");
+
+    // Where the buffers were, read from outside in the guest's memory.
+    let (_, st) = ctl(&sock, "status");
+    let mem = GuestMemory::of(vm.pid());
+    // net: every receive buffer the driver has posted (all refilled during
+    // the transfer) and the last frame sent are in the added memory.
+    let (new, all) = mem.buffers_in_new_memory(&st, "net0", 0);
+    assert!(
+        all >= 128 && new == all,
+        "net0 rx: {new} of {all} buffers in the added memory"
+    );
+    let (new, all) = mem.buffers_in_new_memory(&st, "net0", 1);
+    assert!(
+        new >= 1,
+        "net0 tx: {new} of {all} buffers in the added memory"
+    );
+    // rng: the driver, bound again after the hotplug, put its rings in the
+    // added memory, and reads went through them. (Its 64-byte buffer is a
+    // slab object the guest may take from a slab page it already had.)
+    let rng = device_status(&st, "rng0");
+    for ring in ["desc", "avail", "used"] {
+        let addr = rng["queues"][0][ring].as_u64().unwrap();
+        assert!(mem.hotplugged(addr), "rng0 {ring} ring at {addr:#x}: {st}");
+    }
+    // The blk copy's buffer sat in the added memory: pages of the pattern
+    // are there.
     let pages: HashSet<&[u8]> = want.chunks(PAGE).collect();
-    let found: usize = memfds_of_size(vm.pid(), 256 * MIB)
+    let found: usize = mem
+        .hotplugged_contents()
         .iter()
         .map(|m| m.chunks(PAGE).filter(|p| pages.contains(p)).count())
         .sum();

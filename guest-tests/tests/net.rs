@@ -13,16 +13,15 @@
 // Test code: a panic is a failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use guest_tests::{code_and_text, field, sigkill, skvm_bin, Netns, TestVm};
+use guest_tests::{
+    code_and_text, field, md5, pattern, sigkill, skvm_bin, tcp_round_trip, Netns, TestVm, GUEST_IP,
+    HOST_IP,
+};
 
-const HOST_IP: &str = "10.0.2.1";
-const GUEST_IP: &str = "10.0.2.15";
 const TIMEOUT: Duration = Duration::from_secs(2400);
 
 fn transfer_bytes() -> usize {
@@ -31,39 +30,6 @@ fn transfer_bytes() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
     mib << 20
-}
-
-/// Deterministic pseudo-random data (xorshift64).
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
-/// md5sum of `data`, by the host's coreutils.
-fn md5(data: &[u8]) -> String {
-    let mut child = Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let owned = data.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&owned).unwrap());
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
 }
 
 /// What the guest runs: address, MTU, a ping of the host, then receive a
@@ -82,24 +48,7 @@ fn guest_script(mtu: u32, ping_size: u32) -> String {
 /// Returns (ping output, what came back).
 fn host_side(ns: &Netns, data: Vec<u8>, ping_size: u32) -> (String, Vec<u8>) {
     let ping_ns = ns.name().to_owned();
-    ns.run_in(move || {
-        let listener = TcpListener::bind((HOST_IP, 5002)).unwrap();
-        let start = Instant::now();
-        let mut s = loop {
-            let addr = (GUEST_IP, 5001_u16);
-            match TcpStream::connect(addr) {
-                Ok(s) => break s,
-                Err(_) if start.elapsed() < Duration::from_secs(900) => {
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) => panic!("the guest never listened: {e}"),
-            }
-        };
-        s.write_all(&data).unwrap();
-        s.shutdown(Shutdown::Write).unwrap();
-        let mut rest = Vec::new();
-        let _ = s.read_to_end(&mut rest);
-        drop(s);
+    tcp_round_trip(ns, data, move || {
         let ping = Command::new("ip")
             .args([
                 "netns", "exec", &ping_ns, "ping", "-c", "3", "-W", "30", "-M", "do",
@@ -107,11 +56,7 @@ fn host_side(ns: &Netns, data: Vec<u8>, ping_size: u32) -> (String, Vec<u8>) {
             .args(["-s", &ping_size.to_string(), GUEST_IP])
             .output()
             .unwrap();
-        let ping = String::from_utf8_lossy(&ping.stdout).into_owned();
-        let (mut back, _) = listener.accept().unwrap();
-        let mut got = Vec::new();
-        back.read_to_end(&mut got).unwrap();
-        (ping, got)
+        String::from_utf8_lossy(&ping.stdout).into_owned()
     })
 }
 

@@ -35,7 +35,8 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A command on the control socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Each device's pid, state, restarts and RSS, and the VM's state.
+    /// Each device's pid, state, restarts, RSS and queue rings, and the
+    /// VM's state.
     Status,
     /// Stop the vCPUs and the devices.
     Pause,
@@ -317,13 +318,24 @@ impl Control {
             .iter()
             .map(|d| {
                 let num = |v: Option<u64>| v.map_or_else(|| "null".to_owned(), |v| v.to_string());
+                let queues: Vec<String> = d
+                    .queues
+                    .iter()
+                    .map(|q| {
+                        format!(
+                            "{{\"index\":{},\"size\":{},\"desc\":{},\"avail\":{},\"used\":{}}}",
+                            q.index, q.size, q.desc, q.avail, q.used
+                        )
+                    })
+                    .collect();
                 format!(
-                    "{{\"name\":{},\"pid\":{},\"state\":\"{}\",\"restarts\":{},\"rss_kib\":{}}}",
+                    "{{\"name\":{},\"pid\":{},\"state\":\"{}\",\"restarts\":{},\"rss_kib\":{},\"queues\":[{}]}}",
                     json_string(&d.name),
                     num(d.pid.and_then(|p| u64::try_from(p).ok())),
                     d.state,
                     d.restarts,
-                    num(d.rss_kib)
+                    num(d.rss_kib),
+                    queues.join(",")
                 )
             })
             .collect();

@@ -128,7 +128,9 @@ impl Hotplug {
             size,
             file_offset: 0,
         };
-        let file = Arc::new(create_memfd(size).context("mem-add: cannot create memory")?);
+        let file = Arc::new(
+            create_memfd(size, Some(range.guest_addr)).context("mem-add: cannot create memory")?,
+        );
         let mapping = map_ranges(&[(range, file.clone())]).context("mem-add: cannot map")?;
         let host_addr = mapping
             .get_host_address(GuestAddress(range.guest_addr))

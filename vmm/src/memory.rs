@@ -88,7 +88,7 @@ pub struct GuestRam {
 impl GuestRam {
     /// Creates `size` bytes of guest RAM in a sealed memfd.
     pub fn new(size: u64) -> Result<Self, MemoryError> {
-        let memfd = Arc::new(create_memfd(size)?);
+        let memfd = Arc::new(create_memfd(size, None)?);
         let ranges = ram_ranges(size);
         let with_files: Vec<(RamRange, Arc<File>)> =
             ranges.iter().map(|r| (*r, memfd.clone())).collect();
@@ -116,9 +116,18 @@ pub fn map_ranges(ranges: &[(RamRange, Arc<File>)]) -> Result<GuestMemoryMmap, M
     GuestMemoryMmap::from_regions(regions).map_err(|_| MemoryError::Layout)
 }
 
-/// A sealed memfd of `size` bytes.
-pub fn create_memfd(size: u64) -> Result<File, MemoryError> {
-    let name = c"skvm-guest-ram";
+/// Name of boot RAM's memfd (as /proc/PID/maps and /proc/PID/fd show it).
+pub const RAM_MEMFD: &str = "skvm-guest-ram";
+
+/// A sealed memfd of `size` bytes named [`RAM_MEMFD`], followed by
+/// `@ADDRESS` when `guest_addr` says where its first byte sits in the guest
+/// (hotplugged regions), so a memory mapping names its guest address.
+pub fn create_memfd(size: u64, guest_addr: Option<u64>) -> Result<File, MemoryError> {
+    let name = match guest_addr {
+        Some(a) => format!("{RAM_MEMFD}@{a:#x}"),
+        None => RAM_MEMFD.to_owned(),
+    };
+    let name = std::ffi::CString::new(name).map_err(|_| MemoryError::Layout)?;
     // SAFETY: `name` is a valid NUL-terminated string; the flags are valid.
     let fd =
         unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };

@@ -170,6 +170,8 @@ pub struct DeviceStatus {
     pub restarts: u32,
     /// Resident memory of its process, KiB.
     pub rss_kib: Option<u64>,
+    /// The rings of each queue the driver runs.
+    pub queues: Vec<ipc::QueueLayout>,
 }
 
 /// How long each step of replacing a running device took.
@@ -575,6 +577,7 @@ impl DeviceHost {
                 },
                 restarts: d.restarts,
                 rss_kib: d.pid.and_then(rss_kib),
+                queues: lock(&d.transport).active_queues(),
             })
             .collect()
     }

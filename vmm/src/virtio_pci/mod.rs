@@ -319,6 +319,16 @@ impl<B: Backend> VirtioPci<B> {
         }
     }
 
+    /// Where the driver put the rings of each queue it enabled, while the
+    /// device runs (empty otherwise).
+    pub fn active_queues(&self) -> Vec<QueueLayout> {
+        if self.is_active() {
+            self.enabled_layouts()
+        } else {
+            Vec::new()
+        }
+    }
+
     fn enabled_layouts(&self) -> Vec<QueueLayout> {
         self.queues
             .iter()
