@@ -18,30 +18,21 @@
 # Absolute figures depend on this host's disk and page cache.
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/.." && pwd)
+prog=bench-blk
+# shellcheck source=scripts/bench-common.sh
+. "$(dirname "$0")/bench-common.sh"
 secs=${1:-5}
 requests=${2:-20000}
-skvm=${SKVM_BIN:-$repo/target/release/skvm}
 guest=${SKVM_GUEST_DIR:-$HOME/.local/share/skvm/guest}
 initrd=$guest/initramfs-disk.cpio
-[ -x "$skvm" ] || { echo "bench-blk: build skvm first (scripts/setup.sh --no-run)" >&2; exit 1; }
-[ -f "$initrd" ] || { echo "bench-blk: no $initrd (scripts/setup.sh --no-run builds it)" >&2; exit 1; }
-case "$secs$requests" in *[!0-9]*) echo "bench-blk: arguments must be numbers" >&2; exit 1 ;; esac
+[ -f "$initrd" ] || die "no $initrd (scripts/setup.sh --no-run builds it)"
+numbers "$secs" "$requests" || die "arguments must be numbers"
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/skvm-bench-blk.XXXXXX")
-vm_pid=""
-cleanup() {
-	if [ -n "$vm_pid" ]; then kill -9 "$vm_pid" 2>/dev/null || true; fi
-	rm -rf "$work"
-}
-trap cleanup EXIT
 img=$work/disk.img
 # Allocated, not sparse: reads must reach the file system.
 dd if=/dev/urandom of="$img" bs=1M count=256 status=none
 sync "$img"
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
-field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | tr -d '\r'; }
 row() { printf '  %-34s %12s %12s %8s\n' "$1" "$2" "$3" "$(ratio "$2" "$3")"; }
 
 # Pid of the `skvm-dev blk0` process under skvm $1 (its spawner's child).

@@ -12,19 +12,16 @@
 # hardware figures; the setup time and the memory overhead are.
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/.." && pwd)
+prog=bench-boot
+# shellcheck source=scripts/bench-common.sh
+. "$(dirname "$0")/bench-common.sh"
 runs=${1:-5}
 shift || true
 [ "${1:-}" = "--" ] && shift
-skvm=${SKVM_BIN:-$repo/target/release/skvm}
-[ -x "$skvm" ] || { echo "bench-boot: build skvm first (scripts/setup.sh --no-run)" >&2; exit 1; }
 
 now_ns() { date +%s%N; }
-median() { sort -n | awk '{ a[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-: >"$tmp/first"; : >"$tmp/init"; : >"$tmp/exit"; : >"$tmp/overhead"
+: >"$work/first"; : >"$work/init"; : >"$work/exit"; : >"$work/overhead"
 
 for i in $(seq 1 "$runs"); do
 	start=$(now_ns)
@@ -38,24 +35,24 @@ for i in $(seq 1 "$runs"); do
 	done < <(
 		# The exec time, taken without forking ($EPOCHREALTIME, microseconds)
 		# by the process that then becomes skvm.
-		echo "${EPOCHREALTIME/./}" >"$tmp/exec_us"
+		echo "${EPOCHREALTIME/./}" >"$work/exec_us"
 		exec "$skvm" run --debug --run true "$@" 2>&1 </dev/null
 	)
 	end=$(now_ns)
 	[ -n "$init_at" ] || { echo "bench-boot: run $i never reached init" >&2; exit 1; }
-	echo $((first / 1000 - $(cat "$tmp/exec_us"))) >>"$tmp/first"
-	echo $(((init_at - start) / 1000000)) >>"$tmp/init"
-	echo $(((end - start) / 1000000)) >>"$tmp/exit"
-	echo "$overhead" >>"$tmp/overhead"
+	echo $((first / 1000 - $(cat "$work/exec_us"))) >>"$work/first"
+	echo $(((init_at - start) / 1000000)) >>"$work/init"
+	echo $(((end - start) / 1000000)) >>"$work/exit"
+	echo "$overhead" >>"$work/overhead"
 	printf 'run %d: first KVM_RUN %d us, init %d ms, exit %d ms, overhead %s KiB\n' "$i" \
-		"$(tail -n 1 "$tmp/first")" "$(tail -n 1 "$tmp/init")" "$(tail -n 1 "$tmp/exit")" "$overhead" >&2
+		"$(tail -n 1 "$work/first")" "$(tail -n 1 "$work/init")" "$(tail -n 1 "$work/exit")" "$overhead" >&2
 done
 
 printf '\nskvm boot, median of %d runs (%s)\n' "$runs" "$(uname -r)"
-printf '  %-26s %10s us   (target < 10000)\n' "exec -> first KVM_RUN" "$(median <"$tmp/first")"
-printf '  %-26s %10s ms\n' "exec -> guest init" "$(median <"$tmp/init")"
-printf '  %-26s %10s ms\n' "exec -> exit" "$(median <"$tmp/exit")"
-printf '  %-26s %10s KiB  (target < 10240)\n' "VMM overhead (RSS - RAM)" "$(median <"$tmp/overhead")"
+printf '  %-26s %10s us   (target < 10000)\n' "exec -> first KVM_RUN" "$(median <"$work/first")"
+printf '  %-26s %10s ms\n' "exec -> guest init" "$(median <"$work/init")"
+printf '  %-26s %10s ms\n' "exec -> exit" "$(median <"$work/exit")"
+printf '  %-26s %10s KiB  (target < 10240)\n' "VMM overhead (RSS - RAM)" "$(median <"$work/overhead")"
 if [ -d /sys/module/kvm_pvm ]; then
 	echo "  note: this host's KVM emulates guest kernel code; guest times are host-specific"
 fi

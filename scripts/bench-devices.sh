@@ -26,27 +26,18 @@
 # docs/ARCHITECTURE.md); ratios travel better.
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/.." && pwd)
+prog=bench-devices
+# shellcheck source=scripts/bench-common.sh
+. "$(dirname "$0")/bench-common.sh"
 requests=${1:-20000}
-skvm=${SKVM_BIN:-$repo/target/release/skvm}
-[ -x "$skvm" ] || { echo "bench-devices: build skvm first (scripts/setup.sh --no-run)" >&2; exit 1; }
-case "$requests" in '' | *[!0-9]*) echo "bench-devices: REQUESTS must be a number" >&2; exit 1 ;; esac
+numbers "$requests" || die "REQUESTS must be a number"
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/skvm-bench-devices.XXXXXX")
-ns=skvm-bench-devices-$$
 tap=skvmb0
-cleanup() {
-	rm -rf "$work"
-	ip netns del "$ns" 2>/dev/null || true
-}
-trap cleanup EXIT
 img=$work/disk.img
 # Allocated, not sparse, and in the page cache: every case reads the same.
 dd if=/dev/urandom of="$img" bs=1M count=256 status=none
 cat "$img" >/dev/null
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
-field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 
 # One drive run; prints its key=value line. net runs inside the namespace.
 drive() {
@@ -76,8 +67,7 @@ for op in randread randwrite; do
 	done
 done
 if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
-	ip netns add "$ns"
-	ip -n "$ns" link set lo up
+	bench_netns
 	ip -n "$ns" tuntap add "$tap" mode tap
 	ip -n "$ns" link set "$tap" mtu 1500 up
 	for op in tx rx; do

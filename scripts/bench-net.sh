@@ -16,32 +16,22 @@
 # are host-specific, the ratios are the point.
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/.." && pwd)
+prog=bench-net
+# shellcheck source=scripts/bench-common.sh
+. "$(dirname "$0")/bench-common.sh"
 mib=${1:-4}
 mtu=${2:-1500}
-skvm=${SKVM_BIN:-$repo/target/release/skvm}
-[ -x "$skvm" ] || { echo "bench-net: build skvm first (scripts/setup.sh --no-run)" >&2; exit 1; }
-case "$mib$mtu" in *[!0-9]*) echo "bench-net: arguments must be numbers" >&2; exit 1 ;; esac
-[ "$(id -u)" = 0 ] || { echo "bench-net: needs root (network namespace, tap)" >&2; exit 1; }
-command -v busybox >/dev/null || { echo "bench-net: needs busybox (scripts/setup.sh installs it)" >&2; exit 1; }
+numbers "$mib" "$mtu" || die "arguments must be numbers"
+need_root "network namespace, tap"
+command -v busybox >/dev/null || die "needs busybox (scripts/setup.sh installs it)"
 
-ns=skvm-bench-net-$$
 tap=skvmb0
-work=$(mktemp -d)
-cleanup() {
-	ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
-	ip netns del "$ns" 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$ns"
-ip -n "$ns" link set lo up
+bench_netns
 ip -n "$ns" tuntap add "$tap" mode tap
 ip -n "$ns" addr add 10.0.2.1/24 dev "$tap"
 ip -n "$ns" link set "$tap" mtu "$mtu" up
 head -c "$((mib << 20))" /dev/urandom >"$work/data"
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
 
 # One boot in device mode $1; sets rtt_ms, h2g_mbps, g2h_mbps, pss_kib.
 run_mode() {
@@ -77,7 +67,9 @@ nc 10.0.2.1 5002 </tmp/f; read c x </proc/uptime; echo SKVM-NET-T \$a \$b \$c" \
 	out=$(tr -d '\r' <"$work/out.$mode")
 	rtt_ms=$(sed -n 's|.*round-trip min/avg/max = [0-9.]*/\([0-9.]*\)/.*|\1|p' <<<"$out")
 	t=$(sed -n 's/.*SKVM-NET-T \([0-9. ]*\).*/\1/p' <<<"$out")
-	[ -n "$t" ] && [ -n "$rtt_ms" ] || { echo "bench-net: no figures from the guest ($mode):" >&2; echo "$out" >&2; exit 1; }
+	if [ -z "$t" ] || [ -z "$rtt_ms" ]; then
+		die "no figures from the guest ($mode):"$'\n'"$out"
+	fi
 	read -r h2g_mbps g2h_mbps < <(awk -v m="$mib" -v t="$t" 'BEGIN {
 		split(t, v, " "); d1 = v[2] - v[1]; d2 = v[3] - v[2]
 		if (d1 <= 0) d1 = 0.01; if (d2 <= 0) d2 = 0.01

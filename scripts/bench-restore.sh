@@ -23,30 +23,20 @@
 # each, and of the whole command.
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/.." && pwd)
+prog=bench-restore
+# shellcheck source=scripts/bench-common.sh
+. "$(dirname "$0")/bench-common.sh"
 rounds=${1:-20}
-skvm=${SKVM_BIN:-$repo/target/release/skvm}
-[ -x "$skvm" ] || { echo "bench-restore: build skvm first (scripts/setup.sh --no-run)" >&2; exit 1; }
-case "$rounds" in '' | *[!0-9]*) echo "bench-restore: ROUNDS must be a number" >&2; exit 1 ;; esac
-[ "$rounds" -gt 0 ] || { echo "bench-restore: ROUNDS must be at least 1" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || { echo "bench-restore: needs root (network namespace, tap)" >&2; exit 1; }
+numbers "$rounds" || die "ROUNDS must be a number"
+[ "$rounds" -gt 0 ] || die "ROUNDS must be at least 1"
+need_root "network namespace, tap"
 
-ns=skvm-bench-restore-$$
 tap=skvmr0
-work=$(mktemp -d)
-cleanup() {
-	ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
-	ip netns del "$ns" 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$ns"
+bench_netns
 ip -n "$ns" tuntap add "$tap" mode tap
 ip -n "$ns" link set "$tap" up
 truncate -s 16M "$work/disk.img"
 
-median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
 ms() { awk -v u="$1" 'BEGIN { if (u == "n/a") print u; else printf "%.2f", u / 1000 }'; }
 # The number after "KEY": in a one-line JSON answer.
 json_num() { sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }

@@ -15,15 +15,13 @@
 # dominated by that emulation; the host figures measure the device itself.
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/.." && pwd)
+prog=bench-rng
+# shellcheck source=scripts/bench-common.sh
+. "$(dirname "$0")/bench-common.sh"
 kib=${1:-1024}
 requests=${2:-20000}
-skvm=${SKVM_BIN:-$repo/target/release/skvm}
-[ -x "$skvm" ] || { echo "bench-rng: build skvm first (scripts/setup.sh --no-run)" >&2; exit 1; }
-case "$kib$requests" in *[!0-9]*) echo "bench-rng: arguments must be numbers" >&2; exit 1 ;; esac
+numbers "$kib" "$requests" || die "arguments must be numbers"
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
-field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 
 # Guest: KiB/s read from /dev/hwrng, per mode. No pipelines in the guest
 # script (see docs/ARCHITECTURE.md, "Concurrent processes on one vCPU").

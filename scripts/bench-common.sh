@@ -1,0 +1,60 @@
+# shellcheck shell=bash
+# Helpers shared by the scripts/bench-*.sh benchmarks. Sourced, not run.
+# Callers set `set -euo pipefail` and `prog` (their name for messages)
+# before sourcing. It sets
+#   repo    the checkout
+#   skvm    the binary: $SKVM_BIN, else target/release/skvm (must exist)
+#   work    a scratch directory
+# and at exit kills the VM whose pid is in $vm_pid (when set), deletes the
+# network namespace bench_netns made (killing what still runs in it), and
+# removes $work.
+
+: "${prog:?set prog before sourcing bench-common.sh}"
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+skvm=${SKVM_BIN:-$repo/target/release/skvm}
+
+die() {
+	printf '%s: %s\n' "$prog" "$*" >&2
+	exit 1
+}
+[ -x "$skvm" ] || die "build skvm first (scripts/setup.sh --no-run)"
+
+# Whether every argument is a whole number.
+numbers() {
+	local a
+	for a in "$@"; do
+		case "$a" in '' | *[!0-9]*) return 1 ;; esac
+	done
+}
+
+# Fails unless running as root; $1 says what for.
+need_root() { [ "$(id -u)" = 0 ] || die "needs root ($1)"; }
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/skvm-$prog.XXXXXX")
+vm_pid=""
+ns=""
+bench_cleanup() {
+	if [ -n "$vm_pid" ]; then kill -9 "$vm_pid" 2>/dev/null || true; fi
+	if [ -n "$ns" ]; then
+		ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+		ip netns del "$ns" 2>/dev/null || true
+	fi
+	rm -rf "$work"
+}
+trap bench_cleanup EXIT
+
+# Creates the network namespace $ns (skvm-PROG-PID) with its loopback up.
+bench_netns() {
+	ns=skvm-$prog-$$
+	ip netns add "$ns"
+	ip -n "$ns" link set lo up
+}
+
+# a / b to two places, or n/a.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+
+# The median of the numbers on stdin, one per line, or n/a.
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# The value of KEY ($2) in a line ($1) of KEY=VALUE words.
+field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | tr -d '\r'; }
