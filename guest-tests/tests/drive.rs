@@ -394,6 +394,37 @@ fn hostile_net_queues_are_dropped_counted_and_the_device_keeps_serving() {
     assert!(out.contains("unknown net hostile case"), "{out}");
 }
 
+/// A device process cannot write regular files (its file-size limit is 0):
+/// with skvm's stderr on a file, its log lines reach the file through the
+/// spawner, in both modes.
+#[test]
+fn device_log_lines_reach_a_stderr_file() {
+    let ns = Netns::new("drvlog");
+    ns.tap("skvml0", 1500);
+    let dir = std::env::temp_dir().join(format!("skvm-drive-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for mode in ["process", "thread"] {
+        let path = dir.join(format!("{mode}.err"));
+        let err = std::fs::File::create(&path).unwrap();
+        let status = ns
+            .exec(skvm_bin().to_str().unwrap())
+            .args(["drive", "--device", "net0", "--net", "tap=skvml0"])
+            .args(["--device-mode", mode, "--hostile", "tx-short"])
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .status()
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(status.success(), "{mode}: {text}");
+        assert!(
+            text.contains("device net0: dropped 1 malformed transmit chains"),
+            "{mode}: {text:?}"
+        );
+        assert_no_forbidden_syscall(&text);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn net_driving_errors_are_one_clear_line_and_a_created_tap_goes_away() {
     let ns = Netns::new("drverr");

@@ -12,6 +12,11 @@
 //!
 //! Requests and replies travel on one SOCK_SEQPACKET socket, exit reports on
 //! another; both carry fixed-size records.
+//!
+//! Device processes log on stderr, skvm's own. When that is a regular file
+//! (`skvm run 2>log`), a device process could not write it (its file-size
+//! limit is 0), so they get a pipe instead whose lines the spawner copies
+//! to the file, each device's last lines before its exit is reported.
 
 use std::ffi::CString;
 use std::io;
@@ -323,6 +328,9 @@ fn spawner_main(vmm: libc::pid_t, requests: &OwnedFd, events: &OwnedFd) -> ! {
         // SAFETY: as above.
         Err(_) => unsafe { libc::_exit(1) },
     };
+    let log = log_pipe();
+    let log_rd = log.as_ref().map_or(-1, |(rd, _)| rd.as_raw_fd());
+    let log_wr = log.as_ref().map(|(_, wr)| wr.as_fd());
     loop {
         let mut fds = [
             libc::pollfd {
@@ -335,20 +343,80 @@ fn spawner_main(vmm: libc::pid_t, requests: &OwnedFd, events: &OwnedFd) -> ! {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            // Ignored by poll when negative (no log pipe).
+            libc::pollfd {
+                fd: log_rd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        // SAFETY: polls two valid pollfd structs.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        // SAFETY: polls three valid pollfd structs.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
         if rc < 0 {
             continue;
+        }
+        // Log lines first: a device's last words come before its exit.
+        if log_rd >= 0 {
+            copy_log(log_rd);
         }
         if fds[1].revents != 0 {
             drain_signalfd(&sigchld);
             report_exits(events);
         }
-        if fds[0].revents != 0 && !serve_request(requests) {
+        if fds[0].revents != 0 && !serve_request(requests, log_wr) {
             // The VMM is gone; PR_SET_PDEATHSIG takes the devices down.
             // SAFETY: as above.
             unsafe { libc::_exit(0) };
+        }
+    }
+}
+
+/// A pipe for device processes' stderr (read end non-blocking), when the
+/// spawner's own stderr is a regular file.
+fn log_pipe() -> Option<(OwnedFd, OwnedFd)> {
+    // SAFETY: fstat fills a plain-data struct for fd 2.
+    let regular = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(2, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG
+    };
+    if !regular {
+        return None;
+    }
+    let (rd, wr) = sandbox::process::pipe().ok()?;
+    // SAFETY: fcntl on an fd we own with valid commands.
+    unsafe {
+        let flags = libc::fcntl(rd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(rd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    Some((above_stdio(rd)?, above_stdio(wr)?))
+}
+
+/// `fd` moved to a number above those a device process's fds take (0-3),
+/// so that setting those up cannot overwrite it.
+fn above_stdio(fd: OwnedFd) -> Option<OwnedFd> {
+    // SAFETY: duplicates an fd we own; the new one is owned by nothing else.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    // SAFETY: as above.
+    (n >= 0).then(|| unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Copies what device processes wrote to the log pipe `rd` to stderr.
+fn copy_log(rd: RawFd) {
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: reads into a buffer of the given size; `rd` is
+        // non-blocking.
+        let n = unsafe { libc::read(rd, buf.as_mut_ptr().cast(), buf.len()) };
+        let Ok(n) = usize::try_from(n) else { return };
+        if n == 0 {
+            return;
+        }
+        let mut rest = buf.get(..n).unwrap_or_default();
+        while !rest.is_empty() {
+            // SAFETY: writes from a valid buffer of the given length.
+            let w = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+            let Ok(w) = usize::try_from(w) else { break };
+            rest = rest.get(w..).unwrap_or_default();
         }
     }
 }
@@ -394,8 +462,9 @@ fn report_exits(events: &OwnedFd) {
     }
 }
 
-/// Serves one request; false when the VMM hung up.
-fn serve_request(requests: &OwnedFd) -> bool {
+/// Serves one request; false when the VMM hung up. `log` becomes the
+/// stderr of a device process started.
+fn serve_request(requests: &OwnedFd, log: Option<BorrowedFd<'_>>) -> bool {
     let mut buf = [0u8; RECORD];
     let (n, mut fds) = match ipc::fdpass::recv(requests.as_fd(), &mut buf, 1, None) {
         Ok(r) => r,
@@ -405,7 +474,7 @@ fn serve_request(requests: &OwnedFd) -> bool {
     let reply = match (Record::decode(buf.get(..n).unwrap_or_default()), fds.pop()) {
         (Some(r), Some(control)) if r.kind == KIND_SPAWN && valid_name(&r.name) => {
             let result = match SpawnFlags::decode(r.value) {
-                Some(how) => fork_device(&r.name, &control, how),
+                Some(how) => fork_device(&r.name, &control, how, log),
                 None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
             };
             match result {
@@ -436,8 +505,13 @@ fn serve_request(requests: &OwnedFd) -> bool {
 /// Forks (or, with namespaces, clones) and execs device process `name`.
 /// With namespaces, the child waits until its user namespace's id maps are
 /// written, then becomes its namespace's root, which is an unprivileged
-/// user outside.
-fn fork_device(name: &str, control: &OwnedFd, how: SpawnFlags) -> io::Result<libc::pid_t> {
+/// user outside. Its stderr is `log` when given, else the spawner's.
+fn fork_device(
+    name: &str,
+    control: &OwnedFd,
+    how: SpawnFlags,
+    log: Option<BorrowedFd<'_>>,
+) -> io::Result<libc::pid_t> {
     let exe = c"/proc/self/exe";
     let argv0 = CString::new(DEVICE_ARGV0).map_err(io::Error::other)?;
     let argv1 = CString::new(name).map_err(io::Error::other)?;
@@ -490,7 +564,8 @@ fn fork_device(name: &str, control: &OwnedFd, how: SpawnFlags) -> io::Result<lib
         return Ok(pid);
     }
     // The child: die with the spawner, control socket on fd 3, /dev/null
-    // for stdin and stdout, stderr kept for log lines, nothing else.
+    // for stdin and stdout, stderr (or the log pipe) for log lines, nothing
+    // else.
     // SAFETY: plain syscalls on valid arguments; the child never returns.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -515,6 +590,11 @@ fn fork_device(name: &str, control: &OwnedFd, how: SpawnFlags) -> io::Result<lib
         }
         if libc::dup2(control.as_raw_fd(), DEVICE_CONTROL_FD) < 0 {
             libc::_exit(126);
+        }
+        if let Some(log) = log {
+            if libc::dup2(log.as_raw_fd(), 2) < 0 {
+                libc::_exit(126);
+            }
         }
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         if null >= 0 {
