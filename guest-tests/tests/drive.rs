@@ -9,7 +9,7 @@
 
 use std::process::Command;
 
-use guest_tests::{assert_no_forbidden_syscall, code_and_text, field, skvm_bin, Netns};
+use guest_tests::{assert_no_forbidden_syscall, code_and_text, field, skvm_bin, Netns, Scratch};
 
 fn drive(args: &[&str]) -> (i32, String) {
     run_drive(Command::new(skvm_bin()), args)
@@ -401,10 +401,9 @@ fn hostile_net_queues_are_dropped_counted_and_the_device_keeps_serving() {
 fn device_log_lines_reach_a_stderr_file() {
     let ns = Netns::new("drvlog");
     ns.tap("skvml0", 1500);
-    let dir = std::env::temp_dir().join(format!("skvm-drive-log-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("drive", "log");
     for mode in ["process", "thread"] {
-        let path = dir.join(format!("{mode}.err"));
+        let path = dir.path(&format!("{mode}.err"));
         let err = std::fs::File::create(&path).unwrap();
         let status = ns
             .exec(skvm_bin().to_str().unwrap())
@@ -422,7 +421,6 @@ fn device_log_lines_reach_a_stderr_file() {
         );
         assert_no_forbidden_syscall(&text);
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
