@@ -188,6 +188,20 @@ mod tests {
     }
 
     #[test]
+    fn a_hotplugged_memfd_is_named_with_its_guest_address() {
+        let f = create_memfd(4096, Some(0x1_0000_0000)).unwrap();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
+        assert!(
+            link.to_string_lossy()
+                .starts_with("/memfd:skvm-guest-ram@0x100000000"),
+            "{link:?}"
+        );
+        let f = create_memfd(4096, None).unwrap();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
+        assert_eq!(link.to_string_lossy(), "/memfd:skvm-guest-ram (deleted)");
+    }
+
+    #[test]
     fn memfd_size_is_sealed() {
         let ram = GuestRam::new(1 << 20).unwrap();
         assert!(ram.memfd.set_len(4096).is_err());
