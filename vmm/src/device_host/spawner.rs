@@ -411,13 +411,8 @@ fn copy_log(rd: RawFd) {
         if n == 0 {
             return;
         }
-        let mut rest = buf.get(..n).unwrap_or_default();
-        while !rest.is_empty() {
-            // SAFETY: writes from a valid buffer of the given length.
-            let w = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
-            let Ok(w) = usize::try_from(w) else { break };
-            rest = rest.get(w..).unwrap_or_default();
-        }
+        // The spawner was forked single-threaded: std's stderr lock is free.
+        let _ = io::Write::write_all(&mut io::stderr(), buf.get(..n).unwrap_or_default());
     }
 }
 
