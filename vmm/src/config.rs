@@ -113,6 +113,7 @@ pub struct RunArgs {
     /// file at PATH is replaced, any other file is refused.
     #[arg(long, value_name = "PATH")]
     pub ctl: Option<PathBuf>,
+    /// How device processes are confined.
     #[command(flatten)]
     pub sandbox: SandboxArgs,
     /// The VMM's own seccomp filter, on all its threads from just before

@@ -731,6 +731,7 @@ fn rss_kib(pid: libc::pid_t) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// A process's wait status in words: "was killed by signal 9 (SIGKILL)".
 pub fn describe_status(status: libc::c_int) -> String {
     if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);

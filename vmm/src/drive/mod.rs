@@ -77,6 +77,7 @@ pub struct DriveArgs {
     /// interface that the driver receives (default tx).
     #[arg(long, value_enum, value_name = "OP")]
     pub op: Option<Op>,
+    /// How device processes are confined.
     #[command(flatten)]
     pub sandbox: SandboxArgs,
     /// Fuzzing harness mode (see docs/FUZZING.md): read inputs from stdin,

@@ -40,7 +40,7 @@ pub enum Recovery {
 
 impl Recovery {
     /// The instruction's length in bytes.
-    pub fn len(self) -> u64 {
+    pub fn length(self) -> u64 {
         match self {
             Recovery::Breakpoint | Recovery::Skip => 1,
             Recovery::SetAc(_) => 3,
@@ -321,7 +321,7 @@ pub fn recover(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> Result<Recovery, Emulati
         rip,
         bytes: hex(&bytes),
     })?;
-    let next = rip.wrapping_add(action.len());
+    let next = rip.wrapping_add(action.length());
     let unhandled = |e: String| EmulationError::Unhandled {
         rip,
         bytes: format!("{} ({e})", hex(&bytes)),
@@ -370,14 +370,14 @@ mod tests {
     #[test]
     fn int3_is_a_one_byte_breakpoint() {
         assert_eq!(decode(&[0xcc, 0x90]), Some(Recovery::Breakpoint));
-        assert_eq!(Recovery::Breakpoint.len(), 1);
+        assert_eq!(Recovery::Breakpoint.length(), 1);
     }
 
     #[test]
     fn clac_and_stac_flip_ac() {
         assert_eq!(decode(&[0x0f, 0x01, 0xca]), Some(Recovery::SetAc(false)));
         assert_eq!(decode(&[0x0f, 0x01, 0xcb]), Some(Recovery::SetAc(true)));
-        assert_eq!(Recovery::SetAc(true).len(), 3);
+        assert_eq!(Recovery::SetAc(true).length(), 3);
     }
 
     #[test]

@@ -427,7 +427,7 @@ impl<B: Backend> VirtioPci<B> {
     fn common_write(&mut self, offset: u64, data: &[u8]) {
         let v = le_value(data);
         let setup_allowed = self.status & status::DRIVER_OK == 0;
-        let vectors = self.msix.len();
+        let vectors = self.msix.vectors();
         match offset {
             0x00 => self.device_feature_select = u32::try_from(v & 0xffff_ffff).unwrap_or(0),
             0x08 => self.driver_feature_select = u32::try_from(v & 0xffff_ffff).unwrap_or(0),

@@ -41,13 +41,13 @@ impl MsixTable {
     }
 
     /// Number of vectors.
-    pub fn len(&self) -> u16 {
+    pub fn vectors(&self) -> u16 {
         u16::try_from(self.entries.len()).unwrap_or(u16::MAX)
     }
 
     /// Table size in bytes.
     pub fn size(&self) -> u64 {
-        u64::from(self.len()) * ENTRY_SIZE
+        u64::from(self.vectors()) * ENTRY_SIZE
     }
 
     fn dword(&self, index: usize, field: usize) -> u32 {
