@@ -11,7 +11,7 @@
 //! overflow-checked arithmetic.
 
 use virtio_queue::{DescriptorChain, Queue};
-use vm_memory::Bytes;
+use vm_memory::{ByteValued, Bytes, Le16, Le64};
 
 use crate::virtio::{
     check_features, serve_queue, DeviceError, GuestMemory, Processed, VirtioDevice,
@@ -43,6 +43,73 @@ const STATE_PLUGGED: u16 = 0;
 const STATE_UNPLUGGED: u16 = 1;
 const STATE_MIXED: u16 = 2;
 
+/// Length of the configuration space.
+const CONFIG_LEN: usize = 56;
+const _: () = assert!(std::mem::size_of::<MemConfig>() == CONFIG_LEN);
+
+/// `struct virtio_mem_config` (5.15.4).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MemConfig {
+    block_size: Le64,
+    node_id: Le16,
+    padding: [u8; 6],
+    addr: Le64,
+    region_size: Le64,
+    usable_region_size: Le64,
+    plugged_size: Le64,
+    requested_size: Le64,
+}
+
+// SAFETY: MemConfig is repr(C) and its explicit `padding` puts every
+// 8-byte field at a multiple of 8, so the compiler adds no padding; all
+// fields are little-endian integers or bytes, for which every bit pattern
+// is a valid value.
+unsafe impl ByteValued for MemConfig {}
+
+/// Why a [`MemParams`] cannot describe a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MemError {
+    /// `block_size` is not a power of two of at least 4 KiB.
+    #[error("block_size {0:#x} is not a power of two of at least 4 KiB")]
+    BlockSize(u64),
+    /// A field that must be a whole number of blocks is not.
+    #[error("{field} {value:#x} is not a multiple of block_size")]
+    Unaligned {
+        /// The field's name.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// `region_size` is zero or more than [`MAX_BLOCKS`] blocks.
+    #[error("region_size of {0} blocks, expected 1 to {max}", max = MAX_BLOCKS)]
+    RegionBlocks(u64),
+    /// `addr + region_size` overflows.
+    #[error("addr {addr:#x} + region_size {region_size:#x} wraps the address space")]
+    Wraps {
+        /// Start of the region.
+        addr: u64,
+        /// Its size.
+        region_size: u64,
+    },
+    /// `usable` is larger than `region_size`.
+    #[error("usable {usable:#x} is past region_size {region_size:#x}")]
+    UsablePastRegion {
+        /// The backed size.
+        usable: u64,
+        /// The region's size.
+        region_size: u64,
+    },
+    /// `requested` is larger than `usable`.
+    #[error("requested {requested:#x} is past usable {usable:#x}")]
+    RequestedPastUsable {
+        /// The size asked for.
+        requested: u64,
+        /// The backed size.
+        usable: u64,
+    },
+}
+
 /// The region and how much of it the VMM has backed and wants plugged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemParams {
@@ -61,23 +128,39 @@ pub struct MemParams {
 impl MemParams {
     /// Checks the geometry: power-of-two blocks, an aligned region of at
     /// most [`MAX_BLOCKS`] blocks, usable and requested within it.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), MemError> {
         let b = self.block_size;
         if !b.is_power_of_two() || b < 4096 {
-            return Err(format!("bad block size {b:#x}"));
+            return Err(MemError::BlockSize(b));
         }
-        let aligned = |v: u64| v.is_multiple_of(b);
-        if !aligned(self.addr) || !aligned(self.region_size) || !aligned(self.usable) {
-            return Err("region not aligned to the block size".into());
+        for (field, value) in [
+            ("addr", self.addr),
+            ("region_size", self.region_size),
+            ("usable", self.usable),
+        ] {
+            if !value.is_multiple_of(b) {
+                return Err(MemError::Unaligned { field, value });
+            }
         }
         if self.region_size / b > MAX_BLOCKS || self.region_size == 0 {
-            return Err(format!("region of {} blocks", self.region_size / b));
+            return Err(MemError::RegionBlocks(self.region_size / b));
         }
-        if self.addr.checked_add(self.region_size).is_none() {
-            return Err("region wraps the address space".into());
+        let (addr, region_size) = (self.addr, self.region_size);
+        if addr.checked_add(region_size).is_none() {
+            return Err(MemError::Wraps { addr, region_size });
         }
-        if self.usable > self.region_size || self.requested > self.usable {
-            return Err("usable or requested size past the region".into());
+        let usable = self.usable;
+        if usable > region_size {
+            return Err(MemError::UsablePastRegion {
+                usable,
+                region_size,
+            });
+        }
+        if self.requested > usable {
+            return Err(MemError::RequestedPastUsable {
+                requested: self.requested,
+                usable,
+            });
         }
         Ok(())
     }
@@ -103,10 +186,10 @@ pub struct Mem {
 impl Mem {
     /// A device over `params` (checked with [`MemParams::validate`]) with no
     /// block plugged.
-    pub fn new(params: MemParams) -> Result<Self, String> {
+    pub fn new(params: MemParams) -> Result<Self, MemError> {
         params.validate()?;
-        let blocks = usize::try_from(params.region_size / params.block_size)
-            .map_err(|_| "region too large".to_owned())?;
+        let blocks = params.region_size / params.block_size;
+        let blocks = usize::try_from(blocks).map_err(|_| MemError::RegionBlocks(blocks))?;
         Ok(Self {
             params,
             features: 0,
@@ -234,23 +317,19 @@ impl VirtioDevice for Mem {
         TRANSPORT_FEATURES | (1 << VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE)
     }
 
-    /// block_size, node_id and padding, addr, region_size,
-    /// usable_region_size, plugged_size, requested_size (section 5.15.4).
     fn config(&self) -> Vec<u8> {
         let p = &self.params;
-        let mut c = Vec::with_capacity(56);
-        c.extend_from_slice(&p.block_size.to_le_bytes());
-        c.extend_from_slice(&[0u8; 8]);
-        for v in [
-            p.addr,
-            p.region_size,
-            p.usable,
-            self.plugged_size(),
-            p.requested,
-        ] {
-            c.extend_from_slice(&v.to_le_bytes());
-        }
-        c
+        let config = MemConfig {
+            block_size: p.block_size.into(),
+            node_id: 0.into(),
+            padding: [0; 6],
+            addr: p.addr.into(),
+            region_size: p.region_size.into(),
+            usable_region_size: p.usable.into(),
+            plugged_size: self.plugged_size().into(),
+            requested_size: p.requested.into(),
+        };
+        config.as_slice().to_vec()
     }
 
     fn activate(&mut self, features: u64) -> Result<(), DeviceError> {
@@ -466,6 +545,24 @@ mod tests {
     }
 
     #[test]
+    fn config_bytes_are_pinned() {
+        let mut d = device(64 * MIB, 32 * MIB);
+        request(&mut d, REQ_PLUG, REGION, 2);
+        let c = d.config();
+        let expected: Vec<u8> = [
+            [0, 0, 0x20, 0, 0, 0, 0, 0], // block_size: 2 MiB
+            [0; 8],                      // node_id, padding
+            [0, 0, 0, 0, 1, 0, 0, 0],    // addr: 4 GiB
+            [0, 0, 0, 0x10, 0, 0, 0, 0], // region_size: 256 MiB
+            [0, 0, 0, 0x04, 0, 0, 0, 0], // usable_region_size: 64 MiB
+            [0, 0, 0x40, 0, 0, 0, 0, 0], // plugged_size: 4 MiB
+            [0, 0, 0, 0x02, 0, 0, 0, 0], // requested_size: 32 MiB
+        ]
+        .concat();
+        assert_eq!(c, expected);
+    }
+
+    #[test]
     fn plugged_blocks_carry_over_and_impossible_ones_are_refused() {
         let mut a = device(128 * MIB, 128 * MIB);
         request(&mut a, REQ_PLUG, REGION + 2 * MIB, 3);
@@ -527,5 +624,45 @@ mod tests {
         ] {
             assert!(Mem::new(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn each_bad_geometry_names_its_field() {
+        let good = MemParams {
+            addr: REGION,
+            region_size: 256 * MIB,
+            block_size: 2 * MIB,
+            usable: 64 * MIB,
+            requested: 32 * MIB,
+        };
+        let error = |edit: fn(&mut MemParams)| {
+            let mut p = good;
+            edit(&mut p);
+            Mem::new(p).err().unwrap().to_string()
+        };
+        assert_eq!(
+            error(|p| p.block_size = 2048),
+            "block_size 0x800 is not a power of two of at least 4 KiB"
+        );
+        assert_eq!(
+            error(|p| p.usable = MIB),
+            "usable 0x100000 is not a multiple of block_size"
+        );
+        assert_eq!(
+            error(|p| p.region_size = 0),
+            "region_size of 0 blocks, expected 1 to 2048"
+        );
+        assert_eq!(
+            error(|p| p.addr = 0u64.wrapping_sub(2 * MIB)),
+            "addr 0xffffffffffe00000 + region_size 0x10000000 wraps the address space"
+        );
+        assert_eq!(
+            error(|p| p.usable = 512 * MIB),
+            "usable 0x20000000 is past region_size 0x10000000"
+        );
+        assert_eq!(
+            error(|p| p.requested = 128 * MIB),
+            "requested 0x8000000 is past usable 0x4000000"
+        );
     }
 }

@@ -27,7 +27,7 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend as _};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend as _, Le16};
 
 use crate::virtio::{
     check_features, serve_queue, DeviceError, GuestMemory, Processed, VirtioDevice, DEVICE_ID_NET,
@@ -77,6 +77,22 @@ pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
 /// Length of the configuration space we describe: mac, status,
 /// max_virtqueue_pairs.
 const CONFIG_LEN: usize = 10;
+const _: () = assert!(std::mem::size_of::<NetConfig>() == CONFIG_LEN);
+
+/// `struct virtio_net_config` (5.1.4) up to `max_virtqueue_pairs`; `mtu`
+/// and what follows are not offered.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct NetConfig {
+    mac: [u8; 6],
+    status: Le16,
+    max_virtqueue_pairs: Le16,
+}
+
+// SAFETY: NetConfig is repr(C) with a byte array then two 2-byte
+// little-endian integers at even offsets: no padding, and every bit
+// pattern is a valid value.
+unsafe impl ByteValued for NetConfig {}
 
 /// TUNSETOFFLOAD and its flags (linux/if_tun.h).
 pub const TUNSETOFFLOAD: u64 = 0x4004_54d0;
@@ -495,17 +511,12 @@ impl VirtioDevice for Net {
     }
 
     fn config(&self) -> Vec<u8> {
-        let mut c = vec![0u8; CONFIG_LEN];
-        if let Some(mac) = c.get_mut(0..6) {
-            mac.copy_from_slice(&self.params.mac);
-        }
-        if let Some(status) = c.get_mut(6..8) {
-            status.copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
-        }
-        if let Some(pairs) = c.get_mut(8..10) {
-            pairs.copy_from_slice(&1u16.to_le_bytes());
-        }
-        c
+        let config = NetConfig {
+            mac: self.params.mac,
+            status: VIRTIO_NET_S_LINK_UP.into(),
+            max_virtqueue_pairs: 1.into(),
+        };
+        config.as_slice().to_vec()
     }
 
     fn activate(&mut self, features: u64) -> Result<(), DeviceError> {
@@ -852,6 +863,16 @@ mod tests {
         assert!(n.features() & (1 << VIRTIO_NET_F_MAC) != 0);
         // Nothing dropped, nothing to report.
         assert!(n.report().is_none());
+    }
+
+    #[test]
+    fn config_bytes_are_pinned() {
+        let (ours, _theirs) = UnixDatagram::pair().unwrap();
+        let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0xfe];
+        let n = Net::new(OwnedFd::from(ours), NetParams { mac });
+        let c = n.config();
+        // mac, status (link up), max_virtqueue_pairs (1).
+        assert_eq!(c, [0x52, 0x54, 0x00, 0x12, 0x34, 0xfe, 1, 0, 1, 0]);
     }
 
     #[test]

@@ -26,7 +26,7 @@ mod segments;
 use std::fs::File;
 
 use virtio_queue::{DescriptorChain, Queue};
-use vm_memory::{Address, Bytes};
+use vm_memory::{Address, ByteValued, Bytes, Le16, Le32, Le64};
 
 use hostio::{fallocate, transfer};
 use segments::{gather, iovecs, scatter, split_at, total, Seg};
@@ -99,6 +99,57 @@ const DWZ_SEGMENT: usize = 16;
 /// Length of the configuration space we describe (up to
 /// `write_zeroes_may_unmap` and its padding).
 const CONFIG_LEN: usize = 60;
+const _: () = assert!(std::mem::size_of::<BlockConfig>() == CONFIG_LEN);
+
+/// `struct virtio_blk_config` (5.2.4) up to `unused1`; the secure-erase
+/// fields after it are not offered. Packed because `capacity` would
+/// otherwise align the whole to 8 bytes and pad it to 64; every field sits
+/// at its natural alignment anyway.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Default)]
+struct BlockConfig {
+    capacity: Le64,
+    size_max: Le32,
+    seg_max: Le32,
+    geometry: BlockGeometry,
+    blk_size: Le32,
+    topology: BlockTopology,
+    writeback: u8,
+    unused0: u8,
+    num_queues: Le16,
+    max_discard_sectors: Le32,
+    max_discard_seg: Le32,
+    discard_sector_alignment: Le32,
+    max_write_zeroes_sectors: Le32,
+    max_write_zeroes_seg: Le32,
+    write_zeroes_may_unmap: u8,
+    unused1: [u8; 3],
+}
+
+// SAFETY: BlockConfig is repr(C, packed), so it has no padding, and its
+// fields are integers, little-endian integers, byte arrays and the two
+// repr(C) structs below, which are made of the same and have no padding:
+// every bit pattern is a valid value.
+unsafe impl ByteValued for BlockConfig {}
+
+/// `struct virtio_blk_geometry`: not offered (no GEOMETRY), left zero.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct BlockGeometry {
+    cylinders: Le16,
+    heads: u8,
+    sectors: u8,
+}
+
+/// `struct virtio_blk_topology`: not offered (no TOPOLOGY), left zero.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct BlockTopology {
+    physical_block_exp: u8,
+    alignment_offset: u8,
+    min_io_size: Le16,
+    opt_io_size: Le32,
+}
 
 /// What the disk is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -451,24 +502,22 @@ impl VirtioDevice for Block {
     }
 
     fn config(&self) -> Vec<u8> {
-        let mut c = vec![0u8; CONFIG_LEN];
-        let mut put = |at: usize, b: &[u8]| {
-            if let Some(dst) = c.get_mut(at..at + b.len()) {
-                dst.copy_from_slice(b);
-            }
+        let block_size = self.block_size();
+        let config = BlockConfig {
+            capacity: self.params.sectors.into(),
+            size_max: SIZE_MAX.into(),
+            seg_max: SEG_MAX.into(),
+            blk_size: block_size.into(),
+            max_discard_sectors: MAX_DISCARD_SECTORS.into(),
+            max_discard_seg: MAX_DISCARD_SEG.into(),
+            // In 512-byte sectors: one block.
+            discard_sector_alignment: (block_size / 512).into(),
+            max_write_zeroes_sectors: MAX_DISCARD_SECTORS.into(),
+            max_write_zeroes_seg: MAX_DISCARD_SEG.into(),
+            write_zeroes_may_unmap: 1,
+            ..BlockConfig::default()
         };
-        let sector_align = self.block_size() / 512;
-        put(0, &self.params.sectors.to_le_bytes());
-        put(8, &SIZE_MAX.to_le_bytes());
-        put(12, &SEG_MAX.to_le_bytes());
-        put(20, &self.block_size().to_le_bytes());
-        put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
-        put(40, &MAX_DISCARD_SEG.to_le_bytes());
-        put(44, &sector_align.to_le_bytes());
-        put(48, &MAX_DISCARD_SECTORS.to_le_bytes());
-        put(52, &MAX_DISCARD_SEG.to_le_bytes());
-        put(56, &[1]);
-        c
+        config.as_slice().to_vec()
     }
 
     fn activate(&mut self, features: u64) -> Result<(), DeviceError> {

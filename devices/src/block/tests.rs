@@ -421,3 +421,50 @@ fn the_configuration_describes_the_disk() {
         .activate(1 << 3)
         .is_err());
 }
+
+/// The configuration of a 2048-sector disk, written out byte by byte.
+fn pinned_config(blk_size: [u8; 4], sector_alignment: u8) -> Vec<u8> {
+    let mut c = Vec::new();
+    c.extend([0x00, 0x08, 0, 0, 0, 0, 0, 0]); // capacity: 2048
+    c.extend([0x00, 0x00, 0x10, 0x00]); // size_max: 1 MiB
+    c.extend([0xfe, 0x00, 0x00, 0x00]); // seg_max: 254
+    c.extend([0; 4]); // geometry
+    c.extend(blk_size);
+    c.extend([0; 8]); // topology
+    c.extend([0; 4]); // writeback, unused0, num_queues
+    c.extend([0x00, 0x00, 0x20, 0x00]); // max_discard_sectors: 1 GiB
+    c.extend([0x01, 0x00, 0x00, 0x00]); // max_discard_seg
+    c.extend([sector_alignment, 0, 0, 0]); // discard_sector_alignment
+    c.extend([0x00, 0x00, 0x20, 0x00]); // max_write_zeroes_sectors
+    c.extend([0x01, 0x00, 0x00, 0x00]); // max_write_zeroes_seg
+    c.extend([1, 0, 0, 0]); // write_zeroes_may_unmap, unused1
+    c
+}
+
+fn config_of(read_only: bool, direct: bool) -> Vec<u8> {
+    let params = DiskParams {
+        sectors: 2048,
+        read_only,
+        direct,
+        serial: Vec::new(),
+    };
+    Block::new(image(0), params).config()
+}
+
+#[test]
+fn config_bytes_of_a_buffered_disk_are_pinned() {
+    let c = config_of(false, false);
+    assert_eq!(c, pinned_config([0x00, 0x02, 0x00, 0x00], 1));
+}
+
+#[test]
+fn config_bytes_of_a_direct_disk_are_pinned() {
+    let c = config_of(false, true);
+    assert_eq!(c, pinned_config([0x00, 0x10, 0x00, 0x00], 8));
+}
+
+#[test]
+fn config_bytes_of_a_read_only_disk_are_pinned() {
+    let c = config_of(true, false);
+    assert_eq!(c, pinned_config([0x00, 0x02, 0x00, 0x00], 1));
+}

@@ -259,13 +259,16 @@ pub fn build_model(
                 usable,
                 requested,
             },
-        ) => Box::new(devices::mem::Mem::new(devices::mem::MemParams {
-            addr,
-            region_size,
-            block_size,
-            usable,
-            requested,
-        })?),
+        ) => Box::new(
+            devices::mem::Mem::new(devices::mem::MemParams {
+                addr,
+                region_size,
+                block_size,
+                usable,
+                requested,
+            })
+            .map_err(|e| e.to_string())?,
+        ),
         ("net", Backend::Net { mac }) => {
             let tap = fds.next().ok_or("no tap fd")?;
             Box::new(devices::net::Net::new(tap, devices::net::NetParams { mac }))
