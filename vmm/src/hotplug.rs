@@ -32,12 +32,6 @@ pub const GRANULE: u64 = 128 << 20;
 /// The largest region (virtio-mem's saved state has a bit per block).
 pub const MAX_REGION: u64 = devices::mem::MAX_BLOCKS * BLOCK_SIZE;
 
-/// Where the region goes: above `ram_top` and 4 GiB, 1 GiB aligned.
-pub fn region_addr(ram_top: u64) -> u64 {
-    const GIB: u64 = 1 << 30;
-    ram_top.max(4 * GIB).div_ceil(GIB) * GIB
-}
-
 /// What virtio-mem is told for a region at `addr` of `size` with `usable`
 /// bytes backed, all of them requested.
 pub fn backend(addr: u64, size: u64, usable: u64) -> ipc::Backend {
@@ -178,9 +172,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_region_sits_above_ram_and_4_gib() {
-        assert_eq!(region_addr(256 << 20), 4 << 30);
-        assert_eq!(region_addr((5 << 30) + 1), 6 << 30);
+    fn the_region_holds_4_gib_at_most() {
         assert_eq!(MAX_REGION, 4 << 30);
     }
 }

@@ -10,7 +10,7 @@
 //! - [`config`]: `skvm run`'s options, validated once into a [`config::VmConfig`].
 //! - [`vm`]: building and running a VM.
 //! - [`vcpu`], [`boot`], [`legacy`], [`pci`], [`irq`], [`memory`]: the
-//!   machine itself.
+//!   machine itself; [`layout`]: every guest-physical address.
 //! - [`virtio_pci`]: the virtio-pci transport (registers and state only).
 //! - [`device_host`]: where devices run (processes or threads), the only
 //!   process-aware code: spawner, device process, worker loop, supervision.
@@ -30,6 +30,7 @@ pub mod exit;
 pub mod host;
 pub mod hotplug;
 pub mod irq;
+pub mod layout;
 pub mod legacy;
 pub mod log;
 pub mod memory;

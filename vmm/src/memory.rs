@@ -12,10 +12,8 @@ use std::sync::Arc;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
-/// Start of the 32-bit MMIO hole (PCI, IO-APIC, LAPIC live above it).
-pub const MMIO_HOLE_START: u64 = 0xC000_0000;
-/// End of the 32-bit MMIO hole; high RAM starts here.
-pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+use crate::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
+
 /// Smallest guest RAM skvm accepts.
 pub const MIN_MEM: u64 = 32 << 20;
 

@@ -29,12 +29,8 @@ use crate::memory::GuestRam;
 use crate::pci::PciBus;
 use crate::tap;
 use crate::vcpu::{self, setup, PauseGate, Vcpu, VcpuStats};
-use crate::{host, hotplug, log};
+use crate::{host, hotplug, layout, log};
 
-/// KVM needs three pages for the TSS and one for the identity map, in the
-/// MMIO hole below the IO-APIC.
-const TSS_ADDR: usize = 0xfffb_d000;
-const IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 /// How long a panicked guest may take to reboot itself before skvm stops it.
 const PANIC_GRACE: Duration = Duration::from_secs(5);
 
@@ -187,7 +183,7 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
             .map(|r| r.guest_addr + r.size)
             .max()
             .unwrap_or(0);
-        let addr = hotplug::region_addr(top);
+        let addr = layout::hotplug_region(top);
         host.add(
             hotplug::DEVICE,
             (hotplug::backend(addr, cfg.hotplug_mem, 0), Vec::new()),
@@ -374,9 +370,9 @@ fn check_limits(kvm: &Kvm, cfg: &VmConfig) -> Result<()> {
 
 fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd> {
     let vm = kvm.create_vm().context("cannot create KVM VM")?;
-    vm.set_tss_address(TSS_ADDR)
+    vm.set_tss_address(usize::try_from(layout::KVM_TSS_ADDR).context("TSS address")?)
         .context("cannot set TSS address")?;
-    vm.set_identity_map_address(IDENTITY_MAP_ADDR)
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
         .context("cannot set identity map address")?;
     vm.create_irq_chip()
         .context("cannot create in-kernel irqchip")?;

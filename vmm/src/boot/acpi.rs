@@ -28,8 +28,9 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
-/// Where the RSDP is written; the other tables follow it up to 0xFFFFF.
-pub const RSDP_ADDR: u64 = 0x000E_0000;
+use crate::layout::BIOS_AREA_END;
+pub use crate::layout::{IOAPIC_ADDR, LAPIC_ADDR, RSDP_ADDR};
+
 /// The FADT's sleep control register (8-bit port; `legacy::acpi_pm`).
 pub const SLEEP_CONTROL_PORT: u16 = 0x600;
 /// The FADT's sleep status register (8-bit port; `legacy::acpi_pm`).
@@ -38,10 +39,6 @@ pub const SLEEP_STATUS_PORT: u16 = 0x601;
 pub const RESET_PORT: u16 = 0xCF9;
 /// The value the guest writes to [`RESET_PORT`] to reboot.
 pub const RESET_VALUE: u8 = 0x06;
-/// Guest physical address of the IO-APIC.
-pub const IOAPIC_ADDR: u32 = 0xFEC0_0000;
-/// Guest physical address of the local APICs.
-pub const LAPIC_ADDR: u32 = 0xFEE0_0000;
 /// The SLP_TYP value of S5 (soft off) that `\_S5_` gives the guest, and so
 /// the one it writes to [`SLEEP_CONTROL_PORT`] to power off.
 pub const S5_SLEEP_TYPE: u8 = 5;
@@ -49,8 +46,6 @@ pub const S5_SLEEP_TYPE: u8 = 5;
 /// broadcast id.
 pub const MAX_CPUS: u8 = 254;
 
-/// First byte past the BIOS area.
-const BIOS_AREA_END: u64 = 0x10_0000;
 /// Alignment of each table (the RSDP must be on a 16-byte boundary).
 const TABLE_ALIGN: u64 = 16;
 /// Length of the header every table but the RSDP starts with (5.2.6).

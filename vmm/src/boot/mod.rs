@@ -12,20 +12,13 @@ use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+use crate::layout::MMIO_HOLE_END;
+pub use crate::layout::{CMDLINE_ADDR, EBDA_START, HIMEM_START, ZERO_PAGE};
 use crate::log;
-use crate::memory::{RamRange, MMIO_HOLE_END};
+use crate::memory::RamRange;
 
-/// Guest address of the zero page (struct boot_params).
-pub const ZERO_PAGE: u64 = 0x7000;
-/// Guest address of the kernel command line.
-pub const CMDLINE_ADDR: u64 = 0x2_0000;
-const CMDLINE_ADDR_U32: u32 = 0x2_0000;
 /// Largest command line skvm passes (the kernel's COMMAND_LINE_SIZE on x86).
 pub const CMDLINE_MAX: usize = 2048;
-/// Start of the legacy EBDA/BIOS area, reserved in the e820 map.
-pub const EBDA_START: u64 = 0x9_FC00;
-/// Where the kernel image may start (1 MiB).
-pub const HIMEM_START: u64 = 0x10_0000;
 
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
@@ -187,7 +180,7 @@ pub fn load(
     hdr.header = KERNEL_HDR_MAGIC;
     hdr.loadflags |= LOADED_HIGH | CAN_USE_HEAP;
     hdr.heap_end_ptr = 0xfe00;
-    hdr.cmd_line_ptr = CMDLINE_ADDR_U32;
+    hdr.cmd_line_ptr = u32::try_from(CMDLINE_ADDR).unwrap_or(0);
     // Bounded by CMDLINE_MAX above.
     hdr.cmdline_size = u32::try_from(cmdline.len()).unwrap_or(u32::MAX);
     if hdr.kernel_alignment == 0 {
@@ -210,8 +203,8 @@ pub fn load(
         &acpi::AcpiLayout {
             num_cpus: spec.cpus,
             pci_mmio32: Some((
-                u64::from(crate::device_host::BAR_WINDOW_BASE),
-                u64::from(crate::device_host::BAR_WINDOW_SIZE),
+                u64::from(crate::layout::BAR_WINDOW_BASE),
+                u64::from(crate::layout::BAR_WINDOW_SIZE),
             )),
         },
     )?;

@@ -121,12 +121,6 @@ impl Default for SandboxOpts {
     }
 }
 
-/// Base of the 32-bit window device BARs are placed in.
-pub const BAR_WINDOW_BASE: u32 = 0xc000_0000;
-/// Size of that window (described to the guest in the DSDT).
-pub const BAR_WINDOW_SIZE: u32 = 0x1000_0000;
-const BAR_STRIDE: u32 = 0x1_0000;
-
 struct Hosted {
     name: String,
     device_type: u32,
@@ -342,11 +336,7 @@ impl DeviceHost {
             &self.memory,
         )?;
         let index = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
-        let bar = index
-            .checked_mul(BAR_STRIDE)
-            .filter(|off| *off < BAR_WINDOW_SIZE)
-            .map(|off| BAR_WINDOW_BASE + off)
-            .context("too many devices")?;
+        let bar = crate::layout::bar_slot(index).context("too many devices")?;
         let transport = Arc::new(Mutex::new(VirtioPci::new(
             remote,
             bar,

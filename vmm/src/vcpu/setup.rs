@@ -8,20 +8,11 @@ use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot::BootInfo;
+use crate::layout::{BOOT_STACK, GDT_ADDR, IDT_ADDR, PDPT_ADDR, PD_ADDR, PML4_ADDR};
 
-/// GDT location in guest memory.
-const GDT_ADDR: u64 = 0x500;
 const GDT_ENTRIES: usize = 5;
 #[allow(clippy::cast_possible_truncation)] // 39 fits
 const GDT_LIMIT: u16 = (GDT_ENTRIES * 8 - 1) as u16;
-/// IDT location (an empty IDT: the kernel installs its own).
-const IDT_ADDR: u64 = 0x520;
-/// Boot page tables: PML4, one PDPT, one PD mapping 1 GiB with 2 MiB pages.
-const PML4_ADDR: u64 = 0x9000;
-const PDPT_ADDR: u64 = 0xA000;
-const PD_ADDR: u64 = 0xB000;
-/// Initial stack pointer, below the page tables.
-const BOOT_STACK: u64 = 0x8ff0;
 
 const X86_CR0_PE: u64 = 1 << 0;
 const X86_CR0_ET: u64 = 1 << 4;
