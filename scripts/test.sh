@@ -15,10 +15,10 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 "$repo/scripts/setup.sh" --no-run
 export SKVM_BIN="$repo/target/release/skvm"
-# The escape suite's build: device kinds that attempt escapes on request
-# (feature escape-test; never the binary people run).
-cargo build --release -q -p vmm --features escape-test --target-dir "$repo/target/escape-test"
-export SKVM_ESCAPE_BIN="$repo/target/escape-test/release/skvm"
+# The escape suite's skvm (crate escape: device kinds that attempt escapes
+# on request; never the binary people run), built by setup with the
+# workspace.
+export SKVM_ESCAPE_BIN="$repo/target/release/skvm-escape"
 # Guest tests are CPU-bound on emulating hosts: one guest per core.
 status=0
 cargo test --release --workspace --no-fail-fast "$@" -- --test-threads="$(nproc)" || status=$?

@@ -1,10 +1,11 @@
 //! The escape suite: a device process, fully confined (namespaces, empty
 //! root, no capabilities, rlimits, its kind's seccomp policy), attempts
 //! hostile actions, and each must fail (killed by seccomp or refused) while
-//! the VMM side carries on. Runs the test-only build with feature
-//! `escape-test` (scripts/test.sh builds it and sets $SKVM_ESCAPE_BIN); the
-//! escrng/escblk/escnet device kinds get exactly rng's, blk's and net's
-//! confinement.
+//! the VMM side carries on. Runs `skvm-escape` (the workspace's `escape`
+//! crate: the vmm library with the escape suite's kinds and steps, never
+//! the skvm people run; $SKVM_ESCAPE_BIN, default
+//! target/release/skvm-escape); the escrng/escblk/escnet device kinds get
+//! exactly rng's, blk's and net's confinement.
 //!
 //! With a guest running: `SKVM_ESCAPE_DEVICE=ACTIONS` makes `skvm run` start
 //! its devices as escape devices that attempt ACTIONS once the guest's
@@ -47,11 +48,10 @@ fn escape_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SKVM_ESCAPE_BIN") {
         return PathBuf::from(p);
     }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/escape-test/release/skvm");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/skvm-escape");
     assert!(
         p.is_file(),
-        "no escape-test build: run scripts/test.sh, or cargo build --release -p vmm \
-         --features escape-test --target-dir target/escape-test"
+        "no skvm-escape: run scripts/test.sh, or cargo build --release -p skvm-escape"
     );
     p
 }
@@ -60,15 +60,7 @@ fn escape_bin() -> PathBuf {
 /// VMM side carries on).
 fn attempt(device: &str, mode: &str, action: &str) -> String {
     let out = Command::new(escape_bin())
-        .args([
-            "drive",
-            "--device",
-            device,
-            "--seccomp",
-            mode,
-            "--escape",
-            action,
-        ])
+        .args(["attempt", "--device", device, "--seccomp", mode, action])
         .output()
         .unwrap();
     let (_, text) = code_and_text(&out);

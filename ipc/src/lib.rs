@@ -12,7 +12,7 @@
 //!
 //! | kind | direction | message | fds | answer |
 //! |---|---|---|---|---|
-//! | 1 | VMM -> device | `Hello { version, backend }` | the backend's (0 or 1) | `Welcome` / `Error` |
+//! | 1 | VMM -> device | `Hello { version, backend }` | the backend's (`backend.fds`, at most 4) | `Welcome` / `Error` |
 //! | 2 | VMM -> device | `ConfigRead { offset, len }` | 0 | `ConfigData` |
 //! | 3 | VMM -> device | `ConfigWrite { offset, data }` | 0 | `Ack` / `Error` |
 //! | 4 | VMM -> device | `Activate { features, regions, queues }` | regions + 2 x queues + 1 | `Ack` / `Error` |
@@ -45,6 +45,7 @@
 
 mod channel;
 pub mod fdpass;
+pub mod params;
 pub mod wire;
 
 pub use channel::Channel;
@@ -68,8 +69,6 @@ pub const MAX_REGIONS: usize = 8;
 pub const MAX_TEXT: usize = 256;
 /// Largest device-specific part of a saved [`DeviceState`].
 pub const MAX_DEVICE_STATE: usize = 256;
-/// Longest block device serial (virtio-blk GET_ID answers 20 bytes).
-pub const MAX_SERIAL: usize = 20;
 
 /// Errors of the protocol and its transport.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,7 @@ use crate::{
 
 mod backend;
 
-pub use backend::Backend;
+pub use backend::{valid_kind, Backend, MAX_BACKEND_FDS, MAX_KIND, MAX_PARAMS};
 
 const MAGIC: u32 = 0x4d56_4b53;
 const HEADER: usize = 12;

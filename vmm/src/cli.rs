@@ -3,10 +3,11 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{RunArgs, VmConfig};
 use crate::exit::ExitReason;
+use crate::kinds::Registry;
 use crate::{ctl, device_host, drive, log, sandbox_cmd, vm};
 
 /// skvm: boot Linux guests on KVM, each virtio device in its own sandboxed
@@ -50,9 +51,19 @@ enum Command {
     Ctl(ctl::CtlArgs),
 }
 
+/// How a program built on this library runs a VM once its configuration
+/// is validated (`skvm`'s is [`vm::run`]; the escape suite adds its steps).
+pub type Runner = fn(&VmConfig) -> anyhow::Result<ExitReason>;
+
 /// What `skvm` does with its command line; the exit status to end with.
 pub fn main() -> ExitCode {
-    // Device processes are this binary exec'd as `skvm-dev NAME`.
+    main_with(&Registry::standard(), vm::run)
+}
+
+/// The `skvm` command line over the device kinds `kinds`, with `runner`
+/// running VMs.
+pub fn main_with(kinds: &Registry, runner: Runner) -> ExitCode {
+    // Device processes are this binary exec'd as `skvm-dev NAME KIND ...`.
     let mut args = std::env::args_os();
     if args
         .next()
@@ -63,35 +74,53 @@ pub fn main() -> ExitCode {
                 .and_then(|n| n.into_string().ok())
                 .unwrap_or_default()
         };
-        let (name, seccomp, ns) = (next(), next(), next());
-        device_host::process_main(&name, &seccomp, &ns);
+        let (name, kind, seccomp, ns) = (next(), next(), next(), next());
+        device_host::process_main(
+            kinds,
+            device_host::DeviceArgs {
+                name: &name,
+                kind: &kind,
+                seccomp: &seccomp,
+                ns: &ns,
+            },
+        );
     }
-    let cli = Cli::parse();
+    let cmd = Cli::command().mut_subcommand("run", |c| kinds.add_options(c));
+    let matches = cmd.get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let sub = |name| {
+        matches
+            .subcommand_matches(name)
+            .cloned()
+            .unwrap_or_default()
+    };
     match cli.command {
-        Command::Run(args) => run(&args),
-        Command::Sandbox(cmd) => sandbox_cmd::run(&cmd),
-        Command::Ctl(args) => match ctl::client(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                log::error(&format!("{e:#}"));
-                ExitCode::from(1)
-            }
-        },
-        Command::Drive(args) => match drive::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                log::error(&format!("{e:#}"));
-                ExitCode::from(1)
-            }
-        },
+        Command::Run(args) => run(&args, &sub("run"), kinds, runner),
+        Command::Sandbox(cmd) => sandbox_cmd::run(&cmd, kinds),
+        Command::Ctl(args) => finish(ctl::client(&args)),
+        Command::Drive(args) => finish(drive::run(&args, kinds)),
     }
 }
 
-fn run(args: &RunArgs) -> ExitCode {
+/// The exit status of a command that ends with `result`.
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error(&format!("{e:#}"));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: &RunArgs, m: &clap::ArgMatches, kinds: &Registry, runner: Runner) -> ExitCode {
     log::set_debug(args.debug || std::env::var_os("SKVM_DEBUG").is_some());
-    let result = VmConfig::from_args(args)
+    let result = VmConfig::from_args(args, m, kinds)
         .map_err(anyhow::Error::from)
-        .and_then(|cfg| vm::run(&cfg, log::debug_enabled()));
+        .and_then(|cfg| runner(&cfg));
     match result {
         Ok(reason) => {
             match &reason {

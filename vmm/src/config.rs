@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use crate::device_host::{Degraded, DeviceMode, OnFailure, SandboxOpts, SeccompMode};
-use crate::disk::DiskSpec;
+use crate::kinds::{DeviceSpec, KindError, Registry};
 use crate::memory::MIN_MEM;
-use crate::tap::NetSpec;
 use crate::vmm_sandbox::VmmSandbox;
 
 /// Largest vCPU count: APIC IDs must fit the xAPIC's 8 bits (255 is broadcast).
@@ -25,7 +24,8 @@ pub enum HostQuirks {
     Off,
 }
 
-/// `skvm run` options.
+/// `skvm run` options, but for the devices': each device kind adds its own
+/// (`crate::kinds`).
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Kernel to boot: an ELF vmlinux or a bzImage. Default: the guest built
@@ -53,38 +53,10 @@ pub struct RunArgs {
     /// boot, so more memory boots slower where guest kernel code is emulated.
     #[arg(long, value_name = "SIZE", default_value = "256M")]
     pub mem: String,
-    /// Room for memory hotplug: adds a virtio-mem device (mem0, in a VMM
-    /// thread) with a region of this size above guest RAM, which `skvm ctl
-    /// SOCKET mem-add SIZE` fills 128 MiB at a time. A multiple of 128 MiB,
-    /// at most 4G; 0 (the default): no hotplug.
-    #[arg(long, value_name = "SIZE", default_value = "0")]
-    pub hotplug_mem: String,
     /// Workarounds for hosts whose KVM emulates guest kernel code: complete
     /// int3, clac/stac and fwait in skvm, and add guest command-line options.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = HostQuirks::Auto)]
     pub host_quirks: HostQuirks,
-    /// Add a virtio-rng device (entropy from the host's getrandom), named
-    /// rng0.
-    #[arg(long)]
-    pub rng: bool,
-    /// Add a virtio-blk disk over a raw image file or block device; repeat
-    /// for more (blk0, blk1, ... in order; the guest's vda, vdb, ...). skvm
-    /// opens and locks the image (exclusively, shared with `ro`) and the
-    /// device process gets only that fd. `ro`: the guest cannot write;
-    /// `serial=ID`: up to 20 characters the guest reads as the disk's
-    /// serial; `direct=on`: bypass the host page cache (O_DIRECT; the guest
-    /// sees 4 KiB blocks). The size must be a multiple of 512 bytes.
-    #[arg(long, value_name = "PATH[,ro][,serial=ID][,direct=on]")]
-    pub disk: Vec<String>,
-    /// Add a virtio-net card over a tap device; repeat for more (net0,
-    /// net1, ...; the guest's eth0, eth1, ...). `tap=NAME` attaches to an
-    /// existing tap (`ip tuntap add NAME mode tap`); `tap` alone creates
-    /// one named skvmtapN, brings it up and removes it when skvm exits
-    /// (needs CAP_NET_ADMIN). skvm opens the tap and the device process
-    /// gets only that fd. `mac=MAC`: the guest's address (default: a
-    /// locally administered one derived from --name and the device).
-    #[arg(long, value_name = "tap[=NAME][,mac=MAC]")]
-    pub net: Vec<String>,
     /// The VM's name: default MAC addresses derive from it, so a VM keeps
     /// its addresses across boots.
     #[arg(long, value_name = "NAME", default_value = "skvm")]
@@ -194,22 +166,16 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// A --disk option that cannot be parsed.
-    #[error("{0}")]
-    BadDisk(String),
-    /// A --net option that cannot be parsed.
-    #[error("{0}")]
-    BadNet(String),
-    /// A --hotplug-mem that is not a usable size.
-    #[error("invalid --hotplug-mem '{0}': expected a multiple of 128M up to 4G, or 0")]
-    BadHotplug(String),
+    /// A device option that cannot be parsed.
+    #[error(transparent)]
+    Device(#[from] KindError),
     /// No --kernel and no default guest.
     #[error("no --kernel given and the default guest is not built at {0}: run scripts/setup.sh")]
     NoDefaultGuest(PathBuf),
 }
 
 /// A validated VM configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct VmConfig {
     /// Kernel image.
     pub kernel: PathBuf,
@@ -223,16 +189,10 @@ pub struct VmConfig {
     pub cpus: u8,
     /// RAM in bytes.
     pub mem: u64,
-    /// Room for hot-added memory in bytes (0: no virtio-mem).
-    pub hotplug_mem: u64,
     /// Quirks mode.
     pub host_quirks: HostQuirks,
-    /// Disks, in order (blk0, blk1, ...).
-    pub disks: Vec<DiskSpec>,
-    /// Whether to add virtio-rng (rng0).
-    pub rng: bool,
-    /// Network cards, in order (net0, net1, ...).
-    pub nets: Vec<NetSpec>,
+    /// The devices, in the order they are attached.
+    pub devices: Vec<DeviceSpec>,
     /// The VM's name.
     pub name: String,
     /// Where devices run.
@@ -271,8 +231,13 @@ fn default_initrd(dir: &std::path::Path) -> PathBuf {
 }
 
 impl VmConfig {
-    /// Validates `args`.
-    pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
+    /// Validates `args`, and the device options of `kinds` in `m` (the
+    /// matches `args` came from).
+    pub fn from_args(
+        args: &RunArgs,
+        m: &clap::ArgMatches,
+        kinds: &Registry,
+    ) -> Result<Self, ConfigError> {
         let mem = parse_size(&args.mem).ok_or_else(|| ConfigError::BadSize(args.mem.clone()))?;
         if mem < MIN_MEM {
             return Err(ConfigError::MemTooSmall {
@@ -280,11 +245,6 @@ impl VmConfig {
                 min: MIN_MEM >> 20,
             });
         }
-        let hotplug_mem = parse_size(&args.hotplug_mem)
-            .filter(|s| {
-                s.is_multiple_of(crate::hotplug::GRANULE) && *s <= crate::hotplug::MAX_REGION
-            })
-            .ok_or_else(|| ConfigError::BadHotplug(args.hotplug_mem.clone()))?;
         if args.cpus == 0 || args.cpus > MAX_CPUS {
             return Err(ConfigError::Cpus(args.cpus));
         }
@@ -312,21 +272,8 @@ impl VmConfig {
             run: args.run.clone(),
             cpus,
             mem,
-            hotplug_mem,
             host_quirks: args.host_quirks,
-            disks: args
-                .disk
-                .iter()
-                .map(|d| DiskSpec::parse(d))
-                .collect::<Result<_, _>>()
-                .map_err(ConfigError::BadDisk)?,
-            rng: args.rng,
-            nets: args
-                .net
-                .iter()
-                .map(|n| NetSpec::parse(n))
-                .collect::<Result<_, _>>()
-                .map_err(ConfigError::BadNet)?,
+            devices: kinds.configure(m)?,
             name: args.name.clone(),
             device_mode: args.device_mode,
             on_device_failure: args.on_device_failure,
@@ -479,11 +426,7 @@ mod tests {
             run: None,
             cpus: 1,
             mem: "128M".into(),
-            hotplug_mem: "0".into(),
             host_quirks: HostQuirks::Auto,
-            rng: false,
-            disk: Vec::new(),
-            net: Vec::new(),
             name: "skvm".into(),
             device_mode: DeviceMode::Process,
             on_device_failure: OnFailure::Restart,
@@ -501,32 +444,10 @@ mod tests {
     #[test]
     fn zero_cpus_is_an_error() {
         let a = RunArgs { cpus: 0, ..args() };
-        assert!(matches!(VmConfig::from_args(&a), Err(ConfigError::Cpus(0))));
-    }
-
-    #[test]
-    fn hotplug_room_is_whole_memory_blocks_up_to_4g() {
-        for (given, want) in [
-            ("0", Some(0)),
-            ("128M", Some(128 << 20)),
-            ("4G", Some(4 << 30)),
-        ] {
-            let a = RunArgs {
-                hotplug_mem: given.into(),
-                ..args()
-            };
-            assert_eq!(VmConfig::from_args(&a).ok().map(|c| c.hotplug_mem), want);
-        }
-        for bad in ["100M", "5G", "lots", "-1"] {
-            let a = RunArgs {
-                hotplug_mem: bad.into(),
-                ..args()
-            };
-            assert!(
-                matches!(VmConfig::from_args(&a), Err(ConfigError::BadHotplug(_))),
-                "{bad}"
-            );
-        }
+        assert!(matches!(
+            VmConfig::from_args(&a, &clap::ArgMatches::default(), &Registry::standard()),
+            Err(ConfigError::Cpus(0))
+        ));
     }
 
     #[test]
@@ -536,7 +457,7 @@ mod tests {
             ..args()
         };
         assert!(matches!(
-            VmConfig::from_args(&a),
+            VmConfig::from_args(&a, &clap::ArgMatches::default(), &Registry::standard()),
             Err(ConfigError::MemTooSmall { .. })
         ));
     }
@@ -548,7 +469,7 @@ mod tests {
             ..args()
         };
         assert!(matches!(
-            VmConfig::from_args(&a),
+            VmConfig::from_args(&a, &clap::ArgMatches::default(), &Registry::standard()),
             Err(ConfigError::Unreadable { what: "kernel", .. })
         ));
     }
@@ -560,7 +481,7 @@ mod tests {
             ..args()
         };
         assert!(matches!(
-            VmConfig::from_args(&a),
+            VmConfig::from_args(&a, &clap::ArgMatches::default(), &Registry::standard()),
             Err(ConfigError::Unreadable { what: "initrd", .. })
         ));
     }
@@ -571,7 +492,9 @@ mod tests {
             run: Some("echo hi".into()),
             ..args()
         };
-        let c = VmConfig::from_args(&a).unwrap().cmdline(false);
+        let c = VmConfig::from_args(&a, &clap::ArgMatches::default(), &Registry::standard())
+            .unwrap()
+            .cmdline(false);
         assert_eq!(c, "console=ttyS0 panic=-1 skvm.cmd=ZWNobyBoaQ==");
     }
 }

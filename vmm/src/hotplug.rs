@@ -11,52 +11,24 @@
 //! backed. The guest kernel plugs the blocks and onlines them
 //! (CONFIG_MEMORY_HOTPLUG_DEFAULT_ONLINE).
 
-use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::VmFd;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::device_host::DeviceHost;
-use crate::memory::{create_memfd, map_ranges, RamRange};
+use crate::kinds::mem::{self, GRANULE};
+use crate::memory::Memory;
 
-/// The name of the virtio-mem device.
+/// The name of the virtio-mem device (the first of the mem kind).
 pub const DEVICE: &str = "mem0";
-/// virtio-mem block size: the x86 pageblock.
-pub const BLOCK_SIZE: u64 = 2 << 20;
-/// What one mem-add adds a multiple of: Linux's memory block on x86-64.
-pub const GRANULE: u64 = 128 << 20;
-/// The largest region (virtio-mem's saved state has a bit per block).
-pub const MAX_REGION: u64 = devices::mem::MAX_BLOCKS * BLOCK_SIZE;
-
-/// What virtio-mem is told for a region at `addr` of `size` with `usable`
-/// bytes backed, all of them requested.
-pub fn backend(addr: u64, size: u64, usable: u64) -> ipc::Backend {
-    ipc::Backend::Mem {
-        addr,
-        region_size: size,
-        block_size: BLOCK_SIZE,
-        usable,
-        requested: usable,
-    }
-}
 
 /// The hot-added memory and what it takes to add more.
 pub struct Hotplug {
-    vm: Arc<VmFd>,
+    memory: Arc<Mutex<Memory>>,
     addr: u64,
     size: u64,
     added: u64,
-    next_slot: u32,
-    /// Every range of guest memory with its file (boot RAM first).
-    ranges: Vec<(RamRange, Arc<File>)>,
-    /// The VMM's mappings of the added regions (their memslots point in).
-    mappings: Vec<GuestMemoryMmap>,
-    /// What the vCPUs read guest memory through.
-    vcpu_mem: Arc<Mutex<GuestMemoryMmap>>,
 }
 
 /// What one mem-add did.
@@ -72,24 +44,13 @@ pub struct Added {
 }
 
 impl Hotplug {
-    /// A region of `size` at `addr`; the boot RAM `ranges` use memslots
-    /// 0 to ranges.len() - 1.
-    pub fn new(
-        vm: Arc<VmFd>,
-        (addr, size): (u64, u64),
-        ranges: Vec<(RamRange, Arc<File>)>,
-        vcpu_mem: Arc<Mutex<GuestMemoryMmap>>,
-    ) -> Self {
-        let next_slot = u32::try_from(ranges.len()).unwrap_or(u32::MAX);
+    /// A region of `size` at `addr` in `memory`, nothing added yet.
+    pub fn new(memory: Arc<Mutex<Memory>>, (addr, size): (u64, u64)) -> Self {
         Self {
-            vm,
+            memory,
             addr,
             size,
             added: 0,
-            next_slot,
-            ranges,
-            mappings: Vec::new(),
-            vcpu_mem,
         }
     }
 
@@ -111,45 +72,18 @@ impl Hotplug {
                 self.size >> 20
             );
         }
-        if self.ranges.len() >= ipc::MAX_REGIONS {
-            bail!(
-                "mem-add: at most {} memory regions; add more at a time",
-                ipc::MAX_REGIONS
-            );
-        }
-        let range = RamRange {
-            guest_addr: self.addr + self.added,
-            size,
-            file_offset: 0,
+        let devices_map = {
+            let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+            memory
+                .add_region(self.addr + self.added, size)
+                .context("mem-add")?;
+            memory.for_devices()
         };
-        let file = Arc::new(
-            create_memfd(size, Some(range.guest_addr)).context("mem-add: cannot create memory")?,
-        );
-        let mapping = map_ranges(&[(range, file.clone())]).context("mem-add: cannot map")?;
-        let host_addr = mapping
-            .get_host_address(GuestAddress(range.guest_addr))
-            .context("mem-add: the new memory is not mapped")?;
-        let region = kvm_userspace_memory_region {
-            slot: self.next_slot,
-            guest_phys_addr: range.guest_addr,
-            memory_size: size,
-            userspace_addr: host_addr as u64,
-            flags: 0,
-        };
-        // SAFETY: the region is a live mapping kept in `self.mappings` for as
-        // long as the VM (the VM is dropped first).
-        unsafe { self.vm.set_user_memory_region(region) }
-            .with_context(|| format!("mem-add: cannot add memslot {}", self.next_slot))?;
-        self.next_slot += 1;
-        self.mappings.push(mapping);
-        self.ranges.push((range, file.clone()));
         self.added += size;
-        if let Ok(all) = map_ranges(&self.ranges) {
-            *self.vcpu_mem.lock().unwrap_or_else(|e| e.into_inner()) = all;
-        }
         // Every device gets the new map; virtio-mem last, with the new size.
-        host.add_memory(range, file);
-        host.set_backend(DEVICE, backend(self.addr, self.size, self.added))?;
+        host.set_memory(devices_map);
+        let params = mem::params(self.addr, self.size, self.added);
+        host.set_params(DEVICE, mem::encode(&params))?;
         let (done, errors) = host.rebuild_all(DEVICE);
         if !errors.is_empty() {
             bail!("mem-add: {}", errors.join("; "));
@@ -164,15 +98,5 @@ impl Hotplug {
                 .max()
                 .unwrap_or_default(),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_region_holds_4_gib_at_most() {
-        assert_eq!(MAX_REGION, 4 << 30);
     }
 }

@@ -13,7 +13,7 @@ use kvm_bindings::{
     kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
     KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
 };
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 /// IO-APIC pins; MSI routes use the GSIs above them.
@@ -37,6 +37,17 @@ pub enum IrqError {
     /// KVM refused the routing table.
     #[error("cannot set interrupt routing: {0}")]
     Routing(kvm_ioctls::Error),
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd")]
+    Eventfd(#[source] std::io::Error),
+    /// KVM refused an ioeventfd.
+    #[error("cannot register an ioeventfd at {addr:#x}: {err}")]
+    Ioevent {
+        /// The guest address.
+        addr: u64,
+        /// KVM's error.
+        err: kvm_ioctls::Error,
+    },
     /// KVM refused an irqfd change.
     #[error("cannot {action} irqfd for gsi {gsi}: {err}")]
     Irqfd {
@@ -57,6 +68,21 @@ struct Route {
 struct State {
     next_gsi: u32,
     routes: BTreeMap<u32, Route>,
+}
+
+/// Interrupt routes and queue notifications as the transport sets them up
+/// (KVM MSI routes with irqfds, and ioeventfds: [`IrqRouter`]; unit tests
+/// and fuzz targets give the transport a fake).
+pub trait Routes: Send + Sync {
+    /// A new GSI for an MSI route, with no message yet.
+    fn allocate(&self) -> Result<u32, IrqError>;
+    /// Points `gsi` at `msg` with `evt` attached, or detaches `evt` when
+    /// `msg` is `None` (vector masked or unassigned).
+    fn update(&self, gsi: u32, evt: &EventFd, msg: Option<MsiMessage>) -> Result<(), IrqError>;
+    /// Makes a guest write to `addr` signal `evt`.
+    fn add_notify(&self, evt: &EventFd, addr: u64) -> Result<(), IrqError>;
+    /// Undoes [`Routes::add_notify`].
+    fn remove_notify(&self, evt: &EventFd, addr: u64);
 }
 
 /// The VM's routing table.
@@ -105,7 +131,7 @@ impl IrqRouter {
     }
 
     /// A new GSI for an MSI route, with no message yet.
-    pub fn allocate(&self) -> Result<u32, IrqError> {
+    fn allocate_gsi(&self) -> Result<u32, IrqError> {
         let mut s = self.lock();
         let gsi = s.next_gsi;
         if usize::try_from(gsi).map_or(true, |g| g >= kvm_bindings::KVM_MAX_IRQ_ROUTES) {
@@ -125,7 +151,12 @@ impl IrqRouter {
     /// Points `gsi` at `msg` and attaches `evt` to it, or detaches `evt`
     /// when `msg` is `None` (vector masked or unassigned). KVM applies a
     /// new table to attached irqfds by itself.
-    pub fn update(&self, gsi: u32, evt: &EventFd, msg: Option<MsiMessage>) -> Result<(), IrqError> {
+    fn update_route(
+        &self,
+        gsi: u32,
+        evt: &EventFd,
+        msg: Option<MsiMessage>,
+    ) -> Result<(), IrqError> {
         let mut s = self.lock();
         let Some(route) = s.routes.get_mut(&gsi) else {
             return Ok(());
@@ -182,5 +213,27 @@ impl IrqRouter {
         let slice = table.as_mut_slice();
         slice.copy_from_slice(&entries);
         self.vm.set_gsi_routing(&table).map_err(IrqError::Routing)
+    }
+}
+
+impl Routes for IrqRouter {
+    fn allocate(&self) -> Result<u32, IrqError> {
+        self.allocate_gsi()
+    }
+
+    fn update(&self, gsi: u32, evt: &EventFd, msg: Option<MsiMessage>) -> Result<(), IrqError> {
+        self.update_route(gsi, evt, msg)
+    }
+
+    fn add_notify(&self, evt: &EventFd, addr: u64) -> Result<(), IrqError> {
+        self.vm
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(|err| IrqError::Ioevent { addr, err })
+    }
+
+    fn remove_notify(&self, evt: &EventFd, addr: u64) {
+        let _ = self
+            .vm
+            .unregister_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch);
     }
 }

@@ -12,6 +12,9 @@
 //! - [`vcpu`], [`boot`], [`legacy`], [`pci`], [`irq`], [`memory`]: the
 //!   machine itself; [`layout`]: every guest-physical address.
 //! - [`virtio_pci`]: the virtio-pci transport (registers and state only).
+//! - [`kinds`]: one module per device kind (rng, blk, net, mem): its
+//!   option, its backend, its parameters, its model and its confinement.
+//! - [`remote`]: the VMM's side of the device protocol.
 //! - [`device_host`]: where devices run (processes or threads), the only
 //!   process-aware code: spawner, device process, worker loop, supervision.
 //! - [`ctl`], [`hotplug`]: the control socket and memory hotplug.
@@ -24,19 +27,19 @@ pub mod config;
 pub mod console;
 pub mod ctl;
 pub mod device_host;
-pub mod disk;
 pub mod drive;
 pub mod exit;
 pub mod host;
 pub mod hotplug;
 pub mod irq;
+pub mod kinds;
 pub mod layout;
 pub mod legacy;
 pub mod log;
 pub mod memory;
 pub mod pci;
+pub mod remote;
 pub mod sandbox_cmd;
-pub mod tap;
 pub mod vcpu;
 pub mod virtio_pci;
 pub mod vm;

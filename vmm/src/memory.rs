@@ -1,16 +1,29 @@
-//! Guest RAM: memfd-backed, mapped `MAP_SHARED` so device processes can map
-//! the same pages, laid out around the 32-bit MMIO hole.
+//! Guest memory: memfd-backed, mapped `MAP_SHARED` so device processes can
+//! map the same pages, laid out around the 32-bit MMIO hole; and its one
+//! owner, [`Memory`].
 //!
 //! RAM below 3 GiB is one region at guest address 0; anything above goes to a
 //! second region at 4 GiB. Both regions are windows into a single memfd whose
 //! size is sealed, so no peer holding the fd can shrink it under the VMM.
+//! Memory added later (hotplug) is a memfd of its own per region.
+//!
+//! [`Memory`] creates every region, registers each as a KVM memslot (one
+//! function, for boot RAM and added regions alike), and hands out the two
+//! views others need: the immutable map devices receive at activation and
+//! restore ([`DeviceMemory`]), and the vCPUs' view, which an added region
+//! replaces without a lock on the vCPUs' path ([`GuestMemoryAtomic`]).
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
+    GuestRegionMmap,
+};
 
 use crate::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
 
@@ -41,6 +54,140 @@ pub enum MemoryError {
     /// Building the region collection failed.
     #[error("invalid guest memory layout")]
     Layout,
+    /// KVM refused a memslot.
+    #[error("cannot add memslot {slot}")]
+    Memslot {
+        /// The slot.
+        slot: u32,
+        /// KVM's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// More regions than the device protocol carries.
+    #[error("at most {0} memory regions")]
+    TooManyRegions(usize),
+    /// A region added before the memory was registered with a VM.
+    #[error("guest memory is not registered with a VM yet")]
+    NoVm,
+}
+
+/// Guest memory as a device maps it: each region with its memfd.
+pub type DeviceMemory = Vec<(RamRange, Arc<File>)>;
+
+/// The one owner of guest memory: its memfds, the VMM's mappings, the
+/// memslots, and the views handed out.
+pub struct Memory {
+    /// Every region with its file, boot RAM first.
+    regions: DeviceMemory,
+    /// The VMM's mappings; memslots point into them, so they live as long
+    /// as this (which the VM must not outlive).
+    mappings: Vec<GuestMemoryMmap>,
+    /// What the vCPUs read guest memory through.
+    vcpus: GuestMemoryAtomic<GuestMemoryMmap>,
+    /// The VM the regions are registered with, and its next free slot.
+    vm: Option<(Arc<VmFd>, u32)>,
+}
+
+impl Memory {
+    /// `ram` as guest memory (nothing registered with KVM yet).
+    pub fn new(ram: GuestRam) -> Self {
+        let regions = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
+        Self {
+            regions,
+            vcpus: GuestMemoryAtomic::new(ram.mem.clone()),
+            mappings: vec![ram.mem],
+            vm: None,
+        }
+    }
+
+    /// The VMM's mapping of boot RAM (where the kernel is loaded).
+    pub fn boot(&self) -> Option<&GuestMemoryMmap> {
+        self.mappings.first()
+    }
+
+    /// The first guest address past boot RAM.
+    pub fn ram_top(&self) -> u64 {
+        self.regions
+            .iter()
+            .map(|(r, _)| r.guest_addr + r.size)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The map devices receive: every region and its memfd.
+    pub fn for_devices(&self) -> DeviceMemory {
+        self.regions.clone()
+    }
+
+    /// The vCPUs' view, which follows added regions.
+    pub fn for_vcpus(&self) -> GuestMemoryAtomic<GuestMemoryMmap> {
+        self.vcpus.clone()
+    }
+
+    /// Registers every region as a memslot of `vm`, once; regions added
+    /// later are registered as they come.
+    pub fn register(&mut self, vm: Arc<VmFd>) -> Result<(), MemoryError> {
+        let mut slot = 0u32;
+        for (range, _) in &self.regions {
+            add_memslot(&vm, slot, range, &self.mappings)?;
+            slot += 1;
+        }
+        self.vm = Some((vm, slot));
+        Ok(())
+    }
+
+    /// Adds a region of `size` bytes at `guest_addr` in a memfd of its own:
+    /// mapped, registered, in the vCPUs' view and in the devices' map from
+    /// now on. At most `ipc::MAX_REGIONS` regions in all.
+    pub fn add_region(&mut self, guest_addr: u64, size: u64) -> Result<RamRange, MemoryError> {
+        if self.regions.len() >= ipc::MAX_REGIONS {
+            return Err(MemoryError::TooManyRegions(ipc::MAX_REGIONS));
+        }
+        let (vm, slot) = self.vm.clone().ok_or(MemoryError::NoVm)?;
+        let range = RamRange {
+            guest_addr,
+            size,
+            file_offset: 0,
+        };
+        let file = Arc::new(create_memfd(size, Some(guest_addr))?);
+        let mapping = map_ranges(&[(range, file.clone())])?;
+        add_memslot(&vm, slot, &range, std::slice::from_ref(&mapping))?;
+        self.vm = Some((vm, slot + 1));
+        self.mappings.push(mapping);
+        self.regions.push((range, file));
+        let all = map_ranges(&self.regions)?;
+        self.vcpus
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(all);
+        Ok(range)
+    }
+}
+
+/// Registers `range` as memslot `slot` of `vm`, at the host address one of
+/// `mappings` maps it at.
+fn add_memslot(
+    vm: &VmFd,
+    slot: u32,
+    range: &RamRange,
+    mappings: &[GuestMemoryMmap],
+) -> Result<(), MemoryError> {
+    let host = mappings
+        .iter()
+        .find_map(|m| m.get_host_address(GuestAddress(range.guest_addr)).ok())
+        .ok_or(MemoryError::Layout)?;
+    let region = kvm_userspace_memory_region {
+        slot,
+        guest_phys_addr: range.guest_addr,
+        memory_size: range.size,
+        userspace_addr: host as u64,
+        flags: 0,
+    };
+    // SAFETY: the region is a live mapping of guest memory owned by the
+    // `Memory` that holds `mappings`, which outlives the VM (the VM is
+    // dropped first).
+    unsafe { vm.set_user_memory_region(region) }
+        .map_err(|source| MemoryError::Memslot { slot, source })
 }
 
 /// One RAM region: where it sits in the guest and where in the memfd.
@@ -75,7 +222,6 @@ pub fn ram_ranges(size: u64) -> Vec<RamRange> {
 /// Guest RAM: the memfd and the VMM's mapping of it.
 pub struct GuestRam {
     /// The memfd backing all of guest RAM (shared with device processes).
-    #[allow(dead_code)] // Used by device processes (next step) and tests.
     pub memfd: Arc<File>,
     /// The ranges in guest physical address order.
     pub ranges: Vec<RamRange>,

@@ -7,6 +7,7 @@ use clap::Subcommand;
 use sandbox::seccomp::{Arg, Policy, Syscall};
 
 use crate::device_host::{policy, SeccompMode};
+use crate::kinds::Registry;
 use crate::vmm_sandbox::VmmSandbox;
 
 /// `skvm sandbox` subcommands.
@@ -36,8 +37,8 @@ pub enum SandboxCommand {
     },
 }
 
-/// Runs a `skvm sandbox` subcommand.
-pub fn run(cmd: &SandboxCommand) -> ExitCode {
+/// Runs a `skvm sandbox` subcommand over the device kinds `kinds`.
+pub fn run(cmd: &SandboxCommand, kinds: &Registry) -> ExitCode {
     // These commands only print: like any listing tool, end quietly when
     // the reader goes away (`skvm sandbox show blk | head -1`) instead of
     // failing on EPIPE.
@@ -53,7 +54,7 @@ pub fn run(cmd: &SandboxCommand) -> ExitCode {
             if device == "vmm" {
                 show_vmm(sandbox, *seccomp)
             } else {
-                show(device, *seccomp)
+                show(kinds, device, *seccomp)
             }
         }
     }
@@ -91,8 +92,8 @@ fn describe(a: &Arg) -> String {
 }
 
 /// The policy of device `name` (or kind) in `mode`.
-pub fn policy_of(name: &str, mode: SeccompMode) -> Option<Policy> {
-    let mut p = policy::for_kind(crate::device_host::kind_of(name))?;
+pub fn policy_of(kinds: &Registry, name: &str, mode: SeccompMode) -> Option<Policy> {
+    let mut p = policy::for_kind(kinds.kind_of(name)?.as_ref())?;
     if mode == SeccompMode::Trap {
         p.extend(policy::TRAP_EXTRA);
     }
@@ -147,14 +148,20 @@ fn show_vmm(sb: &VmmSandbox, mode: SeccompMode) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn show(name: &str, mode: SeccompMode) -> ExitCode {
-    let Some(p) = policy_of(name, mode) else {
+fn show(kinds: &Registry, name: &str, mode: SeccompMode) -> ExitCode {
+    let Some(p) = policy_of(kinds, name, mode) else {
+        let confined: Vec<&str> = kinds
+            .kinds()
+            .filter(|k| k.confinement().is_some())
+            .map(|k| k.name())
+            .collect();
         crate::log::error(&format!(
-            "no seccomp policy for '{name}': device kinds are rng, blk and net, or vmm"
+            "no seccomp policy for '{name}': device kinds are {}, or vmm",
+            confined.join(", ")
         ));
         return ExitCode::from(1);
     };
-    let kind = crate::device_host::kind_of(name);
+    let kind = name.trim_end_matches(|c: char| c.is_ascii_digit());
     let list = p.syscalls();
     println!(
         "{kind}: {} syscalls allowed (x86_64); anything else: {}",

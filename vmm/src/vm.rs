@@ -1,6 +1,23 @@
-//! Building and running a VM: KVM VM with in-kernel irqchip and PIT, guest
-//! RAM memslots, the boot images, legacy devices, vCPU threads, and the main
-//! thread's console and exit loop.
+//! Building and running a VM, in phases whose order the types keep:
+//!
+//! 1. [`check_host`]: KVM is there and can take the configuration
+//!    ([`HostChecked`]);
+//! 2. [`HostChecked::spawn`]: the spawner is forked, which needs the
+//!    process to have a single thread: it takes the [`SingleThreaded`]
+//!    token only the start of `main` can make ([`Spawned`]);
+//! 3. [`Spawned::build`]: guest memory and its memslots, the boot images
+//!    (loaded in a thread meanwhile), the KVM VM, every device attached
+//!    from the configuration, the legacy devices and the vCPUs
+//!    ([`Built`]);
+//! 4. [`Built::confine`]: the VMM's own seccomp filter on every thread
+//!    ([`Confined`]);
+//! 5. [`Confined::start`]: the vCPU threads, the terminal and the control
+//!    socket ([`Running`]);
+//! 6. [`Running::wait`]: the main thread's loop until an exit reason, then
+//!    the teardown.
+//!
+//! [`run`] is the straight line through them; a program that adds a step
+//! (the escape suite attacks the filter between 4 and 5) calls them itself.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
@@ -10,30 +27,29 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootSpec};
 use crate::config::{HostQuirks, VmConfig};
 use crate::console::{EscapeParser, RawTerminal};
 use crate::ctl::{Control, CtlServer};
+use crate::device_host::spawner::SingleThreaded;
 use crate::device_host::DeviceHost;
-use crate::disk;
 use crate::exit::{ExitReason, ExitSignal};
-use crate::irq::IrqRouter;
+use crate::hotplug::Hotplug;
+use crate::irq::{IrqRouter, Routes};
+use crate::kinds::OpenContext;
 use crate::legacy::serial::{ConsoleOut, IrqTrigger, PanicRecord, SerialDevice, COM1_IRQ};
 use crate::legacy::LegacyDevices;
-use crate::memory::GuestRam;
+use crate::memory::{GuestRam, Memory};
 use crate::pci::PciBus;
-use crate::tap;
 use crate::vcpu::{self, setup, PauseGate, Vcpu, VcpuStats};
-use crate::{host, hotplug, layout, log};
+use crate::{host, layout, log};
 
 /// How long a panicked guest may take to reboot itself before skvm stops it.
 const PANIC_GRACE: Duration = Duration::from_secs(5);
-
 /// The eventfd a termination signal writes to (-1 until set).
 static SIGNAL_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 static SIGNAL_NUMBER: AtomicI32 = AtomicI32::new(0);
@@ -63,15 +79,27 @@ fn install_handler(sig: libc::c_int, handler: extern "C" fn(libc::c_int)) -> Res
     Ok(())
 }
 
-/// A device's name (test builds may make it an escape device).
-fn device_name(base: String) -> String {
-    #[cfg(feature = "escape-test")]
-    let base = crate::device_host::escape::run_device_name(base);
-    base
+/// Creates the VM, boots it, and runs it until it stops. Call it at the
+/// start of the program, while it has a single thread.
+pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
+    let single = SingleThreaded::claim()?;
+    Ok(check_host(cfg)?
+        .spawn(single)?
+        .build()?
+        .confine()?
+        .start()?
+        .wait())
 }
 
-/// Creates the VM, boots it, and runs it until it stops.
-pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
+/// Phase 1: the host's KVM can run this configuration.
+pub struct HostChecked<'a> {
+    cfg: &'a VmConfig,
+    kvm: Kvm,
+    quirks: bool,
+}
+
+/// Opens KVM and checks the configuration against it and the host.
+pub fn check_host(cfg: &VmConfig) -> Result<HostChecked<'_>> {
     let kvm = host::open_kvm()?;
     check_limits(&kvm, cfg)?;
     let quirks = match cfg.host_quirks {
@@ -82,136 +110,180 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
     if quirks {
         log::debug("emulating host: completing int3/clac/stac/fwait and adding guest quirks");
     }
+    Ok(HostChecked { cfg, kvm, quirks })
+}
 
-    // Device processes come from a spawner forked now, while skvm still has
-    // a single thread.
-    let mut host = DeviceHost::new(
-        cfg.device_mode,
-        (cfg.on_device_failure, cfg.restart_limit),
-        cfg.sandbox,
-    )?;
-    let ctl_server = cfg.ctl.as_deref().map(CtlServer::bind).transpose()?;
-    let ram = GuestRam::new(cfg.mem).context("cannot create guest memory")?;
-    // Reading the kernel and initrd into fresh guest pages is most of the
-    // setup time (page allocation, ~2 ms per MiB on kvm_pvm hosts): it runs
-    // in a thread while the VM, its memslots and the devices are set up.
-    let cmdline = cfg.cmdline(quirks);
-    log::debug(&format!("kernel command line: {cmdline}"));
-    let loader = {
-        let mem = ram.mem.clone();
-        let ranges = ram.ranges.clone();
-        let (kernel, initrd, cpus) = (cfg.kernel.clone(), cfg.initrd.clone(), cfg.cpus);
-        let cmdline = cmdline.clone();
-        std::thread::Builder::new()
-            .name("boot-loader".into())
-            .spawn(move || {
-                boot::load(
-                    &mem,
-                    &ranges,
-                    &BootSpec {
-                        kernel: &kernel,
-                        initrd: initrd.as_deref(),
-                        cmdline: &cmdline,
-                        cpus,
-                    },
-                )
-            })
-            .context("cannot start the boot loader thread")?
-    };
-    let vm = Arc::new(create_vm(&kvm, &ram)?);
-    let router = Arc::new(IrqRouter::new(vm.clone()));
-    let mut pci = PciBus::new();
-    for (i, spec) in cfg.disks.iter().enumerate() {
-        let disk = disk::open(spec)?;
-        let backend = ipc::Backend::Block {
-            sectors: disk.sectors,
-            read_only: spec.read_only,
-            direct: spec.direct,
-            serial: spec.serial.clone().unwrap_or_default().into_bytes(),
+/// Phase 2: the spawner exists (process mode); threads may start now.
+pub struct Spawned<'a> {
+    checked: HostChecked<'a>,
+    host: DeviceHost,
+    ctl: Option<CtlServer>,
+}
+
+impl<'a> HostChecked<'a> {
+    /// Forks the spawner of device processes (which is why it takes the
+    /// proof that this process has one thread) and opens the control
+    /// socket.
+    pub fn spawn(self, single: SingleThreaded) -> Result<Spawned<'a>> {
+        let cfg = self.cfg;
+        let host = DeviceHost::new(
+            cfg.device_mode,
+            (cfg.on_device_failure, cfg.restart_limit),
+            cfg.sandbox,
+            single,
+        )?;
+        let ctl = cfg.ctl.as_deref().map(CtlServer::bind).transpose()?;
+        Ok(Spawned {
+            checked: self,
+            host,
+            ctl,
+        })
+    }
+}
+
+/// Phase 3: the machine, ready to run.
+pub struct Built<'a> {
+    cfg: &'a VmConfig,
+    host: DeviceHost,
+    ctl: Option<CtlServer>,
+    memory: Arc<Mutex<Memory>>,
+    vm: Arc<VmFd>,
+    router: Arc<IrqRouter>,
+    pci: Arc<PciBus>,
+    legacy: Arc<LegacyDevices>,
+    panic: Arc<Mutex<Option<PanicRecord>>>,
+    exit: Arc<ExitSignal>,
+    stats: Arc<VcpuStats>,
+    profile: Option<Arc<vcpu::Profile>>,
+    gate: Arc<PauseGate>,
+    vcpus: Vec<Vcpu>,
+    hotplug: Option<Hotplug>,
+}
+
+impl<'a> Spawned<'a> {
+    /// Builds the machine: guest memory, the boot images, the VM, its
+    /// devices, legacy devices and vCPUs.
+    pub fn build(self) -> Result<Built<'a>> {
+        let Spawned {
+            checked: HostChecked { cfg, kvm, quirks },
+            mut host,
+            ctl,
+        } = self;
+        let ram = GuestRam::new(cfg.mem).context("cannot create guest memory")?;
+        // Reading the kernel and initrd into fresh guest pages is most of
+        // the setup time (page allocation, ~2 ms per MiB on kvm_pvm hosts):
+        // it runs in a thread while the VM, its memslots and the devices
+        // are set up.
+        let cmdline = cfg.cmdline(quirks);
+        log::debug(&format!("kernel command line: {cmdline}"));
+        let loader = start_loader(cfg, &ram, cmdline)?;
+        let mut memory = Memory::new(ram);
+        let vm = Arc::new(create_vm(&kvm)?);
+        memory.register(vm.clone())?;
+        let router = Arc::new(IrqRouter::new(vm.clone()));
+        let mut pci = PciBus::new();
+        let hotplug_room = attach_devices(cfg, &mut host, &memory, &mut pci, &router)?;
+        let memory = Arc::new(Mutex::new(memory));
+        let hotplug = hotplug_room.map(|room| Hotplug::new(memory.clone(), room));
+        let exit = Arc::new(ExitSignal::new().context("cannot create exit eventfd")?);
+        install_signals(&exit)?;
+        let panic = Arc::new(Mutex::new(None));
+        let legacy = Arc::new(legacy_devices(&vm, &panic)?);
+        let mut built = Built {
+            cfg,
+            host,
+            ctl,
+            memory,
+            vm,
+            router,
+            pci: Arc::new(pci),
+            legacy,
+            panic,
+            exit,
+            stats: Arc::new(VcpuStats::default()),
+            profile: std::env::var_os("SKVM_PROFILE").map(|_| Arc::new(vcpu::Profile::new())),
+            gate: Arc::new(PauseGate::default()),
+            vcpus: Vec::new(),
+            hotplug,
         };
-        host.add(
-            &device_name(format!("blk{i}")),
-            (backend, vec![disk.fd]),
-            &mut pci,
-            &ram,
-            &vm,
-            &router,
-        )?;
-    }
-    if cfg.rng {
-        host.add(
-            &device_name("rng0".to_owned()),
-            (ipc::Backend::None, Vec::new()),
-            &mut pci,
-            &ram,
-            &vm,
-            &router,
-        )?;
-    }
-    for (i, spec) in cfg.nets.iter().enumerate() {
-        let name = device_name(format!("net{i}"));
-        let tap = tap::open(spec).with_context(|| format!("device {name}"))?;
-        let mac = spec
-            .mac
-            .unwrap_or_else(|| tap::default_mac(&cfg.name, &name));
-        if tap.created {
-            log::info(&format!(
-                "device {name}: created tap {} (removed when skvm exits)",
-                tap.name
-            ));
+        // vCPUs are created and configured while the loader runs; only the
+        // boot vCPU's registers wait for it.
+        built.vcpus = built.create_vcpus(&kvm, quirks)?;
+        let boot_info = loader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the boot loader thread panicked"))??;
+        if let Some(boot) = built.vcpus.first() {
+            let memory = built.memory.lock().unwrap_or_else(|e| e.into_inner());
+            let mem = memory.boot().context("no boot RAM")?;
+            setup::set_boot_state(&boot.fd, mem, &boot_info)
+                .context("cannot set up the boot vcpu")?;
         }
-        log::debug(&format!(
-            "device {name}: tap {}, MAC {}",
-            tap.name,
-            tap::format_mac(&mac)
-        ));
-        host.add(
-            &name,
-            (ipc::Backend::Net { mac }, vec![tap.fd]),
-            &mut pci,
-            &ram,
-            &vm,
-            &router,
-        )?;
+        Ok(built)
     }
-    // Memory hotplug: virtio-mem last, with nothing usable yet.
-    let vcpu_mem = Arc::new(Mutex::new(ram.mem.clone()));
-    let hotplug = if cfg.hotplug_mem > 0 {
-        let top = ram
-            .ranges
-            .iter()
-            .map(|r| r.guest_addr + r.size)
-            .max()
-            .unwrap_or(0);
-        let addr = layout::hotplug_region(top);
-        host.add(
-            hotplug::DEVICE,
-            (hotplug::backend(addr, cfg.hotplug_mem, 0), Vec::new()),
-            &mut pci,
-            &ram,
-            &vm,
-            &router,
-        )?;
-        let ranges = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
-        Some(hotplug::Hotplug::new(
-            vm.clone(),
-            (addr, cfg.hotplug_mem),
-            ranges,
-            vcpu_mem.clone(),
-        ))
-    } else {
-        None
-    };
-    let pci = Arc::new(pci);
+}
 
-    let exit = Arc::new(ExitSignal::new().context("cannot create exit eventfd")?);
+/// Starts the thread that loads the kernel and initrd into boot RAM.
+fn start_loader(
+    cfg: &VmConfig,
+    ram: &GuestRam,
+    cmdline: String,
+) -> Result<JoinHandle<Result<boot::BootInfo>>> {
+    let mem = ram.mem.clone();
+    let ranges = ram.ranges.clone();
+    let (kernel, initrd, cpus) = (cfg.kernel.clone(), cfg.initrd.clone(), cfg.cpus);
+    std::thread::Builder::new()
+        .name("boot-loader".into())
+        .spawn(move || {
+            let spec = BootSpec {
+                kernel: &kernel,
+                initrd: initrd.as_deref(),
+                cmdline: &cmdline,
+                cpus,
+            };
+            Ok(boot::load(&mem, &ranges, &spec)?)
+        })
+        .context("cannot start the boot loader thread")
+}
+
+/// Opens every configured device's backend and attaches the device, in
+/// the configuration's order; returns the memory-hotplug region a device
+/// reserved.
+fn attach_devices(
+    cfg: &VmConfig,
+    host: &mut DeviceHost,
+    memory: &Memory,
+    pci: &mut PciBus,
+    router: &Arc<IrqRouter>,
+) -> Result<Option<(u64, u64)>> {
+    let routes: Arc<dyn Routes> = router.clone();
+    host.set_memory(memory.for_devices());
+    let mut hotplug = None;
+    for spec in &cfg.devices {
+        let mut ctx = OpenContext {
+            vm_name: &cfg.name,
+            device: &spec.name,
+            ram_top: memory.ram_top(),
+            hotplug: None,
+        };
+        let opened = spec.config.open(&mut ctx)?;
+        hotplug = hotplug.or(ctx.hotplug);
+        host.add(&spec.name, spec.kind.clone(), opened, pci, &routes)?;
+    }
+    Ok(hotplug)
+}
+
+/// The termination signals and the vCPU kick signal.
+fn install_signals(exit: &ExitSignal) -> Result<()> {
     SIGNAL_EVENT_FD.store(exit.eventfd().as_raw_fd(), Ordering::SeqCst);
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         install_handler(sig, on_terminate)?;
     }
-    install_handler(vcpu::kick_signal(), on_kick)?;
+    install_handler(vcpu::kick_signal(), on_kick)
+}
 
-    let panic = Arc::new(Mutex::new(None));
+/// The 8250 on the console (its interrupt an irqfd), CMOS, i8042 and the
+/// ACPI ports.
+fn legacy_devices(vm: &VmFd, panic: &Arc<Mutex<Option<PanicRecord>>>) -> Result<LegacyDevices> {
     let serial_evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
         .context("cannot create serial irq eventfd")?;
     vm.register_irqfd(&serial_evt, COM1_IRQ)
@@ -220,105 +292,172 @@ pub fn run(cfg: &VmConfig, debug: bool) -> Result<ExitReason> {
         IrqTrigger(serial_evt),
         ConsoleOut::new(Box::new(std::io::stdout()), panic.clone()),
     );
-    let legacy = Arc::new(LegacyDevices::new(serial));
-    let stats = Arc::new(VcpuStats::default());
+    Ok(LegacyDevices::new(serial))
+}
 
-    let profile = std::env::var_os("SKVM_PROFILE").map(|_| Arc::new(vcpu::Profile::new()));
-    // vCPUs are created and configured while the loader runs; only the boot
-    // vCPU's registers wait for it.
-    let gate = Arc::new(PauseGate::default());
-    let supported = setup::supported_cpuid(&kvm)?;
-    let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
-    for index in 0..cfg.cpus {
-        let fd = vm
-            .create_vcpu(u64::from(index))
-            .with_context(|| format!("cannot create vcpu{index}"))?;
-        let cpuid = setup::cpuid(&supported, index, cfg.cpus, quirks);
-        setup::configure(&fd, &cpuid).with_context(|| format!("cannot configure vcpu{index}"))?;
-        vcpus.push(Vcpu {
-            index,
-            fd,
-            mem: vcpu_mem.clone(),
-            legacy: legacy.clone(),
-            retry_rip: 0,
-            retries: 0,
-            pci: pci.clone(),
-            exit: exit.clone(),
-            quirks,
-            stats: stats.clone(),
-            profile: profile.clone(),
-            gate: gate.clone(),
+impl<'a> Built<'a> {
+    fn create_vcpus(&self, kvm: &Kvm, quirks: bool) -> Result<Vec<Vcpu>> {
+        let cpus = self.cfg.cpus;
+        let supported = setup::supported_cpuid(kvm)?;
+        let vcpu_mem = self
+            .memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .for_vcpus();
+        let mut vcpus = Vec::with_capacity(usize::from(cpus));
+        for index in 0..cpus {
+            let fd = self
+                .vm
+                .create_vcpu(u64::from(index))
+                .with_context(|| format!("cannot create vcpu{index}"))?;
+            let cpuid = setup::cpuid(&supported, index, cpus, quirks);
+            setup::configure(&fd, &cpuid)
+                .with_context(|| format!("cannot configure vcpu{index}"))?;
+            vcpus.push(Vcpu {
+                index,
+                fd,
+                mem: vcpu_mem.clone(),
+                legacy: self.legacy.clone(),
+                retry_rip: 0,
+                retries: 0,
+                pci: self.pci.clone(),
+                exit: self.exit.clone(),
+                quirks,
+                stats: self.stats.clone(),
+                profile: self.profile.clone(),
+                gate: self.gate.clone(),
+            });
+        }
+        Ok(vcpus)
+    }
+
+    /// Phase 4: the VMM's own filter, on every thread that exists now
+    /// (device threads in thread mode) and inherited by the vCPU threads
+    /// created next.
+    pub fn confine(self) -> Result<Confined<'a>> {
+        let sb = self.cfg.vmm_sandbox;
+        sb.install(self.cfg.sandbox.seccomp)
+            .with_context(|| format!("cannot confine the VMM (--sandbox {sb})"))?;
+        log::debug(&format!("VMM seccomp filter: --sandbox {sb}"));
+        Ok(Confined(self))
+    }
+}
+
+/// Phase 4 done: the VMM is confined.
+pub struct Confined<'a>(Built<'a>);
+
+/// Phase 5: the guest runs.
+pub struct Running<'a> {
+    built: Built<'a>,
+    handles: Arc<Vec<JoinHandle<()>>>,
+    sampler: Option<JoinHandle<()>>,
+    raw: Option<RawTerminal>,
+    control: Option<Control>,
+}
+
+impl<'a> Confined<'a> {
+    /// Starts the vCPU threads, puts the terminal in raw mode and serves
+    /// the control socket.
+    pub fn start(self) -> Result<Running<'a>> {
+        let mut built = self.0;
+        let vcpus = std::mem::take(&mut built.vcpus);
+        let handles = Arc::new(spawn_vcpus(vcpus)?);
+        let sampler = built
+            .profile
+            .as_ref()
+            .map(|_| spawn_sampler(handles.clone(), built.exit.clone()));
+        let raw = RawTerminal::enable(libc::STDIN_FILENO);
+        let control = built.ctl.take().map(|server| {
+            Control::new(
+                server,
+                built.gate.clone(),
+                handles.clone(),
+                built.hotplug.take(),
+            )
         });
+        Ok(Running {
+            built,
+            handles,
+            sampler,
+            raw,
+            control,
+        })
     }
-    let boot_info = loader
-        .join()
-        .map_err(|_| anyhow::anyhow!("the boot loader thread panicked"))??;
-    if let Some(boot) = vcpus.first() {
-        setup::set_boot_state(&boot.fd, &ram.mem, &boot_info)
-            .context("cannot set up the boot vcpu")?;
-    }
-    // The VMM's own filter, on every thread that exists now (device threads
-    // in thread mode) and inherited by the vCPU threads created next.
-    #[cfg(feature = "escape-test")]
-    let escape = crate::vmm_sandbox::escape::prepare();
-    cfg.vmm_sandbox
-        .install(cfg.sandbox.seccomp)
-        .with_context(|| format!("cannot confine the VMM (--sandbox {})", cfg.vmm_sandbox))?;
-    #[cfg(feature = "escape-test")]
-    if let Some(e) = escape {
-        e.run();
-    }
-    log::debug(&format!(
-        "VMM seccomp filter: --sandbox {}",
-        cfg.vmm_sandbox
-    ));
-    let handles = Arc::new(spawn_vcpus(vcpus)?);
-    let sampler = profile
-        .as_ref()
-        .map(|_| spawn_sampler(handles.clone(), exit.clone()));
-    let _raw = RawTerminal::enable(libc::STDIN_FILENO);
-    let mut control = ctl_server.map(|server| Control::new(server, gate, handles.clone(), hotplug));
-    main_loop(&exit, &legacy, &panic, &mut host, control.as_mut());
-    drop(control);
-    if let Some(s) = sampler {
-        let _ = s.join();
-    }
-    let handles = Arc::try_unwrap(handles).unwrap_or_default();
-    stop_vcpus(handles);
-    host.shutdown();
-    if let (Some(p), Some(path)) = (&profile, std::env::var_os("SKVM_PROFILE")) {
-        write_profile(p, std::path::Path::new(&path));
-    }
-    drop(_raw);
-    if debug {
-        log::info(&stats.summary());
-        log::info(&format!(
-            "first KVM_RUN at unix-ns {}",
-            stats
-                .first_run_unix_ns
-                .load(std::sync::atomic::Ordering::Relaxed)
-        ));
-        if let Some(m) = host::self_memory() {
-            log::info(&format!(
-                "memory: peak rss {} KiB, guest ram resident {} KiB, vmm overhead {} KiB",
-                m.peak_rss_kib,
-                m.shmem_kib,
-                m.peak_rss_kib.saturating_sub(m.shmem_kib)
-            ));
+}
+
+impl Running<'_> {
+    /// Serves the console, devices and control socket until the VM stops,
+    /// then tears it down; why it stopped.
+    pub fn wait(self) -> ExitReason {
+        let Running {
+            mut built,
+            handles,
+            sampler,
+            raw,
+            mut control,
+        } = self;
+        main_loop(
+            &built.exit,
+            &built.legacy,
+            &built.panic,
+            &mut built.host,
+            control.as_mut(),
+        );
+        drop(control);
+        if let Some(s) = sampler {
+            let _ = s.join();
+        }
+        stop_vcpus(Arc::try_unwrap(handles).unwrap_or_default());
+        built.host.shutdown();
+        if let (Some(p), Some(path)) = (&built.profile, std::env::var_os("SKVM_PROFILE")) {
+            write_profile(p, std::path::Path::new(&path));
+        }
+        drop(raw);
+        if log::debug_enabled() {
+            debug_summary(&built.stats);
+        }
+        let Built {
+            host,
+            pci,
+            router,
+            vm,
+            memory,
+            exit,
+            panic,
+            ..
+        } = built;
+        // The VM goes before the memory its memslots point into.
+        drop(host);
+        drop(pci);
+        drop(router);
+        drop(vm);
+        drop(memory);
+        let reason = exit.reason().unwrap_or(ExitReason::Poweroff);
+        match reason {
+            ExitReason::Reboot | ExitReason::Poweroff => match lock_panic(&panic).clone() {
+                Some(p) => ExitReason::GuestPanic(p.message),
+                None => reason,
+            },
+            other => other,
         }
     }
-    drop(host);
-    drop(pci);
-    drop(router);
-    drop(vm);
-    let reason = exit.reason().unwrap_or(ExitReason::Poweroff);
-    Ok(match reason {
-        ExitReason::Reboot | ExitReason::Poweroff => match lock_panic(&panic).clone() {
-            Some(p) => ExitReason::GuestPanic(p.message),
-            None => reason,
-        },
-        other => other,
-    })
+}
+
+/// The `--debug` lines at exit: exit statistics, the first KVM_RUN, memory.
+fn debug_summary(stats: &VcpuStats) {
+    log::info(&stats.summary());
+    log::info(&format!(
+        "first KVM_RUN at unix-ns {}",
+        stats.first_run_unix_ns.load(Ordering::Relaxed)
+    ));
+    if let Some(m) = host::self_memory() {
+        log::info(&format!(
+            "memory: peak rss {} KiB, guest ram resident {} KiB, vmm overhead {} KiB",
+            m.peak_rss_kib,
+            m.shmem_kib,
+            m.peak_rss_kib.saturating_sub(m.shmem_kib)
+        ));
+    }
 }
 
 fn lock_panic(p: &Mutex<Option<PanicRecord>>) -> std::sync::MutexGuard<'_, Option<PanicRecord>> {
@@ -368,7 +507,7 @@ fn check_limits(kvm: &Kvm, cfg: &VmConfig) -> Result<()> {
     Ok(())
 }
 
-fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd> {
+fn create_vm(kvm: &Kvm) -> Result<VmFd> {
     let vm = kvm.create_vm().context("cannot create KVM VM")?;
     vm.set_tss_address(usize::try_from(layout::KVM_TSS_ADDR).context("TSS address")?)
         .context("cannot set TSS address")?;
@@ -381,23 +520,6 @@ fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd> {
         ..Default::default()
     };
     vm.create_pit2(pit).context("cannot create in-kernel PIT")?;
-    for (slot, r) in ram.ranges.iter().enumerate() {
-        let host = ram
-            .mem
-            .get_host_address(GuestAddress(r.guest_addr))
-            .context("guest RAM is not mapped")?;
-        let region = kvm_userspace_memory_region {
-            slot: u32::try_from(slot).context("too many memslots")?,
-            guest_phys_addr: r.guest_addr,
-            memory_size: r.size,
-            userspace_addr: host as u64,
-            flags: 0,
-        };
-        // SAFETY: the region is a live mapping of guest RAM owned by `ram`,
-        // which outlives the VM (the caller drops the VM first).
-        unsafe { vm.set_user_memory_region(region) }
-            .with_context(|| format!("cannot add memslot {slot}"))?;
-    }
     Ok(vm)
 }
 

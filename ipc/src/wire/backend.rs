@@ -1,130 +1,73 @@
-//! What a device serves, as `Hello` describes it: one kind per device
-//! (none, a block image, a tap, a virtio-mem region), its fields, and how
-//! many fds travel beside it.
+//! What a device serves, as `Hello` describes it: the device's kind, its
+//! parameters in that kind's own versioned encoding ([`crate::params`]),
+//! and how many fds travel beside it. The ipc crate knows no device kind:
+//! it carries the parameters as bounded bytes, and the kind decodes them.
 
 use super::{Reader, Writer};
-use crate::{IpcError, MAX_SERIAL};
+use crate::IpcError;
 
-/// What a device is attached to on the host; sent with `Hello`, with the
-/// backend's fds beside it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backend {
-    /// Nothing (virtio-rng); no fds.
-    None,
-    /// A disk image; one fd, the open image.
-    Block {
-        /// Capacity in 512-byte sectors.
-        sectors: u64,
-        /// Refuse writes (and the fd is read-only).
-        read_only: bool,
-        /// The fd was opened with O_DIRECT.
-        direct: bool,
-        /// The serial the guest reads with GET_ID (at most 20 bytes).
-        serial: Vec<u8>,
-    },
-    /// A network card; one fd, the tap (IFF_VNET_HDR, 12-byte header,
-    /// non-blocking).
-    Net {
-        /// The MAC address the guest sees.
-        mac: [u8; 6],
-    },
-    /// A virtio-mem region; no fds (the memory comes with activation).
-    Mem {
-        /// Guest physical address of the region.
-        addr: u64,
-        /// Size of the region.
-        region_size: u64,
-        /// Block size.
-        block_size: u64,
-        /// The part backed with memory, from the start.
-        usable: u64,
-        /// How much the driver is asked to plug.
-        requested: u64,
-    },
+/// Longest kind name ("rng", "blk", ...).
+pub const MAX_KIND: usize = 16;
+/// Largest encoded parameters of a kind.
+pub const MAX_PARAMS: usize = 512;
+/// Most fds a backend hands a device (an image, a tap, ...).
+pub const MAX_BACKEND_FDS: usize = 4;
+
+/// What a device is attached to on the host; sent with `Hello`, with
+/// `fds` fds beside it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// The device kind, lowercase ASCII letters ("rng", "blk", ...).
+    pub kind: String,
+    /// The kind's parameters, in its own encoding.
+    pub params: Vec<u8>,
+    /// How many fds travel with it.
+    pub fds: u8,
 }
 
-const BACKEND_NONE: u16 = 0;
-pub(super) const BACKEND_BLOCK: u16 = 1;
-const BACKEND_NET: u16 = 2;
-const BACKEND_MEM: u16 = 3;
-const BLOCK_READ_ONLY: u8 = 1;
-const BLOCK_DIRECT: u8 = 2;
+/// Whether `kind` is a well-formed kind name.
+pub fn valid_kind(kind: &str) -> bool {
+    !kind.is_empty() && kind.len() <= MAX_KIND && kind.bytes().all(|b| b.is_ascii_lowercase())
+}
 
 impl Backend {
     /// How many fds travel with it.
     pub fn fd_count(&self) -> usize {
-        match self {
-            Backend::None | Backend::Mem { .. } => 0,
-            Backend::Block { .. } | Backend::Net { .. } => 1,
-        }
+        usize::from(self.fds)
     }
 
     pub(super) fn encode(&self, w: &mut Writer) -> Result<(), IpcError> {
-        match self {
-            Backend::None => w.u16(BACKEND_NONE),
-            Backend::Block {
-                sectors,
-                read_only,
-                direct,
-                serial,
-            } => {
-                w.u16(BACKEND_BLOCK);
-                w.u64(*sectors);
-                let mut flags = 0;
-                if *read_only {
-                    flags |= BLOCK_READ_ONLY;
-                }
-                if *direct {
-                    flags |= BLOCK_DIRECT;
-                }
-                w.buf.push(flags);
-                w.bytes("serial length", serial, MAX_SERIAL)?;
-            }
-            Backend::Net { mac } => {
-                w.u16(BACKEND_NET);
-                w.buf.extend_from_slice(mac);
-            }
-            Backend::Mem {
-                addr,
-                region_size,
-                block_size,
-                usable,
-                requested,
-            } => {
-                w.u16(BACKEND_MEM);
-                for v in [addr, region_size, block_size, usable, requested] {
-                    w.u64(*v);
-                }
-            }
+        if !valid_kind(&self.kind) {
+            return Err(IpcError::BadValue("backend kind"));
         }
+        if self.fd_count() > MAX_BACKEND_FDS {
+            return Err(IpcError::Limit {
+                what: "backend fds",
+                got: self.fd_count(),
+                max: MAX_BACKEND_FDS,
+            });
+        }
+        w.bytes("kind length", self.kind.as_bytes(), MAX_KIND)?;
+        w.bytes("parameters length", &self.params, MAX_PARAMS)?;
+        w.buf.push(self.fds);
         Ok(())
     }
 
     pub(super) fn decode(r: &mut Reader<'_>) -> Result<Self, IpcError> {
-        match r.u16()? {
-            BACKEND_NONE => Ok(Backend::None),
-            BACKEND_BLOCK => {
-                let sectors = r.u64()?;
-                let [flags] = r.array()?;
-                if flags & !(BLOCK_READ_ONLY | BLOCK_DIRECT) != 0 {
-                    return Err(IpcError::BadValue("block backend flags"));
-                }
-                Ok(Backend::Block {
-                    sectors,
-                    read_only: flags & BLOCK_READ_ONLY != 0,
-                    direct: flags & BLOCK_DIRECT != 0,
-                    serial: r.bytes("serial length", MAX_SERIAL)?,
-                })
-            }
-            BACKEND_NET => Ok(Backend::Net { mac: r.array()? }),
-            BACKEND_MEM => Ok(Backend::Mem {
-                addr: r.u64()?,
-                region_size: r.u64()?,
-                block_size: r.u64()?,
-                usable: r.u64()?,
-                requested: r.u64()?,
-            }),
-            _ => Err(IpcError::BadValue("backend kind")),
+        let kind =
+            String::from_utf8(r.bytes("kind length", MAX_KIND)?).map_err(|_| IpcError::BadText)?;
+        if !valid_kind(&kind) {
+            return Err(IpcError::BadValue("backend kind"));
         }
+        let params = r.bytes("parameters length", MAX_PARAMS)?;
+        let [fds] = r.array()?;
+        if usize::from(fds) > MAX_BACKEND_FDS {
+            return Err(IpcError::Limit {
+                what: "backend fds",
+                got: usize::from(fds),
+                max: MAX_BACKEND_FDS,
+            });
+        }
+        Ok(Self { kind, params, fds })
     }
 }

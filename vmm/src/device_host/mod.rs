@@ -4,9 +4,11 @@
 //! an ipc control channel, either in its own process (`--device-mode
 //! process`, the default: started by the [`spawner`], confined by seccomp
 //! before it touches guest data) or in a VMM thread (`--device-mode
-//! thread`, to measure what isolation costs). The VMM side is a
-//! [`remote::RemoteDevice`] behind the device's virtio-pci transport either
-//! way.
+//! thread`, to measure what isolation costs, and always for kinds without
+//! a [`crate::kinds::Confinement`]). The VMM side is a
+//! [`crate::remote::RemoteDevice`] behind the device's virtio-pci transport
+//! either way; the transport keeps registers, and this module does what
+//! the transport must not: supervise, restart and restore.
 //!
 //! Supervision: the spawner reports every device process exit; the host logs
 //! the device, pid and signal, then starts a new instance that carries on
@@ -15,16 +17,12 @@
 //! guest (`reset`) or stops the VM (`exit`). A running device can also be
 //! paused, saved and replaced on request ([`DeviceHost::restart`]).
 
-#[cfg(feature = "escape-test")]
-pub mod escape;
 pub mod policy;
 mod process;
-pub mod remote;
 pub mod spawner;
 pub mod worker;
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -32,20 +30,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
-use devices::virtio::VirtioDevice;
-use ipc::{Backend, Channel, DeviceState};
-use kvm_ioctls::VmFd;
+use ipc::{Channel, DeviceState, QueueState};
 
 use crate::exit::ExitReason;
-use crate::irq::IrqRouter;
+use crate::irq::Routes;
+use crate::kinds::{DeviceKind, Opened};
 use crate::log;
-use crate::memory::{GuestRam, RamRange};
 use crate::pci::PciBus;
-use crate::virtio_pci::VirtioPci;
-pub use process::process_main;
-use remote::{DeviceEvent, RemoteDevice};
+use crate::remote::{DeviceEvent, DeviceMemory, Expected, Hosted, RemoteDevice};
+use crate::virtio_pci::{DriverState, VirtioPci};
+pub use process::{process_main, DeviceArgs};
 use sandbox::seccomp::Violation;
-use spawner::{SpawnFlags, Spawner};
+use spawner::{SingleThreaded, SpawnFlags, Spawner};
 
 /// Where device models run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -121,15 +117,18 @@ impl Default for SandboxOpts {
     }
 }
 
-struct Hosted {
+/// The transport of a hosted device.
+type Transport = VirtioPci<Box<dyn Hosted>>;
+
+struct Device {
     name: String,
-    device_type: u32,
+    kind: Arc<dyn DeviceKind>,
     /// What the device serves, for new instances.
-    backend: Backend,
+    backend: ipc::Backend,
     /// The backend's fds (a disk image: holding it keeps its lock).
     backend_fds: Vec<OwnedFd>,
     pid: Option<libc::pid_t>,
-    transport: Arc<Mutex<VirtioPci<RemoteDevice>>>,
+    transport: Arc<Mutex<Transport>>,
     thread: Option<JoinHandle<()>>,
     failed: bool,
     paused: bool,
@@ -147,8 +146,8 @@ pub struct DeviceHost {
     sandbox: SandboxOpts,
     spawner: Option<Spawner>,
     /// Guest memory as devices map it.
-    memory: Vec<(RamRange, Arc<File>)>,
-    devices: Vec<Hosted>,
+    memory: DeviceMemory,
+    devices: Vec<Device>,
 }
 
 /// What one device looks like from outside, for `skvm ctl status`.
@@ -165,7 +164,7 @@ pub struct DeviceStatus {
     /// Resident memory of its process, KiB.
     pub rss_kib: Option<u64>,
     /// The rings of each queue the driver runs.
-    pub queues: Vec<ipc::QueueLayout>,
+    pub queues: Vec<crate::virtio_pci::QueueLayout>,
 }
 
 /// How long each step of replacing a running device took.
@@ -181,98 +180,60 @@ pub struct RestartTimes {
     pub pid: Option<libc::pid_t>,
 }
 
-/// Where device `name` runs: virtio-mem (the VMM's memory manager, which
-/// touches no guest data but its own queue) always in a VMM thread, every
-/// other device as `mode` says.
-fn mode_for(name: &str, mode: DeviceMode) -> DeviceMode {
-    if kind_of(name) == "mem" {
-        DeviceMode::Thread
-    } else {
-        mode
+/// Where a device of `kind` runs: kinds without a confinement (virtio-mem)
+/// always in a VMM thread, every other one as `mode` says.
+fn mode_for(kind: &dyn DeviceKind, mode: DeviceMode) -> DeviceMode {
+    match kind.confinement() {
+        Some(_) => mode,
+        None => DeviceMode::Thread,
     }
 }
 
-/// The kind of a device from its name: "rng0" is an "rng".
-pub fn kind_of(name: &str) -> &str {
-    name.trim_end_matches(|c: char| c.is_ascii_digit())
-}
-
-/// The virtio device ID of a device of `kind`.
-pub fn device_type_of(kind: &str) -> Option<u32> {
-    #[cfg(feature = "escape-test")]
-    if escape::real_kind(kind).is_some() {
-        return Some(devices::virtio::DEVICE_ID_RNG);
-    }
-    match kind {
-        "rng" => Some(devices::virtio::DEVICE_ID_RNG),
-        "blk" => Some(devices::virtio::DEVICE_ID_BLOCK),
-        "net" => Some(devices::virtio::DEVICE_ID_NET),
-        "mem" => Some(devices::mem::DEVICE_ID_MEM),
-        _ => None,
-    }
-}
-
-/// Builds the model of a device of `kind` over `backend` and its fds (what
-/// the VMM sent with its hello).
-pub fn build_model(
-    kind: &str,
-    backend: Backend,
-    fds: Vec<OwnedFd>,
-) -> Result<Box<dyn VirtioDevice>, String> {
-    let mut fds = fds.into_iter();
-    #[cfg(feature = "escape-test")]
-    if escape::real_kind(kind).is_some() {
-        return Ok(Box::new(escape::Escape::default()));
-    }
-    let model: Box<dyn VirtioDevice> = match (kind, backend) {
-        ("rng", Backend::None) => Box::new(devices::rng::Rng::new()),
-        (
-            "blk",
-            Backend::Block {
-                sectors,
-                read_only,
-                direct,
-                serial,
-            },
-        ) => {
-            let image = fds.next().ok_or("no disk image fd")?;
-            let params = devices::block::DiskParams {
-                sectors,
-                read_only,
-                direct,
-                serial,
-            };
-            Box::new(devices::block::Block::new(File::from(image), params))
-        }
-        (
-            "mem",
-            Backend::Mem {
-                addr,
-                region_size,
-                block_size,
-                usable,
-                requested,
-            },
-        ) => Box::new(
-            devices::mem::Mem::new(devices::mem::MemParams {
-                addr,
-                region_size,
-                block_size,
-                usable,
-                requested,
+/// The state of a running device as the transport knows it: features and
+/// queue layouts (no indices), for an instance that died unsaved.
+fn known_state(driver: &DriverState) -> DeviceState {
+    let event_idx = driver.features & (1 << devices::virtio::VIRTIO_F_RING_EVENT_IDX) != 0;
+    DeviceState {
+        features: driver.features,
+        queues: driver
+            .queues
+            .iter()
+            .map(|q| QueueState {
+                layout: crate::remote::wire_layout(*q),
+                event_idx,
+                next_avail: 0,
+                next_used: 0,
             })
-            .map_err(|e| e.to_string())?,
-        ),
-        ("net", Backend::Net { mac }) => {
-            let tap = fds.next().ok_or("no tap fd")?;
-            Box::new(devices::net::Net::new(tap, devices::net::NetParams { mac }))
-        }
-        (kind, backend) => return Err(format!("a {kind} device cannot serve {backend:?}")),
-    };
-    if fds.next().is_some() {
-        return Err("unexpected backend fds".into());
+            .collect(),
+        device: Vec::new(),
     }
-    Ok(model)
+}
+
+/// Stops a running device between requests and returns its state; `None`
+/// when it is not running (nothing to save).
+fn pause(t: &mut Transport) -> Result<Option<DeviceState>> {
+    if !t.is_active() {
+        return Ok(None);
+    }
+    Ok(Some(t.backend_mut().remote_mut().pause()?))
+}
+
+/// Brings a new instance, just put in place, to where the old one was:
+/// `saved`, or without it (the old instance died unsaved) what the
+/// transport knows, with the indices from the used rings. On failure the
+/// device is marked DEVICE_NEEDS_RESET.
+fn carry_on(t: &mut Transport, saved: Option<DeviceState>) -> Result<()> {
+    let Some(driver) = t.driver_state() else {
+        return Ok(());
+    };
+    let recover = saved.is_none();
+    let state = saved.unwrap_or_else(|| known_state(&driver));
+    let (backend, events) = t.backend_and_events();
+    if let Err(e) = backend.remote_mut().restore(&state, recover, events) {
+        t.device_failed();
+        return Err(anyhow::Error::new(e).context("restore failed"));
+    }
+    Ok(())
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -280,15 +241,16 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl DeviceHost {
-    /// Sets up device hosting. In process mode this forks the spawner, so
-    /// call it while the VMM has a single thread.
+    /// Sets up device hosting. In process mode this forks the spawner,
+    /// which `single` proves safe.
     pub fn new(
         mode: DeviceMode,
         (on_failure, restart_limit): (OnFailure, u32),
         sandbox: SandboxOpts,
+        single: SingleThreaded,
     ) -> Result<Self> {
         let spawner = match mode {
-            DeviceMode::Process => Some(Spawner::start()?),
+            DeviceMode::Process => Some(Spawner::start(&single)?),
             DeviceMode::Thread => None,
         };
         Ok(Self {
@@ -302,47 +264,53 @@ impl DeviceHost {
         })
     }
 
-    /// Starts device `name` (e.g. "rng0") over `backend` (whose fds the
-    /// host keeps) and plugs its transport into `bus`.
+    /// Sets the guest memory devices map: boot RAM before any device is
+    /// added; after a memory hotplug, for the instances started from now
+    /// on (what [`DeviceHost::rebuild_all`] gives every device).
+    pub fn set_memory(&mut self, memory: DeviceMemory) {
+        self.memory = memory;
+    }
+
+    /// Starts device `name` (e.g. "rng0") of `kind` over `opened` (whose
+    /// fds the host keeps) and plugs its transport into `bus`, with its
+    /// interrupts and notifications through `routes`.
     pub fn add(
         &mut self,
         name: &str,
-        backend: (Backend, Vec<OwnedFd>),
+        kind: Arc<dyn DeviceKind>,
+        opened: Opened,
         bus: &mut PciBus,
-        ram: &GuestRam,
-        vm: &Arc<VmFd>,
-        router: &Arc<IrqRouter>,
+        routes: &Arc<dyn Routes>,
     ) -> Result<()> {
-        let kind = kind_of(name);
-        let device_type =
-            device_type_of(kind).with_context(|| format!("{name}: unknown device kind"))?;
-        let (backend, backend_fds) = backend;
-        let Started {
-            chan: vmm_end,
-            pid,
-            thread,
-        } = start_device(
+        let Opened {
+            params,
+            fds: backend_fds,
+        } = opened;
+        let backend = ipc::Backend {
+            kind: kind.name().to_owned(),
+            params,
+            fds: u8::try_from(backend_fds.len()).context("too many backend fds")?,
+        };
+        let started = start_device(
             self.spawner.as_ref(),
-            mode_for(name, self.mode),
+            mode_for(kind.as_ref(), self.mode),
             name,
+            kind.clone(),
             self.sandbox,
         )?;
-        self.memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
+        let (pid, thread) = (started.pid, started.thread);
         let remote = greet(
             name,
-            (vmm_end, pid),
-            device_type,
+            (started.chan, pid),
+            kind.as_ref(),
             (&backend, &backend_fds),
             &self.memory,
         )?;
         let index = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
         let bar = crate::layout::bar_slot(index).context("too many devices")?;
-        let transport = Arc::new(Mutex::new(VirtioPci::new(
-            remote,
-            bar,
-            vm.clone(),
-            router.clone(),
-        )?));
+        let transport = VirtioPci::new(kind.host(remote), kind.pci_class(), bar, routes.clone())
+            .with_context(|| format!("device {name}"))?;
+        let transport = Arc::new(Mutex::new(transport));
         if bus.add(transport.clone()).is_none() {
             bail!("{name}: the PCI bus is full");
         }
@@ -350,9 +318,9 @@ impl DeviceHost {
             Some(p) => log::debug(&format!("device {name} started (pid {p})")),
             None => log::debug(&format!("device {name} started (thread)")),
         }
-        self.devices.push(Hosted {
+        self.devices.push(Device {
             name: name.to_owned(),
-            device_type,
+            kind,
             backend,
             backend_fds,
             pid,
@@ -379,31 +347,33 @@ impl DeviceHost {
         if let Some(t) = d.thread.take() {
             let _ = t.join();
         }
-        let Started { chan, pid, thread } = start_device(
+        let started = start_device(
             self.spawner.as_ref(),
-            mode_for(&d.name, self.mode),
+            mode_for(d.kind.as_ref(), self.mode),
             &d.name,
+            d.kind.clone(),
             self.sandbox,
         )?;
         let remote = greet(
             &d.name,
-            (chan, pid),
-            d.device_type,
+            (started.chan, started.pid),
+            d.kind.as_ref(),
             (&d.backend, &d.backend_fds),
             &self.memory,
         )?;
-        d.pid = pid;
-        d.thread = thread;
+        d.pid = started.pid;
+        d.thread = started.thread;
         d.failed = false;
         d.paused = false;
         d.restarts = d.restarts.saturating_add(1);
         let (restored, events) = {
             let mut t = lock(&d.transport);
             let restore_start = Instant::now();
-            let mut old = t.replace_backend(remote, saved)?;
+            let mut old = t.swap_backend(d.kind.host(remote))?;
+            carry_on(&mut t, saved)?;
             let restored = restore_start.elapsed();
-            old.shutdown();
-            (restored, t.backend_mut().poll_events())
+            old.remote_mut().shutdown();
+            (restored, t.backend_mut().remote_mut().poll_events())
         };
         // What the new instance said while it was restored (a configuration
         // that moved on from its hello: virtio-mem's plugged size).
@@ -412,7 +382,7 @@ impl DeviceHost {
                 log::error(&msg);
             }
         }
-        Ok((pid, restored))
+        Ok((pid_of(self.devices.get(i)), restored))
     }
 
     /// Whether device `i` may be restarted once more now (at most
@@ -459,10 +429,8 @@ impl DeviceHost {
         let start = Instant::now();
         let saved = {
             let mut t = lock(&d.transport);
-            let saved = t
-                .pause()
-                .with_context(|| format!("device {name}: cannot save"))?;
-            t.backend_mut().shutdown();
+            let saved = pause(&mut t).with_context(|| format!("device {name}: cannot save"))?;
+            t.backend_mut().remote_mut().shutdown();
             saved
         };
         let saved_at = Instant::now();
@@ -493,16 +461,10 @@ impl DeviceHost {
         })
     }
 
-    /// Adds a region of guest memory for devices started from now on
-    /// (what [`DeviceHost::rebuild_all`] gives every device).
-    pub fn add_memory(&mut self, range: RamRange, file: Arc<File>) {
-        self.memory.push((range, file));
-    }
-
-    /// Changes what device `name` serves, for its next instance.
-    pub fn set_backend(&mut self, name: &str, backend: Backend) -> Result<()> {
+    /// Changes the parameters of device `name`, for its next instance.
+    pub fn set_params(&mut self, name: &str, params: Vec<u8>) -> Result<()> {
         let i = self.index_of(name)?;
-        self.devices[i].backend = backend;
+        self.devices[i].backend.params = params;
         Ok(())
     }
 
@@ -533,7 +495,7 @@ impl DeviceHost {
     pub fn pause_all(&mut self) -> Result<()> {
         for d in self.devices.iter_mut().filter(|d| !d.failed && !d.paused) {
             let mut t = lock(&d.transport);
-            if t.pause()
+            if pause(&mut t)
                 .with_context(|| format!("device {}: cannot pause", d.name))?
                 .is_some()
             {
@@ -547,9 +509,13 @@ impl DeviceHost {
     pub fn resume_all(&mut self) -> Result<()> {
         for d in self.devices.iter_mut().filter(|d| d.paused) {
             d.paused = false;
-            lock(&d.transport)
-                .resume()
-                .with_context(|| format!("device {}: cannot resume", d.name))?;
+            let mut t = lock(&d.transport);
+            if t.is_active() {
+                t.backend_mut()
+                    .remote_mut()
+                    .resume()
+                    .with_context(|| format!("device {}: cannot resume", d.name))?;
+            }
         }
         Ok(())
     }
@@ -570,7 +536,10 @@ impl DeviceHost {
                 },
                 restarts: d.restarts,
                 rss_kib: d.pid.and_then(rss_kib),
-                queues: lock(&d.transport).active_queues(),
+                queues: lock(&d.transport)
+                    .driver_state()
+                    .map(|s| s.queues)
+                    .unwrap_or_default(),
             })
             .collect()
     }
@@ -583,7 +552,7 @@ impl DeviceHost {
             .map(|s| s.events_fd().as_raw_fd())
             .collect();
         for d in self.devices.iter().filter(|d| !d.failed) {
-            fds.push(lock(&d.transport).backend().channel().as_raw_fd());
+            fds.push(lock(&d.transport).backend().remote().channel().as_raw_fd());
         }
         fds
     }
@@ -605,7 +574,7 @@ impl DeviceHost {
             let events = {
                 let d = &self.devices[i];
                 let mut t = lock(&d.transport);
-                t.backend_mut().poll_events()
+                t.backend_mut().remote_mut().poll_events()
             };
             for ev in events {
                 if let Some(reason) = self.device_event(i, ev) {
@@ -624,7 +593,7 @@ impl DeviceHost {
         let msg = format!("device {} (pid {}) {how}", d.name, e.pid);
         d.failed = true;
         d.pid = None;
-        lock(&d.transport).backend_mut().mark_dead();
+        lock(&d.transport).backend_mut().remote_mut().mark_dead();
         let by_seccomp = libc::WIFSIGNALED(e.status) && libc::WTERMSIG(e.status) == libc::SIGSYS;
         let on_failure = self.on_failure;
         let why_not = match on_failure {
@@ -681,7 +650,7 @@ impl DeviceHost {
     /// Asks every device to exit and waits for device threads.
     pub fn shutdown(&mut self) {
         for d in &mut self.devices {
-            lock(&d.transport).backend_mut().shutdown();
+            lock(&d.transport).backend_mut().remote_mut().shutdown();
             if let Some(t) = d.thread.take() {
                 let _ = t.join();
             }
@@ -689,23 +658,25 @@ impl DeviceHost {
     }
 }
 
-/// Says hello to a device just started on `chan` (process `pid`), handing
-/// it its backend; kills the process if the hello fails.
-fn greet(
+/// Says hello to a device of `kind` just started on `chan` (process
+/// `pid`), handing it its backend; kills the process if the hello fails.
+pub fn greet(
     name: &str,
     (chan, pid): (Channel, Option<libc::pid_t>),
-    device_type: u32,
-    (backend, fds): (&Backend, &[OwnedFd]),
-    memory: &[(RamRange, Arc<File>)],
+    kind: &dyn DeviceKind,
+    (backend, fds): (&ipc::Backend, &[OwnedFd]),
+    memory: &DeviceMemory,
 ) -> Result<RemoteDevice> {
     let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+    let expected = Expected {
+        device_type: kind.virtio_id(),
+    };
     let connected = RemoteDevice::connect(
         name,
-        pid,
-        chan,
-        device_type,
+        (chan, pid),
+        expected,
         (backend, &borrowed),
-        memory.to_vec(),
+        memory.clone(),
     );
     if connected.is_err() {
         if let Some(p) = pid {
@@ -714,7 +685,12 @@ fn greet(
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
     }
-    connected
+    connected.with_context(|| format!("device {name}"))
+}
+
+/// The pid of device `d`'s current instance.
+fn pid_of(d: Option<&Device>) -> Option<libc::pid_t> {
+    d.and_then(|d| d.pid)
 }
 
 /// VmRSS of process `pid`, in KiB.
@@ -759,13 +735,15 @@ pub struct Started {
     pub thread: Option<JoinHandle<()>>,
 }
 
-/// Starts device `name` in a process through `spawner` (process mode) or in
-/// a thread of this process. A process gets its namespaces; where the host
-/// refuses them, `sandbox.degraded` decides between an error and a warning.
+/// Starts device `name` of `kind` in a process through `spawner` (process
+/// mode) or in a thread of this process. A process gets its namespaces;
+/// where the host refuses them, `sandbox.degraded` decides between an
+/// error and a warning.
 pub fn start_device(
     spawner: Option<&Spawner>,
     mode: DeviceMode,
     name: &str,
+    kind: Arc<dyn DeviceKind>,
     sandbox: SandboxOpts,
 ) -> Result<Started> {
     let (vmm_end, device_end) = Channel::pair().context("cannot create control socket")?;
@@ -779,7 +757,7 @@ pub fn start_device(
             let copy = control
                 .try_clone()
                 .context("cannot duplicate control socket")?;
-            let pid = match s.spawn(name, control, how) {
+            let pid = match s.spawn(name, kind.name(), control, how) {
                 Ok(pid) => pid,
                 Err(e) if sandbox.degraded == Degraded::Allow => {
                     log::warn(&format!(
@@ -788,7 +766,7 @@ pub fn start_device(
                          rlimits only"
                     ));
                     how.namespaces = false;
-                    s.spawn(name, copy, how)
+                    s.spawn(name, kind.name(), copy, how)
                         .with_context(|| format!("device {name}: cannot start"))?
                 }
                 Err(e) => {
@@ -808,17 +786,17 @@ pub fn start_device(
         _ => Ok(Started {
             chan: vmm_end,
             pid: None,
-            thread: Some(start_thread(name, device_end)?),
+            thread: Some(start_thread(name, kind, device_end)?),
         }),
     }
 }
 
-fn start_thread(name: &str, chan: Channel) -> Result<JoinHandle<()>> {
+fn start_thread(name: &str, kind: Arc<dyn DeviceKind>, chan: Channel) -> Result<JoinHandle<()>> {
     let label = name.to_owned();
     std::thread::Builder::new()
         .name(format!("skvm-dev-{name}"))
         .spawn(move || {
-            if let Err(e) = worker::serve(&chan, &label, || Ok(())) {
+            if let Err(e) = worker::serve(&chan, kind.as_ref(), &label, || Ok(())) {
                 log::error(&format!("device {label}: {e}"));
             }
         })
@@ -828,12 +806,6 @@ fn start_thread(name: &str, chan: Channel) -> Result<JoinHandle<()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kinds_come_from_names() {
-        assert_eq!(kind_of("rng0"), "rng");
-        assert_eq!(kind_of("blk12"), "blk");
-    }
 
     #[test]
     fn exit_statuses_are_described() {

@@ -1,9 +1,12 @@
 //! The seccomp allowlists of device processes: what the worker loop needs
-//! for every device, plus each device kind's own needs. Installed after the
-//! hello, before any guest data is read; the default action kills the
+//! for every device, plus each device kind's own needs (its
+//! [`Confinement`], in its module under `crate::kinds`). Installed after
+//! the hello, before any guest data is read; the default action kills the
 //! process.
 
 use sandbox::seccomp::{Arg, Policy, Syscall};
+
+use crate::kinds::{Confinement, DeviceKind};
 
 // Bit masks and values the argument filters compare with, as u64.
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
@@ -114,121 +117,56 @@ pub const TRAP_EXTRA: &[Syscall] = &[Syscall {
     rules: &[],
 }];
 
-/// virtio-rng's own needs.
-const RNG: &[Syscall] = &[Syscall {
-    nr: libc::SYS_getrandom,
-    name: "getrandom",
-    why: "the entropy it serves",
-    rules: &[],
-}];
-
-/// virtio-blk's own needs: I/O on the one image fd it was given. It
-/// cannot open, stat or truncate anything.
-const BLK: &[Syscall] = &[
-    Syscall {
-        nr: libc::SYS_preadv,
-        name: "preadv",
-        why: "guest reads, straight into guest memory",
-        rules: &[],
-    },
-    Syscall {
-        nr: libc::SYS_pwritev,
-        name: "pwritev",
-        why: "guest writes, straight from guest memory; zeroes",
-        rules: &[],
-    },
-    Syscall {
-        nr: libc::SYS_fdatasync,
-        name: "fdatasync",
-        why: "FLUSH, and every write when the driver did not take FLUSH",
-        rules: &[],
-    },
-    Syscall {
-        nr: libc::SYS_fallocate,
-        name: "fallocate",
-        why: "DISCARD and WRITE_ZEROES (punch hole, zero range; never grows the file)",
-        rules: &[
-            &[Arg::Eq(
-                1,
-                (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u64,
-            )],
-            &[Arg::Eq(
-                1,
-                (libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE) as u64,
-            )],
-        ],
-    },
-];
-
-/// virtio-net's own needs: frames on the one tap fd it was given. It
-/// cannot open, create sockets or configure interfaces.
-const NET: &[Syscall] = &[
-    Syscall {
-        nr: libc::SYS_writev,
-        name: "writev",
-        why: "transmit: a frame straight from guest memory to the tap",
-        rules: &[],
-    },
-    Syscall {
-        nr: libc::SYS_ioctl,
-        name: "ioctl",
-        why: "TUNSETOFFLOAD only: the offloads the driver accepts, at activation and reset",
-        rules: &[&[Arg::Eq(1, devices::net::TUNSETOFFLOAD)]],
-    },
-];
-
-/// The kind whose confinement a device of `kind` gets (itself, except for
-/// the test-only escape kinds).
-pub fn confinement_kind(kind: &str) -> &str {
-    #[cfg(feature = "escape-test")]
-    if let Some(real) = super::escape::real_kind(kind) {
-        return real;
-    }
-    kind
-}
-
-/// The policy of a device of `kind` ("rng", ...), or `None` if unknown.
-pub fn for_kind(kind: &str) -> Option<Policy> {
-    let extra = match confinement_kind(kind) {
-        "rng" => RNG,
-        "blk" => BLK,
-        "net" => NET,
-        _ => return None,
-    };
+/// The policy of a device process confined as `c` says: the worker's
+/// syscalls and the kind's own.
+pub fn for_confinement(c: &Confinement) -> Policy {
     let mut p = Policy::new(WORKER);
-    p.extend(extra);
+    p.extend(c.syscalls);
     #[cfg(debug_assertions)]
     p.extend(DEBUG_EXTRA);
-    Some(p)
+    p
+}
+
+/// The policy of a device of `kind`, or `None` if it never runs in a
+/// process.
+pub fn for_kind(kind: &dyn DeviceKind) -> Option<Policy> {
+    kind.confinement().map(|c| for_confinement(&c))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinds::Registry;
+
+    fn policy(kind: &str) -> Option<Policy> {
+        Registry::standard()
+            .get(kind)
+            .and_then(|k| for_kind(k.as_ref()))
+    }
 
     #[test]
     fn rng_policy_is_small_and_compiles() {
-        let p = for_kind("rng").unwrap();
+        let p = policy("rng").unwrap();
         assert!(p.syscalls().len() <= 16, "{}", p.syscalls().len());
         assert!(p.compile(sandbox::seccomp::Violation::Kill).is_ok());
     }
 
     #[test]
     fn blk_policy_is_small_and_compiles() {
-        let p = for_kind("blk").unwrap();
+        let p = policy("blk").unwrap();
         assert!(p.syscalls().len() <= 25, "{}", p.syscalls().len());
         assert!(p.compile(sandbox::seccomp::Violation::Kill).is_ok());
     }
 
     #[test]
     fn net_policy_is_small_and_compiles() {
-        let p = for_kind("net").unwrap();
+        let p = policy("net").unwrap();
         assert!(p.syscalls().len() <= 25, "{}", p.syscalls().len());
         assert!(p.compile(sandbox::seccomp::Violation::Kill).is_ok());
     }
 
     #[test]
-    fn unknown_kinds_have_no_policy() {
-        assert!(for_kind("gpu").is_none());
+    fn a_kind_that_never_runs_in_a_process_has_no_policy() {
+        assert!(policy("mem").is_none());
     }
 }

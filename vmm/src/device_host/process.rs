@@ -12,7 +12,8 @@ use ipc::Channel;
 use sandbox::seccomp::Violation;
 
 use super::spawner::{self, SpawnFlags};
-use super::{kind_of, policy, worker};
+use super::{policy, worker};
+use crate::kinds::{Confinement, Registry};
 
 /// Where the trap-mode SIGSYS handler reports (the control socket).
 static TRAP_REPORT_FD: AtomicI32 = AtomicI32::new(-1);
@@ -69,38 +70,61 @@ fn install_trap_handler(control: RawFd) -> std::io::Result<()> {
 /// Steps 3 to 6 of the confinement (see `sandbox::jail`): the empty root
 /// (with namespaces), no_new_privs, no capabilities, rlimits. Seccomp comes
 /// after the hello.
-fn confine_process(kind: &str, namespaces: bool) -> std::io::Result<()> {
+fn confine_process(c: &Confinement, namespaces: bool) -> std::io::Result<()> {
     if namespaces {
         sandbox::jail::enter_empty_root()?;
     }
     sandbox::jail::no_new_privs()?;
     sandbox::jail::drop_capabilities()?;
-    sandbox::jail::limit_resources(&sandbox::jail::device_limits(kind == "blk"))
+    sandbox::jail::limit_resources(&sandbox::jail::device_limits(c.writes_files))
 }
 
-/// `main` of a device process (`skvm-dev NAME SECCOMP NS`, control socket
-/// on fd 3; see [`SpawnFlags::args`]). Ends with `_exit`: the runtime's
-/// own teardown makes syscalls (sigaltstack) no device policy allows.
-pub fn process_main(name: &str, seccomp: &str, ns: &str) -> ! {
-    let code = device_main(name, seccomp, ns);
+/// What the spawner put on a device process's command line after argv[0]
+/// ([`SpawnFlags::args`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceArgs<'a> {
+    /// The device's name ("rng0").
+    pub name: &'a str,
+    /// Its kind ("rng").
+    pub kind: &'a str,
+    /// The seccomp mode.
+    pub seccomp: &'a str,
+    /// Namespaces or not.
+    pub ns: &'a str,
+}
+
+/// `main` of a device process (`skvm-dev NAME KIND SECCOMP NS`, control
+/// socket on fd 3), whose kind is looked up in `kinds`. Ends with `_exit`:
+/// the runtime's own teardown makes syscalls (sigaltstack) no device policy
+/// allows.
+pub fn process_main(kinds: &Registry, args: DeviceArgs<'_>) -> ! {
+    let code = device_main(kinds, args);
     // SAFETY: ends the process at once; nothing buffered is lost (log lines
     // are written unbuffered).
     unsafe { libc::_exit(code) }
 }
 
-fn device_main(name: &str, seccomp: &str, ns: &str) -> i32 {
+fn device_main(kinds: &Registry, args: DeviceArgs<'_>) -> i32 {
+    let DeviceArgs {
+        name,
+        kind,
+        seccomp,
+        ns,
+    } = args;
     sandbox::process::set_name(&format!("skvm-dev {name}"));
     // Past the file-size limit (no regular file is writable, stderr
     // included), a write fails with EFBIG instead of killing the device.
     // SAFETY: sets a signal's disposition to ignore.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
-    let kind = kind_of(name);
-    let (Some(mut policy), Some(how)) =
-        (policy::for_kind(kind), SpawnFlags::from_args(seccomp, ns))
+    let found = kinds.get(kind);
+    let confinement = found.as_ref().and_then(|k| k.confinement());
+    let (Some(kind), Some(confinement), Some(how)) =
+        (found, confinement, SpawnFlags::from_args(seccomp, ns))
     else {
         eprintln!("skvm-dev {name}: unknown device kind or options (run by skvm only)");
         return 1;
     };
+    let mut policy = policy::for_confinement(&confinement);
     // SAFETY: F_GETFD only queries the fd number.
     if unsafe { libc::fcntl(spawner::DEVICE_CONTROL_FD, libc::F_GETFD) } < 0 {
         eprintln!("skvm-dev {name}: no control socket (run by skvm only)");
@@ -108,9 +132,7 @@ fn device_main(name: &str, seccomp: &str, ns: &str) -> i32 {
     }
     let closed = sandbox::process::close_fds_except(&[0, 1, 2, spawner::DEVICE_CONTROL_FD]);
     let confined = match how.seccomp {
-        Some(_) => {
-            closed.and_then(|()| confine_process(policy::confinement_kind(kind), how.namespaces))
-        }
+        Some(_) => closed.and_then(|()| confine_process(&confinement, how.namespaces)),
         None => closed,
     };
     if let Err(e) = confined {
@@ -127,10 +149,10 @@ fn device_main(name: &str, seccomp: &str, ns: &str) -> i32 {
         policy.extend(policy::TRAP_EXTRA);
     }
     let confine = || match how.seccomp {
-        Some(v) => policy.install(v).map_err(|e| e.to_string()),
+        Some(v) => policy.install(v).map_err(worker::ConfineError::from),
         None => Ok(()),
     };
-    match worker::serve(&chan, name, confine) {
+    match worker::serve(&chan, kind.as_ref(), name, confine) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("skvm-dev {name}: {e}");

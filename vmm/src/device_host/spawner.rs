@@ -32,8 +32,9 @@ use sandbox::seccomp::Violation;
 pub const DEVICE_ARGV0: &str = "skvm-dev";
 /// The fd a device process finds its control socket on.
 pub const DEVICE_CONTROL_FD: RawFd = 3;
-const RECORD: usize = 48;
+const RECORD: usize = 64;
 const NAME_MAX: usize = 32;
+const KIND_MAX: usize = 16;
 const KIND_SPAWN: u32 = 1;
 const KIND_SPAWNED: u32 = 2;
 const KIND_FAILED: u32 = 3;
@@ -118,6 +119,50 @@ impl SpawnFlags {
     }
 }
 
+/// Proof that this process has a single thread: forking it is safe. Only
+/// [`SingleThreaded::claim`] makes one, once per process, after checking
+/// `/proc/self/task`; it cannot be sent to another thread, and starting a
+/// VM consumes it where the spawner is forked, so "fork before any thread"
+/// is the compiler's to check, not a comment's.
+#[derive(Debug)]
+pub struct SingleThreaded {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+/// Why [`SingleThreaded::claim`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ThreadsError {
+    /// The process has other threads already.
+    #[error("the process has {0} threads: the spawner must be forked before any thread starts")]
+    Threads(usize),
+    /// The token was claimed before.
+    #[error("the single-thread token was claimed already")]
+    Claimed,
+    /// /proc/self/task could not be read.
+    #[error("cannot count this process's threads")]
+    Proc(#[source] io::Error),
+}
+
+static CLAIMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl SingleThreaded {
+    /// The token, if this process has one thread and nobody claimed it.
+    pub fn claim() -> Result<Self, ThreadsError> {
+        let threads = std::fs::read_dir("/proc/self/task")
+            .map_err(ThreadsError::Proc)?
+            .count();
+        if threads != 1 {
+            return Err(ThreadsError::Threads(threads));
+        }
+        if CLAIMED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(ThreadsError::Claimed);
+        }
+        Ok(Self {
+            _not_send: std::marker::PhantomData,
+        })
+    }
+}
+
 /// A device process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exited {
@@ -133,6 +178,7 @@ struct Record {
     pid: i32,
     value: i32,
     name: String,
+    device_kind: String,
 }
 
 impl Record {
@@ -145,6 +191,10 @@ impl Record {
         let n = name.len().min(NAME_MAX);
         b[12] = u8::try_from(n).unwrap_or(0);
         b[16..16 + n].copy_from_slice(&name[..n]);
+        let kind = self.device_kind.as_bytes();
+        let k = kind.len().min(KIND_MAX);
+        b[13] = u8::try_from(k).unwrap_or(0);
+        b[48..48 + k].copy_from_slice(&kind[..k]);
         b
     }
 
@@ -155,11 +205,14 @@ impl Record {
         let word = |i: usize| -> Option<[u8; 4]> { b.get(i..i + 4)?.try_into().ok() };
         let n = usize::from(*b.get(12)?);
         let name = std::str::from_utf8(b.get(16..16 + n.min(NAME_MAX))?).ok()?;
+        let k = usize::from(*b.get(13)?);
+        let device_kind = std::str::from_utf8(b.get(48..48 + k.min(KIND_MAX))?).ok()?;
         Some(Self {
             kind: u32::from_le_bytes(word(0)?),
             pid: i32::from_le_bytes(word(4)?),
             value: i32::from_le_bytes(word(8)?),
             name: name.to_owned(),
+            device_kind: device_kind.to_owned(),
         })
     }
 }
@@ -201,13 +254,14 @@ pub struct Spawner {
 }
 
 impl Spawner {
-    /// Forks the spawner. Call it while the process has a single thread.
-    pub fn start() -> Result<Self> {
+    /// Forks the spawner, which `single` proves safe.
+    pub fn start(single: &SingleThreaded) -> Result<Self> {
+        let _ = single;
         let (req_vmm, req_spawner) = seqpacket_pair().context("cannot create spawner socket")?;
         let (ev_vmm, ev_spawner) = seqpacket_pair().context("cannot create spawner socket")?;
         // SAFETY: getpid cannot fail.
         let vmm = unsafe { libc::getpid() };
-        // SAFETY: the caller guarantees a single thread, so the child is a
+        // SAFETY: `single` proves a single thread, so the child is a
         // consistent copy; it only runs `spawner_main`, which never returns.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
@@ -225,18 +279,25 @@ impl Spawner {
         })
     }
 
-    /// Starts device process `name` with `control` as its control socket,
-    /// confined as `how` says. An `io::Error` in the chain is the errno of
-    /// the failed fork or clone.
-    pub fn spawn(&self, name: &str, control: OwnedFd, how: SpawnFlags) -> Result<libc::pid_t> {
-        if !valid_name(name) {
-            bail!("invalid device name '{name}'");
+    /// Starts device process `name` of kind `kind` with `control` as its
+    /// control socket, confined as `how` says. An `io::Error` in the chain
+    /// is the errno of the failed fork or clone.
+    pub fn spawn(
+        &self,
+        name: &str,
+        kind: &str,
+        control: OwnedFd,
+        how: SpawnFlags,
+    ) -> Result<libc::pid_t> {
+        if !valid_name(name) || !ipc::wire::valid_kind(kind) {
+            bail!("invalid device name '{name}' or kind '{kind}'");
         }
         let req = Record {
             kind: KIND_SPAWN,
             pid: 0,
             value: how.encode(),
             name: name.to_owned(),
+            device_kind: kind.to_owned(),
         };
         let sock = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         ipc::fdpass::send(sock.as_fd(), &req.encode(), &[control.as_fd()])
@@ -452,6 +513,7 @@ fn report_exits(events: &OwnedFd) {
             pid,
             value: status,
             name: String::new(),
+            device_kind: String::new(),
         };
         let _ = ipc::fdpass::send(events.as_fd(), &r.encode(), &[]);
     }
@@ -467,9 +529,13 @@ fn serve_request(requests: &OwnedFd, log: Option<BorrowedFd<'_>>) -> bool {
         Err(_) => return true,
     };
     let reply = match (Record::decode(buf.get(..n).unwrap_or_default()), fds.pop()) {
-        (Some(r), Some(control)) if r.kind == KIND_SPAWN && valid_name(&r.name) => {
+        (Some(r), Some(control))
+            if r.kind == KIND_SPAWN
+                && valid_name(&r.name)
+                && ipc::wire::valid_kind(&r.device_kind) =>
+        {
             let result = match SpawnFlags::decode(r.value) {
-                Some(how) => fork_device(&r.name, &control, how, log),
+                Some(how) => fork_device((&r.name, &r.device_kind), &control, how, log),
                 None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
             };
             match result {
@@ -478,12 +544,14 @@ fn serve_request(requests: &OwnedFd, log: Option<BorrowedFd<'_>>) -> bool {
                     pid,
                     value: 0,
                     name: r.name,
+                    device_kind: String::new(),
                 },
                 Err(e) => Record {
                     kind: KIND_FAILED,
                     pid: 0,
                     value: e.raw_os_error().unwrap_or(libc::EIO),
                     name: r.name,
+                    device_kind: String::new(),
                 },
             }
         }
@@ -492,6 +560,7 @@ fn serve_request(requests: &OwnedFd, log: Option<BorrowedFd<'_>>) -> bool {
             pid: 0,
             value: libc::EINVAL,
             name: String::new(),
+            device_kind: String::new(),
         },
     };
     ipc::fdpass::send(requests.as_fd(), &reply.encode(), &[]).is_ok()
@@ -502,7 +571,7 @@ fn serve_request(requests: &OwnedFd, log: Option<BorrowedFd<'_>>) -> bool {
 /// written, then becomes its namespace's root, which is an unprivileged
 /// user outside. Its stderr is `log` when given, else the spawner's.
 fn fork_device(
-    name: &str,
+    (name, kind): (&str, &str),
     control: &OwnedFd,
     how: SpawnFlags,
     log: Option<BorrowedFd<'_>>,
@@ -510,14 +579,16 @@ fn fork_device(
     let exe = c"/proc/self/exe";
     let argv0 = CString::new(DEVICE_ARGV0).map_err(io::Error::other)?;
     let argv1 = CString::new(name).map_err(io::Error::other)?;
-    let [a2, a3] = how.args();
-    let argv2 = CString::new(a2).map_err(io::Error::other)?;
+    let argv2 = CString::new(kind).map_err(io::Error::other)?;
+    let [a3, a4] = how.args();
     let argv3 = CString::new(a3).map_err(io::Error::other)?;
+    let argv4 = CString::new(a4).map_err(io::Error::other)?;
     let argv = [
         argv0.as_ptr(),
         argv1.as_ptr(),
         argv2.as_ptr(),
         argv3.as_ptr(),
+        argv4.as_ptr(),
         std::ptr::null(),
     ];
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
@@ -615,6 +686,7 @@ mod tests {
             pid: 42,
             value: -1,
             name: "rng0".into(),
+            device_kind: "rng".into(),
         };
         assert_eq!(Record::decode(&r.encode()), Some(r));
     }
@@ -625,6 +697,7 @@ mod tests {
         let mut b = [0u8; RECORD];
         b[12] = 40;
         b[16..48].fill(0xff);
+        b[13] = 0;
         assert_eq!(Record::decode(&b), None);
     }
 
@@ -655,6 +728,16 @@ mod tests {
         assert_eq!(SpawnFlags::from_args("unconfined", "ns"), None);
         assert_eq!(SpawnFlags::decode(8), None);
         assert_eq!(SpawnFlags::from_args("allow", "ns"), None);
+    }
+
+    #[test]
+    fn a_multi_threaded_process_gets_no_token() {
+        // The test harness runs tests in threads.
+        let _keep = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(200)));
+        assert!(matches!(
+            SingleThreaded::claim(),
+            Err(ThreadsError::Threads(n)) if n > 1
+        ));
     }
 
     #[test]

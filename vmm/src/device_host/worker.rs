@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use devices::virtio::VirtioDevice;
+use devices::virtio::{DeviceError, VirtioDevice};
 use ipc::{
     Channel, DeviceInfo, DeviceState, IpcError, QueueLayout, QueueState, Reply, Request,
     PROTOCOL_VERSION,
@@ -24,7 +24,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::memory::{map_ranges, RamRange};
+use crate::kinds::{DeviceKind, KindError};
+use crate::memory::{map_ranges, MemoryError, RamRange};
 
 /// How long a device waits for the VMM's hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,9 +54,93 @@ pub enum WorkerError {
     /// The VMM broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The hello's backend could not be served.
+    #[error(transparent)]
+    Backend(#[from] KindError),
     /// Confinement could not be applied.
     #[error("cannot confine the device: {0}")]
-    Confine(String),
+    Confine(#[source] ConfineError),
+}
+
+/// Why the confinement after the hello failed.
+pub type ConfineError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request from the VMM was refused (the text goes back in `Error`),
+/// or a queue stopped being served (the text goes in `NeedsReset`).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Fewer fds than the message needs (the ipc crate counts them; this
+    /// is the check that names which).
+    #[error("missing {0} fd")]
+    MissingFd(&'static str),
+    /// Guest memory could not be mapped.
+    #[error("cannot map guest memory: {0}")]
+    Map(#[from] MemoryError),
+    /// A queue index twice, or past the device's queues.
+    #[error("bad queue index {0}")]
+    QueueIndex(usize),
+    /// virtio-queue refused a queue's layout.
+    #[error("queue {index}: {source}")]
+    Queue {
+        /// The queue.
+        index: u16,
+        /// Why.
+        source: virtio_queue::Error,
+    },
+    /// A queue's rings are not inside the memory mapped.
+    #[error("queue {0}: rings outside guest memory")]
+    OutsideMemory(u16),
+    /// The model refused the features.
+    #[error("activation refused: {0}")]
+    Activation(#[source] DeviceError),
+    /// The model refused its saved state.
+    #[error("device state refused: {0}")]
+    State(#[source] DeviceError),
+    /// Saved state whose event index flag contradicts the features.
+    #[error("queue {0}: event index state does not follow the features")]
+    EventIdx(usize),
+    /// Saved state whose next used index is not the used ring's.
+    #[error("queue {index}: saved next used index {saved} but the used ring says {ring}")]
+    UsedIndex {
+        /// The queue.
+        index: usize,
+        /// What the state says.
+        saved: u16,
+        /// What the ring says.
+        ring: u16,
+    },
+    /// Saved state with chains in flight, which no skvm device leaves.
+    #[error(
+        "queue {index}: {count} chains in flight; this device completes every chain it takes \
+         before it pauses"
+    )]
+    InFlight {
+        /// The queue.
+        index: usize,
+        /// How many.
+        count: u16,
+    },
+    /// The used ring could not be read.
+    #[error("queue {index}: {source}")]
+    UsedRing {
+        /// The queue.
+        index: usize,
+        /// Why.
+        source: virtio_queue::Error,
+    },
+    /// The model found the queue unusable.
+    #[error("queue {index}: {source}")]
+    Serve {
+        /// The queue.
+        index: usize,
+        /// Why.
+        source: DeviceError,
+    },
+}
+
+/// `e` as the text of an `Error` or `NeedsReset` message.
+fn message(e: &impl std::fmt::Display) -> String {
+    clip(e.to_string())
 }
 
 /// The device's self-description for the VMM.
@@ -69,35 +154,42 @@ pub fn device_info(device: &dyn VirtioDevice) -> DeviceInfo {
     }
 }
 
-/// Serves device `name` (of kind "rng" for "rng0", ...) on `chan` until
-/// the VMM shuts it down or goes away, then logs what the model reports
-/// (hostile input it dropped). The model is built from the backend the hello carries (see
-/// [`super::build_model`]); `confine` runs once, after the hello and before
-/// any guest data is touched (the process mode's seccomp filter).
+/// Serves device `name` of `kind` on `chan` until the VMM shuts it down or
+/// goes away, then logs what the model reports (hostile input it dropped).
+/// The model is built from the backend the hello carries, which must be of
+/// `kind` ([`DeviceKind::model`]); `confine` runs once, after the hello and
+/// before any guest data is touched (the process mode's seccomp filter).
 pub fn serve(
     chan: &Channel,
+    kind: &dyn DeviceKind,
     name: &str,
-    confine: impl FnOnce() -> Result<(), String>,
+    confine: impl FnOnce() -> Result<(), ConfineError>,
 ) -> Result<(), WorkerError> {
-    let kind = super::kind_of(name);
     let (backend, fds) = match chan.recv_request(Some(HELLO_TIMEOUT))? {
         (Request::Hello { version, backend }, fds) if version == PROTOCOL_VERSION => (backend, fds),
         (Request::Hello { version, .. }, _) => {
-            let message = format!("unsupported protocol version {version}");
-            chan.send_reply(&Reply::Error {
-                message: message.clone(),
-            })?;
-            return Err(WorkerError::Protocol(message));
+            return Err(refuse(
+                chan,
+                format!("unsupported protocol version {version}"),
+            ));
         }
         _ => return Err(WorkerError::Protocol("expected hello".into())),
     };
-    let mut device = match super::build_model(kind, backend, fds) {
+    if backend.kind != kind.name() {
+        let why = format!(
+            "a {} device cannot serve a {} backend",
+            kind.name(),
+            backend.kind
+        );
+        return Err(refuse(chan, why));
+    }
+    let mut device = match kind.model(&backend.params, fds) {
         Ok(d) => d,
-        Err(message) => {
-            chan.send_reply(&Reply::Error {
-                message: message.clone(),
-            })?;
-            return Err(WorkerError::Protocol(message));
+        Err(e) => {
+            let _ = chan.send_reply(&Reply::Error {
+                message: message(&e),
+            });
+            return Err(e.into());
         }
     };
     let device = device.as_mut();
@@ -108,11 +200,19 @@ pub fn serve(
     result
 }
 
+/// Answers the hello with `why` and gives up.
+fn refuse(chan: &Channel, why: String) -> WorkerError {
+    let _ = chan.send_reply(&Reply::Error {
+        message: clip(why.clone()),
+    });
+    WorkerError::Protocol(why)
+}
+
 /// The loop of [`serve`] once the model is built.
 fn serve_model(
     chan: &Channel,
     device: &mut dyn VirtioDevice,
-    confine: impl FnOnce() -> Result<(), String>,
+    confine: impl FnOnce() -> Result<(), ConfineError>,
 ) -> Result<(), WorkerError> {
     let info = device_info(device);
     // The configuration the VMM knows, to tell it when a restore moves it.
@@ -135,7 +235,9 @@ fn serve_model(
                 // The queue is unusable: stop serving it and tell the VMM.
                 active = None;
                 device.reset();
-                chan.send_reply(&Reply::NeedsReset { reason })?;
+                chan.send_reply(&Reply::NeedsReset {
+                    reason: message(&reason),
+                })?;
             }
         }
         let (req, fds) = match chan.recv_request(Some(Duration::ZERO)) {
@@ -162,7 +264,9 @@ fn serve_model(
                 let mut reply = Reply::Ack;
                 if let Some(a) = active.as_mut() {
                     if let Err(reason) = process_all(device, a) {
-                        reply = Reply::Error { message: reason };
+                        reply = Reply::Error {
+                            message: message(&reason),
+                        };
                     }
                 }
                 chan.send_reply(&reply)?;
@@ -186,9 +290,11 @@ fn serve_model(
                         }
                         Reply::Ack
                     }
-                    Err(message) => {
+                    Err(e) => {
                         device.reset();
-                        Reply::Error { message }
+                        Reply::Error {
+                            message: message(&e),
+                        }
                     }
                 };
                 chan.send_reply(&reply)?;
@@ -206,7 +312,7 @@ fn serve_model(
                 let reply = match device.write_config(offset, &data) {
                     Ok(()) => Reply::Ack,
                     Err(e) => Reply::Error {
-                        message: clip(e.to_string()),
+                        message: message(&e),
                     },
                 };
                 chan.send_reply(&reply)?;
@@ -224,10 +330,14 @@ fn serve_model(
                         active = Some(a);
                         match first {
                             Ok(()) => Reply::Ack,
-                            Err(reason) => Reply::Error { message: reason },
+                            Err(reason) => Reply::Error {
+                                message: message(&reason),
+                            },
                         }
                     }
-                    Err(message) => Reply::Error { message },
+                    Err(e) => Reply::Error {
+                        message: message(&e),
+                    },
                 };
                 chan.send_reply(&reply)?;
             }
@@ -284,7 +394,7 @@ fn process_kicked(
     device: &mut dyn VirtioDevice,
     a: &mut Active,
     ready: Option<usize>,
-) -> Result<(), String> {
+) -> Result<(), RequestError> {
     for q in &mut a.queues {
         // A read of a non-blocking eventfd succeeds only if it was kicked.
         if q.kick.read().is_ok() || ready == Some(q.index) {
@@ -294,7 +404,7 @@ fn process_kicked(
     Ok(())
 }
 
-fn process_all(device: &mut dyn VirtioDevice, a: &mut Active) -> Result<(), String> {
+fn process_all(device: &mut dyn VirtioDevice, a: &mut Active) -> Result<(), RequestError> {
     for q in &mut a.queues {
         let _ = q.kick.read();
         run_queue(device, &a.mem, q)?;
@@ -306,10 +416,13 @@ fn run_queue(
     device: &mut dyn VirtioDevice,
     mem: &GuestMemoryMmap,
     q: &mut ActiveQueue,
-) -> Result<(), String> {
+) -> Result<(), RequestError> {
     let done = device
         .process_queue(q.index, &mut q.queue, mem)
-        .map_err(|e| format!("queue {}: {e}", q.index))?;
+        .map_err(|source| RequestError::Serve {
+            index: q.index,
+            source,
+        })?;
     if done.notify {
         let _ = q.irq.write(1);
     }
@@ -329,11 +442,11 @@ fn activate(
     regions: &[ipc::MemRegion],
     layouts: &[QueueLayout],
     fds: Vec<OwnedFd>,
-) -> Result<Active, String> {
+) -> Result<Active, RequestError> {
     let mut fds = fds.into_iter();
     let mut ranges = Vec::with_capacity(regions.len());
     for r in regions {
-        let fd = fds.next().ok_or("missing memory fd")?;
+        let fd = fds.next().ok_or(RequestError::MissingFd("memory"))?;
         let range = RamRange {
             guest_addr: r.guest_addr,
             size: r.size,
@@ -341,16 +454,18 @@ fn activate(
         };
         ranges.push((range, Arc::new(File::from(fd))));
     }
-    let mem = map_ranges(&ranges).map_err(|e| format!("cannot map guest memory: {e}"))?;
+    let mem = map_ranges(&ranges)?;
     let kicks: Vec<OwnedFd> = fds.by_ref().take(layouts.len()).collect();
     let irqs: Vec<OwnedFd> = fds.by_ref().take(layouts.len()).collect();
-    let config_irq = fds.next().ok_or("missing config interrupt fd")?;
+    let config_irq = fds
+        .next()
+        .ok_or(RequestError::MissingFd("config interrupt"))?;
     let event_idx = features & (1 << devices::virtio::VIRTIO_F_RING_EVENT_IDX) != 0;
     let mut queues = Vec::with_capacity(layouts.len());
     for ((l, kick), irq) in layouts.iter().zip(kicks).zip(irqs) {
         let index = usize::from(l.index);
         if index >= device.num_queues() || queues.iter().any(|q: &ActiveQueue| q.index == index) {
-            return Err(format!("bad queue index {index}"));
+            return Err(RequestError::QueueIndex(index));
         }
         let queue = build_queue(device.max_queue_size(), l, event_idx, &mem)?;
         queues.push(ActiveQueue {
@@ -362,7 +477,7 @@ fn activate(
     }
     device
         .activate(features)
-        .map_err(|e| format!("activation refused: {e}"))?;
+        .map_err(RequestError::Activation)?;
     Ok(Active {
         features,
         mem,
@@ -411,33 +526,33 @@ fn restore(
     state: &DeviceState,
     recover: bool,
     fds: Vec<OwnedFd>,
-) -> Result<Active, String> {
+) -> Result<Active, RequestError> {
     let layouts: Vec<QueueLayout> = state.queues.iter().map(|q| q.layout).collect();
     let mut a = activate(device, state.features, regions, &layouts, fds)?;
     let event_idx = state.features & (1 << devices::virtio::VIRTIO_F_RING_EVENT_IDX) != 0;
     for (q, s) in a.queues.iter_mut().zip(&state.queues) {
-        let bad = |what: String| format!("queue {}: {what}", q.index);
+        let index = q.index;
         if s.event_idx != event_idx {
-            return Err(bad("event index state does not follow the features".into()));
+            return Err(RequestError::EventIdx(index));
         }
         let used = q
             .queue
             .used_idx(&a.mem, std::sync::atomic::Ordering::Acquire)
-            .map_err(|e| bad(e.to_string()))?
+            .map_err(|source| RequestError::UsedRing { index, source })?
             .0;
         if !recover {
             if s.next_used != used {
-                return Err(bad(format!(
-                    "saved next used index {} but the used ring says {used}",
-                    s.next_used
-                )));
+                return Err(RequestError::UsedIndex {
+                    index,
+                    saved: s.next_used,
+                    ring: used,
+                });
             }
             if s.next_avail != s.next_used {
-                return Err(bad(format!(
-                    "{} chains in flight; this device completes every chain it takes \
-                     before it pauses",
-                    s.next_avail.wrapping_sub(s.next_used)
-                )));
+                return Err(RequestError::InFlight {
+                    index,
+                    count: s.next_avail.wrapping_sub(s.next_used),
+                });
             }
         }
         q.queue.set_next_avail(used);
@@ -446,7 +561,7 @@ fn restore(
     if !recover {
         device
             .restore_state(&state.device)
-            .map_err(|e| format!("device state refused: {e}"))?;
+            .map_err(RequestError::State)?;
     }
     process_all(device, &mut a)?;
     if recover {
@@ -470,20 +585,23 @@ fn build_queue(
     l: &QueueLayout,
     event_idx: bool,
     mem: &GuestMemoryMmap,
-) -> Result<Queue, String> {
-    let bad = |what: &str| format!("queue {}: {what}", l.index);
-    let mut q = Queue::new(max).map_err(|e| bad(&e.to_string()))?;
-    q.try_set_size(l.size).map_err(|e| bad(&e.to_string()))?;
+) -> Result<Queue, RequestError> {
+    let bad = |source| RequestError::Queue {
+        index: l.index,
+        source,
+    };
+    let mut q = Queue::new(max).map_err(bad)?;
+    q.try_set_size(l.size).map_err(bad)?;
     q.try_set_desc_table_address(vm_memory::GuestAddress(l.desc))
-        .map_err(|e| bad(&e.to_string()))?;
+        .map_err(bad)?;
     q.try_set_avail_ring_address(vm_memory::GuestAddress(l.avail))
-        .map_err(|e| bad(&e.to_string()))?;
+        .map_err(bad)?;
     q.try_set_used_ring_address(vm_memory::GuestAddress(l.used))
-        .map_err(|e| bad(&e.to_string()))?;
+        .map_err(bad)?;
     q.set_event_idx(event_idx);
     q.set_ready(true);
     if !q.is_valid(mem) {
-        return Err(bad("rings outside guest memory"));
+        return Err(RequestError::OutsideMemory(l.index));
     }
     Ok(q)
 }
@@ -491,10 +609,11 @@ fn build_queue(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device_host::remote::RemoteDevice;
-    use crate::device_host::{start_device, DeviceMode, SandboxOpts, Started};
+    use crate::device_host::{greet, start_device, DeviceMode, SandboxOpts};
+    use crate::kinds::rng::Rng;
     use crate::memory::GuestRam;
-    use crate::virtio_pci::{Backend, DeviceEvents};
+    use crate::remote::RemoteDevice;
+    use crate::virtio_pci::{DeviceEvents, QueueLayout as Layout};
     use vm_memory::{Bytes, GuestAddress};
 
     const LAYOUT: QueueLayout = QueueLayout {
@@ -508,28 +627,42 @@ mod tests {
 
     /// An rng device in a thread of this process, greeted.
     fn rng(ram: &GuestRam) -> RemoteDevice {
-        let Started { chan, .. } =
-            start_device(None, DeviceMode::Thread, "rng0", SandboxOpts::default()).unwrap();
-        let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
-        RemoteDevice::connect(
-            "rng0",
+        let kind = std::sync::Arc::new(Rng);
+        let started = start_device(
             None,
-            chan,
-            devices::virtio::DEVICE_ID_RNG,
-            (&ipc::Backend::None, &[]),
-            memory,
+            DeviceMode::Thread,
+            "rng0",
+            kind.clone(),
+            SandboxOpts::default(),
+        )
+        .unwrap();
+        let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
+        let backend = ipc::Backend {
+            kind: "rng".into(),
+            params: crate::kinds::rng::params(),
+            fds: 0,
+        };
+        greet(
+            "rng0",
+            (started.chan, None),
+            kind.as_ref(),
+            (&backend, &[]),
+            &memory,
         )
         .unwrap()
     }
 
     fn events() -> DeviceEvents {
-        let e = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        DeviceEvents {
-            kicks: vec![e()],
-            irqs: vec![e()],
-            config_irq: e(),
-        }
+        DeviceEvents::new(1).unwrap()
     }
+
+    const L: Layout = Layout {
+        index: LAYOUT.index,
+        size: LAYOUT.size,
+        desc: LAYOUT.desc,
+        avail: LAYOUT.avail,
+        used: LAYOUT.used,
+    };
 
     fn state(next_avail: u16, next_used: u16) -> DeviceState {
         DeviceState {
@@ -555,7 +688,7 @@ mod tests {
         let ram = GuestRam::new(16 << 20).unwrap();
         let ev = events();
         let mut first = rng(&ram);
-        first.activate(FEATURES, &[LAYOUT], &ev).unwrap();
+        first.start(FEATURES, &[L], &ev).unwrap();
         // The used ring says 3 chains were completed (by a device that
         // served them); the saved state must agree.
         set_used_idx(&ram, 3);

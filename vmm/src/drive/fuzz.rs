@@ -7,14 +7,14 @@ use std::os::fd::AsRawFd;
 use anyhow::{ensure, Context, Result};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::device_host::remote::RemoteDevice;
-use crate::virtio_pci::{Backend, DeviceEvents};
+use crate::remote::RemoteDevice;
+use crate::virtio_pci::{DeviceEvents, QueueLayout};
 
 /// Largest fuzz input: the part of driver memory it overwrites.
 const FUZZ_MAX: usize = 0x1_0000;
 /// The fuzz queue: small, at the same addresses as the in-process fuzz
 /// targets (fuzz/fuzz_targets/common), so corpora carry over.
-const FUZZ_QUEUE: ipc::QueueLayout = ipc::QueueLayout {
+const FUZZ_QUEUE: QueueLayout = QueueLayout {
     index: 0,
     size: 16,
     desc: 0x0,
@@ -50,14 +50,14 @@ pub fn fuzz_stdin(
         );
         let data = input.get_mut(..n).context("input buffer")?;
         stdin.read_exact(data).context("truncated fuzz input")?;
-        dev.reset().context("reset before the input")?;
+        dev.stop().context("reset before the input")?;
         mem.write_slice(&zeros, GuestAddress(0))?;
         mem.write_slice(data, GuestAddress(0))?;
         let _ = events.irqs[0].read();
-        if let Err(e) = dev.activate(features, &[FUZZ_QUEUE], events) {
+        if let Err(e) = dev.start(features, &[FUZZ_QUEUE], events) {
             // Refusing a queue it cannot use is a right answer.
             if dev.is_dead() {
-                return Err(e.context("activation"));
+                return Err(anyhow::Error::new(e).context("activation"));
             }
             stdout.write_all(b"0")?;
             stdout.flush()?;
@@ -72,7 +72,7 @@ pub fn fuzz_stdin(
         // SAFETY: polls one valid pollfd; a timeout or EINTR is fine here.
         unsafe { libc::poll(&mut p, 1, FUZZ_IRQ_WAIT_MS) };
         // Alive if it still answers on its control channel.
-        dev.reset().context("reset after the input")?;
+        dev.stop().context("reset after the input")?;
         stdout.write_all(b"0")?;
         stdout.flush()?;
     }

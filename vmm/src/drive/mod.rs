@@ -8,6 +8,12 @@
 //! throughput and kick-to-interrupt latency: the device's own cost, which a
 //! guest on an emulating host cannot show.
 //!
+//! It is a client of the library: devices start through
+//! [`crate::device_host::start_device`] and [`crate::device_host::greet`]
+//! with their kind from the [`Registry`], and the backends open as the
+//! kinds' modules open them. What it knows of each kind is what a guest
+//! driver knows: how rng, blk and net requests look.
+//!
 //! Code map: `queue` is the driver's half of a split virtqueue; `request`
 //! drives the one-queue devices (rng, blk); `net` drives virtio-net through
 //! a tap and AF_PACKET sockets on its interface; `fuzz` is `--fuzz-stdin`.
@@ -17,20 +23,17 @@ mod net;
 mod queue;
 mod request;
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::SandboxArgs;
-use crate::device_host::remote::RemoteDevice;
-use crate::device_host::spawner::Spawner;
-use crate::device_host::{
-    describe_status, device_type_of, kind_of, start_device, DeviceMode, Started,
-};
-use crate::disk::DiskSpec;
+use crate::device_host::spawner::{SingleThreaded, Spawner};
+use crate::device_host::{describe_status, greet, start_device, DeviceMode};
+use crate::kinds::blk::DiskSpec;
+use crate::kinds::Registry;
 use crate::memory::GuestRam;
 use crate::virtio_pci::{Backend, DeviceEvents};
 use queue::{QUEUE0, QUEUE1, RAM};
@@ -104,12 +107,6 @@ pub struct DriveArgs {
     /// line; exit status 1 if the device misbehaved.
     #[arg(long, value_name = "CASE")]
     pub hostile: Option<String>,
-    /// Test builds only: instead of a benchmark, make the confined device
-    /// (escrng0, escblk0, escnet0) attempt this hostile action and report the
-    /// outcome.
-    #[cfg(feature = "escape-test")]
-    #[arg(long, value_name = "ACTION")]
-    pub escape: Option<String>,
 }
 
 /// What requests do (`--op`).
@@ -147,10 +144,34 @@ impl Op {
     }
 }
 
+/// The device kinds `skvm drive` has a driver for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driven {
+    Rng,
+    Blk,
+    Net,
+}
+
+impl Driven {
+    /// The driver for device `name`, if there is one.
+    fn of(name: &str) -> Option<Self> {
+        match name.trim_end_matches(|c: char| c.is_ascii_digit()) {
+            "rng" => Some(Driven::Rng),
+            "blk" => Some(Driven::Blk),
+            "net" => Some(Driven::Net),
+            _ => None,
+        }
+    }
+}
+
 impl DriveArgs {
+    fn driven(&self) -> Option<Driven> {
+        Driven::of(&self.device)
+    }
+
     /// Bytes per request, with the device's default.
     fn size(&self) -> u32 {
-        let default = if kind_of(&self.device) == "net" {
+        let default = if self.driven() == Some(Driven::Net) {
             1514
         } else {
             4096
@@ -160,9 +181,9 @@ impl DriveArgs {
 
     /// The operation, with the device's default (none for rng).
     fn op(&self) -> Option<Op> {
-        match kind_of(&self.device) {
-            "blk" => Some(self.op.unwrap_or(Op::Randread)),
-            "net" => Some(self.op.unwrap_or(Op::Tx)),
+        match self.driven() {
+            Some(Driven::Blk) => Some(self.op.unwrap_or(Op::Randread)),
+            Some(Driven::Net) => Some(self.op.unwrap_or(Op::Tx)),
             _ => None,
         }
     }
@@ -185,45 +206,50 @@ enum Target {
 
 /// Refuses option combinations that do not fit the device.
 fn validate(args: &DriveArgs) -> Result<()> {
-    let kind = kind_of(&args.device);
+    let Some(kind) = args.driven() else {
+        bail!(
+            "device '{}': only rng, blk and net devices can be driven",
+            args.device
+        );
+    };
     let size = args.size();
     match (kind, &args.disk, &args.net) {
-        ("rng", None, None) => {
+        (Driven::Rng, None, None) => {
             if size > 65536 {
                 bail!("--size {size}: an rng request is at most 65536 bytes");
             }
         }
-        ("blk", Some(_), None) => {
+        (Driven::Blk, Some(_), None) => {
             if !size.is_multiple_of(512) {
                 bail!("--size {size}: blk requests are whole 512-byte sectors");
             }
         }
-        ("net", None, Some(_)) => {
+        (Driven::Net, None, Some(_)) => {
             if args.fuzz_stdin {
                 bail!("--fuzz-stdin drives rng and blk devices only");
             }
         }
-        ("blk", None, _) => bail!("device '{}': give the image with --disk", args.device),
-        ("net", _, None) => bail!(
+        (Driven::Blk, None, _) => bail!("device '{}': give the image with --disk", args.device),
+        (Driven::Net, _, None) => bail!(
             "device '{}': give the tap with --net tap[=NAME]",
             args.device
         ),
-        ("rng" | "net", Some(_), _) => {
+        (Driven::Rng | Driven::Net, Some(_), _) => {
             bail!("device '{}': --disk is for blk devices", args.device)
         }
-        ("rng" | "blk", _, Some(_)) => {
+        (Driven::Rng | Driven::Blk, _, Some(_)) => {
             bail!("device '{}': --net is for net devices", args.device)
         }
-        _ => bail!(
-            "device '{}': only rng, blk and net devices can be driven",
-            args.device
-        ),
     }
     match (kind, args.op) {
         (_, None) => {}
-        ("blk", Some(op)) if op.is_blk() => {}
-        ("net", Some(Op::Tx | Op::Rx)) => {}
-        (_, Some(op)) => bail!("--op {} is not for {} devices", op.name(), kind),
+        (Driven::Blk, Some(op)) if op.is_blk() => {}
+        (Driven::Net, Some(Op::Tx | Op::Rx)) => {}
+        (_, Some(op)) => bail!(
+            "--op {} is not for {} devices",
+            op.name(),
+            args.device.trim_end_matches(|c: char| c.is_ascii_digit())
+        ),
     }
     if args.unconfined && args.device_mode != DeviceMode::Process {
         bail!("--unconfined is for --device-mode process");
@@ -233,10 +259,10 @@ fn validate(args: &DriveArgs) -> Result<()> {
 
 /// Opens what the device serves: its backend, the fds that go with it, and
 /// the harness's side.
-fn open_target(args: &DriveArgs) -> Result<(ipc::Backend, Vec<OwnedFd>, Target)> {
+fn open_target(args: &DriveArgs) -> Result<(Vec<u8>, Vec<OwnedFd>, Target)> {
     if let Some(d) = &args.disk {
-        let spec = DiskSpec::parse(d).map_err(anyhow::Error::msg)?;
-        let disk = crate::disk::open(&spec)?;
+        let spec = DiskSpec::parse(d)?;
+        let disk = crate::kinds::blk::disk::open(&spec)?;
         let op = args.op().unwrap_or(Op::Randread);
         if u64::from(args.size()) > disk.sectors * 512 {
             bail!("--size {} is larger than the disk", args.size());
@@ -244,72 +270,83 @@ fn open_target(args: &DriveArgs) -> Result<(ipc::Backend, Vec<OwnedFd>, Target)>
         if spec.read_only && matches!(op, Op::Write | Op::Randwrite) {
             bail!("--op {} on a read-only disk", op.name());
         }
-        let backend = ipc::Backend::Block {
+        let params = crate::kinds::blk::encode(&devices::block::DiskParams {
             sectors: disk.sectors,
             read_only: spec.read_only,
             direct: spec.direct,
             serial: Vec::new(),
-        };
+        });
         let w = Workload::Blk {
             op,
             sectors: disk.sectors,
         };
-        return Ok((backend, vec![disk.fd], Target::Request(w)));
+        return Ok((params, vec![disk.fd], Target::Request(w)));
     }
     if let Some(n) = &args.net {
-        let (host, backend, tap) = net::open(n, &args.device, args.size())?;
-        return Ok((backend, vec![tap], Target::Net(host)));
+        let (host, params, tap) = net::open(n, &args.device, args.size())?;
+        return Ok((params, vec![tap], Target::Net(host)));
     }
     Ok((
-        ipc::Backend::None,
+        crate::kinds::rng::params(),
         Vec::new(),
         Target::Request(Workload::Rng),
     ))
 }
 
 /// `skvm drive`: runs the benchmark and prints one line of `key=value`
-/// figures (or the hostile case's line).
-pub fn run(args: &DriveArgs) -> Result<()> {
-    #[cfg(feature = "escape-test")]
-    if let Some(action) = &args.escape {
-        return escape(args, action);
-    }
+/// figures (or the hostile case's line). Device kinds come from `kinds`.
+pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
     validate(args)?;
+    let kind = kinds
+        .kind_of(&args.device)
+        .with_context(|| format!("device '{}': unknown device kind", args.device))?;
     let mut sandbox = args.sandbox.opts();
     sandbox.unconfined = args.unconfined;
     // The spawner must be forked while this process has a single thread.
+    let single = SingleThreaded::claim()?;
     let spawner = match args.device_mode {
-        DeviceMode::Process => Some(Spawner::start()?),
+        DeviceMode::Process => Some(Spawner::start(&single)?),
         DeviceMode::Thread => None,
     };
-    let (backend, backend_fds, target) = open_target(args)?;
-    let kind = kind_of(&args.device);
-    let device_type = device_type_of(kind).context("unknown device kind")?;
+    let (params, backend_fds, target) = open_target(args)?;
+    let backend = ipc::Backend {
+        kind: kind.name().to_owned(),
+        params,
+        fds: u8::try_from(backend_fds.len())?,
+    };
     let ram = GuestRam::new(RAM).context("cannot create driver memory")?;
-    let Started { chan, pid, thread } =
-        start_device(spawner.as_ref(), args.device_mode, &args.device, sandbox)?;
-    let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
-    let borrowed: Vec<BorrowedFd<'_>> = backend_fds.iter().map(AsFd::as_fd).collect();
-    let mut dev = RemoteDevice::connect(
+    let started = start_device(
+        spawner.as_ref(),
+        args.device_mode,
         &args.device,
-        pid,
-        chan,
-        device_type,
-        (&backend, &borrowed),
-        memory,
+        kind.clone(),
+        sandbox,
+    )?;
+    let (pid, thread) = (started.pid, started.thread);
+    let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
+    let mut dev = greet(
+        &args.device,
+        (started.chan, pid),
+        kind.as_ref(),
+        (&backend, &backend_fds),
+        &memory,
     )?;
     let queues = match target {
         Target::Request(_) => vec![QUEUE0.layout()],
         Target::Net(_) => vec![QUEUE0.layout(), QUEUE1.layout()],
     };
-    let events = queue_events(queues.len())?;
+    let events = DeviceEvents::new(queues.len())?;
     let result = if args.fuzz_stdin {
-        let all = dev.info().features;
+        let all = dev.description().features;
         fuzz::fuzz_stdin(&mut dev, &ram.mem, &events, all).map(|()| None)
     } else {
-        dev.activate(driver_features(dev.info().features), &queues, &events)
-            .context("activation failed")
-            .and_then(|()| exercise(args, &ram.mem, &events, &target))
+        dev.start(
+            driver_features(dev.description().features),
+            &queues,
+            &events,
+        )
+        .context("activation failed")
+        .and_then(|()| exercise(args, &ram.mem, &events, &target))
     };
     // An error with the device still alive is the harness's (or the fuzz
     // input stream's).
@@ -336,20 +373,6 @@ pub fn run(args: &DriveArgs) -> Result<()> {
         }
         Ok(None) => Ok(()),
     }
-}
-
-/// A kick and an interrupt eventfd for each of `queues` queues.
-fn queue_events(queues: usize) -> Result<DeviceEvents> {
-    let eventfds = || {
-        (0..queues)
-            .map(|_| EventFd::new(EFD_NONBLOCK))
-            .collect::<Result<Vec<_>, _>>()
-    };
-    Ok(DeviceEvents {
-        kicks: eventfds()?,
-        irqs: eventfds()?,
-        config_irq: EventFd::new(EFD_NONBLOCK)?,
-    })
 }
 
 /// What the harness's driver takes of the `offered` features: everything
@@ -388,7 +411,7 @@ fn exercise(
 
 /// Waits up to two seconds for the spawner's report that the device
 /// process ended; its wait status.
-fn wait_exit(spawner: &Spawner) -> Option<i32> {
+pub fn wait_exit(spawner: &Spawner) -> Option<i32> {
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
         if let Some(x) = spawner.next_exit() {
@@ -397,74 +420,6 @@ fn wait_exit(spawner: &Spawner) -> Option<i32> {
         std::thread::sleep(Duration::from_millis(5));
     }
     None
-}
-
-/// Test builds: starts the escape device as `skvm run` would start a
-/// device, has it attempt `action`, and prints the outcome.
-#[cfg(feature = "escape-test")]
-fn escape(args: &DriveArgs, action: &str) -> Result<()> {
-    use crate::device_host::escape::{real_kind, ACTIONS};
-    use crate::virtio_pci::Backend as _;
-    use anyhow::ensure;
-    let index = ACTIONS
-        .iter()
-        .position(|a| *a == action)
-        .with_context(|| format!("unknown action '{action}'; actions: {}", ACTIONS.join(" ")))?;
-    ensure!(
-        real_kind(kind_of(&args.device)).is_some(),
-        "--escape needs an escape device (escrng0, escblk0, escnet0)"
-    );
-    ensure!(
-        args.device_mode == DeviceMode::Process,
-        "--escape needs --device-mode process"
-    );
-    let spawner = Spawner::start()?;
-    let ram = GuestRam::new(1 << 20).context("cannot create driver memory")?;
-    let Started { chan, pid, .. } = start_device(
-        Some(&spawner),
-        DeviceMode::Process,
-        &args.device,
-        args.sandbox.opts(),
-    )?;
-    let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
-    let mut dev = RemoteDevice::connect(
-        &args.device,
-        pid,
-        chan,
-        devices::virtio::DEVICE_ID_RNG,
-        (&ipc::Backend::None, &[]),
-        memory,
-    )?;
-    // SAFETY: getpid cannot fail.
-    let me = unsafe { libc::getpid() };
-    let result = dev.write_config(u32::try_from(index)?, &me.to_le_bytes());
-    let outcome = match result {
-        Ok(()) => "outcome=escaped".to_owned(),
-        Err(e) if !dev.is_dead() => format!("outcome=refused reason=\"{e:#}\""),
-        Err(_) => {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let status = loop {
-                if let Some(x) = spawner.next_exit() {
-                    break Some(x.status);
-                }
-                if Instant::now() > deadline {
-                    break None;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            };
-            match status {
-                Some(s) if libc::WIFSIGNALED(s) => {
-                    format!("outcome=killed signal={}", libc::WTERMSIG(s))
-                }
-                Some(s) => format!("outcome=exited status={}", libc::WEXITSTATUS(s)),
-                None => "outcome=unknown".to_owned(),
-            }
-        }
-    };
-    // The VMM side carries on: the device is shut down cleanly if alive.
-    dev.shutdown();
-    println!("escape={action} device={} {outcome}", args.device);
-    Ok(())
 }
 
 /// Proportional set size of `pid` in KiB, from /proc/PID/smaps_rollup.

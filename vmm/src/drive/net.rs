@@ -25,7 +25,7 @@ use super::queue::{
     poll_in, BUFFERS, DESC_F_NEXT, DESC_F_WRITE, IRQ_TIMEOUT, QUEUE0, QUEUE1, RAM, SLOTS, STRIDE,
 };
 use super::{DriveArgs, Figures, Op};
-use crate::tap::{self, NetSpec};
+use crate::kinds::net::tap::{self, NetSpec};
 use crate::virtio_pci::DeviceEvents;
 
 /// The features the harness's driver takes when the device offers them.
@@ -72,9 +72,9 @@ pub struct Host {
 }
 
 /// Opens (or creates) the tap `spec` names and the host's end of it.
-/// Returns that end, the device's backend and its tap fd.
-pub fn open(spec: &str, device: &str, size: u32) -> Result<(Host, ipc::Backend, OwnedFd)> {
-    let spec = NetSpec::parse(spec).map_err(anyhow::Error::msg)?;
+/// Returns that end, the device's parameters and its tap fd.
+pub fn open(spec: &str, device: &str, size: u32) -> Result<(Host, Vec<u8>, OwnedFd)> {
+    let spec = NetSpec::parse(spec)?;
     let tap = tap::open(&spec)?;
     let link = tap::link_info(&tap.name)?;
     if !link.up {
@@ -114,7 +114,7 @@ pub fn open(spec: &str, device: &str, size: u32) -> Result<(Host, ipc::Backend, 
         to_device,
         ifindex: link.index,
     };
-    Ok((host, ipc::Backend::Net { mac }, tap.fd))
+    Ok((host, crate::kinds::net::encode(mac), tap.fd))
 }
 
 /// An AF_PACKET socket bound to interface `ifindex`, receiving frames of

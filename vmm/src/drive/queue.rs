@@ -65,8 +65,8 @@ pub const QUEUE1: Ring = Ring {
 
 impl Ring {
     /// The layout the device is activated with.
-    pub fn layout(self) -> ipc::QueueLayout {
-        ipc::QueueLayout {
+    pub fn layout(self) -> crate::virtio_pci::QueueLayout {
+        crate::virtio_pci::QueueLayout {
             index: self.index,
             size: QUEUE_SIZE,
             desc: self.desc,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 
 use crate::exit::{ExitReason, ExitSignal};
 use crate::legacy::acpi_pm::PowerEvent;
@@ -74,7 +74,7 @@ pub struct Vcpu {
     pub fd: VcpuFd,
     /// Guest memory, for reading instructions on emulation failures
     /// (replaced when memory is hot-added).
-    pub mem: Arc<Mutex<GuestMemoryMmap>>,
+    pub mem: GuestMemoryAtomic<GuestMemoryMmap>,
     /// The port I/O devices.
     pub legacy: Arc<LegacyDevices>,
     /// RIP of the last instruction KVM could not emulate, and how many times
@@ -309,8 +309,8 @@ impl Vcpu {
     }
 
     /// Guest memory as it is now.
-    fn memory(&self) -> GuestMemoryMmap {
-        self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    fn memory(&self) -> GuestMemoryLoadGuard<GuestMemoryMmap> {
+        self.mem.memory()
     }
 
     fn internal_error(&mut self) -> Result<(), ExitReason> {

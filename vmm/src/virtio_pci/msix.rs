@@ -9,8 +9,6 @@ pub const ENTRY_SIZE: u64 = 16;
 pub const CONTROL_ENABLE: u16 = 1 << 15;
 /// Message control: all vectors masked.
 pub const CONTROL_FUNCTION_MASK: u16 = 1 << 14;
-/// "No vector" in virtio's vector registers.
-pub const NO_VECTOR: u16 = 0xffff;
 const VECTOR_CONTROL_MASKED: u32 = 1;
 
 #[derive(Clone, Copy)]

@@ -1,6 +1,6 @@
-//! Disk images for virtio-blk: the `--disk` option, and opening and locking
-//! an image in the VMM so that the device process gets one fd and nothing
-//! else.
+//! Disk images for virtio-blk: the `--disk` option's syntax, and opening
+//! and locking an image in the VMM so that the device process gets one fd
+//! and nothing else.
 //!
 //! A writable image is locked exclusively and a read-only one shared
 //! (flock on the open file description, which the device's copy of the fd
@@ -15,7 +15,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use devices::block::SECTOR;
+use crate::kinds::KindError;
+
+use devices::block::{ID_BYTES, SECTOR};
 
 /// One `--disk` option.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,11 +34,12 @@ pub struct DiskSpec {
 
 impl DiskSpec {
     /// Parses `PATH[,ro][,serial=ID][,direct=on|off]`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, KindError> {
+        const MAX_SERIAL: usize = ID_BYTES;
         let mut parts = s.split(',');
         let path = parts.next().unwrap_or_default();
         if path.is_empty() {
-            return Err(format!("--disk '{s}': no path"));
+            return Err(KindError::Option(format!("--disk '{s}': no path")));
         }
         let mut spec = Self {
             path: PathBuf::from(path),
@@ -50,22 +53,21 @@ impl DiskSpec {
                 None if opt == "rw" => spec.read_only = false,
                 Some(("serial", id)) => {
                     if id.is_empty()
-                        || id.len() > ipc::MAX_SERIAL
+                        || id.len() > MAX_SERIAL
                         || !id.bytes().all(|b| b.is_ascii_graphic())
                     {
-                        return Err(format!(
-                            "--disk '{s}': serial must be 1 to {} printable ASCII characters",
-                            ipc::MAX_SERIAL
-                        ));
+                        return Err(KindError::Option(format!(
+                            "--disk '{s}': serial must be 1 to {MAX_SERIAL} printable ASCII characters"
+                        )));
                     }
                     spec.serial = Some(id.to_owned());
                 }
                 Some(("direct", "on")) => spec.direct = true,
                 Some(("direct", "off")) => spec.direct = false,
                 _ => {
-                    return Err(format!(
+                    return Err(KindError::Option(format!(
                         "--disk '{s}': unknown option '{opt}' (expected ro, serial=ID or direct=on|off)"
-                    ))
+                    )))
                 }
             }
         }

@@ -1,18 +1,11 @@
-//! Test-only (feature `escape-test`): a device model that, inside a fully
-//! confined device process, attempts hostile actions on request, so that
-//! tests can prove each one fails. Device kinds `escrng`, `escblk` and `escnet`
-//! get the confinement and seccomp policy of rng, blk and net around this
-//! model.
+//! The device side: hostile actions a device process attempts on request,
+//! inside exactly the confinement of the kind it stands in for, and the
+//! model that attempts them.
 //!
 //! A request is a configuration write at offset = the action's index with
 //! the VMM's pid (4 bytes, little-endian) as data; the answer is `Ack` if
 //! the action succeeded (an escape), or an error with the reason it failed.
 //! A seccomp kill ends the process instead.
-//!
-//! With a guest: `SKVM_ESCAPE_DEVICE=ACTION[,ACTION...]` (or `all`) makes
-//! `skvm run` start its rng and disks as escape devices (`escrng0`,
-//! `escblk0`, ...) and, when the guest's driver activates one, request the
-//! actions on the vCPU thread that activated it, while the guest runs.
 
 use std::ffi::CStr;
 use std::io;
@@ -41,17 +34,6 @@ pub const ACTIONS: &[&str] = &[
     "chdir-out",
     "read-proc-environ",
 ];
-
-/// Whether `kind` is an escape-test kind; returns the real kind whose
-/// confinement it gets.
-pub fn real_kind(kind: &str) -> Option<&'static str> {
-    match kind {
-        "escrng" => Some("rng"),
-        "escblk" => Some("blk"),
-        "escnet" => Some("net"),
-        _ => None,
-    }
-}
 
 fn last_error() -> io::Error {
     io::Error::last_os_error()
@@ -225,48 +207,5 @@ impl VirtioDevice for Escape {
     }
     fn reset(&mut self) {
         self.features = 0;
-    }
-}
-
-/// Test builds: the name `skvm run` gives device `base` (escape kinds when
-/// `SKVM_ESCAPE_DEVICE` is set).
-pub fn run_device_name(base: String) -> String {
-    if std::env::var_os("SKVM_ESCAPE_DEVICE").is_some() {
-        format!("esc{base}")
-    } else {
-        base
-    }
-}
-
-/// Test builds: after the guest's driver activated `backend`, requests the
-/// actions of `SKVM_ESCAPE_DEVICE` and logs each outcome as
-/// "escape=ACTION device=NAME outcome=...".
-pub fn after_activation<B: crate::virtio_pci::Backend>(backend: &mut B) {
-    let Ok(list) = std::env::var("SKVM_ESCAPE_DEVICE") else {
-        return;
-    };
-    let name = backend.name().to_owned();
-    if real_kind(crate::device_host::kind_of(&name)).is_none() {
-        return;
-    }
-    // SAFETY: getpid cannot fail.
-    let me = unsafe { libc::getpid() };
-    let actions: Vec<&str> = if list == "all" {
-        ACTIONS.to_vec()
-    } else {
-        list.split(',').collect()
-    };
-    for action in actions {
-        let Some(index) = ACTIONS.iter().position(|a| *a == action) else {
-            crate::log::error(&format!("SKVM_ESCAPE_DEVICE: unknown action '{action}'"));
-            continue;
-        };
-        let outcome = match backend
-            .write_config(u32::try_from(index).unwrap_or(u32::MAX), &me.to_le_bytes())
-        {
-            Ok(()) => "escaped".to_owned(),
-            Err(e) => format!("failed reason=\"{e:#}\""),
-        };
-        crate::log::info(&format!("escape={action} device={name} outcome={outcome}"));
     }
 }

@@ -1,21 +1,55 @@
 //! The VMM's side of a device's control channel: a [`Backend`] for the
 //! virtio-pci transport that speaks the ipc protocol, with a timeout on
-//! every wait, whether the device runs in a process or a thread.
+//! every wait, whether the device runs in a process or a thread; and the
+//! lifecycle calls the device host makes beside the transport (pause,
+//! resume, restore, shutdown). Every answer is decoded by the ipc crate's
+//! bounded decoder and checked here; a device that breaks the protocol is
+//! killed and never used again.
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
 use ipc::{
-    Channel, DeviceInfo, DeviceState, MemRegion, QueueLayout, Reply, Request, PROTOCOL_VERSION,
+    Channel, DeviceInfo, DeviceState, IpcError, MemRegion, Reply, Request, PROTOCOL_VERSION,
 };
 
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::RamRange;
-use crate::virtio_pci::{Backend, DeviceEvents};
+use crate::virtio_pci::{Backend, BackendError, DeviceDescription, DeviceEvents, QueueLayout};
+
+/// Why a call to a device failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The device is gone (exited, killed, or dropped for misbehaving).
+    #[error("device is not running")]
+    NotRunning,
+    /// It exited while the VMM waited for its answer.
+    #[error("the device exited")]
+    Exited,
+    /// The channel failed or the device timed out.
+    #[error(transparent)]
+    Ipc(#[from] IpcError),
+    /// The device refused the request, with its reason.
+    #[error("{0}")]
+    Refused(String),
+    /// The device answered something the protocol does not allow here.
+    #[error("unexpected answer {0}")]
+    Unexpected(String),
+    /// Its hello was not what the VMM asked for.
+    #[error("{0}")]
+    Hello(String),
+    /// An activation named a queue the transport has no eventfds for.
+    #[error("queue {0} is out of range")]
+    QueueRange(u16),
+    /// More unsolicited messages than the VMM reads at a time.
+    #[error("more than {MAX_UNSOLICITED} unsolicited messages")]
+    Flood,
+}
+
+type Result<T, E = RemoteError> = std::result::Result<T, E>;
 
 /// An eventfd as a borrowed fd.
 fn borrow(e: &EventFd) -> BorrowedFd<'_> {
@@ -37,12 +71,15 @@ pub enum DeviceEvent {
     ForbiddenSyscall(u32),
 }
 
+/// Guest memory as a device maps it: each region with its memfd.
+pub type DeviceMemory = Vec<(RamRange, Arc<File>)>;
+
 /// A device on the other end of a control channel.
 pub struct RemoteDevice {
     name: String,
     chan: Channel,
-    info: DeviceInfo,
-    memory: Vec<(RamRange, Arc<File>)>,
+    info: DeviceDescription,
+    memory: DeviceMemory,
     events: Vec<DeviceEvent>,
     dead: bool,
     pid: Option<libc::pid_t>,
@@ -52,18 +89,42 @@ pub struct RemoteDevice {
 /// VMM's reads; more is a flood, and the device is killed.
 const MAX_UNSOLICITED: usize = 64;
 
+/// What the VMM expects a device's hello to say.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected {
+    /// The virtio device ID of its kind.
+    pub device_type: u32,
+}
+
+/// Checks a device's self-description; `None` if it is usable.
+fn check_info(info: &DeviceInfo, expected: Expected) -> Option<String> {
+    if info.device_type != expected.device_type {
+        return Some(format!(
+            "device is of type {}, expected {}",
+            info.device_type, expected.device_type
+        ));
+    }
+    if info.num_queues == 0 || usize::from(info.num_queues) > ipc::MAX_QUEUES {
+        return Some(format!("device reports {} queues", info.num_queues));
+    }
+    if info.max_queue_size == 0 || !info.max_queue_size.is_power_of_two() {
+        return Some(format!("bad maximum queue size {}", info.max_queue_size));
+    }
+    None
+}
+
 impl RemoteDevice {
     /// Says hello to the device on `chan`, hands it its backend (`backend`
-    /// and its fds) and learns what it is. The device must be of
-    /// `expected_type`. `pid` is the device process, killed when the device
-    /// breaks the protocol (`None` for a device thread).
+    /// and its fds) and learns what it is; it must be what `expected`
+    /// says. `pid` is the device process, killed when the device breaks
+    /// the protocol (`None` for a device thread). `memory` is what it maps
+    /// at activation and restore.
     pub fn connect(
         name: &str,
-        pid: Option<libc::pid_t>,
-        chan: Channel,
-        expected_type: u32,
+        (chan, pid): (Channel, Option<libc::pid_t>),
+        expected: Expected,
         backend: (&ipc::Backend, &[BorrowedFd<'_>]),
-        memory: Vec<(RamRange, Arc<File>)>,
+        memory: DeviceMemory,
     ) -> Result<Self> {
         chan.send_request(
             &Request::Hello {
@@ -71,32 +132,25 @@ impl RemoteDevice {
                 backend: backend.0.clone(),
             },
             backend.1,
-        )
-        .with_context(|| format!("{name}: cannot greet the device"))?;
-        let info = match chan
-            .recv_reply(Some(REPLY_TIMEOUT))
-            .with_context(|| format!("{name}: no hello from the device"))?
-        {
+        )?;
+        let info = match chan.recv_reply(Some(REPLY_TIMEOUT))? {
             Reply::Welcome { version, info } if version == PROTOCOL_VERSION => info,
-            Reply::Error { message } => bail!("{name}: device refused: {message}"),
-            other => bail!("{name}: unexpected answer to hello: {other:?}"),
+            Reply::Error { message } => return Err(RemoteError::Refused(message)),
+            other => return Err(RemoteError::Hello(format!("answer to hello: {other:?}"))),
         };
-        if info.device_type != expected_type {
-            bail!(
-                "{name}: device is of type {}, expected {expected_type}",
-                info.device_type
-            );
-        }
-        if info.num_queues == 0 || usize::from(info.num_queues) > ipc::MAX_QUEUES {
-            bail!("{name}: device reports {} queues", info.num_queues);
-        }
-        if info.max_queue_size == 0 || !info.max_queue_size.is_power_of_two() {
-            bail!("{name}: bad maximum queue size {}", info.max_queue_size);
+        if let Some(why) = check_info(&info, expected) {
+            return Err(RemoteError::Hello(why));
         }
         Ok(Self {
             name: name.to_owned(),
             chan,
-            info,
+            info: DeviceDescription {
+                device_type: info.device_type,
+                num_queues: info.num_queues,
+                max_queue_size: info.max_queue_size,
+                features: info.features,
+                config: info.config,
+            },
             memory,
             events: Vec::new(),
             dead: false,
@@ -107,6 +161,11 @@ impl RemoteDevice {
     /// The channel, to poll for unsolicited messages.
     pub fn channel(&self) -> &Channel {
         &self.chan
+    }
+
+    /// Its process, if it runs in one.
+    pub fn pid(&self) -> Option<libc::pid_t> {
+        self.pid
     }
 
     /// Whether the device is gone (exited, killed, or dropped for breaking
@@ -125,11 +184,11 @@ impl RemoteDevice {
         while !self.dead {
             match self.chan.recv_reply(Some(Duration::ZERO)) {
                 Ok(r) => self.note_unsolicited(r),
-                Err(ipc::IpcError::Timeout) => break,
+                Err(IpcError::Timeout) => break,
                 // It exited; the spawner reports how.
-                Err(ipc::IpcError::Closed) => self.dead = true,
+                Err(IpcError::Closed) => self.dead = true,
                 Err(e) => {
-                    self.fail(anyhow!(e));
+                    self.fail(RemoteError::Ipc(e));
                 }
             }
         }
@@ -138,7 +197,7 @@ impl RemoteDevice {
 
     fn note_unsolicited(&mut self, r: Reply) {
         if self.events.len() >= MAX_UNSOLICITED {
-            self.fail(anyhow!("more than {MAX_UNSOLICITED} unsolicited messages"));
+            self.fail(RemoteError::Flood);
             return;
         }
         match r {
@@ -157,7 +216,7 @@ impl RemoteDevice {
                 self.events.push(DeviceEvent::ForbiddenSyscall(nr));
             }
             other => {
-                self.fail(anyhow!("unexpected message {other:?}"));
+                self.fail(RemoteError::Unexpected(format!("message {other:?}")));
             }
         }
     }
@@ -166,23 +225,23 @@ impl RemoteDevice {
     /// says on its own meanwhile.
     fn call(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<Reply> {
         if self.dead {
-            bail!("device is not running");
+            return Err(RemoteError::NotRunning);
         }
-        self.chan
-            .send_request(req, fds)
-            .map_err(|e| self.fail(anyhow!(e)))?;
+        if let Err(e) = self.chan.send_request(req, fds) {
+            return Err(self.fail(RemoteError::Ipc(e)));
+        }
         loop {
             if self.dead {
-                bail!("device is not running");
+                return Err(RemoteError::NotRunning);
             }
             let r = match self.chan.recv_reply(Some(REPLY_TIMEOUT)) {
                 Ok(r) => r,
                 // It exited (the spawner reports how); not a protocol fault.
-                Err(ipc::IpcError::Closed) => {
+                Err(IpcError::Closed) => {
                     self.dead = true;
-                    bail!("the device exited");
+                    return Err(RemoteError::Exited);
                 }
-                Err(e) => return Err(self.fail(anyhow!(e))),
+                Err(e) => return Err(self.fail(RemoteError::Ipc(e))),
             };
             match r {
                 Reply::ConfigChanged { .. }
@@ -196,13 +255,13 @@ impl RemoteDevice {
     /// The device broke the protocol (or timed out): it is hostile or
     /// wedged. Kill its process (the spawner then reports the exit and the
     /// host marks the device failed) and fail every later call.
-    fn fail(&mut self, e: anyhow::Error) -> anyhow::Error {
+    fn fail(&mut self, e: RemoteError) -> RemoteError {
         if !self.dead {
             self.dead = true;
             match self.pid {
                 Some(pid) => {
                     crate::log::error(&format!(
-                        "device {} (pid {pid}) misbehaved: {e:#}; killing it",
+                        "device {} (pid {pid}) misbehaved: {e}; killing it",
                         self.name
                     ));
                     // SAFETY: kill has no memory effects; the pid is our
@@ -210,7 +269,7 @@ impl RemoteDevice {
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
                 None => crate::log::error(&format!(
-                    "device {} misbehaved: {e:#}; stopped using it",
+                    "device {} misbehaved: {e}; stopped using it",
                     self.name
                 )),
             }
@@ -246,66 +305,66 @@ impl RemoteDevice {
     fn expect_ack(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<()> {
         match self.call(req, fds)? {
             Reply::Ack => Ok(()),
-            Reply::Error { message } => bail!("{message}"),
-            other => Err(self.fail(anyhow!("unexpected answer {other:?}"))),
+            Reply::Error { message } => Err(RemoteError::Refused(message)),
+            other => Err(self.fail(RemoteError::Unexpected(format!("{other:?}")))),
         }
     }
-}
 
-impl Backend for RemoteDevice {
-    fn name(&self) -> &str {
-        &self.name
+    /// A driver write to the device configuration.
+    pub fn config_write(&mut self, offset: u32, data: &[u8]) -> Result<()> {
+        let req = Request::ConfigWrite {
+            offset,
+            data: data.to_vec(),
+        };
+        self.expect_ack(&req, &[])
     }
 
-    fn info(&self) -> &DeviceInfo {
-        &self.info
-    }
-
-    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<()> {
-        self.expect_ack(
-            &Request::ConfigWrite {
-                offset,
-                data: data.to_vec(),
-            },
-            &[],
-        )
-    }
-
-    fn activate(
+    /// DRIVER_OK: hands the device guest memory and the queues' eventfds.
+    pub fn start(
         &mut self,
         features: u64,
         queues: &[QueueLayout],
         events: &DeviceEvents,
     ) -> Result<()> {
         let (regions, files) = self.regions();
-        let fds = event_fds(&files, queues, events)?;
+        let fds = event_fds(&files, queues.iter().map(|q| q.index), events)?;
         let req = Request::Activate {
             features,
             regions,
-            queues: queues.to_vec(),
+            queues: queues.iter().map(|q| wire_layout(*q)).collect(),
         };
         self.expect_ack(&req, &fds)
     }
 
-    fn reset(&mut self) -> Result<()> {
+    /// Back to the state before activation.
+    pub fn stop(&mut self) -> Result<()> {
         self.expect_ack(&Request::Reset, &[])
     }
 
-    fn pause(&mut self) -> Result<DeviceState> {
+    /// Stops serving the queues between requests and says where they are.
+    pub fn pause(&mut self) -> Result<DeviceState> {
         match self.call(&Request::Pause, &[])? {
             Reply::Saved { state } => Ok(state),
-            other => Err(self.fail(anyhow!("unexpected answer to pause {other:?}"))),
+            other => Err(self.fail(RemoteError::Unexpected(format!("{other:?} to pause")))),
         }
     }
 
-    fn resume(&mut self) -> Result<()> {
+    /// Serves the queues again after [`RemoteDevice::pause`].
+    pub fn resume(&mut self) -> Result<()> {
         self.expect_ack(&Request::Resume, &[])
     }
 
-    fn restore(&mut self, state: &DeviceState, recover: bool, events: &DeviceEvents) -> Result<()> {
+    /// Carries on from `state` in place of an activation; `recover` when
+    /// the state is put together by the VMM for an instance that died
+    /// unsaved.
+    pub fn restore(
+        &mut self,
+        state: &DeviceState,
+        recover: bool,
+        events: &DeviceEvents,
+    ) -> Result<()> {
         let (regions, files) = self.regions();
-        let layouts: Vec<QueueLayout> = state.queues.iter().map(|q| q.layout).collect();
-        let fds = event_fds(&files, &layouts, events)?;
+        let fds = event_fds(&files, state.queues.iter().map(|q| q.layout.index), events)?;
         let req = Request::Restore {
             regions,
             state: state.clone(),
@@ -315,19 +374,74 @@ impl Backend for RemoteDevice {
     }
 }
 
+/// A transport queue layout as the protocol carries it.
+pub fn wire_layout(q: QueueLayout) -> ipc::QueueLayout {
+    ipc::QueueLayout {
+        index: q.index,
+        size: q.size,
+        desc: q.desc,
+        avail: q.avail,
+        used: q.used,
+    }
+}
+
+impl Backend for RemoteDevice {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn description(&self) -> &DeviceDescription {
+        &self.info
+    }
+
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), BackendError> {
+        Ok(self.config_write(offset, data)?)
+    }
+
+    fn activate(
+        &mut self,
+        features: u64,
+        queues: &[QueueLayout],
+        events: &DeviceEvents,
+    ) -> Result<(), BackendError> {
+        Ok(self.start(features, queues, events)?)
+    }
+
+    fn reset(&mut self) -> Result<(), BackendError> {
+        Ok(self.stop()?)
+    }
+}
+
+/// A device as the device host keeps it behind its transport: a
+/// [`RemoteDevice`], or a device kind's wrapper around one (the escape
+/// suite's kinds request their actions after an activation this way).
+pub trait Hosted: Backend {
+    /// The device underneath.
+    fn remote(&self) -> &RemoteDevice;
+    /// The device underneath, mutably.
+    fn remote_mut(&mut self) -> &mut RemoteDevice;
+}
+
+impl Hosted for RemoteDevice {
+    fn remote(&self) -> &RemoteDevice {
+        self
+    }
+    fn remote_mut(&mut self) -> &mut RemoteDevice {
+        self
+    }
+}
+
 /// The fds of an activation, in the protocol's order: memory, the queues'
 /// kicks, their interrupts, the configuration interrupt.
 fn event_fds<'a>(
     files: &'a [Arc<File>],
-    queues: &[QueueLayout],
+    queues: impl Iterator<Item = u16> + Clone,
     events: &'a DeviceEvents,
 ) -> Result<Vec<BorrowedFd<'a>>> {
     let mut fds: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.as_fd()).collect();
     for list in [&events.kicks, &events.irqs] {
-        for q in queues {
-            let e = list
-                .get(usize::from(q.index))
-                .context("queue index out of range")?;
+        for q in queues.clone() {
+            let e = list.get(usize::from(q)).ok_or(RemoteError::QueueRange(q))?;
             fds.push(borrow(e));
         }
     }
@@ -339,7 +453,14 @@ fn event_fds<'a>(
 mod tests {
     use super::*;
 
-    const NO_BACKEND: (&ipc::Backend, &[BorrowedFd<'_>]) = (&ipc::Backend::None, &[]);
+    fn no_backend() -> ipc::Backend {
+        ipc::Backend {
+            kind: "rng".into(),
+            params: Vec::new(),
+            fds: 0,
+        }
+    }
+    const RNG: Expected = Expected { device_type: 4 };
 
     fn info() -> DeviceInfo {
         DeviceInfo {
@@ -396,7 +517,14 @@ mod tests {
             },
         ] {
             let (chan, t) = peer(welcome, |_| {});
-            assert!(RemoteDevice::connect("rng0", None, chan, 4, NO_BACKEND, Vec::new()).is_err());
+            assert!(RemoteDevice::connect(
+                "rng0",
+                (chan, None),
+                RNG,
+                (&no_backend(), &[]),
+                Vec::new()
+            )
+            .is_err());
             t.join().unwrap();
         }
     }
@@ -405,7 +533,10 @@ mod tests {
     fn a_silent_device_times_out() {
         let (vmm, dev) = Channel::pair().unwrap();
         let start = std::time::Instant::now();
-        assert!(RemoteDevice::connect("rng0", None, vmm, 4, NO_BACKEND, Vec::new()).is_err());
+        assert!(
+            RemoteDevice::connect("rng0", (vmm, None), RNG, (&no_backend(), &[]), Vec::new())
+                .is_err()
+        );
         assert!(start.elapsed() < REPLY_TIMEOUT + Duration::from_secs(1));
         drop(dev);
     }
@@ -424,12 +555,14 @@ mod tests {
                 }
             }
         });
-        let mut d = RemoteDevice::connect("rng0", None, chan, 4, NO_BACKEND, Vec::new()).unwrap();
+        let mut d =
+            RemoteDevice::connect("rng0", (chan, None), RNG, (&no_backend(), &[]), Vec::new())
+                .unwrap();
         t.join().unwrap();
         let events = d.poll_events();
         assert!(events.len() <= MAX_UNSOLICITED);
         assert!(
-            d.reset().is_err(),
+            d.stop().is_err(),
             "a flooding device must not be used again"
         );
     }
@@ -445,9 +578,11 @@ mod tests {
             let _ = dev.send_reply(&Reply::ConfigData { data: vec![0] });
             let _ = dev.recv_request(Some(Duration::from_millis(200)));
         });
-        let mut d = RemoteDevice::connect("rng0", None, chan, 4, NO_BACKEND, Vec::new()).unwrap();
-        assert!(d.reset().is_err());
-        assert!(d.reset().is_err());
+        let mut d =
+            RemoteDevice::connect("rng0", (chan, None), RNG, (&no_backend(), &[]), Vec::new())
+                .unwrap();
+        assert!(d.stop().is_err());
+        assert!(d.stop().is_err());
         t.join().unwrap();
     }
 }

@@ -1,5 +1,5 @@
-//! Tap devices for virtio-net: the `--net` option, and opening the tap in
-//! the VMM so that the device process gets one fd and no other network
+//! Tap devices for virtio-net: the `--net` option's syntax, and opening
+//! the tap in the VMM so that the device process gets one fd and no other network
 //! capability.
 //!
 //! `--net tap=NAME` attaches to an existing tap; `--net tap` creates one
@@ -16,6 +16,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{bail, Context, Result};
+
+use crate::kinds::KindError;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
@@ -68,7 +70,7 @@ pub struct NetSpec {
 
 impl NetSpec {
     /// Parses `tap[=NAME][,mac=MAC]`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, KindError> {
         let mut parts = s.split(',');
         let tap = match parts.next().unwrap_or_default().split_once('=') {
             None if s.split(',').next() == Some("tap") => None,
@@ -78,29 +80,31 @@ impl NetSpec {
                     || name.contains('%')
                     || !name.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
                 {
-                    return Err(format!(
+                    return Err(KindError::Option(format!(
                         "--net '{s}': the tap name must be 1 to {MAX_IFNAME} printable characters \
                          without '/' or '%'"
-                    ));
+                    )));
                 }
                 Some(name.to_owned())
             }
             _ => {
-                return Err(format!(
+                return Err(KindError::Option(format!(
                     "--net '{s}': expected tap or tap=NAME first (the only backend)"
-                ))
+                )))
             }
         };
         let mut spec = Self { tap, mac: None };
         for opt in parts {
             match opt.split_once('=') {
                 Some(("mac", m)) => {
-                    spec.mac = Some(parse_mac(m).map_err(|e| format!("--net '{s}': {e}"))?);
+                    spec.mac = Some(
+                        parse_mac(m).map_err(|e| KindError::Option(format!("--net '{s}': {e}")))?,
+                    );
                 }
                 _ => {
-                    return Err(format!(
+                    return Err(KindError::Option(format!(
                         "--net '{s}': unknown option '{opt}' (expected mac=MAC)"
-                    ))
+                    )))
                 }
             }
         }
@@ -109,28 +113,31 @@ impl NetSpec {
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`; refuses multicast and all-zero addresses.
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+pub fn parse_mac(s: &str) -> Result<[u8; 6], KindError> {
     let mut mac = [0u8; 6];
     let mut parts = s.split(':');
     for b in &mut mac {
         let p = parts.next().unwrap_or_default();
         if p.len() != 2 {
-            return Err(format!(
+            return Err(KindError::Option(format!(
                 "bad MAC address '{s}' (expected aa:bb:cc:dd:ee:ff)"
-            ));
+            )));
         }
-        *b = u8::from_str_radix(p, 16)
-            .map_err(|_| format!("bad MAC address '{s}' (expected aa:bb:cc:dd:ee:ff)"))?;
+        *b = u8::from_str_radix(p, 16).map_err(|_| {
+            KindError::Option(format!(
+                "bad MAC address '{s}' (expected aa:bb:cc:dd:ee:ff)"
+            ))
+        })?;
     }
     if parts.next().is_some() {
-        return Err(format!(
+        return Err(KindError::Option(format!(
             "bad MAC address '{s}' (expected aa:bb:cc:dd:ee:ff)"
-        ));
+        )));
     }
     if mac[0] & 1 != 0 || mac == [0; 6] {
-        return Err(format!(
+        return Err(KindError::Option(format!(
             "MAC address '{s}' is multicast or zero, not a card's"
-        ));
+        )));
     }
     Ok(mac)
 }

@@ -1,0 +1,143 @@
+//! Escape kinds: `escrng`, `escblk`, `escnet` get exactly the confinement
+//! of rng, blk and net (their [`Confinement`]: seccomp policy, rlimits;
+//! namespaces and the empty root as every device) around the escape model
+//! of [`crate::device`]. With `SKVM_ESCAPE_DEVICE=ACTIONS` they also take
+//! the real kind's option (`--rng`, `--disk`) and backend, and request the
+//! actions once the guest's driver has activated them, on the vCPU thread
+//! that activated them, from a wrapper around the real device handle: the
+//! transport knows nothing of it.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use devices::virtio::{VirtioDevice, DEVICE_ID_RNG};
+use vmm::kinds::{Confinement, DeviceConfig, DeviceKind, KindError, KindOption};
+use vmm::remote::{Hosted, RemoteDevice};
+use vmm::virtio_pci::{Backend, BackendError, DeviceDescription, DeviceEvents, QueueLayout};
+
+use crate::device::{Escape, ACTIONS};
+
+/// A kind confined as `real`, serving the escape model.
+pub struct EscapeKind {
+    name: String,
+    real: Arc<dyn DeviceKind>,
+    /// The actions a guest's activation sets off (`SKVM_ESCAPE_DEVICE`);
+    /// `None`: the kind has no option and is only started by name.
+    actions: Option<Vec<String>>,
+}
+
+impl EscapeKind {
+    /// `esc` + `real`'s name; with `actions`, it takes `real`'s option.
+    pub fn new(real: Arc<dyn DeviceKind>, actions: Option<Vec<String>>) -> Self {
+        Self {
+            name: format!("esc{}", real.name()),
+            real,
+            actions,
+        }
+    }
+}
+
+impl DeviceKind for EscapeKind {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The escape model is an rng-typed device with one queue.
+    fn virtio_id(&self) -> u32 {
+        DEVICE_ID_RNG
+    }
+
+    fn option(&self) -> Option<KindOption> {
+        self.actions.as_ref().and(self.real.option())
+    }
+
+    fn parse(&self, value: Option<&str>) -> Result<Option<Box<dyn DeviceConfig>>, KindError> {
+        self.real.parse(value)
+    }
+
+    /// The escape model, whatever the backend (its fds are dropped).
+    fn model(
+        &self,
+        _params: &[u8],
+        _fds: Vec<OwnedFd>,
+    ) -> Result<Box<dyn VirtioDevice>, KindError> {
+        Ok(Box::new(Escape::default()))
+    }
+
+    fn confinement(&self) -> Option<Confinement> {
+        self.real.confinement()
+    }
+
+    fn host(&self, device: RemoteDevice) -> Box<dyn Hosted> {
+        Box::new(Attacker {
+            inner: device,
+            actions: self.actions.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// A device that, once activated, is asked to attempt its actions.
+struct Attacker {
+    inner: RemoteDevice,
+    actions: Vec<String>,
+}
+
+impl Attacker {
+    /// Requests every action and logs each outcome as "escape=ACTION
+    /// device=NAME outcome=...".
+    fn attack(&mut self) {
+        // SAFETY: getpid cannot fail.
+        let me = unsafe { libc::getpid() };
+        let name = self.inner.name().to_owned();
+        for action in &self.actions {
+            let Some(index) = ACTIONS.iter().position(|a| a == action) else {
+                vmm::log::error(&format!("SKVM_ESCAPE_DEVICE: unknown action '{action}'"));
+                continue;
+            };
+            let offset = u32::try_from(index).unwrap_or(u32::MAX);
+            let outcome = match self.inner.config_write(offset, &me.to_le_bytes()) {
+                Ok(()) => "escaped".to_owned(),
+                Err(e) => format!("failed reason=\"{e}\""),
+            };
+            vmm::log::info(&format!("escape={action} device={name} outcome={outcome}"));
+        }
+    }
+}
+
+impl Backend for Attacker {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn description(&self) -> &DeviceDescription {
+        self.inner.description()
+    }
+
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), BackendError> {
+        self.inner.write_config(offset, data)
+    }
+
+    fn activate(
+        &mut self,
+        features: u64,
+        queues: &[QueueLayout],
+        events: &DeviceEvents,
+    ) -> Result<(), BackendError> {
+        self.inner.activate(features, queues, events)?;
+        self.attack();
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<(), BackendError> {
+        self.inner.reset()
+    }
+}
+
+impl Hosted for Attacker {
+    fn remote(&self) -> &RemoteDevice {
+        &self.inner
+    }
+    fn remote_mut(&mut self) -> &mut RemoteDevice {
+        &mut self.inner
+    }
+}

@@ -1,0 +1,175 @@
+//! `skvm-escape`: skvm with the escape suite's attacks built in, for
+//! `guest-tests/tests/escape.rs` only. It is the `vmm` library's command
+//! line with three additions, none of them in the `skvm` people run:
+//!
+//! - device kinds `escrng`, `escblk` and `escnet` ([`kinds`]), confined
+//!   exactly as rng, blk and net, whose model attempts a hostile action on
+//!   request ([`device`]);
+//! - `skvm-escape attempt --device escrng0 [--seccomp MODE] ACTION`: starts
+//!   one as `skvm run` starts a device and has it attempt ACTION;
+//! - `SKVM_ESCAPE_DEVICE=ACTIONS skvm-escape run ...`: the rng and disks are
+//!   escape devices that attempt ACTIONS when the guest activates them;
+//!   `SKVM_ESCAPE_VMM=ACTION`: a VMM thread attempts ACTION right after the
+//!   VMM's filter is installed ([`vmm_attack`]).
+
+mod device;
+mod kinds;
+mod vmm_attack;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use vmm::config::VmConfig;
+use vmm::device_host::spawner::{SingleThreaded, Spawner};
+use vmm::device_host::{greet, start_device, DeviceMode, SandboxOpts, SeccompMode};
+use vmm::exit::ExitReason;
+use vmm::kinds::Registry;
+use vmm::memory::GuestRam;
+
+use kinds::EscapeKind;
+
+/// The kinds: skvm's, and the escape kinds. With `SKVM_ESCAPE_DEVICE` the
+/// rng and blk kinds are replaced by escape kinds that take their options.
+fn registry() -> Registry {
+    let std = Registry::standard();
+    let kind = |name: &str| std.get(name);
+    let (Some(rng), Some(blk), Some(net)) = (kind("rng"), kind("blk"), kind("net")) else {
+        return std;
+    };
+    match std::env::var("SKVM_ESCAPE_DEVICE") {
+        Ok(list) => {
+            let actions: Vec<String> = if list == "all" {
+                device::ACTIONS.iter().map(|a| (*a).to_owned()).collect()
+            } else {
+                list.split(',').map(str::to_owned).collect()
+            };
+            std.replace("rng", EscapeKind::new(rng, Some(actions.clone())))
+                .replace("blk", EscapeKind::new(blk, Some(actions)))
+                .with(EscapeKind::new(net, None))
+        }
+        Err(_) => std
+            .with(EscapeKind::new(rng, None))
+            .with(EscapeKind::new(blk, None))
+            .with(EscapeKind::new(net, None)),
+    }
+}
+
+/// `vmm::vm::run` with the VMM attack between the filter and the vCPUs.
+fn run(cfg: &VmConfig) -> Result<ExitReason> {
+    let single = SingleThreaded::claim()?;
+    let built = vmm::vm::check_host(cfg)?.spawn(single)?.build()?;
+    let pending = vmm_attack::prepare();
+    let confined = built.confine()?;
+    if let Some(p) = pending {
+        p.run();
+    }
+    Ok(confined.start()?.wait())
+}
+
+/// `skvm-escape attempt`.
+#[derive(Debug, Parser)]
+#[command(name = "skvm-escape attempt")]
+struct Attempt {
+    /// The escape device: escrng0, escblk0 or escnet0.
+    #[arg(long)]
+    device: String,
+    /// Its seccomp mode.
+    #[arg(long, value_enum, default_value_t = SeccompMode::Kill)]
+    seccomp: SeccompMode,
+    /// The action (see `device::ACTIONS`).
+    action: String,
+}
+
+/// Starts the escape device as `skvm run` would start a device, has it
+/// attempt the action, and prints "escape=ACTION device=NAME outcome=...".
+fn attempt(args: &Attempt, kinds: &Registry) -> Result<()> {
+    let index = device::ACTIONS
+        .iter()
+        .position(|a| *a == args.action)
+        .with_context(|| {
+            format!(
+                "unknown action '{}'; actions: {}",
+                args.action,
+                device::ACTIONS.join(" ")
+            )
+        })?;
+    let kind = kinds
+        .kind_of(&args.device)
+        .filter(|k| k.name().starts_with("esc"))
+        .context("--device needs an escape device (escrng0, escblk0, escnet0)")?;
+    let single = SingleThreaded::claim()?;
+    let spawner = Spawner::start(&single)?;
+    let ram = GuestRam::new(1 << 20).context("cannot create driver memory")?;
+    let sandbox = SandboxOpts {
+        seccomp: args.seccomp,
+        ..SandboxOpts::default()
+    };
+    let started = start_device(
+        Some(&spawner),
+        DeviceMode::Process,
+        &args.device,
+        Arc::clone(&kind),
+        sandbox,
+    )?;
+    let backend = ipc::Backend {
+        kind: kind.name().to_owned(),
+        params: Vec::new(),
+        fds: 0,
+    };
+    let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
+    let mut dev = greet(
+        &args.device,
+        (started.chan, started.pid),
+        kind.as_ref(),
+        (&backend, &[]),
+        &memory,
+    )?;
+    // SAFETY: getpid cannot fail.
+    let me = unsafe { libc::getpid() };
+    let outcome = match dev.config_write(u32::try_from(index)?, &me.to_le_bytes()) {
+        Ok(()) => "outcome=escaped".to_owned(),
+        Err(e) if !dev.is_dead() => format!("outcome=refused reason=\"{e}\""),
+        Err(_) => match wait_exit(&spawner) {
+            Some(s) if libc::WIFSIGNALED(s) => {
+                format!("outcome=killed signal={}", libc::WTERMSIG(s))
+            }
+            Some(s) => format!("outcome=exited status={}", libc::WEXITSTATUS(s)),
+            None => "outcome=unknown".to_owned(),
+        },
+    };
+    // The VMM side carries on: the device is shut down cleanly if alive.
+    dev.shutdown();
+    println!("escape={} device={} {outcome}", args.action, args.device);
+    Ok(())
+}
+
+/// The wait status of the device process, once the spawner reports it.
+fn wait_exit(spawner: &Spawner) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Some(x) = spawner.next_exit() {
+            return Some(x.status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+fn main() -> ExitCode {
+    let kinds = registry();
+    let mut args = std::env::args();
+    if args.nth(1).as_deref() == Some("attempt") {
+        let parsed = Attempt::parse_from(std::env::args().skip(1));
+        return match attempt(&parsed, &kinds) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                vmm::log::error(&format!("{e:#}"));
+                ExitCode::from(1)
+            }
+        };
+    }
+    vmm::cli::main_with(&kinds, run)
+}
