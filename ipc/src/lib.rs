@@ -50,7 +50,8 @@ pub mod wire;
 
 pub use channel::Channel;
 pub use wire::{
-    Backend, DeviceInfo, DeviceState, MemRegion, QueueLayout, QueueState, Reply, Request,
+    Backend, DeviceInfo, DeviceState, IdMap, Jail, Limit, MemRegion, QueueLayout, QueueState,
+    Reply, Request, SeccompAction, SpawnRequest, SpawnerReply,
 };
 
 /// Version of the protocol; both ends must speak the same.

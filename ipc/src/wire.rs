@@ -20,11 +20,13 @@ use crate::{
 };
 
 mod backend;
+pub mod spawn;
 
 pub use backend::{valid_kind, Backend, MAX_BACKEND_FDS, MAX_KIND, MAX_PARAMS};
+pub use spawn::{IdMap, Jail, Limit, SeccompAction, SpawnRequest, SpawnerReply};
 
 const MAGIC: u32 = 0x4d56_4b53;
-const HEADER: usize = 12;
+pub(crate) const HEADER: usize = 12;
 
 const HELLO: u16 = 1;
 const CONFIG_READ: u16 = 2;
@@ -319,7 +321,7 @@ pub fn forbidden_syscall_message(nr: u32) -> [u8; FORBIDDEN_SYSCALL_BYTES] {
 }
 
 /// Appends fields to a message under construction.
-struct Writer {
+pub(crate) struct Writer {
     buf: Vec<u8>,
 }
 
@@ -364,7 +366,7 @@ impl Writer {
 }
 
 /// Takes fields off a received payload.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     rest: &'a [u8],
 }
 

@@ -63,7 +63,7 @@ pub fn main() -> ExitCode {
 /// The `skvm` command line over the device kinds `kinds`, with `runner`
 /// running VMs.
 pub fn main_with(kinds: &Registry, runner: Runner) -> ExitCode {
-    // Device processes are this binary exec'd as `skvm-dev NAME KIND ...`.
+    // Device processes are this binary exec'd as `skvm-dev NAME KIND JAIL`.
     let mut args = std::env::args_os();
     if args
         .next()
@@ -74,14 +74,13 @@ pub fn main_with(kinds: &Registry, runner: Runner) -> ExitCode {
                 .and_then(|n| n.into_string().ok())
                 .unwrap_or_default()
         };
-        let (name, kind, seccomp, ns) = (next(), next(), next(), next());
+        let (name, kind, jail) = (next(), next(), next());
         device_host::process_main(
             kinds,
             device_host::DeviceArgs {
                 name: &name,
                 kind: &kind,
-                seccomp: &seccomp,
-                ns: &ns,
+                jail: &jail,
             },
         );
     }

@@ -17,6 +17,7 @@
 //! guest (`reset`) or stops the VM (`exit`). A running device can also be
 //! paused, saved and replaced on request ([`DeviceHost::restart`]).
 
+pub mod jail;
 pub mod policy;
 mod process;
 pub mod spawner;
@@ -40,8 +41,7 @@ use crate::pci::PciBus;
 use crate::remote::{DeviceEvent, DeviceMemory, Expected, Hosted, RemoteDevice};
 use crate::virtio_pci::{DriverState, VirtioPci};
 pub use process::{process_main, DeviceArgs};
-use sandbox::seccomp::Violation;
-use spawner::{SingleThreaded, SpawnFlags, Spawner};
+use spawner::{SingleThreaded, Spawner};
 
 /// Where device models run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,16 +74,6 @@ pub enum SeccompMode {
     Trap,
     /// The kernel logs the syscall and allows it. For debugging.
     Log,
-}
-
-impl SeccompMode {
-    fn violation(self) -> Violation {
-        match self {
-            SeccompMode::Kill => Violation::Kill,
-            SeccompMode::Trap => Violation::Trap,
-            SeccompMode::Log => Violation::Log,
-        }
-    }
 }
 
 /// Whether devices may run without namespaces where the host forbids them.
@@ -747,48 +737,43 @@ pub fn start_device(
     sandbox: SandboxOpts,
 ) -> Result<Started> {
     let (vmm_end, device_end) = Channel::pair().context("cannot create control socket")?;
-    match (spawner, mode) {
-        (Some(s), DeviceMode::Process) => {
-            let mut how = SpawnFlags {
-                namespaces: !sandbox.unconfined,
-                seccomp: (!sandbox.unconfined).then(|| sandbox.seccomp.violation()),
-            };
-            let control = OwnedFd::from(device_end);
-            let copy = control
-                .try_clone()
-                .context("cannot duplicate control socket")?;
-            let pid = match s.spawn(name, kind.name(), control, how) {
-                Ok(pid) => pid,
-                Err(e) if sandbox.degraded == Degraded::Allow => {
-                    log::warn(&format!(
-                        "device {name}: {e:#}; running it WITHOUT namespaces or its \
-                         empty root (--sandbox-degraded allow): seccomp, no capabilities and \
-                         rlimits only"
-                    ));
-                    how.namespaces = false;
-                    s.spawn(name, kind.name(), copy, how)
-                        .with_context(|| format!("device {name}: cannot start"))?
-                }
-                Err(e) => {
-                    return Err(e.context(format!(
-                        "device {name}: cannot be confined on this host (a container?); \
-                         `skvm sandbox check` shows what works, and --sandbox-degraded allow \
-                         runs devices without namespaces"
-                    )))
-                }
-            };
-            Ok(Started {
-                chan: vmm_end,
-                pid: Some(pid),
-                thread: None,
-            })
-        }
-        _ => Ok(Started {
+    let (Some(s), DeviceMode::Process, Some(c)) = (spawner, mode, kind.confinement()) else {
+        return Ok(Started {
             chan: vmm_end,
             pid: None,
             thread: Some(start_thread(name, kind, device_end)?),
-        }),
-    }
+        });
+    };
+    let control = OwnedFd::from(device_end);
+    let copy = control
+        .try_clone()
+        .context("cannot duplicate control socket")?;
+    let full = jail::for_kind(&c, sandbox, true);
+    let pid = match s.spawn(name, kind.name(), control, &full) {
+        Ok(pid) => pid,
+        Err(e) if sandbox.degraded == Degraded::Allow && full.namespaces.is_some() => {
+            log::warn(&format!(
+                "device {name}: {e:#}; running it WITHOUT namespaces or its \
+                 empty root (--sandbox-degraded allow): seccomp, no capabilities and \
+                 rlimits only"
+            ));
+            let degraded = jail::for_kind(&c, sandbox, false);
+            s.spawn(name, kind.name(), copy, &degraded)
+                .with_context(|| format!("device {name}: cannot start"))?
+        }
+        Err(e) => {
+            return Err(e.context(format!(
+                "device {name}: cannot be confined on this host (a container?); \
+                 `skvm sandbox check` shows what works, and --sandbox-degraded allow \
+                 runs devices without namespaces"
+            )))
+        }
+    };
+    Ok(Started {
+        chan: vmm_end,
+        pid: Some(pid),
+        thread: None,
+    })
 }
 
 fn start_thread(name: &str, kind: Arc<dyn DeviceKind>, chan: Channel) -> Result<JoinHandle<()>> {

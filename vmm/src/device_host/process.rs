@@ -1,5 +1,5 @@
-//! The device process: `skvm-dev NAME`, exec'd by the spawner. It closes
-//! every fd but its control socket, confines itself (empty root, no new
+//! The device process: `skvm-dev NAME KIND JAIL`, exec'd by the spawner.
+//! It applies the rest of its jail (`super::jail`: fds, empty root, no new
 //! privileges, no capabilities, rlimits), serves the device with the same
 //! worker loop as a device thread and installs its seccomp filter after the
 //! hello; with `--seccomp trap` a SIGSYS handler reports forbidden calls to
@@ -8,12 +8,10 @@
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use ipc::Channel;
-use sandbox::seccomp::Violation;
+use ipc::{Channel, SeccompAction};
 
-use super::spawner::{self, SpawnFlags};
-use super::{policy, worker};
-use crate::kinds::{Confinement, Registry};
+use super::{jail, worker};
+use crate::kinds::Registry;
 
 /// Where the trap-mode SIGSYS handler reports (the control socket).
 static TRAP_REPORT_FD: AtomicI32 = AtomicI32::new(-1);
@@ -67,35 +65,21 @@ fn install_trap_handler(control: RawFd) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Steps 3 to 6 of the confinement (see `sandbox::jail`): the empty root
-/// (with namespaces), no_new_privs, no capabilities, rlimits. Seccomp comes
-/// after the hello.
-fn confine_process(c: &Confinement, namespaces: bool) -> std::io::Result<()> {
-    if namespaces {
-        sandbox::jail::enter_empty_root()?;
-    }
-    sandbox::jail::no_new_privs()?;
-    sandbox::jail::drop_capabilities()?;
-    sandbox::jail::limit_resources(&sandbox::jail::device_limits(c.writes_files))
-}
-
-/// What the spawner put on a device process's command line after argv[0]
-/// ([`SpawnFlags::args`]).
+/// What the spawner put on a device process's command line after argv[0].
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceArgs<'a> {
     /// The device's name ("rng0").
     pub name: &'a str,
     /// Its kind ("rng").
     pub kind: &'a str,
-    /// The seccomp mode.
-    pub seccomp: &'a str,
-    /// Namespaces or not.
-    pub ns: &'a str,
+    /// Its jail (`jail::to_arg`).
+    pub jail: &'a str,
 }
 
-/// `main` of a device process (`skvm-dev NAME KIND SECCOMP NS`, control
-/// socket on fd 3), whose kind is looked up in `kinds`. Ends with `_exit`:
-/// the runtime's own teardown makes syscalls (sigaltstack) no device policy
+/// `main` of a device process (`skvm-dev NAME KIND JAIL`, control socket
+/// on fd 3), whose kind is looked up in `kinds`: stage 2 of its jail, the
+/// worker loop with stage 3 after the hello. Ends with `_exit`: the
+/// runtime's own teardown makes syscalls (sigaltstack) no device policy
 /// allows.
 pub fn process_main(kinds: &Registry, args: DeviceArgs<'_>) -> ! {
     let code = device_main(kinds, args);
@@ -105,53 +89,34 @@ pub fn process_main(kinds: &Registry, args: DeviceArgs<'_>) -> ! {
 }
 
 fn device_main(kinds: &Registry, args: DeviceArgs<'_>) -> i32 {
-    let DeviceArgs {
-        name,
-        kind,
-        seccomp,
-        ns,
-    } = args;
+    let name = args.name;
     sandbox::process::set_name(&format!("skvm-dev {name}"));
     // Past the file-size limit (no regular file is writable, stderr
     // included), a write fails with EFBIG instead of killing the device.
     // SAFETY: sets a signal's disposition to ignore.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
-    let found = kinds.get(kind);
-    let confinement = found.as_ref().and_then(|k| k.confinement());
-    let (Some(kind), Some(confinement), Some(how)) =
-        (found, confinement, SpawnFlags::from_args(seccomp, ns))
-    else {
-        eprintln!("skvm-dev {name}: unknown device kind or options (run by skvm only)");
+    let (Some(kind), Ok(jail)) = (kinds.get(args.kind), jail::from_arg(args.jail)) else {
+        eprintln!("skvm-dev {name}: unknown device kind or jail (run by skvm only)");
         return 1;
     };
-    let mut policy = policy::for_confinement(&confinement);
     // SAFETY: F_GETFD only queries the fd number.
-    if unsafe { libc::fcntl(spawner::DEVICE_CONTROL_FD, libc::F_GETFD) } < 0 {
+    if unsafe { libc::fcntl(jail::CONTROL_FD, libc::F_GETFD) } < 0 {
         eprintln!("skvm-dev {name}: no control socket (run by skvm only)");
         return 1;
     }
-    let closed = sandbox::process::close_fds_except(&[0, 1, 2, spawner::DEVICE_CONTROL_FD]);
-    let confined = match how.seccomp {
-        Some(_) => closed.and_then(|()| confine_process(&confinement, how.namespaces)),
-        None => closed,
-    };
-    if let Err(e) = confined {
+    if let Err(e) = jail::after_exec(&jail) {
         eprintln!("skvm-dev {name}: cannot confine the process: {e}");
         return 1;
     }
     // SAFETY: the spawner put the control socket on this fd for us alone.
-    let chan = Channel::from_fd(unsafe { OwnedFd::from_raw_fd(spawner::DEVICE_CONTROL_FD) });
-    if how.seccomp == Some(Violation::Trap) {
-        if let Err(e) = install_trap_handler(spawner::DEVICE_CONTROL_FD) {
+    let chan = Channel::from_fd(unsafe { OwnedFd::from_raw_fd(jail::CONTROL_FD) });
+    if jail.seccomp == Some(SeccompAction::Trap) {
+        if let Err(e) = install_trap_handler(jail::CONTROL_FD) {
             eprintln!("skvm-dev {name}: cannot install the SIGSYS handler: {e}");
             return 1;
         }
-        policy.extend(policy::TRAP_EXTRA);
     }
-    let confine = || match how.seccomp {
-        Some(v) => policy.install(v).map_err(worker::ConfineError::from),
-        None => Ok(()),
-    };
+    let confine = || jail::after_hello(&jail, kind.as_ref()).map_err(worker::ConfineError::from);
     match worker::serve(&chan, kind.as_ref(), name, confine) {
         Ok(()) => 0,
         Err(e) => {

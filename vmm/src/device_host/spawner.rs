@@ -11,7 +11,10 @@
 //! device outlives skvm however skvm ends.
 //!
 //! Requests and replies travel on one SOCK_SEQPACKET socket, exit reports on
-//! another; both carry fixed-size records.
+//! another, in the ipc crate's format (`ipc::wire::spawn`): a request names
+//! the device, its kind and its [`Jail`], which the spawner checks, applies
+//! the first stage of (namespaces, fds) and hands on to the device process
+//! on its command line (`super::jail`).
 //!
 //! Device processes log on stderr, skvm's own. When that is a regular file
 //! (`skvm run 2>log`), a device process could not write it (its file-size
@@ -25,99 +28,18 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use sandbox::jail;
-use sandbox::seccomp::Violation;
+use ipc::{Jail, SpawnRequest, SpawnerReply};
+
+use super::jail;
 
 /// argv[0] of device processes; `main` recognises it.
 pub const DEVICE_ARGV0: &str = "skvm-dev";
 /// The fd a device process finds its control socket on.
-pub const DEVICE_CONTROL_FD: RawFd = 3;
-const RECORD: usize = 64;
-const NAME_MAX: usize = 32;
-const KIND_MAX: usize = 16;
-const KIND_SPAWN: u32 = 1;
-const KIND_SPAWNED: u32 = 2;
-const KIND_FAILED: u32 = 3;
-const KIND_EXITED: u32 = 4;
+pub const DEVICE_CONTROL_FD: RawFd = jail::CONTROL_FD;
+/// Largest spawner message.
+const MESSAGE_MAX: usize = 256;
 /// How long a spawn may take before the VMM gives up on the spawner.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How a device process is confined, as the spawner is asked for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpawnFlags {
-    /// New user, pid, mount, net, ipc and uts namespaces and an empty root.
-    pub namespaces: bool,
-    /// What the seccomp filter does on a forbidden syscall; `None`: no
-    /// confinement at all beyond closing fds (no seccomp, capabilities or
-    /// rlimits, and no namespaces), for `skvm drive --unconfined`, which
-    /// measures what the sandbox costs.
-    pub seccomp: Option<Violation>,
-}
-
-impl SpawnFlags {
-    fn encode(self) -> i32 {
-        let mode = match self.seccomp {
-            Some(Violation::Kill) => 0,
-            Some(Violation::Trap) => 1,
-            Some(Violation::Log) => 2,
-            None => 3,
-        };
-        i32::from(self.namespaces) | mode << 1
-    }
-
-    fn decode(v: i32) -> Option<Self> {
-        let seccomp = match (v >> 1) & 3 {
-            0 => Some(Violation::Kill),
-            1 => Some(Violation::Trap),
-            2 => Some(Violation::Log),
-            _ => None,
-        };
-        let f = Self {
-            namespaces: v & 1 != 0,
-            seccomp,
-        };
-        (v & !7 == 0 && f.valid()).then_some(f)
-    }
-
-    /// Unconfined processes get no namespaces either.
-    fn valid(self) -> bool {
-        self.seccomp.is_some() || !self.namespaces
-    }
-
-    /// The arguments after `skvm-dev NAME` that tell the device process.
-    pub fn args(self) -> [&'static str; 2] {
-        [
-            match self.seccomp {
-                Some(Violation::Kill) => "kill",
-                Some(Violation::Trap) => "trap",
-                Some(Violation::Log) => "log",
-                None => "unconfined",
-            },
-            if self.namespaces { "ns" } else { "no-ns" },
-        ]
-    }
-
-    /// Parses what [`SpawnFlags::args`] produced.
-    pub fn from_args(seccomp: &str, ns: &str) -> Option<Self> {
-        let seccomp = match seccomp {
-            "kill" => Some(Violation::Kill),
-            "trap" => Some(Violation::Trap),
-            "log" => Some(Violation::Log),
-            "unconfined" => None,
-            _ => return None,
-        };
-        let namespaces = match ns {
-            "ns" => true,
-            "no-ns" => false,
-            _ => return None,
-        };
-        let f = Self {
-            namespaces,
-            seccomp,
-        };
-        f.valid().then_some(f)
-    }
-}
 
 /// Proof that this process has a single thread: forking it is safe. Only
 /// [`SingleThreaded::claim`] makes one, once per process, after checking
@@ -172,56 +94,11 @@ pub struct Exited {
     pub status: libc::c_int,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Record {
-    kind: u32,
-    pid: i32,
-    value: i32,
-    name: String,
-    device_kind: String,
-}
-
-impl Record {
-    fn encode(&self) -> [u8; RECORD] {
-        let mut b = [0u8; RECORD];
-        b[0..4].copy_from_slice(&self.kind.to_le_bytes());
-        b[4..8].copy_from_slice(&self.pid.to_le_bytes());
-        b[8..12].copy_from_slice(&self.value.to_le_bytes());
-        let name = self.name.as_bytes();
-        let n = name.len().min(NAME_MAX);
-        b[12] = u8::try_from(n).unwrap_or(0);
-        b[16..16 + n].copy_from_slice(&name[..n]);
-        let kind = self.device_kind.as_bytes();
-        let k = kind.len().min(KIND_MAX);
-        b[13] = u8::try_from(k).unwrap_or(0);
-        b[48..48 + k].copy_from_slice(&kind[..k]);
-        b
-    }
-
-    fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != RECORD {
-            return None;
-        }
-        let word = |i: usize| -> Option<[u8; 4]> { b.get(i..i + 4)?.try_into().ok() };
-        let n = usize::from(*b.get(12)?);
-        let name = std::str::from_utf8(b.get(16..16 + n.min(NAME_MAX))?).ok()?;
-        let k = usize::from(*b.get(13)?);
-        let device_kind = std::str::from_utf8(b.get(48..48 + k.min(KIND_MAX))?).ok()?;
-        Some(Self {
-            kind: u32::from_le_bytes(word(0)?),
-            pid: i32::from_le_bytes(word(4)?),
-            value: i32::from_le_bytes(word(8)?),
-            name: name.to_owned(),
-            device_kind: device_kind.to_owned(),
-        })
-    }
-}
-
 /// Whether `name` is a valid device name: short, lowercase letters and
 /// digits, starting with a letter.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= NAME_MAX
+        && name.len() <= ipc::wire::spawn::MAX_NAME
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()
@@ -280,42 +157,41 @@ impl Spawner {
     }
 
     /// Starts device process `name` of kind `kind` with `control` as its
-    /// control socket, confined as `how` says. An `io::Error` in the chain
+    /// control socket, confined as `jail` says. An `io::Error` in the chain
     /// is the errno of the failed fork or clone.
     pub fn spawn(
         &self,
         name: &str,
         kind: &str,
         control: OwnedFd,
-        how: SpawnFlags,
+        jail: &Jail,
     ) -> Result<libc::pid_t> {
         if !valid_name(name) || !ipc::wire::valid_kind(kind) {
             bail!("invalid device name '{name}' or kind '{kind}'");
         }
-        let req = Record {
-            kind: KIND_SPAWN,
-            pid: 0,
-            value: how.encode(),
+        let req = SpawnRequest {
             name: name.to_owned(),
-            device_kind: kind.to_owned(),
+            kind: kind.to_owned(),
+            jail: jail.clone(),
         };
+        let bytes = req.encode().context("bad spawn request")?;
         let sock = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        ipc::fdpass::send(sock.as_fd(), &req.encode(), &[control.as_fd()])
+        ipc::fdpass::send(sock.as_fd(), &bytes, &[control.as_fd()])
             .context("cannot reach the spawner")?;
         drop(control);
-        let mut buf = [0u8; RECORD];
+        let mut buf = [0u8; MESSAGE_MAX];
         let (n, fds) = ipc::fdpass::recv(sock.as_fd(), &mut buf, 0, Some(SPAWN_TIMEOUT))
             .context("no answer from the spawner")?;
         drop(fds);
-        match Record::decode(buf.get(..n).unwrap_or_default()) {
-            Some(r) if r.kind == KIND_SPAWNED => Ok(r.pid),
-            Some(r) if r.kind == KIND_FAILED => {
-                let what = if how.namespaces {
+        match SpawnerReply::decode(buf.get(..n).unwrap_or_default()) {
+            Ok(SpawnerReply::Spawned { pid }) => Ok(pid),
+            Ok(SpawnerReply::Failed { errno }) => {
+                let what = if jail.namespaces.is_some() {
                     "cannot create the device process in its namespaces"
                 } else {
                     "cannot fork the device process"
                 };
-                Err(io::Error::from_raw_os_error(r.value)).context(what)
+                Err(io::Error::from_raw_os_error(errno)).context(what)
             }
             _ => bail!("bad answer from the spawner"),
         }
@@ -328,14 +204,13 @@ impl Spawner {
 
     /// The next exit report, if one is waiting.
     pub fn next_exit(&self) -> Option<Exited> {
-        let mut buf = [0u8; RECORD];
+        let mut buf = [0u8; MESSAGE_MAX];
         let (n, _fds) =
             ipc::fdpass::recv(self.events.as_fd(), &mut buf, 0, Some(Duration::ZERO)).ok()?;
-        let r = Record::decode(buf.get(..n)?)?;
-        (r.kind == KIND_EXITED).then_some(Exited {
-            pid: r.pid,
-            status: r.value,
-        })
+        match SpawnerReply::decode(buf.get(..n)?).ok()? {
+            SpawnerReply::Exited { pid, status } => Some(Exited { pid, status }),
+            _ => None,
+        }
     }
 }
 
@@ -508,97 +383,77 @@ fn report_exits(events: &OwnedFd) {
         if pid <= 0 {
             return;
         }
-        let r = Record {
-            kind: KIND_EXITED,
-            pid,
-            value: status,
-            name: String::new(),
-            device_kind: String::new(),
-        };
-        let _ = ipc::fdpass::send(events.as_fd(), &r.encode(), &[]);
+        if let Ok(b) = (SpawnerReply::Exited { pid, status }).encode() {
+            let _ = ipc::fdpass::send(events.as_fd(), &b, &[]);
+        }
     }
 }
 
 /// Serves one request; false when the VMM hung up. `log` becomes the
 /// stderr of a device process started.
 fn serve_request(requests: &OwnedFd, log: Option<BorrowedFd<'_>>) -> bool {
-    let mut buf = [0u8; RECORD];
+    let mut buf = [0u8; MESSAGE_MAX];
     let (n, mut fds) = match ipc::fdpass::recv(requests.as_fd(), &mut buf, 1, None) {
         Ok(r) => r,
         Err(ipc::IpcError::Closed) => return false,
         Err(_) => return true,
     };
-    let reply = match (Record::decode(buf.get(..n).unwrap_or_default()), fds.pop()) {
+    let request = SpawnRequest::decode(buf.get(..n).unwrap_or_default()).ok();
+    let reply = match (request, fds.pop()) {
         (Some(r), Some(control))
-            if r.kind == KIND_SPAWN
-                && valid_name(&r.name)
-                && ipc::wire::valid_kind(&r.device_kind) =>
+            if valid_name(&r.name)
+                && ipc::wire::valid_kind(&r.kind)
+                && jail::acceptable(&r.jail) =>
         {
-            let result = match SpawnFlags::decode(r.value) {
-                Some(how) => fork_device((&r.name, &r.device_kind), &control, how, log),
-                None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
-            };
-            match result {
-                Ok(pid) => Record {
-                    kind: KIND_SPAWNED,
-                    pid,
-                    value: 0,
-                    name: r.name,
-                    device_kind: String::new(),
-                },
-                Err(e) => Record {
-                    kind: KIND_FAILED,
-                    pid: 0,
-                    value: e.raw_os_error().unwrap_or(libc::EIO),
-                    name: r.name,
-                    device_kind: String::new(),
+            match fork_device(&r, &control, log) {
+                Ok(pid) => SpawnerReply::Spawned { pid },
+                Err(e) => SpawnerReply::Failed {
+                    errno: e.raw_os_error().unwrap_or(libc::EIO),
                 },
             }
         }
-        _ => Record {
-            kind: KIND_FAILED,
-            pid: 0,
-            value: libc::EINVAL,
-            name: String::new(),
-            device_kind: String::new(),
+        _ => SpawnerReply::Failed {
+            errno: libc::EINVAL,
         },
     };
-    ipc::fdpass::send(requests.as_fd(), &reply.encode(), &[]).is_ok()
+    match reply.encode() {
+        Ok(b) => ipc::fdpass::send(requests.as_fd(), &b, &[]).is_ok(),
+        Err(_) => true,
+    }
 }
 
-/// Forks (or, with namespaces, clones) and execs device process `name`.
-/// With namespaces, the child waits until its user namespace's id maps are
-/// written, then becomes its namespace's root, which is an unprivileged
-/// user outside. Its stderr is `log` when given, else the spawner's.
+/// Stage 1 of `r.jail`: forks (or, with namespaces, clones) and execs
+/// device process `r.name` as `skvm-dev NAME KIND JAIL`. With namespaces,
+/// the child waits until its user namespace's id maps are written, then
+/// becomes its namespace's root, which is an unprivileged user outside. Its
+/// stderr is `log` when given, else the spawner's.
 fn fork_device(
-    (name, kind): (&str, &str),
+    r: &SpawnRequest,
     control: &OwnedFd,
-    how: SpawnFlags,
     log: Option<BorrowedFd<'_>>,
 ) -> io::Result<libc::pid_t> {
     let exe = c"/proc/self/exe";
-    let argv0 = CString::new(DEVICE_ARGV0).map_err(io::Error::other)?;
-    let argv1 = CString::new(name).map_err(io::Error::other)?;
-    let argv2 = CString::new(kind).map_err(io::Error::other)?;
-    let [a3, a4] = how.args();
-    let argv3 = CString::new(a3).map_err(io::Error::other)?;
-    let argv4 = CString::new(a4).map_err(io::Error::other)?;
+    let jail_arg = jail::to_arg(&r.jail).map_err(io::Error::other)?;
+    let args = [DEVICE_ARGV0, &r.name, &r.kind, &jail_arg]
+        .map(|a| CString::new(a).map_err(io::Error::other));
+    let [Ok(argv0), Ok(argv1), Ok(argv2), Ok(argv3)] = args else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
     let argv = [
         argv0.as_ptr(),
         argv1.as_ptr(),
         argv2.as_ptr(),
         argv3.as_ptr(),
-        argv4.as_ptr(),
         std::ptr::null(),
     ];
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
     let (sync_rd, sync_wr) = sandbox::process::pipe()?;
-    let (uid, gid) = jail::outside_ids();
+    let namespaces = r.jail.namespaces;
     // SAFETY: the spawner is single-threaded; the child only makes syscalls
     // on memory prepared above and then execs or exits.
     let pid = unsafe {
-        if how.namespaces {
-            jail::clone_into_namespaces(jail::NAMESPACES)?
+        if namespaces.is_some() {
+            sandbox::jail::clone_into_namespaces(sandbox::jail::NAMESPACES)?
         } else {
             let pid = libc::fork();
             if pid < 0 {
@@ -609,13 +464,13 @@ fn fork_device(
     };
     if pid > 0 {
         drop(sync_rd);
-        if how.namespaces {
+        if let Some(map) = namespaces {
             // Root inside a container may have no "nobody" to map to: map
             // to itself then.
             // SAFETY: geteuid and getegid cannot fail.
             let (own_uid, own_gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-            let mapped = jail::write_id_maps(pid, uid, gid)
-                .or_else(|_| jail::write_id_maps(pid, own_uid, own_gid));
+            let mapped = sandbox::jail::write_id_maps(pid, map.uid, map.gid)
+                .or_else(|_| sandbox::jail::write_id_maps(pid, own_uid, own_gid));
             if let Err(e) = mapped {
                 // SAFETY: kills and reaps the child we just made.
                 unsafe {
@@ -646,7 +501,8 @@ fn fork_device(
         if libc::read(sync_rd.as_raw_fd(), std::ptr::from_mut(&mut byte).cast(), 1) != 1 {
             libc::_exit(126);
         }
-        if how.namespaces && (libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0) {
+        if namespaces.is_some() && (libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0)
+        {
             libc::_exit(126);
         }
         // A change of effective ids clears the parent-death signal: set it
@@ -667,7 +523,7 @@ fn fork_device(
             libc::dup2(null, 0);
             libc::dup2(null, 1);
         }
-        if sandbox::process::close_fds_except(&[0, 1, 2, DEVICE_CONTROL_FD]).is_err() {
+        if sandbox::process::close_fds_except(&jail::DEVICE_FDS).is_err() {
             libc::_exit(126);
         }
         libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
@@ -678,57 +534,6 @@ fn fork_device(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn records_round_trip() {
-        let r = Record {
-            kind: KIND_SPAWN,
-            pid: 42,
-            value: -1,
-            name: "rng0".into(),
-            device_kind: "rng".into(),
-        };
-        assert_eq!(Record::decode(&r.encode()), Some(r));
-    }
-
-    #[test]
-    fn short_or_bad_records_are_rejected() {
-        assert_eq!(Record::decode(&[0; 10]), None);
-        let mut b = [0u8; RECORD];
-        b[12] = 40;
-        b[16..48].fill(0xff);
-        b[13] = 0;
-        assert_eq!(Record::decode(&b), None);
-    }
-
-    #[test]
-    fn spawn_flags_round_trip() {
-        for namespaces in [false, true] {
-            for seccomp in [Violation::Kill, Violation::Trap, Violation::Log] {
-                let f = SpawnFlags {
-                    namespaces,
-                    seccomp: Some(seccomp),
-                };
-                assert_eq!(SpawnFlags::decode(f.encode()), Some(f));
-                let [a, b] = f.args();
-                assert_eq!(SpawnFlags::from_args(a, b), Some(f));
-            }
-        }
-        let unconfined = SpawnFlags {
-            namespaces: false,
-            seccomp: None,
-        };
-        assert_eq!(SpawnFlags::decode(unconfined.encode()), Some(unconfined));
-        assert_eq!(
-            SpawnFlags::from_args("unconfined", "no-ns"),
-            Some(unconfined)
-        );
-        // Namespaces without the rest is not a combination skvm asks for.
-        assert_eq!(SpawnFlags::decode(7), None);
-        assert_eq!(SpawnFlags::from_args("unconfined", "ns"), None);
-        assert_eq!(SpawnFlags::decode(8), None);
-        assert_eq!(SpawnFlags::from_args("allow", "ns"), None);
-    }
 
     #[test]
     fn a_multi_threaded_process_gets_no_token() {

@@ -1,0 +1,231 @@
+//! A device process's confinement as one value ([`ipc::Jail`]) applied in
+//! named stages, each failing with a [`JailError`] that says which step:
+//!
+//! 1. **before exec**, in the spawner's child (`spawner.rs`): the process
+//!    is cloned into new user, pid, mount, net, ipc and uts namespaces and
+//!    its root mapped to an unprivileged host user; it keeps only
+//!    [`DEVICE_FDS`] (stdin and stdout on /dev/null, stderr, the control
+//!    socket), dies with the spawner, and execs with an empty environment;
+//! 2. **after exec** ([`after_exec`]): every other fd closed again, the
+//!    empty read-only root, no_new_privs, no capabilities, rlimits;
+//! 3. **after hello** ([`after_hello`]): the kind's seccomp policy, last
+//!    (the model is built from the hello's backend first).
+//!
+//! The VMM describes the jail ([`for_kind`]), the spawner checks and
+//! carries it, and the device applies it: the description travels over the
+//! ipc crate's format, from the spawn request to the device's command line.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use ipc::{IdMap, Jail, Limit, SeccompAction};
+use sandbox::seccomp::{SeccompError, Violation};
+
+use super::policy;
+use super::{SandboxOpts, SeccompMode};
+use crate::kinds::{Confinement, DeviceKind};
+
+/// The fd a device process finds its control socket on.
+pub const CONTROL_FD: RawFd = 3;
+/// The fds a device process keeps: stdin, stdout, stderr, the control
+/// socket.
+pub const DEVICE_FDS: [RawFd; 4] = [0, 1, 2, CONTROL_FD];
+
+/// A step of the confinement that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    /// Closing the fds the device must not have.
+    #[error("cannot close inherited fds")]
+    Fds(#[source] io::Error),
+    /// Entering the empty root.
+    #[error("cannot enter the empty root")]
+    EmptyRoot(#[source] io::Error),
+    /// Setting no_new_privs.
+    #[error("cannot set no_new_privs")]
+    NoNewPrivs(#[source] io::Error),
+    /// Dropping capabilities.
+    #[error("cannot drop capabilities")]
+    Capabilities(#[source] io::Error),
+    /// Setting resource limits.
+    #[error("cannot set resource limits")]
+    Limits(#[source] io::Error),
+    /// Installing the seccomp filter.
+    #[error("cannot install the seccomp filter")]
+    Seccomp(#[source] SeccompError),
+    /// A jail without a policy asked for seccomp.
+    #[error("the {0} kind has no seccomp policy: it never runs in a process")]
+    NoPolicy(String),
+    /// The description could not be read.
+    #[error("bad jail description")]
+    Description(#[source] ipc::IpcError),
+}
+
+/// The jail of a device of `kind` with confinement `c`, as `sandbox` asks:
+/// everything, or (`--sandbox-degraded allow` where the host refuses
+/// namespaces) everything but the namespaces and the empty root, or
+/// (`skvm drive --unconfined`) nothing.
+pub fn for_kind(c: &Confinement, sandbox: SandboxOpts, namespaces: bool) -> Jail {
+    if sandbox.unconfined {
+        return Jail::default();
+    }
+    let (uid, gid) = sandbox::jail::outside_ids();
+    Jail {
+        namespaces: namespaces.then_some(IdMap { uid, gid }),
+        no_new_privs: true,
+        drop_capabilities: true,
+        limits: sandbox::jail::device_limits(c.writes_files)
+            .iter()
+            .map(|l| Limit {
+                resource: l.resource,
+                value: l.value,
+            })
+            .collect(),
+        seccomp: Some(match sandbox.seccomp {
+            SeccompMode::Kill => SeccompAction::Kill,
+            SeccompMode::Trap => SeccompAction::Trap,
+            SeccompMode::Log => SeccompAction::Log,
+        }),
+    }
+}
+
+/// Checks a jail the spawner is asked for: a namespace's root is never
+/// mapped to host root, and confinement is never partly off. The spawner
+/// refuses anything else (EINVAL).
+pub fn acceptable(jail: &Jail) -> bool {
+    let unconfined = *jail == Jail::default();
+    let confined = jail.no_new_privs && jail.drop_capabilities && jail.seccomp.is_some();
+    let no_root = jail.namespaces.is_none_or(|m| m.uid != 0 && m.gid != 0);
+    (unconfined || confined) && no_root
+}
+
+/// Stage 2, in the device process after exec: fds, the empty root,
+/// no_new_privs, capabilities, rlimits.
+pub fn after_exec(jail: &Jail) -> Result<(), JailError> {
+    sandbox::process::close_fds_except(&DEVICE_FDS).map_err(JailError::Fds)?;
+    if jail.namespaces.is_some() {
+        sandbox::jail::enter_empty_root().map_err(JailError::EmptyRoot)?;
+    }
+    if jail.no_new_privs {
+        sandbox::jail::no_new_privs().map_err(JailError::NoNewPrivs)?;
+    }
+    if jail.drop_capabilities {
+        sandbox::jail::drop_capabilities().map_err(JailError::Capabilities)?;
+    }
+    let limits: Vec<sandbox::jail::Limit> = jail
+        .limits
+        .iter()
+        .map(|l| sandbox::jail::Limit {
+            resource: l.resource,
+            value: l.value,
+        })
+        .collect();
+    sandbox::jail::limit_resources(&limits).map_err(JailError::Limits)
+}
+
+/// Stage 3, after the hello: the seccomp policy of `kind`, last. (The
+/// filter's installation sets no_new_privs again, which seccomp requires
+/// of an unprivileged process; stage 2 set it already.)
+pub fn after_hello(jail: &Jail, kind: &dyn DeviceKind) -> Result<(), JailError> {
+    let Some(action) = jail.seccomp else {
+        return Ok(());
+    };
+    let mut p =
+        policy::for_kind(kind).ok_or_else(|| JailError::NoPolicy(kind.name().to_owned()))?;
+    let violation = match action {
+        SeccompAction::Kill => Violation::Kill,
+        SeccompAction::Trap => {
+            p.extend(policy::TRAP_EXTRA);
+            Violation::Trap
+        }
+        SeccompAction::Log => Violation::Log,
+    };
+    p.install(violation).map_err(JailError::Seccomp)
+}
+
+/// A jail on a command line: lowercase hex of its wire form.
+pub fn to_arg(jail: &Jail) -> Result<String, ipc::IpcError> {
+    Ok(jail.encode()?.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Reads what [`to_arg`] wrote; total over any input.
+pub fn from_arg(arg: &str) -> Result<Jail, JailError> {
+    let bad = || JailError::Description(ipc::IpcError::BadValue("jail argument"));
+    if !arg.len().is_multiple_of(2) || arg.len() > 512 {
+        return Err(bad());
+    }
+    let bytes = (0..arg.len())
+        .step_by(2)
+        .map(|i| {
+            arg.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(bad)?;
+    Jail::decode(&bytes).map_err(JailError::Description)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::Registry;
+
+    fn blk() -> Confinement {
+        Registry::standard()
+            .get("blk")
+            .and_then(|k| k.confinement())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_jail_survives_the_command_line() {
+        let j = for_kind(&blk(), SandboxOpts::default(), true);
+        assert_eq!(from_arg(&to_arg(&j).unwrap()).unwrap(), j);
+        for bad in ["", "0", "zz", &"00".repeat(300)] {
+            assert!(from_arg(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn jails_are_whole_or_nothing_and_never_map_root() {
+        let full = for_kind(&blk(), SandboxOpts::default(), true);
+        assert!(acceptable(&full));
+        assert!(acceptable(&Jail::default()));
+        let degraded = for_kind(&blk(), SandboxOpts::default(), false);
+        assert!(acceptable(&degraded));
+        let partial = Jail {
+            seccomp: None,
+            ..full.clone()
+        };
+        assert!(!acceptable(&partial));
+        let root = Jail {
+            namespaces: Some(IdMap { uid: 0, gid: 0 }),
+            ..full
+        };
+        assert!(!acceptable(&root));
+    }
+
+    #[test]
+    fn disks_may_write_files_and_others_may_not() {
+        let fsize = libc::RLIMIT_FSIZE;
+        let blk = for_kind(&blk(), SandboxOpts::default(), true);
+        assert!(blk.limits.iter().all(|l| l.resource != fsize));
+        let rng = Registry::standard()
+            .get("rng")
+            .and_then(|k| k.confinement())
+            .unwrap();
+        let rng = for_kind(&rng, SandboxOpts::default(), true);
+        assert!(rng
+            .limits
+            .iter()
+            .any(|l| l.resource == fsize && l.value == 0));
+    }
+
+    #[test]
+    fn unconfined_is_nothing() {
+        let sb = SandboxOpts {
+            unconfined: true,
+            ..SandboxOpts::default()
+        };
+        assert_eq!(for_kind(&blk(), sb, true), Jail::default());
+    }
+}
