@@ -12,6 +12,10 @@
 #   blk_queue    virtio-blk on arbitrary queue contents and guest memory
 #   net_queue    virtio-net (receive and transmit) on arbitrary queue
 #                contents and guest memory, a socket pair as its tap
+#   transport    the virtio-pci transport (the VMM's side) fed hostile
+#                BAR and PCI-configuration accesses
+#   remote_device  a hostile device's answers to the VMM's side of the
+#                protocol (hello checks, expected answers, flood limit)
 #   drive_e2e    fuzzed queues to sandboxed rng and blk device processes
 #                through the harness (skvm drive --fuzz-stdin; needs
 #                target/release/skvm, built here if missing)
@@ -23,7 +27,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-targets=(ipc_request ipc_reply rng_queue blk_queue net_queue drive_e2e)
+targets=(ipc_request ipc_reply rng_queue blk_queue net_queue transport remote_device drive_e2e)
 
 usage() {
 	sed -n '2,4p' "$0" | sed 's/^# //' >&2
