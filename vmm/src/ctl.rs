@@ -50,8 +50,34 @@ pub enum Command {
     Shutdown,
 }
 
+/// Why a command line was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// Nothing was sent.
+    #[error("empty command")]
+    Empty,
+    /// Not a command skvm knows.
+    #[error(
+        "unknown command {0:?} (status, pause, resume, device-restart NAME, mem-add SIZE, \
+         shutdown)"
+    )]
+    Unknown(String),
+    /// mem-add with a size that does not parse.
+    #[error("bad size {0:?} (e.g. 128M, 1G)")]
+    Size(String),
+    /// The line could not be read.
+    #[error("reading the command: {0}")]
+    Read(String),
+    /// The line is too long.
+    #[error("command longer than {MAX_LINE} bytes")]
+    TooLong,
+    /// The line is not UTF-8.
+    #[error("command is not UTF-8")]
+    NotUtf8,
+}
+
 /// Parses one command line.
-pub fn parse(line: &str) -> Result<Command, String> {
+pub fn parse(line: &str) -> Result<Command, CommandError> {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
         ["status"] => Ok(Command::Status),
@@ -62,13 +88,9 @@ pub fn parse(line: &str) -> Result<Command, String> {
         ["mem-add", size] => crate::config::parse_size(size)
             .filter(|s| *s > 0)
             .map(Command::MemAdd)
-            .ok_or_else(|| format!("bad size {size:?} (e.g. 128M, 1G)")),
-        [] => Err("empty command".into()),
-        _ => Err(format!(
-            "unknown command {:?} (status, pause, resume, device-restart NAME, mem-add SIZE, \
-             shutdown)",
-            clip(line.trim())
-        )),
+            .ok_or_else(|| CommandError::Size((*size).to_owned())),
+        [] => Err(CommandError::Empty),
+        _ => Err(CommandError::Unknown(clip(line.trim()).to_owned())),
     }
 }
 
@@ -143,7 +165,7 @@ impl CtlServer {
 
     /// The next waiting client with its command line, if any. A client
     /// that sends nothing usable gets its error answer here.
-    pub fn next(&self) -> Option<(UnixStream, Result<Command, String>)> {
+    pub fn next(&self) -> Option<(UnixStream, Result<Command, CommandError>)> {
         loop {
             let (mut stream, _) = self.listener.accept().ok()?;
             if stream.set_nonblocking(false).is_err()
@@ -169,21 +191,21 @@ pub fn answer(mut stream: UnixStream, answer: &str) {
     let _ = stream.write_all(format!("{answer}\n").as_bytes());
 }
 
-fn read_line(stream: &mut UnixStream) -> Result<String, String> {
+fn read_line(stream: &mut UnixStream) -> Result<String, CommandError> {
     let mut buf = Vec::with_capacity(64);
     let mut chunk = [0u8; 64];
     while !buf.contains(&b'\n') {
         match stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-            Err(e) => return Err(format!("reading the command: {e}")),
+            Err(e) => return Err(CommandError::Read(e.to_string())),
         }
         if buf.len() > MAX_LINE {
-            return Err(format!("command longer than {MAX_LINE} bytes"));
+            return Err(CommandError::TooLong);
         }
     }
     let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    String::from_utf8(line.to_vec()).map_err(|_| "command is not UTF-8".to_owned())
+    String::from_utf8(line.to_vec()).map_err(|_| CommandError::NotUtf8)
 }
 
 /// What the control socket acts on: the VM's vCPUs, its devices and its
@@ -226,7 +248,7 @@ impl Control {
         while let Some((stream, command)) = self.server.next() {
             let reply = match command {
                 Ok(c) => self.execute(c, host, exit),
-                Err(e) => error_answer(&e),
+                Err(e) => error_answer(&e.to_string()),
             };
             answer(stream, &reply);
         }
@@ -364,7 +386,7 @@ pub struct CtlArgs {
 /// reached or the answer is not `"ok":true`.
 pub fn client(args: &CtlArgs) -> Result<()> {
     let line = args.command.join(" ");
-    parse(&line).map_err(anyhow::Error::msg)?;
+    parse(&line)?;
     let mut stream = UnixStream::connect(&args.socket)
         .with_context(|| format!("cannot connect to {}", args.socket.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
@@ -398,13 +420,12 @@ mod tests {
             Ok(Command::DeviceRestart("blk0".into()))
         );
         assert_eq!(parse("mem-add 128M"), Ok(Command::MemAdd(128 << 20)));
-        assert!(parse("mem-add 0").unwrap_err().contains("bad size"));
+        let e = |line| parse(line).unwrap_err().to_string();
+        assert!(e("mem-add 0").contains("bad size"));
         assert!(parse("mem-add lots").is_err());
-        assert!(parse("device-restart")
-            .unwrap_err()
-            .contains("unknown command"));
+        assert!(e("device-restart").contains("unknown command"));
         assert!(parse("").is_err());
-        assert!(parse("reboot now").unwrap_err().contains("status, pause"));
+        assert!(e("reboot now").contains("status, pause"));
     }
 
     #[test]

@@ -233,14 +233,40 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> EmulationErr
     move |source| EmulationError::Kvm { what, source }
 }
 
+/// Why guest memory could not be read or written for an instruction.
+#[derive(Debug, thiserror::Error)]
+enum Access {
+    /// KVM could not translate the address.
+    #[error("cannot translate {addr:#x}: {source}")]
+    Translate {
+        addr: u64,
+        source: kvm_ioctls::Error,
+    },
+    /// The guest's page tables do not map it.
+    #[error("operand at {0:#x} is not mapped")]
+    Unmapped(u64),
+    /// A page split past the buffer (cannot happen).
+    #[error("operand out of range")]
+    Range,
+    /// It maps outside guest memory.
+    #[error("operand at {addr:#x}: {source}")]
+    Memory {
+        addr: u64,
+        source: vm_memory::GuestMemoryError,
+    },
+    /// Not one instruction byte could be read.
+    #[error("instruction bytes unreadable")]
+    Unreadable,
+}
+
 /// Reads up to 15 bytes at the guest's current RIP through its page tables.
-fn fetch(vcpu: &VcpuFd, mem: &GuestMemoryMmap, rip: u64) -> Result<Vec<u8>, String> {
+fn fetch(vcpu: &VcpuFd, mem: &GuestMemoryMmap, rip: u64) -> Result<Vec<u8>, Access> {
     let mut out = Vec::with_capacity(MAX_INSN);
     let mut addr = rip;
     while out.len() < MAX_INSN {
         let t = vcpu
             .translate_gva(addr)
-            .map_err(|e| format!("cannot translate rip: {e}"))?;
+            .map_err(|source| Access::Translate { addr, source })?;
         if t.valid == 0 {
             break;
         }
@@ -257,7 +283,7 @@ fn fetch(vcpu: &VcpuFd, mem: &GuestMemoryMmap, rip: u64) -> Result<Vec<u8>, Stri
         addr += want as u64;
     }
     if out.is_empty() {
-        return Err("instruction bytes unreadable".into());
+        return Err(Access::Unreadable);
     }
     Ok(out)
 }
@@ -285,28 +311,26 @@ fn access_virt(
     gva: u64,
     buf: &mut [u8],
     write: bool,
-) -> Result<(), String> {
+) -> Result<(), Access> {
     let mut done = 0usize;
     while done < buf.len() {
         let addr = gva.wrapping_add(done as u64);
         let t = vcpu
             .translate_gva(addr)
-            .map_err(|e| format!("cannot translate {addr:#x}: {e}"))?;
+            .map_err(|source| Access::Translate { addr, source })?;
         if t.valid == 0 {
-            return Err(format!("operand at {addr:#x} is not mapped"));
+            return Err(Access::Unmapped(addr));
         }
         let in_page = usize::try_from(0x1000 - (addr & 0xfff)).unwrap_or(1);
         let n = (buf.len() - done).min(in_page);
-        let chunk = buf
-            .get_mut(done..done + n)
-            .ok_or_else(|| "operand out of range".to_owned())?;
+        let chunk = buf.get_mut(done..done + n).ok_or(Access::Range)?;
         let gpa = GuestAddress(t.physical_address);
         let r = if write {
             mem.write_slice(chunk, gpa)
         } else {
             mem.read_slice(chunk, gpa)
         };
-        r.map_err(|e| format!("operand at {addr:#x}: {e}"))?;
+        r.map_err(|source| Access::Memory { addr, source })?;
         done += n;
     }
     Ok(())
@@ -316,13 +340,16 @@ fn access_virt(
 pub fn recover(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> Result<Recovery, EmulationError> {
     let mut regs = vcpu.get_regs().map_err(kvm_err("get regs"))?;
     let rip = regs.rip;
-    let bytes = fetch(vcpu, mem, rip).map_err(|e| EmulationError::Unhandled { rip, bytes: e })?;
+    let bytes = fetch(vcpu, mem, rip).map_err(|e| EmulationError::Unhandled {
+        rip,
+        bytes: e.to_string(),
+    })?;
     let action = decode(&bytes).ok_or_else(|| EmulationError::Unhandled {
         rip,
         bytes: hex(&bytes),
     })?;
     let next = rip.wrapping_add(action.length());
-    let unhandled = |e: String| EmulationError::Unhandled {
+    let unhandled = |e: Access| EmulationError::Unhandled {
         rip,
         bytes: format!("{} ({e})", hex(&bytes)),
     };
