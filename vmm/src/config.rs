@@ -6,6 +6,7 @@ use clap::{Args, ValueEnum};
 
 use crate::device_host::{Degraded, DeviceMode, OnFailure, SandboxOpts, SeccompMode};
 use crate::kinds::{DeviceSpec, KindError, Registry};
+pub use crate::memory::parse_size;
 use crate::memory::MIN_MEM;
 use crate::vmm_sandbox::VmmSandbox;
 
@@ -342,25 +343,6 @@ pub const QUIRKS_CMDLINE: &[&str] = &[
     "nowatchdog",
 ];
 
-/// Parses "512M", "4G", "1048576", "2k" (binary units).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last()? {
-        (i, c) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return None,
-            };
-            (s.get(..i)?, m)
-        }
-        _ => (s, 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
-}
-
 /// Standard base64 (RFC 4648) with padding.
 pub fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -387,21 +369,6 @@ pub fn base64(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_size("512M"), Some(512 << 20));
-        assert_eq!(parse_size("4g"), Some(4 << 30));
-        assert_eq!(parse_size("1048576"), Some(1 << 20));
-        assert_eq!(parse_size("2K"), Some(2048));
-    }
-
-    #[test]
-    fn bad_sizes_are_rejected() {
-        for s in ["", "M", "12Q", "-1G", "1.5G", "99999999999999999999T"] {
-            assert_eq!(parse_size(s), None, "{s}");
-        }
-    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {

@@ -85,7 +85,7 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
         ["resume"] => Ok(Command::Resume),
         ["shutdown"] => Ok(Command::Shutdown),
         ["device-restart", name] => Ok(Command::DeviceRestart((*name).to_owned())),
-        ["mem-add", size] => crate::config::parse_size(size)
+        ["mem-add", size] => crate::memory::parse_size(size)
             .filter(|s| *s > 0)
             .map(Command::MemAdd)
             .ok_or_else(|| CommandError::Size((*size).to_owned())),

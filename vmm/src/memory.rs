@@ -190,6 +190,25 @@ fn add_memslot(
         .map_err(|source| MemoryError::Memslot { slot, source })
 }
 
+/// Parses "512M", "4G", "1048576", "2k" (binary units).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return None,
+            };
+            (s.get(..i)?, m)
+        }
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
 /// One RAM region: where it sits in the guest and where in the memfd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RamRange {
@@ -294,6 +313,21 @@ pub fn create_memfd(size: u64, guest_addr: Option<u64>) -> Result<File, MemoryEr
 mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestMemoryBackend};
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("4g"), Some(4 << 30));
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("2K"), Some(2048));
+    }
+
+    #[test]
+    fn bad_sizes_are_rejected() {
+        for s in ["", "M", "12Q", "-1G", "1.5G", "99999999999999999999T"] {
+            assert_eq!(parse_size(s), None, "{s}");
+        }
+    }
 
     #[test]
     fn small_ram_is_one_region_at_zero() {

@@ -1,5 +1,5 @@
 //! virtio-mem (`--hotplug-mem`): a region above guest RAM that `skvm ctl
-//! SOCKET mem-add` backs 128 MiB at a time (`crate::hotplug`). It runs in a
+//! SOCKET mem-add` backs 128 MiB at a time (the hotplug module). It runs in a
 //! VMM thread, never a process: it is the VMM's memory manager, touches no
 //! guest data but its own small requests, and must not be lost.
 
@@ -12,7 +12,7 @@ use ipc::params::{Decoder, Encoder};
 use super::{
     take_fds, Confinement, DeviceConfig, DeviceKind, KindError, KindOption, OpenContext, Opened,
 };
-use crate::config::parse_size;
+use crate::memory::parse_size;
 
 const NAME: &str = "mem";
 /// Version of its parameters: address, region size, block size, usable
