@@ -282,7 +282,8 @@ impl CommonConfig {
     }
 
     /// A write of `data` at `offset`. Queue setup is refused once the
-    /// driver set DRIVER_OK, features once it set FEATURES_OK; sizes must
+    /// driver set DRIVER_OK, features once it set FEATURES_OK (or DRIVER_OK),
+    /// DRIVER_OK without FEATURES_OK is not taken; sizes must
     /// be powers of two up to the maximum; vectors past the table read back
     /// as NO_VECTOR. A 64-bit queue address takes one 64-bit write or two
     /// 32-bit ones (4.1.3.1).
@@ -296,7 +297,7 @@ impl CommonConfig {
         match offset {
             DEVICE_FEATURE_SELECT => self.device_feature_select = low32(v),
             DRIVER_FEATURE_SELECT => self.driver_feature_select = low32(v),
-            DRIVER_FEATURE if self.status & status::FEATURES_OK == 0 => {
+            DRIVER_FEATURE if self.status & (status::FEATURES_OK | status::DRIVER_OK) == 0 => {
                 match self.driver_feature_select {
                     0 => self.driver_features = set_half(self.driver_features, false, v),
                     1 => self.driver_features = set_half(self.driver_features, true, v),
@@ -362,7 +363,9 @@ impl CommonConfig {
             };
         }
         let old = self.status;
-        let mut new = new | (old & status::NEEDS_RESET);
+        // Only a reset clears status bits (2.1.1: the driver never clears
+        // one); DEVICE_NEEDS_RESET is the device's.
+        let mut new = new | old;
         let mut effect = Effect::None;
         if new & status::FEATURES_OK != 0 && old & status::FEATURES_OK == 0 {
             let unknown = self.driver_features & !self.offered;
@@ -370,6 +373,11 @@ impl CommonConfig {
                 new &= !status::FEATURES_OK;
                 effect = Effect::UnofferedFeatures(unknown);
             }
+        }
+        // A device starts only on features it accepted (3.1.1: FEATURES_OK
+        // comes before DRIVER_OK).
+        if new & status::FEATURES_OK == 0 {
+            new &= !status::DRIVER_OK;
         }
         self.status = new;
         if new & status::DRIVER_OK != 0 && old & status::DRIVER_OK == 0 {

@@ -238,3 +238,35 @@ fn writing_zero_to_a_device_never_started_resets_only_the_registers() {
     assert_eq!(write(&mut c, DEVICE_STATUS, 0, 1), Effect::Routes);
     assert_eq!(read(&c, QUEUE_SIZE, 2), 256);
 }
+
+#[test]
+fn driver_ok_without_features_ok_does_not_start_the_device() {
+    // Found by the transport fuzz target: features written after a
+    // DRIVER_OK that skipped FEATURES_OK changed what the transport
+    // reported for a running device.
+    let mut c = cfg();
+    write(&mut c, DRIVER_FEATURE, 1 << 5, 4);
+    let no_features_ok = status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK;
+    assert_eq!(
+        write(&mut c, DEVICE_STATUS, u64::from(no_features_ok), 1),
+        Effect::None
+    );
+    assert!(!c.is_active());
+    assert_eq!(c.status() & status::DRIVER_OK, 0);
+}
+
+#[test]
+fn features_are_frozen_once_the_device_runs() {
+    let mut c = cfg();
+    negotiate(&mut c, 1 << 32);
+    write(&mut c, DEVICE_STATUS, u64::from(DRIVER_OK_ALL), 1);
+    write(
+        &mut c,
+        DEVICE_STATUS,
+        u64::from(DRIVER_OK_ALL & !status::FEATURES_OK),
+        1,
+    );
+    write(&mut c, DRIVER_FEATURE_SELECT, 0, 4);
+    write(&mut c, DRIVER_FEATURE, 1 << 5, 4);
+    assert_eq!(c.driver_features(), 1 << 32);
+}
