@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use crate::{IpcError, MAX_FDS};
+use crate::{wait, IpcError, MAX_FDS};
 
 /// Control-message space for `n` fds, as CMSG_SPACE computes it.
 fn cmsg_space(n: usize) -> usize {
@@ -76,34 +76,17 @@ pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Resul
     }
 }
 
-/// Waits until `sock` is readable; `None` waits forever.
+/// Waits until `sock` is readable; `None` waits forever. A signal does not
+/// end the wait: it goes on for what is left of the timeout.
 fn wait_readable(sock: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<(), IpcError> {
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
-        let ms = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                // Round up so that a short wait does not spin.
-                i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
-            }
-        };
-        let mut p = libc::pollfd {
-            fd: sock.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: polls one valid pollfd.
-        let rc = unsafe { libc::poll(&mut p, 1, ms) };
-        if rc > 0 {
-            return Ok(());
-        }
-        if rc == 0 {
-            return Err(IpcError::Timeout);
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(IpcError::Io(e));
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        match wait::wait_one(sock.as_raw_fd(), left) {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => return Err(IpcError::Timeout),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(IpcError::Io(e)),
         }
     }
 }

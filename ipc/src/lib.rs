@@ -42,10 +42,14 @@
 //! reached itself. A device that died unsaved is restored from what the VMM
 //! knows (features, queue layouts) with `recover` set: the queues' indices
 //! then come from the used rings in guest memory.
+//!
+//! The VMM and the devices wait on their fds with [`wait`]: fds with
+//! tokens over poll(2), the one wait call the device policies allow.
 
 mod channel;
 pub mod fdpass;
 pub mod params;
+pub mod wait;
 pub mod wire;
 
 pub use channel::Channel;

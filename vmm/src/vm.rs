@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use ipc::wait::WaitSet;
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -551,6 +552,42 @@ fn stop_vcpus(handles: Vec<JoinHandle<()>>) {
     }
 }
 
+/// What wakes the main thread.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// The exit eventfd: an exit request or a termination signal.
+    Exit,
+    /// Terminal input, or its end.
+    Stdin,
+    /// A device event: a device process exited, or a device sent a
+    /// message of its own.
+    Device,
+    /// A client on the control socket.
+    Control,
+}
+
+/// Sets up `wake` with what the main thread waits for: the exit eventfd,
+/// stdin if `read_stdin`, the device host's fds and the control socket.
+fn fill_wake(
+    wake: &mut WaitSet<Wake>,
+    exit: &ExitSignal,
+    read_stdin: bool,
+    host: &DeviceHost,
+    control: Option<&Control>,
+) {
+    wake.clear();
+    wake.add_raw(exit.eventfd().as_raw_fd(), Wake::Exit);
+    if read_stdin {
+        wake.add_raw(libc::STDIN_FILENO, Wake::Stdin);
+    }
+    for fd in host.poll_fds() {
+        wake.add_raw(fd, Wake::Device);
+    }
+    if let Some(c) = control {
+        wake.add_raw(c.fd(), Wake::Control);
+    }
+}
+
 /// Forwards terminal input to the UART, serves device events and the
 /// control socket, and waits for an exit reason.
 fn main_loop(
@@ -563,6 +600,7 @@ fn main_loop(
     let mut parser = EscapeParser::default();
     let mut stdin_open = true;
     let mut pending: Vec<u8> = Vec::new();
+    let mut wake = WaitSet::new();
     loop {
         if exit.requested() {
             return;
@@ -577,50 +615,33 @@ fn main_loop(
             let n = legacy.serial_input(&pending);
             pending.drain(..n.min(pending.len()));
         }
-        let stdin_fd = if stdin_open && pending.is_empty() {
-            libc::STDIN_FILENO
-        } else {
-            -1
-        };
-        let host_fds = host.poll_fds();
-        let n_host = host_fds.len();
-        let ctl_fd = control.as_ref().map_or(-1, |c| c.fd());
-        let mut fds: Vec<libc::pollfd> = [exit.eventfd().as_raw_fd(), stdin_fd]
-            .into_iter()
-            .chain(host_fds)
-            .chain([ctl_fd])
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        let timeout = if pending.is_empty() { 250 } else { 5 };
-        let nfds = libc::nfds_t::try_from(fds.len()).unwrap_or(2);
-        // SAFETY: `fds` is a valid array of `nfds` pollfd structs.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), nfds, timeout) };
-        if n < 0 {
+        let read_stdin = stdin_open && pending.is_empty();
+        fill_wake(&mut wake, exit, read_stdin, host, control.as_deref());
+        let timeout = Duration::from_millis(if pending.is_empty() { 250 } else { 5 });
+        // The wait failed, as when a signal ends it: look again (a
+        // termination signal's handler has written the exit eventfd).
+        let Ok(ready) = wake.wait(Some(timeout)) else {
             continue;
-        }
-        if fds.iter().skip(2).take(n_host).any(|f| f.revents != 0) {
+        };
+        if ready.contains(Wake::Device) {
             if let Some(reason) = host.service() {
                 exit.request(reason);
                 return;
             }
         }
         if let Some(c) = control.as_deref_mut() {
-            if fds.last().is_some_and(|f| f.revents != 0) {
+            if ready.contains(Wake::Control) {
                 c.serve(host, exit);
             }
         }
-        if fds[0].revents != 0 {
+        if ready.contains(Wake::Exit) {
             if !exit.requested() {
                 let sig = SIGNAL_NUMBER.load(Ordering::SeqCst);
                 exit.request(ExitReason::Fatal(format!("terminated by signal {sig}")));
             }
             return;
         }
-        if fds[1].revents != 0 {
+        if ready.contains(Wake::Stdin) {
             let mut buf = [0u8; 256];
             // SAFETY: reads into a valid buffer of the given length.
             let r = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use devices::virtio::{DeviceError, VirtioDevice};
+use ipc::wait::WaitSet;
 use ipc::{
     Channel, DeviceInfo, DeviceState, IpcError, QueueLayout, QueueState, Reply, Request,
     PROTOCOL_VERSION,
@@ -225,10 +226,11 @@ fn serve_model(
 
     let mut active: Option<Active> = None;
     let mut paused = false;
+    let mut wake = WaitSet::with_capacity(2 + ipc::MAX_QUEUES);
     loop {
         let serving = active.as_ref().filter(|_| !paused);
         let backend = serving.and(device.backend_event());
-        let backend_ready = wait(chan, serving, backend.map(|(fd, _)| fd));
+        let backend_ready = wait(&mut wake, chan, serving, backend.map(|(fd, _)| fd));
         if let Some(a) = active.as_mut().filter(|_| !paused) {
             let ready_queue = backend.filter(|_| backend_ready).map(|(_, q)| q);
             if let Err(reason) = process_kicked(device, a, ready_queue) {
@@ -360,32 +362,38 @@ fn clip(mut text: String) -> String {
     text
 }
 
+/// What wakes a worker.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// A request on the control channel.
+    Control,
+    /// Data on the backend's fd.
+    Backend,
+    /// A queue's kick eventfd.
+    Kick,
+}
+
 /// Blocks until the channel, a kick eventfd or the backend fd is
-/// readable; returns whether the backend fd is.
-fn wait(chan: &Channel, active: Option<&Active>, backend: Option<RawFd>) -> bool {
-    let mut fds = vec![libc::pollfd {
-        fd: chan.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
+/// readable; returns whether the backend fd is. A failed wait (a signal
+/// ended it) counts as nothing ready: the caller's loop looks and comes
+/// back.
+fn wait(
+    set: &mut WaitSet<Wake>,
+    chan: &Channel,
+    active: Option<&Active>,
+    backend: Option<RawFd>,
+) -> bool {
+    set.clear();
+    set.add(chan, Wake::Control);
     if let Some(fd) = backend {
-        fds.push(libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
+        set.add_raw(fd, Wake::Backend);
     }
     if let Some(a) = active {
-        fds.extend(a.queues.iter().map(|q| libc::pollfd {
-            fd: q.kick.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }));
+        for q in &a.queues {
+            set.add_raw(q.kick.as_raw_fd(), Wake::Kick);
+        }
     }
-    let n = libc::nfds_t::try_from(fds.len()).unwrap_or(1);
-    // SAFETY: polls a vector of valid pollfd structs of length n.
-    unsafe { libc::poll(fds.as_mut_ptr(), n, -1) };
-    backend.is_some() && fds.get(1).is_some_and(|p| p.revents != 0)
+    set.wait(None).is_ok_and(|r| r.contains(Wake::Backend))
 }
 
 /// Runs the queues that were kicked, and `ready`, the queue whose backend

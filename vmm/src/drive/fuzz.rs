@@ -3,8 +3,10 @@
 //! still answer on its control channel afterwards.
 
 use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use ipc::wait::wait_one;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::remote::RemoteDevice;
@@ -23,7 +25,7 @@ const FUZZ_QUEUE: QueueLayout = QueueLayout {
 };
 /// How long to wait for an interrupt after a fuzz input's kick: many
 /// inputs make the device answer nothing.
-const FUZZ_IRQ_WAIT_MS: i32 = 5;
+const FUZZ_IRQ_WAIT: Duration = Duration::from_millis(5);
 
 /// `--fuzz-stdin`: serves fuzz inputs until stdin ends. An error means the
 /// device died (or stopped answering the control channel).
@@ -64,13 +66,8 @@ pub fn fuzz_stdin(
             continue;
         }
         events.kicks[0].write(1)?;
-        let mut p = libc::pollfd {
-            fd: events.irqs[0].as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: polls one valid pollfd; a timeout or EINTR is fine here.
-        unsafe { libc::poll(&mut p, 1, FUZZ_IRQ_WAIT_MS) };
+        // An interrupt, a timeout or a signal: each is fine here.
+        let _ = wait_one(events.irqs[0].as_raw_fd(), Some(FUZZ_IRQ_WAIT));
         // Alive if it still answers on its control channel.
         dev.stop().context("reset after the input")?;
         stdout.write_all(b"0")?;

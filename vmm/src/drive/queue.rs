@@ -8,6 +8,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use ipc::wait::wait_one;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -205,23 +206,14 @@ pub fn wait_readable(e: &EventFd) -> Result<()> {
     bail!("no interrupt from the device within {IRQ_TIMEOUT:?}")
 }
 
-/// Polls `fd` for input up to `timeout`; false when it timed out.
+/// Polls `fd` for input up to `timeout`; false when it timed out. A
+/// signal starts the wait over.
 pub fn poll_in(fd: std::os::fd::RawFd, timeout: Duration) -> Result<bool> {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     loop {
-        // SAFETY: polls one pollfd the caller keeps open.
-        let rc = unsafe { libc::poll(&mut p, 1, ms) };
-        if rc >= 0 {
-            return Ok(rc > 0);
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err.into());
+        match wait_one(fd, Some(timeout)) {
+            Ok(ready) => return Ok(ready.is_some()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }
