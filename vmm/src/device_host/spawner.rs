@@ -28,6 +28,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use ipc::wait::WaitSet;
 use ipc::{Jail, SpawnRequest, SpawnerReply};
 
 use super::jail;
@@ -267,44 +268,41 @@ fn spawner_main(vmm: libc::pid_t, requests: &OwnedFd, events: &OwnedFd) -> ! {
     let log = log_pipe();
     let log_rd = log.as_ref().map_or(-1, |(rd, _)| rd.as_raw_fd());
     let log_wr = log.as_ref().map(|(_, wr)| wr.as_fd());
+    let mut wake = WaitSet::with_capacity(3);
+    wake.add(requests, Wake::Request);
+    wake.add(&sigchld, Wake::Child);
+    // A negative fd (no log pipe) is never ready.
+    wake.add_raw(log_rd, Wake::Log);
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: requests.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: sigchld.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            // Ignored by poll when negative (no log pipe).
-            libc::pollfd {
-                fd: log_rd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: polls three valid pollfd structs.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
-        if rc < 0 {
+        let Ok(ready) = wake.wait(None) else {
             continue;
-        }
+        };
+        let (request, child) = (ready.contains(Wake::Request), ready.contains(Wake::Child));
         // Log lines first: a device's last words come before its exit.
         if log_rd >= 0 {
             copy_log(log_rd);
         }
-        if fds[1].revents != 0 {
+        if child {
             drain_signalfd(&sigchld);
             report_exits(events);
         }
-        if fds[0].revents != 0 && !serve_request(requests, log_wr) {
+        if request && !serve_request(requests, log_wr) {
             // The VMM is gone; PR_SET_PDEATHSIG takes the devices down.
             // SAFETY: as above.
             unsafe { libc::_exit(0) };
         }
     }
+}
+
+/// What wakes the spawner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// A spawn request, or the VMM hung up.
+    Request,
+    /// A child exited.
+    Child,
+    /// A device wrote a log line.
+    Log,
 }
 
 /// A pipe for device processes' stderr (read end non-blocking), when the
