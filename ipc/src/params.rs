@@ -4,6 +4,7 @@
 //! crate carries the bytes without knowing what they mean); a kind
 //! refuses a version it does not speak and any byte left over.
 
+use crate::wire::Reader;
 use crate::IpcError;
 
 /// Builds a kind's parameters.
@@ -50,32 +51,26 @@ impl Encoder {
     }
 }
 
-/// Reads a kind's parameters; every read is checked.
+/// Reads a kind's parameters; every read is checked (the messages' own
+/// reader underneath).
 #[derive(Debug)]
 pub struct Decoder<'a> {
-    rest: &'a [u8],
+    r: Reader<'a>,
 }
 
 impl<'a> Decoder<'a> {
     /// Starts reading `bytes`, which must be of layout `version`.
     pub fn new(bytes: &'a [u8], version: u8) -> Result<Self, IpcError> {
-        match bytes.split_first() {
-            Some((v, rest)) if *v == version => Ok(Self { rest }),
-            Some(_) => Err(IpcError::BadValue("parameters version")),
-            None => Err(IpcError::Truncated),
+        let mut r = Reader::new(bytes);
+        match r.array()? {
+            [v] if v == version => Ok(Self { r }),
+            _ => Err(IpcError::BadValue("parameters version")),
         }
-    }
-    fn take(&mut self, n: usize) -> Result<&'a [u8], IpcError> {
-        if self.rest.len() < n {
-            return Err(IpcError::Truncated);
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
     }
     /// One byte.
     pub fn u8(&mut self) -> Result<u8, IpcError> {
-        Ok(self.array::<1>()?[0])
+        let [b] = self.r.array()?;
+        Ok(b)
     }
     /// A flag: 0 or 1, anything else is refused.
     pub fn bool(&mut self, what: &'static str) -> Result<bool, IpcError> {
@@ -87,13 +82,11 @@ impl<'a> Decoder<'a> {
     }
     /// A little-endian u64.
     pub fn u64(&mut self) -> Result<u64, IpcError> {
-        Ok(u64::from_le_bytes(self.array()?))
+        self.r.u64()
     }
     /// `N` bytes.
     pub fn array<const N: usize>(&mut self) -> Result<[u8; N], IpcError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
+        self.r.array()
     }
     /// A byte string of at most `max` bytes.
     pub fn bytes(&mut self, what: &'static str, max: u8) -> Result<Vec<u8>, IpcError> {
@@ -105,15 +98,11 @@ impl<'a> Decoder<'a> {
                 max: usize::from(max),
             });
         }
-        Ok(self.take(usize::from(n))?.to_vec())
+        Ok(self.r.take(usize::from(n))?.to_vec())
     }
     /// Ends reading: nothing may be left.
     pub fn end(self) -> Result<(), IpcError> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(IpcError::Trailing(self.rest.len()))
-        }
+        self.r.end()
     }
 }
 

@@ -366,12 +366,17 @@ impl Writer {
 }
 
 /// Takes fields off a received payload.
+#[derive(Debug)]
 pub(crate) struct Reader<'a> {
     rest: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], IpcError> {
+    /// Reads `bytes` from the start.
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Self { rest: bytes }
+    }
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], IpcError> {
         if self.rest.len() < n {
             return Err(IpcError::Truncated);
         }
@@ -379,7 +384,7 @@ impl<'a> Reader<'a> {
         self.rest = tail;
         Ok(head)
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], IpcError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], IpcError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
@@ -390,7 +395,7 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32, IpcError> {
         Ok(u32::from_le_bytes(self.array()?))
     }
-    fn u64(&mut self) -> Result<u64, IpcError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, IpcError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
     /// A count, checked against `max` and against the bytes left for
@@ -412,7 +417,7 @@ impl<'a> Reader<'a> {
     fn text(&mut self, what: &'static str) -> Result<String, IpcError> {
         String::from_utf8(self.bytes(what, MAX_TEXT)?).map_err(|_| IpcError::BadText)
     }
-    fn end(&self) -> Result<(), IpcError> {
+    pub(crate) fn end(&self) -> Result<(), IpcError> {
         if self.rest.is_empty() {
             Ok(())
         } else {

@@ -1,0 +1,576 @@
+//! Supervision: the devices of a VM behind their transports, restarted
+//! when their process dies (`--on-device-failure`), replaced on request,
+//! paused and saved, and restored into new instances: what the transport
+//! must not do.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ipc::{DeviceState, QueueState};
+
+use super::spawner::{self, SingleThreaded, Spawner};
+use super::{describe_status, greet, start_device, DeviceMode, OnFailure, SandboxOpts};
+use crate::exit::ExitReason;
+use crate::irq::Routes;
+use crate::kinds::{DeviceKind, Opened};
+use crate::log;
+use crate::pci::PciBus;
+use crate::remote::{DeviceEvent, DeviceMemory, Hosted};
+use crate::virtio_pci::{DriverState, VirtioPci};
+
+/// The transport of a hosted device.
+type Transport = VirtioPci<Box<dyn Hosted>>;
+
+struct Device {
+    name: String,
+    kind: Arc<dyn DeviceKind>,
+    /// What the device serves, for new instances.
+    backend: ipc::Backend,
+    /// The backend's fds (a disk image: holding it keeps its lock).
+    backend_fds: Vec<OwnedFd>,
+    pid: Option<libc::pid_t>,
+    transport: Arc<Mutex<Transport>>,
+    thread: Option<JoinHandle<()>>,
+    failed: bool,
+    paused: bool,
+    /// Instances started after the first.
+    restarts: u32,
+    /// When the restarts of the last minute happened.
+    recent_restarts: VecDeque<Instant>,
+}
+
+/// The VM's devices and, in process mode, the spawner.
+pub struct DeviceHost {
+    mode: DeviceMode,
+    on_failure: OnFailure,
+    restart_limit: u32,
+    sandbox: SandboxOpts,
+    spawner: Option<Spawner>,
+    /// Guest memory as devices map it.
+    memory: DeviceMemory,
+    devices: Vec<Device>,
+}
+
+/// What one device looks like from outside, for `skvm ctl status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStatus {
+    /// "rng0", "blk0", ...
+    pub name: String,
+    /// Its process (process mode).
+    pub pid: Option<libc::pid_t>,
+    /// "running", "paused" or "failed".
+    pub state: &'static str,
+    /// Instances started after the first.
+    pub restarts: u32,
+    /// Resident memory of its process, KiB.
+    pub rss_kib: Option<u64>,
+    /// The rings of each queue the driver runs.
+    pub queues: Vec<crate::virtio_pci::QueueLayout>,
+}
+
+/// How long each step of replacing a running device took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartTimes {
+    /// Pause and save.
+    pub save: Duration,
+    /// Stop the old instance, start and greet the new one.
+    pub spawn: Duration,
+    /// Restore and resume.
+    pub restore: Duration,
+    /// The new instance's process.
+    pub pid: Option<libc::pid_t>,
+}
+
+/// Where a device of `kind` runs: kinds without a confinement (virtio-mem)
+/// always in a VMM thread, every other one as `mode` says.
+fn mode_for(kind: &dyn DeviceKind, mode: DeviceMode) -> DeviceMode {
+    match kind.confinement() {
+        Some(_) => mode,
+        None => DeviceMode::Thread,
+    }
+}
+
+/// The state of a running device as the transport knows it: features and
+/// queue layouts (no indices), for an instance that died unsaved.
+fn known_state(driver: &DriverState) -> DeviceState {
+    let event_idx = driver.features & (1 << devices::virtio::VIRTIO_F_RING_EVENT_IDX) != 0;
+    DeviceState {
+        features: driver.features,
+        queues: driver
+            .queues
+            .iter()
+            .map(|q| QueueState {
+                layout: crate::remote::wire_layout(*q),
+                event_idx,
+                next_avail: 0,
+                next_used: 0,
+            })
+            .collect(),
+        device: Vec::new(),
+    }
+}
+
+/// Stops a running device between requests and returns its state; `None`
+/// when it is not running (nothing to save).
+fn pause(t: &mut Transport) -> Result<Option<DeviceState>> {
+    if !t.is_active() {
+        return Ok(None);
+    }
+    Ok(Some(t.backend_mut().remote_mut().pause()?))
+}
+
+/// Brings a new instance, just put in place, to where the old one was:
+/// `saved`, or without it (the old instance died unsaved) what the
+/// transport knows, with the indices from the used rings. On failure the
+/// device is marked DEVICE_NEEDS_RESET.
+fn carry_on(t: &mut Transport, saved: Option<DeviceState>) -> Result<()> {
+    let Some(driver) = t.driver_state() else {
+        return Ok(());
+    };
+    let recover = saved.is_none();
+    let state = saved.unwrap_or_else(|| known_state(&driver));
+    let (backend, events) = t.backend_and_events();
+    if let Err(e) = backend.remote_mut().restore(&state, recover, events) {
+        t.device_failed();
+        return Err(anyhow::Error::new(e).context("restore failed"));
+    }
+    Ok(())
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl DeviceHost {
+    /// Sets up device hosting. In process mode this forks the spawner,
+    /// which `single` proves safe.
+    pub fn new(
+        mode: DeviceMode,
+        (on_failure, restart_limit): (OnFailure, u32),
+        sandbox: SandboxOpts,
+        single: SingleThreaded,
+    ) -> Result<Self> {
+        let spawner = match mode {
+            DeviceMode::Process => Some(Spawner::start(&single)?),
+            DeviceMode::Thread => None,
+        };
+        Ok(Self {
+            mode,
+            on_failure,
+            restart_limit,
+            sandbox,
+            spawner,
+            memory: Vec::new(),
+            devices: Vec::new(),
+        })
+    }
+
+    /// Sets the guest memory devices map: boot RAM before any device is
+    /// added; after a memory hotplug, for the instances started from now
+    /// on (what [`DeviceHost::rebuild_all`] gives every device).
+    pub fn set_memory(&mut self, memory: DeviceMemory) {
+        self.memory = memory;
+    }
+
+    /// Starts device `name` (e.g. "rng0") of `kind` over `opened` (whose
+    /// fds the host keeps) and plugs its transport into `bus`, with its
+    /// interrupts and notifications through `routes`.
+    pub fn add(
+        &mut self,
+        name: &str,
+        kind: Arc<dyn DeviceKind>,
+        opened: Opened,
+        bus: &mut PciBus,
+        routes: &Arc<dyn Routes>,
+    ) -> Result<()> {
+        let Opened {
+            params,
+            fds: backend_fds,
+        } = opened;
+        let backend = ipc::Backend {
+            kind: kind.name().to_owned(),
+            params,
+            fds: u8::try_from(backend_fds.len()).context("too many backend fds")?,
+        };
+        let started = start_device(
+            self.spawner.as_ref(),
+            mode_for(kind.as_ref(), self.mode),
+            name,
+            kind.clone(),
+            self.sandbox,
+        )?;
+        let (pid, thread) = (started.pid, started.thread);
+        let remote = greet(
+            name,
+            (started.chan, pid),
+            kind.as_ref(),
+            (&backend, &backend_fds),
+            &self.memory,
+        )?;
+        let index = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
+        let bar = crate::layout::bar_slot(index).context("too many devices")?;
+        let transport = VirtioPci::new(kind.host(remote), kind.pci_class(), bar, routes.clone())
+            .with_context(|| format!("device {name}"))?;
+        let transport = Arc::new(Mutex::new(transport));
+        if bus.add(transport.clone()).is_none() {
+            bail!("{name}: the PCI bus is full");
+        }
+        match pid {
+            Some(p) => log::debug(&format!("device {name} started (pid {p})")),
+            None => log::debug(&format!("device {name} started (thread)")),
+        }
+        self.devices.push(Device {
+            name: name.to_owned(),
+            kind,
+            backend,
+            backend_fds,
+            pid,
+            transport,
+            thread,
+            failed: false,
+            paused: false,
+            restarts: 0,
+            recent_restarts: VecDeque::new(),
+        });
+        Ok(())
+    }
+
+    /// Starts a new instance of device `i` and puts it in place of the
+    /// current one, which is gone or stopped: it carries on from `saved`,
+    /// or (`None`, the old one died unsaved) from what the transport knows.
+    /// Returns the new process's pid and how long the restore took.
+    fn respawn(
+        &mut self,
+        i: usize,
+        saved: Option<DeviceState>,
+    ) -> Result<(Option<libc::pid_t>, Duration)> {
+        let d = self.devices.get_mut(i).context("no such device")?;
+        if let Some(t) = d.thread.take() {
+            let _ = t.join();
+        }
+        let started = start_device(
+            self.spawner.as_ref(),
+            mode_for(d.kind.as_ref(), self.mode),
+            &d.name,
+            d.kind.clone(),
+            self.sandbox,
+        )?;
+        let remote = greet(
+            &d.name,
+            (started.chan, started.pid),
+            d.kind.as_ref(),
+            (&d.backend, &d.backend_fds),
+            &self.memory,
+        )?;
+        d.pid = started.pid;
+        d.thread = started.thread;
+        d.failed = false;
+        d.paused = false;
+        d.restarts = d.restarts.saturating_add(1);
+        let (restored, events) = {
+            let mut t = lock(&d.transport);
+            let restore_start = Instant::now();
+            let mut old = t.swap_backend(d.kind.host(remote))?;
+            carry_on(&mut t, saved)?;
+            let restored = restore_start.elapsed();
+            old.remote_mut().shutdown();
+            (restored, t.backend_mut().remote_mut().poll_events())
+        };
+        // What the new instance said while it was restored (a configuration
+        // that moved on from its hello: virtio-mem's plugged size).
+        for ev in events {
+            if let Some(ExitReason::Fatal(msg)) = self.device_event(i, ev) {
+                log::error(&msg);
+            }
+        }
+        Ok((pid_of(self.devices.get(i)), restored))
+    }
+
+    /// Whether device `i` may be restarted once more now (at most
+    /// `restart_limit` times in any minute); counts the restart if so.
+    fn restart_allowed(&mut self, i: usize) -> bool {
+        let limit = usize::try_from(self.restart_limit).unwrap_or(usize::MAX);
+        let Some(d) = self.devices.get_mut(i) else {
+            return false;
+        };
+        let now = Instant::now();
+        while d
+            .recent_restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            d.recent_restarts.pop_front();
+        }
+        if d.recent_restarts.len() >= limit {
+            return false;
+        }
+        d.recent_restarts.push_back(now);
+        true
+    }
+
+    fn index_of(&self, name: &str) -> Result<usize> {
+        self.devices
+            .iter()
+            .position(|d| d.name == name)
+            .with_context(|| {
+                let names: Vec<&str> = self.devices.iter().map(|d| d.name.as_str()).collect();
+                format!("no device {name} (devices: {})", names.join(", "))
+            })
+    }
+
+    /// Replaces running device `name` by a new instance: pause and save,
+    /// stop, start a new one (a new process with its own sandbox), restore.
+    /// The guest sees a pause of its I/O on that device and nothing else.
+    pub fn restart(&mut self, name: &str) -> Result<RestartTimes> {
+        let i = self.index_of(name)?;
+        let d = &mut self.devices[i];
+        if d.failed {
+            bail!("device {name} has failed; the guest must reset it");
+        }
+        let start = Instant::now();
+        let saved = {
+            let mut t = lock(&d.transport);
+            let saved = pause(&mut t).with_context(|| format!("device {name}: cannot save"))?;
+            t.backend_mut().remote_mut().shutdown();
+            saved
+        };
+        let saved_at = Instant::now();
+        // The old process may still be on its way out; its exit report then
+        // names a pid no device has and is ignored.
+        let respawned = self.respawn(i, saved);
+        let done = Instant::now();
+        let (pid, restore) = match respawned {
+            Ok(r) => r,
+            Err(e) => {
+                let d = &mut self.devices[i];
+                d.failed = true;
+                lock(&d.transport).device_failed();
+                return Err(e.context(format!(
+                    "device {name}: cannot restart; the guest sees it as needing a reset"
+                )));
+            }
+        };
+        log::info(&format!(
+            "device {name} replaced by a new instance{}",
+            pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+        ));
+        Ok(RestartTimes {
+            save: saved_at - start,
+            spawn: (done - saved_at).saturating_sub(restore),
+            restore,
+            pid,
+        })
+    }
+
+    /// Changes the parameters of device `name`, for its next instance.
+    pub fn set_params(&mut self, name: &str, params: Vec<u8>) -> Result<()> {
+        let i = self.index_of(name)?;
+        self.devices[i].backend.params = params;
+        Ok(())
+    }
+
+    /// Replaces every running device by a new instance over the current
+    /// memory (a new process and sandbox in process mode), `last` after all
+    /// others. Returns each device's times; a device that cannot be
+    /// restarted is marked failed and reported, the others go on.
+    pub fn rebuild_all(&mut self, last: &str) -> (Vec<(String, RestartTimes)>, Vec<String>) {
+        let mut names: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|d| !d.failed)
+            .map(|d| d.name.clone())
+            .collect();
+        names.sort_by_key(|n| n == last);
+        let mut done = Vec::with_capacity(names.len());
+        let mut errors = Vec::new();
+        for name in names {
+            match self.restart(&name) {
+                Ok(t) => done.push((name, t)),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        (done, errors)
+    }
+
+    /// Pauses every running device (their kicks wait in the eventfds).
+    pub fn pause_all(&mut self) -> Result<()> {
+        for d in self.devices.iter_mut().filter(|d| !d.failed && !d.paused) {
+            let mut t = lock(&d.transport);
+            if pause(&mut t)
+                .with_context(|| format!("device {}: cannot pause", d.name))?
+                .is_some()
+            {
+                d.paused = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets every paused device serve its queues again.
+    pub fn resume_all(&mut self) -> Result<()> {
+        for d in self.devices.iter_mut().filter(|d| d.paused) {
+            d.paused = false;
+            let mut t = lock(&d.transport);
+            if t.is_active() {
+                t.backend_mut()
+                    .remote_mut()
+                    .resume()
+                    .with_context(|| format!("device {}: cannot resume", d.name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Each device's pid, state, restarts and resident memory.
+    pub fn status(&self) -> Vec<DeviceStatus> {
+        self.devices
+            .iter()
+            .map(|d| DeviceStatus {
+                name: d.name.clone(),
+                pid: d.pid,
+                state: if d.failed {
+                    "failed"
+                } else if d.paused {
+                    "paused"
+                } else {
+                    "running"
+                },
+                restarts: d.restarts,
+                rss_kib: d.pid.and_then(rss_kib),
+                queues: lock(&d.transport)
+                    .driver_state()
+                    .map(|s| s.queues)
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Fds the main loop polls for [`DeviceHost::service`].
+    pub fn poll_fds(&self) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self
+            .spawner
+            .iter()
+            .map(|s| s.events_fd().as_raw_fd())
+            .collect();
+        for d in self.devices.iter().filter(|d| !d.failed) {
+            fds.push(lock(&d.transport).backend().remote().channel().as_raw_fd());
+        }
+        fds
+    }
+
+    /// Handles device exits and unsolicited device messages; returns a
+    /// reason when the VM must stop.
+    pub fn service(&mut self) -> Option<ExitReason> {
+        let exits: Vec<spawner::Exited> = self
+            .spawner
+            .as_ref()
+            .map(|s| std::iter::from_fn(|| s.next_exit()).collect())
+            .unwrap_or_default();
+        for e in exits {
+            if let Some(reason) = self.device_exited(e) {
+                return Some(reason);
+            }
+        }
+        for i in 0..self.devices.len() {
+            let events = {
+                let d = &self.devices[i];
+                let mut t = lock(&d.transport);
+                t.backend_mut().remote_mut().poll_events()
+            };
+            for ev in events {
+                if let Some(reason) = self.device_event(i, ev) {
+                    return Some(reason);
+                }
+            }
+        }
+        None
+    }
+
+    fn device_exited(&mut self, e: spawner::Exited) -> Option<ExitReason> {
+        // Exits of replaced instances name no device any more.
+        let i = self.devices.iter().position(|d| d.pid == Some(e.pid))?;
+        let d = &mut self.devices[i];
+        let how = describe_status(e.status);
+        let msg = format!("device {} (pid {}) {how}", d.name, e.pid);
+        d.failed = true;
+        d.pid = None;
+        lock(&d.transport).backend_mut().remote_mut().mark_dead();
+        let by_seccomp = libc::WIFSIGNALED(e.status) && libc::WTERMSIG(e.status) == libc::SIGSYS;
+        let on_failure = self.on_failure;
+        let why_not = match on_failure {
+            OnFailure::Exit => return Some(ExitReason::Fatal(msg)),
+            OnFailure::Reset => None,
+            OnFailure::Restart if by_seccomp => Some(
+                "not restarted: a device its seccomp filter killed may be compromised".to_owned(),
+            ),
+            OnFailure::Restart if !self.restart_allowed(i) => Some(format!(
+                "not restarted: {} restarts within a minute (--restart-limit)",
+                self.restart_limit
+            )),
+            OnFailure::Restart => {
+                let started = Instant::now();
+                match self.respawn(i, None) {
+                    Ok((pid, _)) => {
+                        log::warn(&format!(
+                            "{msg}; restarted it{} in {:.2} ms",
+                            pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                            started.elapsed().as_secs_f64() * 1000.0
+                        ));
+                        return None;
+                    }
+                    Err(e) => Some(format!("cannot restart it: {e:#}")),
+                }
+            }
+        };
+        let d = &mut self.devices[i];
+        d.failed = true;
+        let why = why_not.map(|w| format!("; {w}")).unwrap_or_default();
+        log::error(&format!("{msg}{why}; the guest sees it as needing a reset"));
+        lock(&d.transport).device_failed();
+        None
+    }
+
+    fn device_event(&mut self, i: usize, ev: DeviceEvent) -> Option<ExitReason> {
+        let d = self.devices.get_mut(i)?;
+        let mut t = lock(&d.transport);
+        match ev {
+            DeviceEvent::ConfigChanged(cfg) => t.config_changed(cfg),
+            DeviceEvent::ForbiddenSyscall(_) => {}
+            DeviceEvent::NeedsReset(reason) => {
+                let msg = format!("device {} needs a reset: {reason}", d.name);
+                if self.on_failure == OnFailure::Exit {
+                    return Some(ExitReason::Fatal(msg));
+                }
+                log::error(&msg);
+                t.device_failed();
+            }
+        }
+        None
+    }
+
+    /// Asks every device to exit and waits for device threads.
+    pub fn shutdown(&mut self) {
+        for d in &mut self.devices {
+            lock(&d.transport).backend_mut().remote_mut().shutdown();
+            if let Some(t) = d.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// The pid of device `d`'s current instance.
+fn pid_of(d: Option<&Device>) -> Option<libc::pid_t> {
+    d.and_then(|d| d.pid)
+}
+
+/// VmRSS of process `pid`, in KiB.
+fn rss_kib(pid: libc::pid_t) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
