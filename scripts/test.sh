@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: scripts/test.sh [cargo test arguments...]
+# Usage: scripts/test.sh [cargo test or cargo nextest run arguments...]
 #
 # The whole test suite: sets up what the tests need (packages, the default
 # guest, the release build of skvm; cached, see scripts/setup.sh), then runs
@@ -19,9 +19,18 @@ export SKVM_BIN="$repo/target/release/skvm"
 # on request; never the binary people run), built by setup with the
 # workspace.
 export SKVM_ESCAPE_BIN="$repo/target/release/skvm-escape"
-# Guest tests are CPU-bound on emulating hosts: one guest per core.
+# Guest tests are CPU-bound on emulating hosts: one guest per core. With
+# cargo-nextest (on the machines here), the tests of every test binary share
+# one pool of that many slots, so that a long guest test in one file (the
+# stock kernel's boot) does not leave a core idle while the next file waits;
+# without it, cargo test runs the files one after the other.
 status=0
-cargo test --release --workspace --no-fail-fast "$@" -- --test-threads="$(nproc)" || status=$?
+if cargo nextest --version >/dev/null 2>&1; then
+	cargo nextest run --release --workspace --no-fail-fast \
+		--test-threads "$(nproc)" "$@" || status=$?
+else
+	cargo test --release --workspace --no-fail-fast "$@" -- --test-threads="$(nproc)" || status=$?
+fi
 # A short run of every fuzz target (installs nightly and cargo-fuzz the
 # first time; docs/FUZZING.md), unless only some tests were asked for.
 if [ "$#" -eq 0 ]; then

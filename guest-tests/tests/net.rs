@@ -7,7 +7,7 @@
 //!
 //! The host side of the TCP transfers runs in a thread that joined the
 //! namespace (setns affects the calling thread only). Transfers are
-//! `SKVM_NET_TEST_MIB` MiB each way (default 8, which keeps the test command
+//! `SKVM_NET_TEST_MIB` MiB each way (default 4, which keeps the test command
 //! inside CI's time; `scripts/soak.sh` runs them with 64). This host's KVM
 //! emulates guest kernel code, and the guest's TCP stack is the bottleneck.
 
@@ -29,7 +29,7 @@ fn transfer_bytes() -> usize {
     let mib: usize = std::env::var("SKVM_NET_TEST_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
+        .unwrap_or(4);
     mib << 20
 }
 
@@ -116,7 +116,7 @@ fn ping_and_transfer(ns: &Netns, mode: &str, mtu: u32, kills: usize) {
 }
 
 /// Once the guest has pinged the host (its transfer comes next), kills the
-/// net0 process `kills` times, two seconds apart, each time once skvm has
+/// net0 process `kills` times, a second apart, each time once skvm has
 /// restarted it.
 fn kill_during_transfer(vm: &TestVm, kills: usize) {
     if kills == 0 {
@@ -128,7 +128,7 @@ fn kill_during_transfer(vm: &TestVm, kills: usize) {
     }
     let mut last = 0;
     for _ in 0..kills {
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_secs(1));
         let pid = guest_tests::new_device_pid(vm, "net0", last, TIMEOUT);
         sigkill(pid);
         last = pid;

@@ -230,10 +230,13 @@ impl Registry {
         self.get(device.trim_end_matches(|c: char| c.is_ascii_digit()))
     }
 
-    /// `cmd` with every kind's option added.
+    /// `cmd` with every kind's option added, under the heading "Devices".
     pub fn add_options(&self, mut cmd: clap::Command) -> clap::Command {
         for o in self.kinds.iter().filter_map(|k| k.option()) {
-            let mut arg = clap::Arg::new(o.long).long(o.long).help(o.help);
+            let mut arg = clap::Arg::new(o.long)
+                .long(o.long)
+                .help(o.help)
+                .help_heading("Devices");
             arg = match (o.value_name, o.repeatable) {
                 (None, _) => arg.action(clap::ArgAction::SetTrue),
                 (Some(v), true) => arg.value_name(v).action(clap::ArgAction::Append),
