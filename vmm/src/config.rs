@@ -329,9 +329,11 @@ fn check_readable(what: &'static str, path: &std::path::Path) -> Result<(), Conf
 /// on a single vCPU, rewriting every lock prefix through text_poke
 /// (`noreplace-smp`); the crypto self-tests of every algorithm
 /// (`cryptomgr.notests`, and the two self-tests that ignore it: KDF SP800-108
-/// and BLAKE2s); two tracing-only initcalls: ftrace's check of 37k call
-/// sites against kallsyms and the rewrite of every trace event's format with
-/// enum values (`initcall_blacklist=...`). The lockup detectors would
+/// and BLAKE2s); three tracing-only initcalls: ftrace's check of 37k call
+/// sites against kallsyms, the rewrite of every trace event's format with
+/// enum values and the creation of tracefs's files for every trace event
+/// (`initcall_blacklist=...`; the guest's tracefs is then empty). The
+/// lockup detectors would
 /// report the slow vCPUs as stuck (`nowatchdog`). Options a kernel does not
 /// know are harmless to it.
 pub const QUIRKS_CMDLINE: &[&str] = &[
@@ -339,7 +341,7 @@ pub const QUIRKS_CMDLINE: &[&str] = &[
     "clearcpuid=cx16,popcnt,smap,ssse3,sse4_1,sse4_2,avx,avx2,avx512f,aes,pclmulqdq,sha_ni,gfni,vaes,vpclmulqdq,erms,fsrm",
     "noreplace-smp",
     "cryptomgr.notests",
-    "initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,crypto_kdf108_init,blake2s_mod_init",
+    "initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,tracer_init_tracefs,crypto_kdf108_init,blake2s_mod_init",
     "nowatchdog",
 ];
 
