@@ -28,8 +28,12 @@ fn allowed(kind: &str, mode: &str) -> usize {
         .nth(1)
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no count in: {first}"));
-    // One line per syscall follows.
-    assert_eq!(out.lines().count(), n + 1, "{out}");
+    // One line per syscall follows, then the x32 guard's.
+    assert_eq!(out.lines().count(), n + 2, "{out}");
+    let last = out.lines().last().unwrap();
+    assert!(last.starts_with("x32 calls"), "{out}");
+    let refusal = if mode == "log" { "ENOSYS" } else { "kill" };
+    assert!(mode == "trap" || last.contains(refusal), "{last}");
     n
 }
 
@@ -40,6 +44,7 @@ fn seccomp_policies_are_within_their_targets() {
     assert!(allowed("net", "kill") <= 25);
     // Trap mode adds only rt_sigreturn, for its handler.
     assert_eq!(allowed("rng", "trap"), allowed("rng", "kill") + 1);
+    assert_eq!(allowed("rng", "log"), allowed("rng", "kill"));
     for kind in ["rng", "blk", "net"] {
         let (_, out) = skvm(&["sandbox", "show", kind]);
         for forbidden in [
@@ -247,6 +252,11 @@ fn the_vmm_filter_lists_its_groups() {
     // One line per denied syscall (clone3 fails with ENOSYS instead).
     let entries = out.lines().filter(|l| l.starts_with("  ")).count();
     assert_eq!(entries, n + 1, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l == "x32 calls (number | 0x40000000), before any rule: kill the process"),
+        "{out}"
+    );
     // An allowed group is gone; so is the whole filter with off.
     let (_, relaxed) = skvm(&["sandbox", "show", "vmm", "--sandbox", "on,spawn=allow"]);
     assert!(

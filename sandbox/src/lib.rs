@@ -9,7 +9,10 @@
 //! - [`jail`]: namespaces, the empty read-only root, capabilities,
 //!   no_new_privs, resource limits, and a probe of what the host supports.
 //! - [`syscalls`]: syscall names, for reports.
+//! - [`bpf`]: a classic-BPF interpreter, to ask a compiled filter what it
+//!   answers without installing it.
 
+pub mod bpf;
 pub mod jail;
 pub mod process;
 pub mod seccomp;

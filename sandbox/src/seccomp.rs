@@ -12,12 +12,19 @@
 //! broad to enumerate safely (the VMM): the listed calls, under their
 //! argument conditions, get the violation action and everything else is
 //! allowed. It is installed on every thread of the process at once (TSYNC).
+//!
+//! Every program either compiles starts with the same guard: a syscall
+//! number with the x32 bit (0x40000000) set is refused before any rule is
+//! looked at. x32 calls reach the same kernel functions under other
+//! numbers, so on a kernel with x32 enabled a denylist that names
+//! `unshare` would let `0x40000000|SYS_unshare` through; skvm makes no x32
+//! calls, so no filter of ours lets one pass.
 
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
 };
 
 /// One condition on a syscall argument (all of a rule's must hold).
@@ -102,6 +109,38 @@ fn rule_map(syscalls: &[Syscall]) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Sec
     Ok(rules)
 }
 
+/// The guard every program starts with: load the syscall number; below the
+/// x32 bit, go on to the rules; otherwise (x32 calls, and the negative
+/// numbers that are no syscall at all) return the refusal. seccompiler's
+/// programs check the architecture first thing, right after it.
+fn x32_guard(violation: Violation) -> [sock_filter; 3] {
+    // Classic-BPF codes (uapi bpf_common.h): LD|W|ABS, JMP|JGE|K, RET|K.
+    const LOAD_NR: u16 = 0x20;
+    const JGE: u16 = 0x35;
+    const RET: u16 = 0x06;
+    // In log mode everything else is allowed and logged; an x32 call is
+    // refused as a kernel without x32 refuses it.
+    let refusal = match violation {
+        Violation::Kill => libc::SECCOMP_RET_KILL_PROCESS,
+        Violation::Trap => libc::SECCOMP_RET_TRAP,
+        Violation::Log => libc::SECCOMP_RET_ERRNO | libc::ENOSYS.cast_unsigned(),
+    };
+    let ins = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    [
+        ins(LOAD_NR, 0, 0, 0),
+        ins(JGE, 0, 1, crate::bpf::X32_SYSCALL_BIT.cast_unsigned()),
+        ins(RET, 0, 0, refusal),
+    ]
+}
+
+/// `filter` compiled, behind the x32 guard.
+fn guarded(filter: SeccompFilter, violation: Violation) -> Result<BpfProgram, SeccompError> {
+    let rules = BpfProgram::try_from(filter).map_err(SeccompError::Build)?;
+    let mut prog = x32_guard(violation).to_vec();
+    prog.extend(rules);
+    Ok(prog)
+}
+
 fn action_of(violation: Violation) -> SeccompAction {
     match violation {
         Violation::Kill => SeccompAction::KillProcess,
@@ -141,7 +180,7 @@ impl Policy {
             TargetArch::x86_64,
         )
         .map_err(SeccompError::Build)?;
-        BpfProgram::try_from(filter).map_err(SeccompError::Build)
+        guarded(filter, violation)
     }
 
     /// Installs the policy on the calling thread (seccompiler sets
@@ -219,7 +258,7 @@ impl Denylist {
                 TargetArch::x86_64,
             )
             .map_err(SeccompError::Build)?;
-            progs.push(BpfProgram::try_from(filter).map_err(SeccompError::Build)?);
+            progs.push(guarded(filter, violation)?);
         }
         Ok(progs)
     }
@@ -280,6 +319,102 @@ mod tests {
         // SAFETY: waits for the child we forked.
         unsafe { libc::waitpid(pid, &mut status, 0) };
         status
+    }
+
+    const MODES: [Violation; 3] = [Violation::Kill, Violation::Trap, Violation::Log];
+
+    fn verdict(prog: &[sock_filter], nr: i64, args: [u64; 6]) -> u32 {
+        crate::bpf::run(prog, &crate::bpf::SeccompData::x86_64(nr, args)).unwrap()
+    }
+
+    fn x32(nr: i64) -> i64 {
+        nr | i64::from(crate::bpf::X32_SYSCALL_BIT)
+    }
+
+    #[test]
+    fn an_allowlist_answers_as_listed_and_refuses_x32_and_other_arches() {
+        const MMAP: Syscall = Syscall {
+            nr: libc::SYS_mmap,
+            name: "mmap",
+            why: "test",
+            rules: &[&[Arg::NoBits(2, libc::PROT_EXEC as u64)]],
+        };
+        let p = Policy::new(&[GETPID, MMAP]);
+        for (mode, other) in [
+            (Violation::Kill, libc::SECCOMP_RET_KILL_PROCESS),
+            (Violation::Trap, libc::SECCOMP_RET_TRAP),
+            (Violation::Log, libc::SECCOMP_RET_LOG),
+        ] {
+            let prog = p.compile(mode).unwrap();
+            let allow = libc::SECCOMP_RET_ALLOW;
+            assert_eq!(verdict(&prog, libc::SYS_getpid, [0; 6]), allow);
+            assert_eq!(verdict(&prog, libc::SYS_getppid, [0; 6]), other);
+            let read = [0, 4096, libc::PROT_READ as u64, 0, 0, 0];
+            let exec = [0, 4096, libc::PROT_EXEC as u64, 0, 0, 0];
+            assert_eq!(verdict(&prog, libc::SYS_mmap, read), allow);
+            assert_eq!(verdict(&prog, libc::SYS_mmap, exec), other);
+            let refused = verdict(&prog, x32(libc::SYS_getpid), [0; 6]);
+            assert_ne!(crate::bpf::action(refused), allow, "{mode:?}");
+            assert_ne!(crate::bpf::action(refused), libc::SECCOMP_RET_LOG);
+            assert_eq!(verdict(&prog, -1, [0; 6]), refused);
+            let i386 = crate::bpf::SeccompData {
+                arch: crate::bpf::AUDIT_ARCH_I386,
+                ..crate::bpf::SeccompData::x86_64(libc::SYS_getpid, [0; 6])
+            };
+            assert_eq!(
+                crate::bpf::run(&prog, &i386),
+                Ok(libc::SECCOMP_RET_KILL_PROCESS)
+            );
+        }
+    }
+
+    #[test]
+    fn a_denylist_refuses_the_x32_form_of_every_call() {
+        let mut d = Denylist::new();
+        d.deny(&[GETPID]);
+        d.unsupported(&[Syscall {
+            nr: libc::SYS_clone3,
+            name: "clone3",
+            why: "test",
+            rules: &[],
+        }]);
+        for mode in MODES {
+            let progs = d.compile(mode).unwrap();
+            let refs: Vec<&[sock_filter]> = progs.iter().map(Vec::as_slice).collect();
+            let ask = |nr| {
+                crate::bpf::stacked(&refs, &crate::bpf::SeccompData::x86_64(nr, [0; 6])).unwrap()
+            };
+            assert_eq!(ask(libc::SYS_getppid), libc::SECCOMP_RET_ALLOW);
+            assert_eq!(
+                ask(libc::SYS_clone3),
+                libc::SECCOMP_RET_ERRNO | libc::ENOSYS.cast_unsigned()
+            );
+            for nr in [libc::SYS_getpid, libc::SYS_getppid, libc::SYS_clone3] {
+                let a = crate::bpf::action(ask(x32(nr)));
+                assert_ne!(a, libc::SECCOMP_RET_ALLOW, "{mode:?} {nr}");
+                assert_ne!(a, libc::SECCOMP_RET_LOG, "{mode:?} {nr}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_kernel_kills_an_x32_call_that_a_denylist_does_not_name() {
+        let mut d = Denylist::new();
+        d.deny(&[GETPID]);
+        let progs = d.compile(Violation::Kill).unwrap();
+        let status = in_child(|| {
+            for prog in &progs {
+                if seccompiler::apply_filter(prog).is_err() {
+                    return 3;
+                }
+            }
+            // SAFETY: a raw x32 getppid (ENOSYS on kernels without x32);
+            // the filter kills the process first.
+            unsafe { libc::syscall(x32(libc::SYS_getppid)) };
+            0
+        });
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+        assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
     }
 
     #[test]

@@ -108,6 +108,15 @@ fn action_text(mode: SeccompMode) -> &'static str {
     }
 }
 
+/// The line for the guard every filter starts with (sandbox::seccomp).
+fn x32_line(mode: SeccompMode) -> String {
+    let refusal = match mode {
+        SeccompMode::Log => "fail with ENOSYS",
+        other => action_text(other),
+    };
+    format!("x32 calls (number | 0x40000000), before any rule: {refusal}")
+}
+
 fn rules_text(s: &Syscall) -> String {
     if s.rules.is_empty() {
         return String::new();
@@ -145,6 +154,7 @@ fn show_vmm(sb: &VmmSandbox, mode: SeccompMode) -> ExitCode {
             println!("  {:<20} {}", s.name, s.why);
         }
     }
+    println!("{}", x32_line(mode));
     ExitCode::SUCCESS
 }
 
@@ -171,5 +181,6 @@ fn show(kinds: &Registry, name: &str, mode: SeccompMode) -> ExitCode {
     for s in &list {
         println!("  {:<14} {}{}", s.name, s.why, rules_text(s));
     }
+    println!("{}", x32_line(mode));
     ExitCode::SUCCESS
 }

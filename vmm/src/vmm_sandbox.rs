@@ -593,6 +593,31 @@ mod tests {
         }
     }
 
+    /// The compiled denylist, run through the BPF interpreter: each call it
+    /// denies is refused, and so is the x32 form of every call, denied or
+    /// not (the bit makes a number that no denylist entry matches).
+    fn refuses_every_x32_call(v: &VmmSandbox, progs: &[seccompiler::BpfProgram]) {
+        use sandbox::bpf::{action, stacked, SeccompData, X32_SYSCALL_BIT};
+        let refs: Vec<&[seccompiler::sock_filter]> = progs.iter().map(Vec::as_slice).collect();
+        let ask = |nr: i64| action(stacked(&refs, &SeccompData::x86_64(nr, [0; 6])).unwrap());
+        let allowed = [libc::SECCOMP_RET_ALLOW, libc::SECCOMP_RET_LOG];
+        let denied = v.denylist().denied();
+        for s in &denied {
+            if s.rules.is_empty() {
+                assert_ne!(ask(s.nr), libc::SECCOMP_RET_ALLOW, "{v} {}", s.name);
+            }
+        }
+        for nr in denied.iter().map(|s| s.nr).chain([
+            libc::SYS_read,
+            libc::SYS_ioctl,
+            libc::SYS_unshare,
+            libc::SYS_execve,
+        ]) {
+            let a = ask(nr | i64::from(X32_SYSCALL_BIT));
+            assert!(!allowed.contains(&a), "{v}: x32 {nr} gets {a:#x}");
+        }
+    }
+
     #[test]
     fn every_combination_compiles() {
         for spawn in ["allow", "deny"] {
@@ -603,7 +628,9 @@ mod tests {
                     );
                     let v = parse(&s).unwrap();
                     for mode in [Violation::Kill, Violation::Trap, Violation::Log] {
-                        assert!(!v.denylist().compile(mode).unwrap().is_empty(), "{s}");
+                        let progs = v.denylist().compile(mode).unwrap();
+                        assert!(!progs.is_empty(), "{s}");
+                        refuses_every_x32_call(&v, &progs);
                     }
                 }
             }

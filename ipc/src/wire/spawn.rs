@@ -5,10 +5,14 @@
 //!
 //! | kind | direction | message | fds |
 //! |---|---|---|---|
-//! | 201 | VMM -> spawner | `Spawn { name, kind, jail }` | the control socket |
-//! | 202 | spawner -> VMM | `Spawned { pid }` | 0 |
-//! | 203 | spawner -> VMM | `Failed { errno }` | 0 |
+//! | 201 | VMM -> spawner | `Spawn { id, name, kind, jail }` | the control socket |
+//! | 202 | spawner -> VMM | `Spawned { id, pid }` | 0 |
+//! | 203 | spawner -> VMM | `Failed { id, errno }` | 0 |
 //! | 204 | spawner -> VMM (exit socket) | `Exited { pid, status }` | 0 |
+//!
+//! Each answer carries the id of the request it answers, so that an answer
+//! that comes after its request timed out is never taken for the next one's.
+//! An unreadable request is answered with id 0, which the VMM never uses.
 
 use super::{open, Reader, Writer, MAX_KIND};
 use crate::IpcError;
@@ -155,6 +159,8 @@ impl Jail {
 /// VMM -> spawner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpawnRequest {
+    /// Chosen by the VMM, echoed in the answer; never 0.
+    pub id: u32,
     /// The device's name ("rng0").
     pub name: String,
     /// Its kind ("rng").
@@ -168,11 +174,15 @@ pub struct SpawnRequest {
 pub enum SpawnerReply {
     /// The device process is started.
     Spawned {
+        /// The request's id.
+        id: u32,
         /// Its pid.
         pid: i32,
     },
     /// It could not be started.
     Failed {
+        /// The request's id (0 if the request could not be read).
+        id: u32,
         /// The errno of the step that failed.
         errno: i32,
     },
@@ -189,6 +199,7 @@ impl SpawnRequest {
     /// The wire form; fails if a field is above its cap.
     pub fn encode(&self) -> Result<Vec<u8>, IpcError> {
         let mut w = Writer::new(SPAWN);
+        w.u32(self.id);
         w.bytes("name length", self.name.as_bytes(), MAX_NAME)?;
         w.bytes("kind length", self.kind.as_bytes(), MAX_KIND)?;
         self.jail.put(&mut w)?;
@@ -205,6 +216,7 @@ impl SpawnRequest {
             String::from_utf8(r.bytes(what, max)?).map_err(|_| IpcError::BadText)
         };
         let req = Self {
+            id: r.u32()?,
             name: text(&mut r, "name length", MAX_NAME)?,
             kind: text(&mut r, "kind length", MAX_KIND)?,
             jail: Jail::take(&mut r)?,
@@ -218,13 +230,15 @@ impl SpawnerReply {
     /// The wire form.
     pub fn encode(&self) -> Result<Vec<u8>, IpcError> {
         let w = match *self {
-            SpawnerReply::Spawned { pid } => {
+            SpawnerReply::Spawned { id, pid } => {
                 let mut w = Writer::new(SPAWNED);
+                w.u32(id);
                 w.u32(pid.cast_unsigned());
                 w
             }
-            SpawnerReply::Failed { errno } => {
+            SpawnerReply::Failed { id, errno } => {
                 let mut w = Writer::new(FAILED);
+                w.u32(id);
                 w.u32(errno.cast_unsigned());
                 w
             }
@@ -243,9 +257,11 @@ impl SpawnerReply {
         let (kind, mut r) = open(bytes)?;
         let reply = match kind {
             SPAWNED => SpawnerReply::Spawned {
+                id: r.u32()?,
                 pid: r.u32()?.cast_signed(),
             },
             FAILED => SpawnerReply::Failed {
+                id: r.u32()?,
                 errno: r.u32()?.cast_signed(),
             },
             EXITED => SpawnerReply::Exited {
@@ -282,14 +298,15 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let req = SpawnRequest {
+            id: 3,
             name: "blk0".into(),
             kind: "blk".into(),
             jail: jail(),
         };
         assert_eq!(SpawnRequest::decode(&req.encode().unwrap()).unwrap(), req);
         for reply in [
-            SpawnerReply::Spawned { pid: 42 },
-            SpawnerReply::Failed { errno: 1 },
+            SpawnerReply::Spawned { id: 3, pid: 42 },
+            SpawnerReply::Failed { id: 3, errno: 1 },
             SpawnerReply::Exited { pid: 7, status: 9 },
         ] {
             assert_eq!(
@@ -334,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_reply_is_not_a_request() {
-        let reply = SpawnerReply::Spawned { pid: 1 }.encode().unwrap();
+        let reply = SpawnerReply::Spawned { id: 1, pid: 1 }.encode().unwrap();
         assert!(SpawnRequest::decode(&reply).is_err());
     }
 }

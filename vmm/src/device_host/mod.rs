@@ -93,6 +93,17 @@ pub struct SandboxOpts {
     pub unconfined: bool,
 }
 
+impl SandboxOpts {
+    /// What the spawner is told about unconfined device processes.
+    pub fn spawner_unconfined(&self) -> spawner::Unconfined {
+        if self.unconfined {
+            spawner::Unconfined::Allow
+        } else {
+            spawner::Unconfined::Refuse
+        }
+    }
+}
+
 impl Default for SandboxOpts {
     fn default() -> Self {
         Self {

@@ -165,6 +165,37 @@ mod tests {
         assert!(p.compile(sandbox::seccomp::Violation::Kill).is_ok());
     }
 
+    /// Every kind's compiled filter, in every mode, run through the BPF
+    /// interpreter: what it lists passes, executable mappings and the x32
+    /// form of every listed call do not.
+    #[test]
+    fn every_compiled_device_filter_refuses_x32_and_executable_memory() {
+        use sandbox::bpf::{action, run, SeccompData, X32_SYSCALL_BIT};
+        use sandbox::seccomp::Violation;
+        let allow = libc::SECCOMP_RET_ALLOW;
+        for kind in Registry::standard().kinds() {
+            let Some(p) = for_kind(kind.as_ref()) else {
+                continue;
+            };
+            for mode in [Violation::Kill, Violation::Trap, Violation::Log] {
+                let prog = p.compile(mode).unwrap();
+                let ask = |nr: i64, args| run(&prog, &SeccompData::x86_64(nr, args)).unwrap();
+                for s in p.syscalls() {
+                    let name = (kind.name(), s.name, mode);
+                    if s.rules.is_empty() {
+                        assert_eq!(ask(s.nr, [0; 6]), allow, "{name:?}");
+                    }
+                    let x32 = action(ask(s.nr | i64::from(X32_SYSCALL_BIT), [0; 6]));
+                    assert!(x32 != allow && x32 != libc::SECCOMP_RET_LOG, "{name:?}");
+                }
+                let rx = [0, 4096, (libc::PROT_READ | libc::PROT_EXEC) as u64, 0, 0, 0];
+                for nr in [libc::SYS_mmap, libc::SYS_mprotect] {
+                    assert_ne!(ask(nr, rx), allow, "{} {mode:?}", kind.name());
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_kind_that_never_runs_in_a_process_has_no_policy() {
         assert!(policy("mem").is_none());

@@ -41,6 +41,23 @@ pub const DEVICE_CONTROL_FD: RawFd = jail::CONTROL_FD;
 const MESSAGE_MAX: usize = 256;
 /// How long a spawn may take before the VMM gives up on the spawner.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Spawns the spawner serves in a burst, and how many more per second after
+/// that: far above what restarts and mem-add rebuilds need (a few a
+/// second), far below a fork bomb. Requests above it fail with EAGAIN.
+const SPAWN_BURST: u32 = 32;
+const SPAWNS_PER_SECOND: u32 = 8;
+
+/// Whether the spawner starts device processes with no confinement at all
+/// (`Jail::default()`). Fixed when the spawner is forked, so a compromised
+/// VMM cannot ask for an unconfined process later: only `skvm drive
+/// --unconfined`, which measures what confinement costs, allows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unconfined {
+    /// Refuse such requests (EPERM).
+    Refuse,
+    /// Serve them.
+    Allow,
+}
 
 /// Proof that this process has a single thread: forking it is safe. Only
 /// [`SingleThreaded::claim`] makes one, once per process, after checking
@@ -126,14 +143,14 @@ fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// The VMM's handle on the spawner process.
 pub struct Spawner {
-    requests: Mutex<OwnedFd>,
+    requests: Mutex<Requests>,
     events: OwnedFd,
     pid: libc::pid_t,
 }
 
 impl Spawner {
     /// Forks the spawner, which `single` proves safe.
-    pub fn start(single: &SingleThreaded) -> Result<Self> {
+    pub fn start(single: &SingleThreaded, unconfined: Unconfined) -> Result<Self> {
         let _ = single;
         let (req_vmm, req_spawner) = seqpacket_pair().context("cannot create spawner socket")?;
         let (ev_vmm, ev_spawner) = seqpacket_pair().context("cannot create spawner socket")?;
@@ -148,10 +165,13 @@ impl Spawner {
         if pid == 0 {
             drop(req_vmm);
             drop(ev_vmm);
-            spawner_main(vmm, &req_spawner, &ev_spawner);
+            spawner_main(vmm, &req_spawner, &ev_spawner, unconfined);
         }
         Ok(Self {
-            requests: Mutex::new(req_vmm),
+            requests: Mutex::new(Requests {
+                sock: req_vmm,
+                last_id: 0,
+            }),
             events: ev_vmm,
             pid,
         })
@@ -170,23 +190,30 @@ impl Spawner {
         if !valid_name(name) || !ipc::wire::valid_kind(kind) {
             bail!("invalid device name '{name}' or kind '{kind}'");
         }
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        // Ids start at 1 and skip 0, which answers unreadable requests.
+        requests.last_id = requests.last_id.checked_add(1).unwrap_or(1);
+        let id = requests.last_id;
         let req = SpawnRequest {
+            id,
             name: name.to_owned(),
             kind: kind.to_owned(),
             jail: jail.clone(),
         };
         let bytes = req.encode().context("bad spawn request")?;
-        let sock = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        ipc::fdpass::send(sock.as_fd(), &bytes, &[control.as_fd()])
+        ipc::fdpass::send(requests.sock.as_fd(), &bytes, &[control.as_fd()])
             .context("cannot reach the spawner")?;
         drop(control);
-        let mut buf = [0u8; MESSAGE_MAX];
-        let (n, fds) = ipc::fdpass::recv(sock.as_fd(), &mut buf, 0, Some(SPAWN_TIMEOUT))
-            .context("no answer from the spawner")?;
-        drop(fds);
-        match SpawnerReply::decode(buf.get(..n).unwrap_or_default()) {
-            Ok(SpawnerReply::Spawned { pid }) => Ok(pid),
-            Ok(SpawnerReply::Failed { errno }) => {
+        match requests.answer(id)? {
+            SpawnerReply::Spawned { pid, .. } => Ok(pid),
+            SpawnerReply::Failed { errno, .. } if errno == libc::EAGAIN => bail!(
+                "the spawner refused: more than {SPAWN_BURST} device processes at once or \
+                 {SPAWNS_PER_SECOND} a second"
+            ),
+            SpawnerReply::Failed { errno, .. } if errno == libc::EPERM => {
+                bail!("the spawner refused a device process without confinement")
+            }
+            SpawnerReply::Failed { errno, .. } => {
                 let what = if jail.namespaces.is_some() {
                     "cannot create the device process in its namespaces"
                 } else {
@@ -194,7 +221,7 @@ impl Spawner {
                 };
                 Err(io::Error::from_raw_os_error(errno)).context(what)
             }
-            _ => bail!("bad answer from the spawner"),
+            SpawnerReply::Exited { .. } => bail!("bad answer from the spawner"),
         }
     }
 
@@ -215,14 +242,49 @@ impl Spawner {
     }
 }
 
+/// The request socket and the id of the last request sent on it.
+struct Requests {
+    sock: OwnedFd,
+    last_id: u32,
+}
+
+impl Requests {
+    /// The spawner's answer to request `id`, within one deadline for the
+    /// whole wait. Answers to earlier requests (which came after those
+    /// requests timed out) are dropped.
+    fn answer(&self, id: u32) -> Result<SpawnerReply> {
+        let deadline = std::time::Instant::now() + SPAWN_TIMEOUT;
+        let mut buf = [0u8; MESSAGE_MAX];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let (n, _fds) = ipc::fdpass::recv(self.sock.as_fd(), &mut buf, 0, Some(left))
+                .context("no answer from the spawner")?;
+            let reply = SpawnerReply::decode(buf.get(..n).unwrap_or_default())
+                .context("bad answer from the spawner")?;
+            let got = match reply {
+                SpawnerReply::Spawned { id, .. } | SpawnerReply::Failed { id, .. } => id,
+                SpawnerReply::Exited { .. } => return Ok(reply),
+            };
+            // Id 0: the spawner could not read the request, which is ours.
+            if got == id || got == 0 {
+                return Ok(reply);
+            }
+            if got > id {
+                bail!("the spawner answered request {got}, not {id}");
+            }
+            crate::log::debug(&format!("spawner: late answer to request {got} dropped"));
+        }
+    }
+}
+
 impl Drop for Spawner {
     /// Hangs up on the spawner, which then exits (taking any device still
     /// alive with it through PR_SET_PDEATHSIG), and reaps it. A spawner that
     /// does not exit within a second is killed.
     fn drop(&mut self) {
-        let sock = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: shuts down a socket we own.
-        unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RDWR) };
+        unsafe { libc::shutdown(requests.sock.as_raw_fd(), libc::SHUT_RDWR) };
         for attempt in 0..=100 {
             let mut status = 0;
             // SAFETY: reaps our own child without blocking.
@@ -245,7 +307,12 @@ impl Drop for Spawner {
 
 /// The spawner process: serves spawn requests and reports exits until the
 /// VMM goes away.
-fn spawner_main(vmm: libc::pid_t, requests: &OwnedFd, events: &OwnedFd) -> ! {
+fn spawner_main(
+    vmm: libc::pid_t,
+    requests: &OwnedFd,
+    events: &OwnedFd,
+    unconfined: Unconfined,
+) -> ! {
     if sandbox::process::die_with_parent(vmm).is_err() {
         // SAFETY: ends this process without unwinding into the VMM's code.
         unsafe { libc::_exit(0) };
@@ -268,6 +335,7 @@ fn spawner_main(vmm: libc::pid_t, requests: &OwnedFd, events: &OwnedFd) -> ! {
     let log = log_pipe();
     let log_rd = log.as_ref().map_or(-1, |(rd, _)| rd.as_raw_fd());
     let log_wr = log.as_ref().map(|(_, wr)| wr.as_fd());
+    let mut budget = Budget::new(std::time::Instant::now());
     let mut wake = WaitSet::with_capacity(3);
     wake.add(requests, Wake::Request);
     wake.add(&sigchld, Wake::Child);
@@ -286,7 +354,7 @@ fn spawner_main(vmm: libc::pid_t, requests: &OwnedFd, events: &OwnedFd) -> ! {
             drain_signalfd(&sigchld);
             report_exits(events);
         }
-        if request && !serve_request(requests, log_wr) {
+        if request && !serve_request(requests, log_wr, unconfined, &mut budget) {
             // The VMM is gone; PR_SET_PDEATHSIG takes the devices down.
             // SAFETY: as above.
             unsafe { libc::_exit(0) };
@@ -387,9 +455,50 @@ fn report_exits(events: &OwnedFd) {
     }
 }
 
+/// The spawner's rate limit: a bucket of [`SPAWN_BURST`] spawns, refilled at
+/// [`SPAWNS_PER_SECOND`].
+#[derive(Debug)]
+struct Budget {
+    tokens: u32,
+    since: std::time::Instant,
+}
+
+impl Budget {
+    fn new(now: std::time::Instant) -> Self {
+        Self {
+            tokens: SPAWN_BURST,
+            since: now,
+        }
+    }
+
+    /// Takes one spawn from the budget at `now`; false if none is left.
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        let per_token = Duration::from_secs(1) / SPAWNS_PER_SECOND;
+        while self.tokens < SPAWN_BURST && now.duration_since(self.since) >= per_token {
+            self.tokens += 1;
+            self.since += per_token;
+        }
+        if self.tokens == SPAWN_BURST {
+            self.since = now;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
 /// Serves one request; false when the VMM hung up. `log` becomes the
-/// stderr of a device process started.
-fn serve_request(requests: &OwnedFd, log: Option<BorrowedFd<'_>>) -> bool {
+/// stderr of a device process started. A request is served only if it is
+/// well formed, its jail acceptable (and confined unless `unconfined`
+/// allows otherwise), and within the rate limit.
+fn serve_request(
+    requests: &OwnedFd,
+    log: Option<BorrowedFd<'_>>,
+    unconfined: Unconfined,
+    budget: &mut Budget,
+) -> bool {
     let mut buf = [0u8; MESSAGE_MAX];
     let (n, mut fds) = match ipc::fdpass::recv(requests.as_fd(), &mut buf, 1, None) {
         Ok(r) => r,
@@ -399,18 +508,25 @@ fn serve_request(requests: &OwnedFd, log: Option<BorrowedFd<'_>>) -> bool {
     let request = SpawnRequest::decode(buf.get(..n).unwrap_or_default()).ok();
     let reply = match (request, fds.pop()) {
         (Some(r), Some(control))
-            if valid_name(&r.name)
+            if r.id != 0
+                && valid_name(&r.name)
                 && ipc::wire::valid_kind(&r.kind)
                 && jail::acceptable(&r.jail) =>
         {
-            match fork_device(&r, &control, log) {
-                Ok(pid) => SpawnerReply::Spawned { pid },
-                Err(e) => SpawnerReply::Failed {
-                    errno: e.raw_os_error().unwrap_or(libc::EIO),
-                },
+            let failed = |errno| SpawnerReply::Failed { id: r.id, errno };
+            if r.jail == Jail::default() && unconfined == Unconfined::Refuse {
+                failed(libc::EPERM)
+            } else if !budget.take(std::time::Instant::now()) {
+                failed(libc::EAGAIN)
+            } else {
+                match fork_device(&r, &control, log) {
+                    Ok(pid) => SpawnerReply::Spawned { id: r.id, pid },
+                    Err(e) => failed(e.raw_os_error().unwrap_or(libc::EIO)),
+                }
             }
         }
-        _ => SpawnerReply::Failed {
+        (r, _) => SpawnerReply::Failed {
+            id: r.map_or(0, |r| r.id),
             errno: libc::EINVAL,
         },
     };
@@ -541,6 +657,114 @@ mod tests {
             SingleThreaded::claim(),
             Err(ThreadsError::Threads(n)) if n > 1
         ));
+    }
+
+    #[test]
+    fn the_rate_limit_allows_a_burst_then_a_steady_rate() {
+        let t0 = std::time::Instant::now();
+        let mut b = Budget::new(t0);
+        for i in 0..SPAWN_BURST {
+            assert!(b.take(t0), "{i}");
+        }
+        assert!(!b.take(t0));
+        let tick = Duration::from_secs(1) / SPAWNS_PER_SECOND;
+        assert!(!b.take(t0 + tick / 2));
+        assert!(b.take(t0 + tick));
+        assert!(!b.take(t0 + tick));
+        // A second later, SPAWNS_PER_SECOND more; after a long pause, no
+        // more than a burst.
+        let later = t0 + tick + Duration::from_secs(1);
+        let n = (0..100).take_while(|_| b.take(later)).count();
+        assert_eq!(n, SPAWNS_PER_SECOND as usize);
+        let much_later = later + Duration::from_secs(3600);
+        let n = (0..100).take_while(|_| b.take(much_later)).count();
+        assert_eq!(n, SPAWN_BURST as usize);
+    }
+
+    /// What the spawner answers to `req` (sent with one fd, as the VMM
+    /// does), served in this process: every case here is refused before
+    /// any fork.
+    fn serve(req: &SpawnRequest, unconfined: Unconfined, budget: &mut Budget) -> SpawnerReply {
+        let (vmm, spawner) = seqpacket_pair().unwrap();
+        let bytes = req.encode().unwrap();
+        ipc::fdpass::send(vmm.as_fd(), &bytes, &[vmm.as_fd()]).unwrap();
+        assert!(serve_request(&spawner, None, unconfined, budget));
+        let mut buf = [0u8; MESSAGE_MAX];
+        let (n, _) = ipc::fdpass::recv(vmm.as_fd(), &mut buf, 0, Some(SPAWN_TIMEOUT)).unwrap();
+        SpawnerReply::decode(&buf[..n]).unwrap()
+    }
+
+    fn request(id: u32, jail: Jail) -> SpawnRequest {
+        SpawnRequest {
+            id,
+            name: "rng0".into(),
+            kind: "rng".into(),
+            jail,
+        }
+    }
+
+    #[test]
+    fn the_spawner_refuses_what_it_was_not_started_for() {
+        let mut budget = Budget::new(std::time::Instant::now());
+        // No confinement at all: only a spawner started for `skvm drive
+        // --unconfined` serves it, whatever the request says.
+        let unconfined = request(7, Jail::default());
+        assert_eq!(
+            serve(&unconfined, Unconfined::Refuse, &mut budget),
+            SpawnerReply::Failed {
+                id: 7,
+                errno: libc::EPERM
+            }
+        );
+        // Partly confined, or a namespace root mapped to host root: never.
+        let partial = Jail {
+            no_new_privs: true,
+            ..Jail::default()
+        };
+        let root = Jail {
+            namespaces: Some(ipc::IdMap { uid: 0, gid: 0 }),
+            no_new_privs: true,
+            drop_capabilities: true,
+            seccomp: Some(ipc::SeccompAction::Kill),
+            ..Jail::default()
+        };
+        for (id, jail) in [(8, partial), (9, root)] {
+            assert_eq!(
+                serve(&request(id, jail), Unconfined::Allow, &mut budget),
+                SpawnerReply::Failed {
+                    id,
+                    errno: libc::EINVAL
+                }
+            );
+        }
+        // Id 0 is not a request's.
+        let zero = request(0, Jail::default());
+        assert!(matches!(
+            serve(&zero, Unconfined::Allow, &mut budget),
+            SpawnerReply::Failed { id: 0, errno } if errno == libc::EINVAL
+        ));
+    }
+
+    #[test]
+    fn the_spawner_refuses_spawns_over_its_rate() {
+        // Empty, and not refilled for an hour whatever the test's pace.
+        let mut budget = Budget {
+            tokens: 0,
+            since: std::time::Instant::now() + Duration::from_secs(3600),
+        };
+        let confined = Jail {
+            no_new_privs: true,
+            drop_capabilities: true,
+            seccomp: Some(ipc::SeccompAction::Kill),
+            ..Jail::default()
+        };
+        assert_eq!(
+            serve(&request(3, confined), Unconfined::Refuse, &mut budget),
+            SpawnerReply::Failed {
+                id: 3,
+                errno: libc::EAGAIN
+            }
+        );
     }
 
     #[test]

@@ -155,7 +155,7 @@ impl DeviceHost {
         single: SingleThreaded,
     ) -> Result<Self> {
         let spawner = match mode {
-            DeviceMode::Process => Some(Spawner::start(&single)?),
+            DeviceMode::Process => Some(Spawner::start(&single, sandbox.spawner_unconfined())?),
             DeviceMode::Thread => None,
         };
         Ok(Self {
