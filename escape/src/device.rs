@@ -33,6 +33,9 @@ pub const ACTIONS: &[&str] = &[
     "fork",
     "chdir-out",
     "read-proc-environ",
+    // Not an escape but a nuisance: 1 MiB of log lines with terminal
+    // escape sequences; the spawner must cut and clean them.
+    "flood-stderr",
 ];
 
 fn last_error() -> io::Error {
@@ -153,6 +156,16 @@ pub fn attempt(index: usize, vmm: libc::pid_t) -> io::Result<()> {
                 ok_if(libc::access(c"etc/passwd".as_ptr(), libc::F_OK).into())
             }
             "read-proc-environ" => open(c"/proc/1/environ"),
+            "flood-stderr" => {
+                let line =
+                    b"\x1b[2J\x1b[31mFLOOD\x1b[0m \x07 ........................................\n";
+                let mut sent = 0usize;
+                while sent < 1 << 20 {
+                    let n = libc::write(2, line.as_ptr().cast(), line.len());
+                    sent += usize::try_from(n).map_err(|_| last_error())?;
+                }
+                Err(io::Error::other(format!("wrote {sent} bytes to stderr")))
+            }
             _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         }
     }

@@ -136,6 +136,22 @@ fn forbidden_syscalls_are_named_in_trap_mode() {
     assert!(t.contains("made forbidden syscall execve"), "{t}");
 }
 
+#[test]
+fn a_device_flooding_its_stderr_is_cut_and_cannot_send_control_characters() {
+    let t = attempt("escrng0", "kill", "flood-stderr");
+    assert_eq!(outcome(&t), "refused", "{t}");
+    assert!(t.contains("wrote 1048"), "{t}");
+    // Some lines went through, their escape sequences made harmless.
+    assert!(t.contains("?[2J?[31mFLOOD?[0m ?"), "{t}");
+    assert!(!t.contains(['\x1b', '\x07']), "control characters passed");
+    // The rest was dropped, and said so.
+    assert!(
+        t.contains("skvm: device log: more than 64 KiB at once"),
+        "{t}"
+    );
+    assert!(t.len() < 256 * 1024, "{} bytes of output", t.len());
+}
+
 /// One action per group `--sandbox on` denies (the escape build's
 /// SKVM_ESCAPE_VMM actions).
 const VMM_ACTIONS: &[&str] = &["exec-shell", "fork", "setuid", "unshare", "setpriority"];

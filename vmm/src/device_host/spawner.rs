@@ -16,21 +16,21 @@
 //! the first stage of (namespaces, fds) and hands on to the device process
 //! on its command line (`super::jail`).
 //!
-//! Device processes log on stderr, skvm's own. When that is a regular file
-//! (`skvm run 2>log`), a device process could not write it (its file-size
-//! limit is 0), so they get a pipe instead whose lines the spawner copies
-//! to the file, each device's last lines before its exit is reported.
+//! Device processes log on a pipe whose lines the spawner copies to skvm's
+//! stderr, sanitized and rate-limited (`super::device_log`), each device's
+//! last lines before its exit is reported.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ipc::wait::WaitSet;
 use ipc::{Jail, SpawnRequest, SpawnerReply};
 
+use super::device_log::{Bucket, DeviceLog};
 use super::jail;
 
 /// argv[0] of device processes; `main` recognises it.
@@ -332,29 +332,35 @@ fn spawner_main(
         // SAFETY: as above.
         Err(_) => unsafe { libc::_exit(1) },
     };
-    let log = log_pipe();
-    let log_rd = log.as_ref().map_or(-1, |(rd, _)| rd.as_raw_fd());
-    let log_wr = log.as_ref().map(|(_, wr)| wr.as_fd());
-    let mut budget = Budget::new(std::time::Instant::now());
+    let Ok(mut log) = DeviceLog::new(Instant::now()) else {
+        // SAFETY: as above.
+        unsafe { libc::_exit(1) };
+    };
+    // SAFETY: fd 2 stays open for the spawner's life.
+    let stderr = unsafe { BorrowedFd::borrow_raw(2) };
+    let mut budget = Bucket::new(SPAWN_BURST, SPAWNS_PER_SECOND, Instant::now());
     let mut wake = WaitSet::with_capacity(3);
     wake.add(requests, Wake::Request);
     wake.add(&sigchld, Wake::Child);
-    // A negative fd (no log pipe) is never ready.
-    wake.add_raw(log_rd, Wake::Log);
+    wake.add(log.reader(), Wake::Log);
     loop {
         let Ok(ready) = wake.wait(None) else {
             continue;
         };
         let (request, child) = (ready.contains(Wake::Request), ready.contains(Wake::Child));
-        // Log lines first: a device's last words come before its exit.
-        if log_rd >= 0 {
-            copy_log(log_rd);
-        }
         if child {
+            // A device's last words (up to 16 chunks) before its exit.
+            for _ in 0..16 {
+                if log.copy(stderr, Instant::now()) == 0 {
+                    break;
+                }
+            }
             drain_signalfd(&sigchld);
             report_exits(events);
+        } else if ready.contains(Wake::Log) {
+            log.copy(stderr, Instant::now());
         }
-        if request && !serve_request(requests, log_wr, unconfined, &mut budget) {
+        if request && !serve_request(requests, Some(log.writer()), unconfined, &mut budget) {
             // The VMM is gone; PR_SET_PDEATHSIG takes the devices down.
             // SAFETY: as above.
             unsafe { libc::_exit(0) };
@@ -371,51 +377,6 @@ enum Wake {
     Child,
     /// A device wrote a log line.
     Log,
-}
-
-/// A pipe for device processes' stderr (read end non-blocking), when the
-/// spawner's own stderr is a regular file.
-fn log_pipe() -> Option<(OwnedFd, OwnedFd)> {
-    // SAFETY: fstat fills a plain-data struct for fd 2.
-    let regular = unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        libc::fstat(2, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG
-    };
-    if !regular {
-        return None;
-    }
-    let (rd, wr) = sandbox::process::pipe().ok()?;
-    // SAFETY: fcntl on an fd we own with valid commands.
-    unsafe {
-        let flags = libc::fcntl(rd.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(rd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-    }
-    Some((above_stdio(rd)?, above_stdio(wr)?))
-}
-
-/// `fd` moved to a number above those a device process's fds take (0-3),
-/// so that setting those up cannot overwrite it.
-fn above_stdio(fd: OwnedFd) -> Option<OwnedFd> {
-    // SAFETY: duplicates an fd we own; the new one is owned by nothing else.
-    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
-    // SAFETY: as above.
-    (n >= 0).then(|| unsafe { OwnedFd::from_raw_fd(n) })
-}
-
-/// Copies what device processes wrote to the log pipe `rd` to stderr.
-fn copy_log(rd: RawFd) {
-    let mut buf = [0u8; 4096];
-    loop {
-        // SAFETY: reads into a buffer of the given size; `rd` is
-        // non-blocking.
-        let n = unsafe { libc::read(rd, buf.as_mut_ptr().cast(), buf.len()) };
-        let Ok(n) = usize::try_from(n) else { return };
-        if n == 0 {
-            return;
-        }
-        // The spawner was forked single-threaded: std's stderr lock is free.
-        let _ = io::Write::write_all(&mut io::stderr(), buf.get(..n).unwrap_or_default());
-    }
 }
 
 /// SIGCHLD blocked and delivered through a signalfd.
@@ -455,40 +416,6 @@ fn report_exits(events: &OwnedFd) {
     }
 }
 
-/// The spawner's rate limit: a bucket of [`SPAWN_BURST`] spawns, refilled at
-/// [`SPAWNS_PER_SECOND`].
-#[derive(Debug)]
-struct Budget {
-    tokens: u32,
-    since: std::time::Instant,
-}
-
-impl Budget {
-    fn new(now: std::time::Instant) -> Self {
-        Self {
-            tokens: SPAWN_BURST,
-            since: now,
-        }
-    }
-
-    /// Takes one spawn from the budget at `now`; false if none is left.
-    fn take(&mut self, now: std::time::Instant) -> bool {
-        let per_token = Duration::from_secs(1) / SPAWNS_PER_SECOND;
-        while self.tokens < SPAWN_BURST && now.duration_since(self.since) >= per_token {
-            self.tokens += 1;
-            self.since += per_token;
-        }
-        if self.tokens == SPAWN_BURST {
-            self.since = now;
-        }
-        if self.tokens == 0 {
-            return false;
-        }
-        self.tokens -= 1;
-        true
-    }
-}
-
 /// Serves one request; false when the VMM hung up. `log` becomes the
 /// stderr of a device process started. A request is served only if it is
 /// well formed, its jail acceptable (and confined unless `unconfined`
@@ -497,7 +424,7 @@ fn serve_request(
     requests: &OwnedFd,
     log: Option<BorrowedFd<'_>>,
     unconfined: Unconfined,
-    budget: &mut Budget,
+    budget: &mut Bucket,
 ) -> bool {
     let mut buf = [0u8; MESSAGE_MAX];
     let (n, mut fds) = match ipc::fdpass::recv(requests.as_fd(), &mut buf, 1, None) {
@@ -516,7 +443,7 @@ fn serve_request(
             let failed = |errno| SpawnerReply::Failed { id: r.id, errno };
             if r.jail == Jail::default() && unconfined == Unconfined::Refuse {
                 failed(libc::EPERM)
-            } else if !budget.take(std::time::Instant::now()) {
+            } else if !budget.take(1, Instant::now()) {
                 failed(libc::EAGAIN)
             } else {
                 match fork_device(&r, &control, log) {
@@ -659,32 +586,10 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn the_rate_limit_allows_a_burst_then_a_steady_rate() {
-        let t0 = std::time::Instant::now();
-        let mut b = Budget::new(t0);
-        for i in 0..SPAWN_BURST {
-            assert!(b.take(t0), "{i}");
-        }
-        assert!(!b.take(t0));
-        let tick = Duration::from_secs(1) / SPAWNS_PER_SECOND;
-        assert!(!b.take(t0 + tick / 2));
-        assert!(b.take(t0 + tick));
-        assert!(!b.take(t0 + tick));
-        // A second later, SPAWNS_PER_SECOND more; after a long pause, no
-        // more than a burst.
-        let later = t0 + tick + Duration::from_secs(1);
-        let n = (0..100).take_while(|_| b.take(later)).count();
-        assert_eq!(n, SPAWNS_PER_SECOND as usize);
-        let much_later = later + Duration::from_secs(3600);
-        let n = (0..100).take_while(|_| b.take(much_later)).count();
-        assert_eq!(n, SPAWN_BURST as usize);
-    }
-
     /// What the spawner answers to `req` (sent with one fd, as the VMM
     /// does), served in this process: every case here is refused before
     /// any fork.
-    fn serve(req: &SpawnRequest, unconfined: Unconfined, budget: &mut Budget) -> SpawnerReply {
+    fn serve(req: &SpawnRequest, unconfined: Unconfined, budget: &mut Bucket) -> SpawnerReply {
         let (vmm, spawner) = seqpacket_pair().unwrap();
         let bytes = req.encode().unwrap();
         ipc::fdpass::send(vmm.as_fd(), &bytes, &[vmm.as_fd()]).unwrap();
@@ -705,7 +610,7 @@ mod tests {
 
     #[test]
     fn the_spawner_refuses_what_it_was_not_started_for() {
-        let mut budget = Budget::new(std::time::Instant::now());
+        let mut budget = Bucket::new(SPAWN_BURST, SPAWNS_PER_SECOND, Instant::now());
         // No confinement at all: only a spawner started for `skvm drive
         // --unconfined` serves it, whatever the request says.
         let unconfined = request(7, Jail::default());
@@ -748,10 +653,8 @@ mod tests {
     #[test]
     fn the_spawner_refuses_spawns_over_its_rate() {
         // Empty, and not refilled for an hour whatever the test's pace.
-        let mut budget = Budget {
-            tokens: 0,
-            since: std::time::Instant::now() + Duration::from_secs(3600),
-        };
+        let later = Instant::now() + Duration::from_secs(3600);
+        let mut budget = Bucket::empty_until(SPAWN_BURST, SPAWNS_PER_SECOND, later);
         let confined = Jail {
             no_new_privs: true,
             drop_capabilities: true,

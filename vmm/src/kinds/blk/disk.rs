@@ -85,33 +85,54 @@ pub struct OpenDisk {
 }
 
 /// Opens and locks the image of `spec`. Errors are one line naming the
-/// path and the reason.
+/// path and the reason. The type is checked on the open file, not the path
+/// (fstat after open), so a path swapped for a FIFO or a device between a
+/// check and the open cannot slip in; O_NONBLOCK keeps the open of a FIFO
+/// from waiting for a writer, and is cleared again for the image.
 pub fn open(spec: &DiskSpec) -> Result<OpenDisk> {
     let path = &spec.path;
     let shown = path.display();
-    let meta = std::fs::metadata(path).with_context(|| format!("disk {shown}"))?;
-    let ft = meta.file_type();
+    let mut flags = libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+    if spec.direct {
+        flags |= libc::O_DIRECT;
+    }
+    let opened = OpenOptions::new()
+        .read(true)
+        .write(!spec.read_only)
+        .custom_flags(flags)
+        .open(path);
+    let mut file: File = match opened {
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+            bail!("disk {shown}: is a directory, not an image")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("disk {shown}"))
+        }
+        other => other.with_context(|| {
+            format!(
+                "disk {shown}: cannot open{}",
+                if spec.read_only { "" } else { " for writing" }
+            )
+        })?,
+    };
+    let ft = file
+        .metadata()
+        .with_context(|| format!("disk {shown}: cannot stat"))?
+        .file_type();
     if ft.is_dir() {
         bail!("disk {shown}: is a directory, not an image");
     }
     if !ft.is_file() && !ft.is_block_device() {
         bail!("disk {shown}: not a regular file or block device");
     }
-    let mut flags = libc::O_CLOEXEC;
-    if spec.direct {
-        flags |= libc::O_DIRECT;
+    // SAFETY: fcntl on an fd we own with valid commands.
+    unsafe {
+        let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if fl < 0 || libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("disk {shown}: cannot set blocking mode"));
+        }
     }
-    let mut file: File = OpenOptions::new()
-        .read(true)
-        .write(!spec.read_only)
-        .custom_flags(flags)
-        .open(path)
-        .with_context(|| {
-            format!(
-                "disk {shown}: cannot open{}",
-                if spec.read_only { "" } else { " for writing" }
-            )
-        })?;
     let size = file
         .seek(SeekFrom::End(0))
         .with_context(|| format!("disk {shown}: cannot find its size"))?;
@@ -199,10 +220,16 @@ mod tests {
     fn bad_images_are_refused_with_the_reason() {
         let odd = temp("odd", 1000);
         let empty = temp("empty", 0);
+        // A FIFO is refused at once, not waited on for a writer.
+        let fifo = std::env::temp_dir().join(format!("skvm-disk-{}-fifo", std::process::id()));
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let cases = [
             (PathBuf::from("/nonexistent/x.img"), "No such file"),
             (std::env::temp_dir(), "directory"),
             (PathBuf::from("/dev/null"), "not a regular file"),
+            (fifo.clone(), "not a regular file"),
             (odd.clone(), "not a multiple of 512"),
             (empty.clone(), "empty"),
         ];
@@ -210,8 +237,13 @@ mod tests {
             let e = format!("{:#}", open(&spec(&p, false)).unwrap_err());
             assert!(e.contains(why), "{}: {e}", p.display());
         }
+        for ro in [true, false] {
+            let e = format!("{:#}", open(&spec(&fifo, ro)).unwrap_err());
+            assert!(e.contains("not a regular file"), "{e}");
+        }
         std::fs::remove_file(odd).unwrap();
         std::fs::remove_file(empty).unwrap();
+        std::fs::remove_file(fifo).unwrap();
     }
 
     #[test]
