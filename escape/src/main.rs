@@ -42,7 +42,10 @@ fn registry() -> Registry {
     match std::env::var("SKVM_ESCAPE_DEVICE") {
         Ok(list) => {
             let actions: Vec<String> = if list == "all" {
-                device::ACTIONS.iter().map(|a| (*a).to_owned()).collect()
+                device::ACTIONS[..device::ESCAPES]
+                    .iter()
+                    .map(|a| (*a).to_owned())
+                    .collect()
             } else {
                 list.split(',').map(str::to_owned).collect()
             };

@@ -152,6 +152,13 @@ fn a_device_flooding_its_stderr_is_cut_and_cannot_send_control_characters() {
     assert!(t.len() < 256 * 1024, "{} bytes of output", t.len());
 }
 
+#[test]
+fn a_device_sending_an_empty_message_is_killed_not_taken_for_gone() {
+    let t = attempt("escblk0", "kill", "send-empty");
+    assert!(t.contains("outcome=killed signal=9"), "{t}");
+    assert!(t.contains("misbehaved: empty message; killing it"), "{t}");
+}
+
 /// One action per group `--sandbox on` denies (the escape build's
 /// SKVM_ESCAPE_VMM actions).
 const VMM_ACTIONS: &[&str] = &["exec-shell", "fork", "setuid", "unshare", "setpriority"];

@@ -141,7 +141,18 @@ pub fn recv(
     }
     let n = usize::try_from(n).unwrap_or(0);
     if n == 0 && fds.is_empty() {
-        return Err(IpcError::Closed);
+        // End of file only if the peer hung up: a SOCK_SEQPACKET peer can
+        // also send a datagram of no bytes, which a hostile one would use
+        // to be taken for gone while it runs on.
+        let hungup = wait::wait_one(sock.as_raw_fd(), Some(Duration::ZERO))
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.hungup);
+        return Err(if hungup {
+            IpcError::Closed
+        } else {
+            IpcError::Empty
+        });
     }
     if fds.len() > max_fds.min(MAX_FDS) {
         return Err(IpcError::FdCount {
@@ -279,6 +290,28 @@ mod tests {
             t >= Duration::from_millis(100) && t < Duration::from_secs(2),
             "{t:?}"
         );
+    }
+
+    #[test]
+    fn an_empty_message_is_not_end_of_file() {
+        let (a, b) = pair();
+        // SAFETY: sends a datagram of no bytes on a socket we own.
+        let rc = unsafe { libc::send(a.as_raw_fd(), std::ptr::null(), 0, 0) };
+        assert_eq!(rc, 0);
+        let mut buf = [0u8; 8];
+        let timeout = Some(Duration::from_secs(1));
+        assert!(matches!(
+            recv(b.as_fd(), &mut buf, 0, timeout),
+            Err(IpcError::Empty)
+        ));
+        // The connection is still there; end of file comes with the close.
+        send(a.as_fd(), b"x", &[]).unwrap();
+        assert_eq!(recv(b.as_fd(), &mut buf, 0, timeout).unwrap().0, 1);
+        drop(a);
+        assert!(matches!(
+            recv(b.as_fd(), &mut buf, 0, timeout),
+            Err(IpcError::Closed)
+        ));
     }
 
     #[test]

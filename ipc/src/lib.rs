@@ -123,6 +123,10 @@ pub enum IpcError {
     /// The peer closed the socket.
     #[error("peer closed the connection")]
     Closed,
+    /// A message of no bytes and no fds from a peer that is still
+    /// connected: not end of file, and no message of the protocol.
+    #[error("empty message")]
+    Empty,
     /// Nothing arrived in time.
     #[error("timed out waiting for the peer")]
     Timeout,
