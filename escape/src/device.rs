@@ -40,10 +40,12 @@ pub const ACTIONS: &[&str] = &[
     // running unsupervised.
     "flood-stderr",
     "send-empty",
+    // Close the control socket and run on: a device beyond supervision.
+    "close-control",
 ];
 
 /// How many of [`ACTIONS`] are escapes (what "all" attempts).
-pub const ESCAPES: usize = ACTIONS.len() - 2;
+pub const ESCAPES: usize = ACTIONS.len() - 3;
 
 fn last_error() -> io::Error {
     io::Error::last_os_error()
@@ -163,6 +165,12 @@ pub fn attempt(index: usize, vmm: libc::pid_t) -> io::Result<()> {
                 ok_if(libc::access(c"etc/passwd".as_ptr(), libc::F_OK).into())
             }
             "read-proc-environ" => open(c"/proc/1/environ"),
+            "close-control" => {
+                libc::close(3);
+                // Runs on, waiting for nothing (poll is allowed).
+                libc::poll(std::ptr::null_mut(), 0, -1);
+                Ok(())
+            }
             "send-empty" => {
                 // SAFETY: msghdr is plain data; an all-zero one sends a
                 // datagram of no bytes.

@@ -125,7 +125,7 @@ fn attempt(args: &Attempt, kinds: &Registry) -> Result<()> {
     let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
     let mut dev = greet(
         &args.device,
-        (started.chan, started.pid),
+        (started.chan, started.process),
         kind.as_ref(),
         (&backend, &[]),
         &memory,

@@ -159,6 +159,12 @@ fn a_device_sending_an_empty_message_is_killed_not_taken_for_gone() {
     assert!(t.contains("misbehaved: empty message; killing it"), "{t}");
 }
 
+#[test]
+fn a_device_that_closes_its_control_socket_is_killed_not_left_running() {
+    let t = attempt("escrng0", "kill", "close-control");
+    assert!(t.contains("outcome=killed signal=9"), "{t}");
+}
+
 /// One action per group `--sandbox on` denies (the escape build's
 /// SKVM_ESCAPE_VMM actions).
 const VMM_ACTIONS: &[&str] = &["exec-shell", "fork", "setuid", "unshare", "setpriority"];

@@ -2,7 +2,81 @@
 //! process needs, dying with its parent, and naming it for `ps`.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// A process known by a pidfd: signals reach that process and no other,
+/// even after it has exited and its pid was given to a new one.
+#[derive(Debug)]
+pub struct Pidfd {
+    pid: libc::pid_t,
+    fd: OwnedFd,
+}
+
+impl Pidfd {
+    /// A pidfd for `pid`, which the caller knows is its own unreaped child
+    /// (so the pid cannot have been reused yet).
+    pub fn open(pid: libc::pid_t) -> io::Result<Self> {
+        // SAFETY: pidfd_open with integer arguments.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let fd = RawFd::try_from(fd).map_err(|_| io::Error::other("pidfd out of range"))?;
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new fd owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { pid, fd })
+    }
+
+    /// Wraps a pidfd received from the process's parent for `pid`.
+    pub fn from_parts(pid: libc::pid_t, fd: OwnedFd) -> Self {
+        Self { pid, fd }
+    }
+
+    /// The pid (for messages and matching exit reports; never for signals).
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
+    /// The pidfd, to send on.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Sends SIGKILL; a process that is gone already is not an error.
+    pub fn kill(&self) -> io::Result<()> {
+        // SAFETY: pidfd_send_signal on an fd we own, no siginfo.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        Err(e)
+    }
+
+    /// Waits up to `timeout` for the process to exit; true if it has.
+    pub fn wait_exit(&self, timeout: std::time::Duration) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: polls one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        n == 1 && pfd.revents & libc::POLLIN != 0
+    }
+}
 
 /// Closes every fd except those in `keep` (close_range(2) over the gaps).
 pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
@@ -81,6 +155,33 @@ pub fn no_new_privs() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pidfd_kills_its_process_and_only_it() {
+        // SAFETY: fork in a test; the child only waits to be killed.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: waits in poll with no fds; never returns normally.
+            unsafe {
+                libc::poll(std::ptr::null_mut(), 0, 10_000);
+                libc::_exit(0);
+            }
+        }
+        let p = Pidfd::open(pid).unwrap();
+        assert_eq!(p.pid(), pid);
+        assert!(!p.wait_exit(std::time::Duration::from_millis(50)));
+        p.kill().unwrap();
+        assert!(p.wait_exit(std::time::Duration::from_secs(5)));
+        let mut status = 0;
+        // SAFETY: reaps the child we forked.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
+        // Reaped, its pid free for reuse: the pidfd still names the old
+        // process, and a signal reaches nobody.
+        p.kill().unwrap();
+        assert!(p.wait_exit(std::time::Duration::ZERO));
+    }
 
     #[test]
     fn close_fds_except_keeps_only_the_listed_fds() {

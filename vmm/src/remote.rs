@@ -15,6 +15,7 @@ use ipc::{
     Channel, DeviceInfo, DeviceState, IpcError, MemRegion, Reply, Request, PROTOCOL_VERSION,
 };
 
+use sandbox::process::Pidfd;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::RamRange;
@@ -82,8 +83,12 @@ pub struct RemoteDevice {
     memory: DeviceMemory,
     events: Vec<DeviceEvent>,
     dead: bool,
-    pid: Option<libc::pid_t>,
+    process: Option<Pidfd>,
 }
+
+/// How long a device dropped from supervision has to exit on its own (it
+/// was asked to, or has exited already) before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// How many unsolicited messages a device may send between two of the
 /// VMM's reads; more is a flood, and the device is killed.
@@ -116,16 +121,50 @@ fn check_info(info: &DeviceInfo, expected: Expected) -> Option<String> {
 impl RemoteDevice {
     /// Says hello to the device on `chan`, hands it its backend (`backend`
     /// and its fds) and learns what it is; it must be what `expected`
-    /// says. `pid` is the device process, killed when the device breaks
+    /// says. `process` is the device process, killed when the device breaks
     /// the protocol (`None` for a device thread). `memory` is what it maps
     /// at activation and restore.
     pub fn connect(
         name: &str,
-        (chan, pid): (Channel, Option<libc::pid_t>),
+        (chan, process): (Channel, Option<Pidfd>),
         expected: Expected,
         backend: (&ipc::Backend, &[BorrowedFd<'_>]),
         memory: DeviceMemory,
     ) -> Result<Self> {
+        let connected = Self::hello(&chan, expected, backend);
+        let info = match connected {
+            Ok(info) => info,
+            Err(e) => {
+                // A device that failed its hello is not kept running.
+                if let Some(p) = &process {
+                    let _ = p.kill();
+                }
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            chan,
+            info: DeviceDescription {
+                device_type: info.device_type,
+                num_queues: info.num_queues,
+                max_queue_size: info.max_queue_size,
+                features: info.features,
+                config: info.config,
+            },
+            memory,
+            events: Vec::new(),
+            dead: false,
+            process,
+        })
+    }
+
+    /// The hello and the device's answer, checked.
+    fn hello(
+        chan: &Channel,
+        expected: Expected,
+        backend: (&ipc::Backend, &[BorrowedFd<'_>]),
+    ) -> Result<DeviceInfo> {
         chan.send_request(
             &Request::Hello {
                 version: PROTOCOL_VERSION,
@@ -141,21 +180,7 @@ impl RemoteDevice {
         if let Some(why) = check_info(&info, expected) {
             return Err(RemoteError::Hello(why));
         }
-        Ok(Self {
-            name: name.to_owned(),
-            chan,
-            info: DeviceDescription {
-                device_type: info.device_type,
-                num_queues: info.num_queues,
-                max_queue_size: info.max_queue_size,
-                features: info.features,
-                config: info.config,
-            },
-            memory,
-            events: Vec::new(),
-            dead: false,
-            pid,
-        })
+        Ok(info)
     }
 
     /// The channel, to poll for unsolicited messages.
@@ -165,7 +190,7 @@ impl RemoteDevice {
 
     /// Its process, if it runs in one.
     pub fn pid(&self) -> Option<libc::pid_t> {
-        self.pid
+        self.process.as_ref().map(Pidfd::pid)
     }
 
     /// Whether the device is gone (exited, killed, or dropped for breaking
@@ -186,7 +211,7 @@ impl RemoteDevice {
                 Ok(r) => self.note_unsolicited(r),
                 Err(IpcError::Timeout) => break,
                 // It exited; the spawner reports how.
-                Err(IpcError::Closed) => self.dead = true,
+                Err(IpcError::Closed) => self.hung_up(),
                 Err(e) => {
                     self.fail(RemoteError::Ipc(e));
                 }
@@ -205,7 +230,7 @@ impl RemoteDevice {
             Reply::NeedsReset { reason } => self.events.push(DeviceEvent::NeedsReset(reason)),
             Reply::ForbiddenSyscall { nr } => {
                 let pid = self
-                    .pid
+                    .pid()
                     .map_or_else(|| "thread".to_owned(), |p| format!("pid {p}"));
                 crate::log::error(&format!(
                     "device {} ({pid}) made forbidden syscall {}",
@@ -238,7 +263,7 @@ impl RemoteDevice {
                 Ok(r) => r,
                 // It exited (the spawner reports how); not a protocol fault.
                 Err(IpcError::Closed) => {
-                    self.dead = true;
+                    self.hung_up();
                     return Err(RemoteError::Exited);
                 }
                 Err(e) => return Err(self.fail(RemoteError::Ipc(e))),
@@ -252,21 +277,33 @@ impl RemoteDevice {
         }
     }
 
+    /// The device's end of the control socket is closed: it has exited
+    /// (the spawner reports how), or it closed the socket to run on
+    /// unsupervised, which it may not: it is killed either way (through
+    /// its pidfd, so that no other process is hit if it is gone).
+    fn hung_up(&mut self) {
+        self.dead = true;
+        if let Some(p) = &self.process {
+            let _ = p.kill();
+        }
+    }
+
     /// The device broke the protocol (or timed out): it is hostile or
     /// wedged. Kill its process (the spawner then reports the exit and the
     /// host marks the device failed) and fail every later call.
     fn fail(&mut self, e: RemoteError) -> RemoteError {
         if !self.dead {
             self.dead = true;
-            match self.pid {
-                Some(pid) => {
+            match &self.process {
+                Some(p) => {
                     crate::log::error(&format!(
-                        "device {} (pid {pid}) misbehaved: {e}; killing it",
-                        self.name
+                        "device {} (pid {}) misbehaved: {e}; killing it",
+                        self.name,
+                        p.pid()
                     ));
-                    // SAFETY: kill has no memory effects; the pid is our
-                    // device's, not reaped before the spawner reports it.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    if let Err(k) = p.kill() {
+                        crate::log::error(&format!("device {}: cannot kill it: {k}", self.name));
+                    }
                 }
                 None => crate::log::error(&format!(
                     "device {} misbehaved: {e}; stopped using it",
@@ -447,6 +484,24 @@ fn event_fds<'a>(
     }
     fds.push(borrow(&events.config_irq));
     Ok(fds)
+}
+
+impl Drop for RemoteDevice {
+    /// No device outlives its supervision: asked to shut down (if it was
+    /// not), it has [`EXIT_GRACE`] to exit before it is killed.
+    fn drop(&mut self) {
+        self.shutdown();
+        if let Some(p) = &self.process {
+            if !p.wait_exit(EXIT_GRACE) {
+                crate::log::error(&format!(
+                    "device {} (pid {}) did not exit when asked; killing it",
+                    self.name,
+                    p.pid()
+                ));
+                let _ = p.kill();
+            }
+        }
+    }
 }
 
 #[cfg(test)]

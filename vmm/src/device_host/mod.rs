@@ -32,6 +32,7 @@ use std::thread::JoinHandle;
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use ipc::Channel;
+use sandbox::process::Pidfd;
 
 use crate::kinds::DeviceKind;
 use crate::log;
@@ -115,11 +116,11 @@ impl Default for SandboxOpts {
     }
 }
 
-/// Says hello to a device of `kind` just started on `chan` (process
-/// `pid`), handing it its backend; kills the process if the hello fails.
+/// Says hello to a device of `kind` just started on `chan` (in `process`,
+/// which is killed if the hello fails), handing it its backend.
 pub fn greet(
     name: &str,
-    (chan, pid): (Channel, Option<libc::pid_t>),
+    (chan, process): (Channel, Option<Pidfd>),
     kind: &dyn DeviceKind,
     (backend, fds): (&ipc::Backend, &[OwnedFd]),
     memory: &DeviceMemory,
@@ -128,21 +129,14 @@ pub fn greet(
     let expected = Expected {
         device_type: kind.virtio_id(),
     };
-    let connected = RemoteDevice::connect(
+    RemoteDevice::connect(
         name,
-        (chan, pid),
+        (chan, process),
         expected,
         (backend, &borrowed),
         memory.clone(),
-    );
-    if connected.is_err() {
-        if let Some(p) = pid {
-            // SAFETY: kill has no memory effects; p is the device process
-            // just started, which failed its hello.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-    }
-    connected.with_context(|| format!("device {name}"))
+    )
+    .with_context(|| format!("device {name}"))
 }
 
 /// A process's wait status in words: "was killed by signal 9 (SIGKILL)".
@@ -175,7 +169,7 @@ pub struct Started {
     /// The control channel.
     pub chan: Channel,
     /// The device process (process mode).
-    pub pid: Option<libc::pid_t>,
+    pub process: Option<Pidfd>,
     /// The device thread (thread mode).
     pub thread: Option<JoinHandle<()>>,
 }
@@ -195,7 +189,7 @@ pub fn start_device(
     let (Some(s), DeviceMode::Process, Some(c)) = (spawner, mode, kind.confinement()) else {
         return Ok(Started {
             chan: vmm_end,
-            pid: None,
+            process: None,
             thread: Some(start_thread(name, kind, device_end)?),
         });
     };
@@ -204,8 +198,8 @@ pub fn start_device(
         .try_clone()
         .context("cannot duplicate control socket")?;
     let full = jail::for_kind(&c, sandbox, true);
-    let pid = match s.spawn(name, kind.name(), control, &full) {
-        Ok(pid) => pid,
+    let process = match s.spawn(name, kind.name(), control, &full) {
+        Ok(p) => p,
         Err(e) if sandbox.degraded == Degraded::Allow && full.namespaces.is_some() => {
             log::warn(&format!(
                 "device {name}: {e:#}; running it WITHOUT namespaces or its \
@@ -226,7 +220,7 @@ pub fn start_device(
     };
     Ok(Started {
         chan: vmm_end,
-        pid: Some(pid),
+        process: Some(process),
         thread: None,
     })
 }

@@ -32,6 +32,7 @@ use ipc::{Jail, SpawnRequest, SpawnerReply};
 
 use super::device_log::{Bucket, DeviceLog};
 use super::jail;
+use sandbox::process::Pidfd;
 
 /// argv[0] of device processes; `main` recognises it.
 pub const DEVICE_ARGV0: &str = "skvm-dev";
@@ -180,13 +181,7 @@ impl Spawner {
     /// Starts device process `name` of kind `kind` with `control` as its
     /// control socket, confined as `jail` says. An `io::Error` in the chain
     /// is the errno of the failed fork or clone.
-    pub fn spawn(
-        &self,
-        name: &str,
-        kind: &str,
-        control: OwnedFd,
-        jail: &Jail,
-    ) -> Result<libc::pid_t> {
+    pub fn spawn(&self, name: &str, kind: &str, control: OwnedFd, jail: &Jail) -> Result<Pidfd> {
         if !valid_name(name) || !ipc::wire::valid_kind(kind) {
             bail!("invalid device name '{name}' or kind '{kind}'");
         }
@@ -204,8 +199,12 @@ impl Spawner {
         ipc::fdpass::send(requests.sock.as_fd(), &bytes, &[control.as_fd()])
             .context("cannot reach the spawner")?;
         drop(control);
-        match requests.answer(id)? {
-            SpawnerReply::Spawned { pid, .. } => Ok(pid),
+        let (reply, mut fds) = requests.answer(id)?;
+        match reply {
+            SpawnerReply::Spawned { pid, .. } => match (fds.pop(), fds.is_empty()) {
+                (Some(fd), true) => Ok(Pidfd::from_parts(pid, fd)),
+                _ => bail!("the spawner's answer came without the device's pidfd"),
+            },
             SpawnerReply::Failed { errno, .. } if errno == libc::EAGAIN => bail!(
                 "the spawner refused: more than {SPAWN_BURST} device processes at once or \
                  {SPAWNS_PER_SECOND} a second"
@@ -252,22 +251,22 @@ impl Requests {
     /// The spawner's answer to request `id`, within one deadline for the
     /// whole wait. Answers to earlier requests (which came after those
     /// requests timed out) are dropped.
-    fn answer(&self, id: u32) -> Result<SpawnerReply> {
+    fn answer(&self, id: u32) -> Result<(SpawnerReply, Vec<OwnedFd>)> {
         let deadline = std::time::Instant::now() + SPAWN_TIMEOUT;
         let mut buf = [0u8; MESSAGE_MAX];
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let (n, _fds) = ipc::fdpass::recv(self.sock.as_fd(), &mut buf, 0, Some(left))
+            let (n, fds) = ipc::fdpass::recv(self.sock.as_fd(), &mut buf, 1, Some(left))
                 .context("no answer from the spawner")?;
             let reply = SpawnerReply::decode(buf.get(..n).unwrap_or_default())
                 .context("bad answer from the spawner")?;
             let got = match reply {
                 SpawnerReply::Spawned { id, .. } | SpawnerReply::Failed { id, .. } => id,
-                SpawnerReply::Exited { .. } => return Ok(reply),
+                SpawnerReply::Exited { .. } => return Ok((reply, fds)),
             };
             // Id 0: the spawner could not read the request, which is ours.
             if got == id || got == 0 {
-                return Ok(reply);
+                return Ok((reply, fds));
             }
             if got > id {
                 bail!("the spawner answered request {got}, not {id}");
@@ -433,6 +432,7 @@ fn serve_request(
         Err(_) => return true,
     };
     let request = SpawnRequest::decode(buf.get(..n).unwrap_or_default()).ok();
+    let mut pidfd = None;
     let reply = match (request, fds.pop()) {
         (Some(r), Some(control))
             if r.id != 0
@@ -446,8 +446,16 @@ fn serve_request(
             } else if !budget.take(1, Instant::now()) {
                 failed(libc::EAGAIN)
             } else {
-                match fork_device(&r, &control, log) {
-                    Ok(pid) => SpawnerReply::Spawned { id: r.id, pid },
+                // The pidfd is opened before the child can be reaped (this
+                // loop reaps), so it names that child and no later one.
+                match fork_device(&r, &control, log).and_then(pidfd_of) {
+                    Ok(p) => {
+                        pidfd = Some(p);
+                        SpawnerReply::Spawned {
+                            id: r.id,
+                            pid: pidfd.as_ref().map_or(0, Pidfd::pid),
+                        }
+                    }
                     Err(e) => failed(e.raw_os_error().unwrap_or(libc::EIO)),
                 }
             }
@@ -457,10 +465,21 @@ fn serve_request(
             errno: libc::EINVAL,
         },
     };
+    let fds: Vec<BorrowedFd<'_>> = pidfd.iter().map(Pidfd::as_fd).collect();
     match reply.encode() {
-        Ok(b) => ipc::fdpass::send(requests.as_fd(), &b, &[]).is_ok(),
+        Ok(b) => ipc::fdpass::send(requests.as_fd(), &b, &fds).is_ok(),
         Err(_) => true,
     }
+}
+
+/// A pidfd for the child `pid` just started; the child is killed if there
+/// cannot be one (a device the VMM could not kill safely is not started).
+fn pidfd_of(pid: libc::pid_t) -> io::Result<Pidfd> {
+    Pidfd::open(pid).inspect_err(|_| {
+        // SAFETY: kills our own child, not reaped yet (only this loop
+        // reaps), so the pid is still its.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    })
 }
 
 /// Stage 1 of `r.jail`: forks (or, with namespaces, clones) and execs

@@ -14,6 +14,8 @@ use ipc::{DeviceState, QueueState};
 
 use super::spawner::{self, SingleThreaded, Spawner};
 use super::{describe_status, greet, start_device, DeviceMode, OnFailure, SandboxOpts};
+use sandbox::process::Pidfd;
+
 use crate::exit::ExitReason;
 use crate::irq::Routes;
 use crate::kinds::{DeviceKind, Opened};
@@ -203,10 +205,11 @@ impl DeviceHost {
             kind.clone(),
             self.sandbox,
         )?;
-        let (pid, thread) = (started.pid, started.thread);
+        let pid = started.process.as_ref().map(Pidfd::pid);
+        let thread = started.thread;
         let remote = greet(
             name,
-            (started.chan, pid),
+            (started.chan, started.process),
             kind.as_ref(),
             (&backend, &backend_fds),
             &self.memory,
@@ -259,14 +262,15 @@ impl DeviceHost {
             d.kind.clone(),
             self.sandbox,
         )?;
+        let pid = started.process.as_ref().map(Pidfd::pid);
         let remote = greet(
             &d.name,
-            (started.chan, started.pid),
+            (started.chan, started.process),
             d.kind.as_ref(),
             (&d.backend, &d.backend_fds),
             &self.memory,
         )?;
-        d.pid = started.pid;
+        d.pid = pid;
         d.thread = started.thread;
         d.failed = false;
         d.paused = false;

@@ -322,11 +322,12 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
         kind.clone(),
         sandbox,
     )?;
-    let (pid, thread) = (started.pid, started.thread);
+    let pid = started.process.as_ref().map(sandbox::process::Pidfd::pid);
+    let thread = started.thread;
     let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
     let mut dev = greet(
         &args.device,
-        (started.chan, pid),
+        (started.chan, started.process),
         kind.as_ref(),
         (&backend, &backend_fds),
         &memory,
