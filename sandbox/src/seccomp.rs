@@ -285,6 +285,13 @@ mod tests {
         rules: &[],
     };
 
+    const CLONE3: Syscall = Syscall {
+        nr: libc::SYS_clone3,
+        name: "clone3",
+        why: "test",
+        rules: &[],
+    };
+
     #[test]
     fn duplicate_numbers_count_once() {
         let mut p = Policy::new(&[GETPID]);
@@ -372,12 +379,7 @@ mod tests {
     fn a_denylist_refuses_the_x32_form_of_every_call() {
         let mut d = Denylist::new();
         d.deny(&[GETPID]);
-        d.unsupported(&[Syscall {
-            nr: libc::SYS_clone3,
-            name: "clone3",
-            why: "test",
-            rules: &[],
-        }]);
+        d.unsupported(&[CLONE3]);
         for mode in MODES {
             let progs = d.compile(mode).unwrap();
             let refs: Vec<&[sock_filter]> = progs.iter().map(Vec::as_slice).collect();
@@ -481,12 +483,6 @@ mod tests {
         const GETPPID: Syscall = Syscall {
             nr: libc::SYS_getppid,
             name: "getppid",
-            why: "test",
-            rules: &[],
-        };
-        const CLONE3: Syscall = Syscall {
-            nr: libc::SYS_clone3,
-            name: "clone3",
             why: "test",
             rules: &[],
         };

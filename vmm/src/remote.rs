@@ -210,7 +210,8 @@ impl RemoteDevice {
             match self.chan.recv_reply(Some(Duration::ZERO)) {
                 Ok(r) => self.note_unsolicited(r),
                 Err(IpcError::Timeout) => break,
-                // It exited; the spawner reports how.
+                // It exited (the spawner reports how) or hung up to run
+                // on: `hung_up` kills it either way.
                 Err(IpcError::Closed) => self.hung_up(),
                 Err(e) => {
                     self.fail(RemoteError::Ipc(e));
@@ -261,7 +262,8 @@ impl RemoteDevice {
             }
             let r = match self.chan.recv_reply(Some(REPLY_TIMEOUT)) {
                 Ok(r) => r,
-                // It exited (the spawner reports how); not a protocol fault.
+                // It exited (the spawner reports how) or hung up to run
+                // on; not a protocol fault, and `hung_up` kills it.
                 Err(IpcError::Closed) => {
                     self.hung_up();
                     return Err(RemoteError::Exited);

@@ -252,10 +252,10 @@ impl Requests {
     /// whole wait. Answers to earlier requests (which came after those
     /// requests timed out) are dropped.
     fn answer(&self, id: u32) -> Result<(SpawnerReply, Vec<OwnedFd>)> {
-        let deadline = std::time::Instant::now() + SPAWN_TIMEOUT;
+        let deadline = Instant::now() + SPAWN_TIMEOUT;
         let mut buf = [0u8; MESSAGE_MAX];
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             let (n, fds) = ipc::fdpass::recv(self.sock.as_fd(), &mut buf, 1, Some(left))
                 .context("no answer from the spawner")?;
             let reply = SpawnerReply::decode(buf.get(..n).unwrap_or_default())
@@ -450,11 +450,9 @@ fn serve_request(
                 // loop reaps), so it names that child and no later one.
                 match fork_device(&r, &control, log).and_then(pidfd_of) {
                     Ok(p) => {
+                        let pid = p.pid();
                         pidfd = Some(p);
-                        SpawnerReply::Spawned {
-                            id: r.id,
-                            pid: pidfd.as_ref().map_or(0, Pidfd::pid),
-                        }
+                        SpawnerReply::Spawned { id: r.id, pid }
                     }
                     Err(e) => failed(e.raw_os_error().unwrap_or(libc::EIO)),
                 }
