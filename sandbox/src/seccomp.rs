@@ -285,6 +285,14 @@ mod tests {
         rules: &[],
     };
 
+    /// mmap, never executable.
+    const MMAP: Syscall = Syscall {
+        nr: libc::SYS_mmap,
+        name: "mmap",
+        why: "test",
+        rules: &[&[Arg::NoBits(2, libc::PROT_EXEC as u64)]],
+    };
+
     const CLONE3: Syscall = Syscall {
         nr: libc::SYS_clone3,
         name: "clone3",
@@ -301,12 +309,6 @@ mod tests {
 
     #[test]
     fn argument_rules_compile() {
-        const MMAP: Syscall = Syscall {
-            nr: libc::SYS_mmap,
-            name: "mmap",
-            why: "test",
-            rules: &[&[Arg::NoBits(2, libc::PROT_EXEC as u64)]],
-        };
         let p = Policy::new(&[GETPID, MMAP]);
         assert!(!p.compile(Violation::Kill).unwrap().is_empty());
     }
@@ -340,12 +342,6 @@ mod tests {
 
     #[test]
     fn an_allowlist_answers_as_listed_and_refuses_x32_and_other_arches() {
-        const MMAP: Syscall = Syscall {
-            nr: libc::SYS_mmap,
-            name: "mmap",
-            why: "test",
-            rules: &[&[Arg::NoBits(2, libc::PROT_EXEC as u64)]],
-        };
         let p = Policy::new(&[GETPID, MMAP]);
         for (mode, other) in [
             (Violation::Kill, libc::SECCOMP_RET_KILL_PROCESS),
