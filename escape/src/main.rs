@@ -9,8 +9,8 @@
 //!   one as `skvm run` starts a device and has it attempt ACTION;
 //! - `SKVM_ESCAPE_DEVICE=ACTIONS skvm-escape run ...`: the rng and disks are
 //!   escape devices that attempt ACTIONS when the guest activates them;
-//!   `SKVM_ESCAPE_VMM=ACTION`: a VMM thread attempts ACTION right after the
-//!   VMM's filter is installed ([`vmm_attack`]).
+//!   `SKVM_ESCAPE_VMM=ACTION|all`: vCPU 0 attempts ACTION under its filter
+//!   once the guest has run ([`vmm_attack`]).
 
 mod device;
 mod kinds;
@@ -60,16 +60,12 @@ fn registry() -> Registry {
     }
 }
 
-/// `vmm::vm::run` with the VMM attack between the filter and the vCPUs.
+/// `vmm::vm::run` with the VMM attack armed on vCPU 0 before the filters.
 fn run(cfg: &VmConfig) -> Result<ExitReason> {
     let single = SingleThreaded::claim()?;
     let built = vmm::vm::check_host(cfg)?.spawn(single)?.build()?;
-    let pending = vmm_attack::prepare();
-    let confined = built.confine()?;
-    if let Some(p) = pending {
-        p.run();
-    }
-    Ok(confined.start()?.wait())
+    vmm_attack::prepare();
+    Ok(built.confine()?.start()?.wait())
 }
 
 /// `skvm-escape attempt`.

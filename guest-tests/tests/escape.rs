@@ -12,9 +12,9 @@
 //! driver has activated them; the guest must finish its command and skvm
 //! exit 0.
 //!
-//! The VMM's own filter (`--sandbox`) is attacked the same way: with
-//! `SKVM_ESCAPE_VMM=ACTION`, a VMM thread started before the filter attempts
-//! ACTION right after it is installed.
+//! The VMM's own filters (`--sandbox`) are attacked the same way: with
+//! `SKVM_ESCAPE_VMM=ACTION` (or `all`), vCPU 0 attempts ACTION under its
+//! filter once the guest has run.
 
 // Test code: a panic is a failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -165,9 +165,35 @@ fn a_device_that_closes_its_control_socket_is_killed_not_left_running() {
     assert!(t.contains("outcome=killed signal=9"), "{t}");
 }
 
-/// One action per group `--sandbox on` denies (the escape build's
-/// SKVM_ESCAPE_VMM actions).
-const VMM_ACTIONS: &[&str] = &["exec-shell", "fork", "setuid", "unshare", "setpriority"];
+/// What a compromised VMM would try (the escape build's SKVM_ESCAPE_VMM
+/// actions, attempted on vCPU 0 under its filter once the guest has run):
+/// one per group `--sandbox on` denies, then files, sockets, other
+/// processes, privileges, kernel attack surface and an x32 call.
+const VMM_ACTIONS: &[&str] = &[
+    "exec-shell",
+    "fork",
+    "setuid",
+    "unshare",
+    "setpriority",
+    "open-read",
+    "open-write",
+    "proc-mem",
+    "netlink",
+    "inet",
+    "connect",
+    "ptrace-spawner",
+    "kill-spawner",
+    "kill-device",
+    "mount",
+    "mprotect-exec",
+    "init-module",
+    "bpf",
+    "perf-event-open",
+    "io-uring-setup",
+    "userfaultfd",
+    "keyctl",
+    "x32",
+];
 
 fn vmm_escape(action: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(escape_bin());
@@ -178,10 +204,10 @@ fn vmm_escape(action: &str, args: &[&str]) -> Command {
 }
 
 #[test]
-fn the_vmm_filter_kills_skvm_on_what_it_denies() {
+fn the_vcpu_filter_kills_skvm_on_every_vmm_attack() {
     for action in VMM_ACTIONS {
-        // Killed before the vCPUs start; were the call allowed, the guest
-        // would boot and skvm exit 0.
+        // Killed at the vCPU's first exit; were the call allowed, the
+        // guest would boot and skvm exit 0.
         let out = vmm_escape(action, &["--run", "true"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
@@ -190,21 +216,29 @@ fn the_vmm_filter_kills_skvm_on_what_it_denies() {
             "{action}: {:?} {text}",
             out.status
         );
+        assert!(!text.contains("outcome=done"), "{action}: {text}");
     }
 }
 
 #[test]
-fn in_trap_mode_the_vmm_names_the_call_and_the_guest_carries_on() {
+fn in_trap_mode_the_vmm_names_each_attack_and_the_guest_carries_on() {
     let mut cmd = vmm_escape(
-        "exec-shell",
+        "all",
         &["--seccomp", "trap", "--run", "echo SKVM-GUEST-ALIVE"],
     );
     cmd.env_remove("SKVM_DEBUG");
     let f = TestVm::spawn_command(cmd).finish(Duration::from_secs(600));
     assert_eq!(f.code(), 0, "{}", f.output);
+    for action in VMM_ACTIONS {
+        let needle = format!("escape-vmm={action} outcome=refused");
+        assert!(f.output.contains(&needle), "no '{needle}':\n{}", f.output);
+    }
     for needle in [
         "the VMM made forbidden syscall execve",
-        "escape-vmm=exec-shell outcome=refused",
+        "the VMM made forbidden syscall openat",
+        "the VMM made forbidden syscall socket",
+        "the VMM made forbidden syscall ptrace",
+        "the VMM made forbidden syscall (an x32 call)",
         "SKVM-GUEST-ALIVE",
     ] {
         assert!(f.output.contains(needle), "no '{needle}':\n{}", f.output);
@@ -212,13 +246,27 @@ fn in_trap_mode_the_vmm_names_the_call_and_the_guest_carries_on() {
 }
 
 #[test]
-fn a_group_the_user_allows_is_not_filtered() {
+fn a_group_the_user_allows_is_added_to_the_vcpu_list() {
     let mut vm = TestVm::spawn_command(vmm_escape(
         "fork",
         &["--sandbox", "on,spawn=allow", "--run", "true"],
     ));
     vm.wait_for("escape-vmm=fork outcome=done", Duration::from_secs(60));
     // Dropping the VM stops it.
+}
+
+#[test]
+fn without_a_filter_the_attacks_reach_the_kernel() {
+    // The control for the tests above: with --sandbox off the same probe
+    // runs and a harmless action succeeds.
+    let mut vm = TestVm::spawn_command(vmm_escape(
+        "kill-device",
+        &["--sandbox", "off", "--run", "true"],
+    ));
+    vm.wait_for(
+        "escape-vmm=kill-device outcome=done",
+        Duration::from_secs(60),
+    );
 }
 
 /// A scratch disk image, removed on drop.

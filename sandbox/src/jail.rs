@@ -61,9 +61,12 @@ pub unsafe fn clone_into_namespaces(flags: libc::c_int) -> io::Result<libc::pid_
 
 /// The host user and group a namespaced device's root maps to: nobody when
 /// skvm is root, else skvm's own (an unprivileged user can map only itself).
+/// Read once: the VMM asks again for every restart, when its filter no
+/// longer allows asking the kernel.
 pub fn outside_ids() -> (u32, u32) {
+    static OWN: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
     // SAFETY: geteuid and getegid cannot fail.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (uid, gid) = *OWN.get_or_init(|| unsafe { (libc::geteuid(), libc::getegid()) });
     if uid == 0 {
         (UNPRIVILEGED_ID, UNPRIVILEGED_ID)
     } else {

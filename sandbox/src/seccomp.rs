@@ -1,5 +1,5 @@
-//! Seccomp-bpf filters: allowlists for device processes, a denylist for the
-//! VMM.
+//! Seccomp-bpf allowlists, for device processes and for each kind of VMM
+//! thread.
 //!
 //! A [`Policy`] is plain data: a list of [`Syscall`]s, each with the reason it
 //! is allowed and, where an argument decides whether the call is dangerous,
@@ -8,17 +8,17 @@
 //! list gets the policy's default action, kill-process unless asked
 //! otherwise.
 //!
-//! A [`Denylist`] is the reverse, for a process whose syscall set is too
-//! broad to enumerate safely (the VMM): the listed calls, under their
-//! argument conditions, get the violation action and everything else is
-//! allowed. It is installed on every thread of the process at once (TSYNC).
+//! A policy may also name calls that fail with ENOSYS without reaching the
+//! kernel: calls whose arguments a filter cannot inspect (clone3 takes a
+//! pointer) or that the C library only uses when the kernel has them (rseq),
+//! where the library falls back to something filterable or does without.
 //!
-//! Every program either compiles starts with the same guard: a syscall
-//! number with the x32 bit (0x40000000) set is refused before any rule is
-//! looked at. x32 calls reach the same kernel functions under other
-//! numbers, so on a kernel with x32 enabled a denylist that names
-//! `unshare` would let `0x40000000|SYS_unshare` through; skvm makes no x32
-//! calls, so no filter of ours lets one pass.
+//! Every program starts with the same guard: a syscall number with the x32
+//! bit (0x40000000) set is refused before any rule is looked at. x32 calls
+//! reach the same kernel functions under other numbers, so a filter that
+//! matched on numbers alone would treat `0x40000000|SYS_unshare` as a call
+//! it never heard of (a denylist lets it through); skvm makes no x32 calls,
+//! so no filter of ours lets one pass.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +34,8 @@ pub enum Arg {
     Eq(u8, u64),
     /// Argument `index` has none of the bits in `mask` set.
     NoBits(u8, u64),
+    /// Argument `index` has every bit in `mask` set.
+    AllBits(u8, u64),
     /// Argument `index` differs from `value`.
     Ne(u8, u64),
 }
@@ -75,10 +77,11 @@ pub enum SeccompError {
     Install(seccompiler::Error),
 }
 
-/// An allowlist.
+/// An allowlist, with the calls that fail with ENOSYS instead.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     syscalls: Vec<Syscall>,
+    enosys: Vec<Syscall>,
 }
 
 fn condition(a: Arg) -> Result<SeccompCondition, seccompiler::BackendError> {
@@ -88,15 +91,26 @@ fn condition(a: Arg) -> Result<SeccompCondition, seccompiler::BackendError> {
             SeccompCondition::new(i, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(mask), 0)
         }
         Arg::Ne(i, v) => SeccompCondition::new(i, SeccompCmpArgLen::Qword, SeccompCmpOp::Ne, v),
+        Arg::AllBits(i, mask) => SeccompCondition::new(
+            i,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(mask),
+            mask,
+        ),
     }
 }
 
 /// seccompiler rules for `syscalls`, keyed by number (an entry without
-/// argument conditions matches any arguments).
+/// argument conditions matches any arguments, and so does a number listed
+/// once without them and once with).
 fn rule_map(syscalls: &[Syscall]) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let unconditional = |nr: i64| syscalls.iter().any(|s| s.nr == nr && s.rules.is_empty());
     for s in syscalls {
         let entry = rules.entry(s.nr).or_default();
+        if unconditional(s.nr) {
+            continue;
+        }
         for alt in s.rules {
             let conds = alt
                 .iter()
@@ -133,10 +147,36 @@ fn x32_guard(violation: Violation) -> [sock_filter; 3] {
     ]
 }
 
-/// `filter` compiled, behind the x32 guard.
-fn guarded(filter: SeccompFilter, violation: Violation) -> Result<BpfProgram, SeccompError> {
+/// After the x32 guard (the number is loaded): each of `enosys` fails with
+/// ENOSYS, whatever its arguments.
+fn enosys_guard(enosys: &[i64]) -> Vec<sock_filter> {
+    const JEQ: u16 = 0x15;
+    const RET: u16 = 0x06;
+    let ins = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    let mut prog = Vec::with_capacity(enosys.len() * 2);
+    for nr in enosys {
+        // Syscall numbers below the x32 bit fit in 32 bits.
+        let k = u32::try_from(*nr).unwrap_or(u32::MAX);
+        prog.push(ins(JEQ, 0, 1, k));
+        prog.push(ins(
+            RET,
+            0,
+            0,
+            libc::SECCOMP_RET_ERRNO | libc::ENOSYS.cast_unsigned(),
+        ));
+    }
+    prog
+}
+
+/// `filter` compiled, behind the x32 guard and the ENOSYS answers.
+fn guarded(
+    filter: SeccompFilter,
+    violation: Violation,
+    enosys: &[i64],
+) -> Result<BpfProgram, SeccompError> {
     let rules = BpfProgram::try_from(filter).map_err(SeccompError::Build)?;
     let mut prog = x32_guard(violation).to_vec();
+    prog.extend(enosys_guard(enosys));
     prog.extend(rules);
     Ok(prog)
 }
@@ -154,7 +194,23 @@ impl Policy {
     pub fn new(syscalls: &[Syscall]) -> Self {
         Self {
             syscalls: syscalls.to_vec(),
+            enosys: Vec::new(),
         }
+    }
+
+    /// Makes `syscalls` fail with ENOSYS (their argument rules are not
+    /// used). A call both allowed and listed here fails with ENOSYS.
+    pub fn fail_with_enosys(&mut self, syscalls: &[Syscall]) {
+        self.enosys.extend_from_slice(syscalls);
+    }
+
+    /// The calls that fail with ENOSYS, one entry per distinct number.
+    pub fn enosys(&self) -> Vec<Syscall> {
+        let mut seen = BTreeMap::new();
+        for s in &self.enosys {
+            seen.entry(s.nr).or_insert(*s);
+        }
+        seen.into_values().collect()
     }
 
     /// Adds `syscalls` (a device's own needs on top of a common base).
@@ -162,11 +218,19 @@ impl Policy {
         self.syscalls.extend_from_slice(syscalls);
     }
 
-    /// The allowed syscalls, one entry per distinct number.
+    /// The allowed syscalls, one entry per distinct number (those that
+    /// fail with ENOSYS left out); where a number is listed both with and
+    /// without argument rules, the entry without (it allows any arguments).
     pub fn syscalls(&self) -> Vec<Syscall> {
-        let mut seen = BTreeMap::new();
+        let mut seen: BTreeMap<i64, Syscall> = BTreeMap::new();
         for s in &self.syscalls {
-            seen.entry(s.nr).or_insert(*s);
+            if self.enosys.iter().any(|e| e.nr == s.nr) {
+                continue;
+            }
+            let e = seen.entry(s.nr).or_insert(*s);
+            if s.rules.is_empty() && !e.rules.is_empty() {
+                *e = *s;
+            }
         }
         seen.into_values().collect()
     }
@@ -180,7 +244,8 @@ impl Policy {
             TargetArch::x86_64,
         )
         .map_err(SeccompError::Build)?;
-        guarded(filter, violation)
+        let enosys: Vec<i64> = self.enosys().iter().map(|s| s.nr).collect();
+        guarded(filter, violation, &enosys)
     }
 
     /// Installs the policy on the calling thread (seccompiler sets
@@ -188,89 +253,6 @@ impl Policy {
     pub fn install(&self, violation: Violation) -> Result<(), SeccompError> {
         let prog = self.compile(violation)?;
         seccompiler::apply_filter(&prog).map_err(SeccompError::Install)
-    }
-}
-
-/// A denylist: the listed syscalls (under their argument conditions) get
-/// the violation action, calls listed as unsupported fail with ENOSYS, and
-/// everything else is allowed.
-#[derive(Debug, Clone, Default)]
-pub struct Denylist {
-    deny: Vec<Syscall>,
-    unsupported: Vec<Syscall>,
-}
-
-impl Denylist {
-    /// An empty denylist (allows everything).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Denies `syscalls`.
-    pub fn deny(&mut self, syscalls: &[Syscall]) {
-        self.deny.extend_from_slice(syscalls);
-    }
-
-    /// Makes `syscalls` fail with ENOSYS, for calls whose arguments a filter
-    /// cannot inspect (clone3 takes a pointer) and that C libraries replace
-    /// with an older, filterable call when the kernel lacks them.
-    pub fn unsupported(&mut self, syscalls: &[Syscall]) {
-        self.unsupported.extend_from_slice(syscalls);
-    }
-
-    /// The denied syscalls, one entry per distinct number.
-    pub fn denied(&self) -> Vec<Syscall> {
-        let mut seen = BTreeMap::new();
-        for s in &self.deny {
-            seen.entry(s.nr).or_insert(*s);
-        }
-        seen.into_values().collect()
-    }
-
-    /// The ENOSYS syscalls, one entry per distinct number.
-    pub fn enosys(&self) -> Vec<Syscall> {
-        let mut seen = BTreeMap::new();
-        for s in &self.unsupported {
-            seen.entry(s.nr).or_insert(*s);
-        }
-        seen.into_values().collect()
-    }
-
-    /// Compiles the denylist for x86_64: one program, or two when some calls
-    /// fail with ENOSYS (stacked filters: the kernel applies the most severe
-    /// of their answers).
-    pub fn compile(&self, violation: Violation) -> Result<Vec<BpfProgram>, SeccompError> {
-        let mut progs = Vec::new();
-        for (list, action) in [
-            (&self.deny, action_of(violation)),
-            (
-                &self.unsupported,
-                SeccompAction::Errno(libc::ENOSYS.cast_unsigned()),
-            ),
-        ] {
-            if list.is_empty() {
-                continue;
-            }
-            let filter = SeccompFilter::new(
-                rule_map(list)?,
-                SeccompAction::Allow,
-                action,
-                TargetArch::x86_64,
-            )
-            .map_err(SeccompError::Build)?;
-            progs.push(guarded(filter, violation)?);
-        }
-        Ok(progs)
-    }
-
-    /// Installs the denylist on every thread of the calling process
-    /// (SECCOMP_FILTER_FLAG_TSYNC; seccompiler sets no_new_privs first).
-    /// Threads created later inherit it. Irreversible.
-    pub fn install_all_threads(&self, violation: Violation) -> Result<(), SeccompError> {
-        for prog in self.compile(violation)? {
-            seccompiler::apply_filter_all_threads(&prog).map_err(SeccompError::Install)?;
-        }
-        Ok(())
     }
 }
 
@@ -372,43 +354,45 @@ mod tests {
     }
 
     #[test]
-    fn a_denylist_refuses_the_x32_form_of_every_call() {
-        let mut d = Denylist::new();
-        d.deny(&[GETPID]);
-        d.unsupported(&[CLONE3]);
+    fn calls_listed_for_enosys_fail_with_enosys_in_every_mode() {
+        let mut p = Policy::new(&[GETPID, CLONE3]);
+        p.fail_with_enosys(&[CLONE3]);
+        assert_eq!(p.syscalls().len(), 1);
+        assert_eq!(p.enosys().len(), 1);
         for mode in MODES {
-            let progs = d.compile(mode).unwrap();
-            let refs: Vec<&[sock_filter]> = progs.iter().map(Vec::as_slice).collect();
-            let ask = |nr| {
-                crate::bpf::stacked(&refs, &crate::bpf::SeccompData::x86_64(nr, [0; 6])).unwrap()
-            };
-            assert_eq!(ask(libc::SYS_getppid), libc::SECCOMP_RET_ALLOW);
+            let prog = p.compile(mode).unwrap();
             assert_eq!(
-                ask(libc::SYS_clone3),
+                verdict(&prog, libc::SYS_clone3, [1, 2, 3, 0, 0, 0]),
                 libc::SECCOMP_RET_ERRNO | libc::ENOSYS.cast_unsigned()
             );
-            for nr in [libc::SYS_getpid, libc::SYS_getppid, libc::SYS_clone3] {
-                let a = crate::bpf::action(ask(x32(nr)));
-                assert_ne!(a, libc::SECCOMP_RET_ALLOW, "{mode:?} {nr}");
-                assert_ne!(a, libc::SECCOMP_RET_LOG, "{mode:?} {nr}");
-            }
+            assert_eq!(
+                verdict(&prog, libc::SYS_getpid, [0; 6]),
+                libc::SECCOMP_RET_ALLOW
+            );
+            let a = crate::bpf::action(verdict(&prog, x32(libc::SYS_clone3), [0; 6]));
+            assert_ne!(a, libc::SECCOMP_RET_ALLOW, "{mode:?}");
+            assert_ne!(a, libc::SECCOMP_RET_LOG, "{mode:?}");
         }
     }
 
     #[test]
-    fn the_kernel_kills_an_x32_call_that_a_denylist_does_not_name() {
-        let mut d = Denylist::new();
-        d.deny(&[GETPID]);
-        let progs = d.compile(Violation::Kill).unwrap();
+    fn the_kernel_kills_an_x32_form_of_an_allowed_call() {
+        const EXIT: Syscall = Syscall {
+            nr: libc::SYS_exit_group,
+            name: "exit_group",
+            why: "test",
+            rules: &[],
+        };
+        let prog = Policy::new(&[GETPID, EXIT])
+            .compile(Violation::Kill)
+            .unwrap();
         let status = in_child(|| {
-            for prog in &progs {
-                if seccompiler::apply_filter(prog).is_err() {
-                    return 3;
-                }
+            if seccompiler::apply_filter(&prog).is_err() {
+                return 3;
             }
-            // SAFETY: a raw x32 getppid (ENOSYS on kernels without x32);
+            // SAFETY: a raw x32 getpid (ENOSYS on kernels without x32);
             // the filter kills the process first.
-            unsafe { libc::syscall(x32(libc::SYS_getppid)) };
+            unsafe { libc::syscall(x32(libc::SYS_getpid)) };
             0
         });
         assert!(libc::WIFSIGNALED(status), "status {status:#x}");
@@ -468,48 +452,6 @@ mod tests {
             }
             // SAFETY: as above; the filter kills the process here.
             unsafe { libc::syscall(libc::SYS_mmap, 0, len, libc::PROT_EXEC, flags, -1, 0) };
-            0
-        });
-        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
-        assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
-    }
-
-    #[test]
-    fn a_denylist_covers_threads_that_already_exist() {
-        const GETPPID: Syscall = Syscall {
-            nr: libc::SYS_getppid,
-            name: "getppid",
-            why: "test",
-            rules: &[],
-        };
-        let mut d = Denylist::new();
-        d.deny(&[GETPPID]);
-        d.unsupported(&[CLONE3]);
-        assert_eq!(d.compile(Violation::Kill).unwrap().len(), 2);
-        let status = in_child(|| {
-            // A thread that exists before the filter (glibc makes malloc
-            // and thread creation usable in a forked child).
-            let (tx, rx) = std::sync::mpsc::channel::<()>();
-            let t = std::thread::spawn(move || {
-                let _ = rx.recv();
-                // SAFETY: a raw getppid; the filter kills the process here.
-                unsafe { libc::syscall(libc::SYS_getppid) };
-            });
-            if d.install_all_threads(Violation::Kill).is_err() {
-                return 3;
-            }
-            // SAFETY: a raw getpid, not on the list: allowed.
-            if unsafe { libc::syscall(libc::SYS_getpid) } <= 0 {
-                return 4;
-            }
-            // SAFETY: clone3 with no arguments; the filter answers ENOSYS
-            // before the kernel looks at them.
-            let rc = unsafe { libc::syscall(libc::SYS_clone3, 0, 0) };
-            if rc != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
-                return 5;
-            }
-            let _ = tx.send(());
-            let _ = t.join();
             0
         });
         assert!(libc::WIFSIGNALED(status), "status {status:#x}");

@@ -135,6 +135,7 @@ impl SandboxArgs {
             seccomp: self.seccomp,
             degraded: self.sandbox_degraded,
             unconfined: false,
+            vmm: VmmSandbox::default(),
         }
     }
 }
@@ -280,7 +281,10 @@ impl VmConfig {
             on_device_failure: args.on_device_failure,
             restart_limit: args.restart_limit,
             ctl: args.ctl.clone(),
-            sandbox: args.sandbox.opts(),
+            sandbox: SandboxOpts {
+                vmm: args.vmm_sandbox,
+                ..args.sandbox.opts()
+            },
             vmm_sandbox: args.vmm_sandbox,
         })
     }

@@ -61,7 +61,24 @@ pub struct SelfMemory {
 
 /// Reads [`SelfMemory`].
 pub fn self_memory() -> Option<SelfMemory> {
-    parse_status(&std::fs::read_to_string("/proc/self/status").ok()?)
+    parse_status(&read_proc_file("/proc/self/status")?)
+}
+
+/// The text of a small /proc file (its first 8 KiB): one open and reads
+/// into a fixed buffer, where `fs::read_to_string` would stat the file
+/// first, which the VMM's main thread may not do once confined.
+pub fn read_proc_file(path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut buf = [0u8; 8192];
+    let mut len = 0;
+    while len < buf.len() {
+        match f.read(&mut buf[len..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
+        }
+    }
+    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
 fn parse_status(text: &str) -> Option<SelfMemory> {

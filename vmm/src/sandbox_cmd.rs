@@ -8,7 +8,7 @@ use sandbox::seccomp::{Arg, Policy, Syscall};
 
 use crate::device_host::{policy, SeccompMode};
 use crate::kinds::Registry;
-use crate::vmm_sandbox::VmmSandbox;
+use crate::vmm_sandbox::{self, ThreadKind, VmmSandbox};
 
 /// `skvm sandbox` subcommands.
 #[derive(Debug, Subcommand)]
@@ -18,7 +18,8 @@ pub enum SandboxCommand {
     Check,
     /// Print an effective seccomp filter: for a device kind, every allowed
     /// syscall with its reason and argument filters, and their count; for
-    /// `vmm`, every syscall the VMM's --sandbox filter denies, by group.
+    /// `vmm`, the same for each kind of VMM thread (main, vcpu, device),
+    /// and what each --sandbox group adds.
     Show {
         /// Device kind (rng, blk, net), a device name (rng0, blk1, net0), or vmm.
         #[arg(value_name = "DEVICE|vmm")]
@@ -88,6 +89,7 @@ fn describe(a: &Arg) -> String {
         Arg::Eq(i, v) => format!("arg{i} == {v:#x}"),
         Arg::NoBits(i, m) => format!("arg{i} & {m:#x} == 0"),
         Arg::Ne(i, v) => format!("arg{i} != {v:#x}"),
+        Arg::AllBits(i, m) => format!("arg{i} & {m:#x} == {m:#x}"),
     }
 }
 
@@ -134,26 +136,42 @@ fn show_vmm(sb: &VmmSandbox, mode: SeccompMode) -> ExitCode {
         println!("vmm: --sandbox off: no seccomp filter on the VMM");
         return ExitCode::SUCCESS;
     }
-    let d = sb.denylist();
     println!(
-        "vmm: --sandbox {sb}: {} syscalls denied on every VMM thread (x86_64), the rest \
-         allowed; a denied call: {}",
-        d.denied().len(),
+        "vmm: --sandbox {sb}: one allowlist per thread kind (x86_64); anything else: {}",
         action_text(mode)
     );
-    for (group, list) in sb.groups() {
-        println!("{group}:");
-        for s in list {
+    for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Device] {
+        let p = sb.policy_of(kind);
+        let list = p.syscalls();
+        let note = match kind {
+            ThreadKind::Main => "; with --device-mode thread, also what its device threads need",
+            ThreadKind::Vcpu => "",
+            ThreadKind::Device => "; plus its kind's own calls (`skvm sandbox show KIND`)",
+        };
+        println!(
+            "{} threads: {} syscalls allowed{note}",
+            kind.name(),
+            list.len()
+        );
+        for s in &list {
             println!("  {:<20} {}{}", s.name, s.why, rules_text(s));
         }
+        for s in p.enosys() {
+            println!("  {:<20} fails with ENOSYS: {}", s.name, s.why);
+        }
     }
-    let enosys = sb.enosys();
-    if !enosys.is_empty() {
-        println!("fail with ENOSYS:");
-        for s in enosys {
+    for (group, list) in sb.allowed_groups() {
+        println!("{group}=allow adds to every list:");
+        for s in list {
             println!("  {:<20} {}", s.name, s.why);
         }
     }
+    let denied: Vec<&str> = sb.denied_groups().iter().map(|(n, _)| *n).collect();
+    if !denied.is_empty() {
+        println!("groups left denied (on no list): {}", denied.join(" "));
+    }
+    let never: Vec<&str> = vmm_sandbox::NEVER.iter().map(|s| s.name).collect();
+    println!("never allowed, by any group: {}", never.join(" "));
     println!("{}", x32_line(mode));
     ExitCode::SUCCESS
 }

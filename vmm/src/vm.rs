@@ -9,20 +9,22 @@
 //!    (loaded in a thread meanwhile), the KVM VM, every device attached
 //!    from the configuration, the legacy devices and the vCPUs
 //!    ([`Built`]);
-//! 4. [`Built::confine`]: the VMM's own seccomp filter on every thread
-//!    ([`Confined`]);
-//! 5. [`Confined::start`]: the vCPU threads, the terminal and the control
+//! 4. [`Built::confine`]: the vCPU threads start and each installs its
+//!    allowlist, then wait; once every thread of the VMM shows a filter
+//!    (device threads installed theirs after their hello), the main thread
+//!    installs its own ([`Confined`]; see `vmm_sandbox`);
+//! 5. [`Confined::start`]: the vCPUs go, the terminal and the control
 //!    socket ([`Running`]);
 //! 6. [`Running::wait`]: the main thread's loop until an exit reason, then
 //!    the teardown.
 //!
 //! [`run`] is the straight line through them; a program that adds a step
-//! (the escape suite attacks the filter between 4 and 5) calls them itself.
+//! calls them itself.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -37,7 +39,7 @@ use crate::config::{HostQuirks, VmConfig};
 use crate::console::{EscapeParser, RawTerminal};
 use crate::ctl::{Control, CtlServer};
 use crate::device_host::spawner::SingleThreaded;
-use crate::device_host::DeviceHost;
+use crate::device_host::{DeviceHost, DeviceMode};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::hotplug::Hotplug;
 use crate::irq::{IrqRouter, Routes};
@@ -47,6 +49,7 @@ use crate::legacy::LegacyDevices;
 use crate::memory::{GuestRam, Memory};
 use crate::pci::PciBus;
 use crate::vcpu::{self, setup, PauseGate, Vcpu, VcpuStats};
+use crate::vmm_sandbox::{self, ThreadKind};
 use crate::{host, layout, log};
 
 /// How long a panicked guest may take to reboot itself before skvm stops it.
@@ -103,6 +106,7 @@ pub struct HostChecked<'a> {
 pub fn check_host(cfg: &VmConfig) -> Result<HostChecked<'_>> {
     let kvm = host::open_kvm()?;
     check_limits(&kvm, cfg)?;
+    cfg.vmm_sandbox.prepare(cfg.sandbox.seccomp);
     let quirks = match cfg.host_quirks {
         HostQuirks::On => true,
         HostQuirks::Off => false,
@@ -332,20 +336,127 @@ impl<'a> Built<'a> {
         Ok(vcpus)
     }
 
-    /// Phase 4: the VMM's own filter, on every thread that exists now
-    /// (device threads in thread mode) and inherited by the vCPU threads
-    /// created next.
-    pub fn confine(self) -> Result<Confined<'a>> {
+    /// Phase 4: the vCPU threads start, install their allowlist and wait;
+    /// every thread must then show a seccomp filter; the main thread
+    /// installs its own last. With `--sandbox off`, the threads just wait.
+    pub fn confine(mut self) -> Result<Confined<'a>> {
         let sb = self.cfg.vmm_sandbox;
-        sb.install(self.cfg.sandbox.seccomp)
-            .with_context(|| format!("cannot confine the VMM (--sandbox {sb})"))?;
-        log::debug(&format!("VMM seccomp filter: --sandbox {sb}"));
-        Ok(Confined(self))
+        let mode = self.cfg.sandbox.seccomp;
+        let what = || format!("cannot confine the VMM (--sandbox {sb})");
+        let vcpu_filter = sb
+            .program(&sb.vcpu_policy(), mode)
+            .with_context(what)?
+            .map(Arc::new);
+        let main_filter = sb
+            .program(&sb.main_policy(&self.device_threads()), mode)
+            .with_context(what)?;
+        let gate = Arc::new(StartGate::default());
+        let vcpus = std::mem::take(&mut self.vcpus);
+        let count = vcpus.len();
+        let (ready, confirmations) = mpsc::channel();
+        let handles = spawn_vcpus(vcpus, vcpu_filter, &gate, &ready)?;
+        drop(ready);
+        let confined = Confined {
+            built: self,
+            handles: Arc::new(handles),
+            gate,
+        };
+        for _ in 0..count {
+            match confirmations.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(confined.abort(anyhow::anyhow!(e).context(what()))),
+                Err(_) => return Err(confined.abort(anyhow::anyhow!("a vCPU thread ended"))),
+            }
+        }
+        if let Some(prog) = main_filter {
+            if let Err(e) = every_other_thread_filtered() {
+                return Err(confined.abort(e.context(what())));
+            }
+            if let Err(e) = vmm_sandbox::install_on_this_thread(&prog) {
+                return Err(confined.abort(anyhow::Error::new(e).context(what())));
+            }
+            log::debug(&format!(
+                "VMM seccomp filters (--sandbox {sb}): main {}, vcpu {}, device threads their \
+                 kind's",
+                sb.main_policy(&confined.built.device_threads())
+                    .syscalls()
+                    .len(),
+                sb.policy_of(ThreadKind::Vcpu).syscalls().len()
+            ));
+        }
+        Ok(confined)
+    }
+
+    /// The confinement of each device that is served in a VMM thread, which
+    /// the main thread may have to start again (restarts, mem-add).
+    fn device_threads(&self) -> Vec<Option<crate::kinds::Confinement>> {
+        self.cfg
+            .devices
+            .iter()
+            .map(|d| d.kind.confinement())
+            .filter(|c| c.is_none() || self.cfg.device_mode == DeviceMode::Thread)
+            .collect()
     }
 }
 
-/// Phase 4 done: the VMM is confined.
-pub struct Confined<'a>(Built<'a>);
+/// Holds the vCPU threads between their filter and their first KVM_RUN
+/// until the main thread is confined too.
+#[derive(Default)]
+struct StartGate {
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl StartGate {
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        while !*open {
+            open = self.cv.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_all();
+    }
+}
+
+/// Checks that every thread but the calling one has a seccomp filter
+/// (`Seccomp: 2` in its /proc status): a thread that would not install its
+/// own (or one a library started) stops skvm here, before the guest runs.
+fn every_other_thread_filtered() -> Result<()> {
+    // SAFETY: gettid cannot fail.
+    let me = unsafe { libc::gettid() }.to_string();
+    let tasks = std::fs::read_dir("/proc/self/task").context("cannot list the VMM's threads")?;
+    for t in tasks.flatten() {
+        let tid = t.file_name().to_string_lossy().into_owned();
+        if tid == me {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
+            continue; // it ended meanwhile
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim)
+                .unwrap_or("?")
+                .to_owned()
+        };
+        if field("Seccomp:") != "2" {
+            bail!("thread {tid} ({}) has no seccomp filter", field("Name:"));
+        }
+    }
+    Ok(())
+}
+
+/// Phase 4 done: every VMM thread is confined; the vCPUs wait.
+pub struct Confined<'a> {
+    built: Built<'a>,
+    handles: Arc<Vec<JoinHandle<()>>>,
+    gate: Arc<StartGate>,
+}
 
 /// Phase 5: the guest runs.
 pub struct Running<'a> {
@@ -357,12 +468,29 @@ pub struct Running<'a> {
 }
 
 impl<'a> Confined<'a> {
-    /// Starts the vCPU threads, puts the terminal in raw mode and serves
-    /// the control socket.
+    /// Stops the waiting vCPU threads and the devices; `e` back.
+    fn abort(self, e: anyhow::Error) -> anyhow::Error {
+        let Confined {
+            mut built,
+            handles,
+            gate,
+        } = self;
+        built.exit.request(ExitReason::Fatal(format!("{e:#}")));
+        gate.open();
+        stop_vcpus(Arc::try_unwrap(handles).unwrap_or_default());
+        built.host.shutdown();
+        e
+    }
+
+    /// Lets the vCPUs run, puts the terminal in raw mode and serves the
+    /// control socket.
     pub fn start(self) -> Result<Running<'a>> {
-        let mut built = self.0;
-        let vcpus = std::mem::take(&mut built.vcpus);
-        let handles = Arc::new(spawn_vcpus(vcpus)?);
+        let Confined {
+            mut built,
+            handles,
+            gate,
+        } = self;
+        gate.open();
         let sampler = built
             .profile
             .as_ref()
@@ -524,13 +652,32 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd> {
     Ok(vm)
 }
 
-fn spawn_vcpus(vcpus: Vec<Vcpu>) -> Result<Vec<JoinHandle<()>>> {
+/// Starts the vCPU threads: each installs `filter`, reports on `ready`,
+/// and waits at `gate` before its first KVM_RUN.
+fn spawn_vcpus(
+    vcpus: Vec<Vcpu>,
+    filter: Option<Arc<seccompiler::BpfProgram>>,
+    gate: &Arc<StartGate>,
+    ready: &mpsc::Sender<Result<(), String>>,
+) -> Result<Vec<JoinHandle<()>>> {
     let mut handles = Vec::with_capacity(vcpus.len());
     for v in vcpus {
         let name = format!("skvm-vcpu{}", v.index);
+        let (filter, gate, ready) = (filter.clone(), gate.clone(), ready.clone());
         let h = std::thread::Builder::new()
             .name(name.clone())
-            .spawn(move || v.run())
+            .spawn(move || {
+                if let Some(prog) = filter {
+                    if let Err(e) = vmm_sandbox::install_on_this_thread(&prog) {
+                        let _ = ready.send(Err(format!("vcpu{}: {e}", v.index)));
+                        return;
+                    }
+                }
+                let _ = ready.send(Ok(()));
+                drop(ready);
+                gate.wait();
+                v.run();
+            })
             .with_context(|| format!("cannot start thread {name}"))?;
         handles.push(h);
     }

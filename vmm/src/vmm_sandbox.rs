@@ -1,22 +1,36 @@
-//! The VMM's own seccomp filter (`--sandbox`), with the option groups of
-//! QEMU's `-sandbox`: obsolete, elevateprivileges, spawn, resourcecontrol.
+//! The VMM's own seccomp filters (`--sandbox`): one allowlist per kind of
+//! VMM thread, with the option groups of QEMU's `-sandbox` (obsolete,
+//! elevateprivileges, spawn, resourcecontrol) as what they add to every
+//! list.
 //!
-//! Device processes get allowlists (see `device_host::policy`). The VMM's
-//! syscall set is much broader (KVM, threads, the terminal, every device in
-//! thread mode, supervision), so it gets a denylist instead: a default set
-//! no VMM needs once the guest runs (mounting, module loading, ptrace,
-//! namespaces, bpf, keyrings, clock setting, ...), plus one set per option
-//! group. skvm denies every group unless told to allow it. The filter goes
-//! on every VMM thread at once (TSYNC) just before the vCPUs start, and
-//! threads created later inherit it; device processes were forked earlier by
-//! the spawner and have their own, stricter filters.
+//! Each thread installs its own filter before it touches guest input:
+//!
+//! - a vCPU thread, first thing in its thread (KVM_RUN, the register calls
+//!   the emulating-host completions need, the interrupt and ioeventfd
+//!   registrations MSI-X and virtio-pci make, the device control requests
+//!   the transport sends);
+//! - a device thread (thread mode, and the VMM-side virtio-mem), after its
+//!   hello: what every device worker needs and its kind's own calls, as its
+//!   process would have;
+//! - the main thread last, once every other thread reports its filter on
+//!   (`vm::Built::confine` checks each thread's seccomp state in /proc): the
+//!   event loop, the control socket, supervision, mem-add, and what the
+//!   threads it may start later need (a thread inherits its creator's
+//!   filter and adds its own, so the kernel applies both).
+//!
+//! Every list leaves out what the previous denylist denied (mounting,
+//! modules, ptrace, namespaces, bpf, keyrings, clocks, ...), and every
+//! filter refuses x32 calls first. Device processes have their own, smaller
+//! allowlists (`device_host::policy`).
 
 use std::fmt;
 use std::str::FromStr;
 
-use sandbox::seccomp::{Arg, Denylist, SeccompError, Syscall, Violation};
+use sandbox::seccomp::{Arg, Policy, SeccompError, Syscall, Violation};
+use seccompiler::BpfProgram;
 
-use crate::device_host::SeccompMode;
+use crate::device_host::{policy, SeccompMode};
+use crate::kinds::Confinement;
 
 /// `elevateprivileges=` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +151,7 @@ impl fmt::Display for VmmSandbox {
     }
 }
 
-const fn deny(nr: i64, name: &'static str, why: &'static str) -> Syscall {
+const fn call(nr: i64, name: &'static str, why: &'static str) -> Syscall {
     Syscall {
         nr,
         name,
@@ -146,326 +160,735 @@ const fn deny(nr: i64, name: &'static str, why: &'static str) -> Syscall {
     }
 }
 
-/// Always denied with `--sandbox on`: nothing a running VMM needs.
-const DEFAULT: &[Syscall] = &[
-    deny(libc::SYS_reboot, "reboot", "would reboot the host"),
-    deny(
+const fn only(
+    nr: i64,
+    name: &'static str,
+    why: &'static str,
+    rules: &'static [&'static [Arg]],
+) -> Syscall {
+    Syscall {
+        nr,
+        name,
+        why,
+        rules,
+    }
+}
+
+/// ioctl request numbers (asm-generic/ioctl.h): direction, size, type, nr.
+const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    const KVMIO: u64 = 0xAE;
+    (dir << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+}
+const fn io(nr: u64) -> u64 {
+    ioc(0, nr, 0)
+}
+const fn iow<T>(nr: u64) -> u64 {
+    ioc(1, nr, std::mem::size_of::<T>())
+}
+const fn ior<T>(nr: u64) -> u64 {
+    ioc(2, nr, std::mem::size_of::<T>())
+}
+const fn iowr<T>(nr: u64) -> u64 {
+    ioc(3, nr, std::mem::size_of::<T>())
+}
+
+use kvm_bindings::{
+    kvm_fpu, kvm_ioeventfd, kvm_irq_routing, kvm_irqfd, kvm_regs, kvm_sregs, kvm_translation,
+    kvm_userspace_memory_region, kvm_vcpu_events,
+};
+
+/// The KVM requests skvm makes once the guest runs (linux/kvm.h).
+pub mod kvm_ioctl {
+    use super::*;
+    /// Runs the vCPU.
+    pub const RUN: u64 = io(0x80);
+    /// Reads the general registers.
+    pub const GET_REGS: u64 = ior::<kvm_regs>(0x81);
+    /// Writes the general registers.
+    pub const SET_REGS: u64 = iow::<kvm_regs>(0x82);
+    /// Reads the special registers.
+    pub const GET_SREGS: u64 = ior::<kvm_sregs>(0x83);
+    /// Translates a guest virtual address.
+    pub const TRANSLATE: u64 = iowr::<kvm_translation>(0x85);
+    /// Reads the FPU state.
+    pub const GET_FPU: u64 = ior::<kvm_fpu>(0x8c);
+    /// Writes the FPU state.
+    pub const SET_FPU: u64 = iow::<kvm_fpu>(0x8d);
+    /// Reads pending events.
+    pub const GET_VCPU_EVENTS: u64 = ior::<kvm_vcpu_events>(0x9f);
+    /// Writes pending events.
+    pub const SET_VCPU_EVENTS: u64 = iow::<kvm_vcpu_events>(0xa0);
+    /// Replaces the GSI routing table (MSI-X).
+    pub const SET_GSI_ROUTING: u64 = iow::<kvm_irq_routing>(0x6a);
+    /// Registers or removes an irqfd.
+    pub const IRQFD: u64 = iow::<kvm_irqfd>(0x76);
+    /// Registers or removes an ioeventfd.
+    pub const IOEVENTFD: u64 = iow::<kvm_ioeventfd>(0x79);
+    /// Adds a memory slot (mem-add).
+    pub const SET_USER_MEMORY_REGION: u64 = iow::<kvm_userspace_memory_region>(0x46);
+}
+
+const TCGETS: u64 = libc::TCGETS;
+const TCSETS: u64 = libc::TCSETS;
+const FIONBIO: u64 = libc::FIONBIO;
+
+const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
+const CLONE_THREAD: u64 = libc::CLONE_THREAD as u64;
+const SIGKILL: u64 = libc::SIGKILL as u64;
+/// Open flags that write, create or change a file.
+const OPEN_WRITES: u64 =
+    (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND) as u64;
+
+/// What every VMM thread needs, whatever its kind.
+const COMMON: &[Syscall] = &[
+    call(
+        libc::SYS_futex,
+        "futex",
+        "locks, condition variables, joins",
+    ),
+    only(
+        libc::SYS_mmap,
+        "mmap",
+        "the allocator; guest memory (mem-add, device threads); never executable",
+        &[&[Arg::NoBits(2, PROT_EXEC)]],
+    ),
+    only(
+        libc::SYS_mprotect,
+        "mprotect",
+        "the allocator grows heaps in place; never executable",
+        &[&[Arg::NoBits(2, PROT_EXEC)]],
+    ),
+    call(
+        libc::SYS_munmap,
+        "munmap",
+        "the allocator; a thread's stack at its end",
+    ),
+    call(
+        libc::SYS_madvise,
+        "madvise",
+        "the allocator returns freed memory",
+    ),
+    call(libc::SYS_brk, "brk", "the allocator's main heap"),
+    call(
+        libc::SYS_write,
+        "write",
+        "log lines on stderr; the serial console; signalling eventfds",
+    ),
+    call(libc::SYS_close, "close", "drop fds"),
+    call(
+        libc::SYS_clock_gettime,
+        "clock_gettime",
+        "timeouts, where the vDSO falls back to the syscall",
+    ),
+    call(
+        libc::SYS_rt_sigreturn,
+        "rt_sigreturn",
+        "return from a signal handler (the vCPU kick, SIGTERM, --seccomp trap)",
+    ),
+    call(
+        libc::SYS_rt_sigprocmask,
+        "rt_sigprocmask",
+        "the C library masks signals while a thread ends",
+    ),
+    call(
+        libc::SYS_sigaltstack,
+        "sigaltstack",
+        "std removes a thread's signal stack at its end",
+    ),
+    call(libc::SYS_exit, "exit", "a thread ends"),
+];
+
+/// A vCPU thread's own calls.
+const VCPU: &[Syscall] = &[
+    only(
+        libc::SYS_ioctl,
+        "ioctl",
+        "KVM_RUN; the registers, FPU and events that completing an instruction for an \
+         emulating host needs; the GSI routing, irqfds and ioeventfds that guest writes to \
+         MSI-X and virtio-pci registers change",
+        &[
+            &[Arg::Eq(1, kvm_ioctl::RUN)],
+            &[Arg::Eq(1, kvm_ioctl::GET_REGS)],
+            &[Arg::Eq(1, kvm_ioctl::SET_REGS)],
+            &[Arg::Eq(1, kvm_ioctl::GET_SREGS)],
+            &[Arg::Eq(1, kvm_ioctl::TRANSLATE)],
+            &[Arg::Eq(1, kvm_ioctl::GET_FPU)],
+            &[Arg::Eq(1, kvm_ioctl::SET_FPU)],
+            &[Arg::Eq(1, kvm_ioctl::GET_VCPU_EVENTS)],
+            &[Arg::Eq(1, kvm_ioctl::SET_VCPU_EVENTS)],
+            &[Arg::Eq(1, kvm_ioctl::SET_GSI_ROUTING)],
+            &[Arg::Eq(1, kvm_ioctl::IRQFD)],
+            &[Arg::Eq(1, kvm_ioctl::IOEVENTFD)],
+        ],
+    ),
+    call(
+        libc::SYS_sendmsg,
+        "sendmsg",
+        "device requests (activate, reset, configuration) when the guest writes them",
+    ),
+    call(libc::SYS_recvmsg, "recvmsg", "the devices' answers"),
+    call(
+        libc::SYS_poll,
+        "poll",
+        "wait for a device's answer, with a deadline",
+    ),
+    only(
+        libc::SYS_pidfd_send_signal,
+        "pidfd_send_signal",
+        "SIGKILL only: kill a device process that breaks the protocol",
+        &[&[Arg::Eq(1, SIGKILL)]],
+    ),
+];
+
+/// The main thread's own calls.
+const MAIN: &[Syscall] = &[
+    call(
+        libc::SYS_read,
+        "read",
+        "terminal input; eventfds (exit, device events)",
+    ),
+    call(
+        libc::SYS_poll,
+        "poll",
+        "the event loop: terminal, devices, control socket",
+    ),
+    only(
+        libc::SYS_ioctl,
+        "ioctl",
+        "a memory slot for mem-add; irqfds, ioeventfds and routes a device reset or \
+         restart changes; the terminal's mode (TCGETS, TCSETS); FIONBIO on sockets",
+        &[
+            &[Arg::Eq(1, kvm_ioctl::SET_USER_MEMORY_REGION)],
+            &[Arg::Eq(1, kvm_ioctl::SET_GSI_ROUTING)],
+            &[Arg::Eq(1, kvm_ioctl::IRQFD)],
+            &[Arg::Eq(1, kvm_ioctl::IOEVENTFD)],
+            &[Arg::Eq(1, TCGETS)],
+            &[Arg::Eq(1, TCSETS)],
+            &[Arg::Eq(1, FIONBIO)],
+        ],
+    ),
+    call(
+        libc::SYS_sendmsg,
+        "sendmsg",
+        "device requests and the fds they carry; spawn requests",
+    ),
+    call(
+        libc::SYS_recvmsg,
+        "recvmsg",
+        "device answers; the spawner's answers and the pidfds they carry",
+    ),
+    only(
+        libc::SYS_socketpair,
+        "socketpair",
+        "AF_UNIX only: the control socket of a restarted device",
+        &[&[Arg::Eq(0, libc::AF_UNIX as u64)]],
+    ),
+    call(libc::SYS_accept4, "accept4", "clients of --ctl"),
+    call(libc::SYS_recvfrom, "recvfrom", "--ctl requests"),
+    call(libc::SYS_sendto, "sendto", "--ctl answers"),
+    call(
+        libc::SYS_setsockopt,
+        "setsockopt",
+        "a --ctl client's read and write deadlines",
+    ),
+    call(libc::SYS_shutdown, "shutdown", "end a --ctl answer"),
+    only(
+        libc::SYS_fcntl,
+        "fcntl",
+        "F_DUPFD_CLOEXEC: a device's fds for its successor; F_ADD_SEALS: mem-add's memfd; \
+         F_GETFD: debug builds of std check an fd before closing it",
+        &[
+            &[Arg::Eq(1, libc::F_DUPFD_CLOEXEC as u64)],
+            &[Arg::Eq(1, libc::F_ADD_SEALS as u64)],
+            &[Arg::Eq(1, libc::F_GETFD as u64)],
+        ],
+    ),
+    call(libc::SYS_memfd_create, "memfd_create", "mem-add's new RAM"),
+    call(libc::SYS_ftruncate, "ftruncate", "size mem-add's memfd"),
+    only(
+        libc::SYS_openat,
+        "openat",
+        "read-only: /proc/PID/status for a device's RSS (ctl status, --debug)",
+        &[&[Arg::NoBits(2, OPEN_WRITES)]],
+    ),
+    only(
+        libc::SYS_clone,
+        "clone",
+        "threads only (CLONE_THREAD): device threads a restart or mem-add rebuilds",
+        &[&[Arg::AllBits(0, CLONE_THREAD)]],
+    ),
+    call(libc::SYS_wait4, "wait4", "reap the spawner at exit"),
+    call(
+        libc::SYS_tgkill,
+        "tgkill",
+        "kick vCPUs out of KVM_RUN (pause, stop)",
+    ),
+    call(libc::SYS_getpid, "getpid", "pthread_kill names the process"),
+    only(
+        libc::SYS_pidfd_send_signal,
+        "pidfd_send_signal",
+        "SIGKILL only: kill a device process that breaks the protocol or does not exit",
+        &[&[Arg::Eq(1, SIGKILL)]],
+    ),
+    call(
+        libc::SYS_unlink,
+        "unlink",
+        "remove the --ctl socket at exit",
+    ),
+    call(libc::SYS_exit_group, "exit_group", "exit"),
+    call(
+        libc::SYS_clock_nanosleep,
+        "clock_nanosleep",
+        "short waits while vCPUs and devices stop",
+    ),
+    call(
+        libc::SYS_restart_syscall,
+        "restart_syscall",
+        "a sleep interrupted by a signal goes on",
+    ),
+    only(
+        libc::SYS_prctl,
+        "prctl",
+        "PR_SET_NAME: a new thread's name; PR_SET_NO_NEW_PRIVS: before a new device thread \
+         adds its own filter",
+        &[
+            &[Arg::Eq(0, libc::PR_SET_NAME as u64)],
+            &[Arg::Eq(0, libc::PR_SET_NO_NEW_PRIVS as u64), Arg::Eq(1, 1)],
+        ],
+    ),
+    only(
+        libc::SYS_seccomp,
+        "seccomp",
+        "SECCOMP_SET_MODE_FILTER without flags: a new device thread adds its own filter \
+         (a filter only takes calls away)",
+        &[&[
+            Arg::Eq(0, libc::SECCOMP_SET_MODE_FILTER as u64),
+            Arg::Eq(1, 0),
+        ]],
+    ),
+    call(
+        libc::SYS_sched_getaffinity,
+        "sched_getaffinity",
+        "the C library, as a thread starts",
+    ),
+    call(libc::SYS_gettid, "gettid", "std, as a thread starts"),
+    call(
+        libc::SYS_rseq,
+        "rseq",
+        "the C library registers each new thread (and aborts if it cannot)",
+    ),
+];
+
+/// A call a thread's start makes that fails with ENOSYS (the C library does
+/// without it), and clone3, whose flags a filter cannot see (the C
+/// library falls back to clone, which the filter checks).
+const MAIN_ENOSYS: &[Syscall] = &[
+    call(
+        libc::SYS_clone3,
+        "clone3",
+        "flags sit behind a pointer; the C library falls back to clone",
+    ),
+    call(
+        libc::SYS_set_robust_list,
+        "set_robust_list",
+        "robust futexes: skvm has no process-shared locks",
+    ),
+];
+
+/// Never allowed on any VMM thread, by any group (tests check the lists
+/// against it, `skvm sandbox show vmm` prints it): nothing a running VMM
+/// needs.
+pub const NEVER: &[Syscall] = &[
+    call(libc::SYS_reboot, "reboot", "would reboot the host"),
+    call(
         libc::SYS_kexec_load,
         "kexec_load",
         "would replace the host kernel",
     ),
-    deny(
+    call(
         libc::SYS_kexec_file_load,
         "kexec_file_load",
         "would replace the host kernel",
     ),
-    deny(
+    call(
         libc::SYS_init_module,
         "init_module",
         "loads host kernel code",
     ),
-    deny(
+    call(
         libc::SYS_finit_module,
         "finit_module",
         "loads host kernel code",
     ),
-    deny(
+    call(
         libc::SYS_delete_module,
         "delete_module",
         "unloads host kernel code",
     ),
-    deny(libc::SYS_swapon, "swapon", "host administration"),
-    deny(libc::SYS_swapoff, "swapoff", "host administration"),
-    deny(libc::SYS_mount, "mount", "changes what the VMM can reach"),
-    deny(
+    call(libc::SYS_swapon, "swapon", "host administration"),
+    call(libc::SYS_swapoff, "swapoff", "host administration"),
+    call(libc::SYS_mount, "mount", "changes what the VMM can reach"),
+    call(
         libc::SYS_umount2,
         "umount2",
         "changes what the VMM can reach",
     ),
-    deny(libc::SYS_pivot_root, "pivot_root", "changes the root"),
-    deny(libc::SYS_chroot, "chroot", "changes the root"),
-    deny(libc::SYS_move_mount, "move_mount", "new mount API"),
-    deny(libc::SYS_open_tree, "open_tree", "new mount API"),
-    deny(libc::SYS_fsopen, "fsopen", "new mount API"),
-    deny(libc::SYS_fsconfig, "fsconfig", "new mount API"),
-    deny(libc::SYS_fsmount, "fsmount", "new mount API"),
-    deny(libc::SYS_fspick, "fspick", "new mount API"),
-    deny(libc::SYS_mount_setattr, "mount_setattr", "new mount API"),
-    deny(
-        libc::SYS_unshare,
-        "unshare",
-        "new namespaces (user namespaces widen the kernel attack surface)",
-    ),
-    deny(libc::SYS_setns, "setns", "enters other namespaces"),
-    deny(libc::SYS_ptrace, "ptrace", "controls other processes"),
-    deny(
+    call(libc::SYS_pivot_root, "pivot_root", "changes the root"),
+    call(libc::SYS_chroot, "chroot", "changes the root"),
+    call(libc::SYS_move_mount, "move_mount", "new mount API"),
+    call(libc::SYS_open_tree, "open_tree", "new mount API"),
+    call(libc::SYS_fsopen, "fsopen", "new mount API"),
+    call(libc::SYS_fsconfig, "fsconfig", "new mount API"),
+    call(libc::SYS_fsmount, "fsmount", "new mount API"),
+    call(libc::SYS_fspick, "fspick", "new mount API"),
+    call(libc::SYS_mount_setattr, "mount_setattr", "new mount API"),
+    call(libc::SYS_unshare, "unshare", "new namespaces"),
+    call(libc::SYS_setns, "setns", "enters other namespaces"),
+    call(libc::SYS_ptrace, "ptrace", "controls other processes"),
+    call(
         libc::SYS_process_vm_readv,
         "process_vm_readv",
         "reads other processes' memory",
     ),
-    deny(
+    call(
         libc::SYS_process_vm_writev,
         "process_vm_writev",
         "writes other processes' memory",
     ),
-    deny(libc::SYS_kcmp, "kcmp", "inspects other processes"),
-    deny(
+    call(libc::SYS_kcmp, "kcmp", "inspects other processes"),
+    call(
         libc::SYS_pidfd_getfd,
         "pidfd_getfd",
         "steals other processes' fds",
     ),
-    deny(libc::SYS_bpf, "bpf", "loads programs into the host kernel"),
-    deny(
+    call(libc::SYS_bpf, "bpf", "loads programs into the host kernel"),
+    call(
         libc::SYS_perf_event_open,
         "perf_event_open",
         "large kernel attack surface",
     ),
-    deny(
+    call(
         libc::SYS_userfaultfd,
         "userfaultfd",
-        "a tool for kernel race exploits; skvm does not use it",
+        "a tool for kernel race exploits",
     ),
-    deny(
+    call(
         libc::SYS_io_uring_setup,
         "io_uring_setup",
-        "large kernel attack surface; skvm does not use it",
+        "large kernel attack surface",
     ),
-    deny(
+    call(
         libc::SYS_io_uring_enter,
         "io_uring_enter",
         "as io_uring_setup",
     ),
-    deny(
+    call(
         libc::SYS_io_uring_register,
         "io_uring_register",
         "as io_uring_setup",
     ),
-    deny(libc::SYS_keyctl, "keyctl", "kernel keyrings"),
-    deny(libc::SYS_add_key, "add_key", "kernel keyrings"),
-    deny(libc::SYS_request_key, "request_key", "kernel keyrings"),
-    deny(libc::SYS_acct, "acct", "host administration"),
-    deny(libc::SYS_quotactl, "quotactl", "host administration"),
-    deny(
+    call(libc::SYS_keyctl, "keyctl", "kernel keyrings"),
+    call(libc::SYS_add_key, "add_key", "kernel keyrings"),
+    call(libc::SYS_request_key, "request_key", "kernel keyrings"),
+    call(libc::SYS_acct, "acct", "host administration"),
+    call(libc::SYS_quotactl, "quotactl", "host administration"),
+    call(
         libc::SYS_syslog,
         "syslog",
         "reads or clears the host kernel log",
     ),
-    deny(
+    call(
         libc::SYS_settimeofday,
         "settimeofday",
         "sets the host clock",
     ),
-    deny(
+    call(
         libc::SYS_clock_settime,
         "clock_settime",
         "sets the host clock",
     ),
-    deny(
+    call(
         libc::SYS_clock_adjtime,
         "clock_adjtime",
         "adjusts the host clock",
     ),
-    deny(libc::SYS_adjtimex, "adjtimex", "adjusts the host clock"),
-    deny(libc::SYS_sethostname, "sethostname", "host administration"),
-    deny(
+    call(libc::SYS_adjtimex, "adjtimex", "adjusts the host clock"),
+    call(libc::SYS_sethostname, "sethostname", "host administration"),
+    call(
         libc::SYS_setdomainname,
         "setdomainname",
         "host administration",
     ),
-    deny(libc::SYS_iopl, "iopl", "raw host I/O ports"),
-    deny(libc::SYS_ioperm, "ioperm", "raw host I/O ports"),
-    deny(
+    call(libc::SYS_iopl, "iopl", "raw host I/O ports"),
+    call(libc::SYS_ioperm, "ioperm", "raw host I/O ports"),
+    call(
         libc::SYS_modify_ldt,
         "modify_ldt",
         "16-bit segments, a past exploit vector",
     ),
-    deny(
+    call(
         libc::SYS_personality,
         "personality",
         "changes ABI behaviour",
     ),
-    deny(libc::SYS_vhangup, "vhangup", "hangs up the terminal"),
-    deny(
+    call(libc::SYS_vhangup, "vhangup", "hangs up the terminal"),
+    call(
         libc::SYS_open_by_handle_at,
         "open_by_handle_at",
         "opens files around path checks",
     ),
-    deny(
+    call(
         libc::SYS_name_to_handle_at,
         "name_to_handle_at",
         "as open_by_handle_at",
     ),
-    deny(
+    call(
         libc::SYS_migrate_pages,
         "migrate_pages",
         "moves other processes' memory",
     ),
-    deny(
+    call(
         libc::SYS_move_pages,
         "move_pages",
         "moves other processes' memory",
     ),
+    call(
+        libc::SYS_socket,
+        "socket",
+        "new sockets: netlink reconfigures the host, inet reaches the network",
+    ),
+    call(libc::SYS_connect, "connect", "reaches other services"),
 ];
 
-/// `obsolete=deny`: calls modern C libraries do not make.
+/// `obsolete=allow`: calls modern C libraries do not make (most fail in
+/// the kernel anyway).
 const OBSOLETE: &[Syscall] = &[
-    deny(libc::SYS_uselib, "uselib", "a.out shared libraries"),
-    deny(libc::SYS_ustat, "ustat", "replaced by statfs"),
-    deny(libc::SYS_sysfs, "sysfs", "replaced by /proc/filesystems"),
-    deny(libc::SYS__sysctl, "_sysctl", "replaced by /proc/sys"),
-    deny(libc::SYS_nfsservctl, "nfsservctl", "removed from Linux"),
-    deny(libc::SYS_getpmsg, "getpmsg", "STREAMS, never implemented"),
-    deny(libc::SYS_putpmsg, "putpmsg", "STREAMS, never implemented"),
-    deny(libc::SYS_afs_syscall, "afs_syscall", "never implemented"),
-    deny(libc::SYS_tuxcall, "tuxcall", "never implemented"),
-    deny(libc::SYS_security, "security", "never implemented"),
-    deny(libc::SYS_vserver, "vserver", "never implemented"),
-    deny(
+    call(libc::SYS_uselib, "uselib", "a.out shared libraries"),
+    call(libc::SYS_ustat, "ustat", "replaced by statfs"),
+    call(libc::SYS_sysfs, "sysfs", "replaced by /proc/filesystems"),
+    call(libc::SYS__sysctl, "_sysctl", "replaced by /proc/sys"),
+    call(libc::SYS_nfsservctl, "nfsservctl", "removed from Linux"),
+    call(libc::SYS_getpmsg, "getpmsg", "STREAMS, never implemented"),
+    call(libc::SYS_putpmsg, "putpmsg", "STREAMS, never implemented"),
+    call(libc::SYS_afs_syscall, "afs_syscall", "never implemented"),
+    call(libc::SYS_tuxcall, "tuxcall", "never implemented"),
+    call(libc::SYS_security, "security", "never implemented"),
+    call(libc::SYS_vserver, "vserver", "never implemented"),
+    call(
         libc::SYS_lookup_dcookie,
         "lookup_dcookie",
         "oprofile, removed",
     ),
-    deny(
+    call(
         libc::SYS_epoll_ctl_old,
         "epoll_ctl_old",
         "never implemented",
     ),
-    deny(
+    call(
         libc::SYS_epoll_wait_old,
         "epoll_wait_old",
         "never implemented",
     ),
-    deny(
+    call(
         libc::SYS_remap_file_pages,
         "remap_file_pages",
         "deprecated, emulated",
     ),
 ];
 
-/// `elevateprivileges=deny|children`: changing credentials.
+/// `elevateprivileges=allow`: changing credentials.
 const ELEVATE: &[Syscall] = &[
-    deny(libc::SYS_setuid, "setuid", "changes credentials"),
-    deny(libc::SYS_setgid, "setgid", "changes credentials"),
-    deny(libc::SYS_setreuid, "setreuid", "changes credentials"),
-    deny(libc::SYS_setregid, "setregid", "changes credentials"),
-    deny(libc::SYS_setresuid, "setresuid", "changes credentials"),
-    deny(libc::SYS_setresgid, "setresgid", "changes credentials"),
-    deny(libc::SYS_setfsuid, "setfsuid", "changes credentials"),
-    deny(libc::SYS_setfsgid, "setfsgid", "changes credentials"),
-    deny(libc::SYS_setgroups, "setgroups", "changes credentials"),
-    deny(libc::SYS_capset, "capset", "changes capabilities"),
+    call(libc::SYS_setuid, "setuid", "changes credentials"),
+    call(libc::SYS_setgid, "setgid", "changes credentials"),
+    call(libc::SYS_setreuid, "setreuid", "changes credentials"),
+    call(libc::SYS_setregid, "setregid", "changes credentials"),
+    call(libc::SYS_setresuid, "setresuid", "changes credentials"),
+    call(libc::SYS_setresgid, "setresgid", "changes credentials"),
+    call(libc::SYS_setfsuid, "setfsuid", "changes credentials"),
+    call(libc::SYS_setfsgid, "setfsgid", "changes credentials"),
+    call(libc::SYS_setgroups, "setgroups", "changes credentials"),
+    call(libc::SYS_capset, "capset", "changes capabilities"),
 ];
 
-/// CLONE_THREAD: the only clone the VMM makes once running.
-const CLONE_THREAD: u64 = libc::CLONE_THREAD as u64;
-
-/// `spawn=deny`: new processes and programs. Device processes come from the
-/// spawner, forked before the filter.
+/// `spawn=allow`: new processes and programs (device processes come from
+/// the spawner, forked before any filter, whatever this group says).
 const SPAWN: &[Syscall] = &[
-    deny(libc::SYS_fork, "fork", "a new process"),
-    deny(libc::SYS_vfork, "vfork", "a new process"),
-    deny(libc::SYS_execve, "execve", "runs a program"),
-    deny(libc::SYS_execveat, "execveat", "runs a program"),
-    Syscall {
-        nr: libc::SYS_clone,
-        name: "clone",
-        why: "a new process (threads, with CLONE_THREAD, stay allowed)",
-        rules: &[&[Arg::NoBits(0, CLONE_THREAD)]],
-    },
+    call(libc::SYS_fork, "fork", "a new process"),
+    call(libc::SYS_vfork, "vfork", "a new process"),
+    call(libc::SYS_execve, "execve", "runs a program"),
+    call(libc::SYS_execveat, "execveat", "runs a program"),
+    call(libc::SYS_clone, "clone", "any flags: new processes too"),
+    call(libc::SYS_clone3, "clone3", "new processes, flags unchecked"),
+    call(libc::SYS_wait4, "wait4", "reap them"),
 ];
 
-/// Calls whose arguments a filter cannot see; C libraries fall back to
-/// `clone`, which can be checked.
-const UNFILTERABLE: &[Syscall] = &[deny(
-    libc::SYS_clone3,
-    "clone3",
-    "flags sit behind a pointer; glibc falls back to clone",
-)];
-
-/// `resourcecontrol=deny`: scheduling and limits.
+/// `resourcecontrol=allow`: scheduling and limits.
 const RESOURCECONTROL: &[Syscall] = &[
-    deny(
+    call(
         libc::SYS_setpriority,
         "setpriority",
         "raises or lowers priority",
     ),
-    deny(libc::SYS_sched_setparam, "sched_setparam", "scheduling"),
-    deny(
+    call(libc::SYS_sched_setparam, "sched_setparam", "scheduling"),
+    call(
         libc::SYS_sched_setscheduler,
         "sched_setscheduler",
         "scheduling (real-time classes)",
     ),
-    deny(libc::SYS_sched_setattr, "sched_setattr", "scheduling"),
-    deny(
+    call(libc::SYS_sched_setattr, "sched_setattr", "scheduling"),
+    call(
         libc::SYS_sched_setaffinity,
         "sched_setaffinity",
         "CPU affinity",
     ),
-    deny(libc::SYS_ioprio_set, "ioprio_set", "I/O priority"),
-    deny(libc::SYS_setrlimit, "setrlimit", "resource limits"),
-    Syscall {
-        nr: libc::SYS_prlimit64,
-        name: "prlimit64",
-        why: "setting resource limits (reading them stays allowed)",
-        rules: &[&[Arg::Ne(2, 0)]],
-    },
-    deny(libc::SYS_mbind, "mbind", "NUMA placement"),
-    deny(libc::SYS_set_mempolicy, "set_mempolicy", "NUMA placement"),
+    call(libc::SYS_ioprio_set, "ioprio_set", "I/O priority"),
+    call(libc::SYS_setrlimit, "setrlimit", "resource limits"),
+    call(libc::SYS_prlimit64, "prlimit64", "resource limits"),
+    call(libc::SYS_mbind, "mbind", "NUMA placement"),
+    call(libc::SYS_set_mempolicy, "set_mempolicy", "NUMA placement"),
 ];
 
-impl VmmSandbox {
-    /// The groups in effect, with their syscalls, for listings.
-    pub fn groups(&self) -> Vec<(&'static str, &'static [Syscall])> {
-        if !self.on {
-            return Vec::new();
+/// A kind of VMM thread, each with its own allowlist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The main thread: event loop, control socket, supervision.
+    Main,
+    /// A vCPU thread.
+    Vcpu,
+    /// A device served in a VMM thread (thread mode; virtio-mem).
+    Device,
+}
+
+impl ThreadKind {
+    /// Its name in listings and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Main => "main",
+            Self::Vcpu => "vcpu",
+            Self::Device => "device",
         }
-        let mut g: Vec<(&'static str, &'static [Syscall])> = vec![("default", DEFAULT)];
-        if self.obsolete {
+    }
+}
+
+impl VmmSandbox {
+    /// The groups the user allows, each with what it adds to every
+    /// thread's list.
+    pub fn allowed_groups(&self) -> Vec<(&'static str, &'static [Syscall])> {
+        let mut g: Vec<(&'static str, &'static [Syscall])> = Vec::new();
+        if !self.obsolete {
             g.push(("obsolete", OBSOLETE));
         }
-        if self.elevate != Elevate::Allow {
+        if self.elevate == Elevate::Allow {
             g.push(("elevateprivileges", ELEVATE));
         }
-        if self.spawn {
+        if !self.spawn {
             g.push(("spawn", SPAWN));
         }
-        if self.resourcecontrol {
+        if !self.resourcecontrol {
             g.push(("resourcecontrol", RESOURCECONTROL));
         }
         g
     }
 
-    /// Calls that fail with ENOSYS instead (only with `spawn=deny`).
-    pub fn enosys(&self) -> &'static [Syscall] {
-        if self.on && self.spawn {
-            UNFILTERABLE
-        } else {
-            &[]
-        }
+    /// The groups the user leaves denied, with what they would add.
+    pub fn denied_groups(&self) -> Vec<(&'static str, &'static [Syscall])> {
+        let allowed = self.allowed_groups();
+        [
+            ("obsolete", OBSOLETE),
+            ("elevateprivileges", ELEVATE),
+            ("spawn", SPAWN),
+            ("resourcecontrol", RESOURCECONTROL),
+        ]
+        .into_iter()
+        .filter(|(n, _)| allowed.iter().all(|(a, _)| a != n))
+        .collect()
     }
 
-    /// The denylist this value describes (empty when off).
-    pub fn denylist(&self) -> Denylist {
-        let mut d = Denylist::new();
-        for (_, list) in self.groups() {
-            d.deny(list);
+    /// `base` with the allowed groups and the build's extras.
+    fn finish(&self, base: &[&[Syscall]], enosys: &[Syscall]) -> Policy {
+        let mut p = Policy::new(COMMON);
+        for list in base {
+            p.extend(list);
         }
-        d.unsupported(self.enosys());
-        d
+        for (_, list) in self.allowed_groups() {
+            p.extend(list);
+        }
+        #[cfg(debug_assertions)]
+        p.extend(policy::DEBUG_EXTRA);
+        // With spawn=allow, clone3 is allowed instead.
+        let keep: Vec<Syscall> = enosys
+            .iter()
+            .filter(|s| self.spawn || s.nr != libc::SYS_clone3)
+            .copied()
+            .collect();
+        p.fail_with_enosys(&keep);
+        p
     }
 
-    /// Installs the filter on every thread of this process. In trap mode a
-    /// forbidden call is logged ("the VMM made forbidden syscall NAME") and
-    /// fails with ENOSYS.
-    pub fn install(&self, mode: SeccompMode) -> Result<(), SeccompError> {
+    /// A vCPU thread's allowlist.
+    pub fn vcpu_policy(&self) -> Policy {
+        self.finish(&[VCPU], &[])
+    }
+
+    /// The allowlist of a device thread whose kind is confined as `c` (none
+    /// for kinds that never run in a process): the worker's calls and the
+    /// kind's own, as its process would have.
+    pub fn device_thread_policy(&self, c: Option<&Confinement>) -> Policy {
+        self.finish(&[policy::WORKER, c.map_or(&[], |c| c.syscalls)], &[])
+    }
+
+    /// The main thread's allowlist, when it may start device threads
+    /// confined as `threads` later (restarts and mem-add rebuild them; a
+    /// thread starts under its creator's filter, so main's must allow what
+    /// they do).
+    pub fn main_policy(&self, threads: &[Option<Confinement>]) -> Policy {
+        let mut base: Vec<&[Syscall]> = vec![MAIN];
+        if !threads.is_empty() {
+            base.push(policy::WORKER);
+        }
+        for c in threads.iter().flatten() {
+            base.push(c.syscalls);
+        }
+        self.finish(&base, MAIN_ENOSYS)
+    }
+
+    /// The policy of thread kind `kind`, with the device threads of a
+    /// default configuration (virtio-mem's, no kind's own calls).
+    pub fn policy_of(&self, kind: ThreadKind) -> Policy {
+        match kind {
+            ThreadKind::Main => self.main_policy(&[None]),
+            ThreadKind::Vcpu => self.vcpu_policy(),
+            ThreadKind::Device => self.device_thread_policy(None),
+        }
+    }
+}
+
+impl VmmSandbox {
+    /// `policy` compiled for `mode`; `None` with `--sandbox off`.
+    pub fn program(
+        &self,
+        policy: &Policy,
+        mode: SeccompMode,
+    ) -> Result<Option<BpfProgram>, SeccompError> {
         if !self.on {
-            return Ok(());
+            return Ok(None);
         }
-        if mode == SeccompMode::Trap {
+        policy.compile(violation(mode)).map(Some)
+    }
+
+    /// What `--seccomp trap` needs before any VMM thread installs its
+    /// filter: the SIGSYS handler that names the call. Call once, early.
+    pub fn prepare(&self, mode: SeccompMode) {
+        if self.on && mode == SeccompMode::Trap {
             install_trap_handler();
         }
-        self.denylist().install_all_threads(violation(mode))
     }
+}
+
+/// Installs `prog` on the calling thread (no_new_privs first); other
+/// threads keep theirs; threads created later inherit it.
+pub fn install_on_this_thread(prog: &BpfProgram) -> Result<(), SeccompError> {
+    seccompiler::apply_filter(prog).map_err(SeccompError::Install)
 }
 
 /// The seccomp action for `--seccomp MODE`.
@@ -496,7 +919,11 @@ extern "C" fn on_forbidden_syscall(
     // The SIGSYS fields of siginfo_t (x86_64): si_syscall at offset 24.
     // SAFETY: the kernel passes a valid siginfo_t for SIGSYS.
     let nr = unsafe { info.cast::<u8>().add(24).cast::<i32>().read_unaligned() };
-    let name = sandbox::syscalls::name(i64::from(nr)).unwrap_or("(unknown)");
+    let name = if nr & sandbox::bpf::X32_SYSCALL_BIT != 0 {
+        "(an x32 call)"
+    } else {
+        sandbox::syscalls::name(i64::from(nr)).unwrap_or("(unknown)")
+    };
     write_stderr(&[
         b"\r\nskvm: error: the VMM made forbidden syscall ",
         name.as_bytes(),
@@ -526,48 +953,47 @@ fn install_trap_handler() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sandbox::bpf::{action, run, SeccompData, X32_SYSCALL_BIT};
 
     fn parse(s: &str) -> Result<VmmSandbox, String> {
         s.parse()
     }
 
+    const KINDS: [ThreadKind; 3] = [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Device];
+
     #[test]
     fn on_denies_every_group() {
         let v = parse("on").unwrap();
         assert_eq!(v, VmmSandbox::default());
-        let names: Vec<&str> = v.groups().iter().map(|(n, _)| *n).collect();
+        assert!(v.allowed_groups().is_empty());
+        let names: Vec<&str> = v.denied_groups().iter().map(|(n, _)| *n).collect();
         assert_eq!(
             names,
-            [
-                "default",
-                "obsolete",
-                "elevateprivileges",
-                "spawn",
-                "resourcecontrol"
-            ]
+            ["obsolete", "elevateprivileges", "spawn", "resourcecontrol"]
         );
-        assert_eq!(v.enosys().len(), 1);
     }
 
     #[test]
     fn groups_can_be_allowed_one_by_one() {
         let v = parse("on,spawn=allow,obsolete=allow,resourcecontrol=allow").unwrap();
-        let names: Vec<&str> = v.groups().iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, ["default", "elevateprivileges"]);
-        assert!(v.enosys().is_empty());
+        let names: Vec<&str> = v.allowed_groups().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["obsolete", "spawn", "resourcecontrol"]);
         let v = parse("on,elevateprivileges=children").unwrap();
         assert_eq!(v.elevate, Elevate::Children);
-        assert!(v.groups().iter().any(|(n, _)| *n == "elevateprivileges"));
+        assert!(v.allowed_groups().is_empty());
         let v = parse("on,elevateprivileges=allow").unwrap();
-        assert!(!v.groups().iter().any(|(n, _)| *n == "elevateprivileges"));
+        assert!(v
+            .allowed_groups()
+            .iter()
+            .any(|(n, _)| *n == "elevateprivileges"));
     }
 
     #[test]
     fn off_has_no_filter() {
         let v = parse("off").unwrap();
         assert!(!v.on);
-        assert!(v.groups().is_empty());
-        assert!(v.denylist().compile(Violation::Kill).unwrap().is_empty());
+        let p = v.vcpu_policy();
+        assert!(v.program(&p, SeccompMode::Kill).unwrap().is_none());
     }
 
     #[test]
@@ -593,33 +1019,51 @@ mod tests {
         }
     }
 
-    /// The compiled denylist, run through the BPF interpreter: each call it
-    /// denies is refused, and so is the x32 form of every call, denied or
-    /// not (the bit makes a number that no denylist entry matches).
-    fn refuses_every_x32_call(v: &VmmSandbox, progs: &[seccompiler::BpfProgram]) {
-        use sandbox::bpf::{action, stacked, SeccompData, X32_SYSCALL_BIT};
-        let refs: Vec<&[seccompiler::sock_filter]> = progs.iter().map(Vec::as_slice).collect();
-        let ask = |nr: i64| action(stacked(&refs, &SeccompData::x86_64(nr, [0; 6])).unwrap());
-        let allowed = [libc::SECCOMP_RET_ALLOW, libc::SECCOMP_RET_LOG];
-        let denied = v.denylist().denied();
-        for s in &denied {
-            if s.rules.is_empty() {
-                assert_ne!(ask(s.nr), libc::SECCOMP_RET_ALLOW, "{v} {}", s.name);
-            }
-        }
-        for nr in denied.iter().map(|s| s.nr).chain([
-            libc::SYS_read,
-            libc::SYS_ioctl,
-            libc::SYS_unshare,
-            libc::SYS_execve,
-        ]) {
-            let a = ask(nr | i64::from(X32_SYSCALL_BIT));
-            assert!(!allowed.contains(&a), "{v}: x32 {nr} gets {a:#x}");
-        }
+    #[test]
+    fn the_ioctl_numbers_are_the_kernels() {
+        // The values of linux/kvm.h on x86_64, as strace prints them.
+        assert_eq!(kvm_ioctl::RUN, 0xAE80);
+        assert_eq!(kvm_ioctl::GET_REGS, 0x8090_AE81);
+        assert_eq!(kvm_ioctl::SET_REGS, 0x4090_AE82);
+        assert_eq!(kvm_ioctl::GET_SREGS, 0x8138_AE83);
+        assert_eq!(kvm_ioctl::TRANSLATE, 0xC018_AE85);
+        assert_eq!(kvm_ioctl::GET_FPU, 0x81A0_AE8C);
+        assert_eq!(kvm_ioctl::SET_FPU, 0x41A0_AE8D);
+        assert_eq!(kvm_ioctl::GET_VCPU_EVENTS, 0x8040_AE9F);
+        assert_eq!(kvm_ioctl::SET_VCPU_EVENTS, 0x4040_AEA0);
+        assert_eq!(kvm_ioctl::SET_GSI_ROUTING, 0x4008_AE6A);
+        assert_eq!(kvm_ioctl::IRQFD, 0x4020_AE76);
+        assert_eq!(kvm_ioctl::IOEVENTFD, 0x4040_AE79);
+        assert_eq!(kvm_ioctl::SET_USER_MEMORY_REGION, 0x4020_AE46);
     }
 
     #[test]
-    fn every_combination_compiles() {
+    fn each_thread_kind_stays_within_its_budget() {
+        let v = VmmSandbox::default();
+        let n = |k| v.policy_of(k).syscalls().len();
+        assert!(n(ThreadKind::Vcpu) <= 25, "vcpu {}", n(ThreadKind::Vcpu));
+        assert!(n(ThreadKind::Main) <= 45, "main {}", n(ThreadKind::Main));
+        assert!(
+            n(ThreadKind::Device) <= 25,
+            "device {}",
+            n(ThreadKind::Device)
+        );
+    }
+
+    /// The verdict of `prog` on call `nr` with `args`.
+    fn ask(prog: &[seccompiler::sock_filter], nr: i64, args: [u64; 6]) -> u32 {
+        run(prog, &SeccompData::x86_64(nr, args)).unwrap()
+    }
+
+    const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+    const ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS.cast_unsigned();
+
+    /// Every compiled list, for every --sandbox combination and mode, run
+    /// through the BPF interpreter: what it lists passes; the x32 form of
+    /// every call, executable memory, and what no VMM thread may do, never.
+    #[test]
+    fn every_compiled_list_refuses_x32_exec_memory_and_the_never_list() {
+        let rx = [0, 4096, (libc::PROT_READ | libc::PROT_EXEC) as u64, 0, 0, 0];
         for spawn in ["allow", "deny"] {
             for elev in ["allow", "deny", "children"] {
                 for other in ["allow", "deny"] {
@@ -627,10 +1071,40 @@ mod tests {
                         "on,spawn={spawn},elevateprivileges={elev},obsolete={other},resourcecontrol={other}"
                     );
                     let v = parse(&s).unwrap();
-                    for mode in [Violation::Kill, Violation::Trap, Violation::Log] {
-                        let progs = v.denylist().compile(mode).unwrap();
-                        assert!(!progs.is_empty(), "{s}");
-                        refuses_every_x32_call(&v, &progs);
+                    for kind in KINDS {
+                        let p = v.policy_of(kind);
+                        for mode in [SeccompMode::Kill, SeccompMode::Trap, SeccompMode::Log] {
+                            let prog = v.program(&p, mode).unwrap().unwrap();
+                            let at = (&s, kind, mode);
+                            for c in p.syscalls() {
+                                if c.rules.is_empty() {
+                                    assert_eq!(
+                                        ask(&prog, c.nr, [0; 6]),
+                                        ALLOW,
+                                        "{at:?} {}",
+                                        c.name
+                                    );
+                                }
+                                let x32 =
+                                    action(ask(&prog, c.nr | i64::from(X32_SYSCALL_BIT), [0; 6]));
+                                assert!(
+                                    x32 != ALLOW && x32 != libc::SECCOMP_RET_LOG,
+                                    "{at:?} {}",
+                                    c.name
+                                );
+                            }
+                            for nr in [libc::SYS_mmap, libc::SYS_mprotect] {
+                                assert_ne!(ask(&prog, nr, rx), ALLOW, "{at:?} {nr}");
+                            }
+                            for c in NEVER {
+                                assert!(
+                                    p.syscalls().iter().all(|l| l.nr != c.nr),
+                                    "{at:?} {}",
+                                    c.name
+                                );
+                                assert_ne!(ask(&prog, c.nr, [0; 6]), ALLOW, "{at:?} {}", c.name);
+                            }
+                        }
                     }
                 }
             }
@@ -638,23 +1112,95 @@ mod tests {
     }
 
     #[test]
-    fn what_the_vmm_needs_is_never_denied() {
+    fn ioctl_allows_each_thread_kind_its_own_requests_only() {
         let v = VmmSandbox::default();
-        let d = v.denylist().denied();
-        for needed in [
-            libc::SYS_ioctl,
-            libc::SYS_read,
-            libc::SYS_write,
-            libc::SYS_mmap,
-            libc::SYS_futex,
-            libc::SYS_kill,
-            libc::SYS_wait4,
-            libc::SYS_memfd_create,
-            libc::SYS_sendmsg,
-            libc::SYS_recvmsg,
-            libc::SYS_sched_getaffinity,
-        ] {
-            assert!(d.iter().all(|s| s.nr != needed), "{needed}");
+        let prog = |k| {
+            v.program(&v.policy_of(k), SeccompMode::Kill)
+                .unwrap()
+                .unwrap()
+        };
+        let (vcpu, main, device) = (
+            prog(ThreadKind::Vcpu),
+            prog(ThreadKind::Main),
+            prog(ThreadKind::Device),
+        );
+        let ioctl = |p: &[seccompiler::sock_filter], req: u64| {
+            ask(p, libc::SYS_ioctl, [3, req, 0, 0, 0, 0]) == ALLOW
+        };
+        const KVM_CREATE_VM: u64 = 0xAE01;
+        const KVM_CREATE_VCPU: u64 = 0xAE41;
+        for req in [kvm_ioctl::RUN, kvm_ioctl::GET_REGS, kvm_ioctl::IRQFD] {
+            assert!(ioctl(&vcpu, req), "{req:#x}");
         }
+        for req in [
+            KVM_CREATE_VM,
+            KVM_CREATE_VCPU,
+            kvm_ioctl::SET_USER_MEMORY_REGION,
+            libc::TIOCSTI,
+            TCSETS,
+        ] {
+            assert!(!ioctl(&vcpu, req), "vcpu {req:#x}");
+        }
+        for req in [kvm_ioctl::SET_USER_MEMORY_REGION, TCGETS, TCSETS, FIONBIO] {
+            assert!(ioctl(&main, req), "{req:#x}");
+        }
+        for req in [
+            KVM_CREATE_VM,
+            KVM_CREATE_VCPU,
+            kvm_ioctl::RUN,
+            kvm_ioctl::SET_REGS,
+            libc::TIOCSTI,
+        ] {
+            assert!(!ioctl(&main, req), "main {req:#x}");
+        }
+        for req in [kvm_ioctl::RUN, KVM_CREATE_VM, TCSETS] {
+            assert!(!ioctl(&device, req), "device {req:#x}");
+        }
+    }
+
+    #[test]
+    fn main_makes_threads_not_processes_unless_spawn_is_allowed() {
+        let thread = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
+        let process = libc::SIGCHLD as u64;
+        for (sb, process_ok) in [("on", false), ("on,spawn=allow", true)] {
+            let v = parse(sb).unwrap();
+            let prog = v
+                .program(&v.policy_of(ThreadKind::Main), SeccompMode::Kill)
+                .unwrap()
+                .unwrap();
+            assert_eq!(ask(&prog, libc::SYS_clone, [thread, 0, 0, 0, 0, 0]), ALLOW);
+            let p = ask(&prog, libc::SYS_clone, [process, 0, 0, 0, 0, 0]);
+            assert_eq!(p == ALLOW, process_ok, "{sb}");
+            let c3 = ask(&prog, libc::SYS_clone3, [0; 6]);
+            assert_eq!(c3, if process_ok { ALLOW } else { ENOSYS }, "{sb}");
+            let fork = ask(&prog, libc::SYS_fork, [0; 6]);
+            assert_eq!(fork == ALLOW, process_ok, "{sb}");
+            // Open only to read.
+            let rd = ask(
+                &prog,
+                libc::SYS_openat,
+                [0, 0, libc::O_RDONLY as u64, 0, 0, 0],
+            );
+            assert_eq!(rd, ALLOW);
+            for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_CREAT | libc::O_RDONLY] {
+                let f = [0, 0, u64::from(flags.cast_unsigned()), 0, 0, 0];
+                assert_ne!(ask(&prog, libc::SYS_openat, f), ALLOW, "{flags:#x}");
+            }
+            assert_ne!(ask(&prog, libc::SYS_open, [0; 6]), ALLOW);
+        }
+    }
+
+    #[test]
+    fn main_allows_what_the_device_threads_it_restarts_need() {
+        use crate::kinds::Registry;
+        let v = VmmSandbox::default();
+        let blk = Registry::standard().get("blk").unwrap().confinement();
+        let own = blk.as_ref().unwrap().syscalls;
+        let main = v.main_policy(&[blk]).syscalls();
+        for s in own {
+            assert!(main.iter().any(|m| m.nr == s.nr), "{}", s.name);
+        }
+        let plain = v.main_policy(&[]).syscalls();
+        assert!(plain.len() < main.len());
     }
 }

@@ -37,6 +37,7 @@ use sandbox::process::Pidfd;
 use crate::kinds::DeviceKind;
 use crate::log;
 use crate::remote::{DeviceMemory, Expected, RemoteDevice};
+use crate::vmm_sandbox::{self, VmmSandbox};
 pub use process::{process_main, DeviceArgs};
 use spawner::Spawner;
 pub use supervisor::{DeviceHost, DeviceStatus, RestartTimes};
@@ -93,6 +94,9 @@ pub struct SandboxOpts {
     /// No confinement at all (`skvm drive --unconfined`, to measure the
     /// sandbox's cost; never for `skvm run`).
     pub unconfined: bool,
+    /// The VMM's filters (`--sandbox`): a device served in a VMM thread
+    /// gets the device-thread allowlist.
+    pub vmm: VmmSandbox,
 }
 
 impl SandboxOpts {
@@ -112,6 +116,7 @@ impl Default for SandboxOpts {
             seccomp: SeccompMode::Kill,
             degraded: Degraded::Deny,
             unconfined: false,
+            vmm: VmmSandbox::default(),
         }
     }
 }
@@ -190,7 +195,7 @@ pub fn start_device(
         return Ok(Started {
             chan: vmm_end,
             process: None,
-            thread: Some(start_thread(name, kind, device_end)?),
+            thread: Some(start_thread(name, kind, device_end, sandbox)?),
         });
     };
     let control = OwnedFd::from(device_end);
@@ -225,12 +230,35 @@ pub fn start_device(
     })
 }
 
-fn start_thread(name: &str, kind: Arc<dyn DeviceKind>, chan: Channel) -> Result<JoinHandle<()>> {
+/// Serves device `name` in a VMM thread, which installs the device-thread
+/// allowlist of its kind after the hello (none when unconfined or with
+/// `--sandbox off`).
+fn start_thread(
+    name: &str,
+    kind: Arc<dyn DeviceKind>,
+    chan: Channel,
+    sandbox: SandboxOpts,
+) -> Result<JoinHandle<()>> {
     let label = name.to_owned();
+    let filter = if sandbox.unconfined {
+        None
+    } else {
+        let policy = sandbox
+            .vmm
+            .device_thread_policy(kind.confinement().as_ref());
+        sandbox
+            .vmm
+            .program(&policy, sandbox.seccomp)
+            .with_context(|| format!("device {name}: its thread's filter"))?
+    };
     std::thread::Builder::new()
         .name(format!("skvm-dev-{name}"))
         .spawn(move || {
-            if let Err(e) = worker::serve(&chan, kind.as_ref(), &label, || Ok(())) {
+            let confine = || match &filter {
+                Some(prog) => vmm_sandbox::install_on_this_thread(prog).map_err(Into::into),
+                None => Ok(()),
+            };
+            if let Err(e) = worker::serve(&chan, kind.as_ref(), &label, confine) {
                 log::error(&format!("device {label}: {e}"));
             }
         })

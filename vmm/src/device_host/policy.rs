@@ -12,7 +12,7 @@ use crate::kinds::{Confinement, DeviceKind};
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
 
 /// What every device worker needs.
-const WORKER: &[Syscall] = &[
+pub const WORKER: &[Syscall] = &[
     Syscall {
         nr: libc::SYS_read,
         name: "read",
@@ -102,7 +102,7 @@ const WORKER: &[Syscall] = &[
 /// What debug builds add: std checks that an fd is open before it closes
 /// it (fcntl F_GETFD) when debug assertions are on.
 #[cfg(debug_assertions)]
-const DEBUG_EXTRA: &[Syscall] = &[Syscall {
+pub const DEBUG_EXTRA: &[Syscall] = &[Syscall {
     nr: libc::SYS_fcntl,
     name: "fcntl",
     why: "F_GETFD only: debug builds of std check an fd before closing it (not in release builds)",

@@ -574,7 +574,7 @@ fn pid_of(d: Option<&Device>) -> Option<libc::pid_t> {
 
 /// VmRSS of process `pid`, in KiB.
 fn rss_kib(pid: libc::pid_t) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let status = crate::host::read_proc_file(&format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }

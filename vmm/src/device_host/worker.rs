@@ -159,7 +159,8 @@ pub fn device_info(device: &dyn VirtioDevice) -> DeviceInfo {
 /// goes away, then logs what the model reports (hostile input it dropped).
 /// The model is built from the backend the hello carries, which must be of
 /// `kind` ([`DeviceKind::model`]); `confine` runs once, after the hello and
-/// before any guest data is touched (the process mode's seccomp filter).
+/// before the answer or any guest data (the seccomp filter of the device's
+/// process or thread).
 pub fn serve(
     chan: &Channel,
     kind: &dyn DeviceKind,
@@ -218,11 +219,14 @@ fn serve_model(
     let info = device_info(device);
     // The configuration the VMM knows, to tell it when a restore moves it.
     let mut announced = info.config.clone();
+    // Confined before the welcome: when the VMM has its answer, the
+    // device's filter is on (the VMM checks every thread's before the
+    // guest runs).
+    confine().map_err(WorkerError::Confine)?;
     chan.send_reply(&Reply::Welcome {
         version: PROTOCOL_VERSION,
         info,
     })?;
-    confine().map_err(WorkerError::Confine)?;
 
     let mut active: Option<Active> = None;
     let mut paused = false;

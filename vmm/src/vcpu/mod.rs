@@ -4,7 +4,7 @@ pub mod emulation;
 pub mod setup;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -198,9 +198,20 @@ impl Default for Profile {
     }
 }
 
+/// What vCPU 0 calls once, under its filter, after its first return from
+/// KVM_RUN (the guest has run): the escape build's attacks on the VMM
+/// (`skvm-escape`, `SKVM_ESCAPE_VMM`). skvm itself sets none.
+static PROBE: OnceLock<fn()> = OnceLock::new();
+
+/// Sets the probe vCPU 0 calls; false if one is set already.
+pub fn set_probe(probe: fn()) -> bool {
+    PROBE.set(probe).is_ok()
+}
+
 impl Vcpu {
     /// Runs the guest until the VM stops.
     pub fn run(mut self) {
+        let mut probe = PROBE.get().filter(|_| self.index == 0);
         while !self.exit.requested() {
             self.gate.park_if_paused(&self.exit);
             if self.exit.requested() {
@@ -208,6 +219,9 @@ impl Vcpu {
             }
             if let Err(reason) = self.run_once() {
                 self.exit.request(reason);
+            }
+            if let Some(p) = probe.take() {
+                p();
             }
         }
         if log::debug_enabled() {
