@@ -10,6 +10,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 pub struct Pidfd {
     pid: libc::pid_t,
     fd: OwnedFd,
+    /// The process's /proc status file, opened by its parent before it
+    /// could be reaped: read again from the start for fresh figures, with
+    /// no path lookup (the VMM's filter has no open for it).
+    status: Option<OwnedFd>,
 }
 
 impl Pidfd {
@@ -24,12 +28,44 @@ impl Pidfd {
         }
         // SAFETY: a new fd owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { pid, fd })
+        Ok(Self {
+            pid,
+            fd,
+            status: None,
+        })
+    }
+
+    /// Adds the process's /proc status file (see [`Pidfd::open_status`]).
+    #[must_use]
+    pub fn with_status(mut self, status: OwnedFd) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Opens /proc/PID/status of the unreaped child this names.
+    pub fn open_status(&self) -> io::Result<OwnedFd> {
+        let f = std::fs::File::open(format!("/proc/{}/status", self.pid))?;
+        Ok(OwnedFd::from(f))
+    }
+
+    /// The status file, to send on.
+    pub fn status_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.status.as_ref().map(AsFd::as_fd)
+    }
+
+    /// The status file's text now (its first 8 KiB), read from offset 0
+    /// with pread; `None` without one or once the process is gone.
+    pub fn status_text(&self) -> Option<String> {
+        read_from_start(self.status.as_ref()?.as_fd())
     }
 
     /// Wraps a pidfd received from the process's parent for `pid`.
     pub fn from_parts(pid: libc::pid_t, fd: OwnedFd) -> Self {
-        Self { pid, fd }
+        Self {
+            pid,
+            fd,
+            status: None,
+        }
     }
 
     /// The pid (for messages and matching exit reports; never for signals).
@@ -150,6 +186,16 @@ pub fn no_new_privs() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The first 8 KiB of an open /proc file, read with pread from offset 0
+/// (such files are generated again on each read from the start).
+pub fn read_from_start(fd: BorrowedFd<'_>) -> Option<String> {
+    let mut buf = [0u8; 8192];
+    // SAFETY: reads into a valid buffer of its length.
+    let n = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let n = usize::try_from(n).ok()?;
+    Some(String::from_utf8_lossy(buf.get(..n)?).into_owned())
 }
 
 #[cfg(test)]

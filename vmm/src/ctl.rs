@@ -131,20 +131,35 @@ pub struct CtlServer {
 }
 
 impl CtlServer {
-    /// Listens on `path` (mode 0600). A socket file already there (left by
-    /// a VM that was killed) is replaced; any other file is refused.
+    /// Listens on `path`, created mode 0600 (under umask 0177, so no other
+    /// user can connect between its creation and its chmod). A socket file
+    /// left by a VM that was killed (nobody listens) is replaced; a live
+    /// one, or any other file, is refused. Call while the process has one
+    /// thread (the umask is the process's).
     pub fn bind(path: &Path) -> Result<Self> {
         match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
-                .with_context(|| format!("cannot replace {}", path.display()))?,
+            Ok(m) if m.file_type().is_socket() => {
+                if UnixStream::connect(path).is_ok() {
+                    bail!(
+                        "--ctl {}: something is listening there (another skvm?); not replacing it",
+                        path.display()
+                    );
+                }
+                std::fs::remove_file(path)
+                    .with_context(|| format!("cannot replace {}", path.display()))?;
+            }
             Ok(_) => bail!(
                 "--ctl {}: the file exists and is not a socket",
                 path.display()
             ),
             Err(_) => {}
         }
-        let listener = UnixListener::bind(path)
-            .with_context(|| format!("--ctl {}: cannot listen", path.display()))?;
+        // SAFETY: umask cannot fail; the old mask is put back below.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = UnixListener::bind(path);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let listener = bound.with_context(|| format!("--ctl {}: cannot listen", path.display()))?;
         let server = Self {
             listener,
             path: path.to_owned(),
@@ -191,10 +206,20 @@ pub fn answer(mut stream: UnixStream, answer: &str) {
     let _ = stream.write_all(format!("{answer}\n").as_bytes());
 }
 
+/// Reads the command line, all of it within [`CLIENT_TIMEOUT`] (a client
+/// sending a byte at a time cannot hold the main thread longer).
 fn read_line(stream: &mut UnixStream) -> Result<String, CommandError> {
+    let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
     let mut buf = Vec::with_capacity(64);
     let mut chunk = [0u8; 64];
     while !buf.contains(&b'\n') {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return Err(CommandError::Read(format!(
+                "no complete command within {} ms",
+                CLIENT_TIMEOUT.as_millis()
+            )));
+        }
         match stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
@@ -411,6 +436,47 @@ pub fn client(args: &CtlArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("skvm-ctl-{tag}-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    #[test]
+    fn a_live_socket_is_never_replaced() {
+        let path = scratch("live");
+        let first = CtlServer::bind(&path).unwrap();
+        let e = CtlServer::bind(&path).err().unwrap().to_string();
+        assert!(e.contains("something is listening there"), "{e}");
+        // The first still serves on its file.
+        assert!(UnixStream::connect(&path).is_ok());
+        drop(first);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_client_dripping_bytes_is_cut_at_the_deadline() {
+        let path = scratch("drip");
+        let server = CtlServer::bind(&path).unwrap();
+        let p = path.clone();
+        let client = std::thread::spawn(move || {
+            let mut s = UnixStream::connect(&p).unwrap();
+            for _ in 0..20 {
+                if s.write_all(b"s").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let start = std::time::Instant::now();
+        let (_, command) = server.next().unwrap();
+        let took = start.elapsed();
+        assert!(matches!(command, Err(CommandError::Read(_))), "{command:?}");
+        assert!(took < CLIENT_TIMEOUT * 2, "{took:?}");
+        client.join().unwrap();
+    }
 
     #[test]
     fn commands_parse_and_bad_ones_say_why() {

@@ -59,26 +59,21 @@ pub struct SelfMemory {
     pub shmem_kib: u64,
 }
 
-/// Reads [`SelfMemory`].
-pub fn self_memory() -> Option<SelfMemory> {
-    parse_status(&read_proc_file("/proc/self/status")?)
-}
+/// The VMM's own /proc status file, opened before its filter (which has no
+/// open for it) and read again from the start for each figure.
+pub struct SelfStatus(std::fs::File);
 
-/// The text of a small /proc file (its first 8 KiB): one open and reads
-/// into a fixed buffer, where `fs::read_to_string` would stat the file
-/// first, which the VMM's main thread may not do once confined.
-pub fn read_proc_file(path: &str) -> Option<String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut buf = [0u8; 8192];
-    let mut len = 0;
-    while len < buf.len() {
-        match f.read(&mut buf[len..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => len += n,
-        }
+impl SelfStatus {
+    /// Opens /proc/self/status.
+    pub fn open() -> Option<Self> {
+        std::fs::File::open("/proc/self/status").ok().map(Self)
     }
-    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
+
+    /// Reads [`SelfMemory`].
+    pub fn memory(&self) -> Option<SelfMemory> {
+        use std::os::fd::AsFd;
+        parse_status(&sandbox::process::read_from_start(self.0.as_fd())?)
+    }
 }
 
 fn parse_status(text: &str) -> Option<SelfMemory> {

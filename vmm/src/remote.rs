@@ -193,6 +193,14 @@ impl RemoteDevice {
         self.process.as_ref().map(Pidfd::pid)
     }
 
+    /// Its process's resident memory (VmRSS), in KiB, from the status file
+    /// the spawner opened for it.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = self.process.as_ref()?.status_text()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// Whether the device is gone (exited, killed, or dropped for breaking
     /// the protocol).
     pub fn is_dead(&self) -> bool {

@@ -160,9 +160,14 @@ pub struct Built<'a> {
     exit: Arc<ExitSignal>,
     stats: Arc<VcpuStats>,
     profile: Option<Arc<vcpu::Profile>>,
+    /// Where the profile goes, created before the filters (which have no
+    /// open for writing).
+    profile_out: Option<(std::path::PathBuf, std::fs::File)>,
     gate: Arc<PauseGate>,
     vcpus: Vec<Vcpu>,
     hotplug: Option<Hotplug>,
+    /// /proc/self/status for the `--debug` memory figures at exit.
+    own_status: Option<host::SelfStatus>,
 }
 
 impl<'a> Spawned<'a> {
@@ -207,9 +212,11 @@ impl<'a> Spawned<'a> {
             exit,
             stats: Arc::new(VcpuStats::default()),
             profile: std::env::var_os("SKVM_PROFILE").map(|_| Arc::new(vcpu::Profile::new())),
+            profile_out: profile_file()?,
             gate: Arc::new(PauseGate::default()),
             vcpus: Vec::new(),
             hotplug,
+            own_status: host::SelfStatus::open(),
         };
         // vCPUs are created and configured while the loader runs; only the
         // boot vCPU's registers wait for it.
@@ -538,12 +545,12 @@ impl Running<'_> {
         }
         stop_vcpus(Arc::try_unwrap(handles).unwrap_or_default());
         built.host.shutdown();
-        if let (Some(p), Some(path)) = (&built.profile, std::env::var_os("SKVM_PROFILE")) {
-            write_profile(p, std::path::Path::new(&path));
+        if let (Some(p), Some((path, file))) = (&built.profile, built.profile_out.take()) {
+            write_profile(p, &path, file);
         }
         drop(raw);
         if log::debug_enabled() {
-            debug_summary(&built.stats);
+            debug_summary(&built.stats, built.own_status.as_ref());
         }
         let Built {
             host,
@@ -573,13 +580,13 @@ impl Running<'_> {
 }
 
 /// The `--debug` lines at exit: exit statistics, the first KVM_RUN, memory.
-fn debug_summary(stats: &VcpuStats) {
+fn debug_summary(stats: &VcpuStats, own: Option<&host::SelfStatus>) {
     log::info(&stats.summary());
     log::info(&format!(
         "first KVM_RUN at unix-ns {}",
         stats.first_run_unix_ns.load(Ordering::Relaxed)
     ));
-    if let Some(m) = host::self_memory() {
+    if let Some(m) = own.and_then(host::SelfStatus::memory) {
         log::info(&format!(
             "memory: peak rss {} KiB, guest ram resident {} KiB, vmm overhead {} KiB",
             m.peak_rss_kib,
@@ -608,9 +615,20 @@ fn spawn_sampler(handles: Arc<Vec<JoinHandle<()>>>, exit: Arc<ExitSignal>) -> Jo
     })
 }
 
-/// Writes the profile's "second rip count" lines to `path`.
-fn write_profile(p: &vcpu::Profile, path: &std::path::Path) {
-    match std::fs::write(path, p.render()) {
+/// Creates the `SKVM_PROFILE` file, if asked for one.
+fn profile_file() -> Result<Option<(std::path::PathBuf, std::fs::File)>> {
+    let Some(path) = std::env::var_os("SKVM_PROFILE").map(std::path::PathBuf::from) else {
+        return Ok(None);
+    };
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("SKVM_PROFILE: cannot create {}", path.display()))?;
+    Ok(Some((path, file)))
+}
+
+/// Writes the profile's "second rip count" lines to `file` (at `path`).
+fn write_profile(p: &vcpu::Profile, path: &std::path::Path, mut file: std::fs::File) {
+    use std::io::Write;
+    match file.write_all(p.render().as_bytes()) {
         Ok(()) => log::info(&format!("guest rip profile written to {}", path.display())),
         Err(e) => log::error(&format!("cannot write profile {}: {e}", path.display())),
     }

@@ -201,9 +201,11 @@ impl Spawner {
         drop(control);
         let (reply, mut fds) = requests.answer(id)?;
         match reply {
-            SpawnerReply::Spawned { pid, .. } => match (fds.pop(), fds.is_empty()) {
-                (Some(fd), true) => Ok(Pidfd::from_parts(pid, fd)),
-                _ => bail!("the spawner's answer came without the device's pidfd"),
+            SpawnerReply::Spawned { pid, .. } => match (fds.pop(), fds.pop(), fds.is_empty()) {
+                (Some(status), Some(fd), true) => {
+                    Ok(Pidfd::from_parts(pid, fd).with_status(status))
+                }
+                _ => bail!("the spawner's answer came without the device's pidfd and status file"),
             },
             SpawnerReply::Failed { errno, .. } if errno == libc::EAGAIN => bail!(
                 "the spawner refused: more than {SPAWN_BURST} device processes at once or \
@@ -247,6 +249,10 @@ struct Requests {
     last_id: u32,
 }
 
+/// The fds a Spawned answer carries: the device's pidfd, then its /proc
+/// status file.
+const SPAWNED_FDS: usize = 2;
+
 impl Requests {
     /// The spawner's answer to request `id`, within one deadline for the
     /// whole wait. Answers to earlier requests (which came after those
@@ -256,8 +262,9 @@ impl Requests {
         let mut buf = [0u8; MESSAGE_MAX];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let (n, fds) = ipc::fdpass::recv(self.sock.as_fd(), &mut buf, 1, Some(left))
-                .context("no answer from the spawner")?;
+            let (n, mut fds) =
+                ipc::fdpass::recv(self.sock.as_fd(), &mut buf, SPAWNED_FDS, Some(left))
+                    .context("no answer from the spawner")?;
             let reply = SpawnerReply::decode(buf.get(..n).unwrap_or_default())
                 .context("bad answer from the spawner")?;
             let got = match reply {
@@ -270,6 +277,11 @@ impl Requests {
             }
             if got > id {
                 bail!("the spawner answered request {got}, not {id}");
+            }
+            // A device started for a request that timed out: nobody will
+            // greet it; kill it through its pidfd (the first fd) now.
+            if let (SpawnerReply::Spawned { pid, .. }, false) = (&reply, fds.is_empty()) {
+                let _ = Pidfd::from_parts(*pid, fds.swap_remove(0)).kill();
             }
             crate::log::debug(&format!("spawner: late answer to request {got} dropped"));
         }
@@ -317,6 +329,14 @@ fn spawner_main(
         unsafe { libc::_exit(0) };
     }
     sandbox::process::set_name("skvm-spawner");
+    // Not dumpable: a compromised VMM (same uid) cannot open
+    // /proc/<spawner>/mem or ptrace it. Children inherit this and set it
+    // back (see fork_device).
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        // SAFETY: ends this process without unwinding into the VMM's code.
+        unsafe { libc::_exit(1) };
+    }
     // Devices must not keep root's supplementary groups. In a user namespace
     // that denies setgroups this fails, and there are none to drop.
     // SAFETY: geteuid cannot fail; setgroups with an empty list.
@@ -448,7 +468,7 @@ fn serve_request(
             } else {
                 // The pidfd is opened before the child can be reaped (this
                 // loop reaps), so it names that child and no later one.
-                match fork_device(&r, &control, log).and_then(pidfd_of) {
+                match fork_device(&r, &control, log).and_then(handle_of) {
                     Ok(p) => {
                         let pid = p.pid();
                         pidfd = Some(p);
@@ -463,21 +483,34 @@ fn serve_request(
             errno: libc::EINVAL,
         },
     };
-    let fds: Vec<BorrowedFd<'_>> = pidfd.iter().map(Pidfd::as_fd).collect();
+    let fds: Vec<BorrowedFd<'_>> = pidfd
+        .iter()
+        .flat_map(|p| [Some(p.as_fd()), p.status_fd()])
+        .flatten()
+        .collect();
     match reply.encode() {
         Ok(b) => ipc::fdpass::send(requests.as_fd(), &b, &fds).is_ok(),
         Err(_) => true,
     }
 }
 
-/// A pidfd for the child `pid` just started; the child is killed if there
-/// cannot be one (a device the VMM could not kill safely is not started).
-fn pidfd_of(pid: libc::pid_t) -> io::Result<Pidfd> {
-    Pidfd::open(pid).inspect_err(|_| {
+/// A pidfd for the child `pid` just started, with its /proc status file
+/// (what `skvm ctl status` reads its memory from, with no open in the
+/// VMM); the child is killed if there cannot be both (a device the VMM
+/// could not kill safely is not started).
+fn handle_of(pid: libc::pid_t) -> io::Result<Pidfd> {
+    let p = Pidfd::open(pid).inspect_err(|_| {
         // SAFETY: kills our own child, not reaped yet (only this loop
         // reaps), so the pid is still its.
         unsafe { libc::kill(pid, libc::SIGKILL) };
-    })
+    })?;
+    match p.open_status() {
+        Ok(status) => Ok(p.with_status(status)),
+        Err(e) => {
+            let _ = p.kill();
+            Err(e)
+        }
+    }
 }
 
 /// Stage 1 of `r.jail`: forks (or, with namespaces, clones) and execs
@@ -506,6 +539,10 @@ fn fork_device(
     ];
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
     let (sync_rd, sync_wr) = sandbox::process::pipe()?;
+    // The child says when it is dumpable again: until then its /proc files
+    // belong to root, and an unprivileged spawner could not write its id
+    // maps.
+    let (ready_rd, ready_wr) = sandbox::process::pipe()?;
     let namespaces = r.jail.namespaces;
     // SAFETY: the spawner is single-threaded; the child only makes syscalls
     // on memory prepared above and then execs or exits.
@@ -522,6 +559,25 @@ fn fork_device(
     };
     if pid > 0 {
         drop(sync_rd);
+        drop(ready_wr);
+        let mut byte = 0u8;
+        // SAFETY: reads one byte into a valid buffer; EOF means the child
+        // died first.
+        let ready = unsafe {
+            libc::read(
+                ready_rd.as_raw_fd(),
+                std::ptr::from_mut(&mut byte).cast(),
+                1,
+            )
+        };
+        if ready != 1 {
+            // SAFETY: kills and reaps the child we just made.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            return Err(io::Error::other("the new device process died at once"));
+        }
         if let Some(map) = namespaces {
             // Root inside a container may have no "nobody" to map to: map
             // to itself then.
@@ -550,7 +606,10 @@ fn fork_device(
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
+            || libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) != 0
+            || libc::write(ready_wr.as_raw_fd(), [1u8].as_ptr().cast(), 1) != 1
+        {
             libc::_exit(126);
         }
         // Wait for the parent (with namespaces: for the id maps). EOF means

@@ -433,22 +433,27 @@ impl DeviceHost {
     pub fn status(&self) -> Vec<DeviceStatus> {
         self.devices
             .iter()
-            .map(|d| DeviceStatus {
-                name: d.name.clone(),
-                pid: d.pid,
-                state: if d.failed {
-                    "failed"
-                } else if d.paused {
-                    "paused"
-                } else {
-                    "running"
-                },
-                restarts: d.restarts,
-                rss_kib: d.pid.and_then(rss_kib),
-                queues: lock(&d.transport)
-                    .driver_state()
-                    .map(|s| s.queues)
-                    .unwrap_or_default(),
+            .map(|d| {
+                // One lock for both (a second lock() in the same expression
+                // would wait on the first's guard).
+                let transport = lock(&d.transport);
+                DeviceStatus {
+                    name: d.name.clone(),
+                    pid: d.pid,
+                    state: if d.failed {
+                        "failed"
+                    } else if d.paused {
+                        "paused"
+                    } else {
+                        "running"
+                    },
+                    restarts: d.restarts,
+                    rss_kib: transport.backend().remote().rss_kib(),
+                    queues: transport
+                        .driver_state()
+                        .map(|s| s.queues)
+                        .unwrap_or_default(),
+                }
             })
             .collect()
     }
@@ -570,11 +575,4 @@ impl DeviceHost {
 /// The pid of device `d`'s current instance.
 fn pid_of(d: Option<&Device>) -> Option<libc::pid_t> {
     d.and_then(|d| d.pid)
-}
-
-/// VmRSS of process `pid`, in KiB.
-fn rss_kib(pid: libc::pid_t) -> Option<u64> {
-    let status = crate::host::read_proc_file(&format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
