@@ -49,7 +49,7 @@ use crate::legacy::LegacyDevices;
 use crate::memory::{GuestRam, Memory};
 use crate::pci::PciBus;
 use crate::vcpu::{self, setup, PauseGate, Vcpu, VcpuStats};
-use crate::vmm_sandbox::{self, ThreadKind};
+use crate::vmm_sandbox;
 use crate::{host, layout, log};
 
 /// How long a panicked guest may take to reboot itself before skvm stops it.
@@ -350,13 +350,12 @@ impl<'a> Built<'a> {
         let sb = self.cfg.vmm_sandbox;
         let mode = self.cfg.sandbox.seccomp;
         let what = || format!("cannot confine the VMM (--sandbox {sb})");
+        let (vcpu_policy, main_policy) = (sb.vcpu_policy(), sb.main_policy(&self.device_threads()));
         let vcpu_filter = sb
-            .program(&sb.vcpu_policy(), mode)
+            .program(&vcpu_policy, mode)
             .with_context(what)?
             .map(Arc::new);
-        let main_filter = sb
-            .program(&sb.main_policy(&self.device_threads()), mode)
-            .with_context(what)?;
+        let main_filter = sb.program(&main_policy, mode).with_context(what)?;
         let gate = Arc::new(StartGate::default());
         let vcpus = std::mem::take(&mut self.vcpus);
         let count = vcpus.len();
@@ -382,14 +381,14 @@ impl<'a> Built<'a> {
             if let Err(e) = vmm_sandbox::install_on_this_thread(&prog) {
                 return Err(confined.abort(anyhow::Error::new(e).context(what())));
             }
-            log::debug(&format!(
-                "VMM seccomp filters (--sandbox {sb}): main {}, vcpu {}, device threads their \
-                 kind's",
-                sb.main_policy(&confined.built.device_threads())
-                    .syscalls()
-                    .len(),
-                sb.policy_of(ThreadKind::Vcpu).syscalls().len()
-            ));
+            if log::debug_enabled() {
+                log::debug(&format!(
+                    "VMM seccomp filters (--sandbox {sb}): main {}, vcpu {}, device threads \
+                     their kind's",
+                    main_policy.syscalls().len(),
+                    vcpu_policy.syscalls().len()
+                ));
+            }
         }
         Ok(confined)
     }
