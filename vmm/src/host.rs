@@ -76,14 +76,16 @@ impl SelfStatus {
     }
 }
 
+/// The number after `key` (e.g. "VmRSS:") in a /proc status text, in KiB.
+pub fn status_kib(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn parse_status(text: &str) -> Option<SelfMemory> {
-    let get = |key: &str| -> Option<u64> {
-        let line = text.lines().find(|l| l.starts_with(key))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    };
     Some(SelfMemory {
-        peak_rss_kib: get("VmHWM:")?,
-        shmem_kib: get("RssShmem:")?,
+        peak_rss_kib: status_kib(text, "VmHWM:")?,
+        shmem_kib: status_kib(text, "RssShmem:")?,
     })
 }
 

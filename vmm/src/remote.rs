@@ -197,8 +197,7 @@ impl RemoteDevice {
     /// the spawner opened for it.
     pub fn rss_kib(&self) -> Option<u64> {
         let status = self.process.as_ref()?.status_text()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
+        crate::host::status_kib(&status, "VmRSS:")
     }
 
     /// Whether the device is gone (exited, killed, or dropped for breaking
