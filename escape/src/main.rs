@@ -63,8 +63,11 @@ fn registry() -> Registry {
 /// `vmm::vm::run` with the VMM attack armed on vCPU 0 before the filters.
 fn run(cfg: &VmConfig) -> Result<ExitReason> {
     let single = SingleThreaded::claim()?;
-    let built = vmm::vm::check_host(cfg)?.spawn(single)?.build()?;
-    vmm_attack::prepare();
+    // /proc, for the probe to find the spawner and a device once the VMM
+    // has left the host's file system.
+    let proc = std::fs::File::open("/proc")?;
+    let built = vmm::vm::check_host(cfg)?.spawn(single)?.open()?.build()?;
+    vmm_attack::prepare(&proc);
     Ok(built.confine()?.start()?.wait())
 }
 
@@ -100,7 +103,7 @@ fn attempt(args: &Attempt, kinds: &Registry) -> Result<()> {
         .filter(|k| k.name().starts_with("esc"))
         .context("--device needs an escape device (escrng0, escblk0, escnet0)")?;
     let single = SingleThreaded::claim()?;
-    let spawner = Spawner::start(&single, Unconfined::Refuse)?;
+    let spawner = Spawner::start(&single, Unconfined::Refuse, None)?;
     let ram = GuestRam::new(1 << 20).context("cannot create driver memory")?;
     let sandbox = SandboxOpts {
         seccomp: args.seccomp,

@@ -59,11 +59,28 @@ fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
-/// The first child pid /proc lists for `pid` (0 if none).
-fn first_child(pid: libc::pid_t) -> libc::pid_t {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+/// The first child pid /proc lists for `pid` (0 if none), read through
+/// `proc`, a /proc directory opened before the VMM left the host's files.
+fn first_child(proc: &std::fs::File, pid: libc::pid_t) -> libc::pid_t {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let Ok(path) = std::ffi::CString::new(format!("{pid}/task/{pid}/children")) else {
+        return 0;
+    };
+    // SAFETY: openat relative to an open directory with a valid C string.
+    let fd = unsafe { libc::openat(proc.as_raw_fd(), path.as_ptr(), libc::O_RDONLY) };
+    if fd < 0 {
+        return 0;
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut s = String::new();
+    if file.read_to_string(&mut s).is_err() {
+        return 0;
+    }
+    s.split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
         .unwrap_or(0)
 }
 
@@ -216,8 +233,9 @@ fn probe() {
 }
 
 /// Arms the probe if `SKVM_ESCAPE_VMM` is set. Call before the filters go
-/// on (it reads the spawner's and a device's pid from /proc).
-pub fn prepare() {
+/// on, with devices started (it reads the spawner's and a device's pid
+/// through `proc`, /proc opened while the VMM could still see it).
+pub fn prepare(proc: &std::fs::File) {
     let Ok(action) = std::env::var("SKVM_ESCAPE_VMM") else {
         return;
     };
@@ -227,8 +245,12 @@ pub fn prepare() {
             ACTIONS.join(" ")
         ));
     }
-    let spawner = first_child(std::process::id().cast_signed());
-    let device = if spawner > 0 { first_child(spawner) } else { 0 };
+    let spawner = first_child(proc, std::process::id().cast_signed());
+    let device = if spawner > 0 {
+        first_child(proc, spawner)
+    } else {
+        0
+    };
     let _ = TARGET.set(Target {
         action,
         spawner,

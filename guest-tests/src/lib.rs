@@ -447,6 +447,64 @@ pub fn new_device_pid(vm: &TestVm, name: &str, old: u32, timeout: Duration) -> u
     }
 }
 
+/// Checks, from outside, that skvm process `pid` gave up every privilege
+/// once its guest runs: every thread runs as `ids` (user, group) with no
+/// supplementary group, no capability in any set and no_new_privs, in a
+/// mount namespace of its own whose root is empty; and that its device
+/// processes (it must have one) run as the same user outside.
+pub fn assert_holds_no_privilege(pid: u32, (uid, gid): (u32, u32)) {
+    let field = |status: &str, key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or("?")
+            .trim()
+            .to_owned()
+    };
+    let four = |id: u32| format!("{id}\t{id}\t{id}\t{id}");
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    for t in tasks.flatten() {
+        let tid = t.file_name().to_string_lossy().into_owned();
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
+            continue;
+        };
+        assert_eq!(field(&s, "Uid:"), four(uid), "thread {tid}: {s}");
+        assert_eq!(field(&s, "Gid:"), four(gid), "thread {tid}: {s}");
+        assert_eq!(field(&s, "Groups:"), "", "thread {tid}: {s}");
+        for set in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+            assert_eq!(
+                field(&s, set),
+                "0000000000000000",
+                "thread {tid} {set}: {s}"
+            );
+        }
+        assert_eq!(field(&s, "NoNewPrivs:"), "1", "thread {tid}: {s}");
+    }
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).unwrap();
+    assert_ne!(
+        ns(&pid.to_string()),
+        ns("self"),
+        "the VMM shares our mounts"
+    );
+    let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(root.is_empty(), "the VMM's root holds {root:?}");
+    let mut devices = 0;
+    for child in children(pid) {
+        for dev in children(child) {
+            let s = std::fs::read_to_string(format!("/proc/{dev}/status")).unwrap_or_default();
+            if field(&s, "Name:").starts_with("skvm-dev") {
+                assert_eq!(field(&s, "Uid:"), four(uid), "device {dev}: {s}");
+                devices += 1;
+            }
+        }
+    }
+    assert!(devices > 0, "no device process under skvm {pid}");
+}
+
 /// Sends `command` to a VM's control socket with `skvm ctl`; returns the
 /// exit code and the answer (JSON null when there was none).
 pub fn ctl(socket: &Path, command: &str) -> (i32, serde_json::Value) {

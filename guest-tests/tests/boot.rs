@@ -75,11 +75,6 @@ fn boot_and_report(cpus: &str, mem: &str, mem_mib: u64) {
     assert_mem_total(&f.output, mem_mib);
 }
 
-#[test]
-fn one_vcpu_128m_guest_reports_its_cpus_and_memory() {
-    boot_and_report("1", "128M", 128);
-}
-
 /// 3.5 GiB: RAM below the 32-bit MMIO hole and 512 MiB above it (the
 /// guest initialises a page descriptor per 4 KiB, which costs emulated
 /// kernel time in proportion).
@@ -89,10 +84,28 @@ fn two_vcpu_guest_with_ram_above_the_mmio_hole_reports_its_cpus_and_memory() {
 }
 
 #[test]
-fn guest_command_status_is_reported_and_poweroff_exits_zero() {
-    let f = run_to_exit(&["--run", "exit 7"], DEFAULT_GUEST);
+fn a_one_vcpu_128m_guest_reports_its_cpus_memory_and_command_status() {
+    // The command's status is reported, and powering off exits 0.
+    let script = format!("{REPORT}; exit 7");
+    let f = run_to_exit(
+        &["--cpus", "1", "--mem", "128M", "--run", &script],
+        DEFAULT_GUEST,
+    );
     assert_eq!(f.code(), 0, "{}", f.output);
-    assert_eq!(field(&f.output, CMD_EXIT_MARKER).as_deref(), Some("7"));
+    assert!(f.output.contains("SKVM-INIT-START"), "{}", f.output);
+    assert_eq!(
+        field(&f.output, CMD_EXIT_MARKER).as_deref(),
+        Some("7"),
+        "{}",
+        f.output
+    );
+    assert_eq!(
+        field(&f.output, "SKVM-NPROC").as_deref(),
+        Some("1"),
+        "{}",
+        f.output
+    );
+    assert_mem_total(&f.output, 128);
 }
 
 #[test]

@@ -145,11 +145,16 @@ fn ctl_reports_pauses_restarts_and_shuts_down_and_rng_reads_survive_kills() {
         sock.display().to_string(),
         "--restart-limit".to_owned(),
         "5".to_owned(),
+        "--user".to_owned(),
+        "4242:4243".to_owned(),
         "--run".to_owned(),
         RNG_LOOP.to_owned(),
     ];
     let mut vm = TestVm::spawn(&args);
     vm.wait_for("SKVM-TICK 1 ", TIMEOUT);
+    // What follows (status, restarts, pause) works from a VMM that holds no
+    // privilege, and the spawner removes the socket at the end.
+    guest_tests::assert_holds_no_privilege(vm.pid(), (4242, 4243));
 
     // Status: both devices, their processes, no restarts.
     let (code, st) = ctl(&sock, "status");

@@ -331,3 +331,114 @@ fn every_vmm_thread_runs_under_the_vmm_filter() {
     let f = vm.wait_exit(Duration::from_secs(120));
     assert_eq!(f.code(), 0, "{}", f.output);
 }
+
+/// Runs `args` as user and group `id`, an ordinary user whose only way to
+/// KVM is /dev/kvm: a node of the same device owned by group `id`, bound over
+/// /dev/kvm in a mount namespace of this test's own (the host's /dev/kvm
+/// stays as it is). Files it needs are in `dir` (mode 0755), with `dir/dev`
+/// for the node.
+fn as_ordinary_user(dir: &std::path::Path, id: u32, args: &[&str]) -> Command {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata("/dev/kvm").unwrap().rdev();
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let dev = dir.join("dev");
+    std::fs::create_dir_all(&dev).unwrap();
+    let script = format!(
+        "mount -t tmpfs none {d} && mknod -m 0660 {d}/kvm c {major} {minor} && \
+         chown 0:{id} {d}/kvm && mount --bind {d}/kvm /dev/kvm && \
+         exec setpriv --reuid {id} --regid {id} --clear-groups --inh-caps=-all \"$@\"",
+        d = dev.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ])
+    .arg(skvm_bin())
+    .args(args);
+    cmd
+}
+
+#[test]
+fn an_ordinary_user_with_access_to_dev_kvm_runs_confined() {
+    use std::os::unix::fs::PermissionsExt;
+    const ID: u32 = 4244;
+    let scratch = guest_tests::Scratch::new("sandbox", "user");
+    let dir = scratch.0.clone();
+    let guest = guest_tests::default_guest();
+    let initrd = ["initramfs.cpio", "initramfs.cpio.gz"]
+        .iter()
+        .map(|n| guest.join(n))
+        .find(|p| p.is_file())
+        .unwrap();
+    let (kernel, rd) = (dir.join("vmlinux"), dir.join("initrd"));
+    std::fs::copy(guest.join("vmlinux"), &kernel).unwrap();
+    std::fs::copy(&initrd, &rd).unwrap();
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    for (p, mode) in [(&kernel, 0o644), (&rd, 0o644), (&dir, 0o755)] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::os::unix::fs::chown(&run, Some(ID), Some(ID)).unwrap();
+    // `skvm sandbox check` tells this user the truth: all of it works.
+    let out = as_ordinary_user(&dir, ID, &["sandbox", "check"])
+        .output()
+        .unwrap();
+    let (code, text) = code_and_text(&out);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("as an ordinary user"), "{text}");
+    assert!(
+        text.contains("the VMM can give up every privilege"),
+        "{text}"
+    );
+    let sock = run.join("ctl.sock");
+    let mut vm = TestVm::spawn_command(as_ordinary_user(
+        &dir,
+        ID,
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            rd.to_str().unwrap(),
+            "--rng",
+            "--ctl",
+            sock.to_str().unwrap(),
+            "--run",
+            "dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc -c; echo SKVM-UP; sleep 600",
+        ],
+    ));
+    vm.wait_for("SKVM-UP", Duration::from_secs(600));
+    // unshare, sh and setpriv exec: the pid is skvm's.
+    let pid = vm.pid();
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(name.trim(), "skvm");
+    guest_tests::assert_holds_no_privilege(pid, (ID, ID));
+    let [dev] = device_pids(pid, "rng0")[..] else {
+        panic!("no single rng0 process:\n{}", vm.output())
+    };
+    let (code, answer) = guest_tests::ctl(&sock, "device-restart rng0");
+    assert_eq!(code, 0, "{answer}\n{}", vm.output());
+    guest_tests::new_device_pid(&vm, "rng0", dev, Duration::from_secs(60));
+    let (code, answer) = guest_tests::ctl(&sock, "shutdown");
+    assert_eq!(code, 0, "{answer}");
+    let f = vm.wait_exit(Duration::from_secs(120));
+    assert_eq!(f.code(), 0, "{}", f.output);
+    assert!(f.output.contains("\n64"), "{}", f.output);
+    guest_tests::assert_no_forbidden_syscall(&f.output);
+    assert!(!sock.exists(), "the control socket outlived skvm");
+}
+
+#[test]
+fn a_user_of_root_or_garbage_is_refused() {
+    for bad in ["0", "0:5", "5:0", "nobody", "1:2:3", ""] {
+        let (code, out) = skvm(&["run", "--user", bad]);
+        assert_eq!(code, 2, "--user '{bad}': {out}");
+        assert!(out.contains("--user"), "{out}");
+    }
+}

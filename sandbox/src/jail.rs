@@ -15,6 +15,11 @@
 //!    ([`drop_capabilities`]);
 //! 6. lowers its resource limits ([`limit_resources`]);
 //! 7. installs its seccomp filter, last ([`crate::seccomp`]).
+//!
+//! The VMM takes the same steps on itself once its files are open
+//! ([`confine_vmm`]): its own mount (ipc, uts) namespaces and empty root, an
+//! unprivileged user, no capabilities, no_new_privs; its seccomp filters
+//! follow per thread.
 
 use std::ffi::CStr;
 use std::io;
@@ -59,19 +64,38 @@ pub unsafe fn clone_into_namespaces(flags: libc::c_int) -> io::Result<libc::pid_
     libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// The host user and group a namespaced device's root maps to: nobody when
-/// skvm is root, else skvm's own (an unprivileged user can map only itself).
-/// Read once: the VMM asks again for every restart, when its filter no
-/// longer allows asking the kernel.
+/// The host user and group a namespaced device's root maps to, and the
+/// VMM drops to once its files are open: what [`set_outside_ids`] chose
+/// (`skvm run --user`), else nobody when skvm is root, else skvm's own (an
+/// unprivileged user can map only itself). Read once: the VMM asks again for
+/// every restart, when its filter no longer allows asking the kernel.
 pub fn outside_ids() -> (u32, u32) {
-    static OWN: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
-    // SAFETY: geteuid and getegid cannot fail.
-    let (uid, gid) = *OWN.get_or_init(|| unsafe { (libc::geteuid(), libc::getegid()) });
-    if uid == 0 {
-        (UNPRIVILEGED_ID, UNPRIVILEGED_ID)
-    } else {
-        (uid, gid)
+    *OUTSIDE.get_or_init(|| {
+        // SAFETY: geteuid and getegid cannot fail.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        if uid == 0 {
+            (UNPRIVILEGED_ID, UNPRIVILEGED_ID)
+        } else {
+            (uid, gid)
+        }
+    })
+}
+
+static OUTSIDE: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+
+/// Chooses [`outside_ids`] (before the spawner is forked, so both agree).
+/// Root (0) is refused, and so is a change once they were read or chosen.
+pub fn set_outside_ids(uid: u32, gid: u32) -> io::Result<()> {
+    if uid == 0 || gid == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "user and group 0 would keep root",
+        ));
     }
+    if OUTSIDE.set((uid, gid)).is_err() && outside_ids() != (uid, gid) {
+        return Err(io::Error::other("the unprivileged ids were chosen already"));
+    }
+    Ok(())
 }
 
 fn write_proc(pid: libc::pid_t, file: &str, data: &str) -> io::Result<()> {
@@ -169,6 +193,13 @@ const CAP_VERSION_3: u32 = 0x2008_0522;
 /// capabilities), the ambient set, then effective, permitted and
 /// inheritable.
 pub fn drop_capabilities() -> io::Result<()> {
+    drop_bounding_and_ambient()?;
+    clear_capability_sets()
+}
+
+/// Empties the bounding and ambient sets (which needs CAP_SETPCAP, so it
+/// comes before anything that loses it).
+fn drop_bounding_and_ambient() -> io::Result<()> {
     for cap in 0..64 {
         // SAFETY: prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
@@ -189,7 +220,11 @@ pub fn drop_capabilities() -> io::Result<()> {
             0,
             0,
         )
-    })?;
+    })
+}
+
+/// Empties the effective, permitted and inheritable sets.
+fn clear_capability_sets() -> io::Result<()> {
     let header = CapHeader {
         version: CAP_VERSION_3,
         pid: 0,
@@ -207,9 +242,116 @@ pub fn drop_capabilities() -> io::Result<()> {
     Ok(())
 }
 
+/// The namespaces the VMM enters once its files are open (as root; an
+/// ordinary user adds a user namespace to be allowed to).
+pub const VMM_NAMESPACES: libc::c_int = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+
+/// How [`confine_vmm`] left the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmmIdentity {
+    /// Real, effective and saved user id.
+    pub uid: u32,
+    /// Real, effective and saved group id.
+    pub gid: u32,
+    /// Whether it entered a user namespace of its own (started as an
+    /// ordinary user).
+    pub own_user_namespace: bool,
+}
+
+/// Takes every privilege from the calling process, the VMM, once it holds
+/// what it needs as fds (/dev/kvm, guest memory, images, taps, the control
+/// socket): with `namespaces`, new mount, ipc and uts namespaces (and a user
+/// namespace when not root, mapping only its own ids) with an empty
+/// read-only root, so that nothing of the host's file systems is reachable
+/// by path; then, as root, user and group `uid`:`gid` with no supplementary
+/// groups; every capability dropped (the bounding and ambient sets too,
+/// where the process may: an ordinary user without namespaces has no
+/// capability to drop); not dumpable; no_new_privs.
+///
+/// # Safety
+///
+/// The process must have a single thread: credentials and namespaces
+/// change for the calling thread only (threads started later inherit them).
+pub unsafe fn confine_vmm(uid: u32, gid: u32, namespaces: bool) -> io::Result<VmmIdentity> {
+    // SAFETY: these getters cannot fail.
+    let (euid, own_uid, own_gid) = unsafe { (libc::geteuid(), libc::getuid(), libc::getgid()) };
+    let root = euid == 0;
+    if !root && (uid, gid) != (own_uid, own_gid) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("only root can run as another user ({uid}:{gid})"),
+        ));
+    }
+    let own_user_namespace = namespaces && !root;
+    if namespaces && root {
+        // SAFETY: unshare with flags only.
+        check(unsafe { libc::unshare(VMM_NAMESPACES) })?;
+    } else if own_user_namespace {
+        // SAFETY: unshare with flags only.
+        check(unsafe { libc::unshare(libc::CLONE_NEWUSER | VMM_NAMESPACES) })?;
+        std::fs::write("/proc/self/setgroups", "deny")?;
+        std::fs::write("/proc/self/uid_map", format!("{uid} {uid} 1\n"))?;
+        std::fs::write("/proc/self/gid_map", format!("{gid} {gid} 1\n"))?;
+    }
+    if namespaces {
+        enter_empty_root()?;
+    }
+    // Without CAP_SETPCAP (an ordinary user outside a user namespace of its
+    // own) the bounding set cannot shrink; such a process has no capability.
+    if root || own_user_namespace {
+        drop_bounding_and_ambient()?;
+    }
+    if root {
+        // SAFETY: setgroups with an empty list.
+        check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+        // SAFETY: plain ids.
+        check(unsafe { libc::setresgid(gid, gid, gid) })?;
+        // SAFETY: plain ids. Leaving uid 0 clears the permitted and
+        // effective sets.
+        check(unsafe { libc::setresuid(uid, uid, uid) })?;
+    }
+    clear_capability_sets()?;
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })?;
+    no_new_privs()?;
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: getresuid writes three ids.
+    check(unsafe { libc::getresuid(&mut r, &mut e, &mut s) })?;
+    let caps_left = if root || own_user_namespace {
+        has_capabilities()?
+    } else {
+        has_capability_sets()?
+    };
+    if [r, e, s] != [uid; 3] || caps_left {
+        return Err(io::Error::other("privileges remain after dropping them"));
+    }
+    Ok(VmmIdentity {
+        uid,
+        gid,
+        own_user_namespace,
+    })
+}
+
 /// Whether this process has any capability left in its effective,
 /// permitted or bounding set.
 pub fn has_capabilities() -> io::Result<bool> {
+    if has_capability_sets()? {
+        return Ok(true);
+    }
+    for cap in 0..64 {
+        // SAFETY: prctl with integer arguments.
+        match unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } {
+            1 => return Ok(true),
+            0 => {}
+            _ => break,
+        }
+    }
+    Ok(false)
+}
+
+/// Whether this process has any capability in its effective or permitted
+/// set.
+fn has_capability_sets() -> io::Result<bool> {
     let mut header = CapHeader {
         version: CAP_VERSION_3,
         pid: 0,
@@ -230,18 +372,7 @@ pub fn has_capabilities() -> io::Result<bool> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    if data.iter().any(|d| d.effective != 0 || d.permitted != 0) {
-        return Ok(true);
-    }
-    for cap in 0..64 {
-        // SAFETY: prctl with integer arguments.
-        match unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } {
-            1 => return Ok(true),
-            0 => {}
-            _ => break,
-        }
-    }
-    Ok(false)
+    Ok(data.iter().any(|d| d.effective != 0 || d.permitted != 0))
 }
 
 /// A resource limit to set (soft and hard).
@@ -339,8 +470,22 @@ fn in_child(flags: libc::c_int, f: impl FnOnce() -> io::Result<()>) -> Result<()
     }
 }
 
-/// Tries each confinement step in a throwaway child and reports what this
-/// host supports. Call it while the process has a single thread.
+/// Tries the VMM's confinement ([`confine_vmm`], to [`outside_ids`]) in a
+/// throwaway child. Call it while the process has a single thread.
+pub fn probe_vmm() -> Probe {
+    let (uid, gid) = outside_ids();
+    // SAFETY: the child has a single thread (the caller's promise).
+    let r = in_child(0, || unsafe { confine_vmm(uid, gid, true) }.map(|_| ()));
+    Probe {
+        what: "own mount namespace, empty root, unprivileged user, no capabilities",
+        ok: r.is_ok(),
+        detail: r.err().unwrap_or_default(),
+    }
+}
+
+/// Tries each step of a device process's confinement in a throwaway child
+/// and reports what this host supports. Call it while the process has a
+/// single thread.
 pub fn probe_host() -> Vec<Probe> {
     let mut out = Vec::new();
     let mut record = |what, r: Result<(), String>| {
@@ -372,9 +517,17 @@ pub fn probe_host() -> Vec<Probe> {
         in_child(libc::CLONE_NEWUSER | libc::CLONE_NEWNS, enter_empty_root),
     );
     record("all namespaces together", in_child(NAMESPACES, || Ok(())));
+    // A device process drops its capabilities inside its user namespace,
+    // which is where an ordinary user has any to drop.
+    // SAFETY: geteuid cannot fail.
+    let own_ns = if unsafe { libc::geteuid() } == 0 {
+        0
+    } else {
+        libc::CLONE_NEWUSER
+    };
     record(
         "no_new_privs and dropping capabilities",
-        in_child(0, || {
+        in_child(own_ns, || {
             no_new_privs()?;
             drop_capabilities()?;
             if has_capabilities()? {

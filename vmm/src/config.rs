@@ -81,9 +81,9 @@ pub struct RunArgs {
     pub restart_limit: u32,
     /// Listen for control commands on this unix socket (`skvm ctl PATH
     /// COMMAND`: status, pause, resume, device-restart NAME, mem-add SIZE,
-    /// shutdown). The
-    /// socket is created mode 0600 and removed at exit; an existing socket
-    /// file at PATH is replaced, any other file is refused.
+    /// shutdown). The socket is created mode 0600 and removed at exit (by
+    /// the spawner, outside the VMM's empty root); a socket file nobody
+    /// listens on is replaced, a live one or any other file is refused.
     #[arg(long, value_name = "PATH")]
     pub ctl: Option<PathBuf>,
     /// How device processes are confined.
@@ -107,9 +107,32 @@ pub struct RunArgs {
         default_value = "on"
     )]
     pub vmm_sandbox: VmmSandbox,
+    /// The unprivileged user and group (numeric, GID defaults to UID) the
+    /// VMM becomes once it has opened /dev/kvm, the images, taps and the
+    /// control socket, and that device processes' namespace root maps to.
+    /// Default: 65534:65534 (nobody) when started as root; started as an
+    /// ordinary user, skvm keeps that user (and refuses any other). Give
+    /// each VM its own to keep VMs apart. With --sandbox off the VMM keeps
+    /// its privileges.
+    #[arg(long, value_name = "UID[:GID]", value_parser = parse_user)]
+    pub user: Option<(u32, u32)>,
     /// Print debug messages and exit statistics.
     #[arg(long)]
     pub debug: bool,
+}
+
+/// `UID[:GID]`, numeric, neither 0.
+fn parse_user(s: &str) -> Result<(u32, u32), String> {
+    let (u, g) = s.split_once(':').unwrap_or((s, s));
+    let num = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("'{s}': expected UID[:GID], numeric"))
+    };
+    let (uid, gid) = (num(u)?, num(g)?);
+    if uid == 0 || gid == 0 {
+        return Err(format!("'{s}': 0 would keep root"));
+    }
+    Ok((uid, gid))
 }
 
 /// How device processes are confined (shared by `run` and `drive`).
@@ -209,6 +232,8 @@ pub struct VmConfig {
     pub sandbox: SandboxOpts,
     /// The VMM's own filter.
     pub vmm_sandbox: VmmSandbox,
+    /// `--user`.
+    pub user: Option<(u32, u32)>,
 }
 
 /// The directory of the default guest.
@@ -286,6 +311,7 @@ impl VmConfig {
                 ..args.sandbox.opts()
             },
             vmm_sandbox: args.vmm_sandbox,
+            user: args.user,
         })
     }
 
@@ -410,7 +436,17 @@ mod tests {
                 sandbox_degraded: Degraded::Deny,
             },
             vmm_sandbox: VmmSandbox::default(),
+            user: None,
             debug: false,
+        }
+    }
+
+    #[test]
+    fn user_is_numeric_never_root_and_group_defaults_to_user() {
+        assert_eq!(parse_user("4242"), Ok((4242, 4242)));
+        assert_eq!(parse_user("4242:100"), Ok((4242, 100)));
+        for bad in ["", "0", "0:5", "5:0", "nobody", "1:x", "1:2:3", "-1", ":5"] {
+            assert!(parse_user(bad).is_err(), "{bad}");
         }
     }
 

@@ -124,10 +124,44 @@ pub fn error_answer(message: &str) -> String {
     format!("{{\"ok\":false,\"error\":{}}}", json_string(message))
 }
 
-/// The listening control socket; removed when dropped.
+/// The listening control socket; removed when dropped (by the spawner
+/// once the VMM has no view of the host's files: see [`SocketFile`]).
 pub struct CtlServer {
     listener: UnixListener,
+    file: SocketFile,
+    /// Whether the spawner removes the file (the VMM could not, once
+    /// confined).
+    handed_off: bool,
+}
+
+/// The control socket's file, to remove when the VMM ends: by path, and
+/// only while the path still names the socket skvm bound (same device and
+/// inode). The VMM cannot remove it itself once it has left the host's
+/// file system; the spawner, which stays outside, does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketFile {
     path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    /// Removes the file if the path still names the socket bound.
+    pub fn remove(&self) {
+        if Self::of(&self.path).is_ok_and(|now| now == *self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl CtlServer {
@@ -160,9 +194,11 @@ impl CtlServer {
         // SAFETY: as above.
         unsafe { libc::umask(old) };
         let listener = bound.with_context(|| format!("--ctl {}: cannot listen", path.display()))?;
+        let file = SocketFile::of(path).with_context(|| format!("--ctl {}", path.display()))?;
         let server = Self {
             listener,
-            path: path.to_owned(),
+            file,
+            handed_off: false,
         };
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("--ctl {}: cannot restrict", path.display()))?;
@@ -171,6 +207,16 @@ impl CtlServer {
             .set_nonblocking(true)
             .context("control socket")?;
         Ok(server)
+    }
+
+    /// The socket's file.
+    pub fn file(&self) -> &SocketFile {
+        &self.file
+    }
+
+    /// Leaves the removal of the socket's file at exit to the spawner.
+    pub fn hand_off(&mut self) {
+        self.handed_off = true;
     }
 
     /// The fd to poll for clients.
@@ -197,7 +243,9 @@ impl CtlServer {
 
 impl Drop for CtlServer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if !self.handed_off {
+            self.file.remove();
+        }
     }
 }
 

@@ -76,6 +76,79 @@ impl SelfStatus {
     }
 }
 
+/// The VMM's /proc/self/task directory, opened before the VMM gives up its
+/// view of the host's files, to list its threads and read their status.
+pub struct Threads(std::fs::File);
+
+impl Threads {
+    /// Opens /proc/self/task.
+    pub fn open() -> std::io::Result<Self> {
+        std::fs::File::open("/proc/self/task").map(Self)
+    }
+
+    /// The ids of this process's threads now.
+    pub fn ids(&self) -> std::io::Result<Vec<String>> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: duplicates an fd we own; fdopendir takes the copy.
+        let copy = unsafe { libc::fcntl(self.0.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if copy < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `copy` is an open directory fd that the stream now owns.
+        let dir = unsafe { libc::fdopendir(copy) };
+        if dir.is_null() {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: closes the copy fdopendir did not take.
+            unsafe { libc::close(copy) };
+            return Err(e);
+        }
+        // The copy shares the file offset of earlier listings.
+        // SAFETY: `dir` is a valid stream.
+        unsafe { libc::rewinddir(dir) };
+        let mut ids = Vec::new();
+        loop {
+            // SAFETY: `dir` is a valid stream; the entry stays valid until
+            // the next readdir on it.
+            let entry = unsafe { libc::readdir(dir) };
+            if entry.is_null() {
+                break;
+            }
+            // SAFETY: d_name is a NUL-terminated name inside the entry.
+            let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+            let name = name.to_string_lossy();
+            if name.bytes().all(|b| b.is_ascii_digit()) && !name.is_empty() {
+                ids.push(name.into_owned());
+            }
+        }
+        // SAFETY: closes the stream and the copy it owns.
+        unsafe { libc::closedir(dir) };
+        Ok(ids)
+    }
+
+    /// Thread `tid`'s status text, if it still exists.
+    pub fn status(&self, tid: &str) -> Option<String> {
+        use std::io::Read;
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let path = std::ffi::CString::new(format!("{tid}/status")).ok()?;
+        // SAFETY: openat relative to our directory fd with a valid C string.
+        let fd = unsafe {
+            libc::openat(
+                self.0.as_raw_fd(),
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+        let mut text = String::new();
+        file.read_to_string(&mut text).ok()?;
+        Some(text)
+    }
+}
+
 /// The number after `key` (e.g. "VmRSS:") in a /proc status text, in KiB.
 pub fn status_kib(text: &str, key: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(key))?;

@@ -62,24 +62,46 @@ pub fn run(cmd: &SandboxCommand, kinds: &Registry) -> ExitCode {
 }
 
 fn check() -> ExitCode {
-    let probes = sandbox::jail::probe_host();
-    let mut all = true;
-    for p in &probes {
+    let (uid, gid) = sandbox::jail::outside_ids();
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    println!(
+        "as {}: device processes' root maps to {uid}:{gid}, the VMM runs as {uid}:{gid}",
+        if root { "root" } else { "an ordinary user" }
+    );
+    let print = |p: &sandbox::jail::Probe| {
         if p.ok {
             println!("  ok    {}", p.what);
         } else {
-            all = false;
             println!("  FAIL  {}: {}", p.what, p.detail);
         }
-    }
-    if all {
+        p.ok
+    };
+    println!("device processes:");
+    let devices = sandbox::jail::probe_host()
+        .iter()
+        .fold(true, |all, p| print(p) && all);
+    println!("the VMM, once its files are open:");
+    let vmm = print(&sandbox::jail::probe_vmm());
+    if devices {
         println!("device processes can be fully confined on this host");
-        ExitCode::SUCCESS
     } else {
         println!(
             "device processes cannot be fully confined here: `skvm run` refuses to start \
              devices unless given --sandbox-degraded allow"
         );
+    }
+    if vmm {
+        println!("the VMM can give up every privilege on this host");
+    } else {
+        println!(
+            "the VMM cannot leave the host's file system here: `skvm run` refuses to start \
+             unless given --sandbox-degraded allow (it then only drops its user and capabilities)"
+        );
+    }
+    if devices && vmm {
+        ExitCode::SUCCESS
+    } else {
         ExitCode::from(1)
     }
 }

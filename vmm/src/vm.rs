@@ -5,17 +5,21 @@
 //! 2. [`HostChecked::spawn`]: the spawner is forked, which needs the
 //!    process to have a single thread: it takes the [`SingleThreaded`]
 //!    token only the start of `main` can make ([`Spawned`]);
-//! 3. [`Spawned::build`]: guest memory and its memslots, the boot images
-//!    (loaded in a thread meanwhile), the KVM VM, every device attached
-//!    from the configuration, the legacy devices and the vCPUs
-//!    ([`Built`]);
-//! 4. [`Built::confine`]: the vCPU threads start and each installs its
+//! 3. [`Spawned::open`]: guest memory, the boot images and every device's
+//!    backend (images, taps) are opened; then, still with a single thread,
+//!    the VMM gives up every privilege: its own mount namespace with an
+//!    empty read-only root, an unprivileged user, no capabilities
+//!    ([`Opened`]; see `sandbox::jail::confine_vmm`);
+//! 4. [`Opened::build`]: guest memory's memslots, the boot images (loaded
+//!    in a thread meanwhile), the KVM VM, every device attached, the legacy
+//!    devices and the vCPUs ([`Built`]);
+//! 5. [`Built::confine`]: the vCPU threads start and each installs its
 //!    allowlist, then wait; once every thread of the VMM shows a filter
 //!    (device threads installed theirs after their hello), the main thread
 //!    installs its own ([`Confined`]; see `vmm_sandbox`);
-//! 5. [`Confined::start`]: the vCPUs go, the terminal and the control
+//! 6. [`Confined::start`]: the vCPUs go, the terminal and the control
 //!    socket ([`Running`]);
-//! 6. [`Running::wait`]: the main thread's loop until an exit reason, then
+//! 7. [`Running::wait`]: the main thread's loop until an exit reason, then
 //!    the teardown.
 //!
 //! [`run`] is the straight line through them; a program that adds a step
@@ -39,7 +43,7 @@ use crate::config::{HostQuirks, VmConfig};
 use crate::console::{EscapeParser, RawTerminal};
 use crate::ctl::{Control, CtlServer};
 use crate::device_host::spawner::SingleThreaded;
-use crate::device_host::{DeviceHost, DeviceMode};
+use crate::device_host::{Degraded, DeviceHost, DeviceMode};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::hotplug::Hotplug;
 use crate::irq::{IrqRouter, Routes};
@@ -89,6 +93,7 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     let single = SingleThreaded::claim()?;
     Ok(check_host(cfg)?
         .spawn(single)?
+        .open()?
         .build()?
         .confine()?
         .start()?
@@ -105,6 +110,14 @@ pub struct HostChecked<'a> {
 /// Opens KVM and checks the configuration against it and the host.
 pub fn check_host(cfg: &VmConfig) -> Result<HostChecked<'_>> {
     let kvm = host::open_kvm()?;
+    if let Some((uid, gid)) = cfg.user {
+        // SAFETY: geteuid cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if euid != 0 && (uid, gid) != sandbox::jail::outside_ids() {
+            bail!("--user {uid}:{gid}: only root can run skvm as another user");
+        }
+        sandbox::jail::set_outside_ids(uid, gid).with_context(|| format!("--user {uid}:{gid}"))?;
+    }
     check_limits(&kvm, cfg)?;
     cfg.vmm_sandbox.prepare(cfg.sandbox.seccomp);
     let quirks = match cfg.host_quirks {
@@ -118,11 +131,12 @@ pub fn check_host(cfg: &VmConfig) -> Result<HostChecked<'_>> {
     Ok(HostChecked { cfg, kvm, quirks })
 }
 
-/// Phase 2: the spawner exists (process mode); threads may start now.
+/// Phase 2: the spawner exists (process mode); still one thread.
 pub struct Spawned<'a> {
     checked: HostChecked<'a>,
     host: DeviceHost,
     ctl: Option<CtlServer>,
+    single: SingleThreaded,
 }
 
 impl<'a> HostChecked<'a> {
@@ -131,17 +145,23 @@ impl<'a> HostChecked<'a> {
     /// socket.
     pub fn spawn(self, single: SingleThreaded) -> Result<Spawned<'a>> {
         let cfg = self.cfg;
+        // Bound first: the spawner removes the socket when the VMM ends
+        // (or, if the spawner cannot start, the CtlServer on its drop).
+        let mut ctl = cfg.ctl.as_deref().map(CtlServer::bind).transpose()?;
         let host = DeviceHost::new(
             cfg.device_mode,
             (cfg.on_device_failure, cfg.restart_limit),
             cfg.sandbox,
-            single,
+            (&single, ctl.as_ref().map(|c| c.file().clone())),
         )?;
-        let ctl = cfg.ctl.as_deref().map(CtlServer::bind).transpose()?;
+        if let Some(c) = ctl.as_mut() {
+            c.hand_off();
+        }
         Ok(Spawned {
             checked: self,
             host,
             ctl,
+            single,
         })
     }
 }
@@ -168,31 +188,144 @@ pub struct Built<'a> {
     hotplug: Option<Hotplug>,
     /// /proc/self/status for the `--debug` memory figures at exit.
     own_status: Option<host::SelfStatus>,
+    /// /proc/self/task, to check every thread's filter.
+    threads: host::Threads,
+}
+
+/// Phase 3: what the VM needs from the host is open and the VMM holds no
+/// privilege; threads may start now.
+pub struct Opened<'a> {
+    checked: HostChecked<'a>,
+    host: DeviceHost,
+    ctl: Option<CtlServer>,
+    memory: Memory,
+    /// The boot RAM's mapping and ranges, for the loader.
+    boot_ram: (vm_memory::GuestMemoryMmap, Vec<crate::memory::RamRange>),
+    kernel: boot::BootFile,
+    initrd: Option<boot::BootFile>,
+    backends: Vec<crate::kinds::Opened>,
+    hotplug_room: Option<(u64, u64)>,
+    profile_out: Option<(std::path::PathBuf, std::fs::File)>,
+    own_status: Option<host::SelfStatus>,
+    threads: host::Threads,
 }
 
 impl<'a> Spawned<'a> {
-    /// Builds the machine: guest memory, the boot images, the VM, its
+    /// Creates guest memory and opens the boot images, every device's
+    /// backend and the files the VMM reads later; then gives up every
+    /// privilege (unless `--sandbox off`).
+    pub fn open(self) -> Result<Opened<'a>> {
+        let Spawned {
+            checked,
+            host,
+            ctl,
+            single,
+        } = self;
+        let cfg = checked.cfg;
+        let ram = GuestRam::new(cfg.mem).context("cannot create guest memory")?;
+        let boot_ram = (ram.mem.clone(), ram.ranges.clone());
+        let kernel = boot::BootFile::kernel(&cfg.kernel)?;
+        let initrd = cfg
+            .initrd
+            .as_deref()
+            .map(boot::BootFile::initrd)
+            .transpose()?;
+        let memory = Memory::new(ram);
+        let (backends, hotplug_room) = open_backends(cfg, &memory)?;
+        let opened = Opened {
+            checked,
+            host,
+            ctl,
+            memory,
+            boot_ram,
+            kernel,
+            initrd,
+            backends,
+            hotplug_room,
+            profile_out: profile_file()?,
+            own_status: host::SelfStatus::open(),
+            threads: host::Threads::open().context("cannot list the VMM's threads")?,
+        };
+        drop_privileges(cfg, single)?;
+        Ok(opened)
+    }
+}
+
+/// Gives up every privilege the VMM has (`sandbox::jail::confine_vmm`),
+/// unless `--sandbox off`. Where the host refuses namespaces and
+/// `--sandbox-degraded allow` was given, the VMM keeps the host's root and
+/// drops the rest.
+fn drop_privileges(cfg: &VmConfig, single: SingleThreaded) -> Result<()> {
+    if !cfg.vmm_sandbox.on {
+        log::debug("--sandbox off: the VMM keeps its privileges");
+        return Ok(());
+    }
+    let (uid, gid) = sandbox::jail::outside_ids();
+    let what = || format!("cannot drop the VMM's privileges (to {uid}:{gid})");
+    // SAFETY: `single` proves this process had one thread at the start of
+    // `run`; forking the spawner, binding the control socket and opening
+    // files started none.
+    let identity = match unsafe { sandbox::jail::confine_vmm(uid, gid, true) } {
+        Ok(id) => id,
+        Err(e) if cfg.sandbox.degraded == Degraded::Allow => {
+            log::warn(&format!(
+                "the VMM keeps the host's file system: {e} (--sandbox-degraded allow)"
+            ));
+            // SAFETY: as above.
+            unsafe { sandbox::jail::confine_vmm(uid, gid, false) }.with_context(what)?
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(what())),
+    };
+    let _ = single; // threads may start from here on
+    log::debug(&format!(
+        "VMM now {}:{}{}, no capabilities, empty root",
+        identity.uid,
+        identity.gid,
+        if identity.own_user_namespace {
+            " in its own user namespace"
+        } else {
+            ""
+        }
+    ));
+    Ok(())
+}
+
+impl<'a> Opened<'a> {
+    /// Builds the machine: the memslots, the boot images, the VM, its
     /// devices, legacy devices and vCPUs.
     pub fn build(self) -> Result<Built<'a>> {
-        let Spawned {
+        let Opened {
             checked: HostChecked { cfg, kvm, quirks },
             mut host,
             ctl,
+            mut memory,
+            boot_ram,
+            kernel,
+            initrd,
+            backends,
+            hotplug_room,
+            profile_out,
+            own_status,
+            threads,
         } = self;
-        let ram = GuestRam::new(cfg.mem).context("cannot create guest memory")?;
         // Reading the kernel and initrd into fresh guest pages is most of
         // the setup time (page allocation, ~2 ms per MiB on kvm_pvm hosts):
         // it runs in a thread while the VM, its memslots and the devices
         // are set up.
         let cmdline = cfg.cmdline(quirks);
         log::debug(&format!("kernel command line: {cmdline}"));
-        let loader = start_loader(cfg, &ram, cmdline)?;
-        let mut memory = Memory::new(ram);
+        let spec = BootSpec {
+            kernel,
+            initrd,
+            cmdline,
+            cpus: cfg.cpus,
+        };
+        let loader = start_loader(boot_ram, spec)?;
         let vm = Arc::new(create_vm(&kvm)?);
         memory.register(vm.clone())?;
         let router = Arc::new(IrqRouter::new(vm.clone()));
         let mut pci = PciBus::new();
-        let hotplug_room = attach_devices(cfg, &mut host, &memory, &mut pci, &router)?;
+        attach_devices(cfg, backends, &mut host, &memory, &mut pci, &router)?;
         let memory = Arc::new(Mutex::new(memory));
         let hotplug = hotplug_room.map(|room| Hotplug::new(memory.clone(), room));
         let exit = Arc::new(ExitSignal::new().context("cannot create exit eventfd")?);
@@ -212,11 +345,12 @@ impl<'a> Spawned<'a> {
             exit,
             stats: Arc::new(VcpuStats::default()),
             profile: std::env::var_os("SKVM_PROFILE").map(|_| Arc::new(vcpu::Profile::new())),
-            profile_out: profile_file()?,
+            profile_out,
             gate: Arc::new(PauseGate::default()),
             vcpus: Vec::new(),
             hotplug,
-            own_status: host::SelfStatus::open(),
+            own_status,
+            threads,
         };
         // vCPUs are created and configured while the loader runs; only the
         // boot vCPU's registers wait for it.
@@ -236,40 +370,23 @@ impl<'a> Spawned<'a> {
 
 /// Starts the thread that loads the kernel and initrd into boot RAM.
 fn start_loader(
-    cfg: &VmConfig,
-    ram: &GuestRam,
-    cmdline: String,
+    (mem, ranges): (vm_memory::GuestMemoryMmap, Vec<crate::memory::RamRange>),
+    spec: BootSpec,
 ) -> Result<JoinHandle<Result<boot::BootInfo>>> {
-    let mem = ram.mem.clone();
-    let ranges = ram.ranges.clone();
-    let (kernel, initrd, cpus) = (cfg.kernel.clone(), cfg.initrd.clone(), cfg.cpus);
     std::thread::Builder::new()
         .name("boot-loader".into())
-        .spawn(move || {
-            let spec = BootSpec {
-                kernel: &kernel,
-                initrd: initrd.as_deref(),
-                cmdline: &cmdline,
-                cpus,
-            };
-            Ok(boot::load(&mem, &ranges, &spec)?)
-        })
+        .spawn(move || Ok(boot::load(&mem, &ranges, spec)?))
         .context("cannot start the boot loader thread")
 }
 
-/// Opens every configured device's backend and attaches the device, in
-/// the configuration's order; returns the memory-hotplug region a device
-/// reserved.
-fn attach_devices(
-    cfg: &VmConfig,
-    host: &mut DeviceHost,
-    memory: &Memory,
-    pci: &mut PciBus,
-    router: &Arc<IrqRouter>,
-) -> Result<Option<(u64, u64)>> {
-    let routes: Arc<dyn Routes> = router.clone();
-    host.set_memory(memory.for_devices());
+/// Every device's opened backend, in the configuration's order, and the
+/// memory-hotplug region a device reserved.
+type Backends = (Vec<crate::kinds::Opened>, Option<(u64, u64)>);
+
+/// Opens every configured device's backend.
+fn open_backends(cfg: &VmConfig, memory: &Memory) -> Result<Backends> {
     let mut hotplug = None;
+    let mut opened = Vec::with_capacity(cfg.devices.len());
     for spec in &cfg.devices {
         let mut ctx = OpenContext {
             vm_name: &cfg.name,
@@ -277,11 +394,28 @@ fn attach_devices(
             ram_top: memory.ram_top(),
             hotplug: None,
         };
-        let opened = spec.config.open(&mut ctx)?;
+        opened.push(spec.config.open(&mut ctx)?);
         hotplug = hotplug.or(ctx.hotplug);
+    }
+    Ok((opened, hotplug))
+}
+
+/// Attaches every configured device over its opened backend, in the
+/// configuration's order.
+fn attach_devices(
+    cfg: &VmConfig,
+    backends: Vec<crate::kinds::Opened>,
+    host: &mut DeviceHost,
+    memory: &Memory,
+    pci: &mut PciBus,
+    router: &Arc<IrqRouter>,
+) -> Result<()> {
+    let routes: Arc<dyn Routes> = router.clone();
+    host.set_memory(memory.for_devices());
+    for (spec, opened) in cfg.devices.iter().zip(backends) {
         host.add(&spec.name, spec.kind.clone(), opened, pci, &routes)?;
     }
-    Ok(hotplug)
+    Ok(())
 }
 
 /// The termination signals and the vCPU kick signal.
@@ -375,7 +509,7 @@ impl<'a> Built<'a> {
             }
         }
         if let Some(prog) = main_filter {
-            if let Err(e) = every_other_thread_filtered() {
+            if let Err(e) = every_other_thread_filtered(&confined.built.threads) {
                 return Err(confined.abort(e.context(what())));
             }
             if let Err(e) = vmm_sandbox::install_on_this_thread(&prog) {
@@ -430,16 +564,15 @@ impl StartGate {
 /// Checks that every thread but the calling one has a seccomp filter
 /// (`Seccomp: 2` in its /proc status): a thread that would not install its
 /// own (or one a library started) stops skvm here, before the guest runs.
-fn every_other_thread_filtered() -> Result<()> {
+fn every_other_thread_filtered(threads: &host::Threads) -> Result<()> {
     // SAFETY: gettid cannot fail.
     let me = unsafe { libc::gettid() }.to_string();
-    let tasks = std::fs::read_dir("/proc/self/task").context("cannot list the VMM's threads")?;
-    for t in tasks.flatten() {
-        let tid = t.file_name().to_string_lossy().into_owned();
+    let tids = threads.ids().context("cannot list the VMM's threads")?;
+    for tid in tids {
         if tid == me {
             continue;
         }
-        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
+        let Some(status) = threads.status(&tid) else {
             continue; // it ended meanwhile
         };
         let field = |key: &str| {

@@ -116,15 +116,49 @@ pub struct BootInfo {
     pub zero_page: GuestAddress,
 }
 
+/// A boot file, opened before the VMM gives up its view of the host's
+/// files (the loader reads it later, in a thread).
+#[derive(Debug)]
+pub struct BootFile {
+    /// The path given, for messages.
+    pub path: PathBuf,
+    file: File,
+}
+
+impl BootFile {
+    /// Opens the kernel image at `path`.
+    pub fn kernel(path: &Path) -> Result<Self, BootError> {
+        Self::open(path).map_err(|source| BootError::KernelOpen {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Opens the initrd at `path`.
+    pub fn initrd(path: &Path) -> Result<Self, BootError> {
+        Self::open(path).map_err(|source| BootError::InitrdOpen {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            path: path.to_owned(),
+            file: File::open(path)?,
+        })
+    }
+}
+
 /// What to boot.
-#[derive(Debug, Clone)]
-pub struct BootSpec<'a> {
+#[derive(Debug)]
+pub struct BootSpec {
     /// The kernel image.
-    pub kernel: &'a Path,
+    pub kernel: BootFile,
     /// An optional initrd.
-    pub initrd: Option<&'a Path>,
+    pub initrd: Option<BootFile>,
     /// The full command line.
-    pub cmdline: &'a str,
+    pub cmdline: String,
     /// Number of vCPUs, for ACPI.
     pub cpus: u8,
 }
@@ -134,7 +168,7 @@ pub struct BootSpec<'a> {
 pub fn load(
     mem: &GuestMemoryMmap,
     ranges: &[RamRange],
-    spec: &BootSpec<'_>,
+    spec: BootSpec,
 ) -> Result<BootInfo, BootError> {
     if spec.cmdline.len() >= CMDLINE_MAX {
         return Err(BootError::CmdlineTooLong {
@@ -146,16 +180,18 @@ pub fn load(
     // The initrd goes at the top of low RAM, below the kernel's limit (read
     // from its header first), so it is read in a second thread while this
     // one loads the kernel: both are mostly fresh-page allocation.
-    let limit = initrd_limit(peek_initrd_addr_max(spec.kernel), low_top);
+    let limit = initrd_limit(peek_initrd_addr_max(&spec.kernel.file), low_top);
+    let initrd_path = spec.initrd.as_ref().map(|i| i.path.clone());
     let (kernel, initrd) = std::thread::scope(|s| {
-        let initrd = spec
-            .initrd
-            .map(|path| (path, s.spawn(move || load_initrd(mem, path, limit))));
+        let initrd = spec.initrd.map(|i| {
+            let path = i.path.clone();
+            (path, s.spawn(move || load_initrd(mem, i, limit)))
+        });
         let kernel = load_kernel(mem, spec.kernel);
         let initrd = initrd.map(|(path, h)| {
             h.join().unwrap_or_else(|_| {
                 Err(BootError::InitrdOpen {
-                    path: path.to_owned(),
+                    path,
                     source: std::io::Error::other("loader thread panicked"),
                 })
             })
@@ -187,7 +223,7 @@ pub fn load(
         hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT;
     }
 
-    if let (Some(path), Some(loaded)) = (spec.initrd, initrd) {
+    if let (Some(path), Some(loaded)) = (initrd_path.as_deref(), initrd) {
         let (addr, size) = loaded?;
         // Loaded concurrently: only now can the overlap be checked.
         if addr < kernel_end.max(HIMEM_START) {
@@ -260,12 +296,16 @@ pub fn e820_map(ranges: &[RamRange]) -> Vec<boot_e820_entry> {
 
 type Loaded = (KernelKind, setup_header, GuestAddress, u64);
 
-fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<Loaded, BootError> {
+fn load_kernel(mem: &GuestMemoryMmap, kernel: BootFile) -> Result<Loaded, BootError> {
+    let BootFile {
+        path: ref path_buf,
+        mut file,
+    } = kernel;
+    let path = path_buf.as_path();
     let open_err = |source| BootError::KernelOpen {
         path: path.to_owned(),
         source,
     };
-    let mut file = File::open(path).map_err(open_err)?;
     let meta = file.metadata().map_err(open_err)?;
     if !meta.is_file() {
         return Err(BootError::NotAKernel {
@@ -334,19 +374,17 @@ fn initrd_fit(path: &Path, size: u64, limit: u64) -> BootError {
     }
 }
 
-/// The highest address the kernel at `path` accepts for its initrd, from
+/// The highest address the kernel in `file` accepts for its initrd, from
 /// its header: 0x7fffffff for an ELF vmlinux, the setup header's
 /// `initrd_addr_max` for a bzImage of boot protocol 2.03 or later, else 0
 /// (the protocol's default). The kernel load reports unreadable files.
-fn peek_initrd_addr_max(path: &Path) -> u32 {
+fn peek_initrd_addr_max(file: &File) -> u32 {
+    use std::os::unix::fs::FileExt;
     const HDRS_MAGIC: usize = 0x202;
     const VERSION: usize = 0x206;
     const INITRD_ADDR_MAX: usize = 0x22c;
     let mut head = [0u8; 0x230];
-    let Ok(mut f) = File::open(path) else {
-        return 0;
-    };
-    if f.read_exact(&mut head).is_err() {
+    if file.read_exact_at(&mut head, 0).is_err() {
         return 0;
     }
     if head.starts_with(b"\x7fELF") {
@@ -377,14 +415,22 @@ fn initrd_limit(initrd_addr_max: u32, low_top: u64) -> u64 {
     (max + 1).min(low_top).min(MMIO_HOLE_END - 1)
 }
 
-/// Reads the initrd at `path` to the highest page-aligned address that
-/// keeps it below `limit` (the caller checks it clears the kernel).
-fn load_initrd(mem: &GuestMemoryMmap, path: &Path, limit: u64) -> Result<(u64, u64), BootError> {
+/// Reads the initrd to the highest page-aligned address that keeps it
+/// below `limit` (the caller checks it clears the kernel).
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    initrd: BootFile,
+    limit: u64,
+) -> Result<(u64, u64), BootError> {
+    let BootFile {
+        path: ref path_buf,
+        mut file,
+    } = initrd;
+    let path = path_buf.as_path();
     let open_err = |source| BootError::InitrdOpen {
         path: path.to_owned(),
         source,
     };
-    let mut file = File::open(path).map_err(open_err)?;
     let meta = file.metadata().map_err(open_err)?;
     if !meta.is_file() {
         return Err(open_err(std::io::Error::other("not a regular file")));

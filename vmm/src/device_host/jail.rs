@@ -88,14 +88,17 @@ pub fn for_kind(c: &Confinement, sandbox: SandboxOpts, namespaces: bool) -> Jail
     }
 }
 
-/// Checks a jail the spawner is asked for: a namespace's root is never
-/// mapped to host root, and confinement is never partly off. The spawner
-/// refuses anything else (EINVAL).
+/// Checks a jail the spawner is asked for: a namespace's root maps to the
+/// VM's unprivileged user ([`sandbox::jail::outside_ids`], never root, and
+/// no other user a compromised VMM might name), and confinement is never
+/// partly off. The spawner refuses anything else (EINVAL).
 pub fn acceptable(jail: &Jail) -> bool {
     let unconfined = *jail == Jail::default();
     let confined = jail.no_new_privs && jail.drop_capabilities && jail.seccomp.is_some();
-    let no_root = jail.namespaces.is_none_or(|m| m.uid != 0 && m.gid != 0);
-    (unconfined || confined) && no_root
+    let ours = jail
+        .namespaces
+        .is_none_or(|m| (m.uid, m.gid) == sandbox::jail::outside_ids() && m.uid != 0);
+    (unconfined || confined) && ours
 }
 
 /// Stage 2, in the device process after exec: fds, the empty root,
@@ -199,9 +202,15 @@ mod tests {
         assert!(!acceptable(&partial));
         let root = Jail {
             namespaces: Some(IdMap { uid: 0, gid: 0 }),
-            ..full
+            ..full.clone()
         };
         assert!(!acceptable(&root));
+        let (uid, gid) = sandbox::jail::outside_ids();
+        let another = Jail {
+            namespaces: Some(IdMap { uid: uid + 1, gid }),
+            ..full
+        };
+        assert!(!acceptable(&another));
     }
 
     #[test]

@@ -32,6 +32,7 @@ use ipc::{Jail, SpawnRequest, SpawnerReply};
 
 use super::device_log::{Bucket, DeviceLog};
 use super::jail;
+use crate::ctl::SocketFile;
 use sandbox::process::Pidfd;
 
 /// argv[0] of device processes; `main` recognises it.
@@ -150,8 +151,13 @@ pub struct Spawner {
 }
 
 impl Spawner {
-    /// Forks the spawner, which `single` proves safe.
-    pub fn start(single: &SingleThreaded, unconfined: Unconfined) -> Result<Self> {
+    /// Forks the spawner, which `single` proves safe. When the VMM ends,
+    /// the spawner removes `socket` (the control socket) before it exits.
+    pub fn start(
+        single: &SingleThreaded,
+        unconfined: Unconfined,
+        socket: Option<SocketFile>,
+    ) -> Result<Self> {
         let _ = single;
         let (req_vmm, req_spawner) = seqpacket_pair().context("cannot create spawner socket")?;
         let (ev_vmm, ev_spawner) = seqpacket_pair().context("cannot create spawner socket")?;
@@ -166,7 +172,7 @@ impl Spawner {
         if pid == 0 {
             drop(req_vmm);
             drop(ev_vmm);
-            spawner_main(vmm, &req_spawner, &ev_spawner, unconfined);
+            spawner_main(vmm, &req_spawner, &ev_spawner, unconfined, socket.as_ref());
         }
         Ok(Self {
             requests: Mutex::new(Requests {
@@ -304,10 +310,13 @@ impl Drop for Spawner {
                 return;
             }
             if attempt == 100 {
-                // SAFETY: kills and reaps our own child.
-                unsafe {
-                    libc::kill(self.pid, libc::SIGKILL);
-                    libc::waitpid(self.pid, &mut status, 0);
+                // SAFETY: kills our own child. Once the VMM has dropped its
+                // privileges it may not (the spawner stays root): then the
+                // VMM's exit takes the spawner down (PR_SET_PDEATHSIG)
+                // rather than a wait that might never end.
+                if unsafe { libc::kill(self.pid, libc::SIGKILL) } == 0 {
+                    // SAFETY: reaps our own child, killed above.
+                    unsafe { libc::waitpid(self.pid, &mut status, 0) };
                 }
                 return;
             }
@@ -323,6 +332,7 @@ fn spawner_main(
     requests: &OwnedFd,
     events: &OwnedFd,
     unconfined: Unconfined,
+    socket: Option<&SocketFile>,
 ) -> ! {
     if sandbox::process::die_with_parent(vmm).is_err() {
         // SAFETY: ends this process without unwinding into the VMM's code.
@@ -381,6 +391,9 @@ fn spawner_main(
         }
         if request && !serve_request(requests, Some(log.writer()), unconfined, &mut budget) {
             // The VMM is gone; PR_SET_PDEATHSIG takes the devices down.
+            if let Some(s) = socket {
+                s.remove();
+            }
             // SAFETY: as above.
             unsafe { libc::_exit(0) };
         }

@@ -14,6 +14,7 @@ use ipc::{DeviceState, QueueState};
 
 use super::spawner::{self, SingleThreaded, Spawner};
 use super::{describe_status, greet, start_device, DeviceMode, OnFailure, SandboxOpts};
+use crate::ctl::SocketFile;
 use sandbox::process::Pidfd;
 
 use crate::exit::ExitReason;
@@ -148,17 +149,19 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl DeviceHost {
-    /// Sets up device hosting. In process mode this forks the spawner,
-    /// which `single` proves safe.
+    /// Sets up device hosting. In process mode, or when there is a control
+    /// socket to remove at exit (`ctl`), this forks the spawner, which
+    /// `single` proves safe.
     pub fn new(
         mode: DeviceMode,
         (on_failure, restart_limit): (OnFailure, u32),
         sandbox: SandboxOpts,
-        single: SingleThreaded,
+        (single, ctl): (&SingleThreaded, Option<SocketFile>),
     ) -> Result<Self> {
-        let spawner = match mode {
-            DeviceMode::Process => Some(Spawner::start(&single, sandbox.spawner_unconfined())?),
-            DeviceMode::Thread => None,
+        let spawner = if mode == DeviceMode::Process || ctl.is_some() {
+            Some(Spawner::start(single, sandbox.spawner_unconfined(), ctl)?)
+        } else {
+            None
         };
         Ok(Self {
             mode,
