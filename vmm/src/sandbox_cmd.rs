@@ -78,9 +78,11 @@ fn check() -> ExitCode {
         p.ok
     };
     println!("device processes:");
-    let devices = sandbox::jail::probe_host()
-        .iter()
-        .fold(true, |all, p| print(p) && all);
+    // Every probe is printed, failed or not.
+    let mut devices = true;
+    for p in &sandbox::jail::probe_host() {
+        devices &= print(p);
+    }
     println!("the VMM, once its files are open:");
     let vmm = print(&sandbox::jail::probe_vmm());
     if devices {
