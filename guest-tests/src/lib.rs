@@ -447,20 +447,24 @@ pub fn new_device_pid(vm: &TestVm, name: &str, old: u32, timeout: Duration) -> u
     }
 }
 
+/// The whole value of line `key` ("Uid:") of a /proc status text, trimmed;
+/// "?" when there is none.
+pub fn status_value(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or("?")
+        .trim()
+        .to_owned()
+}
+
 /// Checks, from outside, that skvm process `pid` gave up every privilege
 /// once its guest runs: every thread runs as `ids` (user, group) with no
 /// supplementary group, no capability in any set and no_new_privs, in a
 /// mount namespace of its own whose root is empty; and that its device
 /// processes (it must have one) run as the same user outside.
 pub fn assert_holds_no_privilege(pid: u32, (uid, gid): (u32, u32)) {
-    let field = |status: &str, key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .unwrap_or("?")
-            .trim()
-            .to_owned()
-    };
+    let field = status_value;
     let four = |id: u32| format!("{id}\t{id}\t{id}\t{id}");
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
     for t in tasks.flatten() {

@@ -295,14 +295,7 @@ fn thread_confinement(pid: u32) -> Vec<(String, String, String)> {
         let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
             continue;
         };
-        let field = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .unwrap_or("?")
-                .trim()
-                .to_owned()
-        };
+        let field = |key: &str| guest_tests::status_value(&status, key);
         v.push((tid, field("Seccomp:"), field("NoNewPrivs:")));
     }
     v
