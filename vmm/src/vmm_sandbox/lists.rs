@@ -188,6 +188,12 @@ pub(super) const VCPU: &[Syscall] = &[
         "SIGKILL only: kill a device process that breaks the protocol",
         &[&[Arg::Eq(1, SIGKILL)]],
     ),
+    call(
+        libc::SYS_sched_yield,
+        "sched_yield",
+        "before completing an instruction again that another vCPU may be patching \
+         (emulating hosts)",
+    ),
 ];
 
 /// The main thread's own calls.

@@ -520,6 +520,27 @@ mod tests {
         }
     }
 
+    /// Calls a vCPU thread makes only on rare paths, which a boot may never
+    /// take: the emulation retry's sched_yield (once killed a stock
+    /// kernel's boot in CI, during an RCU stall), the kick's sigreturn, a
+    /// device's answer deadline.
+    #[test]
+    fn the_vcpu_list_has_its_rare_paths_calls() {
+        let v = VmmSandbox::default();
+        let prog = v
+            .program(&v.policy_of(ThreadKind::Vcpu), SeccompMode::Kill)
+            .unwrap()
+            .unwrap();
+        for nr in [
+            libc::SYS_sched_yield,
+            libc::SYS_rt_sigreturn,
+            libc::SYS_poll,
+            libc::SYS_futex,
+        ] {
+            assert_eq!(ask(&prog, nr, [0; 6]), ALLOW, "{nr}");
+        }
+    }
+
     #[test]
     fn ioctl_allows_each_thread_kind_its_own_requests_only() {
         let v = VmmSandbox::default();
