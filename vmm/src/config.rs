@@ -363,9 +363,12 @@ fn check_readable(what: &'static str, path: &std::path::Path) -> Result<(), Conf
 /// sites against kallsyms, the rewrite of every trace event's format with
 /// enum values and the creation of tracefs's files for every trace event
 /// (`initcall_blacklist=...`; the guest's tracefs is then empty). The
-/// lockup detectors would
-/// report the slow vCPUs as stuck (`nowatchdog`). Options a kernel does not
-/// know are harmless to it.
+/// lockup detectors would report the slow vCPUs as stuck (`nowatchdog`), and
+/// so would RCU's stall detector (`rcupdate.rcu_cpu_stall_suppress=1`),
+/// whose backtraces go through an NMI: Linux's NMI entry reads its per-CPU
+/// base with `lsl`, which these hosts' KVM cannot emulate, so a stall report
+/// (Debian's kernel parses its BTF for over a minute in one initcall) killed
+/// the guest. Options a kernel does not know are harmless to it.
 pub const QUIRKS_CMDLINE: &[&str] = &[
     "noxsave",
     "clearcpuid=cx16,popcnt,smap,ssse3,sse4_1,sse4_2,avx,avx2,avx512f,aes,pclmulqdq,sha_ni,gfni,vaes,vpclmulqdq,erms,fsrm",
@@ -373,6 +376,7 @@ pub const QUIRKS_CMDLINE: &[&str] = &[
     "cryptomgr.notests",
     "initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,tracer_init_tracefs,crypto_kdf108_init,blake2s_mod_init",
     "nowatchdog",
+    "rcupdate.rcu_cpu_stall_suppress=1",
 ];
 
 /// Standard base64 (RFC 4648) with padding.
