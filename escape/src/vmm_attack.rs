@@ -62,25 +62,9 @@ fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
 /// The first child pid /proc lists for `pid` (0 if none), read through
 /// `proc`, a /proc directory opened before the VMM left the host's files.
 fn first_child(proc: &std::fs::File, pid: libc::pid_t) -> libc::pid_t {
-    use std::io::Read;
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let Ok(path) = std::ffi::CString::new(format!("{pid}/task/{pid}/children")) else {
-        return 0;
-    };
-    // SAFETY: openat relative to an open directory with a valid C string.
-    let fd = unsafe { libc::openat(proc.as_raw_fd(), path.as_ptr(), libc::O_RDONLY) };
-    if fd < 0 {
-        return 0;
-    }
-    // SAFETY: `fd` was just opened and nothing else owns it.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-    let mut s = String::new();
-    if file.read_to_string(&mut s).is_err() {
-        return 0;
-    }
-    s.split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
+    use std::os::fd::AsFd;
+    sandbox::process::read_under(proc.as_fd(), &format!("{pid}/task/{pid}/children"))
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
 

@@ -198,6 +198,29 @@ pub fn read_from_start(fd: BorrowedFd<'_>) -> Option<String> {
     Some(String::from_utf8_lossy(buf.get(..n)?).into_owned())
 }
 
+/// The text of file `path` under directory `dir` (a /proc directory opened
+/// before the process left the host's file system), if it can be opened.
+pub fn read_under(dir: BorrowedFd<'_>, path: &str) -> Option<String> {
+    use std::io::Read;
+    let c = std::ffi::CString::new(path).ok()?;
+    // SAFETY: openat relative to an open directory with a valid C string.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -127,25 +127,8 @@ impl Threads {
 
     /// Thread `tid`'s status text, if it still exists.
     pub fn status(&self, tid: &str) -> Option<String> {
-        use std::io::Read;
-        use std::os::fd::{AsRawFd, FromRawFd};
-        let path = std::ffi::CString::new(format!("{tid}/status")).ok()?;
-        // SAFETY: openat relative to our directory fd with a valid C string.
-        let fd = unsafe {
-            libc::openat(
-                self.0.as_raw_fd(),
-                path.as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: `fd` was just opened and is owned by nobody else.
-        let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-        let mut text = String::new();
-        file.read_to_string(&mut text).ok()?;
-        Some(text)
+        use std::os::fd::AsFd;
+        sandbox::process::read_under(self.0.as_fd(), &format!("{tid}/status"))
     }
 }
 
