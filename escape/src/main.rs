@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use vmm::config::VmConfig;
-use vmm::device_host::spawner::{SingleThreaded, Spawner, Unconfined};
+use vmm::device_host::spawner::{SingleThreaded, Spawner};
 use vmm::device_host::{greet, start_device, DeviceMode, SandboxOpts, SeccompMode};
 use vmm::exit::ExitReason;
 use vmm::kinds::Registry;
@@ -103,12 +103,12 @@ fn attempt(args: &Attempt, kinds: &Registry) -> Result<()> {
         .filter(|k| k.name().starts_with("esc"))
         .context("--device needs an escape device (escrng0, escblk0, escnet0)")?;
     let single = SingleThreaded::claim()?;
-    let spawner = Spawner::start(&single, Unconfined::Refuse, None)?;
-    let ram = GuestRam::new(1 << 20).context("cannot create driver memory")?;
     let sandbox = SandboxOpts {
         seccomp: args.seccomp,
         ..SandboxOpts::default()
     };
+    let spawner = Spawner::start(&single, &sandbox, None)?;
+    let ram = GuestRam::new(1 << 20).context("cannot create driver memory")?;
     let started = start_device(
         Some(&spawner),
         DeviceMode::Process,

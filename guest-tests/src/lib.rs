@@ -458,6 +458,45 @@ pub fn status_value(status: &str, key: &str) -> String {
         .to_owned()
 }
 
+/// Checks that skvm `vmm`'s spawner runs as `uid`:`gid` with no capability
+/// in its effective, permitted, inheritable or ambient set (its bounding
+/// set stays: device processes take their namespace's capabilities from
+/// it), no_new_privs and a seccomp filter; and, when `remover` (skvm was
+/// given --ctl), that the spawner's one other child, the socket remover,
+/// is filtered too and not dumpable.
+pub fn assert_spawner_holds_no_privilege(vmm: u32, (uid, gid): (u32, u32), remover: bool) {
+    let field = status_value;
+    let status = |p: u32| std::fs::read_to_string(format!("/proc/{p}/status")).unwrap();
+    let comm = |p: u32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+    let [spawner] = children(vmm)[..] else {
+        panic!("skvm {vmm} has not exactly one child: {:?}", children(vmm));
+    };
+    assert_eq!(comm(spawner).trim(), "skvm-spawner");
+    let s = status(spawner);
+    let four = |id: u32| format!("{id}\t{id}\t{id}\t{id}");
+    assert_eq!(field(&s, "Uid:"), four(uid), "{s}");
+    assert_eq!(field(&s, "Gid:"), four(gid), "{s}");
+    assert_eq!(field(&s, "Groups:"), "", "{s}");
+    for set in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+        assert_eq!(field(&s, set), "0000000000000000", "{set}: {s}");
+    }
+    assert_eq!(field(&s, "NoNewPrivs:"), "1", "{s}");
+    assert_eq!(field(&s, "Seccomp:"), "2", "{s}");
+    let removers: Vec<u32> = children(spawner)
+        .into_iter()
+        .filter(|&c| comm(c).trim() == "skvm-remover")
+        .collect();
+    assert_eq!(removers.len(), usize::from(remover), "{removers:?}");
+    for r in removers {
+        let s = status(r);
+        assert_eq!(field(&s, "Seccomp:"), "2", "{s}");
+        assert_eq!(field(&s, "NoNewPrivs:"), "1", "{s}");
+        // Not dumpable: its /proc files belong to root, whoever runs it.
+        let meta = std::fs::metadata(format!("/proc/{r}/mem")).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+    }
+}
+
 /// Checks, from outside, that skvm process `pid` gave up every privilege
 /// once its guest runs: every thread runs as `ids` (user, group) with no
 /// supplementary group, no capability in any set and no_new_privs, in a

@@ -248,7 +248,9 @@ fn in_trap_mode_the_vmm_names_each_attack_and_the_guest_carries_on() {
 #[test]
 fn in_log_mode_the_vmms_user_capabilities_and_empty_root_still_refuse() {
     // The filter only logs here: what stops these is that the VMM runs as
-    // nobody, without capabilities, in an empty root of its own.
+    // nobody, without capabilities, in an empty root of its own. (Signals
+    // to the spawner are not among them: it runs as that same user, and
+    // stopping it harms only this VM.)
     let mut cmd = vmm_escape(
         "all",
         &["--seccomp", "log", "--run", "echo SKVM-GUEST-ALIVE"],
@@ -270,7 +272,6 @@ fn in_log_mode_the_vmms_user_capabilities_and_empty_root_still_refuse() {
         "open-write",
         "proc-mem",
         "ptrace-spawner",
-        "kill-spawner",
         "mount",
         "init-module",
     ] {

@@ -155,6 +155,7 @@ fn ctl_reports_pauses_restarts_and_shuts_down_and_rng_reads_survive_kills() {
     // What follows (status, restarts, pause) works from a VMM that holds no
     // privilege, and the spawner removes the socket at the end.
     guest_tests::assert_holds_no_privilege(vm.pid(), (4242, 4243));
+    guest_tests::assert_spawner_holds_no_privilege(vm.pid(), (4242, 4243), true);
 
     // Status: both devices, their processes, no restarts.
     let (code, st) = ctl(&sock, "status");

@@ -247,14 +247,56 @@ fn the_vmm_lists_each_thread_kinds_allowlist() {
     assert!(out.contains("arg1 == 0xae80"), "{out}");
     let never = out
         .lines()
-        .find_map(|l| l.strip_prefix("never allowed, by any group: "))
+        .find_map(|l| l.strip_prefix("never allowed on a VMM thread, by any group: "))
         .unwrap_or_else(|| panic!("no never line:\n{out}"));
+    // The thread lists come first, then the helper processes'.
+    let (threads, processes) = out
+        .split_once("\nspawner process")
+        .unwrap_or_else(|| panic!("no spawner list:\n{out}"));
     for name in ["execve", "setuid", "fork"] {
         assert!(
-            !out.contains(&format!("\n  {name} ")),
+            !threads.contains(&format!("\n  {name} ")),
             "{name} allowed:\n{out}"
         );
     }
+    // The spawner's list: what it and its children need before their own
+    // filter, and nothing to reach other processes, the network or the
+    // kernel's attack surface.
+    let (spawner, remover) = processes
+        .split_once("\nsocket remover process")
+        .unwrap_or_else(|| panic!("no remover list:\n{out}"));
+    for name in ["execve", "clone", "openat", "mount", "pivot_root"] {
+        assert!(spawner.contains(&format!("\n  {name} ")), "{out}");
+    }
+    for name in [
+        "socket",
+        "connect",
+        "ptrace",
+        "process_vm_writev",
+        "unshare",
+        "setns",
+        "bpf",
+        "init_module",
+        "perf_event_open",
+        "io_uring_setup",
+        "userfaultfd",
+        "keyctl",
+    ] {
+        assert!(
+            !spawner.contains(&format!("\n  {name} ")),
+            "spawner allows {name}:\n{out}"
+        );
+    }
+    // ioctl only with the net device's request numbers, opens never create.
+    for name in ["ioctl", "openat", "clone", "kill"] {
+        let line = spawner
+            .lines()
+            .find(|l| l.starts_with(&format!("  {name} ")))
+            .unwrap_or_else(|| panic!("no {name}:\n{out}"));
+        assert!(line.contains("[only if"), "{line}");
+    }
+    let removes = remover.lines().filter(|l| l.starts_with("  ")).count();
+    assert!(removes > 0 && removes <= 12, "{out}");
     for name in ["ptrace", "mount", "unshare", "bpf", "socket", "init_module"] {
         assert!(
             never.split_whitespace().any(|n| n == name),
@@ -273,11 +315,11 @@ fn the_vmm_lists_each_thread_kinds_allowlist() {
     );
     // An allowed group is added to every list; off has no filter.
     let (_, relaxed) = skvm(&["sandbox", "show", "vmm", "--sandbox", "on,spawn=allow"]);
-    assert!(
-        relaxed.contains("spawn=allow adds to every list:"),
-        "{relaxed}"
-    );
-    assert!(relaxed.contains("\n  execve "), "{relaxed}");
+    let added = relaxed
+        .split_once("spawn=allow adds to every thread's list:")
+        .unwrap_or_else(|| panic!("{relaxed}"))
+        .1;
+    assert!(added.contains("\n  execve "), "{relaxed}");
     let (_, off) = skvm(&["sandbox", "show", "vmm", "--sandbox", "off"]);
     assert!(off.contains("no seccomp filter"), "{off}");
     let (code, bad) = skvm(&["run", "--sandbox", "on,spawn=sometimes"]);

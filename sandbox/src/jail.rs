@@ -98,8 +98,14 @@ pub fn set_outside_ids(uid: u32, gid: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes `data` to an existing /proc file of `pid`, opened write-only
+/// without O_CREAT or O_TRUNC (the spawner's filter refuses those).
 fn write_proc(pid: libc::pid_t, file: &str, data: &str) -> io::Result<()> {
-    std::fs::write(format!("/proc/{pid}/{file}"), data)
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/{file}"))
+        .and_then(|mut f| f.write_all(data.as_bytes()))
         .map_err(|e| io::Error::new(e.kind(), format!("/proc/{pid}/{file}: {e}")))
 }
 
@@ -173,6 +179,12 @@ pub fn no_new_privs() -> io::Result<()> {
     check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
 }
 
+/// Whether no_new_privs is set on the calling thread.
+fn no_new_privs_set() -> bool {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1 }
+}
+
 #[repr(C)]
 struct CapHeader {
     version: u32,
@@ -206,6 +218,16 @@ fn drop_bounding_and_ambient() -> io::Result<()> {
             let e = io::Error::last_os_error();
             // EINVAL: past the last capability this kernel has.
             if e.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            // EPERM: no CAP_SETPCAP, as in a device forked without
+            // namespaces by a spawner that left root. Such a process holds
+            // no capability and runs with no_new_privs, so its bounding set
+            // can give it none.
+            if e.raw_os_error() == Some(libc::EPERM)
+                && !has_capability_sets()?
+                && no_new_privs_set()
+            {
                 break;
             }
             return Err(e);
@@ -302,13 +324,7 @@ pub unsafe fn confine_vmm(uid: u32, gid: u32, namespaces: bool) -> io::Result<Vm
         drop_bounding_and_ambient()?;
     }
     if root {
-        // SAFETY: setgroups with an empty list.
-        check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
-        // SAFETY: plain ids.
-        check(unsafe { libc::setresgid(gid, gid, gid) })?;
-        // SAFETY: plain ids. Leaving uid 0 clears the permitted and
-        // effective sets.
-        check(unsafe { libc::setresuid(uid, uid, uid) })?;
+        set_ids(uid, gid)?;
     }
     clear_capability_sets()?;
     // SAFETY: prctl with integer arguments.
@@ -330,6 +346,65 @@ pub unsafe fn confine_vmm(uid: u32, gid: u32, namespaces: bool) -> io::Result<Vm
         gid,
         own_user_namespace,
     })
+}
+
+/// Makes the calling thread (root) user `uid` and group `gid` in every
+/// id, with no supplementary groups. Leaving uid 0 clears the permitted,
+/// effective and ambient capability sets; the bounding set stays as it was.
+fn set_ids(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: setgroups with an empty list.
+    check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+    // SAFETY: plain ids.
+    check(unsafe { libc::setresgid(gid, gid, gid) })?;
+    // SAFETY: plain ids.
+    check(unsafe { libc::setresuid(uid, uid, uid) })
+}
+
+/// Takes root from the spawner: user `uid`:`gid` (the VM's unprivileged
+/// user, [`outside_ids`]), no capabilities, not dumpable, no_new_privs.
+/// Its bounding set stays full, because device processes take their
+/// capabilities inside their own user namespaces from it at exec (and drop
+/// them all once their empty root is built); with no_new_privs and no
+/// permitted capabilities, the set can give the spawner nothing.
+///
+/// # Safety
+///
+/// The process must have a single thread (ids change for the calling
+/// thread only).
+pub unsafe fn drop_root_keeping_bounding(uid: u32, gid: u32) -> io::Result<()> {
+    if uid == 0 || gid == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "user and group 0 would keep root",
+        ));
+    }
+    set_ids(uid, gid)?;
+    clear_capability_sets()?;
+    // Changing ids resets dumpability to the host's suid_dumpable.
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })?;
+    no_new_privs()?;
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: getresuid writes three ids.
+    check(unsafe { libc::getresuid(&mut r, &mut e, &mut s) })?;
+    if [r, e, s] != [uid; 3] || has_capability_sets()? {
+        return Err(io::Error::other("privileges remain after dropping them"));
+    }
+    Ok(())
+}
+
+/// Whether user `uid`:`gid`, without capabilities, may create a user
+/// namespace on this host (some hosts allow that to root only, through
+/// `kernel.unprivileged_userns_clone`, `user.max_user_namespaces` or an LSM).
+/// Tried in a throwaway child; call it while the process has a single
+/// thread.
+pub fn unprivileged_user_namespaces(uid: u32, gid: u32) -> bool {
+    in_child(0, || {
+        set_ids(uid, gid)?;
+        // SAFETY: unshare with a flag only, in the throwaway child.
+        check(unsafe { libc::unshare(libc::CLONE_NEWUSER) })
+    })
+    .is_ok()
 }
 
 /// Whether this process has any capability left in its effective,

@@ -184,8 +184,24 @@ fn show_vmm(sb: &VmmSandbox, mode: SeccompMode) -> ExitCode {
             println!("  {:<20} fails with ENOSYS: {}", s.name, s.why);
         }
     }
+    for (what, p) in [
+        (
+            "spawner process (its device processes keep it under their own until they exit)",
+            vmm_sandbox::spawner_policy(),
+        ),
+        (
+            "socket remover process (with --ctl)",
+            vmm_sandbox::remover_policy(),
+        ),
+    ] {
+        let list = p.syscalls();
+        println!("{what}: {} syscalls allowed", list.len());
+        for s in &list {
+            println!("  {:<20} {}{}", s.name, s.why, rules_text(s));
+        }
+    }
     for (group, list) in sb.allowed_groups() {
-        println!("{group}=allow adds to every list:");
+        println!("{group}=allow adds to every thread's list:");
         for s in list {
             println!("  {:<20} {}", s.name, s.why);
         }
@@ -195,7 +211,10 @@ fn show_vmm(sb: &VmmSandbox, mode: SeccompMode) -> ExitCode {
         println!("groups left denied (on no list): {}", denied.join(" "));
     }
     let never: Vec<&str> = vmm_sandbox::NEVER.iter().map(|s| s.name).collect();
-    println!("never allowed, by any group: {}", never.join(" "));
+    println!(
+        "never allowed on a VMM thread, by any group: {}",
+        never.join(" ")
+    );
     println!("{}", x32_line(mode));
     ExitCode::SUCCESS
 }

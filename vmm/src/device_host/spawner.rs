@@ -31,8 +31,9 @@ use ipc::wait::WaitSet;
 use ipc::{Jail, SpawnRequest, SpawnerReply};
 
 use super::device_log::{Bucket, DeviceLog};
-use super::jail;
+use super::{jail, SandboxOpts, SeccompMode};
 use crate::ctl::SocketFile;
+use crate::vmm_sandbox;
 use sandbox::process::Pidfd;
 
 /// argv[0] of device processes; `main` recognises it.
@@ -155,7 +156,7 @@ impl Spawner {
     /// the spawner removes `socket` (the control socket) before it exits.
     pub fn start(
         single: &SingleThreaded,
-        unconfined: Unconfined,
+        sandbox: &SandboxOpts,
         socket: Option<SocketFile>,
     ) -> Result<Self> {
         let _ = single;
@@ -172,7 +173,7 @@ impl Spawner {
         if pid == 0 {
             drop(req_vmm);
             drop(ev_vmm);
-            spawner_main(vmm, &req_spawner, &ev_spawner, unconfined, socket.as_ref());
+            spawner_main(vmm, (&req_spawner, &ev_spawner), sandbox, socket.as_ref());
         }
         Ok(Self {
             requests: Mutex::new(Requests {
@@ -326,14 +327,16 @@ impl Drop for Spawner {
 }
 
 /// The spawner process: serves spawn requests and reports exits until the
-/// VMM goes away.
+/// VMM goes away. Confined (unless `sandbox` is off or unconfined) once it
+/// is set up: the VM's unprivileged user if it was root, then its own
+/// allowlist ([`confine_spawner`]).
 fn spawner_main(
     vmm: libc::pid_t,
-    requests: &OwnedFd,
-    events: &OwnedFd,
-    unconfined: Unconfined,
+    (requests, events): (&OwnedFd, &OwnedFd),
+    sandbox: &SandboxOpts,
     socket: Option<&SocketFile>,
 ) -> ! {
+    let unconfined = sandbox.spawner_unconfined();
     if sandbox::process::die_with_parent(vmm).is_err() {
         // SAFETY: ends this process without unwinding into the VMM's code.
         unsafe { libc::_exit(0) };
@@ -367,6 +370,14 @@ fn spawner_main(
     };
     // SAFETY: fd 2 stays open for the spawner's life.
     let stderr = unsafe { BorrowedFd::borrow_raw(2) };
+    let removal = match confine_spawner(vmm, sandbox, socket) {
+        Ok(r) => r,
+        Err(e) => {
+            crate::log::error(&format!("the spawner cannot confine itself: {e:#}"));
+            // SAFETY: as above.
+            unsafe { libc::_exit(1) };
+        }
+    };
     let mut budget = Bucket::new(SPAWN_BURST, SPAWNS_PER_SECOND, Instant::now());
     let mut wake = WaitSet::with_capacity(3);
     wake.add(requests, Wake::Request);
@@ -391,13 +402,134 @@ fn spawner_main(
         }
         if request && !serve_request(requests, Some(log.writer()), unconfined, &mut budget) {
             // The VMM is gone; PR_SET_PDEATHSIG takes the devices down.
-            if let Some(s) = socket {
-                s.remove();
-            }
+            removal.finish();
             // SAFETY: as above.
             unsafe { libc::_exit(0) };
         }
     }
+}
+
+/// Who removes the control socket when the VMM ends.
+enum Removal<'a> {
+    /// No control socket.
+    Nothing,
+    /// The spawner, which can (it is the user that bound it).
+    Spawner(&'a SocketFile),
+    /// A remover process that kept root for that alone: the spawner closes
+    /// its end of the pipe and waits for it.
+    Remover(OwnedFd, libc::pid_t),
+}
+
+impl Removal<'_> {
+    /// Removes the socket, directly or through the remover, before the
+    /// spawner exits (the VMM waits for the spawner, so the socket is gone
+    /// when skvm's exit is seen).
+    fn finish(self) {
+        match self {
+            Self::Nothing => {}
+            Self::Spawner(s) => s.remove(),
+            Self::Remover(pipe, pid) => {
+                drop(pipe);
+                // SAFETY: waits for our own child (ECHILD if an earlier
+                // exit report reaped it).
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            }
+        }
+    }
+}
+
+/// Takes the spawner's privileges, unless `sandbox` is off (`--sandbox
+/// off`, the VMM keeps its own too) or unconfined (`skvm drive
+/// --unconfined`, whose devices must run without any filter):
+///
+/// - started as root, it becomes the VM's unprivileged user
+///   ([`sandbox::jail::outside_ids`], which device namespaces map to), so a
+///   compromised spawner is no root process; only the writing of device id
+///   maps needed root, and as that same user it may write them. A host
+///   that gives user namespaces to root only keeps it root (with a
+///   warning);
+/// - the control socket gets a remover process ([`start_remover`]): the
+///   spawner's filter has no unlink, and its user may not be allowed to
+///   remove what root bound;
+/// - its allowlist (`vmm_sandbox::spawner_policy`), with `--seccomp`'s
+///   action, which its device processes inherit and keep under their own.
+fn confine_spawner<'a>(
+    vmm: libc::pid_t,
+    sandbox: &SandboxOpts,
+    socket: Option<&'a SocketFile>,
+) -> Result<Removal<'a>> {
+    let mut removal = socket.map_or(Removal::Nothing, Removal::Spawner);
+    if !sandbox.vmm.on || sandbox.unconfined {
+        return Ok(removal);
+    }
+    vmm_sandbox::report_as_spawner();
+    let mode = sandbox.seccomp;
+    // The spawner's filter has no unlink; and as the VM's user the spawner
+    // may not be allowed to remove what root bound.
+    if let Some(s) = socket {
+        let (pipe, pid) = start_remover(s, mode).context("cannot start the socket remover")?;
+        removal = Removal::Remover(pipe, pid);
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let (uid, gid) = sandbox::jail::outside_ids();
+        if sandbox::jail::unprivileged_user_namespaces(uid, gid) {
+            // SAFETY: the spawner has a single thread.
+            unsafe { sandbox::jail::drop_root_keeping_bounding(uid, gid) }
+                .with_context(|| format!("cannot become {uid}:{gid}"))?;
+            // Changing ids cleared the parent-death signal.
+            sandbox::process::die_with_parent(vmm).context("the VMM is gone")?;
+        } else {
+            crate::log::warn(&format!(
+                "the spawner stays root: this host lets only root create user namespaces,                  and device processes need one (user {uid} could not)"
+            ));
+        }
+    }
+    let prog = vmm_sandbox::spawner_policy()
+        .compile(vmm_sandbox::violation(mode))
+        .context("cannot build the spawner's filter")?;
+    vmm_sandbox::install_on_this_thread(&prog).context("cannot install the spawner's filter")?;
+    Ok(removal)
+}
+
+/// Forks the remover of the control socket `socket`: a process that keeps
+/// skvm's user (root, where it started as root) for one unlink and holds
+/// nothing but the read end of a pipe whose
+/// write end the spawner keeps. At end of file (the spawner exited, however
+/// it ended) it removes the socket if the path still names it, and exits.
+/// Not dumpable, under its own allowlist (`vmm_sandbox::remover_policy`).
+fn start_remover(socket: &SocketFile, mode: SeccompMode) -> Result<(OwnedFd, libc::pid_t)> {
+    let prog = vmm_sandbox::remover_policy()
+        .compile(vmm_sandbox::violation(mode))
+        .context("cannot build the remover's filter")?;
+    let (rd, wr) = sandbox::process::pipe()?;
+    // SAFETY: the spawner has a single thread; the child only makes
+    // syscalls and exits.
+    let pid = unsafe { sandbox::jail::clone_into_namespaces(0) }?;
+    if pid > 0 {
+        return Ok((wr, pid));
+    }
+    drop(wr);
+    sandbox::process::set_name("skvm-remover");
+    let ready = sandbox::process::close_fds_except(&[2, rd.as_raw_fd()]).is_ok()
+        // SAFETY: prctl with integer arguments.
+        && unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } == 0
+        && vmm_sandbox::install_on_this_thread(&prog).is_ok();
+    if !ready {
+        // SAFETY: ends the child without running the spawner's code.
+        unsafe { libc::_exit(1) };
+    }
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: reads one byte into a valid buffer.
+        let n = unsafe { libc::read(rd.as_raw_fd(), std::ptr::from_mut(&mut byte).cast(), 1) };
+        if n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted) {
+            break;
+        }
+    }
+    socket.remove();
+    // SAFETY: as above.
+    unsafe { libc::_exit(0) }
 }
 
 /// What wakes the spawner.
@@ -557,19 +689,16 @@ fn fork_device(
     // maps.
     let (ready_rd, ready_wr) = sandbox::process::pipe()?;
     let namespaces = r.jail.namespaces;
+    // Both are plain clone(2) calls, the only flags the spawner's filter
+    // lets through.
+    let flags = if namespaces.is_some() {
+        sandbox::jail::NAMESPACES
+    } else {
+        0
+    };
     // SAFETY: the spawner is single-threaded; the child only makes syscalls
     // on memory prepared above and then execs or exits.
-    let pid = unsafe {
-        if namespaces.is_some() {
-            sandbox::jail::clone_into_namespaces(sandbox::jail::NAMESPACES)?
-        } else {
-            let pid = libc::fork();
-            if pid < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            pid
-        }
-    };
+    let pid = unsafe { sandbox::jail::clone_into_namespaces(flags)? };
     if pid > 0 {
         drop(sync_rd);
         drop(ready_wr);

@@ -159,7 +159,7 @@ impl DeviceHost {
         (single, ctl): (&SingleThreaded, Option<SocketFile>),
     ) -> Result<Self> {
         let spawner = if mode == DeviceMode::Process || ctl.is_some() {
-            Some(Spawner::start(single, sandbox.spawner_unconfined(), ctl)?)
+            Some(Spawner::start(single, &sandbox, ctl)?)
         } else {
             None
         };

@@ -305,7 +305,7 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
     // The spawner must be forked while this process has a single thread.
     let single = SingleThreaded::claim()?;
     let spawner = match args.device_mode {
-        DeviceMode::Process => Some(Spawner::start(&single, sandbox.spawner_unconfined(), None)?),
+        DeviceMode::Process => Some(Spawner::start(&single, &sandbox, None)?),
         DeviceMode::Thread => None,
     };
     let (params, backend_fds, target) = open_target(args)?;

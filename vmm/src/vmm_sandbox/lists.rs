@@ -9,7 +9,7 @@ use kvm_bindings::{
 };
 use sandbox::seccomp::{Arg, Syscall};
 
-const fn call(nr: i64, name: &'static str, why: &'static str) -> Syscall {
+pub(super) const fn call(nr: i64, name: &'static str, why: &'static str) -> Syscall {
     Syscall {
         nr,
         name,
@@ -18,7 +18,7 @@ const fn call(nr: i64, name: &'static str, why: &'static str) -> Syscall {
     }
 }
 
-const fn only(
+pub(super) const fn only(
     nr: i64,
     name: &'static str,
     why: &'static str,

@@ -30,9 +30,11 @@ use sandbox::seccomp::{Policy, SeccompError, Syscall, Violation};
 use seccompiler::BpfProgram;
 
 mod lists;
+mod processes;
 
 pub use lists::{kvm_ioctl, NEVER};
 use lists::{COMMON, ELEVATE, MAIN, MAIN_ENOSYS, OBSOLETE, RESOURCECONTROL, SPAWN, VCPU};
+pub use processes::{remover_policy, spawner_policy, REMOVER, SPAWNER};
 
 use crate::device_host::{policy, SeccompMode};
 use crate::kinds::Confinement;
@@ -332,8 +334,13 @@ extern "C" fn on_forbidden_syscall(
     } else {
         sandbox::syscalls::name(i64::from(nr)).unwrap_or("(unknown)")
     };
+    let who: &[u8] = if IN_SPAWNER.load(std::sync::atomic::Ordering::Relaxed) {
+        b"\r\nskvm: error: the spawner made forbidden syscall "
+    } else {
+        b"\r\nskvm: error: the VMM made forbidden syscall "
+    };
     write_stderr(&[
-        b"\r\nskvm: error: the VMM made forbidden syscall ",
+        who,
         name.as_bytes(),
         b" (see --sandbox); it fails with ENOSYS\r\n",
     ]);
@@ -345,6 +352,16 @@ extern "C" fn on_forbidden_syscall(
             *rax = -i64::from(libc::ENOSYS);
         }
     }
+}
+
+/// Whether this process is the spawner (or its socket remover), for the
+/// SIGSYS reporter it inherits from the VMM.
+static IN_SPAWNER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes `--seccomp trap` reports in this process (a child forked from the
+/// VMM: the spawner) name the spawner.
+pub fn report_as_spawner() {
+    IN_SPAWNER.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn install_trap_handler() {
