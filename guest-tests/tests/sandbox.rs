@@ -74,6 +74,11 @@ fn this_host_supports_full_confinement() {
     let (code, out) = skvm(&["sandbox", "check"]);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("FAIL"), "{out}");
+    // As root (the tests' user), the spawner's step is tried too.
+    assert!(
+        out.contains("  ok    leaves root for the VM's user"),
+        "{out}"
+    );
 }
 
 /// Field `key` of /proc/PID/status.

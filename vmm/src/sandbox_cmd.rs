@@ -85,6 +85,19 @@ fn check() -> ExitCode {
     }
     println!("the VMM, once its files are open:");
     let vmm = print(&sandbox::jail::probe_vmm());
+    if root {
+        println!("the spawner, once it is set up:");
+        // It leaves root only where its user may create the devices' user
+        // namespaces; elsewhere it warns and stays root.
+        let ok = sandbox::jail::unprivileged_user_namespaces(uid, gid);
+        print(&sandbox::jail::Probe {
+            what: "leaves root for the VM's user (who must be allowed user namespaces)",
+            ok,
+            detail: format!(
+                "user {uid} may not create user namespaces here: the spawner stays root"
+            ),
+        });
+    }
     if devices {
         println!("device processes can be fully confined on this host");
     } else {

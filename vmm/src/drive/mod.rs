@@ -302,6 +302,9 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
         .with_context(|| format!("device '{}': unknown device kind", args.device))?;
     let mut sandbox = args.sandbox.opts();
     sandbox.unconfined = args.unconfined;
+    // `--seccomp trap`: the SIGSYS reporter, for device threads and the
+    // spawner (which inherits it), as `skvm run` installs it.
+    sandbox.vmm.prepare(sandbox.seccomp);
     // The spawner must be forked while this process has a single thread.
     let single = SingleThreaded::claim()?;
     let spawner = match args.device_mode {
