@@ -115,6 +115,7 @@ fn attempt(args: &Attempt, kinds: &Registry) -> Result<()> {
         &args.device,
         Arc::clone(&kind),
         sandbox,
+        0,
     )?;
     let backend = ipc::Backend {
         kind: kind.name().to_owned(),

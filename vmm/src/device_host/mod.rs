@@ -164,6 +164,7 @@ fn signal_name(sig: libc::c_int) -> &'static str {
         libc::SIGABRT => "SIGABRT",
         libc::SIGTERM => "SIGTERM",
         libc::SIGBUS => "SIGBUS",
+        libc::SIGXFSZ => "SIGXFSZ, a write past its file-size limit",
         _ => "signal",
     }
 }
@@ -182,13 +183,15 @@ pub struct Started {
 /// Starts device `name` of `kind` in a process through `spawner` (process
 /// mode) or in a thread of this process. A process gets its namespaces;
 /// where the host refuses them, `sandbox.degraded` decides between an
-/// error and a warning.
+/// error and a warning. `file_size` is what its backend was opened with
+/// ([`crate::kinds::Opened::file_size`]), the same for every instance.
 pub fn start_device(
     spawner: Option<&Spawner>,
     mode: DeviceMode,
     name: &str,
     kind: Arc<dyn DeviceKind>,
     sandbox: SandboxOpts,
+    file_size: u64,
 ) -> Result<Started> {
     let (vmm_end, device_end) = Channel::pair().context("cannot create control socket")?;
     let (Some(s), DeviceMode::Process, Some(c)) = (spawner, mode, kind.confinement()) else {
@@ -202,7 +205,7 @@ pub fn start_device(
     let copy = control
         .try_clone()
         .context("cannot duplicate control socket")?;
-    let full = jail::for_kind(&c, sandbox, true);
+    let full = jail::for_kind(&c, file_size, sandbox, true);
     let process = match s.spawn(name, kind.name(), control, &full) {
         Ok(p) => p,
         Err(e) if sandbox.degraded == Degraded::Allow && full.namespaces.is_some() => {
@@ -211,7 +214,7 @@ pub fn start_device(
                  empty root (--sandbox-degraded allow): seccomp, no capabilities and \
                  rlimits only"
             ));
-            let degraded = jail::for_kind(&c, sandbox, false);
+            let degraded = jail::for_kind(&c, file_size, sandbox, false);
             s.spawn(name, kind.name(), copy, &degraded)
                 .with_context(|| format!("device {name}: cannot start"))?
         }

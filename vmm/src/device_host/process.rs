@@ -88,13 +88,33 @@ pub fn process_main(kinds: &Registry, args: DeviceArgs<'_>) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// A write at or past the file-size limit (0 for most kinds, a disk's image
+/// size for blk) kills the device with SIGXFSZ: no model writes there, so
+/// one that does is compromised, and its death is logged by signal. Only
+/// when stderr is a regular file (the spawner could not give the device
+/// its log pipe and skvm's stderr is a file) is the signal ignored, so
+/// that a log line past the limit fails with EFBIG instead of killing an
+/// honest device; the write is refused either way.
+fn file_size_signal() {
+    // SAFETY: fstat fills a stat struct of its size.
+    let stderr_is_file = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(2, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG
+    };
+    let action = if stderr_is_file {
+        libc::SIG_IGN
+    } else {
+        libc::SIG_DFL
+    };
+    // SAFETY: sets a signal's disposition (an inherited SIG_IGN survives
+    // exec, so the default is set explicitly too).
+    unsafe { libc::signal(libc::SIGXFSZ, action) };
+}
+
 fn device_main(kinds: &Registry, args: DeviceArgs<'_>) -> i32 {
     let name = args.name;
     sandbox::process::set_name(&format!("skvm-dev {name}"));
-    // Past the file-size limit (no regular file is writable, stderr
-    // included), a write fails with EFBIG instead of killing the device.
-    // SAFETY: sets a signal's disposition to ignore.
-    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    file_size_signal();
     let (Some(kind), Ok(jail)) = (kinds.get(args.kind), jail::from_arg(args.jail)) else {
         eprintln!("skvm-dev {name}: unknown device kind or jail (run by skvm only)");
         return 1;

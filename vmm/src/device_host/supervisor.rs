@@ -35,6 +35,9 @@ struct Device {
     backend: ipc::Backend,
     /// The backend's fds (a disk image: holding it keeps its lock).
     backend_fds: Vec<OwnedFd>,
+    /// The size of the file it writes, as opened: every instance's
+    /// file-size limit.
+    file_size: u64,
     pid: Option<libc::pid_t>,
     transport: Arc<Mutex<Transport>>,
     thread: Option<JoinHandle<()>>,
@@ -195,6 +198,7 @@ impl DeviceHost {
         let Opened {
             params,
             fds: backend_fds,
+            file_size,
         } = opened;
         let backend = ipc::Backend {
             kind: kind.name().to_owned(),
@@ -207,6 +211,7 @@ impl DeviceHost {
             name,
             kind.clone(),
             self.sandbox,
+            file_size,
         )?;
         let pid = started.process.as_ref().map(Pidfd::pid);
         let thread = started.thread;
@@ -234,6 +239,7 @@ impl DeviceHost {
             kind,
             backend,
             backend_fds,
+            file_size,
             pid,
             transport,
             thread,
@@ -264,6 +270,7 @@ impl DeviceHost {
             &d.name,
             d.kind.clone(),
             self.sandbox,
+            d.file_size,
         )?;
         let pid = started.process.as_ref().map(Pidfd::pid);
         let remote = greet(
