@@ -18,6 +18,7 @@
 //! paused, saved and replaced on request ([`DeviceHost::restart`]).
 
 mod device_log;
+mod handover;
 pub mod jail;
 pub mod policy;
 mod process;
