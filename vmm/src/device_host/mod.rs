@@ -150,6 +150,11 @@ pub fn describe_status(status: libc::c_int) -> String {
     if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
         format!("was killed by signal {sig} ({})", signal_name(sig))
+    } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == process::FILE_SIZE_EXIT {
+        format!(
+            "exited with status {} after a write past its file-size limit (SIGXFSZ)",
+            process::FILE_SIZE_EXIT
+        )
     } else if libc::WIFEXITED(status) {
         format!("exited with status {}", libc::WEXITSTATUS(status))
     } else {
@@ -165,7 +170,6 @@ fn signal_name(sig: libc::c_int) -> &'static str {
         libc::SIGABRT => "SIGABRT",
         libc::SIGTERM => "SIGTERM",
         libc::SIGBUS => "SIGBUS",
-        libc::SIGXFSZ => "SIGXFSZ, a write past its file-size limit",
         _ => "signal",
     }
 }
@@ -277,5 +281,6 @@ mod tests {
     fn exit_statuses_are_described() {
         assert!(describe_status(9).contains("SIGKILL"));
         assert_eq!(describe_status(3 << 8), "exited with status 3");
+        assert!(describe_status(153 << 8).contains("file-size limit (SIGXFSZ)"));
     }
 }

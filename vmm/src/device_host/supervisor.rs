@@ -552,10 +552,17 @@ impl DeviceHost {
         None
     }
 
-    /// Asks every device to exit and waits for device threads.
+    /// Asks every device to exit, gives their processes one shared
+    /// [`crate::remote::EXIT_GRACE`] to do so, kills (through its pidfd,
+    /// and says so) each one that ignored the request, and waits for device
+    /// threads.
     pub fn shutdown(&mut self) {
         for d in &mut self.devices {
             lock(&d.transport).backend_mut().remote_mut().shutdown();
+        }
+        let deadline = Instant::now() + crate::remote::EXIT_GRACE;
+        for d in &mut self.devices {
+            lock(&d.transport).backend_mut().remote_mut().end(deadline);
             if let Some(t) = d.thread.take() {
                 let _ = t.join();
             }
