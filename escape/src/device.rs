@@ -9,6 +9,8 @@
 
 use std::ffi::CStr;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use devices::virtio::{
     check_features, DeviceError, GuestMemory, Processed, VirtioDevice, DEVICE_ID_RNG,
@@ -42,10 +44,36 @@ pub const ACTIONS: &[&str] = &[
     "send-empty",
     // Close the control socket and run on: a device beyond supervision.
     "close-control",
+    // Answer, then ignore the Shutdown request and run on.
+    "ignore-shutdown",
+    // Write past the end of its image (blk; others have none): the file
+    // would grow without the file-size limit.
+    "grow-image",
+    // Allocate and touch memory 1 MiB at a time until the allocator
+    // fails (std then aborts the process), up to ALLOC_CAP.
+    "alloc-unbounded",
 ];
 
 /// How many of [`ACTIONS`] are escapes (what "all" attempts).
-pub const ESCAPES: usize = ACTIONS.len() - 3;
+pub const ESCAPES: usize = ACTIONS.len() - 6;
+
+/// Where "alloc-unbounded" stops and reports an escape: far past any
+/// device's memory limit (`sandbox::jail::DEVICE_DATA_LIMIT`), so that a
+/// missing limit fails the test instead of calling the host's OOM killer.
+const ALLOC_CAP: usize = 1 << 30;
+
+/// Set by "ignore-shutdown": the model, dropped when the worker obeys
+/// Shutdown, then keeps the process running instead.
+static IGNORE_SHUTDOWN: AtomicBool = AtomicBool::new(false);
+
+/// A disk image the escape model was given (escblk with `--disk`).
+#[derive(Debug)]
+pub struct Image {
+    /// The image, open for writing unless the disk is read-only.
+    pub fd: OwnedFd,
+    /// Its size in bytes, from the disk's parameters.
+    pub size: u64,
+}
 
 fn last_error() -> io::Error {
     io::Error::last_os_error()
@@ -68,10 +96,50 @@ fn open(path: &CStr) -> io::Result<()> {
     Ok(())
 }
 
-/// Attempts action `index` against the VMM `vmm`; Ok means it worked.
+/// Writes a page at the end of `image`; Ok if the write went through
+/// (the file grew).
+fn grow(image: Option<&Image>) -> io::Result<()> {
+    let image = image.ok_or_else(|| io::Error::other("no image to grow"))?;
+    let page = [0x5au8; 4096];
+    let iov = libc::iovec {
+        iov_base: page.as_ptr().cast_mut().cast(),
+        iov_len: page.len(),
+    };
+    let offset = libc::off_t::try_from(image.size).map_err(io::Error::other)?;
+    // SAFETY: pwritev reads one iovec over a live buffer of its length.
+    let n = unsafe { libc::pwritev(image.fd.as_raw_fd(), &iov, 1, offset) };
+    ok_if(n as libc::c_long)
+}
+
+/// Allocates and touches memory 1 MiB at a time, as a leak would, up to
+/// [`ALLOC_CAP`] (then Ok: nothing stopped it). The allocator's failure
+/// at the limit aborts the process before that.
+fn alloc_unbounded() -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let mut held: Vec<Vec<u8>> = Vec::with_capacity(ALLOC_CAP / CHUNK);
+    while held.len() < ALLOC_CAP / CHUNK {
+        // Non-zero, so every page is written (not calloc's fresh zeroes).
+        held.push(vec![1u8; CHUNK]);
+    }
+    let total: usize = held.iter().map(Vec::len).sum();
+    eprintln!("alloc-unbounded: holding {} MiB", total / CHUNK);
+    Ok(())
+}
+
+/// Attempts action `index` against the VMM `vmm`, with the model's disk
+/// `image` if it has one; Ok means it worked.
 #[allow(clippy::too_many_lines)]
-pub fn attempt(index: usize, vmm: libc::pid_t) -> io::Result<()> {
+pub fn attempt(index: usize, vmm: libc::pid_t, image: Option<&Image>) -> io::Result<()> {
     let name = ACTIONS.get(index).copied().unwrap_or("");
+    match name {
+        "grow-image" => return grow(image),
+        "alloc-unbounded" => return alloc_unbounded(),
+        "ignore-shutdown" => {
+            IGNORE_SHUTDOWN.store(true, Ordering::Relaxed);
+            return Err(io::Error::other("will ignore Shutdown"));
+        }
+        _ => {}
+    }
     // SAFETY: each call is a plain syscall on valid arguments; anything it
     // creates is released before returning.
     unsafe {
@@ -197,6 +265,28 @@ pub fn attempt(index: usize, vmm: libc::pid_t) -> io::Result<()> {
 #[derive(Debug, Default)]
 pub struct Escape {
     features: u64,
+    image: Option<Image>,
+}
+
+impl Escape {
+    /// A model that attempts actions with `image` at hand.
+    pub fn new(image: Option<Image>) -> Self {
+        Self { features: 0, image }
+    }
+}
+
+impl Drop for Escape {
+    /// After "ignore-shutdown": the worker returned for Shutdown and the
+    /// process would exit; it waits for nothing instead (poll is allowed)
+    /// until it is killed.
+    fn drop(&mut self) {
+        if IGNORE_SHUTDOWN.load(Ordering::Relaxed) {
+            loop {
+                // SAFETY: poll on no fds: a sleep.
+                unsafe { libc::poll(std::ptr::null_mut(), 0, -1) };
+            }
+        }
+    }
 }
 
 impl VirtioDevice for Escape {
@@ -221,7 +311,7 @@ impl VirtioDevice for Escape {
             .and_then(|b| b.try_into().ok())
             .map_or(0, i32::from_le_bytes);
         let index = usize::try_from(offset).unwrap_or(usize::MAX);
-        match attempt(index, vmm) {
+        match attempt(index, vmm, self.image.as_ref()) {
             Ok(()) => Ok(()),
             // The reason travels back as the error text.
             Err(e) => Err(DeviceError::Refused(e.to_string())),

@@ -5,7 +5,8 @@
 //! the real kind's option (`--rng`, `--disk`) and backend, and request the
 //! actions once the guest's driver has activated them, on the vCPU thread
 //! that activated them, from a wrapper around the real device handle: the
-//! transport knows nothing of it.
+//! transport knows nothing of it. An action written NAME:ACTION is
+//! requested of device NAME only (`escblk1:grow-image`).
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use vmm::kinds::{Confinement, DeviceConfig, DeviceKind, KindError, KindOption};
 use vmm::remote::{Hosted, RemoteDevice};
 use vmm::virtio_pci::{Backend, BackendError, DeviceDescription, DeviceEvents, QueueLayout};
 
-use crate::device::{Escape, ACTIONS};
+use crate::device::{Escape, Image, ACTIONS};
 
 /// A kind confined as `real`, serving the escape model.
 pub struct EscapeKind {
@@ -55,13 +56,20 @@ impl DeviceKind for EscapeKind {
         self.real.parse(value)
     }
 
-    /// The escape model, whatever the backend (its fds are dropped).
-    fn model(
-        &self,
-        _params: &[u8],
-        _fds: Vec<OwnedFd>,
-    ) -> Result<Box<dyn VirtioDevice>, KindError> {
-        Ok(Box::new(Escape::default()))
+    /// The escape model, whatever the backend; a disk's image (escblk
+    /// with `--disk`) is kept for "grow-image", other fds are dropped.
+    fn model(&self, params: &[u8], fds: Vec<OwnedFd>) -> Result<Box<dyn VirtioDevice>, KindError> {
+        let image = match (self.real.name(), fds.into_iter().next()) {
+            ("blk", Some(fd)) => {
+                let p = vmm::kinds::blk::decode(params).map_err(KindError::params(&self.name))?;
+                Some(Image {
+                    fd,
+                    size: p.sectors.saturating_mul(devices::block::SECTOR),
+                })
+            }
+            _ => None,
+        };
+        Ok(Box::new(Escape::new(image)))
     }
 
     fn confinement(&self) -> Option<Confinement> {
@@ -87,13 +95,19 @@ struct Attacker {
 }
 
 impl Attacker {
-    /// Requests every action and logs each outcome as "escape=ACTION
-    /// device=NAME outcome=...".
+    /// Requests every action meant for this device (a plain ACTION, or
+    /// NAME:ACTION with this device's name) and logs each outcome as
+    /// "escape=ACTION device=NAME outcome=...".
     fn attack(&mut self) {
         let me = self.vmm;
         let name = self.inner.name().to_owned();
-        for action in &self.actions {
-            let Some(index) = ACTIONS.iter().position(|a| a == action) else {
+        for entry in &self.actions {
+            let action = match entry.split_once(':') {
+                Some((device, action)) if device == name => action,
+                Some(_) => continue,
+                None => entry.as_str(),
+            };
+            let Some(index) = ACTIONS.iter().position(|a| *a == action) else {
                 vmm::log::error(&format!("SKVM_ESCAPE_DEVICE: unknown action '{action}'"));
                 continue;
             };

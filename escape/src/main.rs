@@ -8,7 +8,8 @@
 //! - `skvm-escape attempt --device escrng0 [--seccomp MODE] ACTION`: starts
 //!   one as `skvm run` starts a device and has it attempt ACTION;
 //! - `SKVM_ESCAPE_DEVICE=ACTIONS skvm-escape run ...`: the rng and disks are
-//!   escape devices that attempt ACTIONS when the guest activates them;
+//!   escape devices that attempt ACTIONS (comma-separated; NAME:ACTION for
+//!   device NAME only) when the guest activates them;
 //!   `SKVM_ESCAPE_VMM=ACTION|all`: vCPU 0 attempts ACTION under its filter
 //!   once the guest has run ([`vmm_attack`]).
 
@@ -115,6 +116,7 @@ fn attempt(args: &Attempt, kinds: &Registry) -> Result<()> {
         &args.device,
         Arc::clone(&kind),
         sandbox,
+        0,
     )?;
     let backend = ipc::Backend {
         kind: kind.name().to_owned(),

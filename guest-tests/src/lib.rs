@@ -173,10 +173,17 @@ impl TestVm {
     }
 
     /// Waits for skvm to exit; kills it and panics on timeout. Fails the
-    /// test if a device made a forbidden syscall.
+    /// test if a device made a forbidden syscall, or if a state a device
+    /// saved (restart, mem-add) was refused: every skvm device is honest.
     pub fn wait_exit(self, timeout: Duration) -> Finished {
         let f = self.finish(timeout);
         assert_no_forbidden_syscall(&f.output);
+        assert!(
+            !f.output
+                .contains("saved state does not match the transport"),
+            "an honest device's saved state was refused:\n{}",
+            f.output
+        );
         f
     }
 

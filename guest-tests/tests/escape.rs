@@ -22,9 +22,9 @@
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use guest_tests::{code_and_text, TestVm};
+use guest_tests::{code_and_text, device_pids, TestVm, CMD_EXIT_MARKER};
 
 const ACTIONS: &[&str] = &[
     "read-passwd",
@@ -377,4 +377,98 @@ fn with_a_guest_running_every_escape_is_refused_and_named_in_trap_mode() {
         assert!(named >= ACTIONS.len() - 1, "{named}:\n{out}");
     }
     assert!(!out.contains("was killed"), "{out}");
+}
+
+/// The one line of `out` that says how device `dev` ended.
+fn end_of<'a>(out: &'a str, dev: &str) -> &'a str {
+    out.lines()
+        .find(|l| {
+            l.contains(&format!("device {dev} (pid "))
+                && (l.contains(" was killed by ") || l.contains(" exited with status "))
+        })
+        .unwrap_or_else(|| panic!("no end of {dev}:\n{out}"))
+}
+
+/// Hostile devices that try to slip out of supervision rather than out
+/// of their sandbox, one of each on one guest (a boot is dear): escblk0
+/// writes past the end of its image, escblk1 allocates memory without
+/// bound, escrng0 answers and then ignores Shutdown. Each ends killed, the
+/// guest runs its command after all three attacks, and skvm stops on time
+/// with no device left behind.
+#[test]
+fn hostile_devices_are_killed_and_the_guest_runs_on() {
+    let grow = Image::new("grow");
+    let alloc = Image::new("alloc");
+    let mut cmd = Command::new(escape_bin());
+    cmd.env(
+        "SKVM_ESCAPE_DEVICE",
+        "escblk0:grow-image,escblk1:alloc-unbounded,escrng0:ignore-shutdown",
+    )
+    .args(["run", "--rng", "--disk", grow.0.to_str().unwrap()])
+    .args(["--disk", alloc.0.to_str().unwrap()])
+    .args(["--run", "echo SKVM-GUEST-ALIVE"]);
+    let mut vm = TestVm::spawn_command(cmd);
+    vm.wait_for(
+        "escape=ignore-shutdown device=escrng0 outcome=",
+        Duration::from_secs(600),
+    );
+    let ignorer = device_pids(vm.pid(), "escrng0");
+    assert_eq!(ignorer.len(), 1, "{ignorer:?}\n{}", vm.output());
+    vm.wait_for(CMD_EXIT_MARKER, Duration::from_secs(600));
+    let stopping = Instant::now();
+    let f = vm.finish(Duration::from_secs(60));
+    let stop = stopping.elapsed();
+    let out = &f.output;
+    assert_eq!(f.code(), 0, "{out}");
+    assert!(out.contains("SKVM-GUEST-ALIVE"), "{out}");
+    assert!(!out.contains("outcome=escaped"), "{out}");
+
+    // Past the end of its image: SIGXFSZ ends it (its handler: the first
+    // process of a pid namespace is not killed by a default action), and
+    // the file did not grow.
+    assert!(
+        out.contains("escape=grow-image device=escblk0 outcome=failed"),
+        "{out}"
+    );
+    let end = end_of(out, "escblk0");
+    assert!(end.contains("file-size limit (SIGXFSZ)"), "{out}");
+    assert_eq!(std::fs::metadata(&grow.0).unwrap().len(), 1 << 20);
+
+    // Without bound: the allocator fails at the data limit and the process
+    // dies (std aborts; abort's signal calls are not in its allowlist).
+    assert!(
+        out.contains("escape=alloc-unbounded device=escblk1 outcome=failed"),
+        "{out}"
+    );
+    assert!(out.contains("memory allocation of"), "{out}");
+    assert!(!out.contains("alloc-unbounded: holding"), "{out}");
+    end_of(out, "escblk1");
+
+    // Ignoring Shutdown: killed after its grace (one second), skvm done
+    // well within a few seconds of the guest's end, and the process gone.
+    assert!(
+        out.contains("escape=ignore-shutdown device=escrng0 outcome=failed"),
+        "{out}"
+    );
+    let pid = ignorer[0];
+    assert!(
+        out.contains(&format!(
+            "device escrng0 (pid {pid}) did not exit when asked; killing it"
+        )),
+        "{out}"
+    );
+    assert!(
+        stop < Duration::from_secs(10),
+        "skvm took {stop:?} to stop:\n{out}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let alive = || {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.starts_with(b"skvm-dev\0escrng0\0"))
+    };
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(), "escrng0 (pid {pid}) outlived skvm:\n{out}");
+    eprintln!("skvm stopped {stop:?} after the guest's command");
 }

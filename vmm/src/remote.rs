@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipc::{
     Channel, DeviceInfo, DeviceState, IpcError, MemRegion, Reply, Request, PROTOCOL_VERSION,
@@ -88,7 +88,7 @@ pub struct RemoteDevice {
 
 /// How long a device dropped from supervision has to exit on its own (it
 /// was asked to, or has exited already) before it is killed.
-const EXIT_GRACE: Duration = Duration::from_secs(1);
+pub const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// How many unsolicited messages a device may send between two of the
 /// VMM's reads; more is a flood, and the device is killed.
@@ -495,13 +495,15 @@ fn event_fds<'a>(
     Ok(fds)
 }
 
-impl Drop for RemoteDevice {
-    /// No device outlives its supervision: asked to shut down (if it was
-    /// not), it has [`EXIT_GRACE`] to exit before it is killed.
-    fn drop(&mut self) {
+impl RemoteDevice {
+    /// Ends the device: asked to shut down (if it was not), its process
+    /// has until `deadline` to exit, and is killed through its pidfd if it
+    /// has not (one that ignores Shutdown). The process is then no longer
+    /// this handle's.
+    pub fn end(&mut self, deadline: Instant) {
         self.shutdown();
-        if let Some(p) = &self.process {
-            if !p.wait_exit(EXIT_GRACE) {
+        if let Some(p) = self.process.take() {
+            if !p.wait_exit(deadline.saturating_duration_since(Instant::now())) {
                 crate::log::error(&format!(
                     "device {} (pid {}) did not exit when asked; killing it",
                     self.name,
@@ -510,6 +512,14 @@ impl Drop for RemoteDevice {
                 let _ = p.kill();
             }
         }
+    }
+}
+
+impl Drop for RemoteDevice {
+    /// No device outlives its supervision: asked to shut down (if it was
+    /// not), it has [`EXIT_GRACE`] to exit before it is killed.
+    fn drop(&mut self) {
+        self.end(Instant::now() + EXIT_GRACE);
     }
 }
 

@@ -60,11 +60,13 @@ pub enum JailError {
     Description(#[source] ipc::IpcError),
 }
 
-/// The jail of a device of `kind` with confinement `c`, as `sandbox` asks:
+/// The jail of a device with confinement `c` whose backend was opened with
+/// `file_size` ([`crate::kinds::Opened::file_size`]), as `sandbox` asks:
 /// everything, or (`--sandbox-degraded allow` where the host refuses
 /// namespaces) everything but the namespaces and the empty root, or
-/// (`skvm drive --unconfined`) nothing.
-pub fn for_kind(c: &Confinement, sandbox: SandboxOpts, namespaces: bool) -> Jail {
+/// (`skvm drive --unconfined`) nothing. Its file-size limit is `file_size`
+/// for a kind that writes files, else 0.
+pub fn for_kind(c: &Confinement, file_size: u64, sandbox: SandboxOpts, namespaces: bool) -> Jail {
     if sandbox.unconfined {
         return Jail::default();
     }
@@ -73,7 +75,7 @@ pub fn for_kind(c: &Confinement, sandbox: SandboxOpts, namespaces: bool) -> Jail
         namespaces: namespaces.then_some(IdMap { uid, gid }),
         no_new_privs: true,
         drop_capabilities: true,
-        limits: sandbox::jail::device_limits(c.writes_files)
+        limits: sandbox::jail::device_limits(if c.writes_files { file_size } else { 0 })
             .iter()
             .map(|l| Limit {
                 resource: l.resource,
@@ -181,7 +183,7 @@ mod tests {
 
     #[test]
     fn a_jail_survives_the_command_line() {
-        let j = for_kind(&blk(), SandboxOpts::default(), true);
+        let j = for_kind(&blk(), 1 << 20, SandboxOpts::default(), true);
         assert_eq!(from_arg(&to_arg(&j).unwrap()).unwrap(), j);
         for bad in ["", "0", "zz", &"00".repeat(300)] {
             assert!(from_arg(bad).is_err(), "{bad}");
@@ -190,10 +192,10 @@ mod tests {
 
     #[test]
     fn jails_are_whole_or_nothing_and_never_map_root() {
-        let full = for_kind(&blk(), SandboxOpts::default(), true);
+        let full = for_kind(&blk(), 1 << 20, SandboxOpts::default(), true);
         assert!(acceptable(&full));
         assert!(acceptable(&Jail::default()));
-        let degraded = for_kind(&blk(), SandboxOpts::default(), false);
+        let degraded = for_kind(&blk(), 1 << 20, SandboxOpts::default(), false);
         assert!(acceptable(&degraded));
         let partial = Jail {
             seccomp: None,
@@ -214,19 +216,30 @@ mod tests {
     }
 
     #[test]
-    fn disks_may_write_files_and_others_may_not() {
-        let fsize = libc::RLIMIT_FSIZE;
-        let blk = for_kind(&blk(), SandboxOpts::default(), true);
-        assert!(blk.limits.iter().all(|l| l.resource != fsize));
+    fn a_disk_may_write_up_to_its_image_size_and_others_nothing() {
+        let fsize = |j: &Jail| {
+            j.limits
+                .iter()
+                .find(|l| l.resource == libc::RLIMIT_FSIZE)
+                .map(|l| l.value)
+        };
+        let blk = for_kind(&blk(), 1 << 20, SandboxOpts::default(), true);
+        assert_eq!(fsize(&blk), Some(1 << 20));
         let rng = Registry::standard()
             .get("rng")
             .and_then(|k| k.confinement())
             .unwrap();
-        let rng = for_kind(&rng, SandboxOpts::default(), true);
-        assert!(rng
-            .limits
-            .iter()
-            .any(|l| l.resource == fsize && l.value == 0));
+        // A size given to a kind that writes no file does not count.
+        let rng = for_kind(&rng, 1 << 20, SandboxOpts::default(), true);
+        assert_eq!(fsize(&rng), Some(0));
+    }
+
+    #[test]
+    fn every_device_gets_the_data_limit() {
+        let blk = for_kind(&blk(), 1 << 20, SandboxOpts::default(), true);
+        assert!(blk.limits.iter().any(
+            |l| l.resource == libc::RLIMIT_DATA && l.value == sandbox::jail::DEVICE_DATA_LIMIT
+        ));
     }
 
     #[test]
@@ -235,6 +248,6 @@ mod tests {
             unconfined: true,
             ..SandboxOpts::default()
         };
-        assert_eq!(for_kind(&blk(), sb, true), Jail::default());
+        assert_eq!(for_kind(&blk(), 1 << 20, sb, true), Jail::default());
     }
 }

@@ -18,6 +18,7 @@
 //! paused, saved and replaced on request ([`DeviceHost::restart`]).
 
 mod device_log;
+mod handover;
 pub mod jail;
 pub mod policy;
 mod process;
@@ -149,6 +150,11 @@ pub fn describe_status(status: libc::c_int) -> String {
     if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
         format!("was killed by signal {sig} ({})", signal_name(sig))
+    } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == process::FILE_SIZE_EXIT {
+        format!(
+            "exited with status {} after a write past its file-size limit (SIGXFSZ)",
+            process::FILE_SIZE_EXIT
+        )
     } else if libc::WIFEXITED(status) {
         format!("exited with status {}", libc::WEXITSTATUS(status))
     } else {
@@ -182,13 +188,15 @@ pub struct Started {
 /// Starts device `name` of `kind` in a process through `spawner` (process
 /// mode) or in a thread of this process. A process gets its namespaces;
 /// where the host refuses them, `sandbox.degraded` decides between an
-/// error and a warning.
+/// error and a warning. `file_size` is what its backend was opened with
+/// ([`crate::kinds::Opened::file_size`]), the same for every instance.
 pub fn start_device(
     spawner: Option<&Spawner>,
     mode: DeviceMode,
     name: &str,
     kind: Arc<dyn DeviceKind>,
     sandbox: SandboxOpts,
+    file_size: u64,
 ) -> Result<Started> {
     let (vmm_end, device_end) = Channel::pair().context("cannot create control socket")?;
     let (Some(s), DeviceMode::Process, Some(c)) = (spawner, mode, kind.confinement()) else {
@@ -202,7 +210,7 @@ pub fn start_device(
     let copy = control
         .try_clone()
         .context("cannot duplicate control socket")?;
-    let full = jail::for_kind(&c, sandbox, true);
+    let full = jail::for_kind(&c, file_size, sandbox, true);
     let process = match s.spawn(name, kind.name(), control, &full) {
         Ok(p) => p,
         Err(e) if sandbox.degraded == Degraded::Allow && full.namespaces.is_some() => {
@@ -211,7 +219,7 @@ pub fn start_device(
                  empty root (--sandbox-degraded allow): seccomp, no capabilities and \
                  rlimits only"
             ));
-            let degraded = jail::for_kind(&c, sandbox, false);
+            let degraded = jail::for_kind(&c, file_size, sandbox, false);
             s.spawn(name, kind.name(), copy, &degraded)
                 .with_context(|| format!("device {name}: cannot start"))?
         }
@@ -273,5 +281,6 @@ mod tests {
     fn exit_statuses_are_described() {
         assert!(describe_status(9).contains("SIGKILL"));
         assert_eq!(describe_status(3 << 8), "exited with status 3");
+        assert!(describe_status(153 << 8).contains("file-size limit (SIGXFSZ)"));
     }
 }

@@ -88,13 +88,55 @@ pub fn process_main(kinds: &Registry, args: DeviceArgs<'_>) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// The exit status of a device process that wrote at or past its
+/// file-size limit: 128 + SIGXFSZ, as a shell reports a death by signal.
+pub const FILE_SIZE_EXIT: i32 = 128 + libc::SIGXFSZ;
+
+/// SIGXFSZ handler: ends the process with [`FILE_SIZE_EXIT`].
+/// Async-signal-safe: one write, then _exit.
+extern "C" fn on_file_size_exceeded(_sig: libc::c_int) {
+    let msg = b"skvm-dev: a write past the file-size limit; exiting\n";
+    // SAFETY: writes a buffer of its own length, then ends the process.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+        libc::_exit(FILE_SIZE_EXIT);
+    }
+}
+
+/// A write at or past the file-size limit (0 for most kinds, a disk's image
+/// size for blk) ends the device: no model writes there, so one that does
+/// is compromised. The kernel's SIGXFSZ cannot do it by itself: the device
+/// is the first process of its pid namespace, which a signal it has no
+/// handler for does not kill, so a handler exits with [`FILE_SIZE_EXIT`]
+/// (its filter allows no rt_sigaction to undo that). Only when stderr is a
+/// regular file (the spawner could not give the device its log pipe and
+/// skvm's stderr is a file) is the signal ignored, so that a log line past
+/// the limit fails with EFBIG instead of ending an honest device; the write
+/// is refused either way.
+fn file_size_signal() {
+    // SAFETY: fstat fills a stat struct of its size.
+    let stderr_is_file = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(2, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG
+    };
+    let action = if stderr_is_file {
+        libc::SIG_IGN
+    } else {
+        on_file_size_exceeded as *const () as usize
+    };
+    // SAFETY: sigaction is plain data; the handler is async-signal-safe.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = action;
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaction(libc::SIGXFSZ, &act, std::ptr::null_mut());
+    }
+}
+
 fn device_main(kinds: &Registry, args: DeviceArgs<'_>) -> i32 {
     let name = args.name;
     sandbox::process::set_name(&format!("skvm-dev {name}"));
-    // Past the file-size limit (no regular file is writable, stderr
-    // included), a write fails with EFBIG instead of killing the device.
-    // SAFETY: sets a signal's disposition to ignore.
-    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    file_size_signal();
     let (Some(kind), Ok(jail)) = (kinds.get(args.kind), jail::from_arg(args.jail)) else {
         eprintln!("skvm-dev {name}: unknown device kind or jail (run by skvm only)");
         return 1;

@@ -10,8 +10,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ipc::{DeviceState, QueueState};
+use ipc::DeviceState;
 
+use super::handover;
 use super::spawner::{self, SingleThreaded, Spawner};
 use super::{describe_status, greet, start_device, DeviceMode, OnFailure, SandboxOpts};
 use crate::ctl::SocketFile;
@@ -23,7 +24,7 @@ use crate::kinds::{DeviceKind, Opened};
 use crate::log;
 use crate::pci::PciBus;
 use crate::remote::{DeviceEvent, DeviceMemory, Hosted};
-use crate::virtio_pci::{DriverState, VirtioPci};
+use crate::virtio_pci::VirtioPci;
 
 /// The transport of a hosted device.
 type Transport = VirtioPci<Box<dyn Hosted>>;
@@ -35,6 +36,9 @@ struct Device {
     backend: ipc::Backend,
     /// The backend's fds (a disk image: holding it keeps its lock).
     backend_fds: Vec<OwnedFd>,
+    /// The size of the file it writes, as opened: every instance's
+    /// file-size limit.
+    file_size: u64,
     pid: Option<libc::pid_t>,
     transport: Arc<Mutex<Transport>>,
     thread: Option<JoinHandle<()>>,
@@ -97,26 +101,6 @@ fn mode_for(kind: &dyn DeviceKind, mode: DeviceMode) -> DeviceMode {
     }
 }
 
-/// The state of a running device as the transport knows it: features and
-/// queue layouts (no indices), for an instance that died unsaved.
-fn known_state(driver: &DriverState) -> DeviceState {
-    let event_idx = driver.features & (1 << devices::virtio::VIRTIO_F_RING_EVENT_IDX) != 0;
-    DeviceState {
-        features: driver.features,
-        queues: driver
-            .queues
-            .iter()
-            .map(|q| QueueState {
-                layout: crate::remote::wire_layout(*q),
-                event_idx,
-                next_avail: 0,
-                next_used: 0,
-            })
-            .collect(),
-        device: Vec::new(),
-    }
-}
-
 /// Stops a running device between requests and returns its state; `None`
 /// when it is not running (nothing to save).
 fn pause(t: &mut Transport) -> Result<Option<DeviceState>> {
@@ -126,16 +110,16 @@ fn pause(t: &mut Transport) -> Result<Option<DeviceState>> {
     Ok(Some(t.backend_mut().remote_mut().pause()?))
 }
 
-/// Brings a new instance, just put in place, to where the old one was:
-/// `saved`, or without it (the old instance died unsaved) what the
-/// transport knows, with the indices from the used rings. On failure the
-/// device is marked DEVICE_NEEDS_RESET.
-fn carry_on(t: &mut Transport, saved: Option<DeviceState>) -> Result<()> {
+/// Brings a new instance of device `name`, just put in place, to where
+/// the old one was: `saved` if it matches what the transport knows, or
+/// else (the old instance died unsaved, or its state is refused: see
+/// [`handover`]) what the transport knows, with the indices from the used
+/// rings. On failure the device is marked DEVICE_NEEDS_RESET.
+fn carry_on(t: &mut Transport, name: &str, saved: Option<DeviceState>) -> Result<()> {
     let Some(driver) = t.driver_state() else {
         return Ok(());
     };
-    let recover = saved.is_none();
-    let state = saved.unwrap_or_else(|| known_state(&driver));
+    let (state, recover) = handover::for_successor(name, saved, &driver);
     let (backend, events) = t.backend_and_events();
     if let Err(e) = backend.remote_mut().restore(&state, recover, events) {
         t.device_failed();
@@ -195,6 +179,7 @@ impl DeviceHost {
         let Opened {
             params,
             fds: backend_fds,
+            file_size,
         } = opened;
         let backend = ipc::Backend {
             kind: kind.name().to_owned(),
@@ -207,6 +192,7 @@ impl DeviceHost {
             name,
             kind.clone(),
             self.sandbox,
+            file_size,
         )?;
         let pid = started.process.as_ref().map(Pidfd::pid);
         let thread = started.thread;
@@ -234,6 +220,7 @@ impl DeviceHost {
             kind,
             backend,
             backend_fds,
+            file_size,
             pid,
             transport,
             thread,
@@ -264,6 +251,7 @@ impl DeviceHost {
             &d.name,
             d.kind.clone(),
             self.sandbox,
+            d.file_size,
         )?;
         let pid = started.process.as_ref().map(Pidfd::pid);
         let remote = greet(
@@ -282,7 +270,7 @@ impl DeviceHost {
             let mut t = lock(&d.transport);
             let restore_start = Instant::now();
             let mut old = t.swap_backend(d.kind.host(remote))?;
-            carry_on(&mut t, saved)?;
+            carry_on(&mut t, &d.name, saved)?;
             let restored = restore_start.elapsed();
             old.remote_mut().shutdown();
             (restored, t.backend_mut().remote_mut().poll_events())
@@ -564,10 +552,17 @@ impl DeviceHost {
         None
     }
 
-    /// Asks every device to exit and waits for device threads.
+    /// Asks every device to exit, gives their processes one shared
+    /// [`crate::remote::EXIT_GRACE`] to do so, kills (through its pidfd,
+    /// and says so) each one that ignored the request, and waits for device
+    /// threads.
     pub fn shutdown(&mut self) {
         for d in &mut self.devices {
             lock(&d.transport).backend_mut().remote_mut().shutdown();
+        }
+        let deadline = Instant::now() + crate::remote::EXIT_GRACE;
+        for d in &mut self.devices {
+            lock(&d.transport).backend_mut().remote_mut().end(deadline);
             if let Some(t) = d.thread.take() {
                 let _ = t.join();
             }

@@ -646,6 +646,7 @@ mod tests {
             "rng0",
             kind.clone(),
             SandboxOpts::default(),
+            0,
         )
         .unwrap();
         let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();

@@ -23,7 +23,6 @@ mod net;
 mod queue;
 mod request;
 
-use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -33,7 +32,7 @@ use crate::config::SandboxArgs;
 use crate::device_host::spawner::{SingleThreaded, Spawner};
 use crate::device_host::{describe_status, greet, start_device, DeviceMode};
 use crate::kinds::blk::DiskSpec;
-use crate::kinds::Registry;
+use crate::kinds::{Opened, Registry};
 use crate::memory::GuestRam;
 use crate::virtio_pci::{Backend, DeviceEvents};
 use queue::{QUEUE0, QUEUE1, RAM};
@@ -259,7 +258,7 @@ fn validate(args: &DriveArgs) -> Result<()> {
 
 /// Opens what the device serves: its backend, the fds that go with it, and
 /// the harness's side.
-fn open_target(args: &DriveArgs) -> Result<(Vec<u8>, Vec<OwnedFd>, Target)> {
+fn open_target(args: &DriveArgs) -> Result<(Opened, Target)> {
     if let Some(d) = &args.disk {
         let spec = DiskSpec::parse(d)?;
         let disk = crate::kinds::blk::disk::open(&spec)?;
@@ -280,17 +279,28 @@ fn open_target(args: &DriveArgs) -> Result<(Vec<u8>, Vec<OwnedFd>, Target)> {
             op,
             sectors: disk.sectors,
         };
-        return Ok((params, vec![disk.fd], Target::Request(w)));
+        let opened = Opened {
+            params,
+            fds: vec![disk.fd],
+            file_size: disk.size,
+        };
+        return Ok((opened, Target::Request(w)));
     }
     if let Some(n) = &args.net {
         let (host, params, tap) = net::open(n, &args.device, args.size())?;
-        return Ok((params, vec![tap], Target::Net(host)));
+        let opened = Opened {
+            params,
+            fds: vec![tap],
+            file_size: 0,
+        };
+        return Ok((opened, Target::Net(host)));
     }
-    Ok((
-        crate::kinds::rng::params(),
-        Vec::new(),
-        Target::Request(Workload::Rng),
-    ))
+    let opened = Opened {
+        params: crate::kinds::rng::params(),
+        fds: Vec::new(),
+        file_size: 0,
+    };
+    Ok((opened, Target::Request(Workload::Rng)))
 }
 
 /// `skvm drive`: runs the benchmark and prints one line of `key=value`
@@ -311,7 +321,14 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
         DeviceMode::Process => Some(Spawner::start(&single, &sandbox, None)?),
         DeviceMode::Thread => None,
     };
-    let (params, backend_fds, target) = open_target(args)?;
+    let (
+        Opened {
+            params,
+            fds: backend_fds,
+            file_size,
+        },
+        target,
+    ) = open_target(args)?;
     let backend = ipc::Backend {
         kind: kind.name().to_owned(),
         params,
@@ -324,6 +341,7 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
         &args.device,
         kind.clone(),
         sandbox,
+        file_size,
     )?;
     let pid = started.process.as_ref().map(sandbox::process::Pidfd::pid);
     let thread = started.thread;

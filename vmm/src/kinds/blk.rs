@@ -75,6 +75,7 @@ impl DeviceConfig for DiskSpec {
         Ok(Opened {
             params: encode(&params),
             fds: vec![disk.fd],
+            file_size: disk.size,
         })
     }
 }

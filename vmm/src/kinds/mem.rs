@@ -44,6 +44,7 @@ impl DeviceConfig for MemConfig {
         Ok(Opened {
             params: encode(&params(addr, self.room, 0)),
             fds: Vec::new(),
+            file_size: 0,
         })
     }
 }

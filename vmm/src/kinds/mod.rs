@@ -51,7 +51,9 @@ pub struct KindOption {
 pub struct Confinement {
     /// The syscalls its model needs beyond the worker's, each with why.
     pub syscalls: &'static [Syscall],
-    /// Whether it writes a file (a disk image): no file-size limit then.
+    /// Whether it writes a file (a disk image): its file-size limit is then
+    /// the size its backend was opened with ([`Opened::file_size`]), else
+    /// 0 (no file written at all).
     pub writes_files: bool,
 }
 
@@ -126,6 +128,10 @@ pub struct Opened {
     pub params: Vec<u8>,
     /// The fds the device gets (an image, a tap).
     pub fds: Vec<OwnedFd>,
+    /// The size of the file the device writes (a disk's image, as opened),
+    /// which becomes its file-size limit for every instance (restarts and
+    /// rebuilds too); 0 for a device that writes none.
+    pub file_size: u64,
 }
 
 /// One device as the command line asked for it, validated.

@@ -62,6 +62,7 @@ impl DeviceConfig for NetSpec {
         Ok(Opened {
             params: encode(mac),
             fds: vec![tap.fd],
+            file_size: 0,
         })
     }
 }

@@ -34,6 +34,7 @@ impl DeviceConfig for RngConfig {
         Ok(Opened {
             params: params(),
             fds: Vec::new(),
+            file_size: 0,
         })
     }
 }

@@ -82,6 +82,8 @@ pub struct OpenDisk {
     pub fd: OwnedFd,
     /// Capacity in sectors.
     pub sectors: u64,
+    /// Size in bytes, as found when it was opened.
+    pub size: u64,
 }
 
 /// Opens and locks the image of `spec`. Errors are one line naming the
@@ -158,6 +160,7 @@ pub fn open(spec: &DiskSpec) -> Result<OpenDisk> {
     Ok(OpenDisk {
         fd: OwnedFd::from(file),
         sectors: size / SECTOR,
+        size,
     })
 }
 
