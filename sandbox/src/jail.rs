@@ -327,18 +327,13 @@ pub unsafe fn confine_vmm(uid: u32, gid: u32, namespaces: bool) -> io::Result<Vm
         set_ids(uid, gid)?;
     }
     clear_capability_sets()?;
-    // SAFETY: prctl with integer arguments.
-    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })?;
-    no_new_privs()?;
-    let (mut r, mut e, mut s) = (0, 0, 0);
-    // SAFETY: getresuid writes three ids.
-    check(unsafe { libc::getresuid(&mut r, &mut e, &mut s) })?;
+    let ids_dropped = seal(uid)?;
     let caps_left = if root || own_user_namespace {
         has_capabilities()?
     } else {
         has_capability_sets()?
     };
-    if [r, e, s] != [uid; 3] || caps_left {
+    if !ids_dropped || caps_left {
         return Err(io::Error::other("privileges remain after dropping them"));
     }
     Ok(VmmIdentity {
@@ -358,6 +353,19 @@ fn set_ids(uid: u32, gid: u32) -> io::Result<()> {
     check(unsafe { libc::setresgid(gid, gid, gid) })?;
     // SAFETY: plain ids.
     check(unsafe { libc::setresuid(uid, uid, uid) })
+}
+
+/// The last steps of a privilege drop: not dumpable (a change of ids resets
+/// that to the host's suid_dumpable, which may allow dumps), no_new_privs;
+/// then whether the real, effective and saved user ids are all `uid`.
+fn seal(uid: u32) -> io::Result<bool> {
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })?;
+    no_new_privs()?;
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: getresuid writes three ids.
+    check(unsafe { libc::getresuid(&mut r, &mut e, &mut s) })?;
+    Ok([r, e, s] == [uid; 3])
 }
 
 /// Takes root from the spawner: user `uid`:`gid` (the VM's unprivileged
@@ -380,14 +388,7 @@ pub unsafe fn drop_root_keeping_bounding(uid: u32, gid: u32) -> io::Result<()> {
     }
     set_ids(uid, gid)?;
     clear_capability_sets()?;
-    // Changing ids resets dumpability to the host's suid_dumpable.
-    // SAFETY: prctl with integer arguments.
-    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })?;
-    no_new_privs()?;
-    let (mut r, mut e, mut s) = (0, 0, 0);
-    // SAFETY: getresuid writes three ids.
-    check(unsafe { libc::getresuid(&mut r, &mut e, &mut s) })?;
-    if [r, e, s] != [uid; 3] || has_capability_sets()? {
+    if !seal(uid)? || has_capability_sets()? {
         return Err(io::Error::other("privileges remain after dropping them"));
     }
     Ok(())
