@@ -22,6 +22,8 @@ pub const LOG_BURST: u32 = 64 * 1024;
 pub const LOG_BYTES_PER_SECOND: u32 = 16 * 1024;
 /// The most read from the pipe per wake.
 const CHUNK: usize = 4096;
+/// The most of skvm's own notes held back while its stderr is full.
+const OWED_MAX: usize = 1024;
 
 /// A token bucket: `capacity` at once, refilled at `per_second`.
 #[derive(Debug, Clone)]
@@ -97,7 +99,13 @@ pub struct DeviceLog {
     rd: OwnedFd,
     wr: OwnedFd,
     budget: Bucket,
+    /// Bytes read and not passed on since the last report.
     dropped: u64,
+    /// Over the budget since the last line that went through.
+    throttled: bool,
+    /// skvm's own notes about the log, not yet written (the output was
+    /// full when they were due).
+    owed: Vec<u8>,
 }
 
 impl DeviceLog {
@@ -119,6 +127,8 @@ impl DeviceLog {
             wr,
             budget: Bucket::new(LOG_BURST, LOG_BYTES_PER_SECOND, now),
             dropped: 0,
+            throttled: false,
+            owed: Vec::new(),
         })
     }
 
@@ -146,27 +156,51 @@ impl DeviceLog {
         let text = sanitize(read);
         let cost = u32::try_from(text.len()).unwrap_or(u32::MAX);
         if !self.budget.take(cost, now) {
-            if self.dropped == 0 {
-                let note = format!(
+            if !self.throttled {
+                self.throttled = true;
+                self.owe(&format!(
                     "\nskvm: device log: more than {} KiB at once or {} KiB a second: dropping \
                      what follows until it slows down\n",
                     LOG_BURST / 1024,
                     LOG_BYTES_PER_SECOND / 1024
-                );
-                write_now(out, note.as_bytes());
+                ));
             }
             self.dropped += n as u64;
+            self.pay(out);
             return n;
         }
-        if self.dropped > 0 {
+        self.throttled = false;
+        if self.dropped > 0 && self.owed.is_empty() {
             let note = format!("skvm: device log: {} bytes were dropped\n", self.dropped);
             self.dropped = 0;
-            write_now(out, note.as_bytes());
+            self.owe(&note);
         }
-        // What the output does not take now is lost (never waited for).
-        let lost = text.len() - write_now(out, text.as_bytes());
-        self.dropped += lost as u64;
+        // skvm's own notes go first; what the output does not take now is
+        // lost (never waited for).
+        let written = if self.pay(out) {
+            write_now(out, text.as_bytes())
+        } else {
+            0
+        };
+        self.dropped += (text.len() - written) as u64;
         n
+    }
+
+    /// Queues one of skvm's own notes (bounded: a note that does not fit
+    /// behind those not yet written is left out).
+    fn owe(&mut self, note: &str) {
+        if self.owed.len() + note.len() <= OWED_MAX {
+            self.owed.extend_from_slice(note.as_bytes());
+        }
+    }
+
+    /// Writes what `out` takes of the notes owed; true when none is left.
+    fn pay(&mut self, out: BorrowedFd<'_>) -> bool {
+        if !self.owed.is_empty() {
+            let n = write_now(out, &self.owed);
+            self.owed.drain(..n);
+        }
+        self.owed.is_empty()
     }
 }
 
@@ -315,5 +349,40 @@ mod tests {
         // Returns at once with the line read and dropped.
         assert_eq!(log.copy(out_wr.as_fd(), t0), 12);
         assert_eq!(log.dropped, 12);
+    }
+
+    #[test]
+    fn the_flood_note_waits_for_a_full_output_and_follows_earlier_losses() {
+        let t0 = Instant::now();
+        let mut log = DeviceLog::new(t0).unwrap();
+        let (out_rd, out_wr) = out_pipe();
+        // SAFETY: fcntl on an fd we own.
+        unsafe {
+            let fl = libc::fcntl(out_wr.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(out_wr.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+        let junk = [b'j'; 4096];
+        // SAFETY: writes from a valid buffer until the pipe is full.
+        while unsafe { libc::write(out_wr.as_raw_fd(), junk.as_ptr().cast(), junk.len()) } > 0 {}
+        // The whole burst arrives while the output is full: all of it lost,
+        // then the budget runs out.
+        let line = [b'x'; CHUNK];
+        for _ in 0..=(LOG_BURST as usize / CHUNK) {
+            log_write(&log, &line);
+            assert_eq!(log.copy(out_wr.as_fd(), t0), CHUNK);
+        }
+        assert!(!log.owed.is_empty(), "the note is held back");
+        // Once the output is read, the notes go out before anything else:
+        // the first loss, then the flood.
+        let before = read_all(&out_rd);
+        assert!(!before.contains("skvm:"), "nothing fitted");
+        log_write(&log, &line);
+        assert_eq!(log.copy(out_wr.as_fd(), t0), CHUNK);
+        let text = read_all(&out_rd);
+        assert!(
+            text.starts_with("skvm: device log: 4096 bytes were dropped\n\nskvm: device log: more than 64 KiB at once"),
+            "{text}"
+        );
+        assert!(!text.contains('x'), "still over the budget: {text}");
     }
 }
