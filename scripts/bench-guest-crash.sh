@@ -10,16 +10,20 @@
 #                whose output is not the whole line;
 #   fork+exec    N times `/bin/busybox true` (static), one at a time; a crash
 #                is an exit status above 128 (death by a signal);
+#   syscalls     `dd bs=1` of 100*N bytes from /dev/zero to /dev/null (two
+#                system calls a byte), timed in the guest;
 # and the kernel's "segfault at" lines of that boot. Printed: crashes per
-# 1000 for each, and the host's CPU model (the crash rate follows the host:
-# record it with every figure). N defaults to 200; at N=100 each boot takes
-# about 5 minutes on a kvm_pvm host (forks and execs are emulated kernel
-# work there).
+# 1000 for each, the guest's time per system call, how many user-mode
+# SYSCALLs skvm completed for the guest kernel and its own time per
+# completion or page fault it stopped at (docs/ARCHITECTURE.md, "User-mode
+# SYSCALL"; 0 where the host's KVM needs no help), and the host's CPU model
+# (the figures follow the host: record it with every one). N defaults to
+# 200; at N=100 each boot takes about 5 minutes on a kvm_pvm host (forks,
+# execs and system calls are emulated kernel work there).
 #
-# --stock runs the same with Debian's stock kernel (scripts/setup.sh fetches
-# it), whose boot takes 10 minutes or more on this host, and whose user space
-# does not run here yet (user-mode SYSCALL): then the line says so instead of
-# a rate.
+# --stock runs the same with Debian's stock kernel as well (scripts/setup.sh
+# fetches it; skvm completes its system calls on emulating hosts), whose
+# boot and module loading take 15 minutes or more on this host.
 # shellcheck source=scripts/bench-common.sh
 set -euo pipefail
 prog=bench-guest-crash
@@ -51,24 +55,34 @@ while [ \$i -lt $n ]; do
 	i=\$((i + 1))
 done
 echo SKVM-CRASH execs \$e
+read -r t0 _ </proc/uptime
+dd if=/dev/zero of=/dev/null bs=1 count=\$(($n * 100)) 2>/dev/null
+read -r t1 _ </proc/uptime
+echo SKVM-CRASH syscall-ms \$t0 \$t1
 echo SKVM-CRASH segfaults \$(dmesg | grep -c 'segfault at')
 EOF
 
 model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 printf 'host: %s, %s cores, kernel %s, kvm module %s\n' "$model" "$(nproc)" \
 	"$(uname -r)" "$([ -d /sys/module/kvm_pvm ] && echo kvm_pvm || echo kvm)"
-printf '%-8s %-5s %12s %12s %10s\n' kernel vcpus "pipelines/1k" "execs/1k" segfaults
+printf '%-8s %-5s %12s %12s %10s %12s %10s %12s\n' kernel vcpus "pipelines/1k" "execs/1k" \
+	segfaults "us/syscall" completed "skvm us/each"
 
 # One boot: prints the line for kernel $1 with $2 vCPUs (extra args: skvm's).
 boot() {
 	local name=$1 cpus=$2 out
 	shift 2
 	out="$work/$name-$cpus.out"
-	"$skvm" run --cpus "$cpus" --run "$measure" "$@" >"$out" 2>&1 </dev/null || true
-	local p e s
+	"$skvm" run --debug --cpus "$cpus" --run "$measure" "$@" >"$out" 2>&1 </dev/null || true
+	local p e s t c u
 	p=$(sed -n 's/.*SKVM-CRASH pipelines \([0-9]*\).*/\1/p' "$out" | tail -1)
 	e=$(sed -n 's/.*SKVM-CRASH execs \([0-9]*\).*/\1/p' "$out" | tail -1)
 	s=$(sed -n 's/.*SKVM-CRASH segfaults \([0-9]*\).*/\1/p' "$out" | tail -1)
+	# Guest uptime in seconds with two decimals, before and after the dd.
+	t=$(sed -n 's/.*SKVM-CRASH syscall-ms \([0-9.]*\) \([0-9.]*\).*/\1 \2/p' "$out" | tail -1 |
+		awk -v n="$n" '{ printf "%.0f", ($2 - $1) * 1e6 / (n * 200) }')
+	c=$(sed -n 's/.*syscalls completed \([0-9]*\).*/\1/p' "$out" | tail -1)
+	u=$(sed -n 's/.*, \([0-9]*\) us in skvm per syscall.*/\1/p' "$out" | tail -1)
 	if [ -z "$p" ] || [ -z "$e" ]; then
 		local why="no result (see below)"
 		grep -q "Attempted to kill init" "$out" && why="user space did not run (init died)"
@@ -76,8 +90,8 @@ boot() {
 		tail -5 "$out" | sed 's/^/    /'
 		return
 	fi
-	printf '%-8s %-5s %12d %12d %10s\n' "$name" "$cpus" \
-		$((p * 1000 / n)) $((e * 1000 / n)) "${s:-?}"
+	printf '%-8s %-5s %12d %12d %10s %12s %10s %12s\n' "$name" "$cpus" \
+		$((p * 1000 / n)) $((e * 1000 / n)) "${s:-?}" "${t:-?}" "${c:-?}" "${u:-?}"
 }
 
 for cpus in 1 2; do

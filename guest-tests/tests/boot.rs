@@ -127,7 +127,7 @@ fn emulating_host() -> bool {
 }
 
 #[test]
-fn stock_debian_kernel_boots_to_init_and_sees_every_vcpu() {
+fn stock_debian_kernel_runs_its_user_space_and_sees_every_vcpu() {
     let dir = default_guest().join("debian-cloud");
     let kernel = dir.join("vmlinuz");
     let initrd = dir.join("initramfs.cpio.gz");
@@ -146,6 +146,11 @@ fn stock_debian_kernel_boots_to_init_and_sees_every_vcpu() {
         "2",
         "--mem",
         "512M",
+        // No virtio module is needed here: loading them takes minutes of
+        // emulated kernel work on this host (scripts/bench-guest-crash.sh
+        // --stock boots with them).
+        "--cmdline",
+        "skvm.modules=off",
         // On a hang, skvm's debug lines say where each vCPU stopped.
         "--debug",
         "--run",
@@ -181,23 +186,25 @@ fn stock_debian_kernel_boots_to_init_and_sees_every_vcpu() {
         "{}",
         f.output
     );
+    // Its user space runs: /init's commands report both vCPUs. On an
+    // emulating host that takes skvm completing every user-mode SYSCALL
+    // (docs/ARCHITECTURE.md, "User-mode SYSCALL"), which it counts.
+    assert_eq!(f.code(), 0, "{}", f.output);
+    assert_eq!(
+        field(&f.output, "SKVM-NPROC").as_deref(),
+        Some("2"),
+        "{}",
+        f.output
+    );
+    let completed = f
+        .output
+        .lines()
+        .filter_map(|l| l.split("syscalls completed ").nth(1))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .next_back();
     if emulating_host() {
-        // An unpatched kernel's user-mode SYSCALL cannot enter the kernel on
-        // kvm_pvm (see docs/ARCHITECTURE.md), so init dies at its first
-        // system call and the kernel panics; skvm must report that.
-        assert_eq!(f.code(), 2, "{}", f.output);
-        assert!(
-            f.output.contains("skvm: error: guest kernel panic"),
-            "{}",
-            f.output
-        );
+        assert!(completed.is_some_and(|n| n > 100), "{}", f.output);
     } else {
-        assert_eq!(f.code(), 0, "{}", f.output);
-        assert_eq!(
-            field(&f.output, "SKVM-NPROC").as_deref(),
-            Some("2"),
-            "{}",
-            f.output
-        );
+        assert_eq!(completed, Some(0), "{}", f.output);
     }
 }

@@ -55,7 +55,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "256M")]
     pub mem: String,
     /// Workarounds for hosts whose KVM emulates guest kernel code: complete
-    /// int3, clac/stac and fwait in skvm, and add guest command-line options.
+    /// int3, clac/stac, fwait and user-mode SYSCALL in skvm (the last through
+    /// a breakpoint on the guest's page-fault handler, which takes the
+    /// guest's own hardware breakpoints), and add guest command-line options.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = HostQuirks::Auto)]
     pub host_quirks: HostQuirks,
     /// The VM's name: default MAC addresses derive from it, so a VM keeps

@@ -126,7 +126,7 @@ pub fn check_host(cfg: &VmConfig) -> Result<HostChecked<'_>> {
         HostQuirks::Auto => host::is_emulating_host(),
     };
     if quirks {
-        log::debug("emulating host: completing int3/clac/stac/fwait and adding guest quirks");
+        log::debug("emulating host: completing int3/clac/stac/fwait and user-mode SYSCALL, adding guest quirks");
     }
     Ok(HostChecked { cfg, kvm, quirks })
 }
@@ -472,6 +472,7 @@ impl<'a> Built<'a> {
                 stats: self.stats.clone(),
                 profile: self.profile.clone(),
                 gate: self.gate.clone(),
+                syscall: quirks.then(crate::vcpu::syscall::SyscallCompletion::default),
             });
         }
         Ok(vcpus)

@@ -235,11 +235,13 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> EmulationErr
 
 /// Why guest memory could not be read or written for an instruction.
 #[derive(Debug, thiserror::Error)]
-enum Access {
+pub enum Access {
     /// KVM could not translate the address.
     #[error("cannot translate {addr:#x}: {source}")]
     Translate {
+        /// The guest virtual address.
         addr: u64,
+        /// Cause.
         source: kvm_ioctls::Error,
     },
     /// The guest's page tables do not map it.
@@ -251,7 +253,9 @@ enum Access {
     /// It maps outside guest memory.
     #[error("operand at {addr:#x}: {source}")]
     Memory {
+        /// The guest virtual address.
         addr: u64,
+        /// Cause.
         source: vm_memory::GuestMemoryError,
     },
     /// Not one instruction byte could be read.
@@ -305,7 +309,7 @@ pub fn recover_dry(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> Result<String, Emula
 
 /// Copies between guest virtual memory and `buf`, page by page through the
 /// guest's page tables. `write` selects the direction.
-fn access_virt(
+pub(super) fn access_virt(
     vcpu: &VcpuFd,
     mem: &GuestMemoryMmap,
     gva: u64,

@@ -2,6 +2,7 @@
 
 pub mod emulation;
 pub mod setup;
+pub mod syscall;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -44,6 +45,12 @@ pub struct VcpuStats {
     pub mxcsr: AtomicU64,
     /// Emulation failures that went away when the instruction was run again.
     pub retries: AtomicU64,
+    /// User-mode SYSCALLs completed by skvm.
+    pub syscalls: AtomicU64,
+    /// Other guest page faults that met skvm's breakpoint.
+    pub page_faults: AtomicU64,
+    /// Time skvm spent on those debug exits, ns.
+    pub debug_exit_ns: AtomicU64,
     /// Wall-clock time of the first KVM_RUN, ns since the Unix epoch (0: not yet).
     pub first_run_unix_ns: AtomicU64,
 }
@@ -53,7 +60,7 @@ impl VcpuStats {
     pub fn summary(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "exits {} (pio {}, mmio {}); emulation recoveries: int3 {}, clac/stac {}, fwait {}, ldmxcsr/stmxcsr {}, retried {}",
+            "exits {} (pio {}, mmio {}); emulation recoveries: int3 {}, clac/stac {}, fwait {}, ldmxcsr/stmxcsr {}, retried {}; syscalls completed {} (page faults {}, {} us in skvm per syscall or fault)",
             g(&self.exits),
             g(&self.pio),
             g(&self.mmio),
@@ -61,7 +68,13 @@ impl VcpuStats {
             g(&self.ac),
             g(&self.fwait),
             g(&self.mxcsr),
-            g(&self.retries)
+            g(&self.retries),
+            g(&self.syscalls),
+            g(&self.page_faults),
+            g(&self.debug_exit_ns)
+                .checked_div(g(&self.syscalls) + g(&self.page_faults))
+                .unwrap_or(0)
+                / 1000
         )
     }
 }
@@ -94,6 +107,9 @@ pub struct Vcpu {
     pub profile: Option<Arc<Profile>>,
     /// Holds the vCPU outside KVM_RUN while the VM is paused.
     pub gate: Arc<PauseGate>,
+    /// Completes user-mode SYSCALLs the host left half done (emulating
+    /// hosts, `--host-quirks`); None elsewhere.
+    pub syscall: Option<syscall::SyscallCompletion>,
 }
 
 /// Holds vCPUs outside KVM_RUN while the VM is paused (`skvm ctl pause`).
@@ -247,6 +263,18 @@ impl Vcpu {
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
             stats.first_run_unix_ns.store(now, Ordering::Relaxed);
         }
+        if let Some(sc) = self.syscall.as_mut().filter(|sc| !sc.armed()) {
+            let armed = sc
+                .arm_if_ready(&self.fd, &self.mem.memory())
+                .map_err(|e| ExitReason::Fatal(format!("vcpu{}: {e}", self.index)))?;
+            if armed {
+                log::debug(&format!(
+                    "vcpu{}: breakpoint on the page-fault handler {:#x} completes user-mode SYSCALLs",
+                    self.index,
+                    sc.pf_entry()
+                ));
+            }
+        }
         let exit = match self.fd.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -303,12 +331,45 @@ impl Vcpu {
                 )));
             }
             VcpuExit::Intr => {}
+            VcpuExit::Debug(arch) => return self.debug_exit(&arch),
             other => {
                 let what = format!("unexpected KVM exit {other:?}");
                 return Err(self.fatal(what));
             }
         }
         Ok(())
+    }
+
+    fn debug_exit(&mut self, arch: &kvm_bindings::kvm_debug_exit_arch) -> Result<(), ExitReason> {
+        let Some(sc) = &mut self.syscall else {
+            return Err(self.fatal(format!(
+                "unexpected debug exit at {:#x} (no breakpoint is set)",
+                arch.pc
+            )));
+        };
+        let start = Instant::now();
+        let outcome = sc.on_debug_exit(&self.fd, &self.mem.memory(), arch);
+        let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats.debug_exit_ns.fetch_add(ns, Ordering::Relaxed);
+        match outcome {
+            Ok(syscall::DebugOutcome::Completed) => {
+                self.stats.syscalls.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(syscall::DebugOutcome::PageFault) => {
+                self.stats.page_faults.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(syscall::DebugOutcome::Stepped) => Ok(()),
+            Ok(syscall::DebugOutcome::Reinjected) => {
+                log::debug(&format!(
+                    "vcpu{}: debug exception at {:#x} handed to the guest",
+                    self.index, arch.pc
+                ));
+                Ok(())
+            }
+            Err(e) => Err(self.fatal(e.to_string())),
+        }
     }
 
     /// Records the guest RIP in the profile (a debugging aid for hosts where

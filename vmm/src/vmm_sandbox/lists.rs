@@ -4,8 +4,8 @@
 //! parent module.
 
 use kvm_bindings::{
-    kvm_fpu, kvm_ioeventfd, kvm_irq_routing, kvm_irqfd, kvm_regs, kvm_sregs, kvm_translation,
-    kvm_userspace_memory_region, kvm_vcpu_events,
+    kvm_debugregs, kvm_fpu, kvm_guest_debug, kvm_ioeventfd, kvm_irq_routing, kvm_irqfd, kvm_msrs,
+    kvm_regs, kvm_sregs, kvm_translation, kvm_userspace_memory_region, kvm_vcpu_events,
 };
 use sandbox::seccomp::{Arg, Syscall};
 
@@ -61,6 +61,16 @@ pub mod kvm_ioctl {
     pub const SET_REGS: u64 = iow::<kvm_regs>(0x82);
     /// Reads the special registers.
     pub const GET_SREGS: u64 = ior::<kvm_sregs>(0x83);
+    /// Writes the special registers.
+    pub const SET_SREGS: u64 = iow::<kvm_sregs>(0x84);
+    /// Reads MSRs.
+    pub const GET_MSRS: u64 = iowr::<kvm_msrs>(0x88);
+    /// Reads the debug registers.
+    pub const GET_DEBUGREGS: u64 = ior::<kvm_debugregs>(0xa1);
+    /// Writes the debug registers.
+    pub const SET_DEBUGREGS: u64 = iow::<kvm_debugregs>(0xa2);
+    /// Sets or clears hardware breakpoints.
+    pub const SET_GUEST_DEBUG: u64 = iow::<kvm_guest_debug>(0x9b);
     /// Translates a guest virtual address.
     pub const TRANSLATE: u64 = iowr::<kvm_translation>(0x85);
     /// Reads the FPU state.
@@ -153,14 +163,19 @@ pub(super) const VCPU: &[Syscall] = &[
     only(
         libc::SYS_ioctl,
         "ioctl",
-        "KVM_RUN; the registers, FPU and events that completing an instruction for an \
-         emulating host needs; the GSI routing, irqfds and ioeventfds that guest writes to \
-         MSI-X and virtio-pci registers change",
+        "KVM_RUN; the registers, FPU, events, MSRs and debug registers that completing an \
+         instruction or a system call for an emulating host needs; the GSI routing, irqfds \
+         and ioeventfds that guest writes to MSI-X and virtio-pci registers change",
         &[
             &[Arg::Eq(1, kvm_ioctl::RUN)],
             &[Arg::Eq(1, kvm_ioctl::GET_REGS)],
             &[Arg::Eq(1, kvm_ioctl::SET_REGS)],
             &[Arg::Eq(1, kvm_ioctl::GET_SREGS)],
+            &[Arg::Eq(1, kvm_ioctl::SET_SREGS)],
+            &[Arg::Eq(1, kvm_ioctl::GET_MSRS)],
+            &[Arg::Eq(1, kvm_ioctl::SET_GUEST_DEBUG)],
+            &[Arg::Eq(1, kvm_ioctl::GET_DEBUGREGS)],
+            &[Arg::Eq(1, kvm_ioctl::SET_DEBUGREGS)],
             &[Arg::Eq(1, kvm_ioctl::TRANSLATE)],
             &[Arg::Eq(1, kvm_ioctl::GET_FPU)],
             &[Arg::Eq(1, kvm_ioctl::SET_FPU)],

@@ -452,6 +452,11 @@ mod tests {
         assert_eq!(kvm_ioctl::GET_REGS, 0x8090_AE81);
         assert_eq!(kvm_ioctl::SET_REGS, 0x4090_AE82);
         assert_eq!(kvm_ioctl::GET_SREGS, 0x8138_AE83);
+        assert_eq!(kvm_ioctl::SET_SREGS, 0x4138_AE84);
+        assert_eq!(kvm_ioctl::GET_MSRS, 0xC008_AE88);
+        assert_eq!(kvm_ioctl::SET_GUEST_DEBUG, 0x4048_AE9B);
+        assert_eq!(kvm_ioctl::GET_DEBUGREGS, 0x8080_AEA1);
+        assert_eq!(kvm_ioctl::SET_DEBUGREGS, 0x4080_AEA2);
         assert_eq!(kvm_ioctl::TRANSLATE, 0xC018_AE85);
         assert_eq!(kvm_ioctl::GET_FPU, 0x81A0_AE8C);
         assert_eq!(kvm_ioctl::SET_FPU, 0x41A0_AE8D);
