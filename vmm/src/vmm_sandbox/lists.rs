@@ -61,8 +61,6 @@ pub mod kvm_ioctl {
     pub const SET_REGS: u64 = iow::<kvm_regs>(0x82);
     /// Reads the special registers.
     pub const GET_SREGS: u64 = ior::<kvm_sregs>(0x83);
-    /// Writes the special registers.
-    pub const SET_SREGS: u64 = iow::<kvm_sregs>(0x84);
     /// Reads MSRs.
     pub const GET_MSRS: u64 = iowr::<kvm_msrs>(0x88);
     /// Reads the debug registers.
@@ -171,7 +169,6 @@ pub(super) const VCPU: &[Syscall] = &[
             &[Arg::Eq(1, kvm_ioctl::GET_REGS)],
             &[Arg::Eq(1, kvm_ioctl::SET_REGS)],
             &[Arg::Eq(1, kvm_ioctl::GET_SREGS)],
-            &[Arg::Eq(1, kvm_ioctl::SET_SREGS)],
             &[Arg::Eq(1, kvm_ioctl::GET_MSRS)],
             &[Arg::Eq(1, kvm_ioctl::SET_GUEST_DEBUG)],
             &[Arg::Eq(1, kvm_ioctl::GET_DEBUGREGS)],

@@ -452,7 +452,6 @@ mod tests {
         assert_eq!(kvm_ioctl::GET_REGS, 0x8090_AE81);
         assert_eq!(kvm_ioctl::SET_REGS, 0x4090_AE82);
         assert_eq!(kvm_ioctl::GET_SREGS, 0x8138_AE83);
-        assert_eq!(kvm_ioctl::SET_SREGS, 0x4138_AE84);
         assert_eq!(kvm_ioctl::GET_MSRS, 0xC008_AE88);
         assert_eq!(kvm_ioctl::SET_GUEST_DEBUG, 0x4048_AE9B);
         assert_eq!(kvm_ioctl::GET_DEBUGREGS, 0x8080_AEA1);
@@ -581,13 +580,24 @@ mod tests {
         };
         const KVM_CREATE_VM: u64 = 0xAE01;
         const KVM_CREATE_VCPU: u64 = 0xAE41;
-        for req in [kvm_ioctl::RUN, kvm_ioctl::GET_REGS, kvm_ioctl::IRQFD] {
+        const KVM_SET_SREGS: u64 = 0x4138_AE84;
+        const KVM_SET_MSRS: u64 = 0x4008_AE89;
+        for req in [
+            kvm_ioctl::RUN,
+            kvm_ioctl::GET_REGS,
+            kvm_ioctl::IRQFD,
+            kvm_ioctl::SET_GUEST_DEBUG,
+        ] {
             assert!(ioctl(&vcpu, req), "{req:#x}");
         }
         for req in [
             KVM_CREATE_VM,
             KVM_CREATE_VCPU,
             kvm_ioctl::SET_USER_MEMORY_REGION,
+            // A vCPU reads the syscall MSRs; it never writes MSRs or
+            // segments once the guest runs.
+            KVM_SET_SREGS,
+            KVM_SET_MSRS,
             libc::TIOCSTI,
             TCSETS,
         ] {
@@ -601,6 +611,7 @@ mod tests {
             KVM_CREATE_VCPU,
             kvm_ioctl::RUN,
             kvm_ioctl::SET_REGS,
+            kvm_ioctl::SET_GUEST_DEBUG,
             libc::TIOCSTI,
         ] {
             assert!(!ioctl(&main, req), "main {req:#x}");
