@@ -235,7 +235,7 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> EmulationErr
 
 /// Why guest memory could not be read or written for an instruction.
 #[derive(Debug, thiserror::Error)]
-pub enum Access {
+pub(super) enum Access {
     /// KVM could not translate the address.
     #[error("cannot translate {addr:#x}: {source}")]
     Translate {

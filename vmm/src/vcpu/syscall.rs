@@ -31,7 +31,7 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 use vm_memory::GuestMemoryMmap;
 
-use super::emulation::{access_virt, Access};
+use super::emulation::access_virt;
 
 const MSR_LSTAR: u32 = 0xc000_0082;
 const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
@@ -53,31 +53,19 @@ const DB_VECTOR: u8 = 1;
 /// The page fault's vector.
 const PF_VECTOR: u64 = 14;
 
-/// Why a user-mode SYSCALL could not be completed.
+/// Why a user-mode SYSCALL could not be completed: a KVM call failed.
 #[derive(Debug, thiserror::Error)]
-pub enum SyscallError {
-    /// A KVM call failed.
-    #[error("KVM {what} failed while completing a guest SYSCALL: {source}")]
-    Kvm {
-        /// Which call.
-        what: &'static str,
-        /// Cause.
-        #[source]
-        source: kvm_ioctls::Error,
-    },
-    /// Guest memory (its IDT, an exception frame) could not be read.
-    #[error("cannot read the guest's {what}: {source}")]
-    Memory {
-        /// What was read.
-        what: &'static str,
-        /// Cause.
-        #[source]
-        source: Access,
-    },
+#[error("KVM {what} failed while completing a guest SYSCALL: {source}")]
+pub struct SyscallError {
+    /// Which call.
+    what: &'static str,
+    /// Cause.
+    #[source]
+    source: kvm_ioctls::Error,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> SyscallError {
-    move |source| SyscallError::Kvm { what, source }
+    move |source| SyscallError { what, source }
 }
 
 /// What a debug exit was.
@@ -111,7 +99,7 @@ fn read_msrs<const N: usize>(fd: &VcpuFd, index: [u32; N]) -> Result<[u64; N], S
         index,
         ..Default::default()
     });
-    let mut msrs = Msrs::from_entries(&entries).map_err(|_| SyscallError::Kvm {
+    let mut msrs = Msrs::from_entries(&entries).map_err(|_| SyscallError {
         what: "MSR list",
         source: kvm_ioctls::Error::new(libc::EINVAL),
     })?;
@@ -123,21 +111,17 @@ fn read_msrs<const N: usize>(fd: &VcpuFd, index: [u32; N]) -> Result<[u64; N], S
     Ok(out)
 }
 
-fn read_u64s<const N: usize>(
-    fd: &VcpuFd,
-    mem: &GuestMemoryMmap,
-    gva: u64,
-    what: &'static str,
-) -> Result<[u64; N], SyscallError> {
+/// N little-endian quadwords of guest virtual memory; None where the
+/// guest's page tables or memory do not have them.
+fn read_u64s<const N: usize>(fd: &VcpuFd, mem: &GuestMemoryMmap, gva: u64) -> Option<[u64; N]> {
     let mut buf = [0u8; 64];
-    let bytes = buf.get_mut(..N * 8).unwrap_or_default();
-    access_virt(fd, mem, gva, bytes, false)
-        .map_err(|source| SyscallError::Memory { what, source })?;
+    let bytes = buf.get_mut(..N * 8)?;
+    access_virt(fd, mem, gva, bytes, false).ok()?;
     let mut out = [0u64; N];
     for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-        *o = u64::from_le_bytes(c.try_into().unwrap_or_default());
+        *o = u64::from_le_bytes(c.try_into().ok()?);
     }
-    Ok(out)
+    Some(out)
 }
 
 /// The handler address in a 64-bit IDT gate (two little-endian quadwords).
@@ -203,7 +187,9 @@ impl SyscallCompletion {
     }
 
     /// Sets the breakpoint once the guest has programmed LSTAR (by then its
-    /// IDT is in place). Returns true when it is set.
+    /// IDT is in place). Returns true when it is set; false while LSTAR is 0
+    /// or the IDT's page-fault gate cannot be read (tried again at the next
+    /// exit).
     pub fn arm_if_ready(
         &mut self,
         fd: &VcpuFd,
@@ -214,7 +200,10 @@ impl SyscallCompletion {
             return Ok(false);
         }
         let sregs = fd.get_sregs().map_err(kvm_err("get sregs"))?;
-        let gate = read_u64s::<2>(fd, mem, sregs.idt.base + PF_VECTOR * 16, "IDT")?;
+        let gate_at = sregs.idt.base.wrapping_add(PF_VECTOR * 16);
+        let Some(gate) = read_u64s::<2>(fd, mem, gate_at) else {
+            return Ok(false);
+        };
         self.pf_entry = gate_offset(gate);
         self.breakpoint(fd)?;
         self.lstar = lstar;
@@ -267,9 +256,12 @@ impl SyscallCompletion {
         let sregs = fd.get_sregs().map_err(kvm_err("get sregs"))?;
         if sregs.cr2 == self.lstar {
             let regs = fd.get_regs().map_err(kvm_err("get regs"))?;
-            let frame =
-                FaultFrame::from_words(read_u64s::<6>(fd, mem, regs.rsp, "exception frame")?);
-            if frame.is_half_done_syscall(self.lstar) {
+            // A frame that cannot be read is not a SYSCALL's: the guest's
+            // handler deals with it.
+            let frame = read_u64s::<6>(fd, mem, regs.rsp)
+                .map(FaultFrame::from_words)
+                .filter(|f| f.is_half_done_syscall(self.lstar));
+            if let Some(frame) = frame {
                 let [fmask] = read_msrs(fd, [MSR_SYSCALL_MASK])?;
                 fd.set_regs(&completed(&regs, &frame, fmask))
                     .map_err(kvm_err("set regs"))?;
