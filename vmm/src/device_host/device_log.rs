@@ -290,6 +290,18 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    /// Fills an output pipe: non-blocking writes until it refuses.
+    fn fill(out_wr: &OwnedFd) {
+        // SAFETY: fcntl on an fd we own.
+        unsafe {
+            let fl = libc::fcntl(out_wr.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(out_wr.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+        let junk = [b'j'; 4096];
+        // SAFETY: writes from a valid buffer until the pipe is full.
+        while unsafe { libc::write(out_wr.as_raw_fd(), junk.as_ptr().cast(), junk.len()) } > 0 {}
+    }
+
     fn log_write(log: &DeviceLog, bytes: &[u8]) {
         // SAFETY: writes from a valid buffer.
         let n =
@@ -336,15 +348,7 @@ mod tests {
         let t0 = Instant::now();
         let mut log = DeviceLog::new(t0).unwrap();
         let (_out_rd, out_wr) = out_pipe();
-        // Fill the output pipe (non-blocking writes until it refuses).
-        // SAFETY: fcntl on an fd we own.
-        unsafe {
-            let fl = libc::fcntl(out_wr.as_raw_fd(), libc::F_GETFL);
-            libc::fcntl(out_wr.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
-        }
-        let junk = [0u8; 4096];
-        // SAFETY: writes from a valid buffer until the pipe is full.
-        while unsafe { libc::write(out_wr.as_raw_fd(), junk.as_ptr().cast(), junk.len()) } > 0 {}
+        fill(&out_wr);
         log_write(&log, b"rng0: hello\n");
         // Returns at once with the line read and dropped.
         assert_eq!(log.copy(out_wr.as_fd(), t0), 12);
@@ -356,14 +360,7 @@ mod tests {
         let t0 = Instant::now();
         let mut log = DeviceLog::new(t0).unwrap();
         let (out_rd, out_wr) = out_pipe();
-        // SAFETY: fcntl on an fd we own.
-        unsafe {
-            let fl = libc::fcntl(out_wr.as_raw_fd(), libc::F_GETFL);
-            libc::fcntl(out_wr.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
-        }
-        let junk = [b'j'; 4096];
-        // SAFETY: writes from a valid buffer until the pipe is full.
-        while unsafe { libc::write(out_wr.as_raw_fd(), junk.as_ptr().cast(), junk.len()) } > 0 {}
+        fill(&out_wr);
         // The whole burst arrives while the output is full: all of it lost,
         // then the budget runs out.
         let line = [b'x'; CHUNK];
