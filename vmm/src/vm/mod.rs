@@ -23,24 +23,20 @@
 //!    the teardown.
 //!
 //! [`run`] is the straight line through them; a program that adds a step
-//! calls them itself.
+//! calls them itself. The vCPU threads' start and stop are in `vcpus`, the
+//! main thread's loop in `main_loop`, what a run reports in `report`.
 
-use std::os::fd::AsRawFd;
-use std::os::unix::thread::JoinHandleExt;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ipc::wait::WaitSet;
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootSpec};
 use crate::config::{HostQuirks, VmConfig};
-use crate::console::{EscapeParser, RawTerminal};
+use crate::console::RawTerminal;
 use crate::ctl::{Control, CtlServer};
 use crate::device_host::spawner::SingleThreaded;
 use crate::device_host::{Degraded, DeviceHost, DeviceMode};
@@ -56,36 +52,13 @@ use crate::vcpu::{self, setup, PauseGate, Vcpu, VcpuStats};
 use crate::vmm_sandbox;
 use crate::{host, layout, log};
 
-/// How long a panicked guest may take to reboot itself before skvm stops it.
-const PANIC_GRACE: Duration = Duration::from_secs(5);
-/// The eventfd a termination signal writes to (-1 until set).
-static SIGNAL_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
-static SIGNAL_NUMBER: AtomicI32 = AtomicI32::new(0);
+mod main_loop;
+mod report;
+mod vcpus;
 
-extern "C" fn on_terminate(sig: libc::c_int) {
-    SIGNAL_NUMBER.store(sig, Ordering::SeqCst);
-    let fd = SIGNAL_EVENT_FD.load(Ordering::SeqCst);
-    if fd >= 0 {
-        let one: u64 = 1;
-        // SAFETY: write(2) is async-signal-safe; the buffer is 8 valid bytes.
-        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-    }
-}
-
-extern "C" fn on_kick(_: libc::c_int) {}
-
-fn install_handler(sig: libc::c_int, handler: extern "C" fn(libc::c_int)) -> Result<()> {
-    // SAFETY: sigaction is plain data; zeroed is a valid starting value.
-    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-    act.sa_sigaction = handler as usize;
-    // No SA_RESTART: KVM_RUN must return EINTR when kicked.
-    act.sa_flags = 0;
-    // SAFETY: installs a handler that only does async-signal-safe work.
-    if unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) } != 0 {
-        bail!("cannot install handler for signal {sig}");
-    }
-    Ok(())
-}
+use main_loop::{install_signals, lock_panic, main_loop};
+use report::{debug_summary, profile_file, write_profile};
+use vcpus::{every_other_thread_filtered, spawn_sampler, spawn_vcpus, stop_vcpus, StartGate};
 
 /// Creates the VM, boots it, and runs it until it stops. Call it at the
 /// start of the program, while it has a single thread.
@@ -418,15 +391,6 @@ fn attach_devices(
     Ok(())
 }
 
-/// The termination signals and the vCPU kick signal.
-fn install_signals(exit: &ExitSignal) -> Result<()> {
-    SIGNAL_EVENT_FD.store(exit.eventfd().as_raw_fd(), Ordering::SeqCst);
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        install_handler(sig, on_terminate)?;
-    }
-    install_handler(vcpu::kick_signal(), on_kick)
-}
-
 /// The 8250 on the console (its interrupt an irqfd), CMOS, i8042 and the
 /// ACPI ports.
 fn legacy_devices(vm: &VmFd, panic: &Arc<Mutex<Option<PanicRecord>>>) -> Result<LegacyDevices> {
@@ -538,57 +502,6 @@ impl<'a> Built<'a> {
             .filter(|c| c.is_none() || self.cfg.device_mode == DeviceMode::Thread)
             .collect()
     }
-}
-
-/// Holds the vCPU threads between their filter and their first KVM_RUN
-/// until the main thread is confined too.
-#[derive(Default)]
-struct StartGate {
-    open: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl StartGate {
-    fn wait(&self) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        while !*open {
-            open = self.cv.wait(open).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    fn open(&self) {
-        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.cv.notify_all();
-    }
-}
-
-/// Checks that every thread but the calling one has a seccomp filter
-/// (`Seccomp: 2` in its /proc status): a thread that would not install its
-/// own (or one a library started) stops skvm here, before the guest runs.
-fn every_other_thread_filtered(threads: &host::Threads) -> Result<()> {
-    // SAFETY: gettid cannot fail.
-    let me = unsafe { libc::gettid() }.to_string();
-    let tids = threads.ids().context("cannot list the VMM's threads")?;
-    for tid in tids {
-        if tid == me {
-            continue;
-        }
-        let Some(status) = threads.status(&tid) else {
-            continue; // it ended meanwhile
-        };
-        let field = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(str::trim)
-                .unwrap_or("?")
-                .to_owned()
-        };
-        if field("Seccomp:") != "2" {
-            bail!("thread {tid} ({}) has no seccomp filter", field("Name:"));
-        }
-    }
-    Ok(())
 }
 
 /// Phase 4 done: every VMM thread is confined; the vCPUs wait.
@@ -712,61 +625,6 @@ impl Running<'_> {
     }
 }
 
-/// The `--debug` lines at exit: exit statistics, the first KVM_RUN, memory.
-fn debug_summary(stats: &VcpuStats, own: Option<&host::SelfStatus>) {
-    log::info(&stats.summary());
-    log::info(&format!(
-        "first KVM_RUN at unix-ns {}",
-        stats.first_run_unix_ns.load(Ordering::Relaxed)
-    ));
-    if let Some(m) = own.and_then(host::SelfStatus::memory) {
-        log::info(&format!(
-            "memory: peak rss {} KiB, guest ram resident {} KiB, vmm overhead {} KiB",
-            m.peak_rss_kib,
-            m.shmem_kib,
-            m.peak_rss_kib.saturating_sub(m.shmem_kib)
-        ));
-    }
-}
-
-fn lock_panic(p: &Mutex<Option<PanicRecord>>) -> std::sync::MutexGuard<'_, Option<PanicRecord>> {
-    p.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Kicks every vCPU every 10 ms so it samples its RIP (SKVM_PROFILE).
-fn spawn_sampler(handles: Arc<Vec<JoinHandle<()>>>, exit: Arc<ExitSignal>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        while !exit.requested() {
-            for h in handles.iter() {
-                if !h.is_finished() {
-                    // SAFETY: the thread is alive; the handler does nothing.
-                    unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::kick_signal()) };
-                }
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    })
-}
-
-/// Creates the `SKVM_PROFILE` file, if asked for one.
-fn profile_file() -> Result<Option<(std::path::PathBuf, std::fs::File)>> {
-    let Some(path) = std::env::var_os("SKVM_PROFILE").map(std::path::PathBuf::from) else {
-        return Ok(None);
-    };
-    let file = std::fs::File::create(&path)
-        .with_context(|| format!("SKVM_PROFILE: cannot create {}", path.display()))?;
-    Ok(Some((path, file)))
-}
-
-/// Writes the profile's "second rip count" lines to `file` (at `path`).
-fn write_profile(p: &vcpu::Profile, path: &std::path::Path, mut file: std::fs::File) {
-    use std::io::Write;
-    match file.write_all(p.render().as_bytes()) {
-        Ok(()) => log::info(&format!("guest rip profile written to {}", path.display())),
-        Err(e) => log::error(&format!("cannot write profile {}: {e}", path.display())),
-    }
-}
-
 fn check_limits(kvm: &Kvm, cfg: &VmConfig) -> Result<()> {
     let max = kvm.get_max_vcpus();
     if usize::from(cfg.cpus) > max {
@@ -801,161 +659,4 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd> {
     };
     vm.create_pit2(pit).context("cannot create in-kernel PIT")?;
     Ok(vm)
-}
-
-/// Starts the vCPU threads: each installs `filter`, reports on `ready`,
-/// and waits at `gate` before its first KVM_RUN.
-fn spawn_vcpus(
-    vcpus: Vec<Vcpu>,
-    filter: Option<Arc<seccompiler::BpfProgram>>,
-    gate: &Arc<StartGate>,
-    ready: &mpsc::Sender<Result<(), String>>,
-) -> Result<Vec<JoinHandle<()>>> {
-    let mut handles = Vec::with_capacity(vcpus.len());
-    for v in vcpus {
-        let name = format!("skvm-vcpu{}", v.index);
-        let (filter, gate, ready) = (filter.clone(), gate.clone(), ready.clone());
-        let h = std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || {
-                if let Some(prog) = filter {
-                    if let Err(e) = vmm_sandbox::install_on_this_thread(&prog) {
-                        let _ = ready.send(Err(format!("vcpu{}: {e}", v.index)));
-                        return;
-                    }
-                }
-                let _ = ready.send(Ok(()));
-                drop(ready);
-                gate.wait();
-                v.run();
-            })
-            .with_context(|| format!("cannot start thread {name}"))?;
-        handles.push(h);
-    }
-    Ok(handles)
-}
-
-/// Kicks each vCPU out of KVM_RUN until its thread ends.
-fn stop_vcpus(handles: Vec<JoinHandle<()>>) {
-    for h in handles {
-        while !h.is_finished() {
-            // SAFETY: the thread is alive (not finished and not joined), so
-            // its pthread_t is valid; the signal's handler does nothing.
-            unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::kick_signal()) };
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if h.join().is_err() {
-            log::error("a vcpu thread panicked");
-        }
-    }
-}
-
-/// What wakes the main thread.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Wake {
-    /// The exit eventfd: an exit request or a termination signal.
-    Exit,
-    /// Terminal input, or its end.
-    Stdin,
-    /// A device event: a device process exited, or a device sent a
-    /// message of its own.
-    Device,
-    /// A client on the control socket.
-    Control,
-}
-
-/// Sets up `wake` with what the main thread waits for: the exit eventfd,
-/// stdin if `read_stdin`, the device host's fds and the control socket.
-fn fill_wake(
-    wake: &mut WaitSet<Wake>,
-    exit: &ExitSignal,
-    read_stdin: bool,
-    host: &DeviceHost,
-    control: Option<&Control>,
-) {
-    wake.clear();
-    wake.add_raw(exit.eventfd().as_raw_fd(), Wake::Exit);
-    if read_stdin {
-        wake.add_raw(libc::STDIN_FILENO, Wake::Stdin);
-    }
-    for fd in host.poll_fds() {
-        wake.add_raw(fd, Wake::Device);
-    }
-    if let Some(c) = control {
-        wake.add_raw(c.fd(), Wake::Control);
-    }
-}
-
-/// Forwards terminal input to the UART, serves device events and the
-/// control socket, and waits for an exit reason.
-fn main_loop(
-    exit: &ExitSignal,
-    legacy: &LegacyDevices,
-    panic: &Mutex<Option<PanicRecord>>,
-    host: &mut DeviceHost,
-    mut control: Option<&mut Control>,
-) {
-    let mut parser = EscapeParser::default();
-    let mut stdin_open = true;
-    let mut pending: Vec<u8> = Vec::new();
-    let mut wake = WaitSet::new();
-    loop {
-        if exit.requested() {
-            return;
-        }
-        if let Some(p) = lock_panic(panic).as_ref() {
-            if p.at.elapsed() > PANIC_GRACE {
-                exit.request(ExitReason::GuestPanic(p.message.clone()));
-                return;
-            }
-        }
-        if !pending.is_empty() {
-            let n = legacy.serial_input(&pending);
-            pending.drain(..n.min(pending.len()));
-        }
-        let read_stdin = stdin_open && pending.is_empty();
-        fill_wake(&mut wake, exit, read_stdin, host, control.as_deref());
-        let timeout = Duration::from_millis(if pending.is_empty() { 250 } else { 5 });
-        // The wait failed, as when a signal ends it: look again (a
-        // termination signal's handler has written the exit eventfd).
-        let Ok(ready) = wake.wait(Some(timeout)) else {
-            continue;
-        };
-        if ready.contains(Wake::Device) {
-            if let Some(reason) = host.service() {
-                exit.request(reason);
-                return;
-            }
-        }
-        if let Some(c) = control.as_deref_mut() {
-            if ready.contains(Wake::Control) {
-                c.serve(host, exit);
-            }
-        }
-        if ready.contains(Wake::Exit) {
-            if !exit.requested() {
-                let sig = SIGNAL_NUMBER.load(Ordering::SeqCst);
-                exit.request(ExitReason::Fatal(format!("terminated by signal {sig}")));
-            }
-            return;
-        }
-        if ready.contains(Wake::Stdin) {
-            let mut buf = [0u8; 256];
-            // SAFETY: reads into a valid buffer of the given length.
-            let r = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
-            let Ok(len) = usize::try_from(r) else {
-                continue;
-            };
-            if len == 0 {
-                stdin_open = false;
-                continue;
-            }
-            let input = parser.feed(buf.get(..len).unwrap_or_default());
-            pending.extend_from_slice(&input.bytes);
-            if input.quit {
-                exit.request(ExitReason::UserQuit);
-                return;
-            }
-        }
-    }
 }

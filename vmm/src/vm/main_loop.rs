@@ -1,0 +1,176 @@
+//! The main thread once the guest runs: termination signals, the console's
+//! input, device events and the control socket, until an exit reason.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use ipc::wait::WaitSet;
+
+use crate::console::EscapeParser;
+use crate::ctl::Control;
+use crate::device_host::DeviceHost;
+use crate::exit::{ExitReason, ExitSignal};
+use crate::legacy::serial::PanicRecord;
+use crate::legacy::LegacyDevices;
+use crate::vcpu;
+
+/// How long a panicked guest may take to reboot itself before skvm stops it.
+const PANIC_GRACE: Duration = Duration::from_secs(5);
+
+/// The eventfd a termination signal writes to (-1 until set).
+static SIGNAL_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+
+static SIGNAL_NUMBER: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_terminate(sig: libc::c_int) {
+    SIGNAL_NUMBER.store(sig, Ordering::SeqCst);
+    let fd = SIGNAL_EVENT_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; the buffer is 8 valid bytes.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+extern "C" fn on_kick(_: libc::c_int) {}
+
+fn install_handler(sig: libc::c_int, handler: extern "C" fn(libc::c_int)) -> Result<()> {
+    // SAFETY: sigaction is plain data; zeroed is a valid starting value.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = handler as usize;
+    // No SA_RESTART: KVM_RUN must return EINTR when kicked.
+    act.sa_flags = 0;
+    // SAFETY: installs a handler that only does async-signal-safe work.
+    if unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) } != 0 {
+        bail!("cannot install handler for signal {sig}");
+    }
+    Ok(())
+}
+
+/// The termination signals and the vCPU kick signal.
+pub(super) fn install_signals(exit: &ExitSignal) -> Result<()> {
+    SIGNAL_EVENT_FD.store(exit.eventfd().as_raw_fd(), Ordering::SeqCst);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        install_handler(sig, on_terminate)?;
+    }
+    install_handler(vcpu::kick_signal(), on_kick)
+}
+
+pub(super) fn lock_panic(
+    p: &Mutex<Option<PanicRecord>>,
+) -> std::sync::MutexGuard<'_, Option<PanicRecord>> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What wakes the main thread.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// The exit eventfd: an exit request or a termination signal.
+    Exit,
+    /// Terminal input, or its end.
+    Stdin,
+    /// A device event: a device process exited, or a device sent a
+    /// message of its own.
+    Device,
+    /// A client on the control socket.
+    Control,
+}
+
+/// Sets up `wake` with what the main thread waits for: the exit eventfd,
+/// stdin if `read_stdin`, the device host's fds and the control socket.
+fn fill_wake(
+    wake: &mut WaitSet<Wake>,
+    exit: &ExitSignal,
+    read_stdin: bool,
+    host: &DeviceHost,
+    control: Option<&Control>,
+) {
+    wake.clear();
+    wake.add_raw(exit.eventfd().as_raw_fd(), Wake::Exit);
+    if read_stdin {
+        wake.add_raw(libc::STDIN_FILENO, Wake::Stdin);
+    }
+    for fd in host.poll_fds() {
+        wake.add_raw(fd, Wake::Device);
+    }
+    if let Some(c) = control {
+        wake.add_raw(c.fd(), Wake::Control);
+    }
+}
+
+/// Forwards terminal input to the UART, serves device events and the
+/// control socket, and waits for an exit reason.
+pub(super) fn main_loop(
+    exit: &ExitSignal,
+    legacy: &LegacyDevices,
+    panic: &Mutex<Option<PanicRecord>>,
+    host: &mut DeviceHost,
+    mut control: Option<&mut Control>,
+) {
+    let mut parser = EscapeParser::default();
+    let mut stdin_open = true;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut wake = WaitSet::new();
+    loop {
+        if exit.requested() {
+            return;
+        }
+        if let Some(p) = lock_panic(panic).as_ref() {
+            if p.at.elapsed() > PANIC_GRACE {
+                exit.request(ExitReason::GuestPanic(p.message.clone()));
+                return;
+            }
+        }
+        if !pending.is_empty() {
+            let n = legacy.serial_input(&pending);
+            pending.drain(..n.min(pending.len()));
+        }
+        let read_stdin = stdin_open && pending.is_empty();
+        fill_wake(&mut wake, exit, read_stdin, host, control.as_deref());
+        let timeout = Duration::from_millis(if pending.is_empty() { 250 } else { 5 });
+        // The wait failed, as when a signal ends it: look again (a
+        // termination signal's handler has written the exit eventfd).
+        let Ok(ready) = wake.wait(Some(timeout)) else {
+            continue;
+        };
+        if ready.contains(Wake::Device) {
+            if let Some(reason) = host.service() {
+                exit.request(reason);
+                return;
+            }
+        }
+        if let Some(c) = control.as_deref_mut() {
+            if ready.contains(Wake::Control) {
+                c.serve(host, exit);
+            }
+        }
+        if ready.contains(Wake::Exit) {
+            if !exit.requested() {
+                let sig = SIGNAL_NUMBER.load(Ordering::SeqCst);
+                exit.request(ExitReason::Fatal(format!("terminated by signal {sig}")));
+            }
+            return;
+        }
+        if ready.contains(Wake::Stdin) {
+            let mut buf = [0u8; 256];
+            // SAFETY: reads into a valid buffer of the given length.
+            let r = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+            let Ok(len) = usize::try_from(r) else {
+                continue;
+            };
+            if len == 0 {
+                stdin_open = false;
+                continue;
+            }
+            let input = parser.feed(buf.get(..len).unwrap_or_default());
+            pending.extend_from_slice(&input.bytes);
+            if input.quit {
+                exit.request(ExitReason::UserQuit);
+                return;
+            }
+        }
+    }
+}
