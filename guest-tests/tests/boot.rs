@@ -200,7 +200,7 @@ fn stock_debian_kernel_runs_its_user_space_and_sees_every_vcpu() {
         .output
         .lines()
         .filter_map(|l| l.split("syscalls completed ").nth(1))
-        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
         .next_back();
     if emulating_host() {
         assert!(completed.is_some_and(|n| n > 100), "{}", f.output);
