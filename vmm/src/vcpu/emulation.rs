@@ -382,16 +382,23 @@ pub fn recover(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> Result<Recovery, Emulati
     regs.rip = next;
     vcpu.set_regs(&regs).map_err(kvm_err("set regs"))?;
     if action == Recovery::Breakpoint {
-        let mut events: kvm_vcpu_events = vcpu.get_vcpu_events().map_err(kvm_err("get events"))?;
-        events.exception.injected = 1;
-        events.exception.nr = BP_VECTOR;
-        events.exception.has_error_code = 0;
-        events.exception.error_code = 0;
-        events.flags = 0;
-        vcpu.set_vcpu_events(&events)
-            .map_err(kvm_err("set events"))?;
+        inject_exception(vcpu, BP_VECTOR).map_err(kvm_err("set events"))?;
     }
     Ok(action)
+}
+
+/// Delivers exception `vector` (one without an error code) to the guest at
+/// its next entry, through KVM_GET/SET_VCPU_EVENTS.
+pub(super) fn inject_exception(vcpu: &VcpuFd, vector: u8) -> Result<(), kvm_ioctls::Error> {
+    let mut events: kvm_vcpu_events = vcpu.get_vcpu_events()?;
+    events.exception.injected = 1;
+    events.exception.pending = 0;
+    events.exception.nr = vector;
+    events.exception.has_error_code = 0;
+    events.exception.error_code = 0;
+    events.exception_has_payload = 0;
+    events.flags = 0;
+    vcpu.set_vcpu_events(&events)
 }
 
 #[cfg(test)]

@@ -31,10 +31,8 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 use vm_memory::GuestMemoryMmap;
 
-use super::emulation::access_virt;
-
-const MSR_LSTAR: u32 = 0xc000_0082;
-const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+use super::emulation::{access_virt, inject_exception};
+use super::setup::{MSR_LSTAR, MSR_SYSCALL_MASK};
 
 /// DR7: breakpoint 0 enabled (L0 and G0), on execution (R/W0 = 00, LEN0 = 00).
 const DR7_BP0_EXEC: u64 = 0b11;
@@ -280,13 +278,7 @@ fn reinject_debug(fd: &VcpuFd, dr6: u64) -> Result<(), SyscallError> {
     let mut dr = fd.get_debug_regs().map_err(kvm_err("get debug regs"))?;
     dr.dr6 = dr6 & !DR6_B0;
     fd.set_debug_regs(&dr).map_err(kvm_err("set debug regs"))?;
-    let mut ev = fd.get_vcpu_events().map_err(kvm_err("get vcpu events"))?;
-    ev.exception.injected = 1;
-    ev.exception.pending = 0;
-    ev.exception.nr = DB_VECTOR;
-    ev.exception.has_error_code = 0;
-    ev.exception_has_payload = 0;
-    fd.set_vcpu_events(&ev).map_err(kvm_err("set vcpu events"))
+    inject_exception(fd, DB_VECTOR).map_err(kvm_err("set vcpu events"))
 }
 
 #[cfg(test)]
