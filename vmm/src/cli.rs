@@ -45,8 +45,11 @@ enum Command {
     /// one in a new sandbox, restore it; answers the time of each step),
     /// mem-add SIZE (memory hotplug, with `skvm run --hotplug-mem`: back
     /// SIZE more bytes, a multiple of 128M, give every device the new
-    /// memory map, then let the guest plug it), shutdown (stop the VM at
-    /// once, as if the guest powered off). Exit status: 0 when the answer has
+    /// memory map, then let the guest plug it), powerdown (press the
+    /// guest's ACPI power button: a systemd guest, or the default guest's
+    /// acpid, shuts down cleanly and skvm exits 0 when it powers off),
+    /// shutdown (stop the VM at once, as if the guest powered off). Exit
+    /// status: 0 when the answer has
     /// "ok":true, 1 otherwise.
     Ctl(ctl::CtlArgs),
 }

@@ -34,8 +34,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
     /// Initial ramdisk. Default: the default guest's initramfs
-    /// (initramfs.cpio, else initramfs.cpio.gz) when --kernel is not given,
-    /// none otherwise.
+    /// (initramfs.cpio, else initramfs.cpio.gz) when --kernel is not given
+    /// and no disk is the root (`--disk PATH,root`), none otherwise.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
     /// Extra kernel command-line parameters, appended to skvm's own
@@ -43,7 +43,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "PARAMS", default_value = "")]
     pub cmdline: String,
     /// Command for the default initramfs's /init to run instead of a shell;
-    /// the guest powers off when it ends.
+    /// the guest powers off when it ends. With a root disk (`--disk
+    /// PATH,root`) the disk's own init must do it: images built by
+    /// scripts/build-rootfs.sh run it once multi-user.target is reached.
     #[arg(long, value_name = "COMMAND")]
     pub run: Option<String>,
     /// Number of vCPUs (1 to 254, and at most what KVM allows).
@@ -83,7 +85,7 @@ pub struct RunArgs {
     pub restart_limit: u32,
     /// Listen for control commands on this unix socket (`skvm ctl PATH
     /// COMMAND`: status, pause, resume, device-restart NAME, mem-add SIZE,
-    /// shutdown). The socket is created mode 0600 and removed at exit (by
+    /// powerdown, shutdown). The socket is created mode 0600 and removed at exit (by
     /// the spawner, outside the VMM's empty root); a socket file nobody
     /// listens on is replaced, a live one or any other file is refused.
     #[arg(long, value_name = "PATH")]
@@ -118,6 +120,12 @@ pub struct RunArgs {
     /// its privileges.
     #[arg(long, value_name = "UID[:GID]", value_parser = parse_user)]
     pub user: Option<(u32, u32)>,
+    /// On SIGTERM, skvm presses the guest's ACPI power button (as `skvm ctl
+    /// SOCKET powerdown` does) and waits this many seconds for the guest to
+    /// power off before it stops the VM (exit status 1 then); 0 stops at
+    /// once. A second SIGTERM, SIGINT or SIGHUP always stop at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub stop_timeout: u64,
     /// Print debug messages and exit statistics.
     #[arg(long)]
     pub debug: bool,
@@ -196,6 +204,9 @@ pub enum ConfigError {
     /// A device option that cannot be parsed.
     #[error(transparent)]
     Device(#[from] KindError),
+    /// Two devices asked to be the root file system.
+    #[error("{0} and {1} both ask to be the root file system: give `root` to one")]
+    TwoRoots(String, String),
     /// No --kernel and no default guest.
     #[error("no --kernel given and the default guest is not built at {0}: run scripts/setup.sh")]
     NoDefaultGuest(PathBuf),
@@ -210,6 +221,8 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     /// Extra command-line parameters from the user.
     pub extra_cmdline: String,
+    /// root= and ro/rw for a device that is the root file system.
+    pub root: Option<String>,
     /// Command for the default /init.
     pub run: Option<String>,
     /// vCPU count.
@@ -236,6 +249,8 @@ pub struct VmConfig {
     pub vmm_sandbox: VmmSandbox,
     /// `--user`.
     pub user: Option<(u32, u32)>,
+    /// How long SIGTERM waits for the guest to power off.
+    pub stop_timeout: std::time::Duration,
 }
 
 /// The directory of the default guest.
@@ -278,6 +293,8 @@ impl VmConfig {
             return Err(ConfigError::Cpus(args.cpus));
         }
         let cpus = u8::try_from(args.cpus).map_err(|_| ConfigError::Cpus(args.cpus))?;
+        let devices = kinds.configure(m)?;
+        let root = root_params(&devices)?;
         let (kernel, initrd) = match &args.kernel {
             Some(k) => (k.clone(), args.initrd.clone()),
             None => {
@@ -286,8 +303,14 @@ impl VmConfig {
                 if !k.is_file() {
                     return Err(ConfigError::NoDefaultGuest(dir));
                 }
-                let i = args.initrd.clone().unwrap_or_else(|| default_initrd(&dir));
-                (k, Some(i))
+                // The default kernel has virtio-blk and ext4 built in and
+                // mounts a root disk itself.
+                let i = match (&args.initrd, &root) {
+                    (Some(i), _) => Some(i.clone()),
+                    (None, Some(_)) => None,
+                    (None, None) => Some(default_initrd(&dir)),
+                };
+                (k, i)
             }
         };
         check_readable("kernel", &kernel)?;
@@ -298,11 +321,12 @@ impl VmConfig {
             kernel,
             initrd,
             extra_cmdline: args.cmdline.clone(),
+            root: root.map(|(_, params)| params),
             run: args.run.clone(),
             cpus,
             mem,
             host_quirks: args.host_quirks,
-            devices: kinds.configure(m)?,
+            devices,
             name: args.name.clone(),
             device_mode: args.device_mode,
             on_device_failure: args.on_device_failure,
@@ -314,6 +338,7 @@ impl VmConfig {
             },
             vmm_sandbox: args.vmm_sandbox,
             user: args.user,
+            stop_timeout: std::time::Duration::from_secs(args.stop_timeout),
         })
     }
 
@@ -323,6 +348,9 @@ impl VmConfig {
         if quirks {
             parts.extend(QUIRKS_CMDLINE.iter().map(|s| (*s).to_owned()));
         }
+        if let Some(root) = &self.root {
+            parts.push(root.clone());
+        }
         if let Some(cmd) = &self.run {
             parts.push(format!("skvm.cmd={}", base64(cmd.as_bytes())));
         }
@@ -331,6 +359,25 @@ impl VmConfig {
         }
         parts.join(" ")
     }
+}
+
+/// The device that is the root file system, by name, and its kernel
+/// parameters. Each device learns its index among those of its kind.
+fn root_params(devices: &[DeviceSpec]) -> Result<Option<(String, String)>, ConfigError> {
+    let mut root: Option<(String, String)> = None;
+    for (i, d) in devices.iter().enumerate() {
+        let index = devices[..i]
+            .iter()
+            .filter(|o| o.kind.name() == d.kind.name())
+            .count();
+        if let Some(params) = d.config.root_params(index) {
+            if let Some((first, _)) = root {
+                return Err(ConfigError::TwoRoots(first, d.name.clone()));
+            }
+            root = Some((d.name.clone(), params));
+        }
+    }
+    Ok(root)
 }
 
 /// Fails early, before any VM exists, when a boot file cannot be read.
@@ -370,7 +417,12 @@ fn check_readable(what: &'static str, path: &std::path::Path) -> Result<(), Conf
 /// whose backtraces go through an NMI: Linux's NMI entry reads its per-CPU
 /// base with `lsl`, which these hosts' KVM cannot emulate, so a stall report
 /// (Debian's kernel parses its BTF for over a minute in one initcall) killed
-/// the guest. Options a kernel does not know are harmless to it.
+/// the guest. systemd's start timeouts (90 s for a job, and for a device to
+/// appear) are meant for hardware: a systemd boot here takes minutes, and a
+/// loaded host stretched single jobs (`systemd-sysctl`, the console's
+/// device) past them, so they get 15 minutes
+/// (`systemd.default_timeout_start_sec=900`; the kernel ignores it, only
+/// systemd reads it). Options a kernel does not know are harmless to it.
 pub const QUIRKS_CMDLINE: &[&str] = &[
     "noxsave",
     "clearcpuid=cx16,popcnt,smap,ssse3,sse4_1,sse4_2,avx,avx2,avx512f,aes,pclmulqdq,sha_ni,gfni,vaes,vpclmulqdq,erms,fsrm",
@@ -379,6 +431,7 @@ pub const QUIRKS_CMDLINE: &[&str] = &[
     "initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,tracer_init_tracefs,crypto_kdf108_init,blake2s_mod_init",
     "nowatchdog",
     "rcupdate.rcu_cpu_stall_suppress=1",
+    "systemd.default_timeout_start_sec=900",
 ];
 
 /// Standard base64 (RFC 4648) with padding.
@@ -443,6 +496,7 @@ mod tests {
             },
             vmm_sandbox: VmmSandbox::default(),
             user: None,
+            stop_timeout: 60,
             debug: false,
         }
     }
@@ -511,5 +565,41 @@ mod tests {
             .unwrap()
             .cmdline(false);
         assert_eq!(c, "console=ttyS0 panic=-1 skvm.cmd=ZWNobyBoaQ==");
+    }
+
+    fn disks(values: &[&str]) -> clap::ArgMatches {
+        let args = values.iter().flat_map(|v| ["--disk", v]);
+        Registry::standard()
+            .add_options(clap::Command::new("run"))
+            .try_get_matches_from(std::iter::once("run").chain(args))
+            .unwrap()
+    }
+
+    fn config(a: &RunArgs, m: &clap::ArgMatches) -> Result<VmConfig, ConfigError> {
+        VmConfig::from_args(a, m, &Registry::standard())
+    }
+
+    #[test]
+    fn a_root_disk_goes_on_the_cmdline_by_its_guest_name() {
+        let c = config(&args(), &disks(&["a.img", "b.img,ro,root"])).unwrap();
+        assert_eq!(c.cmdline(false), "console=ttyS0 panic=-1 root=/dev/vdb ro");
+        let a = RunArgs {
+            cmdline: "init=/bin/sh".into(),
+            ..args()
+        };
+        let c = config(&a, &disks(&["a.img,root"])).unwrap();
+        assert_eq!(
+            c.cmdline(false),
+            "console=ttyS0 panic=-1 root=/dev/vda rw init=/bin/sh"
+        );
+    }
+
+    #[test]
+    fn one_root_at_most() {
+        let e = config(&args(), &disks(&["a.img,root", "b.img,root"])).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::TwoRoots(a, b) if a == "blk0" && b == "blk1"),
+            "{e}"
+        );
     }
 }

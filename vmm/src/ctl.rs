@@ -24,6 +24,7 @@ use clap::Args;
 use crate::device_host::DeviceHost;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::hotplug::Hotplug;
+use crate::legacy::power_button::PowerButton;
 use crate::log;
 use crate::vcpu::{self, PauseGate};
 
@@ -46,6 +47,8 @@ pub enum Command {
     DeviceRestart(String),
     /// Add guest memory.
     MemAdd(u64),
+    /// Press the ACPI power button: the guest powers off cleanly.
+    Powerdown,
     /// Stop the VM.
     Shutdown,
 }
@@ -59,7 +62,7 @@ pub enum CommandError {
     /// Not a command skvm knows.
     #[error(
         "unknown command {0:?} (status, pause, resume, device-restart NAME, mem-add SIZE, \
-         shutdown)"
+         powerdown, shutdown)"
     )]
     Unknown(String),
     /// mem-add with a size that does not parse.
@@ -83,6 +86,7 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
         ["status"] => Ok(Command::Status),
         ["pause"] => Ok(Command::Pause),
         ["resume"] => Ok(Command::Resume),
+        ["powerdown"] => Ok(Command::Powerdown),
         ["shutdown"] => Ok(Command::Shutdown),
         ["device-restart", name] => Ok(Command::DeviceRestart((*name).to_owned())),
         ["mem-add", size] => crate::memory::parse_size(size)
@@ -289,6 +293,7 @@ pub struct Control {
     handles: Arc<Vec<JoinHandle<()>>>,
     paused: bool,
     hotplug: Option<Hotplug>,
+    power_button: Arc<PowerButton>,
 }
 
 /// How long the vCPUs may take to stop for a pause.
@@ -301,6 +306,7 @@ impl Control {
         gate: Arc<PauseGate>,
         handles: Arc<Vec<JoinHandle<()>>>,
         hotplug: Option<Hotplug>,
+        power_button: Arc<PowerButton>,
     ) -> Self {
         Self {
             server,
@@ -308,6 +314,7 @@ impl Control {
             handles,
             paused: false,
             hotplug,
+            power_button,
         }
     }
 
@@ -368,6 +375,13 @@ impl Control {
                     )
                 }),
             },
+            Command::Powerdown => {
+                log::info("power button pressed on the control socket");
+                self.power_button
+                    .press()
+                    .map(|()| "{\"ok\":true}".to_owned())
+                    .context("cannot press the power button")
+            }
             Command::Shutdown => {
                 log::info("shutdown requested on the control socket");
                 exit.request(ExitReason::Poweroff);
@@ -534,6 +548,8 @@ mod tests {
             Ok(Command::DeviceRestart("blk0".into()))
         );
         assert_eq!(parse("mem-add 128M"), Ok(Command::MemAdd(128 << 20)));
+        assert_eq!(parse("powerdown"), Ok(Command::Powerdown));
+        assert_eq!(parse("shutdown"), Ok(Command::Shutdown));
         let e = |line| parse(line).unwrap_err().to_string();
         assert!(e("mem-add 0").contains("bad size"));
         assert!(parse("mem-add lots").is_err());

@@ -12,8 +12,11 @@
 //!   to GSI 2, and NMI on LINT1. A kernel without MP-table support (Debian's
 //!   cloud kernel) finds its CPUs and IO-APIC only here.
 //! - DSDT (5.2.11.1): the `\_S5_` object (7.4.2) without which Linux will
-//!   not power off through ACPI and, once skvm has a PCI bus, the PCI host
-//!   bridge `\_SB_.PCI0` with its resources (6.2.2, 6.4).
+//!   not power off through ACPI; COM1; the power button `\_SB_.PWRB`
+//!   (PNP0C0C, 4.8.2.2.1.2) and the Generic Event Device `\_SB_.GED_`
+//!   (ACPI0013, 5.6.9) that notifies it when [`POWER_BUTTON_GSI`] fires,
+//!   the hardware-reduced way to press a button; and, once skvm has a PCI
+//!   bus, the PCI host bridge `\_SB_.PCI0` with its resources (6.2.2, 6.4).
 //!
 //! Linux takes the RSDP address from the zero page (`acpi_rsdp_addr`) and
 //! otherwise finds it by scanning 0xE0000..0xFFFFF.
@@ -42,6 +45,10 @@ pub const RESET_VALUE: u8 = 0x06;
 /// The SLP_TYP value of S5 (soft off) that `\_S5_` gives the guest, and so
 /// the one it writes to [`SLEEP_CONTROL_PORT`] to power off.
 pub const S5_SLEEP_TYPE: u8 = 5;
+/// The IO-APIC pin of the Generic Event Device's interrupt (edge-triggered,
+/// active high): an edge on it is a press of the power button. Pin 9 is
+/// where PC firmware puts the SCI, which a hardware-reduced platform has not.
+pub const POWER_BUTTON_GSI: u32 = 9;
 /// Most vCPUs the MADT can describe: xAPIC ids are 8 bits and 0xFF is the
 /// broadcast id.
 pub const MAX_CPUS: u8 = 254;
@@ -257,8 +264,9 @@ fn xsdt(entries: &[u64]) -> Vec<u8> {
 /// FADT (5.2.9), revision 6.5.
 fn fadt(dsdt: u64) -> Vec<u8> {
     // With HW_REDUCED_ACPI the PM1/GPE blocks, SCI and FACS are absent
-    // (4.1). PWR_BUTTON and SLP_BUTTON set mean "no fixed-feature button";
-    // the DSDT declares no button device either, so the guest has none.
+    // (4.1). PWR_BUTTON and SLP_BUTTON set mean "no fixed-feature button":
+    // the power button is the DSDT's control-method device, and there is no
+    // sleep button.
     let mut fadt = FADTBuilder::new(OEM_ID, *b"SKVMFACP", OEM_REVISION)
         .dsdt_64(dsdt)
         .flag(Flags::Wbinvd)
@@ -343,6 +351,7 @@ fn dsdt(pci: Option<(u32, u32)>) -> Vec<u8> {
     )
     .to_aml_bytes(&mut body);
     push_com1(&mut body);
+    push_power_button(&mut body);
     if let Some((first, last)) = pci {
         push_pci_host_bridge(&mut body, first, last);
     }
@@ -372,6 +381,31 @@ fn push_com1(out: &mut Vec<u8>) {
     let crs = aml::Name::new("_CRS".into(), &crs);
     let com1 = aml::Device::new("COM1".into(), vec![&hid, &uid, &crs]);
     aml::Scope::new("\\_SB_".into(), vec![&com1]).to_aml_bytes(out);
+}
+
+/// `\_SB_.PWRB`, a control-method power button (PNP0C0C), and `\_SB_.GED_`,
+/// a Generic Event Device (ACPI0013) with one interrupt whose `_EVT`
+/// notifies the button (0x80: "button pressed", 4.8.2.2.1.2). Linux's
+/// evged driver evaluates `_EVT` on each edge of [`POWER_BUTTON_GSI`] and its
+/// button driver reports KEY_POWER, which systemd-logind (or acpid) turns
+/// into a clean power-off.
+fn push_power_button(out: &mut Vec<u8>) {
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let pwrb = aml::Device::new("PWRB".into(), vec![&hid, &uid]);
+
+    let ged_hid: aml::AmlStr = "ACPI0013";
+    let ged_hid = aml::Name::new("_HID".into(), &ged_hid);
+    let irq = aml::Interrupt::new(true, true, false, false, POWER_BUTTON_GSI);
+    let crs = aml::ResourceTemplate::new(vec![&irq]);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    let button: aml::Path = "\\_SB_.PWRB".into();
+    let pressed: u8 = 0x80;
+    let notify = aml::Notify::new(&button, &pressed);
+    // One interrupt, one event: _EVT's argument (the GSI) needs no test.
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&notify]);
+    let ged = aml::Device::new("GED_".into(), vec![&ged_hid, &uid, &crs, &evt]);
+    aml::Scope::new("\\_SB_".into(), vec![&pwrb, &ged]).to_aml_bytes(out);
 }
 
 /// `\_SB_.PCI0`: a PCI host bridge (PNP0A03) for segment 0, bus 0, decoding
@@ -676,6 +710,26 @@ mod tests {
         // Extended interrupt descriptor (0x89) for GSI 4.
         let pos = d.windows(1).position(|w| w == [0x89]).unwrap();
         assert_eq!(&d[pos + 5..pos + 9], &4u32.to_le_bytes());
+    }
+
+    #[test]
+    fn dsdt_has_a_power_button_that_the_ged_interrupt_presses() {
+        let d = super::dsdt(None);
+        for name in [&b"PWRB"[..], b"GED_", b"_EVT", b"ACPI0013\0"] {
+            assert!(contains(&d, name), "{}", String::from_utf8_lossy(name));
+        }
+        // EISAID("PNP0C0C").
+        assert!(contains(&d, &[0x0C, 0x41, 0xD0, 0x0C, 0x0C]));
+        // The GED's extended interrupt descriptor: consumer, edge, active
+        // high, exclusive, one interrupt, GSI 9.
+        let mut irq = vec![0x89, 0x06, 0x00, 0x03, 0x01];
+        irq.extend_from_slice(&POWER_BUTTON_GSI.to_le_bytes());
+        assert!(contains(&d, &irq));
+        // Notify (\_SB_.PWRB, 0x80): NotifyOp, the root path, ByteConst 0x80.
+        let mut notify = vec![0x86, b'\\', 0x2E];
+        notify.extend_from_slice(b"_SB_PWRB");
+        notify.extend_from_slice(&[0x0A, 0x80]);
+        assert!(contains(&d, &notify));
     }
 
     #[test]

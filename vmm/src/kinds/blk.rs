@@ -78,6 +78,10 @@ impl DeviceConfig for DiskSpec {
             file_size: disk.size,
         })
     }
+
+    fn root_params(&self, index: usize) -> Option<String> {
+        DiskSpec::root_params(self, index)
+    }
 }
 
 /// The wire form of a disk's parameters.
@@ -122,13 +126,15 @@ impl DeviceKind for Blk {
     fn option(&self) -> Option<KindOption> {
         Some(KindOption {
             long: "disk",
-            value_name: Some("PATH[,ro][,serial=ID][,direct=on]"),
+            value_name: Some("PATH[,ro][,root][,serial=ID][,direct=on]"),
             repeatable: true,
             help: "Add a virtio-blk disk over a raw image file or block device; repeat for \
                    more (blk0, blk1, ... in order; the guest's vda, vdb, ...). skvm opens and \
                    locks the image (exclusively, shared with `ro`) and the device process gets \
                    only that fd. `ro`: the guest cannot write; `serial=ID`: up to 20 characters \
-                   the guest reads as the disk's serial; `direct=on`: bypass the host page \
+                   the guest reads as the disk's serial; `root`: boot with this disk as the \
+                   root file system (root=/dev/vdX rw, or ro with `ro`; with the default \
+                   kernel no initramfs is loaded, the kernel mounts it); `direct=on`: bypass the host page \
                    cache (O_DIRECT; the guest sees 4 KiB blocks). The size must be a multiple \
                    of 512 bytes",
         })

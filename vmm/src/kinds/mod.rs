@@ -139,6 +139,12 @@ pub trait DeviceConfig: Debug + Send + Sync {
     /// Opens what the device serves, in the VMM. Errors are one line
     /// naming the device's file or interface and the reason.
     fn open(&self, ctx: &mut OpenContext<'_>) -> anyhow::Result<Opened>;
+    /// The kernel parameters that mount this device as the guest's root
+    /// file system, given that it is the `index`th device of its kind; `None`
+    /// (the default) unless the command line asked for that.
+    fn root_params(&self, _index: usize) -> Option<String> {
+        None
+    }
 }
 
 /// Everything skvm knows about one kind of device.

@@ -1,8 +1,10 @@
 //! Legacy PC devices on the I/O port bus: the COM1 UART, the i8042 reset
-//! line, a CMOS RTC, and the ACPI power-management ports.
+//! line, a CMOS RTC, and the ACPI power-management ports; and the ACPI
+//! power button, which is an interrupt rather than a port.
 
 pub mod acpi_pm;
 pub mod cmos;
+pub mod power_button;
 pub mod serial;
 
 use std::sync::Mutex;

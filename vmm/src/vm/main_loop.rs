@@ -4,7 +4,7 @@
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use ipc::wait::WaitSet;
@@ -13,8 +13,10 @@ use crate::console::EscapeParser;
 use crate::ctl::Control;
 use crate::device_host::DeviceHost;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::legacy::power_button::PowerButton;
 use crate::legacy::serial::PanicRecord;
 use crate::legacy::LegacyDevices;
+use crate::log;
 use crate::vcpu;
 
 /// How long a panicked guest may take to reboot itself before skvm stops it.
@@ -65,6 +67,33 @@ pub(super) fn lock_panic(
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What SIGTERM does: press the power button, then stop the VM if the guest
+/// has not powered off within `timeout` (zero: stop at once).
+pub(crate) struct Powerdown<'a> {
+    pub button: &'a PowerButton,
+    pub timeout: Duration,
+}
+
+impl Powerdown<'_> {
+    /// Presses the button for a SIGTERM; the deadline, or `None` when the
+    /// VM should stop now.
+    fn start(&self) -> Option<Instant> {
+        if self.timeout.is_zero() {
+            return None;
+        }
+        if let Err(e) = self.button.press() {
+            log::warn(&format!("SIGTERM: cannot press the power button: {e}"));
+            return None;
+        }
+        log::info(&format!(
+            "SIGTERM: power button pressed; the VM stops in {} s unless the guest powers off \
+             first (SIGTERM again, SIGINT or SIGHUP stop it now)",
+            self.timeout.as_secs()
+        ));
+        Some(Instant::now() + self.timeout)
+    }
+}
+
 /// What wakes the main thread.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Wake {
@@ -109,13 +138,22 @@ pub(super) fn main_loop(
     panic: &Mutex<Option<PanicRecord>>,
     host: &mut DeviceHost,
     mut control: Option<&mut Control>,
+    powerdown: &Powerdown<'_>,
 ) {
+    let mut deadline: Option<Instant> = None;
     let mut parser = EscapeParser::default();
     let mut stdin_open = true;
     let mut pending: Vec<u8> = Vec::new();
     let mut wake = WaitSet::new();
     loop {
         if exit.requested() {
+            return;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            exit.request(ExitReason::Fatal(format!(
+                "the guest did not power off within {} s of SIGTERM",
+                powerdown.timeout.as_secs()
+            )));
             return;
         }
         if let Some(p) = lock_panic(panic).as_ref() {
@@ -150,6 +188,14 @@ pub(super) fn main_loop(
         if ready.contains(Wake::Exit) {
             if !exit.requested() {
                 let sig = SIGNAL_NUMBER.load(Ordering::SeqCst);
+                if sig == libc::SIGTERM && deadline.is_none() {
+                    deadline = powerdown.start();
+                    if deadline.is_some() {
+                        // Taken: the next termination signal wakes again.
+                        let _ = exit.eventfd().read();
+                        continue;
+                    }
+                }
                 exit.request(ExitReason::Fatal(format!("terminated by signal {sig}")));
             }
             return;

@@ -44,6 +44,7 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::hotplug::Hotplug;
 use crate::irq::{IrqRouter, Routes};
 use crate::kinds::OpenContext;
+use crate::legacy::power_button::PowerButton;
 use crate::legacy::serial::{ConsoleOut, IrqTrigger, PanicRecord, SerialDevice, COM1_IRQ};
 use crate::legacy::LegacyDevices;
 use crate::memory::{GuestRam, Memory};
@@ -56,7 +57,7 @@ mod main_loop;
 mod report;
 mod vcpus;
 
-use main_loop::{install_signals, lock_panic, main_loop};
+use main_loop::{install_signals, lock_panic, main_loop, Powerdown};
 use report::{debug_summary, profile_file, write_profile};
 use vcpus::{every_other_thread_filtered, spawn_sampler, spawn_vcpus, stop_vcpus, StartGate};
 
@@ -149,6 +150,7 @@ pub struct Built<'a> {
     router: Arc<IrqRouter>,
     pci: Arc<PciBus>,
     legacy: Arc<LegacyDevices>,
+    power_button: Arc<PowerButton>,
     panic: Arc<Mutex<Option<PanicRecord>>>,
     exit: Arc<ExitSignal>,
     stats: Arc<VcpuStats>,
@@ -305,6 +307,7 @@ impl<'a> Opened<'a> {
         install_signals(&exit)?;
         let panic = Arc::new(Mutex::new(None));
         let legacy = Arc::new(legacy_devices(&vm, &panic)?);
+        let power_button = Arc::new(PowerButton::new(&vm)?);
         let mut built = Built {
             cfg,
             host,
@@ -314,6 +317,7 @@ impl<'a> Opened<'a> {
             router,
             pci: Arc::new(pci),
             legacy,
+            power_button,
             panic,
             exit,
             stats: Arc::new(VcpuStats::default()),
@@ -555,6 +559,7 @@ impl<'a> Confined<'a> {
                 built.gate.clone(),
                 handles.clone(),
                 built.hotplug.take(),
+                built.power_button.clone(),
             )
         });
         Ok(Running {
@@ -584,6 +589,10 @@ impl Running<'_> {
             &built.panic,
             &mut built.host,
             control.as_mut(),
+            &Powerdown {
+                button: &built.power_button,
+                timeout: built.cfg.stop_timeout,
+            },
         );
         drop(control);
         if let Some(s) = sampler {

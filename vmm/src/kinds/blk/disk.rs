@@ -30,10 +30,12 @@ pub struct DiskSpec {
     pub serial: Option<String>,
     /// Bypass the host page cache (O_DIRECT).
     pub direct: bool,
+    /// The guest's root file system: the kernel mounts it (`root=`).
+    pub root: bool,
 }
 
 impl DiskSpec {
-    /// Parses `PATH[,ro][,serial=ID][,direct=on|off]`.
+    /// Parses `PATH[,ro][,root][,serial=ID][,direct=on|off]`.
     pub fn parse(s: &str) -> Result<Self, KindError> {
         const MAX_SERIAL: usize = ID_BYTES;
         let mut parts = s.split(',');
@@ -46,11 +48,13 @@ impl DiskSpec {
             read_only: false,
             serial: None,
             direct: false,
+            root: false,
         };
         for opt in parts {
             match opt.split_once('=') {
                 None if opt == "ro" => spec.read_only = true,
                 None if opt == "rw" => spec.read_only = false,
+                None if opt == "root" => spec.root = true,
                 Some(("serial", id)) => {
                     if id.is_empty()
                         || id.len() > MAX_SERIAL
@@ -66,13 +70,39 @@ impl DiskSpec {
                 Some(("direct", "off")) => spec.direct = false,
                 _ => {
                     return Err(KindError::Option(format!(
-                        "--disk '{s}': unknown option '{opt}' (expected ro, serial=ID or direct=on|off)"
+                        "--disk '{s}': unknown option '{opt}' (expected ro, root, serial=ID or direct=on|off)"
                     )))
                 }
             }
         }
         Ok(spec)
     }
+
+    /// The kernel parameters that make this disk, the guest's `index`th
+    /// virtio disk, its root file system; `None` unless it is the root.
+    pub fn root_params(&self, index: usize) -> Option<String> {
+        self.root.then(|| {
+            let mode = if self.read_only { "ro" } else { "rw" };
+            format!("root=/dev/{} {mode}", guest_disk_name(index))
+        })
+    }
+}
+
+/// The name Linux's virtio-blk driver gives its `index`th disk: vda to vdz,
+/// then vdaa, vdab, ... (the driver numbers disks in probe order, which is
+/// the PCI slot order skvm attaches them in).
+pub fn guest_disk_name(index: usize) -> String {
+    // Bijective base 26, as the driver's virtblk_name_format writes it.
+    const LETTERS: &[u8; 26] = b"abcdefghijklmnopqrstuvwxyz";
+    let mut name = Vec::new();
+    let mut n = index + 1;
+    while n > 0 {
+        n -= 1;
+        name.push(LETTERS[n % 26]);
+        n /= 26;
+    }
+    name.reverse();
+    format!("vd{}", String::from_utf8_lossy(&name))
 }
 
 /// An image opened and locked for a device.
@@ -175,7 +205,24 @@ mod tests {
         assert!(d.read_only && d.direct);
         assert_eq!(d.serial.as_deref(), Some("abc-1"));
         let d = DiskSpec::parse("x.img").unwrap();
-        assert!(!d.read_only && !d.direct && d.serial.is_none());
+        assert!(!d.read_only && !d.direct && d.serial.is_none() && !d.root);
+        assert_eq!(d.root_params(0), None);
+        let d = DiskSpec::parse("x.img,root").unwrap();
+        assert_eq!(d.root_params(0).as_deref(), Some("root=/dev/vda rw"));
+        let d = DiskSpec::parse("x.img,ro,root").unwrap();
+        assert_eq!(d.root_params(2).as_deref(), Some("root=/dev/vdc ro"));
+    }
+
+    #[test]
+    fn guest_disk_names_follow_the_driver() {
+        let names: Vec<String> = [0, 1, 25, 26, 27, 51, 52, 701, 702]
+            .into_iter()
+            .map(guest_disk_name)
+            .collect();
+        assert_eq!(
+            names,
+            ["vda", "vdb", "vdz", "vdaa", "vdab", "vdaz", "vdba", "vdzz", "vdaaa"]
+        );
     }
 
     #[test]
@@ -189,6 +236,7 @@ mod tests {
             "a.img,serial=123456789012345678901",
             "a.img,serial=a b",
             "a.img,cache=none",
+            "a.img,root=vda",
         ] {
             assert!(DiskSpec::parse(s).is_err(), "{s}");
         }
@@ -207,6 +255,7 @@ mod tests {
             read_only,
             serial: None,
             direct: false,
+            root: false,
         }
     }
 
