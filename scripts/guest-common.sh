@@ -121,10 +121,11 @@ write_cpio() {
 	"$gen_cpio" -t 0 "$1" >"$2" || die "gen_init_cpio failed on $1"
 }
 
-# Locks $cache against a concurrent build (released when the script exits).
+# Locks $cache against a concurrent build (released when the script exits);
+# builds that share nothing can take a lock of their own name.
 lock_cache() {
 	mkdir -p "$cache"
-	exec 9>"$cache/.lock"
+	exec 9>"$cache/${1:-.lock}"
 	if ! flock -n 9; then
 		log "waiting for another build in $cache"
 		flock 9

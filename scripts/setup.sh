@@ -11,7 +11,9 @@
 #   3. fetches Debian's stock cloud kernel and builds its initramfs
 #      (scripts/fetch-debian-kernel.sh; SKVM_NO_DEBIAN_KERNEL=1 skips it);
 #   4. builds skvm: cargo build --release --workspace;
-#   5. unless --no-run, replaces itself with `target/release/skvm run` and the
+#   5. with SKVM_ROOTFS=1, builds the Debian image with systemd
+#      (scripts/build-rootfs.sh); otherwise says how to;
+#   6. unless --no-run, replaces itself with `target/release/skvm run` and the
 #      options given, e.g. `scripts/setup.sh --cpus 2 --run 'nproc'`.
 # Every step is cached, so a second run takes seconds. Works without a
 # terminal (CI=true, stdin closed).
@@ -44,11 +46,11 @@ esac
 
 # Kernel build, initramfs tools, apt-get download and dpkg-deb, what the guest
 # tests use on the host, fio (scripts/bench-devices.sh compares blk with it),
-# iputils-ping (the net tests ping guests from the host) and what rustup
-# needs.
+# iputils-ping (the net tests ping guests from the host), debootstrap
+# (scripts/build-rootfs.sh) and what rustup needs.
 packages="build-essential patch flex bison libelf-dev bc cpio xz-utils lz4 kmod
 busybox-static linux-source e2fsprogs iproute2 util-linux ca-certificates curl fio
-iputils-ping"
+iputils-ping debootstrap"
 
 missing=()
 for p in $packages; do
@@ -93,6 +95,12 @@ fi
 
 log "cargo build --release --workspace"
 cargo build --release --workspace --quiet
+
+if [ "${SKVM_ROOTFS:-0}" = 1 ]; then
+	"$repo/scripts/build-rootfs.sh"
+elif [ ! -s "${SKVM_GUEST_DIR:-$HOME/.local/share/skvm/guest}/debian-bookworm.img" ]; then
+	log "for a Debian guest with systemd on a disk: scripts/build-rootfs.sh (or SKVM_ROOTFS=1 $0)"
+fi
 
 if [ $run = 1 ]; then
 	exec "$repo/target/release/skvm" run "$@"

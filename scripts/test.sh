@@ -4,7 +4,8 @@
 # The whole test suite: sets up what the tests need (packages, the default
 # guest, the release build of skvm; cached, see scripts/setup.sh), then runs
 # every test of the workspace, including the guest tests that boot real
-# guests on /dev/kvm through target/release/skvm, and a smoke run of every
+# guests on /dev/kvm through target/release/skvm (and the Debian image of
+# scripts/build-rootfs.sh, built here when missing), and a smoke run of every
 # fuzz target. It prints its total time at the end; on CI's machine (2
 # cores) it must stay under 35 minutes. Long transfers and soaks are not
 # here: scripts/soak.sh runs them.
@@ -14,6 +15,7 @@ start=$SECONDS
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 "$repo/scripts/setup.sh" --no-run
+"$repo/scripts/build-rootfs.sh"
 export SKVM_BIN="$repo/target/release/skvm"
 # The escape suite's skvm (crate escape: device kinds that attempt escapes
 # on request; never the binary people run), built by setup with the
