@@ -65,6 +65,7 @@ check_busybox() {
 # Key material for the busybox part of an initramfs.
 busybox_key() {
 	printf 'init %s\n' "$(digest <"$repo/guest/init")"
+	printf 'power-button %s\n' "$(digest <"$repo/guest/power-button")"
 	printf 'busybox %s\n' "$(digest <"$busybox")"
 	printf 'linux-source %s\n' "$linux_ver"
 }
@@ -113,6 +114,9 @@ busybox_cpio_list() {
 	echo "file /etc/passwd $scratch/passwd 0644 0 0"
 	echo "file /etc/group $scratch/group 0644 0 0"
 	echo "file /init $repo/guest/init 0755 0 0"
+	echo "dir /etc/acpi 0755 0 0"
+	echo "dir /etc/acpi/PWRF 0755 0 0"
+	echo "file /etc/acpi/PWRF/00000080 $repo/guest/power-button 0755 0 0"
 }
 
 # Runs gen_init_cpio on list $1, writing the archive to $2. Fixed mtimes for
