@@ -199,9 +199,9 @@ impl TestVm {
     }
 
     /// Waits for skvm to exit, at most `timeout`, and stops it early when it
-    /// prints nothing for `stall`. A VM that is stopped is sent SIGTERM
-    /// first (skvm stops the VM and, with --debug, says where each vCPU
-    /// was), then killed.
+    /// prints nothing for `stall`. A VM that is stopped is sent SIGINT
+    /// first (skvm stops the VM at once and, with --debug, says where each
+    /// vCPU was; SIGTERM would press the power button first), then killed.
     pub fn finish_watching(
         mut self,
         timeout: Duration,
@@ -246,11 +246,11 @@ impl TestVm {
     }
 }
 
-/// Sends SIGTERM, waits up to `grace` for the child to exit, then kills it.
+/// Sends SIGINT, waits up to `grace` for the child to exit, then kills it.
 fn terminate(child: &mut Child, grace: Duration) {
     if let Ok(pid) = i32::try_from(child.id()) {
         // SAFETY: kill has no memory effects; the child is ours.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        unsafe { libc::kill(pid, libc::SIGINT) };
     }
     let start = Instant::now();
     while start.elapsed() < grace {

@@ -24,7 +24,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use guest_tests::{
-    default_guest, device_pids, field, run_to_exit, sigkill, Scratch, TestVm, CMD_EXIT_MARKER, MIB,
+    alive, children, default_guest, device_pids, field, run_to_exit, sigkill, Scratch, TestVm,
+    CMD_EXIT_MARKER, MIB,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(900);
@@ -185,6 +186,11 @@ fn guest_ext4_is_clean_for_the_host_e2fsck() {
 
 /// Writes 4 MiB through the guest's page cache with a final fsync (FLUSH),
 /// then kills `victim` with SIGKILL; the data must be in the host file.
+/// The guest copies one disk to another with a flush; then the `victim`
+/// (the blk0 process, or the VMM) is killed with SIGKILL and the copy must
+/// be on the host. A killed VMM must also leave no process behind: its
+/// spawners and every device process (the two disks' and an rng's) go
+/// with it.
 fn flushed_writes_survive(victim: &str) {
     let s = Scratch::new("blk", victim);
     let target = s.blank("target.img", 4 * MIB);
@@ -197,12 +203,14 @@ fn flushed_writes_survive(victim: &str) {
         disk_arg(&target, ""),
         "--disk".to_owned(),
         disk_arg(&source, ",ro"),
+        "--rng".to_owned(),
         "--run".to_owned(),
         script.to_owned(),
     ];
     let mut vm = TestVm::spawn(&args);
     vm.wait_for("SKVM-FLUSHED", TIMEOUT);
     assert_field(&vm.output(), "SKVM-FLUSHED", "0");
+    let mut left = Vec::new();
     match victim {
         "device" => {
             let pids = device_pids(vm.pid(), "blk0");
@@ -211,7 +219,16 @@ fn flushed_writes_survive(victim: &str) {
             vm.wait_for("device blk0", Duration::from_secs(30));
             sigkill(vm.pid());
         }
-        _ => sigkill(vm.pid()),
+        _ => {
+            left = children(vm.pid());
+            assert!(!left.is_empty(), "no spawner");
+            for device in ["blk0", "blk1", "rng0"] {
+                let pids = device_pids(vm.pid(), device);
+                assert_eq!(pids.len(), 1, "{device}: {pids:?}");
+                left.extend(pids);
+            }
+            sigkill(vm.pid());
+        }
     }
     let f = vm.wait_exit(Duration::from_secs(30));
     assert_eq!(f.status.code(), None, "{}", f.output);
@@ -219,6 +236,12 @@ fn flushed_writes_survive(victim: &str) {
         read_all(&target) == read_all(&source),
         "flushed data lost after kill -9 of the {victim}"
     );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let survivors = || -> Vec<u32> { left.iter().copied().filter(|p| alive(*p)).collect() };
+    while !survivors().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(survivors().is_empty(), "still running: {:?}", survivors());
 }
 
 #[test]
@@ -227,7 +250,7 @@ fn flushed_writes_survive_a_killed_device_process() {
 }
 
 #[test]
-fn flushed_writes_survive_a_killed_vmm() {
+fn flushed_writes_and_no_process_survive_a_killed_vmm() {
     flushed_writes_survive("vmm");
 }
 
