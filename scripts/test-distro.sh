@@ -2,15 +2,15 @@
 # Usage: scripts/test-distro.sh
 #
 # The distribution boots that do not fit the test command's time (CI's 35
-# minutes on 2 cores; scripts/test.sh keeps one systemd boot, with the
-# default kernel, ended by the ACPI power button): the Debian image of
-# scripts/build-rootfs.sh booted three times in a row with the default
-# kernel, and once with Debian's stock cloud kernel through skvm's
-# initramfs (root= and switch_root), each with 2 vCPUs, rng and the disk,
-# powered off from inside with systemctl, and its file system checked with
-# e2fsck -fn afterwards. On hosts whose KVM emulates guest kernel code
-# (kvm_pvm) a default-kernel boot takes about 8 minutes from exec to exit,
-# the stock kernel's much longer. Run before resolving anything that
+# minutes on 2 cores; scripts/test.sh keeps only the quick root-disk tests):
+# the Debian image of scripts/build-rootfs.sh with the default kernel, 2
+# vCPUs, rng, the disk and a net card, to multi-user.target, then powered
+# off by `skvm ctl SOCKET powerdown`; the same image booted three times in a
+# row and powered off from inside with systemctl; and once with Debian's
+# stock cloud kernel through skvm's initramfs (root= and switch_root); each
+# image checked with e2fsck -fn afterwards. On hosts whose KVM emulates
+# guest kernel code (kvm_pvm) a default-kernel boot takes 8 to 14 minutes
+# from exec to exit, the stock kernel's much longer. Run before resolving anything that
 # touches booting. Needs what scripts/test.sh needs (run it once first).
 set -euo pipefail
 

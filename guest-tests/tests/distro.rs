@@ -18,7 +18,7 @@ use guest_tests::{
 };
 
 /// A systemd boot on an emulating host takes minutes of emulated kernel
-/// code (about 6 to multi-user.target here, 2 more to power off).
+/// code (5 to 10 to multi-user.target here, 2 more to power off).
 const DISTRO_TIMEOUT: Duration = Duration::from_secs(1500);
 const TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -80,6 +80,7 @@ fn report_value<'a>(line: &'a str, key: &str) -> &'a str {
 }
 
 #[test]
+#[ignore = "slow (8 to 14 minutes here, past the test command's budget): scripts/test-distro.sh runs it"]
 fn debian_with_systemd_boots_to_multi_user_and_powers_off_on_the_power_button() {
     let scratch = Scratch::new("distro", "systemd");
     let image = copy_of(&debian_image(), &scratch);
