@@ -28,16 +28,7 @@ prog=fetch-debian-kernel
 # shellcheck source=scripts/guest-common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/guest-common.sh"
 
-force=0
-case ${1:-} in
-"") ;;
---force) force=1 ;;
--h | --help)
-	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
-	exit 0
-	;;
-*) die "unknown argument '$1' (usage: $0 [--force])" ;;
-esac
+parse_force_arg "$@"
 
 # Bump when the way the initramfs is built changes.
 recipe=1

@@ -33,6 +33,21 @@ need() {
 	[ -z "$missing" ] || die "missing tools; install:$missing (scripts/setup.sh does)"
 }
 
+# The one argument these scripts take: sets force=1 for --force, prints the
+# script's header comment for -h/--help, refuses anything else.
+parse_force_arg() {
+	force=0
+	case ${1:-} in
+	"") ;;
+	--force) force=1 ;;
+	-h | --help)
+		sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
+		exit 0
+		;;
+	*) die "unknown argument '$1' (usage: $0 [--force])" ;;
+	esac
+}
+
 # sha256 of stdin, shortened.
 digest() { sha256sum | cut -c1-32; }
 
