@@ -80,7 +80,7 @@ fn report_value<'a>(line: &'a str, key: &str) -> &'a str {
 }
 
 #[test]
-#[ignore = "slow (8 to 14 minutes here, past the test command's budget): scripts/test-distro.sh runs it"]
+#[ignore = "slow (8 to 14 minutes here, past the test command's budget): scripts/test-slow.sh runs it"]
 fn debian_with_systemd_boots_to_multi_user_and_powers_off_on_the_power_button() {
     let scratch = Scratch::new("distro", "systemd");
     let image = copy_of(&debian_image(), &scratch);
@@ -268,7 +268,7 @@ fn boot_and_systemctl_poweroff(tag: &str, extra: &[&str]) -> f64 {
 }
 
 #[test]
-#[ignore = "slow (about 25 minutes here): scripts/test-distro.sh runs it"]
+#[ignore = "slow (about 25 minutes here): scripts/test-slow.sh runs it"]
 fn debian_with_systemd_boots_three_times_in_a_row_and_powers_off_with_systemctl() {
     for i in 0..3 {
         boot_and_systemctl_poweroff(&format!("default{i}"), &[]);
@@ -276,7 +276,7 @@ fn debian_with_systemd_boots_three_times_in_a_row_and_powers_off_with_systemctl(
 }
 
 #[test]
-#[ignore = "slow (Debian's kernel loads its modules here for minutes): scripts/test-distro.sh runs it"]
+#[ignore = "slow (Debian's kernel loads its modules here for minutes): scripts/test-slow.sh runs it"]
 fn debian_with_systemd_boots_on_debians_stock_kernel_through_skvms_initramfs() {
     let dir = default_guest().join("debian-cloud");
     let kernel = dir.join("vmlinuz");
