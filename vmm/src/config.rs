@@ -362,15 +362,11 @@ impl VmConfig {
 }
 
 /// The device that is the root file system, by name, and its kernel
-/// parameters. Each device learns its index among those of its kind.
+/// parameters.
 fn root_params(devices: &[DeviceSpec]) -> Result<Option<(String, String)>, ConfigError> {
     let mut root: Option<(String, String)> = None;
-    for (i, d) in devices.iter().enumerate() {
-        let index = devices[..i]
-            .iter()
-            .filter(|o| o.kind.name() == d.kind.name())
-            .count();
-        if let Some(params) = d.config.root_params(index) {
+    for d in devices {
+        if let Some(params) = d.config.root_params(d.index) {
             if let Some((first, _)) = root {
                 return Err(ConfigError::TwoRoots(first, d.name.clone()));
             }

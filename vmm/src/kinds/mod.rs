@@ -183,6 +183,8 @@ pub struct DeviceSpec {
     pub kind: Arc<dyn DeviceKind>,
     /// Its name ("blk0").
     pub name: String,
+    /// Its index among the devices of its kind (the 0 of "blk0").
+    pub index: usize,
     /// What the command line said.
     pub config: Box<dyn DeviceConfig>,
 }
@@ -287,6 +289,7 @@ impl Registry {
                     specs.push(DeviceSpec {
                         kind: kind.clone(),
                         name: format!("{}{index}", kind.name()),
+                        index,
                         config,
                     });
                 }
