@@ -249,11 +249,26 @@ impl Policy {
     }
 
     /// Installs the policy on the calling thread (seccompiler sets
-    /// no_new_privs first). Irreversible.
+    /// no_new_privs first), after [`keep_malloc_heaps`]. Irreversible.
     pub fn install(&self, violation: Violation) -> Result<(), SeccompError> {
         let prog = self.compile(violation)?;
+        keep_malloc_heaps();
         seccompiler::apply_filter(&prog).map_err(SeccompError::Install)
     }
+}
+
+/// Stops glibc's malloc from shrinking its heaps, which a confined process
+/// must do before its filter is installed. The first time a thread's arena
+/// (any thread but the main one) gives memory back, glibc opens
+/// /proc/sys/vm/overcommit_memory to decide how, and no confined policy
+/// allows `openat`: a vCPU thread of a profiled run died of it
+/// (SIGSYS, `openat`, November 2026). With the trim threshold at its
+/// maximum no heap is trimmed (large blocks still come from and go back to
+/// mmap). Idempotent; call it before any filter.
+pub fn keep_malloc_heaps() {
+    // SAFETY: mallopt only sets a malloc parameter; glibc serialises it
+    // against other threads' allocations.
+    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) };
 }
 
 #[cfg(test)]
@@ -419,6 +434,99 @@ mod tests {
         });
         assert!(libc::WIFSIGNALED(status), "status {status:#x}");
         assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+    }
+
+    /// A child that kills itself at `openat` frees 40 MiB from a second
+    /// thread's malloc arena: glibc's heap trimming opens
+    /// /proc/sys/vm/overcommit_memory unless `keep_malloc_heaps` ran.
+    fn trim_a_thread_arena_under_filter(keep: bool) -> libc::c_int {
+        let rules = [(libc::SYS_openat, vec![])].into_iter().collect();
+        let filter = SeccompFilter::new(
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::KillProcess,
+            TargetArch::x86_64,
+        )
+        .unwrap();
+        let prog: seccompiler::BpfProgram = filter.try_into().unwrap();
+        in_child(|| {
+            if keep {
+                keep_malloc_heaps();
+            }
+            if seccompiler::apply_filter(&prog).is_err() {
+                return 3;
+            }
+            // After fork the child's first new thread takes the arena the
+            // forking thread left free (here the main one, grown with brk);
+            // a holder keeps it so that the next thread gets an arena of
+            // its own, grown and trimmed like a vCPU thread's.
+            let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
+            let (release, release_rx) = std::sync::mpsc::channel::<()>();
+            let holder = std::thread::spawn(move || {
+                let b = std::hint::black_box(Box::new(0u64));
+                let _ = ready_tx.send(());
+                let _ = release_rx.recv();
+                drop(b);
+            });
+            if ready.recv().is_err() {
+                return 5;
+            }
+            let t = std::thread::spawn(|| {
+                // Below the mmap threshold: these come from the arena's heap.
+                let blocks: Vec<Vec<u8>> = (0..400)
+                    .map(|_| std::hint::black_box(vec![1u8; 100 << 10]))
+                    .collect();
+                std::hint::black_box(blocks).len()
+            });
+            let joined = t.join();
+            let _ = release.send(());
+            match (joined, holder.join()) {
+                (Ok(_), Ok(())) => 0,
+                _ => 4,
+            }
+        })
+    }
+
+    /// The environment variable that makes the test below a probe (in a
+    /// fresh process: glibc reads the file once per process, and this
+    /// test process's own threads may have done it already).
+    const TRIM_PROBE: &str = "SANDBOX_TEST_TRIM_PROBE";
+
+    #[test]
+    fn freed_thread_memory_does_not_make_malloc_open_a_file_under_a_filter() {
+        if let Some(mode) = std::env::var_os(TRIM_PROBE) {
+            let status = trim_a_thread_arena_under_filter(mode == "keep");
+            let killed = libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS;
+            let clean = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+            std::process::exit(match (killed, clean) {
+                (true, _) => 10,
+                (_, true) => 11,
+                _ => 12,
+            });
+        }
+        let probe = |mode: &str| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "seccomp::tests::freed_thread_memory_does_not_make_malloc_open_a_file_under_a_filter",
+                    "--test-threads=1",
+                ])
+                .env(TRIM_PROBE, mode)
+                .output()
+                .unwrap()
+                .status
+                .code()
+        };
+        assert_eq!(
+            probe("plain"),
+            Some(10),
+            "the control case (no keep_malloc_heaps) was not killed at openat: the test shows nothing"
+        );
+        assert_eq!(
+            probe("keep"),
+            Some(11),
+            "killed or failed with keep_malloc_heaps"
+        );
     }
 
     #[test]

@@ -286,9 +286,14 @@ impl VmmSandbox {
         policy.compile(violation(mode)).map(Some)
     }
 
-    /// What `--seccomp trap` needs before any VMM thread installs its
-    /// filter: the SIGSYS handler that names the call. Call once, early.
+    /// What the VMM's filters need before any VMM thread installs one:
+    /// malloc that never opens a file ([`sandbox::seccomp::keep_malloc_heaps`])
+    /// and, for `--seccomp trap`, the SIGSYS handler that names the call.
+    /// Call once, early.
     pub fn prepare(&self, mode: SeccompMode) {
+        if self.on {
+            sandbox::seccomp::keep_malloc_heaps();
+        }
         if self.on && mode == SeccompMode::Trap {
             install_trap_handler();
         }
