@@ -257,6 +257,19 @@ impl Policy {
     }
 }
 
+/// What every confined process answers with ENOSYS instead of allowing or
+/// killing: glibc's realloc of a block it got from mmap (128 KiB and more)
+/// tries `mremap` and copies into a new block when that fails. Killing there
+/// killed the VMM as it wrote a large `SKVM_PROFILE` (SIGSYS, mremap,
+/// November 2026); allowing it would let a confined process grow or move
+/// mappings, which the copy makes unnecessary.
+pub const ALLOCATOR_ENOSYS: &[Syscall] = &[Syscall {
+    nr: libc::SYS_mremap,
+    name: "mremap",
+    why: "glibc's realloc of a large block; it copies instead when this fails",
+    rules: &[],
+}];
+
 /// Stops glibc's malloc from shrinking its heaps, which a confined process
 /// must do before its filter is installed. The first time a thread's arena
 /// (any thread but the main one) gives memory back, glibc opens
@@ -485,6 +498,61 @@ mod tests {
                 _ => 4,
             }
         })
+    }
+
+    /// A child grows a 64 MiB vector (above glibc's largest mmap
+    /// threshold, so the block is mmapped and realloc tries mremap) under
+    /// a filter that allows mmap and munmap.
+    fn grow_a_mapped_block(enosys: bool) -> libc::c_int {
+        const LIST: &[Syscall] = &[
+            Syscall {
+                nr: libc::SYS_exit_group,
+                name: "exit_group",
+                why: "test",
+                rules: &[],
+            },
+            Syscall {
+                nr: libc::SYS_mmap,
+                name: "mmap",
+                why: "test",
+                rules: &[],
+            },
+            Syscall {
+                nr: libc::SYS_munmap,
+                name: "munmap",
+                why: "test",
+                rules: &[],
+            },
+        ];
+        let mut p = Policy::new(LIST);
+        if enosys {
+            p.fail_with_enosys(ALLOCATOR_ENOSYS);
+        }
+        let prog = p.compile(Violation::Kill).unwrap();
+        in_child(|| {
+            let mut v: Vec<u8> = Vec::with_capacity(64 << 20);
+            v.push(1);
+            if seccompiler::apply_filter(&prog).is_err() {
+                return 3;
+            }
+            v.reserve(128 << 20);
+            v.push(2);
+            i32::from(std::hint::black_box(v).len() != 2)
+        })
+    }
+
+    #[test]
+    fn realloc_of_a_mapped_block_copies_when_mremap_fails_with_enosys() {
+        let killed = grow_a_mapped_block(false);
+        assert!(
+            libc::WIFSIGNALED(killed) && libc::WTERMSIG(killed) == libc::SIGSYS,
+            "the control case did not call mremap (status {killed:#x}): the test shows nothing"
+        );
+        let copied = grow_a_mapped_block(true);
+        assert!(
+            libc::WIFEXITED(copied) && libc::WEXITSTATUS(copied) == 0,
+            "status {copied:#x}"
+        );
     }
 
     /// The environment variable that makes the test below a probe (in a

@@ -255,6 +255,9 @@ fn show(kinds: &Registry, name: &str, mode: SeccompMode) -> ExitCode {
     for s in &list {
         println!("  {:<14} {}{}", s.name, s.why, rules_text(s));
     }
+    for s in p.enosys() {
+        println!("  {:<14} fails with ENOSYS: {}", s.name, s.why);
+    }
     println!("{}", x32_line(mode));
     ExitCode::SUCCESS
 }

@@ -232,6 +232,7 @@ impl VmmSandbox {
             .copied()
             .collect();
         p.fail_with_enosys(&keep);
+        p.fail_with_enosys(sandbox::seccomp::ALLOCATOR_ENOSYS);
         p
     }
 
