@@ -24,7 +24,9 @@
 # "SKVM-CMD-EXIT <status>" on the console and powers off with systemctl;
 # and, when scripts/fetch-debian-kernel.sh has fetched Debian's cloud
 # kernel, its modules under /lib/modules, so that its udev can load what it
-# needs.
+# needs. Trimmed for VMs on slow hosts: units for absent hardware and
+# module preloading are masked, the journal is kept in memory, and systemd
+# waits up to 15 minutes for a device (see below).
 #
 # Installed as $SKVM_GUEST_DIR/debian-bookworm.img (default
 # ~/.local/share/skvm/guest), 2 GiB, sparse (about 300 MB used). Boots
@@ -152,10 +154,23 @@ for g in cryptsetup integritysetup veritysetup gpt-auto hibernate-resume sysv \
 	ln -sf /dev/null "$root/etc/systemd/system-generators/systemd-$g-generator"
 done
 for u in modprobe@drm.service modprobe@dm_mod.service modprobe@efi_pstore.service \
+	modprobe@configfs.service modprobe@fuse.service modprobe@loop.service \
+	systemd-modules-load.service \
 	e2scrub_reap.service e2scrub_all.timer apt-daily.timer apt-daily-upgrade.timer \
 	dpkg-db-backup.timer; do
 	ln -sf /dev/null "$root/etc/systemd/system/$u"
 done
+# (The modprobe@ units and systemd-modules-load load modules nothing here
+# needs at boot: udev loads a device's driver when it appears.)
+# Where guest kernel code is emulated, udev's coldplug takes minutes, past
+# systemd's fixed 90 s wait for a device (DefaultDeviceTimeoutSec): the
+# serial console's getty then failed for want of dev-ttyS0.device. The
+# journal stays in memory (/run/log/journal): flushing it to /var took
+# minutes there, and this image is for development, not for keeping logs.
+mkdir -p "$root/etc/systemd/system.conf.d" "$root/etc/systemd/journald.conf.d"
+printf '[Manager]\nDefaultDeviceTimeoutSec=15min\n' \
+	>"$root/etc/systemd/system.conf.d/skvm.conf"
+printf '[Journal]\nStorage=volatile\n' >"$root/etc/systemd/journald.conf.d/skvm.conf"
 chroot "$root" apt-get clean
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin
 
