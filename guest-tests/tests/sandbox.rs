@@ -30,7 +30,10 @@ fn allowed(kind: &str, mode: &str) -> usize {
         .unwrap_or_else(|| panic!("no count in: {first}"));
     // One line per allowed syscall follows, then one per call that fails
     // with ENOSYS (the allocator's mremap), then the x32 guard's.
-    let enosys = out.lines().filter(|l| l.contains("fails with ENOSYS")).count();
+    let enosys = out
+        .lines()
+        .filter(|l| l.contains("fails with ENOSYS"))
+        .count();
     assert_eq!(enosys, 1, "{out}");
     assert_eq!(out.lines().count(), n + enosys + 2, "{out}");
     let last = out.lines().last().unwrap();
