@@ -301,9 +301,11 @@ impl VmmSandbox {
     }
 }
 
-/// Installs `prog` on the calling thread (no_new_privs first); other
+/// Installs `prog` on the calling thread (no_new_privs first, and
+/// [`sandbox::seccomp::keep_malloc_heaps`] for the whole process); other
 /// threads keep theirs; threads created later inherit it.
 pub fn install_on_this_thread(prog: &BpfProgram) -> Result<(), SeccompError> {
+    sandbox::seccomp::keep_malloc_heaps();
     seccompiler::apply_filter(prog).map_err(SeccompError::Install)
 }
 
