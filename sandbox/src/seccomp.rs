@@ -288,12 +288,18 @@ pub fn keep_malloc_heaps() {
 mod tests {
     use super::*;
 
-    const GETPID: Syscall = Syscall {
-        nr: libc::SYS_getpid,
-        name: "getpid",
-        why: "test",
-        rules: &[],
-    };
+    /// A test list's entry: `nr` allowed whatever its arguments.
+    const fn any(nr: i64, name: &'static str) -> Syscall {
+        Syscall {
+            nr,
+            name,
+            why: "test",
+            rules: &[],
+        }
+    }
+
+    const GETPID: Syscall = any(libc::SYS_getpid, "getpid");
+    const EXIT: Syscall = any(libc::SYS_exit_group, "exit_group");
 
     /// mmap, never executable.
     const MMAP: Syscall = Syscall {
@@ -405,12 +411,6 @@ mod tests {
 
     #[test]
     fn the_kernel_kills_an_x32_form_of_an_allowed_call() {
-        const EXIT: Syscall = Syscall {
-            nr: libc::SYS_exit_group,
-            name: "exit_group",
-            why: "test",
-            rules: &[],
-        };
         let prog = Policy::new(&[GETPID, EXIT])
             .compile(Violation::Kill)
             .unwrap();
@@ -429,12 +429,6 @@ mod tests {
 
     #[test]
     fn a_syscall_off_the_list_kills_the_process() {
-        const EXIT: Syscall = Syscall {
-            nr: libc::SYS_exit_group,
-            name: "exit_group",
-            why: "test",
-            rules: &[],
-        };
         // Compiled before the fork: the child only makes syscalls.
         let prog = Policy::new(&[EXIT]).compile(Violation::Kill).unwrap();
         let status = in_child(|| {
@@ -505,24 +499,9 @@ mod tests {
     /// a filter that allows mmap and munmap.
     fn grow_a_mapped_block(enosys: bool) -> libc::c_int {
         const LIST: &[Syscall] = &[
-            Syscall {
-                nr: libc::SYS_exit_group,
-                name: "exit_group",
-                why: "test",
-                rules: &[],
-            },
-            Syscall {
-                nr: libc::SYS_mmap,
-                name: "mmap",
-                why: "test",
-                rules: &[],
-            },
-            Syscall {
-                nr: libc::SYS_munmap,
-                name: "munmap",
-                why: "test",
-                rules: &[],
-            },
+            EXIT,
+            any(libc::SYS_mmap, "mmap"),
+            any(libc::SYS_munmap, "munmap"),
         ];
         let mut p = Policy::new(LIST);
         if enosys {
@@ -600,12 +579,7 @@ mod tests {
     #[test]
     fn an_argument_filter_rejects_the_dangerous_value() {
         const LIST: &[Syscall] = &[
-            Syscall {
-                nr: libc::SYS_exit_group,
-                name: "exit_group",
-                why: "test",
-                rules: &[],
-            },
+            EXIT,
             Syscall {
                 nr: libc::SYS_mmap,
                 name: "mmap",
