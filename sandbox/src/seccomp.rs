@@ -190,11 +190,12 @@ fn action_of(violation: Violation) -> SeccompAction {
 }
 
 impl Policy {
-    /// A policy allowing `syscalls`.
+    /// A policy allowing `syscalls`; the calls of [`ALLOCATOR_ENOSYS`]
+    /// fail with ENOSYS, as in every policy.
     pub fn new(syscalls: &[Syscall]) -> Self {
         Self {
             syscalls: syscalls.to_vec(),
-            enosys: Vec::new(),
+            enosys: ALLOCATOR_ENOSYS.to_vec(),
         }
     }
 
@@ -257,8 +258,8 @@ impl Policy {
     }
 }
 
-/// What every confined process answers with ENOSYS instead of allowing or
-/// killing: glibc's realloc of a block it got from mmap (128 KiB and more)
+/// What every policy ([`Policy::new`]) answers with ENOSYS instead of
+/// allowing or killing: glibc's realloc of a block it got from mmap (128 KiB and more)
 /// tries `mremap` and copies into a new block when that fails. Killing there
 /// killed the VMM as it wrote a large `SKVM_PROFILE` (SIGSYS, mremap,
 /// November 2026); allowing it would let a confined process grow or move
@@ -392,7 +393,8 @@ mod tests {
         let mut p = Policy::new(&[GETPID, CLONE3]);
         p.fail_with_enosys(&[CLONE3]);
         assert_eq!(p.syscalls().len(), 1);
-        assert_eq!(p.enosys().len(), 1);
+        assert_eq!(p.enosys().len(), 1 + ALLOCATOR_ENOSYS.len());
+        assert!(p.enosys().iter().any(|s| s.nr == libc::SYS_clone3));
         for mode in MODES {
             let prog = p.compile(mode).unwrap();
             assert_eq!(
@@ -496,22 +498,12 @@ mod tests {
 
     /// A child grows a 64 MiB vector (above glibc's largest mmap
     /// threshold, so the block is mmapped and realloc tries mremap) under
-    /// a filter that allows mmap and munmap.
-    fn grow_a_mapped_block(enosys: bool) -> libc::c_int {
-        const LIST: &[Syscall] = &[
-            EXIT,
-            any(libc::SYS_mmap, "mmap"),
-            any(libc::SYS_munmap, "munmap"),
-        ];
-        let mut p = Policy::new(LIST);
-        if enosys {
-            p.fail_with_enosys(ALLOCATOR_ENOSYS);
-        }
-        let prog = p.compile(Violation::Kill).unwrap();
+    /// `prog`.
+    fn grow_a_mapped_block(prog: &BpfProgram) -> libc::c_int {
         in_child(|| {
             let mut v: Vec<u8> = Vec::with_capacity(64 << 20);
             v.push(1);
-            if seccompiler::apply_filter(&prog).is_err() {
+            if seccompiler::apply_filter(prog).is_err() {
                 return 3;
             }
             v.reserve(128 << 20);
@@ -522,12 +514,31 @@ mod tests {
 
     #[test]
     fn realloc_of_a_mapped_block_copies_when_mremap_fails_with_enosys() {
-        let killed = grow_a_mapped_block(false);
+        // The control: a filter that kills at mremap and allows the rest.
+        let rules = [(libc::SYS_mremap, vec![])].into_iter().collect();
+        let kill_mremap: BpfProgram = SeccompFilter::new(
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::KillProcess,
+            TargetArch::x86_64,
+        )
+        .unwrap()
+        .try_into()
+        .unwrap();
+        let killed = grow_a_mapped_block(&kill_mremap);
         assert!(
             libc::WIFSIGNALED(killed) && libc::WTERMSIG(killed) == libc::SIGSYS,
             "the control case did not call mremap (status {killed:#x}): the test shows nothing"
         );
-        let copied = grow_a_mapped_block(true);
+        // Any policy: here one that allows only mmap, munmap and exit.
+        let policy = Policy::new(&[
+            EXIT,
+            any(libc::SYS_mmap, "mmap"),
+            any(libc::SYS_munmap, "munmap"),
+        ])
+        .compile(Violation::Kill)
+        .unwrap();
+        let copied = grow_a_mapped_block(&policy);
         assert!(
             libc::WIFEXITED(copied) && libc::WEXITSTATUS(copied) == 0,
             "status {copied:#x}"

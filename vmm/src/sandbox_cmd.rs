@@ -168,6 +168,17 @@ fn rules_text(s: &Syscall) -> String {
     format!(" [only if {}]", alts.join(" || "))
 }
 
+/// One line per call `p` allows (with its argument rules), then one per
+/// call that fails with ENOSYS; names padded to `width`.
+fn print_calls(p: &Policy, width: usize) {
+    for s in &p.syscalls() {
+        println!("  {:<width$} {}{}", s.name, s.why, rules_text(s));
+    }
+    for s in p.enosys() {
+        println!("  {:<width$} fails with ENOSYS: {}", s.name, s.why);
+    }
+}
+
 fn show_vmm(sb: &VmmSandbox, mode: SeccompMode) -> ExitCode {
     if !sb.on {
         println!("vmm: --sandbox off: no seccomp filter on the VMM");
@@ -190,12 +201,7 @@ fn show_vmm(sb: &VmmSandbox, mode: SeccompMode) -> ExitCode {
             kind.name(),
             list.len()
         );
-        for s in &list {
-            println!("  {:<20} {}{}", s.name, s.why, rules_text(s));
-        }
-        for s in p.enosys() {
-            println!("  {:<20} fails with ENOSYS: {}", s.name, s.why);
-        }
+        print_calls(&p, 20);
     }
     for (what, p) in [
         (
@@ -207,11 +213,8 @@ fn show_vmm(sb: &VmmSandbox, mode: SeccompMode) -> ExitCode {
             vmm_sandbox::remover_policy(),
         ),
     ] {
-        let list = p.syscalls();
-        println!("{what}: {} syscalls allowed", list.len());
-        for s in &list {
-            println!("  {:<20} {}{}", s.name, s.why, rules_text(s));
-        }
+        println!("{what}: {} syscalls allowed", p.syscalls().len());
+        print_calls(&p, 20);
     }
     for (group, list) in sb.allowed_groups() {
         println!("{group}=allow adds to every thread's list:");
@@ -246,18 +249,12 @@ fn show(kinds: &Registry, name: &str, mode: SeccompMode) -> ExitCode {
         return ExitCode::from(1);
     };
     let kind = name.trim_end_matches(|c: char| c.is_ascii_digit());
-    let list = p.syscalls();
     println!(
         "{kind}: {} syscalls allowed (x86_64); anything else: {}",
-        list.len(),
+        p.syscalls().len(),
         action_text(mode)
     );
-    for s in &list {
-        println!("  {:<14} {}{}", s.name, s.why, rules_text(s));
-    }
-    for s in p.enosys() {
-        println!("  {:<14} fails with ENOSYS: {}", s.name, s.why);
-    }
+    print_calls(&p, 14);
     println!("{}", x32_line(mode));
     ExitCode::SUCCESS
 }

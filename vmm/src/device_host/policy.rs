@@ -118,11 +118,10 @@ pub const TRAP_EXTRA: &[Syscall] = &[Syscall {
 }];
 
 /// The policy of a device process confined as `c` says: the worker's
-/// syscalls and the kind's own; the allocator's mremap fails with ENOSYS.
+/// syscalls and the kind's own.
 pub fn for_confinement(c: &Confinement) -> Policy {
     let mut p = Policy::new(WORKER);
     p.extend(c.syscalls);
-    p.fail_with_enosys(sandbox::seccomp::ALLOCATOR_ENOSYS);
     #[cfg(debug_assertions)]
     p.extend(DEBUG_EXTRA);
     p
