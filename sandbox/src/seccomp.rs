@@ -249,13 +249,20 @@ impl Policy {
         guarded(filter, violation, &enosys)
     }
 
-    /// Installs the policy on the calling thread (seccompiler sets
-    /// no_new_privs first), after [`keep_malloc_heaps`]. Irreversible.
+    /// Installs the policy on the calling thread ([`install`]).
+    /// Irreversible.
     pub fn install(&self, violation: Violation) -> Result<(), SeccompError> {
-        let prog = self.compile(violation)?;
-        keep_malloc_heaps();
-        seccompiler::apply_filter(&prog).map_err(SeccompError::Install)
+        install(&self.compile(violation)?)
     }
+}
+
+/// Installs `prog` on the calling thread (seccompiler sets no_new_privs
+/// first), after [`keep_malloc_heaps`] for the whole process: every filter
+/// skvm installs goes through here. Other threads keep theirs; threads
+/// created later inherit it. Irreversible.
+pub fn install(prog: &BpfProgram) -> Result<(), SeccompError> {
+    keep_malloc_heaps();
+    seccompiler::apply_filter(prog).map_err(SeccompError::Install)
 }
 
 /// What every policy ([`Policy::new`]) answers with ENOSYS instead of
@@ -278,7 +285,7 @@ pub const ALLOCATOR_ENOSYS: &[Syscall] = &[Syscall {
 /// allows `openat`: a vCPU thread of a profiled run died of it
 /// (SIGSYS, `openat`, November 2026). With the trim threshold at its
 /// maximum no heap is trimmed (large blocks still come from and go back to
-/// mmap). Idempotent; call it before any filter.
+/// mmap). Idempotent; [`install`] calls it before every filter.
 pub fn keep_malloc_heaps() {
     // SAFETY: mallopt only sets a malloc parameter; glibc serialises it
     // against other threads' allocations.

@@ -286,26 +286,20 @@ impl VmmSandbox {
         policy.compile(violation(mode)).map(Some)
     }
 
-    /// What the VMM's filters need before any VMM thread installs one:
-    /// malloc that never opens a file ([`sandbox::seccomp::keep_malloc_heaps`])
-    /// and, for `--seccomp trap`, the SIGSYS handler that names the call.
-    /// Call once, early.
+    /// What `--seccomp trap` needs before any VMM thread installs its
+    /// filter: the SIGSYS handler that names the call. Call once, early.
     pub fn prepare(&self, mode: SeccompMode) {
-        if self.on {
-            sandbox::seccomp::keep_malloc_heaps();
-        }
         if self.on && mode == SeccompMode::Trap {
             install_trap_handler();
         }
     }
 }
 
-/// Installs `prog` on the calling thread (no_new_privs first, and
-/// [`sandbox::seccomp::keep_malloc_heaps`] for the whole process); other
-/// threads keep theirs; threads created later inherit it.
+/// Installs `prog` on the calling thread ([`sandbox::seccomp::install`]:
+/// no_new_privs and malloc's heaps kept first); other threads keep theirs;
+/// threads created later inherit it.
 pub fn install_on_this_thread(prog: &BpfProgram) -> Result<(), SeccompError> {
-    sandbox::seccomp::keep_malloc_heaps();
-    seccompiler::apply_filter(prog).map_err(SeccompError::Install)
+    sandbox::seccomp::install(prog)
 }
 
 /// The seccomp action for `--seccomp MODE`.
