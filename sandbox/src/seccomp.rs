@@ -266,11 +266,11 @@ pub fn install(prog: &BpfProgram) -> Result<(), SeccompError> {
 }
 
 /// What every policy ([`Policy::new`]) answers with ENOSYS instead of
-/// allowing or killing: glibc's realloc of a block it got from mmap (128 KiB and more)
-/// tries `mremap` and copies into a new block when that fails. Killing there
-/// killed the VMM as it wrote a large `SKVM_PROFILE` (SIGSYS, mremap,
-/// November 2026); allowing it would let a confined process grow or move
-/// mappings, which the copy makes unnecessary.
+/// allowing or killing: glibc's realloc of a block it got from mmap (128
+/// KiB and more) tries `mremap` and copies into a new block when that
+/// fails. Killing there killed the VMM as it wrote a large `SKVM_PROFILE`
+/// (SIGSYS, mremap, November 2026); allowing it would let a confined
+/// process grow or move mappings, which the copy makes unnecessary.
 pub const ALLOCATOR_ENOSYS: &[Syscall] = &[Syscall {
     nr: libc::SYS_mremap,
     name: "mremap",
@@ -452,19 +452,24 @@ mod tests {
         assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
     }
 
-    /// A child that kills itself at `openat` frees 40 MiB from a second
-    /// thread's malloc arena: glibc's heap trimming opens
-    /// /proc/sys/vm/overcommit_memory unless `keep_malloc_heaps` ran.
-    fn trim_a_thread_arena_under_filter(keep: bool) -> libc::c_int {
-        let rules = [(libc::SYS_openat, vec![])].into_iter().collect();
-        let filter = SeccompFilter::new(
-            rules,
+    /// A filter that kills the process at `nr` and allows every other call.
+    fn killing_only(nr: i64) -> BpfProgram {
+        SeccompFilter::new(
+            [(nr, vec![])].into_iter().collect(),
             SeccompAction::Allow,
             SeccompAction::KillProcess,
             TargetArch::x86_64,
         )
-        .unwrap();
-        let prog: seccompiler::BpfProgram = filter.try_into().unwrap();
+        .unwrap()
+        .try_into()
+        .unwrap()
+    }
+
+    /// A child that kills itself at `openat` frees 40 MiB from a second
+    /// thread's malloc arena: glibc's heap trimming opens
+    /// /proc/sys/vm/overcommit_memory unless `keep_malloc_heaps` ran.
+    fn trim_a_thread_arena_under_filter(keep: bool) -> libc::c_int {
+        let prog = killing_only(libc::SYS_openat);
         in_child(|| {
             if keep {
                 keep_malloc_heaps();
@@ -522,17 +527,7 @@ mod tests {
     #[test]
     fn realloc_of_a_mapped_block_copies_when_mremap_fails_with_enosys() {
         // The control: a filter that kills at mremap and allows the rest.
-        let rules = [(libc::SYS_mremap, vec![])].into_iter().collect();
-        let kill_mremap: BpfProgram = SeccompFilter::new(
-            rules,
-            SeccompAction::Allow,
-            SeccompAction::KillProcess,
-            TargetArch::x86_64,
-        )
-        .unwrap()
-        .try_into()
-        .unwrap();
-        let killed = grow_a_mapped_block(&kill_mremap);
+        let killed = grow_a_mapped_block(&killing_only(libc::SYS_mremap));
         assert!(
             libc::WIFSIGNALED(killed) && libc::WTERMSIG(killed) == libc::SIGSYS,
             "the control case did not call mremap (status {killed:#x}): the test shows nothing"
