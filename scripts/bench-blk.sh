@@ -51,9 +51,7 @@ device_pid() {
 }
 
 # Guest run in mode $1: leaves blkbench lines in $work/guest-$1 and the
-# device process's PSS in KiB (or n/a) in $work/pss-$1. The guest script runs
-# one command at a time (see docs/ARCHITECTURE.md, "Concurrent processes on
-# one vCPU").
+# device process's PSS in KiB (or n/a) in $work/pss-$1.
 guest_run() {
 	local mode=$1 out=$work/out-$1 script i pid pss=n/a
 	script="blkbench /dev/vda read 1048576 $secs; blkbench /dev/vda write 1048576 $secs;"

@@ -3,7 +3,7 @@
 #
 # How often guest user processes crash on this host (issue "Guest user space
 # that runs, and does not crash, on emulating hosts"; docs/ARCHITECTURE.md,
-# "Concurrent processes on one vCPU"). In the default guest, with 1 and then
+# "Vector state of guest processes"). In the default guest, with 1 and then
 # 2 vCPUs, one boot each:
 #   pipelines    N times `n=$(cat /proc/version | wc -c)`: a subshell and two
 #                freshly exec'd processes taking turns; a crash is any run

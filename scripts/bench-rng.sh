@@ -23,8 +23,7 @@ requests=${2:-20000}
 numbers "$kib" "$requests" || die "arguments must be numbers"
 
 
-# Guest: KiB/s read from /dev/hwrng, per mode. No pipelines in the guest
-# script (see docs/ARCHITECTURE.md, "Concurrent processes on one vCPU").
+# Guest: KiB/s read from /dev/hwrng, per mode.
 guest_kibps() {
 	local mode=$1 out t0 t1
 	out=$("$skvm" run --rng --device-mode "$mode" --run \

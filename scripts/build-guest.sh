@@ -7,7 +7,9 @@
 #                       directly, so the guest never decompresses itself)
 #   bzImage             the same kernel as a bzImage (LZ4-compressed)
 #   System.map, config  its symbol map and final .config
-#   initramfs.cpio.gz   busybox and guest/init as /init (the default initrd)
+#   initramfs.cpio.gz   busybox, guest/init as /init and guest/tools/
+#                       vecprobe.c built static without a C library (the
+#                       default initrd)
 #   initramfs.cpio      the same archive uncompressed, and
 #   initramfs.cpio.lz4  LZ4-compressed (legacy format), to compare unpack times
 #   initramfs-disk.cpio the same plus disk tools: e2fsprogs' mke2fs as
@@ -22,7 +24,7 @@
 #
 # Cached: the kernel is rebuilt only when guest/kernel.config, the patches,
 # the linux-source package version or the compiler changes, and the initramfs
-# only when guest/init, busybox, mke2fs or blkbench.c changes; with nothing changed the script
+# only when guest/init, busybox, mke2fs or guest/tools/*.c changes; with nothing changed the script
 # returns at once. --force rebuilds both (the kernel build stays incremental).
 # SKVM_JOBS sets make -j (default: nproc).
 #
@@ -82,6 +84,7 @@ initramfs_key=$({
 	busybox_key
 	printf 'mke2fs %s\n' "$(digest <"$mke2fs")"
 	printf 'blkbench %s\n' "$(digest <"$repo/guest/tools/blkbench.c")"
+	printf 'vecprobe %s\n' "$(digest <"$repo/guest/tools/vecprobe.c")"
 } | digest)
 
 kernel_files="vmlinux bzImage System.map config"
@@ -278,6 +281,11 @@ build_initramfs() {
 	ensure_gen_init_cpio
 	tmp=$(mktemp -d "$cache/initramfs.XXXXXX")
 	busybox_cpio_list "$tmp" >"$tmp/list"
+	# A few KiB: no C library, so every boot's initramfs stays small.
+	gcc -O2 -static -nostdlib -fno-builtin -fno-stack-protector -fno-pie -no-pie -Wall \
+		-o "$tmp/vecprobe" "$repo/guest/tools/vecprobe.c" ||
+		die "cannot build guest/tools/vecprobe.c"
+	echo "file /bin/vecprobe $tmp/vecprobe 0755 0 0" >>"$tmp/list"
 	write_cpio "$tmp/list" "$tmp/initramfs.cpio"
 	# The same plus disk tools (mkfs.ext4, blkbench) for the disk tests and
 	# benchmarks: bigger, so slower to unpack where guest kernel code is

@@ -7,10 +7,6 @@
 //! Where guest kernel code is emulated, buffered I/O and kernel-generated
 //! data (/dev/zero, /dev/urandom) cost seconds per MiB in the guest, so the
 //! scripts move data with O_DIRECT between disks the host filled.
-//!
-//! Guest scripts run one command at a time, without pipelines or command
-//! substitution (see docs/ARCHITECTURE.md, "Concurrent processes on one
-//! vCPU").
 
 // Test code: a panic is a failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

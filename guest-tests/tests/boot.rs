@@ -18,11 +18,9 @@ const STOCK_KERNEL: Duration = Duration::from_secs(2400);
 /// a healthy boot on this host is about 3 minutes, an emulated initcall).
 const STOCK_STALL: Duration = Duration::from_secs(600);
 
-/// What the guest reports, in shell builtins only: on emulating hosts a
-/// freshly exec'd process sometimes crashes at its first TLS access (see
-/// docs/ARCHITECTURE.md, "Concurrent processes on one vCPU"; with 2 vCPUs
-/// under load it still happens), and what is tested here is what the
-/// kernel says, not nproc or grep. The online CPUs are "0" or "0-N".
+/// What the guest reports, in shell builtins only: what is tested here is
+/// what the kernel says, not nproc or grep. The online CPUs are "0" or
+/// "0-N".
 const REPORT: &str = "read -r online </sys/devices/system/cpu/online; \
     case $online in *-*) n=$((${online#*-} + 1)) ;; *) n=1 ;; esac; \
     echo \"SKVM-NPROC $n\"; \

@@ -11,9 +11,6 @@
 //! sit is read from outside: descriptor tables (at the addresses `skvm ctl
 //! status` gives) in skvm's memfds, each named with its guest address.
 //! Bad sizes are refused.
-//!
-//! Guest scripts use shell builtins and one command at a time (see
-//! docs/ARCHITECTURE.md, "Concurrent processes on one vCPU").
 
 // Test code: a panic is a failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

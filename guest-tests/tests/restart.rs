@@ -4,9 +4,7 @@
 //! rng reads going on), `skvm ctl` reports, pauses, resumes, restarts on
 //! request and shuts down, and the restart limit holds.
 //!
-//! Guest scripts use shell builtins and one command at a time (see
-//! docs/ARCHITECTURE.md, "Concurrent processes on one vCPU"); kernel I/O
-//! errors would show on the console, which is checked.
+//! Kernel I/O errors would show on the console, which is checked.
 
 // Test code: a panic is a failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -14,9 +14,7 @@ const TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Reads `kib` KiB from /dev/hwrng and reports what the guest saw. Byte
 /// statistics cover the last 64 KiB (busybox `sort` on a mebibyte of lines
-/// needs more than the default guest's RAM), and the script runs one process
-/// at a time, without pipelines or command substitution (see
-/// docs/ARCHITECTURE.md, "Concurrent processes on one vCPU").
+/// needs more than the default guest's RAM).
 fn read_hwrng(kib: u32) -> String {
     format!(
         "printf 'SKVM-RNG-CURRENT '; cat /sys/class/misc/hw_random/rng_current; \

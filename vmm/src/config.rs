@@ -392,11 +392,16 @@ fn check_readable(what: &'static str, path: &std::path::Path) -> Result<(), Conf
 }
 
 /// Guest command-line options for emulating hosts: keep the guest kernel away
-/// from instructions their KVM cannot emulate: xsave/xrstor (`noxsave`),
-/// cmpxchg16b and popcnt, and every SIMD extension past SSE2 (kernel code
-/// such as the RNG's BLAKE2s picks SSSE3/AVX paths when the CPU has them;
-/// `movd`/`pshufb` are not emulated). Without SMAP the kernel patches out
-/// clac/stac, which would otherwise cost a VMM round trip each.
+/// from instructions their KVM cannot emulate: cmpxchg16b and popcnt, and
+/// the SIMD extensions past SSE2 that kernel code picks when the CPU has
+/// them (the RNG's BLAKE2s takes SSSE3 or AVX-512VL paths, crypto modules
+/// AVX2; `movd`/`pshufb` are not emulated). AVX and AVX512F stay: they are
+/// what makes the kernel save and restore the vector registers that user
+/// code, which these hosts run natively with the host's XCR0, really has
+/// (`vcpu/xsave.rs`); skvm completes the XSAVE and XRSTOR that this takes,
+/// in their standard form only (`xsaveopt`, `xsavec` and `xsaves` are
+/// hidden). Without SMAP the kernel patches out clac/stac, which would
+/// otherwise cost a VMM round trip each.
 ///
 /// The rest skips boot-time work that is instant on hardware and takes
 /// minutes when guest kernel code runs in KVM's emulator (measured with
@@ -420,8 +425,7 @@ fn check_readable(what: &'static str, path: &std::path::Path) -> Result<(), Conf
 /// (`systemd.default_timeout_start_sec=900`; the kernel ignores it, only
 /// systemd reads it). Options a kernel does not know are harmless to it.
 pub const QUIRKS_CMDLINE: &[&str] = &[
-    "noxsave",
-    "clearcpuid=cx16,popcnt,smap,ssse3,sse4_1,sse4_2,avx,avx2,avx512f,aes,pclmulqdq,sha_ni,gfni,vaes,vpclmulqdq,erms,fsrm",
+    "clearcpuid=xsaveopt,xsavec,xgetbv1,xsaves,cx16,popcnt,smap,ssse3,sse4_1,sse4_2,avx2,avx512vl,aes,pclmulqdq,sha_ni,gfni,vaes,vpclmulqdq,erms,fsrm",
     "noreplace-smp",
     "cryptomgr.notests",
     "initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,tracer_init_tracefs,crypto_kdf108_init,blake2s_mod_init",

@@ -8,16 +8,34 @@
 //! - `clac` / `stac`: clear / set RFLAGS.AC;
 //! - `fwait`: a no-op without pending x87 exceptions;
 //! - `ldmxcsr m32` / `stmxcsr m32`: MXCSR through KVM_GET/SET_FPU, with the
-//!   memory operand decoded here and accessed through the guest page tables.
+//!   memory operand decoded here and accessed through the guest page tables;
+//! - `xsave64` / `xrstor64` (standard form): the vCPU's extended state
+//!   through KVM_GET/SET_XSAVE (`xsave.rs` says why).
 //!
-//! Anything else is reported with RIP and the instruction bytes.
+//! An operand on a page that is not mapped, or not writable for a store,
+//! raises the page fault the instruction would have raised (the guest kernel
+//! faults in a signal frame on the user's stack this way), and an XRSTOR
+//! from an invalid area raises #GP, so nothing the guest writes there can
+//! stop the VM. Anything else is reported with RIP and the instruction
+//! bytes.
 
-use kvm_bindings::kvm_vcpu_events;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kvm_bindings::{kvm_regs, kvm_vcpu_events, kvm_xsave, KVM_VCPUEVENT_VALID_PAYLOAD};
 use kvm_ioctls::VcpuFd;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileMemory};
+
+use super::xsave::{self, Layout};
 
 const RFLAGS_AC: u64 = 1 << 18;
 const BP_VECTOR: u8 = 3;
+const GP_VECTOR: u8 = 13;
+const PF_VECTOR: u8 = 14;
+/// Page-fault error code bits: the page was present; the access was a write.
+const PF_PRESENT: u32 = 1;
+const PF_WRITE: u32 = 2;
+/// XSAVE and XRSTOR need a 64-byte-aligned area.
+const XSAVE_ALIGN: u64 = 64;
 /// MXCSR bits a guest may set (the rest would #GP on hardware).
 const MXCSR_VALID: u32 = 0xffff;
 /// The longest x86 instruction.
@@ -36,6 +54,10 @@ pub enum Recovery {
     LoadMxcsr(MemOperand, u8),
     /// `stmxcsr m32`: store MXCSR to memory.
     StoreMxcsr(MemOperand, u8),
+    /// `xsave64 m`: store the extended state components EDX:EAX & XCR0.
+    Xsave(MemOperand, u8),
+    /// `xrstor64 m`: load them.
+    Xrstor(MemOperand, u8),
 }
 
 impl Recovery {
@@ -44,7 +66,10 @@ impl Recovery {
         match self {
             Recovery::Breakpoint | Recovery::Skip => 1,
             Recovery::SetAc(_) => 3,
-            Recovery::LoadMxcsr(_, len) | Recovery::StoreMxcsr(_, len) => u64::from(len),
+            Recovery::LoadMxcsr(_, len)
+            | Recovery::StoreMxcsr(_, len)
+            | Recovery::Xsave(_, len)
+            | Recovery::Xrstor(_, len) => u64::from(len),
         }
     }
 }
@@ -117,7 +142,8 @@ pub fn decode(bytes: &[u8]) -> Option<Recovery> {
 }
 
 /// `[prefixes] [REX] 0f ae /2` (ldmxcsr) and `/3` (stmxcsr) with a memory
-/// operand.
+/// operand, and `/4` (xsave) and `/5` (xrstor) in their 64-bit forms
+/// (REX.W: the only ones a 64-bit kernel uses).
 fn decode_0fae(bytes: &[u8]) -> Option<Recovery> {
     let mut pos = 0usize;
     let mut seg = SegBase::Flat;
@@ -150,6 +176,8 @@ fn decode_0fae(bytes: &[u8]) -> Option<Recovery> {
     match reg {
         2 => Some(Recovery::LoadMxcsr(op, total)),
         3 => Some(Recovery::StoreMxcsr(op, total)),
+        4 if rex & 8 != 0 => Some(Recovery::Xsave(op, total)),
+        5 if rex & 8 != 0 => Some(Recovery::Xrstor(op, total)),
         _ => None,
     }
 }
@@ -340,51 +368,312 @@ pub(super) fn access_virt(
     Ok(())
 }
 
+/// An exception the instruction raises instead of completing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// #PF at `addr` with `code` (present, write bits).
+    Page {
+        /// The faulting guest virtual address (CR2).
+        addr: u64,
+        /// The error code.
+        code: u32,
+    },
+    /// #GP(0).
+    General,
+}
+
+/// What `recover` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completed {
+    /// The instruction.
+    pub action: Recovery,
+    /// The exception it raised instead of completing, if any.
+    pub fault: Option<Fault>,
+}
+
+/// The completion's view of the vCPU: its registers and the linear address
+/// of the memory operand.
+struct Operand {
+    addr: u64,
+    cr3: u64,
+    la57: bool,
+}
+
+fn operand(
+    vcpu: &VcpuFd,
+    regs: &kvm_regs,
+    op: MemOperand,
+    next: u64,
+) -> Result<Operand, EmulationError> {
+    let sregs = vcpu.get_sregs().map_err(kvm_err("get sregs"))?;
+    let gpr = [
+        regs.rax, regs.rcx, regs.rdx, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi, regs.r8,
+        regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
+    ];
+    Ok(Operand {
+        addr: op.linear(&gpr, next, sregs.fs.base, sregs.gs.base),
+        cr3: sregs.cr3,
+        la57: sregs.cr4 & CR4_LA57 != 0,
+    })
+}
+
 /// Completes the instruction at RIP if skvm knows it; returns what it did.
-pub fn recover(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> Result<Recovery, EmulationError> {
+/// `layout` is the host's XSAVE layout (None: XSAVE/XRSTOR not completed).
+pub fn recover(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    layout: Option<&Layout>,
+) -> Result<Completed, EmulationError> {
     let mut regs = vcpu.get_regs().map_err(kvm_err("get regs"))?;
     let rip = regs.rip;
     let bytes = fetch(vcpu, mem, rip).map_err(|e| EmulationError::Unhandled {
         rip,
         bytes: e.to_string(),
     })?;
-    let action = decode(&bytes).ok_or_else(|| EmulationError::Unhandled {
-        rip,
-        bytes: hex(&bytes),
-    })?;
+    let action = decode(&bytes)
+        .filter(|a| layout.is_some() || !matches!(a, Recovery::Xsave(..) | Recovery::Xrstor(..)))
+        .ok_or_else(|| EmulationError::Unhandled {
+            rip,
+            bytes: hex(&bytes),
+        })?;
     let next = rip.wrapping_add(action.length());
     let unhandled = |e: Access| EmulationError::Unhandled {
         rip,
         bytes: format!("{} ({e})", hex(&bytes)),
     };
+    let mut fault = None;
     match action {
         Recovery::SetAc(true) => regs.rflags |= RFLAGS_AC,
         Recovery::SetAc(false) => regs.rflags &= !RFLAGS_AC,
         Recovery::Breakpoint | Recovery::Skip => {}
         Recovery::LoadMxcsr(op, _) | Recovery::StoreMxcsr(op, _) => {
-            let sregs = vcpu.get_sregs().map_err(kvm_err("get sregs"))?;
-            let gpr = [
-                regs.rax, regs.rcx, regs.rdx, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi,
-                regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
-            ];
-            let addr = op.linear(&gpr, next, sregs.fs.base, sregs.gs.base);
-            let mut fpu = vcpu.get_fpu().map_err(kvm_err("get fpu"))?;
-            let mut val = fpu.mxcsr.to_le_bytes();
-            if matches!(action, Recovery::LoadMxcsr(..)) {
-                access_virt(vcpu, mem, addr, &mut val, false).map_err(unhandled)?;
-                fpu.mxcsr = u32::from_le_bytes(val) & MXCSR_VALID;
-                vcpu.set_fpu(&fpu).map_err(kvm_err("set fpu"))?;
-            } else {
-                access_virt(vcpu, mem, addr, &mut val, true).map_err(unhandled)?;
+            let at = operand(vcpu, &regs, op, next)?;
+            let store = matches!(action, Recovery::StoreMxcsr(..));
+            fault = check_pages(mem, &at, 4, store).map_err(unhandled)?;
+            if fault.is_none() {
+                let mut fpu = vcpu.get_fpu().map_err(kvm_err("get fpu"))?;
+                let mut val = fpu.mxcsr.to_le_bytes();
+                access_virt(vcpu, mem, at.addr, &mut val, store).map_err(unhandled)?;
+                if !store {
+                    fpu.mxcsr = u32::from_le_bytes(val) & MXCSR_VALID;
+                    vcpu.set_fpu(&fpu).map_err(kvm_err("set fpu"))?;
+                }
             }
         }
+        Recovery::Xsave(op, _) | Recovery::Xrstor(op, _) => {
+            let layout = layout.ok_or_else(|| EmulationError::Unhandled {
+                rip,
+                bytes: hex(&bytes),
+            })?;
+            let at = operand(vcpu, &regs, op, next)?;
+            let requested = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
+            fault = if matches!(action, Recovery::Xsave(..)) {
+                xsave_to(vcpu, mem, layout, &at, requested).map_err(|e| e.or(unhandled))?
+            } else {
+                xrstor_from(vcpu, mem, layout, &at, requested).map_err(|e| e.or(unhandled))?
+            };
+        }
     }
-    regs.rip = next;
-    vcpu.set_regs(&regs).map_err(kvm_err("set regs"))?;
-    if action == Recovery::Breakpoint {
-        inject_exception(vcpu, BP_VECTOR).map_err(kvm_err("set events"))?;
+    match fault {
+        None => {
+            regs.rip = next;
+            vcpu.set_regs(&regs).map_err(kvm_err("set regs"))?;
+            if action == Recovery::Breakpoint {
+                inject_exception(vcpu, BP_VECTOR).map_err(kvm_err("set events"))?;
+            }
+        }
+        Some(f) => inject_fault(vcpu, f).map_err(kvm_err("set events"))?,
     }
-    Ok(action)
+    Ok(Completed { action, fault })
+}
+
+/// A failure of an XSAVE or XRSTOR completion: a KVM call, or guest memory.
+enum XError {
+    Kvm(EmulationError),
+    Access(Access),
+}
+
+impl XError {
+    fn or(self, f: impl FnOnce(Access) -> EmulationError) -> EmulationError {
+        match self {
+            XError::Kvm(e) => e,
+            XError::Access(a) => f(a),
+        }
+    }
+}
+
+fn xkvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> XError {
+    move |source| XError::Kvm(EmulationError::Kvm { what, source })
+}
+
+/// The vCPU's XCR0 and, from it and EDX:EAX, the requested-feature bitmap.
+fn rfbm(vcpu: &VcpuFd, layout: &Layout, requested: u64) -> Result<(u64, u64), XError> {
+    let xcrs = vcpu.get_xcrs().map_err(xkvm("get xcrs"))?;
+    let count = usize::try_from(xcrs.nr_xcrs).unwrap_or(0);
+    let xcr0 = xcrs
+        .xcrs
+        .iter()
+        .take(count)
+        .find(|x| x.xcr == 0)
+        .map_or(1, |x| x.value);
+    Ok((xcr0, xcr0 & requested & layout_mask(layout)))
+}
+
+fn layout_mask(layout: &Layout) -> u64 {
+    (0..64u32)
+        .map(|i| 1u64 << i)
+        .filter(|&b| layout.covers(b))
+        .fold(0, |a, b| a | b)
+}
+
+fn state_bytes(x: &kvm_xsave) -> Vec<u8> {
+    x.region.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+fn set_state_bytes(x: &mut kvm_xsave, bytes: &[u8]) {
+    for (w, c) in x.region.iter_mut().zip(bytes.chunks_exact(4)) {
+        *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+}
+
+fn xsave_to(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    layout: &Layout,
+    at: &Operand,
+    requested: u64,
+) -> Result<Option<Fault>, XError> {
+    if !at.addr.is_multiple_of(XSAVE_ALIGN) {
+        return Ok(Some(Fault::General));
+    }
+    let (_, rfbm) = rfbm(vcpu, layout, requested)?;
+    let len = layout.area_len(rfbm);
+    if let Some(f) = check_pages(mem, at, len, true).map_err(XError::Access)? {
+        return Ok(Some(f));
+    }
+    let cur = state_bytes(&vcpu.get_xsave().map_err(xkvm("get xsave"))?);
+    let mut bv = [0u8; 8];
+    access_virt(vcpu, mem, at.addr + 512, &mut bv, false).map_err(XError::Access)?;
+    for (off, mut piece) in xsave::save(layout, &cur, rfbm, u64::from_le_bytes(bv)) {
+        access_virt(vcpu, mem, at.addr + off as u64, &mut piece, true).map_err(XError::Access)?;
+    }
+    Ok(None)
+}
+
+fn xrstor_from(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    layout: &Layout,
+    at: &Operand,
+    requested: u64,
+) -> Result<Option<Fault>, XError> {
+    if !at.addr.is_multiple_of(XSAVE_ALIGN) {
+        return Ok(Some(Fault::General));
+    }
+    let (xcr0, rfbm) = rfbm(vcpu, layout, requested)?;
+    let len = layout.area_len(rfbm);
+    if let Some(f) = check_pages(mem, at, len, false).map_err(XError::Access)? {
+        return Ok(Some(f));
+    }
+    let mut area = vec![0u8; len];
+    access_virt(vcpu, mem, at.addr, &mut area, false).map_err(XError::Access)?;
+    let mut state = vcpu.get_xsave().map_err(xkvm("get xsave"))?;
+    let mut cur = state_bytes(&state);
+    if xsave::restore(layout, &mut cur, &area, rfbm, xcr0).is_err() {
+        return Ok(Some(Fault::General));
+    }
+    set_state_bytes(&mut state, &cur);
+    // SAFETY: the buffer is a whole kvm_xsave and the host's state fits in
+    // it (Layout::new refused any component past 4 KiB), so KVM reads no
+    // further than the struct.
+    if unsafe { vcpu.set_xsave(&state) }.is_err() {
+        // KVM checks the state as XRSTOR would; what it refuses, the
+        // instruction would have faulted on.
+        return Ok(Some(Fault::General));
+    }
+    Ok(None)
+}
+
+/// CR4.LA57: five-level paging.
+const CR4_LA57: u64 = 1 << 12;
+/// Page-table entry bits.
+const PTE_PRESENT: u64 = 1;
+const PTE_WRITE: u64 = 1 << 1;
+const PTE_ACCESSED: u64 = 1 << 5;
+const PTE_DIRTY: u64 = 1 << 6;
+const PTE_LARGE: u64 = 1 << 7;
+const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+
+/// Walks the guest's page tables for `gva` as a supervisor access with
+/// CR0.WP set would: Ok(Some(fault)) if the access faults; otherwise marks
+/// the leaf accessed (and dirty for a write), as the CPU would.
+fn walk(
+    mem: &GuestMemoryMmap,
+    at: &Operand,
+    gva: u64,
+    write: bool,
+) -> Result<Option<Fault>, Access> {
+    let levels: u32 = if at.la57 { 5 } else { 4 };
+    let mut table = at.cr3 & PTE_ADDR;
+    let not_present = Fault::Page {
+        addr: gva,
+        code: if write { PF_WRITE } else { 0 },
+    };
+    for level in (1..=levels).rev() {
+        let index = (gva >> (12 + 9 * (level - 1))) & 0x1ff;
+        let slot = GuestAddress(table + index * 8);
+        let entry: u64 = mem
+            .read_obj(slot)
+            .map_err(|source| Access::Memory { addr: gva, source })?;
+        if entry & PTE_PRESENT == 0 {
+            return Ok(Some(not_present));
+        }
+        if write && entry & PTE_WRITE == 0 {
+            return Ok(Some(Fault::Page {
+                addr: gva,
+                code: PF_PRESENT | PF_WRITE,
+            }));
+        }
+        let leaf = level == 1 || (level <= 3 && entry & PTE_LARGE != 0);
+        let bits = PTE_ACCESSED | if leaf && write { PTE_DIRTY } else { 0 };
+        if entry & bits != bits {
+            let slice = mem
+                .get_slice(slot, 8)
+                .map_err(|source| Access::Memory { addr: gva, source })?;
+            slice
+                .get_atomic_ref::<AtomicU64>(0)
+                .map_err(|_| Access::Range)?
+                .fetch_or(bits, Ordering::SeqCst);
+        }
+        if leaf {
+            return Ok(None);
+        }
+        table = entry & PTE_ADDR;
+    }
+    Ok(None)
+}
+
+/// Checks every page of `len` bytes at the operand as the instruction's own
+/// accesses would (present; writable for a store); the first that is not
+/// gives the page fault the instruction raises.
+fn check_pages(
+    mem: &GuestMemoryMmap,
+    at: &Operand,
+    len: usize,
+    write: bool,
+) -> Result<Option<Fault>, Access> {
+    let end = at.addr.wrapping_add(len as u64);
+    let mut page = at.addr;
+    loop {
+        if let Some(f) = walk(mem, at, page, write)? {
+            return Ok(Some(f));
+        }
+        let next = (page & !0xfff).wrapping_add(0x1000);
+        if next >= end || next <= page {
+            return Ok(None);
+        }
+        page = next;
+    }
 }
 
 /// Delivers exception `vector` (one without an error code) to the guest at
@@ -398,6 +687,33 @@ pub(super) fn inject_exception(vcpu: &VcpuFd, vector: u8) -> Result<(), kvm_ioct
     events.exception.error_code = 0;
     events.exception_has_payload = 0;
     events.flags = 0;
+    vcpu.set_vcpu_events(&events)
+}
+
+/// Raises `fault` in the guest: #GP(0), or #PF with CR2 as its payload
+/// (KVM_CAP_EXCEPTION_PAYLOAD, which the VM enables on emulating hosts).
+fn inject_fault(vcpu: &VcpuFd, fault: Fault) -> Result<(), kvm_ioctls::Error> {
+    let mut events: kvm_vcpu_events = vcpu.get_vcpu_events()?;
+    events.exception.has_error_code = 1;
+    events.flags = 0;
+    match fault {
+        Fault::General => {
+            events.exception.injected = 1;
+            events.exception.pending = 0;
+            events.exception.nr = GP_VECTOR;
+            events.exception.error_code = 0;
+            events.exception_has_payload = 0;
+        }
+        Fault::Page { addr, code } => {
+            events.exception.injected = 0;
+            events.exception.pending = 1;
+            events.exception.nr = PF_VECTOR;
+            events.exception.error_code = code;
+            events.exception_has_payload = 1;
+            events.exception_payload = addr;
+            events.flags = KVM_VCPUEVENT_VALID_PAYLOAD;
+        }
+    }
     vcpu.set_vcpu_events(&events)
 }
 
@@ -475,6 +791,75 @@ mod tests {
         assert_eq!(decode(&[0x0f, 0xae, 0x54, 0x24]), None);
         assert_eq!(decode(&[0x0f, 0xae, 0x15, 0x00]), None);
         assert_eq!(decode(&[0x65, 0x65, 0x65]), None);
+    }
+
+    #[test]
+    fn xsave64_and_xrstor64_decode_and_their_32_bit_forms_do_not() {
+        // xsave64 (%rdi): 48 0f ae 27; xrstor64 0x40(%rbx): 48 0f ae 6b 40
+        let r = decode(&[0x48, 0x0f, 0xae, 0x27]).unwrap();
+        let Recovery::Xsave(op, 4) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(op.linear(&gpr(), 0, 0, 0), gpr()[7]);
+        let r = decode(&[0x48, 0x0f, 0xae, 0x6b, 0x40]).unwrap();
+        let Recovery::Xrstor(op, 5) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(op.linear(&gpr(), 0, 0, 0), gpr()[3] + 0x40);
+        // Without REX.W the x87 pointers have another format: not completed.
+        assert_eq!(decode(&[0x0f, 0xae, 0x27]), None);
+    }
+
+    /// Guest memory with 4-level page tables at 0x1000.. mapping virtual
+    /// 0x40_0000 to physical 0x8000 with `flags` in the last level.
+    fn mapped(flags: u64) -> (GuestMemoryMmap, Operand) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let gva: u64 = 0x40_0000;
+        let tables = [0x1000u64, 0x2000, 0x3000, 0x4000];
+        for (level, t) in tables.iter().enumerate() {
+            let shift = 12 + 9 * (3 - level as u64);
+            let index = (gva >> shift) & 0x1ff;
+            let entry = match tables.get(level + 1) {
+                Some(next) => next | PTE_PRESENT | PTE_WRITE,
+                None => 0x8000 | flags,
+            };
+            mem.write_obj(entry, GuestAddress(t + index * 8)).unwrap();
+        }
+        let at = Operand {
+            addr: gva,
+            cr3: 0x1000,
+            la57: false,
+        };
+        (mem, at)
+    }
+
+    #[test]
+    fn the_page_walk_faults_as_the_cpu_would_and_marks_the_leaf() {
+        let (mem, at) = mapped(PTE_PRESENT | PTE_WRITE);
+        assert_eq!(check_pages(&mem, &at, 64, true).unwrap(), None);
+        let leaf: u64 = mem.read_obj(GuestAddress(0x4000)).unwrap();
+        assert_eq!(leaf & (PTE_ACCESSED | PTE_DIRTY), PTE_ACCESSED | PTE_DIRTY);
+        // Read-only (copy-on-write): a store faults with P and W set.
+        let (mem, at) = mapped(PTE_PRESENT);
+        assert_eq!(check_pages(&mem, &at, 64, false).unwrap(), None);
+        assert_eq!(
+            check_pages(&mem, &at, 64, true).unwrap(),
+            Some(Fault::Page {
+                addr: 0x40_0000,
+                code: PF_PRESENT | PF_WRITE
+            })
+        );
+        let leaf: u64 = mem.read_obj(GuestAddress(0x4000)).unwrap();
+        assert_eq!(leaf & PTE_DIRTY, 0, "no dirty bit without the store");
+        // An area running into an unmapped page faults there.
+        let (mem, at) = mapped(PTE_PRESENT | PTE_WRITE);
+        assert_eq!(
+            check_pages(&mem, &at, 0x1000 + 8, false).unwrap(),
+            Some(Fault::Page {
+                addr: 0x40_1000,
+                code: 0
+            })
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod emulation;
 pub mod setup;
 pub mod syscall;
+pub mod xsave;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -43,6 +44,10 @@ pub struct VcpuStats {
     pub fwait: AtomicU64,
     /// `ldmxcsr`/`stmxcsr` completed by skvm.
     pub mxcsr: AtomicU64,
+    /// `xsave`/`xrstor` completed by skvm.
+    pub xsave: AtomicU64,
+    /// Page faults and #GPs those instructions raised instead.
+    pub faults: AtomicU64,
     /// Emulation failures that went away when the instruction was run again.
     pub retries: AtomicU64,
     /// User-mode SYSCALLs completed by skvm.
@@ -60,7 +65,7 @@ impl VcpuStats {
     pub fn summary(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "exits {} (pio {}, mmio {}); emulation recoveries: int3 {}, clac/stac {}, fwait {}, ldmxcsr/stmxcsr {}, retried {}; syscalls completed {} (page faults {}, {} us in skvm per syscall or fault)",
+            "exits {} (pio {}, mmio {}); emulation recoveries: int3 {}, clac/stac {}, fwait {}, ldmxcsr/stmxcsr {}, xsave/xrstor {} (faulted {}), retried {}; syscalls completed {} (page faults {}, {} us in skvm per syscall or fault)",
             g(&self.exits),
             g(&self.pio),
             g(&self.mmio),
@@ -68,6 +73,8 @@ impl VcpuStats {
             g(&self.ac),
             g(&self.fwait),
             g(&self.mxcsr),
+            g(&self.xsave),
+            g(&self.faults),
             g(&self.retries),
             g(&self.syscalls),
             g(&self.page_faults),
@@ -101,6 +108,9 @@ pub struct Vcpu {
     pub exit: Arc<ExitSignal>,
     /// Whether to complete instructions KVM failed to emulate.
     pub quirks: bool,
+    /// The host's XSAVE layout, with which skvm completes the guest
+    /// kernel's XSAVE and XRSTOR (emulating hosts); None elsewhere.
+    pub xsave: Option<Arc<xsave::Layout>>,
     /// Shared counters.
     pub stats: Arc<VcpuStats>,
     /// Guest RIP samples taken when kicked, if profiling (`SKVM_PROFILE`).
@@ -407,14 +417,20 @@ impl Vcpu {
                  try --host-quirks on"
             )));
         }
-        match emulation::recover(&self.fd, &self.memory()) {
-            Ok(r) => {
-                let c = match r {
+        match emulation::recover(&self.fd, &self.memory(), self.xsave.as_deref()) {
+            Ok(emulation::Completed { action, fault }) => {
+                if fault.is_some() {
+                    self.stats.faults.fetch_add(1, Ordering::Relaxed);
+                }
+                let c = match action {
                     emulation::Recovery::Breakpoint => &self.stats.int3,
                     emulation::Recovery::SetAc(_) => &self.stats.ac,
                     emulation::Recovery::Skip => &self.stats.fwait,
                     emulation::Recovery::LoadMxcsr(..) | emulation::Recovery::StoreMxcsr(..) => {
                         &self.stats.mxcsr
+                    }
+                    emulation::Recovery::Xsave(..) | emulation::Recovery::Xrstor(..) => {
+                        &self.stats.xsave
                     }
                 };
                 c.fetch_add(1, Ordering::Relaxed);

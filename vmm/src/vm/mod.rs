@@ -30,7 +30,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::{bail, Context, Result};
-use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_enable_cap, kvm_pit_config, KVM_CAP_EXCEPTION_PAYLOAD, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -100,7 +102,7 @@ pub fn check_host(cfg: &VmConfig) -> Result<HostChecked<'_>> {
         HostQuirks::Auto => host::is_emulating_host(),
     };
     if quirks {
-        log::debug("emulating host: completing int3/clac/stac/fwait and user-mode SYSCALL, adding guest quirks");
+        log::debug("emulating host: completing int3/clac/stac/fwait, xsave/xrstor and user-mode SYSCALL, adding guest quirks");
     }
     Ok(HostChecked { cfg, kvm, quirks })
 }
@@ -296,7 +298,7 @@ impl<'a> Opened<'a> {
             cpus: cfg.cpus,
         };
         let loader = start_loader(boot_ram, spec)?;
-        let vm = Arc::new(create_vm(&kvm)?);
+        let vm = Arc::new(create_vm(&kvm, quirks)?);
         memory.register(vm.clone())?;
         let router = Arc::new(IrqRouter::new(vm.clone()));
         let mut pci = PciBus::new();
@@ -413,6 +415,7 @@ impl<'a> Built<'a> {
     fn create_vcpus(&self, kvm: &Kvm, quirks: bool) -> Result<Vec<Vcpu>> {
         let cpus = self.cfg.cpus;
         let supported = setup::supported_cpuid(kvm)?;
+        let xsave = if quirks { xsave_layout(kvm) } else { None };
         let vcpu_mem = self
             .memory
             .lock()
@@ -441,6 +444,7 @@ impl<'a> Built<'a> {
                 profile: self.profile.clone(),
                 gate: self.gate.clone(),
                 syscall: quirks.then(crate::vcpu::syscall::SyscallCompletion::default),
+                xsave: xsave.clone(),
             });
         }
         Ok(vcpus)
@@ -654,7 +658,22 @@ fn check_limits(kvm: &Kvm, cfg: &VmConfig) -> Result<()> {
     Ok(())
 }
 
-fn create_vm(kvm: &Kvm) -> Result<VmFd> {
+/// The host's XSAVE layout, if skvm can complete XSAVE/XRSTOR with it: the
+/// state must fit KVM_GET_XSAVE's 4 KiB (KVM_CAP_XSAVE2 gives the size).
+fn xsave_layout(kvm: &Kvm) -> Option<Arc<crate::vcpu::xsave::Layout>> {
+    let size = kvm.check_extension_int(kvm_ioctls::Cap::Xsave2);
+    let fits = usize::try_from(size).is_ok_and(|s| s <= crate::vcpu::xsave::KVM_XSAVE_BYTES);
+    let layout = crate::vcpu::xsave::Layout::host().filter(|_| fits || size == 0);
+    if layout.is_none() {
+        log::warn(&format!(
+            "the host's vector state ({size} bytes) does not fit KVM_GET_XSAVE: \
+             guest XSAVE/XRSTOR will stop the VM"
+        ));
+    }
+    layout.map(Arc::new)
+}
+
+fn create_vm(kvm: &Kvm, quirks: bool) -> Result<VmFd> {
     let vm = kvm.create_vm().context("cannot create KVM VM")?;
     vm.set_tss_address(usize::try_from(layout::KVM_TSS_ADDR).context("TSS address")?)
         .context("cannot set TSS address")?;
@@ -667,5 +686,16 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd> {
         ..Default::default()
     };
     vm.create_pit2(pit).context("cannot create in-kernel PIT")?;
+    if quirks {
+        // The page faults that skvm's XSAVE/XRSTOR completion raises carry
+        // their address (CR2) as the exception's payload.
+        let cap = kvm_enable_cap {
+            cap: KVM_CAP_EXCEPTION_PAYLOAD,
+            args: [1, 0, 0, 0],
+            ..Default::default()
+        };
+        vm.enable_cap(&cap)
+            .context("cannot enable KVM_CAP_EXCEPTION_PAYLOAD (--host-quirks)")?;
+    }
     Ok(vm)
 }

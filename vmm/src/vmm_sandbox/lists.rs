@@ -5,7 +5,8 @@
 
 use kvm_bindings::{
     kvm_debugregs, kvm_fpu, kvm_guest_debug, kvm_ioeventfd, kvm_irq_routing, kvm_irqfd, kvm_msrs,
-    kvm_regs, kvm_sregs, kvm_translation, kvm_userspace_memory_region, kvm_vcpu_events,
+    kvm_regs, kvm_sregs, kvm_translation, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave,
 };
 use sandbox::seccomp::{Arg, Syscall};
 
@@ -75,6 +76,12 @@ pub mod kvm_ioctl {
     pub const GET_FPU: u64 = ior::<kvm_fpu>(0x8c);
     /// Writes the FPU state.
     pub const SET_FPU: u64 = iow::<kvm_fpu>(0x8d);
+    /// Reads the extended (XSAVE) state.
+    pub const GET_XSAVE: u64 = ior::<kvm_xsave>(0xa4);
+    /// Writes the extended state.
+    pub const SET_XSAVE: u64 = iow::<kvm_xsave>(0xa5);
+    /// Reads XCR0.
+    pub const GET_XCRS: u64 = ior::<kvm_xcrs>(0xa6);
     /// Reads pending events.
     pub const GET_VCPU_EVENTS: u64 = ior::<kvm_vcpu_events>(0x9f);
     /// Writes pending events.
@@ -161,8 +168,8 @@ pub(super) const VCPU: &[Syscall] = &[
     only(
         libc::SYS_ioctl,
         "ioctl",
-        "KVM_RUN; the registers, FPU, events, MSRs and debug registers that completing an \
-         instruction or a system call for an emulating host needs; the GSI routing, irqfds \
+        "KVM_RUN; the registers, FPU and XSAVE state, XCR0, events, MSRs and debug registers \
+         that completing an instruction or a system call for an emulating host needs; the GSI routing, irqfds \
          and ioeventfds that guest writes to MSI-X and virtio-pci registers change",
         &[
             &[Arg::Eq(1, kvm_ioctl::RUN)],
@@ -176,6 +183,9 @@ pub(super) const VCPU: &[Syscall] = &[
             &[Arg::Eq(1, kvm_ioctl::TRANSLATE)],
             &[Arg::Eq(1, kvm_ioctl::GET_FPU)],
             &[Arg::Eq(1, kvm_ioctl::SET_FPU)],
+            &[Arg::Eq(1, kvm_ioctl::GET_XSAVE)],
+            &[Arg::Eq(1, kvm_ioctl::SET_XSAVE)],
+            &[Arg::Eq(1, kvm_ioctl::GET_XCRS)],
             &[Arg::Eq(1, kvm_ioctl::GET_VCPU_EVENTS)],
             &[Arg::Eq(1, kvm_ioctl::SET_VCPU_EVENTS)],
             &[Arg::Eq(1, kvm_ioctl::SET_GSI_ROUTING)],

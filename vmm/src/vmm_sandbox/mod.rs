@@ -460,6 +460,9 @@ mod tests {
         assert_eq!(kvm_ioctl::TRANSLATE, 0xC018_AE85);
         assert_eq!(kvm_ioctl::GET_FPU, 0x81A0_AE8C);
         assert_eq!(kvm_ioctl::SET_FPU, 0x41A0_AE8D);
+        assert_eq!(kvm_ioctl::GET_XSAVE, 0x9000_AEA4);
+        assert_eq!(kvm_ioctl::SET_XSAVE, 0x5000_AEA5);
+        assert_eq!(kvm_ioctl::GET_XCRS, 0x8188_AEA6);
         assert_eq!(kvm_ioctl::GET_VCPU_EVENTS, 0x8040_AE9F);
         assert_eq!(kvm_ioctl::SET_VCPU_EVENTS, 0x4040_AEA0);
         assert_eq!(kvm_ioctl::SET_GSI_ROUTING, 0x4008_AE6A);
