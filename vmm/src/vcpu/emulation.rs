@@ -536,6 +536,35 @@ fn set_state_bytes(x: &mut kvm_xsave, bytes: &[u8]) {
     }
 }
 
+/// What XSAVE and XRSTOR both establish first: the vCPU's XCR0, the
+/// requested-feature bitmap and the area's length, or the fault the
+/// instruction raises instead (a misaligned area, a page of it not mapped,
+/// or not writable for XSAVE).
+struct Area {
+    xcr0: u64,
+    rfbm: u64,
+    len: usize,
+}
+
+fn area(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    layout: &Layout,
+    at: &Operand,
+    requested: u64,
+    write: bool,
+) -> Result<Result<Area, Fault>, XError> {
+    if !at.addr.is_multiple_of(XSAVE_ALIGN) {
+        return Ok(Err(Fault::General));
+    }
+    let (xcr0, rfbm) = rfbm(vcpu, layout, requested)?;
+    let len = layout.area_len(rfbm);
+    if let Some(f) = check_pages(mem, at, len, write).map_err(XError::Access)? {
+        return Ok(Err(f));
+    }
+    Ok(Ok(Area { xcr0, rfbm, len }))
+}
+
 fn xsave_to(
     vcpu: &VcpuFd,
     mem: &GuestMemoryMmap,
@@ -543,14 +572,10 @@ fn xsave_to(
     at: &Operand,
     requested: u64,
 ) -> Result<Option<Fault>, XError> {
-    if !at.addr.is_multiple_of(XSAVE_ALIGN) {
-        return Ok(Some(Fault::General));
-    }
-    let (_, rfbm) = rfbm(vcpu, layout, requested)?;
-    let len = layout.area_len(rfbm);
-    if let Some(f) = check_pages(mem, at, len, true).map_err(XError::Access)? {
-        return Ok(Some(f));
-    }
+    let Area { rfbm, .. } = match area(vcpu, mem, layout, at, requested, true)? {
+        Ok(a) => a,
+        Err(f) => return Ok(Some(f)),
+    };
     let cur = state_bytes(&vcpu.get_xsave().map_err(xkvm("get xsave"))?);
     let mut bv = [0u8; 8];
     access_virt(vcpu, mem, at.addr + 512, &mut bv, false).map_err(XError::Access)?;
@@ -567,14 +592,10 @@ fn xrstor_from(
     at: &Operand,
     requested: u64,
 ) -> Result<Option<Fault>, XError> {
-    if !at.addr.is_multiple_of(XSAVE_ALIGN) {
-        return Ok(Some(Fault::General));
-    }
-    let (xcr0, rfbm) = rfbm(vcpu, layout, requested)?;
-    let len = layout.area_len(rfbm);
-    if let Some(f) = check_pages(mem, at, len, false).map_err(XError::Access)? {
-        return Ok(Some(f));
-    }
+    let Area { xcr0, rfbm, len } = match area(vcpu, mem, layout, at, requested, false)? {
+        Ok(a) => a,
+        Err(f) => return Ok(Some(f)),
+    };
     let mut area = vec![0u8; len];
     access_virt(vcpu, mem, at.addr, &mut area, false).map_err(XError::Access)?;
     let mut state = vcpu.get_xsave().map_err(xkvm("get xsave"))?;
