@@ -342,10 +342,15 @@ impl VmConfig {
         })
     }
 
-    /// The full kernel command line.
-    pub fn cmdline(&self, quirks: bool) -> String {
+    /// The full kernel command line. `xsave`: skvm completes the guest
+    /// kernel's XSAVE/XRSTOR (with `quirks`); without it the kernel must not
+    /// use them.
+    pub fn cmdline(&self, quirks: bool, xsave: bool) -> String {
         let mut parts: Vec<String> = vec!["console=ttyS0".into(), "panic=-1".into()];
         if quirks {
+            if !xsave {
+                parts.push("noxsave".into());
+            }
             parts.extend(QUIRKS_CMDLINE.iter().map(|s| (*s).to_owned()));
         }
         if let Some(root) = &self.root {
@@ -400,7 +405,9 @@ fn check_readable(what: &'static str, path: &std::path::Path) -> Result<(), Conf
 /// code, which these hosts run natively with the host's XCR0, really has
 /// (`vcpu/xsave.rs`); skvm completes the XSAVE and XRSTOR that this takes,
 /// in their standard form only (`xsaveopt`, `xsavec` and `xsaves` are
-/// hidden). Without SMAP the kernel patches out clac/stac, which would
+/// hidden; on a host where it cannot, `noxsave` comes first). Protection
+/// keys are hidden too: their WRPKRU at each context switch is not
+/// emulated. Without SMAP the kernel patches out clac/stac, which would
 /// otherwise cost a VMM round trip each.
 ///
 /// The rest skips boot-time work that is instant on hardware and takes
@@ -425,7 +432,7 @@ fn check_readable(what: &'static str, path: &std::path::Path) -> Result<(), Conf
 /// (`systemd.default_timeout_start_sec=900`; the kernel ignores it, only
 /// systemd reads it). Options a kernel does not know are harmless to it.
 pub const QUIRKS_CMDLINE: &[&str] = &[
-    "clearcpuid=xsaveopt,xsavec,xgetbv1,xsaves,cx16,popcnt,smap,ssse3,sse4_1,sse4_2,avx2,avx512vl,aes,pclmulqdq,sha_ni,gfni,vaes,vpclmulqdq,erms,fsrm",
+    "clearcpuid=xsaveopt,xsavec,xgetbv1,xsaves,pku,cx16,popcnt,smap,ssse3,sse4_1,sse4_2,avx2,avx512vl,aes,pclmulqdq,sha_ni,gfni,vaes,vpclmulqdq,erms,fsrm",
     "noreplace-smp",
     "cryptomgr.notests",
     "initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,tracer_init_tracefs,crypto_kdf108_init,blake2s_mod_init",
@@ -563,8 +570,32 @@ mod tests {
         };
         let c = VmConfig::from_args(&a, &clap::ArgMatches::default(), &Registry::standard())
             .unwrap()
-            .cmdline(false);
+            .cmdline(false, false);
         assert_eq!(c, "console=ttyS0 panic=-1 skvm.cmd=ZWNobyBoaQ==");
+    }
+
+    #[test]
+    fn the_guest_kernel_keeps_xsave_only_where_skvm_completes_it() {
+        let c = VmConfig::from_args(&args(), &clap::ArgMatches::default(), &Registry::standard())
+            .unwrap();
+        let words = |quirks, xsave| {
+            c.cmdline(quirks, xsave)
+                .split(' ')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let with = words(true, true);
+        assert!(!with.iter().any(|w| w == "noxsave"), "{with:?}");
+        let clear = with.iter().find(|w| w.starts_with("clearcpuid=")).unwrap();
+        for hidden in ["xsaves", "xsavec", "xsaveopt", "pku", "avx2", "avx512vl"] {
+            assert!(clear.split([',', '=']).any(|f| f == hidden), "{clear}");
+        }
+        // AVX and AVX512F stay: they make the kernel save those registers.
+        assert!(!clear
+            .split([',', '='])
+            .any(|f| f == "avx" || f == "avx512f"));
+        assert!(words(true, false).iter().any(|w| w == "noxsave"));
+        assert!(!words(false, false).iter().any(|w| w.contains("xsave")));
     }
 
     fn disks(values: &[&str]) -> clap::ArgMatches {
@@ -582,14 +613,17 @@ mod tests {
     #[test]
     fn a_root_disk_goes_on_the_cmdline_by_its_guest_name() {
         let c = config(&args(), &disks(&["a.img", "b.img,ro,root"])).unwrap();
-        assert_eq!(c.cmdline(false), "console=ttyS0 panic=-1 root=/dev/vdb ro");
+        assert_eq!(
+            c.cmdline(false, false),
+            "console=ttyS0 panic=-1 root=/dev/vdb ro"
+        );
         let a = RunArgs {
             cmdline: "init=/bin/sh".into(),
             ..args()
         };
         let c = config(&a, &disks(&["a.img,root"])).unwrap();
         assert_eq!(
-            c.cmdline(false),
+            c.cmdline(false, false),
             "console=ttyS0 panic=-1 root=/dev/vda rw init=/bin/sh"
         );
     }

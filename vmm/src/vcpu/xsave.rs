@@ -60,14 +60,23 @@ impl Layout {
         }
         let top = cpuid(0xd, 0);
         let supported = u64::from(top.eax) | (u64::from(top.edx) << 32);
+        let mut supported = supported;
         let mut comps = [(0, 0); 64];
         for (i, c) in comps.iter_mut().enumerate().skip(2) {
             if supported & (1 << i) != 0 {
                 let sub = cpuid(0xd, u32::try_from(i).ok()?);
-                *c = (
+                let (off, size) = (
                     usize::try_from(sub.ebx).ok()?,
                     usize::try_from(sub.eax).ok()?,
                 );
+                // Components past KVM_GET_XSAVE's 4 KiB (AMX tiles) are
+                // ones KVM gives a guest only on request, which skvm never
+                // makes.
+                if off + size > KVM_XSAVE_BYTES {
+                    supported &= !(1 << i);
+                } else {
+                    *c = (off, size);
+                }
             }
         }
         Layout::new(supported, comps)

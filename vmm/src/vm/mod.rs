@@ -289,7 +289,10 @@ impl<'a> Opened<'a> {
         // the setup time (page allocation, ~2 ms per MiB on kvm_pvm hosts):
         // it runs in a thread while the VM, its memslots and the devices
         // are set up.
-        let cmdline = cfg.cmdline(quirks);
+        // Whether skvm can complete the guest kernel's XSAVE/XRSTOR decides
+        // whether the kernel may use them.
+        let xsave = if quirks { xsave_layout(&kvm) } else { None };
+        let cmdline = cfg.cmdline(quirks, xsave.is_some());
         log::debug(&format!("kernel command line: {cmdline}"));
         let spec = BootSpec {
             kernel,
@@ -333,7 +336,7 @@ impl<'a> Opened<'a> {
         };
         // vCPUs are created and configured while the loader runs; only the
         // boot vCPU's registers wait for it.
-        built.vcpus = built.create_vcpus(&kvm, quirks)?;
+        built.vcpus = built.create_vcpus(&kvm, quirks, xsave.as_ref())?;
         let boot_info = loader
             .join()
             .map_err(|_| anyhow::anyhow!("the boot loader thread panicked"))??;
@@ -412,10 +415,14 @@ fn legacy_devices(vm: &VmFd, panic: &Arc<Mutex<Option<PanicRecord>>>) -> Result<
 }
 
 impl<'a> Built<'a> {
-    fn create_vcpus(&self, kvm: &Kvm, quirks: bool) -> Result<Vec<Vcpu>> {
+    fn create_vcpus(
+        &self,
+        kvm: &Kvm,
+        quirks: bool,
+        xsave: Option<&Arc<crate::vcpu::xsave::Layout>>,
+    ) -> Result<Vec<Vcpu>> {
         let cpus = self.cfg.cpus;
         let supported = setup::supported_cpuid(kvm)?;
-        let xsave = if quirks { xsave_layout(kvm) } else { None };
         let vcpu_mem = self
             .memory
             .lock()
@@ -444,7 +451,7 @@ impl<'a> Built<'a> {
                 profile: self.profile.clone(),
                 gate: self.gate.clone(),
                 syscall: quirks.then(crate::vcpu::syscall::SyscallCompletion::default),
-                xsave: xsave.clone(),
+                xsave: xsave.cloned(),
             });
         }
         Ok(vcpus)
@@ -666,8 +673,9 @@ fn xsave_layout(kvm: &Kvm) -> Option<Arc<crate::vcpu::xsave::Layout>> {
     let layout = crate::vcpu::xsave::Layout::host().filter(|_| fits || size == 0);
     if layout.is_none() {
         log::warn(&format!(
-            "the host's vector state ({size} bytes) does not fit KVM_GET_XSAVE: \
-             guest XSAVE/XRSTOR will stop the VM"
+            "skvm cannot complete XSAVE on this host (vector state {size} bytes): the \
+             guest kernel runs with noxsave, and its processes may see each other's \
+             AVX registers (docs/ARCHITECTURE.md, \"Vector state of guest processes\")"
         ));
     }
     layout.map(Arc::new)
