@@ -604,9 +604,10 @@ fn xrstor_from(
         return Ok(Some(Fault::General));
     }
     set_state_bytes(&mut state, &cur);
-    // SAFETY: the buffer is a whole kvm_xsave and the host's state fits in
-    // it (Layout::new refused any component past 4 KiB), so KVM reads no
-    // further than the struct.
+    // SAFETY: the buffer is a whole kvm_xsave, and skvm completes XSAVE
+    // only where KVM_CAP_XSAVE2 says the vCPU's state fits in it
+    // (`xsave_layout` in vm/mod.rs), so KVM reads no further than the
+    // struct.
     if unsafe { vcpu.set_xsave(&state) }.is_err() {
         // KVM checks the state as XRSTOR would; what it refuses, the
         // instruction would have faulted on.
