@@ -430,12 +430,10 @@ pub fn recover(
         rip,
         bytes: e.to_string(),
     })?;
-    let action = decode(&bytes)
-        .filter(|a| layout.is_some() || !matches!(a, Recovery::Xsave(..) | Recovery::Xrstor(..)))
-        .ok_or_else(|| EmulationError::Unhandled {
-            rip,
-            bytes: hex(&bytes),
-        })?;
+    let action = decode(&bytes).ok_or_else(|| EmulationError::Unhandled {
+        rip,
+        bytes: hex(&bytes),
+    })?;
     let next = rip.wrapping_add(action.length());
     let unhandled = |e: Access| EmulationError::Unhandled {
         rip,
@@ -516,14 +514,7 @@ fn rfbm(vcpu: &VcpuFd, layout: &Layout, requested: u64) -> Result<(u64, u64), XE
         .take(count)
         .find(|x| x.xcr == 0)
         .map_or(1, |x| x.value);
-    Ok((xcr0, xcr0 & requested & layout_mask(layout)))
-}
-
-fn layout_mask(layout: &Layout) -> u64 {
-    (0..64u32)
-        .map(|i| 1u64 << i)
-        .filter(|&b| layout.covers(b))
-        .fold(0, |a, b| a | b)
+    Ok((xcr0, xcr0 & requested & layout.supported()))
 }
 
 fn state_bytes(x: &kvm_xsave) -> Vec<u8> {

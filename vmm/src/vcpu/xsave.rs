@@ -114,9 +114,9 @@ impl Layout {
             .fold(LEGACY_AND_HEADER, usize::max)
     }
 
-    /// Whether XCR0 `xcr0` names only components this layout knows.
-    pub fn covers(&self, xcr0: u64) -> bool {
-        xcr0 & !self.supported == 0
+    /// The components this layout knows.
+    pub fn supported(&self) -> u64 {
+        self.supported
     }
 }
 
@@ -349,6 +349,6 @@ mod tests {
         assert_eq!(l.area_len(0x3), LEGACY_AND_HEADER);
         assert_eq!(l.area_len(0x7), 832);
         assert_eq!(l.area_len(0xe7), 2688);
-        assert!(l.covers(0xe7) && !l.covers(0x2e7));
+        assert_eq!(l.supported(), 0xe7);
     }
 }
