@@ -4,14 +4,13 @@
 # The guest tests that do not fit the test command's time (CI's 35 minutes
 # on 2 cores): Debian's stock cloud kernel running its initramfs's user
 # space with 2 vCPUs (boot::stock_debian_kernel_runs_its_user_space_...,
-# 12 to 14 minutes here), and the distribution boots (scripts/test.sh keeps
-# only the quick root-disk tests): the Debian image of
-# scripts/build-rootfs.sh with the default kernel, 2 vCPUs, rng, the disk
-# and a net card, to multi-user.target, then powered off by `skvm ctl
-# SOCKET powerdown`; the same image booted three times in a row and powered
-# off from inside with systemctl; and once with Debian's stock cloud kernel
-# through skvm's initramfs (root= and switch_root); each image checked with
-# e2fsck -fn afterwards. On hosts whose KVM emulates guest kernel code
+# 12 to 14 minutes here), and the distribution boots that scripts/test.sh
+# leaves out (it boots the Debian image of scripts/build-rootfs.sh once,
+# powered off by `skvm ctl SOCKET powerdown`): the same image, 2 vCPUs,
+# rng and the disk, booted three times in a row and powered off from inside
+# with systemctl, and once with Debian's stock cloud kernel through skvm's
+# initramfs (root= and switch_root); each image checked with e2fsck -fn
+# afterwards. On hosts whose KVM emulates guest kernel code
 # (kvm_pvm) a default-kernel boot takes about 6 minutes from exec to exit
 # when it has the machine to itself (this script runs one guest at a time),
 # the stock kernel's much longer. Run before resolving anything that

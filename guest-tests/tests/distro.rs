@@ -64,10 +64,18 @@ fn assert_clean(image: &Path) {
 }
 
 /// What the guest reports once multi-user.target is active (run by the
-/// image's skvm-run.service), then it waits to be powered down.
+/// image's skvm-run.service), then it waits to be powered down. `button=1`
+/// once systemd-logind watches the power button (it logs so when it opens
+/// the button's input device, which udev may hand it after the target is
+/// reached): a press before that would find no one listening, in the guest
+/// as on hardware, so the test presses only then, and a press lost after
+/// that is skvm's or the guest's bug, not the test's timing.
 const REPORT: &str = "for d in /sys/class/net/*; do n=${d##*/}; [ \"$n\" = lo ] || break; done; \
     ip addr add 10.0.2.15/24 dev \"$n\" && ip link set \"$n\" up; \
-    echo \"SKVM-DISTRO target=$(systemctl is-active multi-user.target) \
+    b=0; t=0; while [ $t -lt 300 ]; do \
+    journalctl -b -u systemd-logind | grep -q 'Watching system buttons.*Power Button' && { b=1; break; }; \
+    sleep 1; t=$((t + 1)); done; \
+    echo \"SKVM-DISTRO target=$(systemctl is-active multi-user.target) button=$b \
     cpus=$(nproc) mem=$(awk '/^MemTotal/ {print $2}' /proc/meminfo) \
     rng=$(cat /sys/class/misc/hw_random/rng_current) \
     addr=$(ip -4 -o addr show dev \"$n\" | awk '{print $4}') init=$(cat /proc/1/comm)\"; \
@@ -80,8 +88,11 @@ fn report_value<'a>(line: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
 
+/// About 6 minutes from exec to exit on an emulating host with the machine
+/// to itself, and five times that beside another guest (two vCPUs that
+/// spin on each other's locks while the host runs the other guest):
+/// .config/nextest.toml runs it first and alone.
 #[test]
-#[ignore = "slow (6 minutes alone here, 30 among the suite's other guests): scripts/test-slow.sh runs it"]
 fn debian_with_systemd_boots_to_multi_user_and_powers_off_on_the_power_button() {
     let scratch = Scratch::new("distro", "systemd");
     let image = copy_of(&debian_image(), &scratch);
@@ -106,6 +117,11 @@ fn debian_with_systemd_boots_to_multi_user_and_powers_off_on_the_power_button() 
     let line = out.lines().find(|l| l.contains("SKVM-DISTRO")).unwrap();
     assert_eq!(report_value(line, "target"), "active", "{out}");
     assert_eq!(report_value(line, "init"), "systemd", "{out}");
+    assert_eq!(
+        report_value(line, "button"),
+        "1",
+        "systemd-logind never watched the power button:\n{out}"
+    );
     assert_eq!(report_value(line, "cpus"), "2", "{out}");
     let mem: u64 = report_value(line, "mem").parse().unwrap();
     assert!(
