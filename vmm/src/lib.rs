@@ -20,6 +20,8 @@
 //! - [`ctl`], [`hotplug`]: the control socket and memory hotplug.
 //! - [`drive`]: `skvm drive`, a host-side driver for one device.
 //! - [`vmm_sandbox`], [`sandbox_cmd`]: the VMM's own filter and `skvm sandbox`.
+//! - [`snapshot`]: whole-VM snapshots (state file format, vCPU and
+//!   in-kernel device state).
 
 pub mod boot;
 pub mod cli;
@@ -40,6 +42,7 @@ pub mod memory;
 pub mod pci;
 pub mod remote;
 pub mod sandbox_cmd;
+pub mod snapshot;
 pub mod vcpu;
 pub mod virtio_pci;
 pub mod vm;
