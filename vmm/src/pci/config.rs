@@ -140,6 +140,11 @@ impl ConfigSpace {
         }
     }
 
+    /// The whole header.
+    pub fn clone_bytes(&self) -> [u8; CONFIG_SIZE] {
+        self.bytes
+    }
+
     /// A little-endian u16 at `offset` (0 past the end).
     pub fn read_u16(&self, offset: usize) -> u16 {
         let mut b = [0u8; 2];

@@ -20,6 +20,20 @@ pub const CONFIG_DATA: u16 = 0xcfc;
 /// Device numbers on bus 0.
 const MAX_DEVICES: usize = 32;
 
+/// Why a saved configuration header does not fit the bus.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PciStateError {
+    /// Not a whole header.
+    #[error("a saved PCI header of {0} bytes")]
+    Size(usize),
+    /// No function at that device number.
+    #[error("no PCI device {0} to restore")]
+    NoDevice(usize),
+    /// Another vendor or device ID there.
+    #[error("PCI device {0} is not the saved one (vendor and device IDs differ)")]
+    Ids(usize),
+}
+
 /// A PCI function as the bus sees it.
 pub trait PciFunction: Send {
     /// The configuration header.
@@ -176,6 +190,45 @@ impl PciBus {
             }
         }
         true
+    }
+
+    /// Every function's configuration header by device number, host
+    /// bridge included: what a snapshot keeps of the bus.
+    pub fn save_config(&self) -> Vec<(usize, Vec<u8>)> {
+        self.devices
+            .iter()
+            .enumerate()
+            .filter_map(|(device, f)| {
+                let bytes = lock(f.as_ref()?).config().clone_bytes();
+                Some((device, bytes.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Writes a saved header into `device`'s through its write masks (so
+    /// only what a guest could write changes: command, BARs, capability
+    /// controls), then maps its BARs where they now decode and tells it
+    /// of each move, as the guest's own writes would have.
+    pub fn restore_config(&self, device: usize, bytes: &[u8]) -> Result<(), PciStateError> {
+        if bytes.len() != config::CONFIG_SIZE {
+            return Err(PciStateError::Size(bytes.len()));
+        }
+        let f = self
+            .devices
+            .get(device)
+            .and_then(Option::as_ref)
+            .ok_or(PciStateError::NoDevice(device))?;
+        {
+            let mut func = lock(f);
+            let mut ids = [0u8; 4];
+            func.config().read(0, &mut ids);
+            if ids[..] != bytes[..4] {
+                return Err(PciStateError::Ids(device));
+            }
+            func.config_mut().write(0, bytes);
+        }
+        self.refresh_bars(device);
+        Ok(())
     }
 
     /// Brings the MMIO map up to date with `device`'s BARs and tells it of
@@ -364,5 +417,53 @@ mod tests {
         assert!(!bus.pio_read(0xcf9, &mut b));
         assert!(!bus.pio_write(0xcf9, &[6]));
         assert!(!bus.pio_write(CONFIG_ADDRESS, &[1]));
+    }
+
+    #[test]
+    fn a_saved_header_restores_the_bars_and_decoding_on_a_fresh_bus() {
+        let (bus, _) = bus_with_probe();
+        write(&bus, 1, 0x10, &0xd000_0000u32.to_le_bytes());
+        write(&bus, 1, u32::try_from(COMMAND).unwrap(), &[0x06, 0]);
+        let saved = bus.save_config();
+        assert_eq!(saved.iter().map(|(d, _)| *d).collect::<Vec<_>>(), [0, 1]);
+
+        let (fresh, probe) = bus_with_probe();
+        for (device, bytes) in &saved {
+            fresh.restore_config(*device, bytes).unwrap();
+        }
+        assert_eq!(fresh.save_config(), saved);
+        // The BAR decodes where the guest had put it, and the function
+        // heard of it (a fresh bus decodes nothing before the command
+        // register enables memory).
+        let mut b = [0u8; 4];
+        assert!(fresh.mmio_read(0xd000_0010, &mut b));
+        assert!(!fresh.mmio_read(0xc000_0010, &mut b));
+        assert_eq!(
+            probe.lock().unwrap().moves.last(),
+            Some(&(None, Some(0xd000_0000)))
+        );
+    }
+
+    #[test]
+    fn a_saved_header_changes_only_what_a_guest_could_write() {
+        let (bus, _) = bus_with_probe();
+        let mut bytes = bus.save_config().remove(1).1;
+        // A class code and a subsystem the guest cannot write.
+        bytes[0x0b] = 0x01;
+        bytes[0x2e] = 0x99;
+        bus.restore_config(1, &bytes).unwrap();
+        assert_eq!(read32(&bus, 1, 0x08) >> 24, 0xff);
+        assert_eq!(read32(&bus, 1, 0x2c) >> 16, 0x40);
+        // Another device's IDs, a short header, an empty slot.
+        bytes[0] = 0x86;
+        assert_eq!(bus.restore_config(1, &bytes), Err(PciStateError::Ids(1)));
+        assert_eq!(
+            bus.restore_config(1, &bytes[..64]),
+            Err(PciStateError::Size(64))
+        );
+        assert_eq!(
+            bus.restore_config(5, &vec![0; 256]),
+            Err(PciStateError::NoDevice(5))
+        );
     }
 }

@@ -113,6 +113,79 @@ impl Queue {
     }
 }
 
+/// One queue's registers as plain data (a snapshot's; see
+/// [`CommonState`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueRegs {
+    /// Number of descriptors.
+    pub size: u16,
+    /// queue_enable.
+    pub enabled: bool,
+    /// Its MSI-X vector.
+    pub vector: u16,
+    /// Descriptor table.
+    pub desc: u64,
+    /// Available (driver) ring.
+    pub avail: u64,
+    /// Used (device) ring.
+    pub used: u64,
+}
+
+/// The registers the driver set, as plain data: what a snapshot keeps of
+/// the common configuration. Untrusted: it becomes live state only through
+/// [`CommonConfig::restore`], which checks it against the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommonState {
+    /// device_feature_select.
+    pub device_feature_select: u32,
+    /// driver_feature_select.
+    pub driver_feature_select: u32,
+    /// The features the driver wrote.
+    pub driver_features: u64,
+    /// device_status.
+    pub status: u8,
+    /// config_generation.
+    pub generation: u8,
+    /// The configuration-change vector.
+    pub msix_config: u16,
+    /// queue_select.
+    pub queue_select: u16,
+    /// Every queue's registers, by index.
+    pub queues: Vec<QueueRegs>,
+}
+
+/// Why a saved common configuration does not fit the device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommonStateError {
+    /// Another number of queues.
+    #[error("{saved} queues saved, the device has {device}")]
+    Queues {
+        /// In the state.
+        saved: usize,
+        /// The device's.
+        device: usize,
+    },
+    /// A queue size the driver could not have set.
+    #[error("queue {index}: size {size} (a power of two up to {max})")]
+    QueueSize {
+        /// The queue.
+        index: usize,
+        /// Its size.
+        size: u16,
+        /// The device's maximum.
+        max: u16,
+    },
+    /// A vector past the MSI-X table.
+    #[error("vector {0} past the device's {1} vectors")]
+    Vector(u16, u16),
+    /// Status bits a driver cannot set, or in an order it cannot reach.
+    #[error("device status {0:#x} cannot be reached")]
+    Status(u8),
+    /// Features accepted that the device does not offer.
+    #[error("features {0:#x} accepted that the device does not offer")]
+    Features(u64),
+}
+
 /// The registers of one device's common configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommonConfig {
@@ -384,6 +457,93 @@ impl CommonConfig {
             effect = Effect::Activate;
         }
         effect
+    }
+
+    /// The registers as plain data.
+    pub fn save(&self) -> CommonState {
+        CommonState {
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            status: self.status,
+            generation: self.generation,
+            msix_config: self.msix_config,
+            queue_select: self.queue_select,
+            queues: self
+                .queues
+                .iter()
+                .map(|q| QueueRegs {
+                    size: q.size,
+                    enabled: q.enabled,
+                    vector: q.vector,
+                    desc: q.desc,
+                    avail: q.avail,
+                    used: q.used,
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes `s` as the registers, if a driver of this device could have
+    /// set them: as many queues, sizes that are powers of two up to the
+    /// maximum, vectors inside the table, only status bits a driver (or a
+    /// failed device) sets, DRIVER_OK only after FEATURES_OK, and accepted
+    /// features the device offers. Otherwise nothing changes.
+    pub fn restore(&mut self, s: &CommonState) -> Result<(), CommonStateError> {
+        if s.queues.len() != self.queues.len() {
+            return Err(CommonStateError::Queues {
+                saved: s.queues.len(),
+                device: self.queues.len(),
+            });
+        }
+        let vector_ok = |v: u16| v == NO_VECTOR || v < self.vectors;
+        for (index, q) in s.queues.iter().enumerate() {
+            if !q.size.is_power_of_two() || q.size > self.max_queue_size {
+                return Err(CommonStateError::QueueSize {
+                    index,
+                    size: q.size,
+                    max: self.max_queue_size,
+                });
+            }
+            if !vector_ok(q.vector) {
+                return Err(CommonStateError::Vector(q.vector, self.vectors));
+            }
+        }
+        if !vector_ok(s.msix_config) {
+            return Err(CommonStateError::Vector(s.msix_config, self.vectors));
+        }
+        let known = status::ACKNOWLEDGE
+            | status::DRIVER
+            | status::FEATURES_OK
+            | status::DRIVER_OK
+            | status::NEEDS_RESET;
+        let ok_without_features = s.status & status::DRIVER_OK == 0;
+        let features_ok = s.status & status::FEATURES_OK != 0;
+        if s.status & !known != 0 || !(ok_without_features || features_ok) {
+            return Err(CommonStateError::Status(s.status));
+        }
+        let unknown = s.driver_features & !self.offered;
+        if features_ok && unknown != 0 {
+            return Err(CommonStateError::Features(unknown));
+        }
+        self.device_feature_select = s.device_feature_select;
+        self.driver_feature_select = s.driver_feature_select;
+        self.driver_features = s.driver_features;
+        self.status = s.status;
+        self.generation = s.generation;
+        self.msix_config = s.msix_config;
+        self.queue_select = s.queue_select;
+        for (q, r) in self.queues.iter_mut().zip(&s.queues) {
+            *q = Queue {
+                size: r.size,
+                enabled: r.enabled,
+                vector: r.vector,
+                desc: r.desc,
+                avail: r.avail,
+                used: r.used,
+            };
+        }
+        Ok(())
     }
 
     /// Back to the state after power-on (status 0), keeping the generation.

@@ -36,8 +36,8 @@ use crate::log;
 use crate::pci::config::{ConfigSpace, PciIds};
 use crate::pci::PciFunction;
 use common::CommonConfig;
-pub use common::{status, Effect, NO_VECTOR};
-use msix::MsixTable;
+pub use common::{status, CommonState, CommonStateError, Effect, QueueRegs, NO_VECTOR};
+use msix::{MsixStateError, MsixTable};
 
 const BAR_SIZE: u32 = 0x8000;
 const COMMON: u64 = 0x0000;
@@ -191,6 +191,38 @@ pub struct VirtioPci<B: Backend> {
     common: CommonConfig,
 }
 
+/// What a snapshot keeps of a transport, beside its PCI header (which the
+/// bus keeps): plain data, untrusted until
+/// [`VirtioPci::restore_transport`] has checked it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportState {
+    /// The common configuration's registers.
+    pub common: CommonState,
+    /// The MSI-X table: address low and high, data, control per vector.
+    pub msix: Vec<[u32; 4]>,
+    /// The device configuration the transport shows the driver.
+    pub device_config: Vec<u8>,
+}
+
+/// Why a saved transport does not fit the device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportStateError {
+    /// The common configuration.
+    #[error(transparent)]
+    Common(#[from] CommonStateError),
+    /// The MSI-X table.
+    #[error(transparent)]
+    Msix(#[from] MsixStateError),
+    /// A device configuration of another length.
+    #[error("a device configuration of {saved} bytes saved, the device has {device}")]
+    DeviceConfig {
+        /// In the state.
+        saved: usize,
+        /// The device's.
+        device: usize,
+    },
+}
+
 /// Why a new instance cannot replace the current one.
 #[derive(Debug, thiserror::Error)]
 #[error("the new instance of {0} is not the same device")]
@@ -286,6 +318,37 @@ impl<B: Backend> VirtioPci<B> {
             self.config_changed(new.config);
         }
         Ok(old)
+    }
+
+    /// The transport's state: registers, MSI-X table, device
+    /// configuration.
+    pub fn save_transport(&self) -> TransportState {
+        TransportState {
+            common: self.common.save(),
+            msix: self.msix.save(),
+            device_config: self.info.config.clone(),
+        }
+    }
+
+    /// Takes a saved transport state (after the bus restored the PCI
+    /// header, whose MSI-X control it reads) and routes every vector as
+    /// the state says. The device is not activated: a device that was
+    /// running is restored from its own saved state by whoever runs it.
+    /// Refused whole, with nothing changed, if it cannot be this device's.
+    pub fn restore_transport(&mut self, s: &TransportState) -> Result<(), TransportStateError> {
+        if s.device_config.len() != self.info.config.len() {
+            return Err(TransportStateError::DeviceConfig {
+                saved: s.device_config.len(),
+                device: self.info.config.len(),
+            });
+        }
+        let mut common = self.common.clone();
+        common.restore(&s.common)?;
+        self.msix.restore(&s.msix)?;
+        self.common = common;
+        self.info.config.clone_from(&s.device_config);
+        self.update_routes();
+        Ok(())
     }
 
     /// New device configuration from the device.

@@ -19,6 +19,16 @@ struct Entry {
     control: u32,
 }
 
+/// A saved table with another number of vectors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{saved} MSI-X entries saved, the device has {vectors} vectors")]
+pub struct MsixStateError {
+    /// In the state.
+    pub saved: usize,
+    /// The device's.
+    pub vectors: usize,
+}
+
 /// The table; the capability's control word lives in config space.
 pub struct MsixTable {
     entries: Vec<Entry>,
@@ -105,6 +115,36 @@ impl MsixTable {
         u16::try_from(index).ok()
     }
 
+    /// Every entry as plain data: address low and high, data, vector
+    /// control.
+    pub fn save(&self) -> Vec<[u32; 4]> {
+        self.entries
+            .iter()
+            .map(|e| [e.address_lo, e.address_hi, e.data, e.control])
+            .collect()
+    }
+
+    /// Takes `entries` as the table; refused (nothing changed) unless
+    /// there is one per vector. Reserved control bits are dropped, as a
+    /// guest's write would drop them.
+    pub fn restore(&mut self, entries: &[[u32; 4]]) -> Result<(), MsixStateError> {
+        if entries.len() != self.entries.len() {
+            return Err(MsixStateError {
+                saved: entries.len(),
+                vectors: self.entries.len(),
+            });
+        }
+        for (e, s) in self.entries.iter_mut().zip(entries) {
+            *e = Entry {
+                address_lo: s[0],
+                address_hi: s[1],
+                data: s[2],
+                control: s[3] & VECTOR_CONTROL_MASKED,
+            };
+        }
+        Ok(())
+    }
+
     /// The message `vector` sends now, or `None` when MSI-X is off, the
     /// function or the vector is masked, or there is no such vector.
     pub fn message(&self, control: u16, vector: u16) -> Option<MsiMessage> {
@@ -172,6 +212,29 @@ mod tests {
         let mut d = [0u8; 8];
         t.read(0, &mut d);
         assert_eq!(u64::from_le_bytes(d), 0x1_fee0_0000);
+    }
+
+    #[test]
+    fn a_saved_table_restores_with_its_masks_and_a_wrong_size_is_refused() {
+        let mut t = MsixTable::new(2);
+        program(&mut t, 1, 0xfee0_0000, 0x41);
+        let mut saved = t.save();
+        assert_eq!(saved[0][3], VECTOR_CONTROL_MASKED);
+        saved[1][3] |= 0xfffe;
+        let mut fresh = MsixTable::new(2);
+        fresh.restore(&saved).unwrap();
+        assert_eq!(fresh.save(), t.save());
+        assert_eq!(
+            fresh.message(CONTROL_ENABLE, 1),
+            t.message(CONTROL_ENABLE, 1)
+        );
+        assert_eq!(
+            MsixTable::new(3).restore(&saved),
+            Err(MsixStateError {
+                saved: 2,
+                vectors: 3
+            })
+        );
     }
 
     #[test]

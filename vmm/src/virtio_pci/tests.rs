@@ -384,3 +384,54 @@ fn any_access_anywhere_never_panics() {
         r.pci.config_write(cfg, &b[..len.min(4)]);
     }
 }
+
+#[test]
+fn a_saved_transport_restores_routes_and_registers_without_activating() {
+    let mut r = rig();
+    w(&mut r, MSIX_TABLE + 16, 0xfee0_0000, 4);
+    w(&mut r, MSIX_TABLE + 24, 0x41, 4);
+    w(&mut r, MSIX_TABLE + 28, 0, 4);
+    bring_up(&mut r);
+    w(&mut r, QSELECT, 0, 2);
+    w(&mut r, QVECTOR, 1, 2);
+    let cap = r.pci.msix_cap;
+    r.pci.config_write(cap + 2, &0x8000u16.to_le_bytes());
+    let saved = r.pci.save_transport();
+    let header = r.pci.config().clone_bytes();
+
+    let mut fresh = rig();
+    fresh.pci.config_mut().write(0, &header);
+    fresh.pci.restore_transport(&saved).unwrap();
+    assert_eq!(fresh.pci.save_transport(), saved);
+    assert!(fresh.pci.is_active());
+    assert_eq!(fresh.pci.driver_state(), r.pci.driver_state());
+    // Routed as before, and the device was told nothing: restoring it is
+    // its host's business.
+    assert_eq!(
+        fresh.routes.message(24),
+        Some(MsiMessage {
+            address: 0xfee0_0000,
+            data: 0x41
+        })
+    );
+    assert!(fresh.calls.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_saved_transport_of_another_shape_is_refused_and_changes_nothing() {
+    let mut r = rig();
+    bring_up(&mut r);
+    let good = r.pci.save_transport();
+    let mut fewer = good.clone();
+    fewer.msix.pop();
+    let mut longer = good.clone();
+    longer.device_config.push(0);
+    let mut bad_size = good.clone();
+    bad_size.common.queues[0].size = 3;
+    for bad in [fewer, longer, bad_size] {
+        let mut fresh = rig();
+        let before = fresh.pci.save_transport();
+        assert!(fresh.pci.restore_transport(&bad).is_err());
+        assert_eq!(fresh.pci.save_transport(), before);
+    }
+}

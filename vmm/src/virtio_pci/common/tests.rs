@@ -270,3 +270,104 @@ fn features_are_frozen_once_the_device_runs() {
     write(&mut c, DRIVER_FEATURE, 1 << 5, 4);
     assert_eq!(c.driver_features(), 1 << 32);
 }
+
+#[test]
+fn a_saved_running_configuration_restores_into_a_fresh_one() {
+    let mut c = cfg();
+    negotiate(&mut c, 1 << 32);
+    set_up_queue(&mut c, 1, 64);
+    write(&mut c, QUEUE_MSIX_VECTOR, 2, 2);
+    write(&mut c, CONFIG_MSIX_VECTOR, 0, 2);
+    write(&mut c, DEVICE_STATUS, u64::from(DRIVER_OK_ALL), 1);
+    let saved = c.save();
+    let mut fresh = cfg();
+    fresh.restore(&saved).unwrap();
+    assert_eq!(fresh, c);
+    assert!(fresh.is_active());
+    assert_eq!(fresh.enabled_queues(), c.enabled_queues());
+    // Restored, it follows the rules as before: no queue setup once running.
+    assert_eq!(write(&mut fresh, QUEUE_SIZE, 32, 2), Effect::None);
+    assert_eq!(read(&fresh, QUEUE_SIZE, 2), 64);
+}
+
+#[test]
+fn a_saved_configuration_no_driver_could_set_is_refused_whole() {
+    let mut c = cfg();
+    negotiate(&mut c, 1);
+    set_up_queue(&mut c, 0, 128);
+    let good = c.save();
+    let cases: Vec<(CommonState, CommonStateError)> = vec![
+        (
+            CommonState {
+                queues: good.queues[..1].to_vec(),
+                ..good.clone()
+            },
+            CommonStateError::Queues {
+                saved: 1,
+                device: 2,
+            },
+        ),
+        {
+            let mut s = good.clone();
+            s.queues[0].size = 100;
+            (
+                s,
+                CommonStateError::QueueSize {
+                    index: 0,
+                    size: 100,
+                    max: 256,
+                },
+            )
+        },
+        {
+            let mut s = good.clone();
+            s.queues[1].size = 512;
+            (
+                s,
+                CommonStateError::QueueSize {
+                    index: 1,
+                    size: 512,
+                    max: 256,
+                },
+            )
+        },
+        {
+            let mut s = good.clone();
+            s.queues[0].vector = 3;
+            (s, CommonStateError::Vector(3, 3))
+        },
+        (
+            CommonState {
+                msix_config: 7,
+                ..good.clone()
+            },
+            CommonStateError::Vector(7, 3),
+        ),
+        (
+            CommonState {
+                status: 0x80 | status::ACKNOWLEDGE,
+                ..good.clone()
+            },
+            CommonStateError::Status(0x81),
+        ),
+        (
+            CommonState {
+                status: status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+                ..good.clone()
+            },
+            CommonStateError::Status(7),
+        ),
+        (
+            CommonState {
+                driver_features: 1 << 40,
+                ..good.clone()
+            },
+            CommonStateError::Features(1 << 40),
+        ),
+    ];
+    for (bad, why) in cases {
+        let mut fresh = cfg();
+        assert_eq!(fresh.restore(&bad), Err(why));
+        assert_eq!(fresh, cfg(), "a refused state changed nothing");
+    }
+}
