@@ -41,7 +41,7 @@ use crate::remote::{DeviceMemory, Expected, RemoteDevice};
 use crate::vmm_sandbox::{self, VmmSandbox};
 pub use process::{process_main, DeviceArgs};
 use spawner::Spawner;
-pub use supervisor::{DeviceHost, DeviceStatus, RestartTimes};
+pub use supervisor::{DeviceHost, DeviceStatus, RestartTimes, SavedDevice};
 
 /// Where device models run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -44,6 +44,11 @@ struct Device {
     thread: Option<JoinHandle<()>>,
     failed: bool,
     paused: bool,
+    /// What the device saved when it was paused (`paused`), for a
+    /// snapshot.
+    saved: Option<DeviceState>,
+    /// Its device number on PCI bus 0.
+    slot: usize,
     /// Instances started after the first.
     restarts: u32,
     /// When the restarts of the last minute happened.
@@ -77,6 +82,28 @@ pub struct DeviceStatus {
     pub rss_kib: Option<u64>,
     /// The rings of each queue the driver runs.
     pub queues: Vec<crate::virtio_pci::QueueLayout>,
+}
+
+/// A device as a snapshot keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedDevice {
+    /// "rng0", "blk0", ...
+    pub name: String,
+    /// Its kind's name ("rng", "blk", ...).
+    pub kind: String,
+    /// Its kind's parameters for new instances.
+    pub params: Vec<u8>,
+    /// The size of the file it serves (a disk image), 0 for none.
+    pub file_size: u64,
+    /// Its device number on PCI bus 0.
+    pub slot: usize,
+    /// Whether it had failed (the guest must reset it).
+    pub failed: bool,
+    /// Its transport's registers.
+    pub transport: crate::virtio_pci::TransportState,
+    /// What it saved when paused; `None` when the driver had not started
+    /// it.
+    pub state: Option<DeviceState>,
 }
 
 /// How long each step of replacing a running device took.
@@ -208,9 +235,9 @@ impl DeviceHost {
         let transport = VirtioPci::new(kind.host(remote), kind.pci_class(), bar, routes.clone())
             .with_context(|| format!("device {name}"))?;
         let transport = Arc::new(Mutex::new(transport));
-        if bus.add(transport.clone()).is_none() {
+        let Some(slot) = bus.add(transport.clone()) else {
             bail!("{name}: the PCI bus is full");
-        }
+        };
         match pid {
             Some(p) => log::debug(&format!("device {name} started (pid {p})")),
             None => log::debug(&format!("device {name} started (thread)")),
@@ -226,6 +253,8 @@ impl DeviceHost {
             thread,
             failed: false,
             paused: false,
+            saved: None,
+            slot,
             restarts: 0,
             recent_restarts: VecDeque::new(),
         });
@@ -265,6 +294,7 @@ impl DeviceHost {
         d.thread = started.thread;
         d.failed = false;
         d.paused = false;
+        d.saved = None;
         d.restarts = d.restarts.saturating_add(1);
         let (restored, events) = {
             let mut t = lock(&d.transport);
@@ -395,20 +425,38 @@ impl DeviceHost {
     pub fn pause_all(&mut self) -> Result<()> {
         for d in self.devices.iter_mut().filter(|d| !d.failed && !d.paused) {
             let mut t = lock(&d.transport);
-            if pause(&mut t)
-                .with_context(|| format!("device {}: cannot pause", d.name))?
-                .is_some()
-            {
-                d.paused = true;
-            }
+            d.saved = pause(&mut t).with_context(|| format!("device {}: cannot pause", d.name))?;
+            d.paused = d.saved.is_some();
         }
         Ok(())
+    }
+
+    /// Every device as a snapshot keeps it, once [`DeviceHost::pause_all`]
+    /// has paused them: its kind, PCI slot, transport and saved state.
+    pub fn snapshot(&self) -> Vec<SavedDevice> {
+        self.devices
+            .iter()
+            .map(|d| {
+                let t = lock(&d.transport);
+                SavedDevice {
+                    name: d.name.clone(),
+                    kind: d.kind.name().to_owned(),
+                    params: d.backend.params.clone(),
+                    file_size: d.file_size,
+                    slot: d.slot,
+                    failed: d.failed,
+                    transport: t.save_transport(),
+                    state: d.saved.clone(),
+                }
+            })
+            .collect()
     }
 
     /// Lets every paused device serve its queues again.
     pub fn resume_all(&mut self) -> Result<()> {
         for d in self.devices.iter_mut().filter(|d| d.paused) {
             d.paused = false;
+            d.saved = None;
             let mut t = lock(&d.transport);
             if t.is_active() {
                 t.backend_mut()

@@ -31,6 +31,18 @@ impl Cmos {
         Self::default()
     }
 
+    /// The selected register (a snapshot keeps it).
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// An RTC whose selected register is `index` (bit 7 dropped).
+    pub fn with_index(index: u8) -> Self {
+        Self {
+            index: index & 0x7f,
+        }
+    }
+
     /// Reads port 0x70 (the index) or 0x71 (the selected register).
     pub fn read(&self, port: u16) -> u8 {
         if port == 0x70 {

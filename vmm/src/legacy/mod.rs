@@ -29,6 +29,17 @@ fn is_pm_port(port: u16) -> bool {
     matches!(port, SLEEP_CONTROL_PORT | SLEEP_STATUS_PORT | RESET_PORT)
 }
 
+/// What a snapshot keeps of the legacy devices: the UART's registers and
+/// receive buffer, and the RTC's selected register (the power management
+/// ports keep nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyState {
+    /// The 8250's registers and unread input.
+    pub serial: vm_superio::serial::SerialState,
+    /// The CMOS index.
+    pub cmos_index: u8,
+}
+
 /// The legacy devices, each behind its own lock.
 pub struct LegacyDevices {
     serial: Mutex<SerialDevice>,
@@ -47,6 +58,14 @@ impl LegacyDevices {
             serial: Mutex::new(serial),
             pm: Mutex::new(AcpiPm::new()),
             cmos: Mutex::new(Cmos::new()),
+        }
+    }
+
+    /// The devices' state, for a snapshot.
+    pub fn save(&self) -> LegacyState {
+        LegacyState {
+            serial: lock(&self.serial).state(),
+            cmos_index: lock(&self.cmos).index(),
         }
     }
 

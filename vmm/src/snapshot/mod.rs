@@ -7,4 +7,5 @@ pub mod format;
 pub mod machine;
 pub mod pod;
 pub mod ram;
+pub mod state;
 pub mod vcpu;

@@ -1,8 +1,9 @@
-//! Guest RAM in a snapshot: one file per memory region, as long as the
-//! region, holding only the pages that hold data. Pages the guest never
+//! Guest RAM in a snapshot: one file holding every memory region (boot RAM,
+//! then each region mem-add added) one after the other, each as long as
+//! the region, with only the pages that hold data. Pages the guest never
 //! touched (holes in the region's memfd) and pages of zeros are holes in
 //! the file, so a 4 GiB guest that used 200 MiB writes about 200 MiB, and
-//! restoring it populates only those pages of the new memfd.
+//! restoring it populates only those pages of the new memfds.
 //!
 //! Neither side maps guest memory: the memfd is read and written with
 //! pread/pwrite, and its populated ranges come from lseek(SEEK_DATA /
@@ -47,26 +48,26 @@ fn next_data(f: &File, from: u64, end: u64) -> io::Result<Option<(u64, u64)>> {
     Ok(Some((start, stop)))
 }
 
-/// Copies the pages of `src[0..size]` that hold data to the same offsets
-/// of `dst`, skipping holes and pages of zeros; `dst` is then exactly
-/// `size` bytes long (its tail a hole if need be). Returns the bytes
-/// written.
-fn copy_sparse(src: &File, dst: &File, size: u64) -> io::Result<u64> {
+/// Copies the pages of `src[from..from + size]` that hold data to
+/// `dst[to..]` at the same relative offsets, skipping holes and pages of
+/// zeros. Returns the bytes written.
+fn copy_sparse(src: &File, from: u64, dst: &File, to: u64, size: u64) -> io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut written = 0u64;
-    let mut at = 0u64;
-    while let Some((start, stop)) = next_data(src, at, size)? {
+    let end = from + size;
+    let mut at = from;
+    while let Some((start, stop)) = next_data(src, at, end)? {
         // Whole pages: SEEK_DATA/SEEK_HOLE work in pages (or blocks).
-        let mut off = start - start % PAGE as u64;
+        let mut off = from + (start - from) / PAGE as u64 * PAGE as u64;
         while off < stop {
             let n = usize::try_from((stop - off).min(CHUNK as u64)).unwrap_or(CHUNK);
             let n = n.div_ceil(PAGE) * PAGE;
-            let n = n.min(usize::try_from(size - off).unwrap_or(n));
+            let n = n.min(usize::try_from(end - off).unwrap_or(n));
             let chunk = &mut buf[..n];
             src.read_exact_at(chunk, off)?;
             for (i, page) in chunk.chunks(PAGE).enumerate() {
                 if page.iter().any(|&b| b != 0) {
-                    dst.write_all_at(page, off + (i * PAGE) as u64)?;
+                    dst.write_all_at(page, to + (off - from) + (i * PAGE) as u64)?;
                     written += page.len() as u64;
                 }
             }
@@ -74,27 +75,42 @@ fn copy_sparse(src: &File, dst: &File, size: u64) -> io::Result<u64> {
         }
         at = stop.max(off);
     }
-    dst.set_len(size)?;
     Ok(written)
 }
 
-/// Writes guest memory region `memfd` (`size` bytes) to `out`, an empty
-/// file. Returns the bytes of data written.
-pub fn save_region(memfd: &File, size: u64, out: &File) -> io::Result<u64> {
-    copy_sparse(memfd, out, size)
+/// Writes guest memory `regions` (each memfd with its size), one after
+/// the other, to `out`, an empty file, which ends up as long as all of
+/// them. Returns the bytes of data written.
+pub fn save_regions(regions: &[(&File, u64)], out: &File) -> io::Result<u64> {
+    let mut written = 0;
+    let mut at = 0;
+    for (memfd, size) in regions {
+        written += copy_sparse(memfd, 0, out, at, *size)?;
+        at += size;
+    }
+    out.set_len(at)?;
+    Ok(written)
 }
 
-/// Fills `memfd` (a new, empty region of `size` bytes) from `file`, which
-/// must be exactly `size` bytes long. Returns the bytes of data read.
-pub fn restore_region(file: &File, memfd: &File, size: u64) -> io::Result<u64> {
+/// Fills `regions` (new, empty memfds with their sizes) from `file`, laid
+/// out as [`save_regions`] writes it; `file` must be exactly as long as
+/// all of them. Returns the bytes of data read.
+pub fn restore_regions(file: &File, regions: &[(&File, u64)]) -> io::Result<u64> {
+    let total: u64 = regions.iter().map(|(_, s)| s).sum();
     let len = file.metadata()?.len();
-    if len != size {
+    if len != total {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("memory file is {len} bytes, the region {size}"),
+            format!("the memory file is {len} bytes, guest memory {total}"),
         ));
     }
-    copy_sparse(file, memfd, size)
+    let mut read = 0;
+    let mut at = 0;
+    for (memfd, size) in regions {
+        read += copy_sparse(file, at, memfd, 0, *size)?;
+        at += size;
+    }
+    Ok(read)
 }
 
 #[cfg(test)]
@@ -128,7 +144,7 @@ mod tests {
         ram.write_all_at(&[0u8; PAGE], 9 << 20).unwrap();
         ram.write_all_at(b"last", size - 4).unwrap();
         let file = scratch();
-        let written = save_region(&ram, size, &file).unwrap();
+        let written = save_regions(&[(&ram, size)], &file).unwrap();
         assert_eq!(written, 5 * PAGE as u64);
         let meta = file.metadata().unwrap();
         assert_eq!(meta.len(), size);
@@ -136,7 +152,7 @@ mod tests {
         assert!(meta.blocks() * 512 < 1 << 20, "{} blocks", meta.blocks());
 
         let back = memfd(size);
-        assert_eq!(restore_region(&file, &back, size).unwrap(), written);
+        assert_eq!(restore_regions(&file, &[(&back, size)]).unwrap(), written);
         let mut page = vec![0u8; PAGE];
         back.read_exact_at(&mut page, 0).unwrap();
         assert_eq!(&page[..10], b"first page");
@@ -152,10 +168,32 @@ mod tests {
     }
 
     #[test]
+    fn regions_follow_each_other_in_the_file_and_come_back_to_their_own_memfds() {
+        let (a, b) = (memfd(8 << 20), memfd(4 << 20));
+        a.write_all_at(b"boot ram", 4096).unwrap();
+        b.write_all_at(b"hotplugged", 8192).unwrap();
+        let file = scratch();
+        save_regions(&[(&a, 8 << 20), (&b, 4 << 20)], &file).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), 12 << 20);
+        let mut got = [0u8; 10];
+        file.read_exact_at(&mut got, (8 << 20) + 8192).unwrap();
+        assert_eq!(&got, b"hotplugged");
+        let (a2, b2) = (memfd(8 << 20), memfd(4 << 20));
+        restore_regions(&file, &[(&a2, 8 << 20), (&b2, 4 << 20)]).unwrap();
+        b2.read_exact_at(&mut got, 8192).unwrap();
+        assert_eq!(&got, b"hotplugged");
+        let mut boot = [0u8; 8];
+        a2.read_exact_at(&mut boot, 4096).unwrap();
+        assert_eq!(&boot, b"boot ram");
+        b2.read_exact_at(&mut boot, 4096).unwrap();
+        assert_eq!(boot, [0; 8]);
+    }
+
+    #[test]
     fn a_memory_file_of_the_wrong_size_is_refused() {
         let file = scratch();
         file.set_len(4 << 20).unwrap();
-        let err = restore_region(&file, &memfd(8 << 20), 8 << 20).unwrap_err();
+        let err = restore_regions(&file, &[(&memfd(8 << 20), 8 << 20)]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("4194304 bytes"), "{err}");
     }
@@ -164,7 +202,7 @@ mod tests {
     fn an_untouched_region_writes_nothing() {
         let size = 16 << 20;
         let file = scratch();
-        assert_eq!(save_region(&memfd(size), size, &file).unwrap(), 0);
+        assert_eq!(save_regions(&[(&memfd(size), size)], &file).unwrap(), 0);
         assert_eq!(file.metadata().unwrap().len(), size);
     }
 }

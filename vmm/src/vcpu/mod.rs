@@ -16,6 +16,7 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::legacy::acpi_pm::PowerEvent;
 use crate::legacy::LegacyDevices;
 use crate::log;
+use crate::snapshot::vcpu::VcpuState;
 
 /// The signal used to kick a vCPU thread out of KVM_RUN.
 pub fn kick_signal() -> i32 {
@@ -133,6 +134,30 @@ pub struct PauseGate {
 struct GateState {
     paused: bool,
     parked: usize,
+    /// A snapshot's request for every parked vCPU's state.
+    capture: Option<Capture>,
+}
+
+/// What a snapshot asks of the parked vCPUs: their state, MSRs `msrs`.
+struct Capture {
+    msrs: Arc<Vec<u32>>,
+    states: Vec<Option<Result<VcpuState, String>>>,
+}
+
+/// Reads the state of a parked vCPU: first a KVM_RUN that only completes
+/// the instruction of the last exit (an `in` or MMIO read whose data KVM
+/// writes back at the next entry; immediate_exit runs no further guest
+/// code), so the state is between two instructions.
+fn capture_vcpu(fd: &mut VcpuFd, msrs: &[u32]) -> Result<VcpuState, String> {
+    fd.set_kvm_immediate_exit(1);
+    let completed = match fd.run() {
+        Err(e) if e.errno() == libc::EINTR => Ok(()),
+        Err(e) => Err(format!("completing the last exit: {e}")),
+        Ok(_) => Err("an exit while completing the last one".to_owned()),
+    };
+    fd.set_kvm_immediate_exit(0);
+    completed?;
+    VcpuState::capture(fd, msrs).map_err(|e| e.to_string())
 }
 
 impl PauseGate {
@@ -140,9 +165,9 @@ impl PauseGate {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Called by a vCPU between two KVM_RUNs: waits while the VM is paused
-    /// (and not stopping).
-    fn park_if_paused(&self, exit: &ExitSignal) {
+    /// Called by vCPU `index` between two KVM_RUNs: waits while the VM is
+    /// paused (and not stopping), giving its state to a snapshot that asks.
+    fn park_if_paused(&self, exit: &ExitSignal, index: usize, fd: &mut VcpuFd) {
         let mut s = self.lock();
         if !s.paused {
             return;
@@ -150,6 +175,12 @@ impl PauseGate {
         s.parked += 1;
         self.changed.notify_all();
         while s.paused && !exit.requested() {
+            if let Some(c) = s.capture.as_mut() {
+                if let Some(slot) = c.states.get_mut(index).filter(|slot| slot.is_none()) {
+                    *slot = Some(capture_vcpu(fd, &c.msrs));
+                    self.changed.notify_all();
+                }
+            }
             s = self
                 .changed
                 .wait_timeout(s, Duration::from_millis(100))
@@ -177,6 +208,55 @@ impl PauseGate {
                 .map_or_else(|e| e.into_inner().0, |(g, _)| g);
         }
         true
+    }
+
+    /// The state of each of the `vcpus` vCPUs, parked by [`PauseGate::pause`],
+    /// with MSRs `msrs`, by vCPU index; an error names the first vCPU that
+    /// could not give it, or says that they did not within `timeout`.
+    pub fn capture(
+        &self,
+        vcpus: usize,
+        msrs: Vec<u32>,
+        timeout: Duration,
+    ) -> Result<Vec<VcpuState>, String> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        if !s.paused || s.parked < vcpus {
+            return Err("the vCPUs are not paused".to_owned());
+        }
+        s.capture = Some(Capture {
+            msrs: Arc::new(msrs),
+            states: (0..vcpus).map(|_| None).collect(),
+        });
+        self.changed.notify_all();
+        loop {
+            let done = s
+                .capture
+                .as_ref()
+                .is_some_and(|c| c.states.iter().all(Option::is_some));
+            if done {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                s.capture = None;
+                return Err(format!("the vCPUs gave no state within {timeout:?}"));
+            }
+            s = self
+                .changed
+                .wait_timeout(s, left.min(Duration::from_millis(10)))
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+        }
+        let states = s.capture.take().map(|c| c.states).unwrap_or_default();
+        states
+            .into_iter()
+            .enumerate()
+            .map(|(i, st)| match st {
+                Some(Ok(v)) => Ok(v),
+                Some(Err(e)) => Err(format!("vcpu{i}: {e}")),
+                None => Err(format!("vcpu{i}: no state")),
+            })
+            .collect()
     }
 
     /// Lets the vCPUs run again.
@@ -239,7 +319,8 @@ impl Vcpu {
     pub fn run(mut self) {
         let mut probe = PROBE.get().filter(|_| self.index == 0);
         while !self.exit.requested() {
-            self.gate.park_if_paused(&self.exit);
+            let gate = self.gate.clone();
+            gate.park_if_paused(&self.exit, usize::from(self.index), &mut self.fd);
             if self.exit.requested() {
                 break;
             }

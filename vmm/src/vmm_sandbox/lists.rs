@@ -4,9 +4,9 @@
 //! parent module.
 
 use kvm_bindings::{
-    kvm_debugregs, kvm_fpu, kvm_guest_debug, kvm_ioeventfd, kvm_irq_routing, kvm_irqfd, kvm_msrs,
-    kvm_regs, kvm_sregs, kvm_translation, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs,
-    kvm_xsave,
+    kvm_clock_data, kvm_debugregs, kvm_fpu, kvm_guest_debug, kvm_ioeventfd, kvm_irq_routing,
+    kvm_irqchip, kvm_irqfd, kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_pit_state2, kvm_regs,
+    kvm_sregs, kvm_translation, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use sandbox::seccomp::{Arg, Syscall};
 
@@ -94,6 +94,16 @@ pub mod kvm_ioctl {
     pub const IOEVENTFD: u64 = iow::<kvm_ioeventfd>(0x79);
     /// Adds a memory slot (mem-add).
     pub const SET_USER_MEMORY_REGION: u64 = iow::<kvm_userspace_memory_region>(0x46);
+    /// Reads the multiprocessing state (snapshot).
+    pub const GET_MP_STATE: u64 = ior::<kvm_mp_state>(0x98);
+    /// Reads the local APIC (snapshot).
+    pub const GET_LAPIC: u64 = ior::<kvm_lapic_state>(0x8e);
+    /// Reads a PIC or the IO-APIC (snapshot).
+    pub const GET_IRQCHIP: u64 = iowr::<kvm_irqchip>(0x62);
+    /// Reads the PIT (snapshot).
+    pub const GET_PIT2: u64 = ior::<kvm_pit_state2>(0x9f);
+    /// Reads the kvmclock's time (snapshot).
+    pub const GET_CLOCK: u64 = ior::<kvm_clock_data>(0x7c);
 }
 
 pub(super) const TCGETS: u64 = libc::TCGETS;
@@ -170,9 +180,12 @@ pub(super) const VCPU: &[Syscall] = &[
         "ioctl",
         "KVM_RUN; the registers, FPU and XSAVE state, XCR0, events, MSRs and debug registers \
          that completing an instruction or a system call for an emulating host needs; the GSI routing, irqfds \
-         and ioeventfds that guest writes to MSI-X and virtio-pci registers change",
+         and ioeventfds that guest writes to MSI-X and virtio-pci registers change; the MP state \
+         and local APIC a snapshot reads beside those",
         &[
             &[Arg::Eq(1, kvm_ioctl::RUN)],
+            &[Arg::Eq(1, kvm_ioctl::GET_MP_STATE)],
+            &[Arg::Eq(1, kvm_ioctl::GET_LAPIC)],
             &[Arg::Eq(1, kvm_ioctl::GET_REGS)],
             &[Arg::Eq(1, kvm_ioctl::SET_REGS)],
             &[Arg::Eq(1, kvm_ioctl::GET_SREGS)],
@@ -234,9 +247,13 @@ pub(super) const MAIN: &[Syscall] = &[
         libc::SYS_ioctl,
         "ioctl",
         "a memory slot for mem-add; irqfds, ioeventfds and routes a device reset or \
-         restart changes; the terminal's mode (TCGETS, TCSETS); FIONBIO on sockets",
+         restart changes; the terminal's mode (TCGETS, TCSETS); FIONBIO on sockets; the \
+         irqchips, PIT and clock a snapshot reads",
         &[
             &[Arg::Eq(1, kvm_ioctl::SET_USER_MEMORY_REGION)],
+            &[Arg::Eq(1, kvm_ioctl::GET_IRQCHIP)],
+            &[Arg::Eq(1, kvm_ioctl::GET_PIT2)],
+            &[Arg::Eq(1, kvm_ioctl::GET_CLOCK)],
             &[Arg::Eq(1, kvm_ioctl::SET_GSI_ROUTING)],
             &[Arg::Eq(1, kvm_ioctl::IRQFD)],
             &[Arg::Eq(1, kvm_ioctl::IOEVENTFD)],
@@ -286,6 +303,20 @@ pub(super) const MAIN: &[Syscall] = &[
         "pread64",
         "/proc status files opened before: each device's (ctl status) and the VMM's own \
          (--debug)",
+    ),
+    call(
+        libc::SYS_pwrite64,
+        "pwrite64",
+        "a snapshot's state and memory, into the files its ctl client opened and passed",
+    ),
+    only(
+        libc::SYS_lseek,
+        "lseek",
+        "SEEK_DATA and SEEK_HOLE only: the pages of guest memory a snapshot writes",
+        &[
+            &[Arg::Eq(2, libc::SEEK_DATA as u64)],
+            &[Arg::Eq(2, libc::SEEK_HOLE as u64)],
+        ],
     ),
     call(libc::SYS_memfd_create, "memfd_create", "mem-add's new RAM"),
     call(libc::SYS_ftruncate, "ftruncate", "size mem-add's memfd"),

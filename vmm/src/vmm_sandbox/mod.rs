@@ -469,6 +469,11 @@ mod tests {
         assert_eq!(kvm_ioctl::IRQFD, 0x4020_AE76);
         assert_eq!(kvm_ioctl::IOEVENTFD, 0x4040_AE79);
         assert_eq!(kvm_ioctl::SET_USER_MEMORY_REGION, 0x4020_AE46);
+        assert_eq!(kvm_ioctl::GET_MP_STATE, 0x8004_AE98);
+        assert_eq!(kvm_ioctl::GET_LAPIC, 0x8400_AE8E);
+        assert_eq!(kvm_ioctl::GET_IRQCHIP, 0xC208_AE62);
+        assert_eq!(kvm_ioctl::GET_PIT2, 0x8070_AE9F);
+        assert_eq!(kvm_ioctl::GET_CLOCK, 0x8030_AE7C);
     }
 
     #[test]
