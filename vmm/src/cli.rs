@@ -128,6 +128,7 @@ fn run(args: &RunArgs, m: &clap::ArgMatches, kinds: &Registry, runner: Runner) -
             match &reason {
                 ExitReason::GuestPanic(msg) => log::error(&format!("guest kernel panic: {msg}")),
                 ExitReason::Fatal(msg) => log::error(msg),
+                ExitReason::Snapshotted => log::info("the VM stopped after its snapshot"),
                 ExitReason::Poweroff | ExitReason::Reboot | ExitReason::UserQuit => {
                     log::debug(&format!("guest stopped: {reason:?}"));
                 }

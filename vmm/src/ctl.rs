@@ -8,7 +8,7 @@
 //! stall the VM.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -26,6 +26,7 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::hotplug::Hotplug;
 use crate::legacy::power_button::PowerButton;
 use crate::log;
+use crate::snapshot::take::SnapshotSource;
 use crate::vcpu::{self, PauseGate};
 
 /// Longest command line accepted.
@@ -49,6 +50,12 @@ pub enum Command {
     MemAdd(u64),
     /// Press the ACPI power button: the guest powers off cleanly.
     Powerdown,
+    /// Write a snapshot of the whole VM into the two files the client
+    /// passes, then stop (or, with `resume`, carry on).
+    Snapshot {
+        /// Carry on after the snapshot instead of stopping.
+        resume: bool,
+    },
     /// Stop the VM.
     Shutdown,
 }
@@ -62,7 +69,7 @@ pub enum CommandError {
     /// Not a command skvm knows.
     #[error(
         "unknown command {0:?} (status, pause, resume, device-restart NAME, mem-add SIZE, \
-         powerdown, shutdown)"
+         powerdown, snapshot DIR [--resume], shutdown)"
     )]
     Unknown(String),
     /// mem-add with a size that does not parse.
@@ -87,6 +94,8 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
         ["pause"] => Ok(Command::Pause),
         ["resume"] => Ok(Command::Resume),
         ["powerdown"] => Ok(Command::Powerdown),
+        ["snapshot"] => Ok(Command::Snapshot { resume: false }),
+        ["snapshot", "--resume"] => Ok(Command::Snapshot { resume: true }),
         ["shutdown"] => Ok(Command::Shutdown),
         ["device-restart", name] => Ok(Command::DeviceRestart((*name).to_owned())),
         ["mem-add", size] => crate::memory::parse_size(size)
@@ -228,19 +237,24 @@ impl CtlServer {
         self.listener.as_raw_fd()
     }
 
-    /// The next waiting client with its command line, if any. A client
+    /// The next waiting client with its command line and the fds it sent
+    /// (at most [`MAX_CLIENT_FDS`]: a snapshot's files), if any. A client
     /// that sends nothing usable gets its error answer here.
-    pub fn next(&self) -> Option<(UnixStream, Result<Command, CommandError>)> {
+    pub fn next(&self) -> Option<Client> {
         loop {
-            let (mut stream, _) = self.listener.accept().ok()?;
+            let (stream, _) = self.listener.accept().ok()?;
             if stream.set_nonblocking(false).is_err()
-                || stream.set_read_timeout(Some(CLIENT_TIMEOUT)).is_err()
                 || stream.set_write_timeout(Some(CLIENT_TIMEOUT)).is_err()
             {
                 continue;
             }
-            let command = read_line(&mut stream).and_then(|l| parse(&l));
-            return Some((stream, command));
+            let mut fds = Vec::new();
+            let command = read_line(&stream, &mut fds).and_then(|l| parse(&l));
+            return Some(Client {
+                stream,
+                command,
+                fds,
+            });
         }
     }
 }
@@ -258,24 +272,48 @@ pub fn answer(mut stream: UnixStream, answer: &str) {
     let _ = stream.write_all(format!("{answer}\n").as_bytes());
 }
 
+/// A client of the control socket: its connection, its command and the
+/// fds it sent with it.
+pub struct Client {
+    /// Where the answer goes.
+    pub stream: UnixStream,
+    /// What it asked.
+    pub command: Result<Command, CommandError>,
+    /// The fds that came with the command line.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Most fds a client may send (a snapshot's state and memory files).
+pub const MAX_CLIENT_FDS: usize = 2;
+
 /// Reads the command line, all of it within [`CLIENT_TIMEOUT`] (a client
-/// sending a byte at a time cannot hold the main thread longer).
-fn read_line(stream: &mut UnixStream) -> Result<String, CommandError> {
+/// sending a byte at a time cannot hold the main thread longer), and the
+/// fds that come with it (more than [`MAX_CLIENT_FDS`] is an error).
+fn read_line(stream: &UnixStream, fds: &mut Vec<OwnedFd>) -> Result<String, CommandError> {
     let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
     let mut buf = Vec::with_capacity(64);
     let mut chunk = [0u8; 64];
     while !buf.contains(&b'\n') {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+        if left.is_zero() {
             return Err(CommandError::Read(format!(
                 "no complete command within {} ms",
                 CLIENT_TIMEOUT.as_millis()
             )));
         }
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+        match ipc::fdpass::recv(stream.as_fd(), &mut chunk, MAX_CLIENT_FDS, Some(left)) {
+            Ok((0, _)) => break,
+            Ok((n, got)) => {
+                fds.extend(got);
+                buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            }
+            Err(ipc::IpcError::Timeout) => continue,
             Err(e) => return Err(CommandError::Read(e.to_string())),
+        }
+        if fds.len() > MAX_CLIENT_FDS {
+            return Err(CommandError::Read(format!(
+                "more than {MAX_CLIENT_FDS} fds sent"
+            )));
         }
         if buf.len() > MAX_LINE {
             return Err(CommandError::TooLong);
@@ -294,6 +332,8 @@ pub struct Control {
     paused: bool,
     hotplug: Option<Hotplug>,
     power_button: Arc<PowerButton>,
+    /// What a snapshot reads of the machine.
+    snapshot: Option<SnapshotSource>,
 }
 
 /// How long the vCPUs may take to stop for a pause.
@@ -307,6 +347,7 @@ impl Control {
         handles: Arc<Vec<JoinHandle<()>>>,
         hotplug: Option<Hotplug>,
         power_button: Arc<PowerButton>,
+        snapshot: Option<SnapshotSource>,
     ) -> Self {
         Self {
             server,
@@ -315,6 +356,7 @@ impl Control {
             paused: false,
             hotplug,
             power_button,
+            snapshot,
         }
     }
 
@@ -325,16 +367,22 @@ impl Control {
 
     /// Answers every waiting client.
     pub fn serve(&mut self, host: &mut DeviceHost, exit: &ExitSignal) {
-        while let Some((stream, command)) = self.server.next() {
-            let reply = match command {
-                Ok(c) => self.execute(c, host, exit),
+        while let Some(client) = self.server.next() {
+            let reply = match client.command {
+                Ok(c) => self.execute(c, client.fds, host, exit),
                 Err(e) => error_answer(&e.to_string()),
             };
-            answer(stream, &reply);
+            answer(client.stream, &reply);
         }
     }
 
-    fn execute(&mut self, command: Command, host: &mut DeviceHost, exit: &ExitSignal) -> String {
+    fn execute(
+        &mut self,
+        command: Command,
+        fds: Vec<OwnedFd>,
+        host: &mut DeviceHost,
+        exit: &ExitSignal,
+    ) -> String {
         log::debug(&format!("control socket: {command:?}"));
         let result = match command {
             Command::Status => Ok(self.status(host)),
@@ -382,6 +430,7 @@ impl Control {
                     .map(|()| "{\"ok\":true}".to_owned())
                     .context("cannot press the power button")
             }
+            Command::Snapshot { resume } => self.snapshot(fds, resume, host, exit),
             Command::Shutdown => {
                 log::info("shutdown requested on the control socket");
                 exit.request(ExitReason::Poweroff);
@@ -389,6 +438,62 @@ impl Control {
             }
         };
         result.unwrap_or_else(|e| error_answer(&format!("{e:#}")))
+    }
+
+    /// Pauses the VM (unless it is), writes the snapshot into the client's
+    /// two files, then stops the VM or, with `resume`, lets it run again
+    /// (if it ran before). A failed snapshot leaves the VM as it was.
+    fn snapshot(
+        &mut self,
+        fds: Vec<OwnedFd>,
+        resume: bool,
+        host: &mut DeviceHost,
+        exit: &ExitSignal,
+    ) -> Result<String> {
+        if self.snapshot.is_none() {
+            bail!("snapshot: this VM cannot be snapshotted");
+        }
+        let [state, memory]: [OwnedFd; 2] = fds.try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "snapshot: no files came with the command (use skvm ctl SOCKET snapshot DIR)"
+            )
+        })?;
+        let (state, memory) = (std::fs::File::from(state), std::fs::File::from(memory));
+        let was_paused = self.paused;
+        self.pause(host)?;
+        let taken = match self.snapshot.as_ref() {
+            Some(source) => crate::snapshot::take::take(source, &self.gate, host, &state, &memory),
+            None => Err(anyhow::anyhow!("snapshot: this VM cannot be snapshotted")),
+        };
+        let carry_on = resume || taken.is_err();
+        if carry_on && !was_paused {
+            let resumed = host.resume_all();
+            self.gate.resume();
+            self.paused = false;
+            resumed?;
+        }
+        let t = taken?;
+        log::info(&format!(
+            "snapshot: {} bytes of state, {} MiB of memory in {} ms{}",
+            t.state_bytes,
+            t.memory_bytes >> 20,
+            (t.state_time + t.memory_time).as_millis(),
+            if resume {
+                "; the VM carries on"
+            } else {
+                "; the VM stops"
+            }
+        ));
+        if !resume {
+            exit.request(ExitReason::Snapshotted);
+        }
+        Ok(format!(
+            "{{\"ok\":true,\"state_bytes\":{},\"memory_bytes\":{},\"state_us\":{},\"memory_us\":{},\"resumed\":{resume}}}",
+            t.state_bytes,
+            t.memory_bytes,
+            t.state_time.as_micros(),
+            t.memory_time.as_micros()
+        ))
     }
 
     fn state_answer(&self) -> String {
@@ -464,22 +569,67 @@ pub struct CtlArgs {
     #[arg(value_name = "SOCKET")]
     pub socket: PathBuf,
     /// status | pause | resume | device-restart NAME | mem-add SIZE |
-    /// shutdown.
+    /// powerdown | snapshot DIR [--resume] | shutdown.
     #[arg(value_name = "COMMAND", required = true, num_args = 1..)]
     pub command: Vec<String>,
 }
 
+/// `snapshot DIR [--resume]` as the client takes it: the directory and
+/// the line sent to skvm (which gets the files, not the path).
+fn snapshot_words(words: &[String]) -> Option<(PathBuf, String)> {
+    let resume = words.iter().any(|w| w == "--resume");
+    let dirs: Vec<&String> = words.iter().skip(1).filter(|w| *w != "--resume").collect();
+    match (words.first().map(String::as_str), dirs.as_slice()) {
+        (Some("snapshot"), [dir]) if words.len() == 2 + usize::from(resume) => Some((
+            PathBuf::from(dir),
+            if resume {
+                "snapshot --resume"
+            } else {
+                "snapshot"
+            }
+            .to_owned(),
+        )),
+        _ => None,
+    }
+}
+
 /// Sends one command and prints the answer; fails when skvm cannot be
-/// reached or the answer is not `"ok":true`.
+/// reached or the answer is not `"ok":true`. `snapshot DIR` creates the
+/// snapshot's files in DIR and sends them with the command (the VMM opens
+/// no path); they are removed again if the snapshot fails.
 pub fn client(args: &CtlArgs) -> Result<()> {
-    let line = args.command.join(" ");
+    let snapshot = if args.command.first().is_some_and(|w| w == "snapshot") {
+        Some(
+            snapshot_words(&args.command)
+                .context("usage: skvm ctl SOCKET snapshot DIR [--resume]")?,
+        )
+    } else {
+        None
+    };
+    let line = match &snapshot {
+        Some((_, line)) => line.clone(),
+        None => args.command.join(" "),
+    };
     parse(&line)?;
     let mut stream = UnixStream::connect(&args.socket)
         .with_context(|| format!("cannot connect to {}", args.socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    stream
-        .write_all(format!("{line}\n").as_bytes())
-        .context("cannot send the command")?;
+    stream.set_read_timeout(Some(Duration::from_secs(600)))?;
+    let files = match &snapshot {
+        Some((dir, _)) => Some(crate::snapshot::files::NewSnapshot::create(dir)?),
+        None => None,
+    };
+    let wire = format!("{line}\n");
+    match &files {
+        Some(f) => ipc::fdpass::send(
+            stream.as_fd(),
+            wire.as_bytes(),
+            &[f.state.as_fd(), f.memory.as_fd()],
+        )
+        .context("cannot send the command")?,
+        None => stream
+            .write_all(wire.as_bytes())
+            .context("cannot send the command")?,
+    }
     let mut answer = String::new();
     stream
         .read_to_string(&mut answer)
@@ -491,6 +641,9 @@ pub fn client(args: &CtlArgs) -> Result<()> {
     println!("{answer}");
     if !answer.starts_with("{\"ok\":true") {
         bail!("the command failed");
+    }
+    if let Some(f) = files {
+        f.keep()?;
     }
     Ok(())
 }
@@ -533,7 +686,7 @@ mod tests {
         });
         std::thread::sleep(Duration::from_millis(100));
         let start = std::time::Instant::now();
-        let (_, command) = server.next().unwrap();
+        let command = server.next().unwrap().command;
         let took = start.elapsed();
         assert!(matches!(command, Err(CommandError::Read(_))), "{command:?}");
         assert!(took < CLIENT_TIMEOUT * 2, "{took:?}");
@@ -550,12 +703,52 @@ mod tests {
         assert_eq!(parse("mem-add 128M"), Ok(Command::MemAdd(128 << 20)));
         assert_eq!(parse("powerdown"), Ok(Command::Powerdown));
         assert_eq!(parse("shutdown"), Ok(Command::Shutdown));
+        assert_eq!(
+            parse("snapshot --resume"),
+            Ok(Command::Snapshot { resume: true })
+        );
         let e = |line| parse(line).unwrap_err().to_string();
         assert!(e("mem-add 0").contains("bad size"));
         assert!(parse("mem-add lots").is_err());
         assert!(e("device-restart").contains("unknown command"));
         assert!(parse("").is_err());
         assert!(e("reboot now").contains("status, pause"));
+    }
+
+    #[test]
+    fn the_client_sends_the_snapshot_command_without_its_directory() {
+        let w = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            snapshot_words(&w("snapshot /s")),
+            Some((PathBuf::from("/s"), "snapshot".into()))
+        );
+        assert_eq!(
+            snapshot_words(&w("snapshot --resume /s")),
+            Some((PathBuf::from("/s"), "snapshot --resume".into()))
+        );
+        assert_eq!(snapshot_words(&w("snapshot")), None);
+        assert_eq!(snapshot_words(&w("snapshot /a /b")), None);
+    }
+
+    #[test]
+    fn fds_sent_with_a_command_arrive_with_it_and_too_many_are_refused() {
+        let path = scratch("fds");
+        let server = CtlServer::bind(&path).unwrap();
+        let files: Vec<std::fs::File> = (0..3)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        let send = |n: usize| {
+            let c = UnixStream::connect(&path).unwrap();
+            let fds: Vec<_> = files.iter().take(n).map(AsFd::as_fd).collect();
+            ipc::fdpass::send(c.as_fd(), b"snapshot\n", &fds).unwrap();
+            let client = server.next().unwrap();
+            (c, client)
+        };
+        let (_c, two) = send(2);
+        assert_eq!(two.command, Ok(Command::Snapshot { resume: false }));
+        assert_eq!(two.fds.len(), 2);
+        let (_c, three) = send(3);
+        assert!(matches!(three.command, Err(CommandError::Read(_))));
     }
 
     #[test]
@@ -579,9 +772,10 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let mut c = UnixStream::connect(&sock).unwrap();
         c.write_all(b"status\n").unwrap();
-        let (s, cmd) = server.next().unwrap();
-        assert_eq!(cmd, Ok(Command::Status));
-        answer(s, "{\"ok\":true}");
+        let client = server.next().unwrap();
+        assert_eq!(client.command, Ok(Command::Status));
+        assert!(client.fds.is_empty());
+        answer(client.stream, "{\"ok\":true}");
         let mut got = String::new();
         c.read_to_string(&mut got).unwrap();
         assert_eq!(got, "{\"ok\":true}\n");

@@ -18,6 +18,9 @@ pub enum ExitReason {
     GuestPanic(String),
     /// The user quit with the console escape key.
     UserQuit,
+    /// A snapshot was taken without --resume: the VM stops, its state on
+    /// disk.
+    Snapshotted,
     /// skvm itself could not go on (vCPU error, unhandled instruction, ...).
     Fatal(String),
 }
@@ -26,7 +29,10 @@ impl ExitReason {
     /// The process exit status for this reason.
     pub fn status(&self) -> i32 {
         match self {
-            ExitReason::Poweroff | ExitReason::Reboot | ExitReason::UserQuit => 0,
+            ExitReason::Poweroff
+            | ExitReason::Reboot
+            | ExitReason::UserQuit
+            | ExitReason::Snapshotted => 0,
             ExitReason::GuestPanic(_) => 2,
             ExitReason::Fatal(_) => 1,
         }

@@ -114,6 +114,29 @@ impl Memory {
             .unwrap_or(0)
     }
 
+    /// Each memfd once, with its size, boot RAM first: what a snapshot
+    /// writes.
+    pub fn files(&self) -> Vec<(Arc<File>, u64)> {
+        let mut out: Vec<(Arc<File>, u64)> = Vec::new();
+        for (range, file) in &self.regions {
+            match out.iter_mut().find(|(f, _)| Arc::ptr_eq(f, file)) {
+                Some((_, size)) => *size = (*size).max(range.file_offset + range.size),
+                None => out.push((file.clone(), range.file_offset + range.size)),
+            }
+        }
+        out
+    }
+
+    /// The regions added after boot RAM (mem-add): guest address and size.
+    pub fn hotplugged(&self) -> Vec<(u64, u64)> {
+        let boot = self.regions.first().map(|(_, f)| f.clone());
+        self.regions
+            .iter()
+            .filter(|(_, f)| !boot.as_ref().is_some_and(|b| Arc::ptr_eq(b, f)))
+            .map(|(r, _)| (r.guest_addr, r.size))
+            .collect()
+    }
+
     /// The map devices receive: every region and its memfd.
     pub fn for_devices(&self) -> DeviceMemory {
         self.regions.clone()

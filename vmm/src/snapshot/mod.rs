@@ -3,9 +3,11 @@
 //! ([`vcpu`]) and the machine's in-kernel devices ([`machine`]), and guest RAM
 //! as sparse files ([`ram`]).
 
+pub mod files;
 pub mod format;
 pub mod machine;
 pub mod pod;
 pub mod ram;
 pub mod state;
+pub mod take;
 pub mod vcpu;

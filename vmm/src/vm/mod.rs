@@ -51,6 +51,8 @@ use crate::legacy::serial::{ConsoleOut, IrqTrigger, PanicRecord, SerialDevice, C
 use crate::legacy::LegacyDevices;
 use crate::memory::{GuestRam, Memory};
 use crate::pci::PciBus;
+use crate::snapshot::state::MachineInfo;
+use crate::snapshot::take::SnapshotSource;
 use crate::vcpu::{self, setup, PauseGate, Vcpu, VcpuStats};
 use crate::vmm_sandbox;
 use crate::{host, layout, log};
@@ -167,6 +169,10 @@ pub struct Built<'a> {
     own_status: Option<host::SelfStatus>,
     /// /proc/self/task, to check every thread's filter.
     threads: host::Threads,
+    /// What a snapshot needs from KVM itself, read before confinement:
+    /// the MSRs to save and the vCPU state size.
+    snapshot_host: (Vec<u32>, u32),
+    quirks: bool,
 }
 
 /// Phase 3: what the VM needs from the host is open and the VMM holds no
@@ -333,6 +339,8 @@ impl<'a> Opened<'a> {
             hotplug,
             own_status,
             threads,
+            snapshot_host: snapshot_host(&kvm)?,
+            quirks,
         };
         // vCPUs are created and configured while the loader runs; only the
         // boot vCPU's registers wait for it.
@@ -507,6 +515,25 @@ impl<'a> Built<'a> {
         Ok(confined)
     }
 
+    /// What a snapshot of this VM reads besides its devices.
+    fn snapshot_source(&self) -> SnapshotSource {
+        let (msrs, xsave_size) = self.snapshot_host.clone();
+        SnapshotSource {
+            vm: self.vm.clone(),
+            memory: self.memory.clone(),
+            pci: self.pci.clone(),
+            legacy: self.legacy.clone(),
+            info: MachineInfo {
+                cpus: self.cfg.cpus,
+                mem: self.cfg.mem,
+                quirks: self.quirks,
+                xsave_size,
+                hotplugged: Vec::new(),
+            },
+            msrs,
+        }
+    }
+
     /// The confinement of each device that is served in a VMM thread, which
     /// the main thread may have to start again (restarts, mem-add).
     fn device_threads(&self) -> Vec<Option<crate::kinds::Confinement>> {
@@ -571,6 +598,7 @@ impl<'a> Confined<'a> {
                 handles.clone(),
                 built.hotplug.take(),
                 built.power_button.clone(),
+                Some(built.snapshot_source()),
             )
         });
         Ok(Running {
@@ -663,6 +691,19 @@ fn check_limits(kvm: &Kvm, cfg: &VmConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// KVM's list of MSRs a vCPU's state includes, and its vCPU state size
+/// (KVM_CAP_XSAVE2, 0 without): what a snapshot records. Read while
+/// /dev/kvm's system calls are still allowed.
+fn snapshot_host(kvm: &Kvm) -> Result<(Vec<u32>, u32)> {
+    let msrs = kvm
+        .get_msr_index_list()
+        .context("cannot read KVM's MSR list")?
+        .as_slice()
+        .to_vec();
+    let size = u32::try_from(kvm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0);
+    Ok((msrs, size))
 }
 
 /// The host's XSAVE layout, if skvm can complete XSAVE/XRSTOR with it: the
