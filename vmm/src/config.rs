@@ -48,6 +48,14 @@ pub struct RunArgs {
     /// scripts/build-rootfs.sh run it once multi-user.target is reached.
     #[arg(long, value_name = "COMMAND")]
     pub run: Option<String>,
+    /// Start from a snapshot (`skvm ctl SOCKET snapshot DIR`) instead of
+    /// booting: guest memory, vCPUs and devices as they were, each device
+    /// in a new process. vCPUs, memory and the devices' options come from
+    /// the snapshot; give the same device options again (same kinds, in
+    /// the same order, and disks of the same size: the images and taps to
+    /// serve). Not with --kernel, --initrd, --cmdline or --run.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "run"])]
+    pub restore: Option<PathBuf>,
     /// Number of vCPUs (1 to 254, and at most what KVM allows).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u32,
@@ -210,6 +218,84 @@ pub enum ConfigError {
     /// No --kernel and no default guest.
     #[error("no --kernel given and the default guest is not built at {0}: run scripts/setup.sh")]
     NoDefaultGuest(PathBuf),
+    /// The snapshot cannot be read or is not one.
+    #[error("--restore {0}")]
+    Snapshot(PathBuf, #[source] anyhow::Error),
+    /// The command line does not match the snapshot.
+    #[error("--restore {0}: {1}")]
+    SnapshotMismatch(PathBuf, String),
+}
+
+/// A snapshot to start from: its directory and its checked state.
+pub struct Restore {
+    /// The snapshot's directory.
+    pub dir: PathBuf,
+    /// Its state file, decoded.
+    pub snapshot: Box<crate::snapshot::state::VmSnapshot>,
+}
+
+impl std::fmt::Debug for Restore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restore").field("dir", &self.dir).finish()
+    }
+}
+
+/// Reads the snapshot in `dir` and checks the command line against it:
+/// --cpus and --mem, when given, must be the snapshot's; the devices must
+/// be of the same kinds, with the same names, in the same order.
+fn read_restore(
+    dir: &std::path::Path,
+    m: &clap::ArgMatches,
+    args: &RunArgs,
+    devices: &[DeviceSpec],
+) -> Result<Restore, ConfigError> {
+    let snapshot = crate::snapshot::files::read_state(dir)
+        .map_err(|e| ConfigError::Snapshot(dir.to_owned(), e))?;
+    let mismatch = |why: String| ConfigError::SnapshotMismatch(dir.to_owned(), why);
+    let given = |id: &str| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    let info = &snapshot.info;
+    if given("cpus") && args.cpus != u32::from(info.cpus) {
+        return Err(mismatch(format!(
+            "--cpus {} given, the snapshot has {} vCPUs",
+            args.cpus, info.cpus
+        )));
+    }
+    if given("mem") && parse_size(&args.mem) != Some(info.mem) {
+        return Err(mismatch(format!(
+            "--mem {} given, the snapshot has {} MiB",
+            args.mem,
+            info.mem >> 20
+        )));
+    }
+    let here: Vec<(&str, &str)> = devices
+        .iter()
+        .map(|d| (d.name.as_str(), d.kind.name()))
+        .collect();
+    let saved: Vec<(&str, &str)> = snapshot
+        .devices
+        .iter()
+        .map(|d| (d.name.as_str(), d.kind.as_str()))
+        .collect();
+    if here != saved {
+        let list = |v: &[(&str, &str)]| {
+            let names: Vec<&str> = v.iter().map(|(n, _)| *n).collect();
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        };
+        return Err(mismatch(format!(
+            "the snapshot's devices are {}, the command line gives {}: give the same \
+             device options again",
+            list(&saved),
+            list(&here)
+        )));
+    }
+    Ok(Restore {
+        dir: dir.to_owned(),
+        snapshot: Box::new(snapshot),
+    })
 }
 
 /// A validated VM configuration.
@@ -251,6 +337,8 @@ pub struct VmConfig {
     pub user: Option<(u32, u32)>,
     /// How long SIGTERM waits for the guest to power off.
     pub stop_timeout: std::time::Duration,
+    /// The snapshot to start from, instead of booting.
+    pub restore: Option<Restore>,
 }
 
 /// The directory of the default guest.
@@ -295,7 +383,18 @@ impl VmConfig {
         let cpus = u8::try_from(args.cpus).map_err(|_| ConfigError::Cpus(args.cpus))?;
         let devices = kinds.configure(m)?;
         let root = root_params(&devices)?;
+        let restore = args
+            .restore
+            .as_deref()
+            .map(|dir| read_restore(dir, m, args, &devices))
+            .transpose()?;
+        let (cpus, mem) = match &restore {
+            Some(r) => (r.snapshot.info.cpus, r.snapshot.info.mem),
+            None => (cpus, mem),
+        };
         let (kernel, initrd) = match &args.kernel {
+            // A restored guest boots nothing.
+            _ if restore.is_some() => (PathBuf::new(), None),
             Some(k) => (k.clone(), args.initrd.clone()),
             None => {
                 let dir = default_guest_dir();
@@ -313,7 +412,9 @@ impl VmConfig {
                 (k, i)
             }
         };
-        check_readable("kernel", &kernel)?;
+        if restore.is_none() {
+            check_readable("kernel", &kernel)?;
+        }
         if let Some(i) = &initrd {
             check_readable("initrd", i)?;
         }
@@ -339,6 +440,7 @@ impl VmConfig {
             vmm_sandbox: args.vmm_sandbox,
             user: args.user,
             stop_timeout: std::time::Duration::from_secs(args.stop_timeout),
+            restore,
         })
     }
 
@@ -489,6 +591,7 @@ mod tests {
             initrd: None,
             cmdline: String::new(),
             run: None,
+            restore: None,
             cpus: 1,
             mem: "128M".into(),
             host_quirks: HostQuirks::Auto,

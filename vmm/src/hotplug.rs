@@ -54,6 +54,17 @@ impl Hotplug {
         }
     }
 
+    /// The same, with `added` bytes already backed (a restored VM's).
+    pub fn with_added(mut self, added: u64) -> Self {
+        self.added = added.min(self.size);
+        self
+    }
+
+    /// The region mem-add fills: its address and size.
+    pub fn room(&self) -> (u64, u64) {
+        (self.addr, self.size)
+    }
+
     /// Bytes added so far.
     pub fn added(&self) -> u64 {
         self.added

@@ -452,6 +452,36 @@ impl DeviceHost {
             .collect()
     }
 
+    /// Brings every device, just added for a restored VM, to where the
+    /// snapshot had it: its transport's registers, then its new instance
+    /// restored from the saved state (checked against the transport, as
+    /// after a restart); a device that had failed stays failed.
+    pub fn restore(&mut self, saved: &[SavedDevice]) -> Result<()> {
+        if saved.len() != self.devices.len() {
+            bail!(
+                "{} devices saved, {} given",
+                saved.len(),
+                self.devices.len()
+            );
+        }
+        for (d, s) in self.devices.iter_mut().zip(saved) {
+            if d.slot != s.slot || d.name != s.name {
+                bail!("device {} is not where the snapshot had {}", d.name, s.name);
+            }
+            let mut t = lock(&d.transport);
+            t.restore_transport(&s.transport)
+                .with_context(|| format!("device {}: the snapshot's transport", d.name))?;
+            if s.failed {
+                d.failed = true;
+                t.device_failed();
+                continue;
+            }
+            carry_on(&mut t, &d.name, s.state.clone())
+                .with_context(|| format!("device {}: cannot restore", d.name))?;
+        }
+        Ok(())
+    }
+
     /// Lets every paused device serve its queues again.
     pub fn resume_all(&mut self) -> Result<()> {
         for d in self.devices.iter_mut().filter(|d| d.paused) {

@@ -61,6 +61,16 @@ impl LegacyDevices {
         }
     }
 
+    /// Wraps a UART restored from a snapshot, and an RTC with its selected
+    /// register.
+    pub fn restored(serial: SerialDevice, cmos_index: u8) -> Self {
+        Self {
+            serial: Mutex::new(serial),
+            pm: Mutex::new(AcpiPm::new()),
+            cmos: Mutex::new(Cmos::with_index(cmos_index)),
+        }
+    }
+
     /// The devices' state, for a snapshot.
     pub fn save(&self) -> LegacyState {
         LegacyState {

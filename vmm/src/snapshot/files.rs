@@ -4,11 +4,14 @@
 //! of the host's files.
 
 use std::fs::{File, OpenOptions};
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+use super::format::MAX_STATE;
+use super::state::VmSnapshot;
 
 /// The state file's name in the directory.
 pub const STATE: &str = "state";
@@ -100,6 +103,36 @@ impl Drop for NewSnapshot {
             let _ = std::fs::remove_dir(&self.dir);
         }
     }
+}
+
+/// Reads and checks the state file in `dir` (as [`VmSnapshot::decode`]
+/// does), and that a memory file is there.
+pub fn read_state(dir: &Path) -> Result<VmSnapshot> {
+    let path = dir.join(STATE);
+    let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > MAX_STATE as u64 {
+        bail!(
+            "{} is {len} bytes, more than a state file can be",
+            path.display()
+        );
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(MAX_STATE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let snapshot = VmSnapshot::decode(&bytes).with_context(|| path.display().to_string())?;
+    let memory = dir.join(MEMORY);
+    if !memory.is_file() {
+        bail!("no memory file {}", memory.display());
+    }
+    Ok(snapshot)
+}
+
+/// Opens the memory file in `dir`, for reading.
+pub fn open_memory(dir: &Path) -> Result<File> {
+    let path = dir.join(MEMORY);
+    File::open(&path).with_context(|| format!("cannot open {}", path.display()))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod format;
 pub mod machine;
 pub mod pod;
 pub mod ram;
+pub mod restore;
 pub mod state;
 pub mod take;
 pub mod vcpu;

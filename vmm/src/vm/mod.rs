@@ -184,8 +184,8 @@ pub struct Opened<'a> {
     memory: Memory,
     /// The boot RAM's mapping and ranges, for the loader.
     boot_ram: (vm_memory::GuestMemoryMmap, Vec<crate::memory::RamRange>),
-    kernel: boot::BootFile,
-    initrd: Option<boot::BootFile>,
+    /// What the guest starts from: its kernel, or a snapshot's memory.
+    start: Start,
     backends: Vec<crate::kinds::Opened>,
     hotplug_room: Option<(u64, u64)>,
     profile_out: Option<(std::path::PathBuf, std::fs::File)>,
@@ -207,12 +207,16 @@ impl<'a> Spawned<'a> {
         let cfg = checked.cfg;
         let ram = GuestRam::new(cfg.mem).context("cannot create guest memory")?;
         let boot_ram = (ram.mem.clone(), ram.ranges.clone());
-        let kernel = boot::BootFile::kernel(&cfg.kernel)?;
-        let initrd = cfg
-            .initrd
-            .as_deref()
-            .map(boot::BootFile::initrd)
-            .transpose()?;
+        let start = match &cfg.restore {
+            Some(r) => Start::Restore(crate::snapshot::files::open_memory(&r.dir)?),
+            None => Start::Boot(
+                boot::BootFile::kernel(&cfg.kernel)?,
+                cfg.initrd
+                    .as_deref()
+                    .map(boot::BootFile::initrd)
+                    .transpose()?,
+            ),
+        };
         let memory = Memory::new(ram);
         let (backends, hotplug_room) = open_backends(cfg, &memory)?;
         let opened = Opened {
@@ -221,8 +225,7 @@ impl<'a> Spawned<'a> {
             ctl,
             memory,
             boot_ram,
-            kernel,
-            initrd,
+            start,
             backends,
             hotplug_room,
             profile_out: profile_file()?,
@@ -232,6 +235,15 @@ impl<'a> Spawned<'a> {
         drop_privileges(cfg, single)?;
         Ok(opened)
     }
+}
+
+/// What the guest starts from.
+enum Start {
+    /// A kernel (and initrd) to load and boot.
+    Boot(boot::BootFile, Option<boot::BootFile>),
+    /// A snapshot (`--restore`): its memory file, opened before the VMM
+    /// gives up its view of the host's files.
+    Restore(std::fs::File),
 }
 
 /// Gives up every privilege the VMM has (`sandbox::jail::confine_vmm`),
@@ -283,9 +295,8 @@ impl<'a> Opened<'a> {
             ctl,
             mut memory,
             boot_ram,
-            kernel,
-            initrd,
-            backends,
+            start,
+            mut backends,
             hotplug_room,
             profile_out,
             own_status,
@@ -298,26 +309,48 @@ impl<'a> Opened<'a> {
         // Whether skvm can complete the guest kernel's XSAVE/XRSTOR decides
         // whether the kernel may use them.
         let xsave = if quirks { xsave_layout(&kvm) } else { None };
-        let cmdline = cfg.cmdline(quirks, xsave.is_some());
-        log::debug(&format!("kernel command line: {cmdline}"));
-        let spec = BootSpec {
-            kernel,
-            initrd,
-            cmdline,
-            cpus: cfg.cpus,
+        let snapshot_host = snapshot_host(&kvm)?;
+        let restore = cfg.restore.as_ref().map(|r| &*r.snapshot);
+        let (loader, memory_file) = match start {
+            Start::Boot(kernel, initrd) => {
+                let cmdline = cfg.cmdline(quirks, xsave.is_some());
+                log::debug(&format!("kernel command line: {cmdline}"));
+                let spec = BootSpec {
+                    kernel,
+                    initrd,
+                    cmdline,
+                    cpus: cfg.cpus,
+                };
+                (Some(start_loader(boot_ram, spec)?), None)
+            }
+            Start::Restore(file) => (None, Some(file)),
         };
-        let loader = start_loader(boot_ram, spec)?;
+        if let Some(snap) = restore {
+            crate::snapshot::restore::check_host(snap, quirks, snapshot_host.1)?;
+            crate::snapshot::restore::take_device_options(snap, &mut backends)?;
+        }
         let vm = Arc::new(create_vm(&kvm, quirks)?);
         memory.register(vm.clone())?;
+        let mut added = 0;
+        if let (Some(snap), Some(file)) = (restore, &memory_file) {
+            added = crate::snapshot::restore::memory(snap, &mut memory, hotplug_room, file)?;
+        }
         let router = Arc::new(IrqRouter::new(vm.clone()));
         let mut pci = PciBus::new();
         attach_devices(cfg, backends, &mut host, &memory, &mut pci, &router)?;
+        if let Some(snap) = restore {
+            crate::snapshot::restore::devices(snap, &mut host, &pci)?;
+        }
         let memory = Arc::new(Mutex::new(memory));
-        let hotplug = hotplug_room.map(|room| Hotplug::new(memory.clone(), room));
+        let hotplug = hotplug_room.map(|room| Hotplug::new(memory.clone(), room).with_added(added));
         let exit = Arc::new(ExitSignal::new().context("cannot create exit eventfd")?);
         install_signals(&exit)?;
         let panic = Arc::new(Mutex::new(None));
-        let legacy = Arc::new(legacy_devices(&vm, &panic)?);
+        let legacy = Arc::new(legacy_devices(
+            &vm,
+            &panic,
+            restore.map(|snap| &snap.legacy),
+        )?);
         let power_button = Arc::new(PowerButton::new(&vm)?);
         let mut built = Built {
             cfg,
@@ -339,20 +372,33 @@ impl<'a> Opened<'a> {
             hotplug,
             own_status,
             threads,
-            snapshot_host: snapshot_host(&kvm)?,
+            snapshot_host,
             quirks,
         };
         // vCPUs are created and configured while the loader runs; only the
         // boot vCPU's registers wait for it.
         built.vcpus = built.create_vcpus(&kvm, quirks, xsave.as_ref())?;
-        let boot_info = loader
-            .join()
-            .map_err(|_| anyhow::anyhow!("the boot loader thread panicked"))??;
-        if let Some(boot) = built.vcpus.first() {
-            let memory = built.memory.lock().unwrap_or_else(|e| e.into_inner());
-            let mem = memory.boot().context("no boot RAM")?;
-            setup::set_boot_state(&boot.fd, mem, &boot_info)
-                .context("cannot set up the boot vcpu")?;
+        if let Some(snap) = restore {
+            let fds: Vec<&kvm_ioctls::VcpuFd> = built.vcpus.iter().map(|v| &v.fd).collect();
+            crate::snapshot::restore::machine(snap, &built.vm, &fds)?;
+            log::info(&format!(
+                "restored from {}",
+                cfg.restore
+                    .as_ref()
+                    .map(|r| r.dir.display().to_string())
+                    .unwrap_or_default()
+            ));
+        }
+        if let Some(loader) = loader {
+            let boot_info = loader
+                .join()
+                .map_err(|_| anyhow::anyhow!("the boot loader thread panicked"))??;
+            if let Some(boot) = built.vcpus.first() {
+                let memory = built.memory.lock().unwrap_or_else(|e| e.into_inner());
+                let mem = memory.boot().context("no boot RAM")?;
+                setup::set_boot_state(&boot.fd, mem, &boot_info)
+                    .context("cannot set up the boot vcpu")?;
+            }
         }
         Ok(built)
     }
@@ -409,17 +455,26 @@ fn attach_devices(
 }
 
 /// The 8250 on the console (its interrupt an irqfd), CMOS, i8042 and the
-/// ACPI ports.
-fn legacy_devices(vm: &VmFd, panic: &Arc<Mutex<Option<PanicRecord>>>) -> Result<LegacyDevices> {
+/// ACPI ports; as `saved` has them when the VM is restored.
+fn legacy_devices(
+    vm: &VmFd,
+    panic: &Arc<Mutex<Option<PanicRecord>>>,
+    saved: Option<&crate::legacy::LegacyState>,
+) -> Result<LegacyDevices> {
     let serial_evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
         .context("cannot create serial irq eventfd")?;
     vm.register_irqfd(&serial_evt, COM1_IRQ)
         .context("cannot register serial irqfd")?;
-    let serial = SerialDevice::new(
-        IrqTrigger(serial_evt),
-        ConsoleOut::new(Box::new(std::io::stdout()), panic.clone()),
-    );
-    Ok(LegacyDevices::new(serial))
+    let trigger = IrqTrigger(serial_evt);
+    let out = ConsoleOut::new(Box::new(std::io::stdout()), panic.clone());
+    Ok(match saved {
+        None => LegacyDevices::new(SerialDevice::new(trigger, out)),
+        Some(s) => LegacyDevices::restored(
+            SerialDevice::from_state(&s.serial, trigger, vm_superio::serial::NoEvents, out)
+                .map_err(|e| anyhow::anyhow!("the snapshot's serial port: {e:?}"))?,
+            s.cmos_index,
+        ),
+    })
 }
 
 impl<'a> Built<'a> {

@@ -1,0 +1,128 @@
+//! Starting a VM from a snapshot (`skvm run --restore DIR`), in the order
+//! the build takes: the host checked against what the snapshot needs, the
+//! device options taken from it, guest memory (regions mem-add added
+//! included) refilled, the PCI headers and transports restored and every
+//! device's new instance restored from its saved state, and last the
+//! irqchips, clock and vCPUs. Every value is checked where it is applied:
+//! by the transport (`restore_transport`), the devices (their restore) and
+//! KVM.
+
+use std::fs::File;
+
+use anyhow::{bail, Context, Result};
+use kvm_ioctls::{VcpuFd, VmFd};
+
+use super::ram;
+use super::state::VmSnapshot;
+use crate::device_host::DeviceHost;
+use crate::kinds::Opened;
+use crate::memory::Memory;
+use crate::pci::PciBus;
+
+/// The host must be able to take the snapshot's state: the same quirks
+/// (an emulating host's guest relies on skvm completing its XSAVE and
+/// SYSCALL; a hardware host's on nothing of the kind) and the same vCPU
+/// state size (the XSAVE areas' layout).
+pub fn check_host(snap: &VmSnapshot, quirks: bool, xsave_size: u32) -> Result<()> {
+    let info = &snap.info;
+    if info.quirks != quirks {
+        bail!(
+            "the snapshot was taken with --host-quirks {}, this VM has them {}: restore it \
+             on a host like the one that took it",
+            if info.quirks { "on" } else { "off" },
+            if quirks { "on" } else { "off" }
+        );
+    }
+    if info.xsave_size != xsave_size {
+        bail!(
+            "the snapshot's vCPU state is {} bytes (KVM_CAP_XSAVE2), this host's {xsave_size}: \
+             another CPU",
+            info.xsave_size
+        );
+    }
+    Ok(())
+}
+
+/// Each device serves what the command line gave (its image, its tap), of
+/// the size the snapshot's had, with the options the snapshot saved (which
+/// may have moved on since boot: virtio-mem's plugged size).
+pub fn take_device_options(snap: &VmSnapshot, opened: &mut [Opened]) -> Result<()> {
+    for (saved, o) in snap.devices.iter().zip(opened.iter_mut()) {
+        if saved.file_size != o.file_size {
+            bail!(
+                "{}: the image given is {} bytes, the snapshot's was {}",
+                saved.name,
+                o.file_size,
+                saved.file_size
+            );
+        }
+        o.params.clone_from(&saved.params);
+    }
+    Ok(())
+}
+
+/// Adds the regions mem-add had added (contiguous from the start of
+/// `room`, inside it) and fills every region from `file`. Returns the
+/// bytes added.
+pub fn memory(
+    snap: &VmSnapshot,
+    memory: &mut Memory,
+    room: Option<(u64, u64)>,
+    file: &File,
+) -> Result<u64> {
+    let mut added = 0u64;
+    for &(addr, size) in &snap.info.hotplugged {
+        let Some((start, max)) = room else {
+            bail!("the snapshot has hot-added memory: give --hotplug-mem as when it was taken");
+        };
+        let fits = added
+            .checked_add(size)
+            .is_some_and(|end| end <= max && addr == start + added);
+        if !fits {
+            bail!(
+                "the snapshot's hot-added region {addr:#x}+{size:#x} is not where --hotplug-mem \
+                 puts the next one ({:#x}, {} MiB left)",
+                start + added,
+                (max - added) >> 20
+            );
+        }
+        memory
+            .add_region(addr, size)
+            .context("cannot add the snapshot's hot-added memory")?;
+        added += size;
+    }
+    let files = memory.files();
+    let regions: Vec<(&File, u64)> = files.iter().map(|(f, s)| (f.as_ref(), *s)).collect();
+    ram::restore_regions(file, &regions).context("cannot read the snapshot's memory")?;
+    Ok(added)
+}
+
+/// Restores the PCI headers (BARs, decoding, MSI-X control), then each
+/// device's transport and new instance.
+pub fn devices(snap: &VmSnapshot, host: &mut DeviceHost, pci: &PciBus) -> Result<()> {
+    for (slot, header) in &snap.pci {
+        pci.restore_config(*slot, header)
+            .context("cannot restore the PCI bus")?;
+    }
+    host.restore(&snap.devices)
+}
+
+/// The irqchips, PIT and clock, then every vCPU.
+pub fn machine(snap: &VmSnapshot, vm: &VmFd, vcpus: &[&VcpuFd]) -> Result<()> {
+    if vcpus.len() != snap.vcpus.len() {
+        bail!(
+            "{} vCPUs for the snapshot's {}",
+            vcpus.len(),
+            snap.vcpus.len()
+        );
+    }
+    snap.machine
+        .apply(vm)
+        .context("cannot restore the irqchips, PIT and clock")?;
+    for (i, (fd, state)) in vcpus.iter().zip(&snap.vcpus).enumerate() {
+        state
+            .apply(fd)
+            .with_context(|| format!("cannot restore vcpu{i}"))?;
+    }
+    Ok(())
+}
