@@ -1,0 +1,220 @@
+//! Whole-VM snapshots: a guest that counts, writes each count to a disk and
+//! reads its rng is snapshotted (`skvm ctl SOCKET snapshot DIR`), stops,
+//! and is started again from the snapshot, twice (`skvm run --restore`):
+//! the count goes on from where it stopped, the devices run in new
+//! processes and serve the guest, and the disk keeps what was written.
+//! Snapshots that are damaged, of another version, not snapshots, or that
+//! do not match the command line are refused with one line and a non-zero
+//! exit, before any guest runs.
+
+// Test code: a panic is a failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use guest_tests::{code_and_text, ctl, device_status, skvm_bin, Scratch, TestVm, MIB};
+
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Counts once a second: the count onto the disk's first sector (O_DIRECT,
+/// so the device has it), 16 bytes from the rng, the count on the console.
+const COUNTER: &str = "i=0; while true; do \
+    printf 'SKVM-DISK %d\\n' $i | dd of=/dev/vda bs=512 count=1 conv=sync oflag=direct 2>/dev/null; \
+    r=$(head -c 16 /dev/hwrng | wc -c); \
+    echo \"SKVM-COUNT $i rng=$r\"; \
+    i=$((i + 1)); sleep 1; done";
+
+/// The counts printed so far, in order.
+fn counts(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.split("SKVM-COUNT ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// The pid of each device, from `skvm ctl status`.
+fn pids(sock: &Path) -> Vec<u64> {
+    let (code, st) = ctl(sock, "status");
+    assert_eq!(code, 0, "{st}");
+    ["rng0", "blk0"]
+        .iter()
+        .map(|d| device_status(&st, d)["pid"].as_u64().unwrap())
+        .collect()
+}
+
+fn args(extra: &[&str], disk: &Path, sock: &Path) -> Vec<String> {
+    let mut a: Vec<String> = vec!["run".into()];
+    a.extend(extra.iter().map(|s| (*s).to_owned()));
+    a.extend([
+        "--rng".into(),
+        "--disk".into(),
+        disk.display().to_string(),
+        "--ctl".into(),
+        sock.display().to_string(),
+    ]);
+    a
+}
+
+/// Starts the snapshot in `dir` and checks that the guest counts on from
+/// `last`, reading its rng, with devices in new processes (not `old`);
+/// stops it with ctl shutdown.
+fn restore_and_count_on(dir: &Path, disk: &Path, sock: &Path, last: u64, old: &[u64]) {
+    let dir = dir.display().to_string();
+    let mut vm = TestVm::spawn(args(&["--restore", &dir], disk, sock));
+    vm.wait_for_count("SKVM-COUNT", 3, TIMEOUT);
+    let out = vm.output();
+    let after = counts(&out);
+    assert_eq!(after[0], last + 1, "the count did not go on:\n{out}");
+    assert!(
+        after.windows(2).all(|w| w[1] == w[0] + 1),
+        "counts {after:?}:\n{out}"
+    );
+    assert!(out.contains("rng=16"), "no rng read after restore:\n{out}");
+    assert!(!out.contains("Linux version"), "the guest booted:\n{out}");
+    let now = pids(sock);
+    for (n, o) in now.iter().zip(old) {
+        assert_ne!(n, o, "a device kept its process");
+    }
+    let (code, r) = ctl(sock, "shutdown");
+    assert_eq!(code, 0, "{r}");
+    let f = vm.wait_exit(TIMEOUT);
+    assert_eq!(f.code(), 0, "{}", f.output);
+    assert!(!f.output.contains("forbidden syscall"), "{}", f.output);
+}
+
+/// `skvm run` with `extra` over the snapshot in `dir`: fails at once with a
+/// line containing `why`.
+fn refused(extra: &[&str], why: &str) {
+    let out = Command::new(skvm_bin()).args(extra).output().unwrap();
+    let (code, text) = code_and_text(&out);
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains(why), "expected {why:?}:\n{text}");
+    assert!(!text.contains("Linux version"), "{text}");
+}
+
+fn copy_dir(from: &Path, to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for name in ["state", "memory"] {
+        let status = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(from.join(name))
+            .arg(to.join(name))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    to.to_owned()
+}
+
+#[test]
+fn a_counting_guest_goes_on_from_its_snapshot_twice_and_bad_snapshots_are_refused() {
+    let s = Scratch::new("snapshot", "count");
+    let disk = s.blank("disk.img", 4 * MIB);
+    let sock = s.path("ctl.sock");
+    let dir = s.path("snap");
+    let mut vm = TestVm::spawn(args(&["--run", COUNTER], &disk, &sock));
+    vm.wait_for("SKVM-COUNT 3 ", TIMEOUT);
+    let old = pids(&sock);
+
+    let (code, r) = ctl(&sock, &format!("snapshot {}", dir.display()));
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["resumed"], false, "{r}");
+    let f = vm.wait_exit(TIMEOUT);
+    assert_eq!(f.code(), 0, "{}", f.output);
+    assert!(
+        f.output.contains("stopped after its snapshot"),
+        "{}",
+        f.output
+    );
+    let last = *counts(&f.output).last().unwrap();
+    // Sparse: the guest's 256 MiB hold a few dozen MiB of data.
+    let memory = std::fs::metadata(dir.join("memory")).unwrap();
+    assert_eq!(memory.len(), 256 * MIB);
+    assert!(
+        memory.blocks() * 512 < 128 * MIB,
+        "{} blocks",
+        memory.blocks()
+    );
+    assert_eq!(r["memory_bytes"].as_u64().unwrap() % 4096, 0, "{r}");
+
+    // Twice from the same snapshot: each goes on from `last`.
+    restore_and_count_on(&dir, &disk, &sock, last, &old);
+    restore_and_count_on(&dir, &disk, &sock, last, &old);
+    // The disk has the counts the restored guests wrote.
+    let sector = std::fs::read(&disk).unwrap();
+    let first = String::from_utf8_lossy(&sector[..32]).to_string();
+    let written: u64 = first
+        .strip_prefix("SKVM-DISK ")
+        .and_then(|r| r.split('\n').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("disk starts with {first:?}"));
+    assert!(written > last, "disk has count {written}, snapshot {last}");
+
+    // Refused, each with its reason, before any guest runs.
+    let d = dir.display().to_string();
+    let disk_arg = disk.display().to_string();
+    refused(
+        &["run", "--restore", &d],
+        "the snapshot's devices are blk0, rng0",
+    );
+    refused(
+        &[
+            "run",
+            "--restore",
+            &d,
+            "--rng",
+            "--disk",
+            &disk_arg,
+            "--cpus",
+            "2",
+        ],
+        "the snapshot has 1 vCPUs",
+    );
+    let small = s.blank("small.img", 2 * MIB);
+    refused(
+        &[
+            "run",
+            "--restore",
+            &d,
+            "--rng",
+            "--disk",
+            &small.display().to_string(),
+        ],
+        "the image given is 2097152 bytes",
+    );
+    let good = std::fs::read(dir.join("state")).unwrap();
+    let with_state = |name: &str, bytes: &[u8]| {
+        let copy = copy_dir(&dir, &s.path(name));
+        std::fs::write(copy.join("state"), bytes).unwrap();
+        copy.display().to_string()
+    };
+    let run =
+        |d: &str, why: &str| refused(&["run", "--restore", d, "--rng", "--disk", &disk_arg], why);
+    let mut corrupt = good.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 0x40;
+    run(&with_state("corrupt", &corrupt), "corrupted (checksum");
+    run(&with_state("cut", &good[..good.len() - 100]), "truncated");
+    run(
+        &with_state("foreign", b"#!/bin/sh\necho hi\n"),
+        "not a skvm snapshot",
+    );
+    let mut v2 = good.clone();
+    v2[8] = 99;
+    run(&with_state("v99", &v2), "format version 99");
+    let short = copy_dir(&dir, &s.path("short-memory"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(short.join("memory"))
+        .unwrap()
+        .set_len(128 * MIB)
+        .unwrap();
+    run(
+        &short.display().to_string(),
+        "the memory file is 134217728 bytes",
+    );
+    run(&s.path("nothing").display().to_string(), "cannot open");
+}
