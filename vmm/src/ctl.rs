@@ -570,7 +570,7 @@ pub struct CtlArgs {
     pub socket: PathBuf,
     /// status | pause | resume | device-restart NAME | mem-add SIZE |
     /// powerdown | snapshot DIR [--resume] | shutdown.
-    #[arg(value_name = "COMMAND", required = true, num_args = 1..)]
+    #[arg(value_name = "COMMAND", required = true, num_args = 1.., allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
 
