@@ -93,7 +93,7 @@ pub struct RunArgs {
     pub restart_limit: u32,
     /// Listen for control commands on this unix socket (`skvm ctl PATH
     /// COMMAND`: status, pause, resume, device-restart NAME, mem-add SIZE,
-    /// powerdown, shutdown). The socket is created mode 0600 and removed at exit (by
+    /// powerdown, snapshot DIR [--resume], shutdown). The socket is created mode 0600 and removed at exit (by
     /// the spawner, outside the VMM's empty root); a socket file nobody
     /// listens on is replaced, a live one or any other file is refused.
     #[arg(long, value_name = "PATH")]

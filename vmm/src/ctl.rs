@@ -1,7 +1,8 @@
 //! The control socket (`skvm run --ctl PATH`) and its client (`skvm ctl`).
 //!
 //! One command per connection: the client writes one line (`status`,
-//! `pause`, `resume`, `device-restart NAME`, `mem-add SIZE`, `shutdown`),
+//! `pause`, `resume`, `device-restart NAME`, `mem-add SIZE`, `powerdown`,
+//! `snapshot [--resume]` with the snapshot's two files as fds, `shutdown`),
 //! skvm answers with one JSON object on one line and closes. The main
 //! thread serves the socket between its other work ([`Control`]); a client
 //! that does not send its line within a second is dropped, so it cannot
