@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use guest_tests::{code_and_text, ctl, device_status, skvm_bin, Scratch, TestVm, MIB};
+use guest_tests::{
+    code_and_text, ctl, device_status, md5, pattern, skvm_bin, tcp_round_trip, Netns, Scratch,
+    TestVm, GUEST_IP, HOST_IP, MIB,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -217,4 +220,67 @@ fn a_counting_guest_goes_on_from_its_snapshot_twice_and_bad_snapshots_are_refuse
         "the memory file is 134217728 bytes",
     );
     run(&s.path("nothing").display().to_string(), "cannot open");
+}
+
+/// Thread mode, memory added by mem-add and a net card: the restored guest
+/// keeps its MemTotal, and its TCP listener takes a connection from the
+/// host and sends the data back.
+#[test]
+fn a_guest_with_hot_added_memory_and_a_net_card_restores_in_thread_mode() {
+    let s = Scratch::new("snapshot", "net");
+    let ns = Netns::new("snapshot");
+    let tap = "skvms0";
+    ns.tap(tap, 1500);
+    ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", tap]);
+    let sock = s.path("ctl.sock");
+    let dir = s.path("snap");
+    let mem = "$(awk '/MemTotal/ {print $2}' /proc/meminfo)";
+    let script = format!(
+        "ip addr add {GUEST_IP}/24 dev eth0; ip link set eth0 up; echo SKVM-UP {mem}; \
+         m={mem}; while [ {mem} -le $m ]; do sleep 1; done; echo SKVM-MEM {mem}; \
+         nc -l -p 5001 > /tmp/in; echo SKVM-AFTER {mem}; md5sum /tmp/in; \
+         ping -c 2 {HOST_IP}; nc {HOST_IP} 5002 < /tmp/in"
+    );
+    let vm_args = |extra: &[&str]| {
+        let mut cmd = ns.exec(skvm_bin().to_str().unwrap());
+        cmd.args(["run", "--device-mode", "thread", "--hotplug-mem", "1G"])
+            .args(["--net", &format!("tap={tap}")])
+            .arg("--ctl")
+            .arg(&sock)
+            .args(extra);
+        cmd
+    };
+    let mut vm = TestVm::spawn_command(vm_args(&["--run", &script]));
+    vm.wait_for("SKVM-UP", TIMEOUT);
+    let (code, r) = ctl(&sock, "mem-add 128M");
+    assert_eq!(code, 0, "{r}");
+    vm.wait_for("SKVM-MEM", TIMEOUT);
+    let grown: u64 = guest_tests::field(&vm.output(), "SKVM-MEM")
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let (code, r) = ctl(&sock, &format!("snapshot {}", dir.display()));
+    assert_eq!(code, 0, "{r}");
+    let f = vm.wait_exit(TIMEOUT);
+    assert_eq!(f.code(), 0, "{}", f.output);
+    // Boot RAM and the added region, one after the other.
+    assert_eq!(
+        std::fs::metadata(dir.join("memory")).unwrap().len(),
+        (256 + 128) * MIB
+    );
+
+    let vm = TestVm::spawn_command(vm_args(&["--restore", &dir.display().to_string()]));
+    let data = pattern(64 * 1024);
+    let want = md5(&data);
+    let ((), back) = tcp_round_trip(&ns, data.clone(), || ());
+    let f = vm.finish(TIMEOUT);
+    let out = &f.output;
+    assert_eq!(f.code(), 0, "{out}");
+    assert!(back == data, "the data came back changed:\n{out}");
+    assert!(out.contains(&want), "{out}");
+    assert!(out.contains(" 0% packet loss"), "{out}");
+    let after: u64 = guest_tests::field(out, "SKVM-AFTER")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(after, grown, "MemTotal changed across the snapshot:\n{out}");
+    assert!(!out.contains("Linux version"), "the guest booted:\n{out}");
 }

@@ -1,9 +1,12 @@
 //! Starting a VM from a snapshot (`skvm run --restore DIR`), in the order
 //! the build takes: the host checked against what the snapshot needs, the
 //! device options taken from it, guest memory (regions mem-add added
-//! included) refilled, the PCI headers and transports restored and every
-//! device's new instance restored from its saved state, and last the
-//! irqchips, clock and vCPUs. Every value is checked where it is applied:
+//! included) refilled, the irqchips, clock and vCPUs, and last the PCI
+//! headers and transports and every device's new instance, restored from
+//! its saved state (last, because a restored device serves what waits in
+//! its queues at once: an interrupt it raised before the LAPICs were
+//! restored was overwritten by them, and the guest's virtio-net stopped
+//! receiving). Every value is checked where it is applied:
 //! by the transport (`restore_transport`), the devices (their restore) and
 //! KVM.
 

@@ -338,9 +338,6 @@ impl<'a> Opened<'a> {
         let router = Arc::new(IrqRouter::new(vm.clone()));
         let mut pci = PciBus::new();
         attach_devices(cfg, backends, &mut host, &memory, &mut pci, &router)?;
-        if let Some(snap) = restore {
-            crate::snapshot::restore::devices(snap, &mut host, &pci)?;
-        }
         let memory = Arc::new(Mutex::new(memory));
         let hotplug = hotplug_room.map(|room| Hotplug::new(memory.clone(), room).with_added(added));
         let exit = Arc::new(ExitSignal::new().context("cannot create exit eventfd")?);
@@ -381,6 +378,10 @@ impl<'a> Opened<'a> {
         if let Some(snap) = restore {
             let fds: Vec<&kvm_ioctls::VcpuFd> = built.vcpus.iter().map(|v| &v.fd).collect();
             crate::snapshot::restore::machine(snap, &built.vm, &fds)?;
+            // Devices last: a restored device serves what waits in its
+            // queues at once, and the interrupts it raises must land in
+            // the restored irqchips and LAPICs, not be overwritten by them.
+            crate::snapshot::restore::devices(snap, &mut built.host, &built.pci)?;
             log::info(&format!(
                 "restored from {}",
                 cfg.restore
