@@ -163,31 +163,14 @@ fn a_counting_guest_goes_on_from_its_snapshot_twice_and_bad_snapshots_are_refuse
         &["run", "--restore", &d],
         "the snapshot's devices are blk0, rng0",
     );
-    refused(
-        &[
-            "run",
-            "--restore",
-            &d,
-            "--rng",
-            "--disk",
-            &disk_arg,
-            "--cpus",
-            "2",
-        ],
-        "the snapshot has 1 vCPUs",
-    );
-    let small = s.blank("small.img", 2 * MIB);
-    refused(
-        &[
-            "run",
-            "--restore",
-            &d,
-            "--rng",
-            "--disk",
-            &small.display().to_string(),
-        ],
-        "the image given is 2097152 bytes",
-    );
+    let with_disk = |disk: &str, extra: &[&str], why: &str| {
+        let mut a = vec!["run", "--restore", &d, "--rng", "--disk", disk];
+        a.extend_from_slice(extra);
+        refused(&a, why);
+    };
+    with_disk(&disk_arg, &["--cpus", "2"], "the snapshot has 1 vCPUs");
+    let small = s.blank("small.img", 2 * MIB).display().to_string();
+    with_disk(&small, &[], "the image given is 2097152 bytes");
     let good = std::fs::read(dir.join("state")).unwrap();
     let with_state = |name: &str, bytes: &[u8]| {
         let copy = copy_dir(&dir, &s.path(name));
