@@ -11,6 +11,7 @@
 //! KVM.
 
 use std::fs::File;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use kvm_ioctls::{VcpuFd, VmFd};
@@ -21,6 +22,33 @@ use crate::device_host::DeviceHost;
 use crate::kinds::Opened;
 use crate::memory::Memory;
 use crate::pci::PciBus;
+
+/// How long each part of a restore took (`--restore` logs them).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Times {
+    /// Guest memory refilled from the memory file.
+    pub memory: Duration,
+    /// Every device started (spawned and greeted).
+    pub spawn: Duration,
+    /// Irqchips, PIT, clock and vCPUs.
+    pub machine: Duration,
+    /// PCI headers, transports and the devices' own restore.
+    pub devices: Duration,
+}
+
+impl std::fmt::Display for Times {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let us = |d: Duration| d.as_micros();
+        write!(
+            f,
+            "memory {} us, device spawn {} us, vcpus and irqchips {} us, device restore {} us",
+            us(self.memory),
+            us(self.spawn),
+            us(self.machine),
+            us(self.devices)
+        )
+    }
+}
 
 /// The host must be able to take the snapshot's state: the same quirks
 /// (an emulating host's guest relies on skvm completing its XSAVE and

@@ -332,12 +332,17 @@ impl<'a> Opened<'a> {
         let vm = Arc::new(create_vm(&kvm, quirks)?);
         memory.register(vm.clone())?;
         let mut added = 0;
+        let mut times = crate::snapshot::restore::Times::default();
         if let (Some(snap), Some(file)) = (restore, &memory_file) {
+            let t = std::time::Instant::now();
             added = crate::snapshot::restore::memory(snap, &mut memory, hotplug_room, file)?;
+            times.memory = t.elapsed();
         }
         let router = Arc::new(IrqRouter::new(vm.clone()));
         let mut pci = PciBus::new();
+        let t = std::time::Instant::now();
         attach_devices(cfg, backends, &mut host, &memory, &mut pci, &router)?;
+        times.spawn = t.elapsed();
         let memory = Arc::new(Mutex::new(memory));
         let hotplug = hotplug_room.map(|room| Hotplug::new(memory.clone(), room).with_added(added));
         let exit = Arc::new(ExitSignal::new().context("cannot create exit eventfd")?);
@@ -377,13 +382,17 @@ impl<'a> Opened<'a> {
         built.vcpus = built.create_vcpus(&kvm, quirks, xsave.as_ref())?;
         if let Some(snap) = restore {
             let fds: Vec<&kvm_ioctls::VcpuFd> = built.vcpus.iter().map(|v| &v.fd).collect();
+            let t = std::time::Instant::now();
             crate::snapshot::restore::machine(snap, &built.vm, &fds)?;
+            times.machine = t.elapsed();
             // Devices last: a restored device serves what waits in its
             // queues at once, and the interrupts it raises must land in
             // the restored irqchips and LAPICs, not be overwritten by them.
+            let t = std::time::Instant::now();
             crate::snapshot::restore::devices(snap, &mut built.host, &built.pci)?;
+            times.devices = t.elapsed();
             log::info(&format!(
-                "restored from {}",
+                "restored from {}: {times}",
                 cfg.restore
                     .as_ref()
                     .map(|r| r.dir.display().to_string())
