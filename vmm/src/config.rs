@@ -254,6 +254,14 @@ fn read_restore(
     let mismatch = |why: String| ConfigError::SnapshotMismatch(dir.to_owned(), why);
     let given = |id: &str| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
     let info = &snapshot.info;
+    // What a command line could not have asked for is not taken from a
+    // snapshot either.
+    if u32::from(info.cpus) > MAX_CPUS || info.mem < MIN_MEM || !info.mem.is_multiple_of(4096) {
+        return Err(mismatch(format!(
+            "{} vCPUs and {} bytes of memory: not a machine skvm builds",
+            info.cpus, info.mem
+        )));
+    }
     if given("cpus") && args.cpus != u32::from(info.cpus) {
         return Err(mismatch(format!(
             "--cpus {} given, the snapshot has {} vCPUs",

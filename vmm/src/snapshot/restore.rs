@@ -106,9 +106,10 @@ pub fn memory(
         let Some((start, max)) = room else {
             bail!("the snapshot has hot-added memory: give --hotplug-mem as when it was taken");
         };
-        let fits = added
-            .checked_add(size)
-            .is_some_and(|end| end <= max && addr == start + added);
+        let fits = size.is_multiple_of(crate::kinds::mem::GRANULE)
+            && added
+                .checked_add(size)
+                .is_some_and(|end| end <= max && addr == start + added);
         if !fits {
             bail!(
                 "the snapshot's hot-added region {addr:#x}+{size:#x} is not where --hotplug-mem \
