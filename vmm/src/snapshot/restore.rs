@@ -64,6 +64,12 @@ pub fn check_host(snap: &VmSnapshot, quirks: bool, xsave_size: u32) -> Result<()
             if quirks { "on" } else { "off" }
         );
     }
+    // KVM_SET_XSAVE reads the vCPU's whole state size from a 4 KiB
+    // kvm_xsave: sound only where that size fits (as for the XSAVE
+    // completion, `xsave_layout` in vm/mod.rs).
+    if usize::try_from(xsave_size).map_or(true, |s| s > crate::vcpu::xsave::KVM_XSAVE_BYTES) {
+        bail!("this host's vCPU state is {xsave_size} bytes, more than skvm restores (4 KiB)");
+    }
     if info.xsave_size != xsave_size {
         bail!(
             "the snapshot's vCPU state is {} bytes (KVM_CAP_XSAVE2), this host's {xsave_size}: \
