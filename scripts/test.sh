@@ -21,22 +21,24 @@ export SKVM_BIN="$repo/target/release/skvm"
 # on request; never the binary people run), built by setup with the
 # workspace.
 export SKVM_ESCAPE_BIN="$repo/target/release/skvm-escape"
+status=0
+# A short run of every fuzz target (installs nightly and cargo-fuzz the
+# first time; docs/FUZZING.md), unless only some tests were asked for. It
+# runs before the tests so that the end of the output, all that a CI log
+# may keep, is nextest's summary naming every test that failed.
+if [ "$#" -eq 0 ]; then
+	"$repo/scripts/fuzz.sh" --smoke 10 || status=$?
+fi
 # Guest tests are CPU-bound on emulating hosts: one guest per core. With
 # cargo-nextest (on the machines here), the tests of every test binary share
 # one pool of that many slots, so that a long guest test in one file (the
 # stock kernel's boot) does not leave a core idle while the next file waits;
 # without it, cargo test runs the files one after the other.
-status=0
 if cargo nextest --version >/dev/null 2>&1; then
 	cargo nextest run --release --workspace --no-fail-fast \
 		--test-threads "$(nproc)" "$@" || status=$?
 else
 	cargo test --release --workspace --no-fail-fast "$@" -- --test-threads="$(nproc)" || status=$?
-fi
-# A short run of every fuzz target (installs nightly and cargo-fuzz the
-# first time; docs/FUZZING.md), unless only some tests were asked for.
-if [ "$#" -eq 0 ]; then
-	"$repo/scripts/fuzz.sh" --smoke 10 || status=$?
 fi
 elapsed=$((SECONDS - start))
 printf 'test: status %d, %dm%02ds in all on %d cores (CI limit: 35 minutes)\n' \
