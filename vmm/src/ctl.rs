@@ -334,7 +334,7 @@ pub struct Control {
     hotplug: Option<Hotplug>,
     power_button: Arc<PowerButton>,
     /// What a snapshot reads of the machine.
-    snapshot: Option<SnapshotSource>,
+    snapshot: SnapshotSource,
 }
 
 /// How long the vCPUs may take to stop for a pause.
@@ -348,7 +348,7 @@ impl Control {
         handles: Arc<Vec<JoinHandle<()>>>,
         hotplug: Option<Hotplug>,
         power_button: Arc<PowerButton>,
-        snapshot: Option<SnapshotSource>,
+        snapshot: SnapshotSource,
     ) -> Self {
         Self {
             server,
@@ -451,9 +451,6 @@ impl Control {
         host: &mut DeviceHost,
         exit: &ExitSignal,
     ) -> Result<String> {
-        if self.snapshot.is_none() {
-            bail!("snapshot: this VM cannot be snapshotted");
-        }
         let [state, memory]: [OwnedFd; 2] = fds.try_into().map_err(|_| {
             anyhow::anyhow!(
                 "snapshot: no files came with the command (use skvm ctl SOCKET snapshot DIR)"
@@ -462,10 +459,7 @@ impl Control {
         let (state, memory) = (std::fs::File::from(state), std::fs::File::from(memory));
         let was_paused = self.paused;
         self.pause(host)?;
-        let taken = match self.snapshot.as_ref() {
-            Some(source) => crate::snapshot::take::take(source, &self.gate, host, &state, &memory),
-            None => Err(anyhow::anyhow!("snapshot: this VM cannot be snapshotted")),
-        };
+        let taken = crate::snapshot::take::take(&self.snapshot, &self.gate, host, &state, &memory);
         let carry_on = resume || taken.is_err();
         if carry_on && !was_paused {
             let resumed = host.resume_all();

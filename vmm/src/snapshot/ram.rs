@@ -9,6 +9,7 @@
 //! pread/pwrite, and its populated ranges come from lseek(SEEK_DATA /
 //! SEEK_HOLE), which shmem answers without populating anything.
 
+use std::borrow::Borrow;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -81,11 +82,11 @@ fn copy_sparse(src: &File, from: u64, dst: &File, to: u64, size: u64) -> io::Res
 /// Writes guest memory `regions` (each memfd with its size), one after
 /// the other, to `out`, an empty file, which ends up as long as all of
 /// them. Returns the bytes of data written.
-pub fn save_regions(regions: &[(&File, u64)], out: &File) -> io::Result<u64> {
+pub fn save_regions<F: Borrow<File>>(regions: &[(F, u64)], out: &File) -> io::Result<u64> {
     let mut written = 0;
     let mut at = 0;
     for (memfd, size) in regions {
-        written += copy_sparse(memfd, 0, out, at, *size)?;
+        written += copy_sparse(memfd.borrow(), 0, out, at, *size)?;
         at += size;
     }
     out.set_len(at)?;
@@ -95,7 +96,7 @@ pub fn save_regions(regions: &[(&File, u64)], out: &File) -> io::Result<u64> {
 /// Fills `regions` (new, empty memfds with their sizes) from `file`, laid
 /// out as [`save_regions`] writes it; `file` must be exactly as long as
 /// all of them. Returns the bytes of data read.
-pub fn restore_regions(file: &File, regions: &[(&File, u64)]) -> io::Result<u64> {
+pub fn restore_regions<F: Borrow<File>>(file: &File, regions: &[(F, u64)]) -> io::Result<u64> {
     let total: u64 = regions.iter().map(|(_, s)| s).sum();
     let len = file.metadata()?.len();
     if len != total {
@@ -107,7 +108,7 @@ pub fn restore_regions(file: &File, regions: &[(&File, u64)]) -> io::Result<u64>
     let mut read = 0;
     let mut at = 0;
     for (memfd, size) in regions {
-        read += copy_sparse(file, at, memfd, 0, *size)?;
+        read += copy_sparse(file, at, memfd.borrow(), 0, *size)?;
         at += size;
     }
     Ok(read)

@@ -129,9 +129,7 @@ pub fn memory(
             .context("cannot add the snapshot's hot-added memory")?;
         added += size;
     }
-    let files = memory.files();
-    let regions: Vec<(&File, u64)> = files.iter().map(|(f, s)| (f.as_ref(), *s)).collect();
-    ram::restore_regions(file, &regions).context("cannot read the snapshot's memory")?;
+    ram::restore_regions(file, &memory.files()).context("cannot read the snapshot's memory")?;
     Ok(added)
 }
 

@@ -97,8 +97,7 @@ pub fn take(
         .write_all_at(&bytes, 0)
         .context("cannot write the state file")?;
     let state_time = start.elapsed();
-    let regions: Vec<(&File, u64)> = files.iter().map(|(f, s)| (f.as_ref(), *s)).collect();
-    let memory_bytes = ram::save_regions(&regions, memory).context("cannot write guest memory")?;
+    let memory_bytes = ram::save_regions(&files, memory).context("cannot write guest memory")?;
     Ok(Taken {
         state_bytes: bytes.len() as u64,
         memory_bytes,

@@ -18,6 +18,7 @@ use kvm_ioctls::VcpuFd;
 
 use super::format::{Dec, Enc, FormatError};
 use super::pod::{from_bytes, Pod};
+use crate::vcpu::xsave::{area_bytes, set_area_bytes};
 
 /// Most MSRs saved per vCPU (KVM's list has a few dozen to a few hundred).
 pub const MAX_MSRS: usize = 1024;
@@ -97,8 +98,7 @@ impl VcpuState {
         let mp_state = fd.get_mp_state().map_err(kvm("get mp state"))?;
         let regs = fd.get_regs().map_err(kvm("get regs"))?;
         let sregs = fd.get_sregs().map_err(kvm("get sregs"))?;
-        let x = fd.get_xsave().map_err(kvm("get xsave"))?;
-        let xsave = x.region.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let xsave = area_bytes(&fd.get_xsave().map_err(kvm("get xsave"))?);
         let xcrs = fd.get_xcrs().map_err(kvm("get xcrs"))?;
         let debugregs = fd.get_debug_regs().map_err(kvm("get debug regs"))?;
         let lapic = fd.get_lapic().map_err(kvm("get lapic"))?;
@@ -129,9 +129,7 @@ impl VcpuState {
         fd.set_regs(&self.regs).map_err(kvm("set regs"))?;
         fd.set_sregs(&self.sregs).map_err(kvm("set sregs"))?;
         let mut x = kvm_xsave::default();
-        for (w, c) in x.region.iter_mut().zip(self.xsave.chunks_exact(4)) {
-            *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        }
+        set_area_bytes(&mut x, &self.xsave);
         // SAFETY: `x` is a whole kvm_xsave (4 KiB): skvm restores only
         // where KVM_CAP_XSAVE2 says the state fits in it (checked against
         // the host when the snapshot is opened), so KVM reads no further.

@@ -21,7 +21,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kvm_bindings::{kvm_regs, kvm_vcpu_events, kvm_xsave, KVM_VCPUEVENT_VALID_PAYLOAD};
+use kvm_bindings::{kvm_regs, kvm_vcpu_events, KVM_VCPUEVENT_VALID_PAYLOAD};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileMemory};
 
@@ -30,7 +30,8 @@ use super::xsave::{self, Layout};
 const RFLAGS_AC: u64 = 1 << 18;
 const BP_VECTOR: u8 = 3;
 const GP_VECTOR: u8 = 13;
-const PF_VECTOR: u8 = 14;
+/// The page fault's vector.
+pub(super) const PF_VECTOR: u8 = 14;
 /// Page-fault error code bits: the page was present; the access was a write.
 const PF_PRESENT: u32 = 1;
 const PF_WRITE: u32 = 2;
@@ -517,16 +518,6 @@ fn rfbm(vcpu: &VcpuFd, layout: &Layout, requested: u64) -> Result<(u64, u64), XE
     Ok((xcr0, xcr0 & requested & layout.supported()))
 }
 
-fn state_bytes(x: &kvm_xsave) -> Vec<u8> {
-    x.region.iter().flat_map(|w| w.to_le_bytes()).collect()
-}
-
-fn set_state_bytes(x: &mut kvm_xsave, bytes: &[u8]) {
-    for (w, c) in x.region.iter_mut().zip(bytes.chunks_exact(4)) {
-        *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-    }
-}
-
 /// What XSAVE and XRSTOR both establish first: the vCPU's XCR0, the
 /// requested-feature bitmap and the area's length, or the fault the
 /// instruction raises instead (a misaligned area, a page of it not mapped,
@@ -567,7 +558,7 @@ fn xsave_to(
         Ok(a) => a,
         Err(f) => return Ok(Some(f)),
     };
-    let cur = state_bytes(&vcpu.get_xsave().map_err(xkvm("get xsave"))?);
+    let cur = xsave::area_bytes(&vcpu.get_xsave().map_err(xkvm("get xsave"))?);
     let mut bv = [0u8; 8];
     access_virt(vcpu, mem, at.addr + 512, &mut bv, false).map_err(XError::Access)?;
     for (off, mut piece) in xsave::save(layout, &cur, rfbm, u64::from_le_bytes(bv)) {
@@ -590,11 +581,11 @@ fn xrstor_from(
     let mut area = vec![0u8; len];
     access_virt(vcpu, mem, at.addr, &mut area, false).map_err(XError::Access)?;
     let mut state = vcpu.get_xsave().map_err(xkvm("get xsave"))?;
-    let mut cur = state_bytes(&state);
+    let mut cur = xsave::area_bytes(&state);
     if xsave::restore(layout, &mut cur, &area, rfbm, xcr0).is_err() {
         return Ok(Some(Fault::General));
     }
-    set_state_bytes(&mut state, &cur);
+    xsave::set_area_bytes(&mut state, &cur);
     // SAFETY: the buffer is a whole kvm_xsave, and skvm completes XSAVE
     // only where KVM_CAP_XSAVE2 says the vCPU's state fits in it
     // (`xsave_layout` in vm/mod.rs), so KVM reads no further than the

@@ -140,7 +140,7 @@ struct GateState {
 
 /// What a snapshot asks of the parked vCPUs: their state, MSRs `msrs`.
 struct Capture {
-    msrs: Arc<Vec<u32>>,
+    msrs: Vec<u32>,
     states: Vec<Option<Result<VcpuState, String>>>,
 }
 
@@ -225,7 +225,7 @@ impl PauseGate {
             return Err("the vCPUs are not paused".to_owned());
         }
         s.capture = Some(Capture {
-            msrs: Arc::new(msrs),
+            msrs,
             states: (0..vcpus).map(|_| None).collect(),
         });
         self.changed.notify_all();

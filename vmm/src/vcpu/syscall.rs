@@ -31,7 +31,7 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 use vm_memory::GuestMemoryMmap;
 
-use super::emulation::{access_virt, inject_exception};
+use super::emulation::{access_virt, inject_exception, PF_VECTOR};
 use super::setup::{MSR_LSTAR, MSR_SYSCALL_MASK};
 
 /// DR7: breakpoint 0 enabled (L0 and G0), on execution (R/W0 = 00, LEN0 = 00).
@@ -48,8 +48,6 @@ const RFLAGS_FIXED: u64 = 1 << 1;
 const RFLAGS_RF: u64 = 1 << 16;
 /// The debug exception's vector.
 const DB_VECTOR: u8 = 1;
-/// The page fault's vector.
-const PF_VECTOR: u64 = 14;
 
 /// Why a user-mode SYSCALL could not be completed: a KVM call failed.
 #[derive(Debug, thiserror::Error)]
@@ -198,7 +196,7 @@ impl SyscallCompletion {
             return Ok(false);
         }
         let sregs = fd.get_sregs().map_err(kvm_err("get sregs"))?;
-        let gate_at = sregs.idt.base.wrapping_add(PF_VECTOR * 16);
+        let gate_at = sregs.idt.base.wrapping_add(u64::from(PF_VECTOR) * 16);
         let Some(gate) = read_u64s::<2>(fd, mem, gate_at) else {
             return Ok(false);
         };

@@ -120,6 +120,19 @@ impl Layout {
     }
 }
 
+/// The XSAVE area KVM_GET_XSAVE gave, as bytes.
+pub fn area_bytes(x: &kvm_bindings::kvm_xsave) -> Vec<u8> {
+    x.region.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// Puts `bytes` (at most 4 KiB; whole 32-bit words) into `x` for
+/// KVM_SET_XSAVE.
+pub fn set_area_bytes(x: &mut kvm_bindings::kvm_xsave, bytes: &[u8]) {
+    for (w, c) in x.region.iter_mut().zip(bytes.chunks_exact(4)) {
+        *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+}
+
 fn u64_at(buf: &[u8], at: usize) -> u64 {
     let mut b = [0u8; 8];
     if let Some(s) = buf.get(at..at + 8) {

@@ -663,7 +663,7 @@ impl<'a> Confined<'a> {
                 handles.clone(),
                 built.hotplug.take(),
                 built.power_button.clone(),
-                Some(built.snapshot_source()),
+                built.snapshot_source(),
             )
         });
         Ok(Running {
