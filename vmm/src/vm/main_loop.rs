@@ -16,6 +16,7 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::legacy::power_button::PowerButton;
 use crate::legacy::serial::PanicRecord;
 use crate::legacy::LegacyDevices;
+use crate::legacy::RxWatch;
 use crate::log;
 use crate::vcpu;
 
@@ -144,6 +145,7 @@ pub(super) fn main_loop(
     let mut parser = EscapeParser::default();
     let mut stdin_open = true;
     let mut pending: Vec<u8> = Vec::new();
+    let mut rx = RxWatch::new(Instant::now());
     let mut wake = WaitSet::new();
     loop {
         if exit.requested() {
@@ -164,11 +166,20 @@ pub(super) fn main_loop(
         }
         if !pending.is_empty() {
             let n = legacy.serial_input(&pending);
+            rx.queued(n);
             pending.drain(..n.min(pending.len()));
+        }
+        let unread = legacy.serial_unread();
+        if rx.check(unread, Instant::now()) {
+            legacy.reassert_serial_interrupt();
         }
         let read_stdin = stdin_open && pending.is_empty();
         fill_wake(&mut wake, exit, read_stdin, host, control.as_deref());
-        let timeout = Duration::from_millis(if pending.is_empty() { 250 } else { 5 });
+        let timeout = Duration::from_millis(match (pending.is_empty(), unread) {
+            (false, _) => 5,
+            (true, 0) => 250,
+            (true, _) => 100,
+        });
         // The wait failed, as when a signal ends it: look again (a
         // termination signal's handler has written the exit eventfd).
         let Ok(ready) = wake.wait(Some(timeout)) else {

@@ -390,6 +390,7 @@ impl<'a> Opened<'a> {
             // the restored irqchips and LAPICs, not be overwritten by them.
             let t = std::time::Instant::now();
             crate::snapshot::restore::devices(snap, &mut built.host, &built.pci)?;
+            built.legacy.reassert_serial_interrupt();
             times.devices = t.elapsed();
             log::info(&format!(
                 "restored from {}: {times}",
