@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod booted;
 mod net;
+pub use booted::{booted, booted_with};
 pub use net::{md5, pattern, tcp_round_trip, Netns, GUEST_IP, HOST_IP};
 
 /// The marker the default initramfs prints when its command ends.
@@ -101,11 +103,29 @@ impl TestVm {
     }
 
     /// Starts a prepared command (e.g. wrapped in `unshare` or `setpriv`).
-    pub fn spawn_command(mut cmd: Command) -> Self {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+    pub fn spawn_command(cmd: Command) -> Self {
+        Self::spawn_with_input(cmd, None)
+    }
+
+    /// Starts a prepared command with `input`, when given, on its stdin
+    /// (which skvm passes to the guest's console), then closed.
+    pub fn spawn_with_input(mut cmd: Command, input: Option<&[u8]>) -> Self {
+        cmd.stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("cannot start skvm");
+        if let Some(input) = input {
+            // Less than a pipe's buffer: the write does not wait for skvm.
+            assert!(input.len() < 4096, "{} bytes of input", input.len());
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin
+                .write_all(input)
+                .expect("cannot write to skvm's stdin");
+        }
         let output = Arc::new(Mutex::new(Vec::new()));
         let mut readers = Vec::new();
         let out: Box<dyn Read + Send> = Box::new(child.stdout.take().expect("stdout"));

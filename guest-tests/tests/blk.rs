@@ -20,8 +20,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use guest_tests::{
-    alive, children, default_guest, device_pids, field, run_to_exit, sigkill, Scratch, TestVm,
-    CMD_EXIT_MARKER, MIB,
+    alive, booted, children, default_guest, device_pids, field, run_to_exit, sigkill, Scratch,
+    TestVm, CMD_EXIT_MARKER, MIB,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(900);
@@ -194,7 +194,6 @@ fn flushed_writes_survive(victim: &str) {
     let script = "dd if=/dev/vdb of=/dev/vda bs=1M iflag=direct conv=fsync 2>/dev/null; \
                   echo SKVM-FLUSHED $?; while true; do sleep 1; done";
     let args = [
-        "run".to_owned(),
         "--disk".to_owned(),
         disk_arg(&target, ""),
         "--disk".to_owned(),
@@ -203,7 +202,7 @@ fn flushed_writes_survive(victim: &str) {
         "--run".to_owned(),
         script.to_owned(),
     ];
-    let mut vm = TestVm::spawn(&args);
+    let mut vm = booted(&args);
     vm.wait_for("SKVM-FLUSHED", TIMEOUT);
     assert_field(&vm.output(), "SKVM-FLUSHED", "0");
     let mut left = Vec::new();

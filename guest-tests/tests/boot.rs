@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use guest_tests::{default_guest, field, run_to_exit, TestVm, CMD_EXIT_MARKER};
+use guest_tests::{booted, default_guest, field, run_to_exit, TestVm, CMD_EXIT_MARKER};
 
 /// How long the default guest may take to boot, run a command and power off.
 const DEFAULT_GUEST: Duration = Duration::from_secs(600);
@@ -138,7 +138,7 @@ fn send(pid: u32, sig: libc::c_int) {
 
 #[test]
 fn sigterm_presses_the_power_button_and_the_guest_powers_off() {
-    let mut vm = TestVm::spawn(["run", "--run", "echo SKVM-READY; sleep 1000"]);
+    let mut vm = booted(["--run", "echo SKVM-READY; sleep 1000"]);
     vm.wait_for("SKVM-READY", DEFAULT_GUEST);
     send(vm.pid(), libc::SIGTERM);
     let f = vm.wait_exit(Duration::from_secs(120));

@@ -21,8 +21,8 @@ use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use guest_tests::{
-    ctl, device_pids, device_status, field, md5, pattern, skvm_bin, tcp_round_trip, Netns, Scratch,
-    TestVm, GUEST_IP, HOST_IP, MIB,
+    booted, booted_with, ctl, device_pids, device_status, field, md5, pattern, skvm_bin,
+    tcp_round_trip, Netns, Scratch, GUEST_IP, HOST_IP, MIB,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(900);
@@ -185,13 +185,28 @@ fn mem_add_grows_the_guest_and_rebuilds_every_device_with_the_new_memory() {
          dd if=/dev/hwrng of=/tmp/r bs=4096 count=4 2>/dev/null; echo SKVM-RNG $?; \
          echo SKVM-DONE; while true; do sleep 1; done"
     );
-    let mut cmd = ns.exec(skvm_bin().to_str().unwrap());
-    cmd.args(["run", "--mem", "128M", "--hotplug-mem", "256M", "--rng"])
-        .args(["--disk", target.to_str().unwrap()])
-        .args(["--disk", &format!("{},ro", source.display())])
-        .args(["--net", &format!("tap={TAP}")])
-        .args(["--ctl", sock.to_str().unwrap(), "--run", &script]);
-    let mut vm = TestVm::spawn_command(cmd);
+    let source_ro = format!("{},ro", source.display());
+    let tap = format!("tap={TAP}");
+    let mut vm = booted_with(
+        || ns.exec(skvm_bin().to_str().unwrap()),
+        [
+            "--mem",
+            "128M",
+            "--hotplug-mem",
+            "256M",
+            "--rng",
+            "--disk",
+            target.to_str().unwrap(),
+            "--disk",
+            &source_ro,
+            "--net",
+            &tap,
+            "--ctl",
+            sock.to_str().unwrap(),
+            "--run",
+            &script,
+        ],
+    );
     vm.wait_for("SKVM-READY", TIMEOUT);
     for name in DEVICES {
         let pid = device_pids(vm.pid(), name)[0];
@@ -286,8 +301,7 @@ fn mem_add_grows_the_guest_and_rebuilds_every_device_with_the_new_memory() {
 fn mem_add_without_room_is_refused() {
     let s = Scratch::new("hotplug", "none");
     let sock = s.path("ctl.sock");
-    let mut vm = TestVm::spawn([
-        "run",
+    let mut vm = booted([
         "--ctl",
         sock.to_str().unwrap(),
         "--run",

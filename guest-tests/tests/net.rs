@@ -20,8 +20,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use guest_tests::{
-    code_and_text, field, md5, pattern, sigkill, skvm_bin, tcp_round_trip, Netns, TestVm, GUEST_IP,
-    HOST_IP,
+    booted_with, code_and_text, field, md5, pattern, sigkill, skvm_bin, tcp_round_trip, Netns,
+    TestVm, GUEST_IP, HOST_IP,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2400);
@@ -71,11 +71,21 @@ fn ping_and_transfer(ns: &Netns, mode: &str, mtu: u32, kills: usize) {
     ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", tap]);
     // The largest ICMP payload a frame of this MTU carries.
     let ping_size = mtu - 28;
-    let mut cmd = ns.exec(skvm_bin().to_str().unwrap());
-    cmd.args(["run", "--cpus", "2", "--mem", "512M", "--device-mode", mode])
-        .args(["--net", &format!("tap={tap}")])
-        .args(["--run", &guest_script(mtu, ping_size)]);
-    let vm = TestVm::spawn_command(cmd);
+    let vm = booted_with(
+        || ns.exec(skvm_bin().to_str().unwrap()),
+        [
+            "--cpus",
+            "2",
+            "--mem",
+            "512M",
+            "--device-mode",
+            mode,
+            "--net",
+            &format!("tap={tap}"),
+            "--run",
+            &guest_script(mtu, ping_size),
+        ],
+    );
     let data = pattern(transfer_bytes());
     let sent_md5 = md5(&data);
     let (ping, back) = std::thread::scope(|scope| {
@@ -152,9 +162,8 @@ fn a_thread_device_pings_and_moves_data_both_ways_at_mtu_9000() {
 fn a_created_tap_lives_exactly_as_long_as_skvm() {
     let ns = Netns::new("ncreate");
     // Ends normally: the tap goes with skvm.
-    let mut cmd = ns.exec(skvm_bin().to_str().unwrap());
-    cmd.args(["run", "--net", "tap", "--run", "true"]);
-    let mut vm = TestVm::spawn_command(cmd);
+    let skvm = || ns.exec(skvm_bin().to_str().unwrap());
+    let mut vm = booted_with(skvm, ["--net", "tap", "--run", "true"]);
     vm.wait_for("created tap skvmtap0", Duration::from_secs(60));
     assert!(ns.has_link("skvmtap0"));
     let f = vm.wait_exit(TIMEOUT);
@@ -162,11 +171,9 @@ fn a_created_tap_lives_exactly_as_long_as_skvm() {
     assert!(!ns.has_link("skvmtap0"), "the tap outlived skvm");
     // Killed: the kernel removes it all the same once the device process,
     // which dies with skvm, has gone.
-    let mut cmd = ns.exec(skvm_bin().to_str().unwrap());
-    cmd.args(["run", "--net", "tap", "--run", "sleep 600"]);
-    let mut vm = TestVm::spawn_command(cmd);
+    let mut vm = booted_with(skvm, ["--net", "tap", "--run", "echo SKVM-UP; sleep 600"]);
     vm.wait_for("created tap skvmtap0", Duration::from_secs(60));
-    vm.wait_for("SKVM-INIT-START", Duration::from_secs(600));
+    vm.wait_for("SKVM-UP", Duration::from_secs(600));
     sigkill(vm.pid());
     let deadline = Instant::now() + Duration::from_secs(10);
     while ns.has_link("skvmtap0") && Instant::now() < deadline {

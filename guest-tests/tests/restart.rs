@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use guest_tests::{
-    alive, ctl, device_pids, device_status, field, new_device_pid, sigkill, Scratch, TestVm,
-    CMD_EXIT_MARKER, MIB,
+    alive, booted, ctl, device_pids, device_status, field, new_device_pid, sigkill, Scratch,
+    TestVm, CMD_EXIT_MARKER, MIB,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(900);
@@ -135,7 +135,6 @@ fn ctl_reports_pauses_restarts_and_shuts_down_and_rng_reads_survive_kills() {
     let sock = socket(&s);
     let disk = s.blank("disk.img", 4 * MIB);
     let args = [
-        "run".to_owned(),
         "--rng".to_owned(),
         "--disk".to_owned(),
         disk.display().to_string(),
@@ -148,7 +147,7 @@ fn ctl_reports_pauses_restarts_and_shuts_down_and_rng_reads_survive_kills() {
         "--run".to_owned(),
         RNG_LOOP.to_owned(),
     ];
-    let mut vm = TestVm::spawn(&args);
+    let mut vm = booted(&args);
     vm.wait_for("SKVM-TICK 1 ", TIMEOUT);
     // What follows (status, restarts, pause) works from a VMM that holds no
     // privilege, and the spawner removes the socket at the end.
@@ -237,7 +236,6 @@ fn device_threads_restart_on_request_too() {
     let s = Scratch::new("restart", "thread");
     let sock = socket(&s);
     let args = [
-        "run".to_owned(),
         "--rng".to_owned(),
         "--device-mode".to_owned(),
         "thread".to_owned(),
@@ -246,7 +244,7 @@ fn device_threads_restart_on_request_too() {
         "--run".to_owned(),
         RNG_LOOP.to_owned(),
     ];
-    let mut vm = TestVm::spawn(&args);
+    let mut vm = booted(&args);
     vm.wait_for("SKVM-TICK 1 ", TIMEOUT);
     for _ in 0..3 {
         let (code, r) = ctl(&sock, "device-restart rng0");

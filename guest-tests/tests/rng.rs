@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use guest_tests::{device_pids, field, run_to_exit, sigkill, TestVm, CMD_EXIT_MARKER};
+use guest_tests::{booted, device_pids, field, sigkill, TestVm, CMD_EXIT_MARKER};
 
 const TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -45,17 +45,15 @@ fn mmio_exits(output: &str) -> u64 {
 }
 
 fn read_in_mode(mode: &str, kib: u32) -> String {
-    let f = run_to_exit(
-        &[
-            "--rng",
-            "--device-mode",
-            mode,
-            "--debug",
-            "--run",
-            &read_hwrng(kib),
-        ],
-        TIMEOUT,
-    );
+    let f = booted([
+        "--rng",
+        "--device-mode",
+        mode,
+        "--debug",
+        "--run",
+        &read_hwrng(kib),
+    ])
+    .wait_exit(TIMEOUT);
     assert_eq!(f.code(), 0, "{}", f.output);
     assert_eq!(
         field(&f.output, CMD_EXIT_MARKER).as_deref(),
@@ -129,14 +127,7 @@ fn guest_reads_from_a_device_thread() {
 fn one_process_per_device_and_with_reset_killing_it_leaves_the_guest_running() {
     let script = "dd if=/dev/hwrng of=/tmp/r bs=64 count=16 2>/dev/null; echo SKVM-READY; \
                   i=0; while [ $i -lt 400 ]; do echo SKVM-TICK $i; i=$((i+1)); sleep 1; done";
-    let mut vm = TestVm::spawn([
-        "run",
-        "--rng",
-        "--on-device-failure",
-        "reset",
-        "--run",
-        script,
-    ]);
+    let mut vm = booted(["--rng", "--on-device-failure", "reset", "--run", script]);
     vm.wait_for("SKVM-READY", TIMEOUT);
     let pids = device_pids(vm.pid(), "rng0");
     assert_eq!(pids.len(), 1, "device processes: {pids:?}");
@@ -157,10 +148,10 @@ fn one_process_per_device_and_with_reset_killing_it_leaves_the_guest_running() {
 fn vm_with_live_device(extra: &[&str]) -> (TestVm, u32) {
     let script = "dd if=/dev/hwrng of=/tmp/r bs=64 count=16 2>/dev/null; echo SKVM-READY; \
                   while true; do sleep 1; done";
-    let mut args = vec!["run", "--rng"];
+    let mut args = vec!["--rng"];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--run", script]);
-    let mut vm = TestVm::spawn(args);
+    let mut vm = booted(args);
     vm.wait_for("SKVM-READY", TIMEOUT);
     let pids = device_pids(vm.pid(), "rng0");
     assert_eq!(pids.len(), 1, "device processes: {pids:?}");

@@ -359,8 +359,7 @@ fn every_vmm_thread_runs_under_the_vmm_filter() {
     // Thread mode: the device thread installs its own list after its
     // hello, each vCPU thread its own, the main thread last (skvm checks
     // the others first); this checks from outside.
-    let mut vm = TestVm::spawn([
-        "run",
+    let mut vm = guest_tests::booted([
         "--rng",
         "--device-mode",
         "thread",
