@@ -273,40 +273,18 @@ mod tests {
 
     #[test]
     fn the_machine_leaves_out_paths_taps_and_run_only_options() {
-        let a = Split::new(&[
+        let seen = [
             "--rng",
             "--device-mode",
             "process",
             "--net",
             "tap=skvm0,mtu=9000",
-            "--ctl",
-            "/tmp/x.sock",
-            "--run",
-            "true",
-        ]);
+        ];
+        let ctl = ["--ctl", "/tmp/x.sock"];
+        let a = Split::new(&[&seen[..], &ctl, &["--run", "true"]].concat());
         assert_eq!(a.command, "true");
         assert_eq!(a.machine, ["--rng", "--net", "mtu=9000"]);
-        assert_eq!(
-            a.boot,
-            [
-                "--rng",
-                "--device-mode",
-                "process",
-                "--net",
-                "tap=skvm0,mtu=9000"
-            ]
-        );
-        assert_eq!(
-            a.restore,
-            [
-                "--rng",
-                "--device-mode",
-                "process",
-                "--net",
-                "tap=skvm0,mtu=9000",
-                "--ctl",
-                "/tmp/x.sock"
-            ]
-        );
+        assert_eq!(a.boot, seen);
+        assert_eq!(a.restore, [&seen[..], &ctl].concat());
     }
 }
