@@ -218,6 +218,12 @@ fn ctl_reports_pauses_restarts_and_shuts_down_and_rng_reads_survive_kills() {
     // minute (four kills above, this one); the next death is final.
     sigkill(pid);
     pid = new_pid(&vm, "rng0", pid);
+    // Killed once it serves, not while skvm restores it (a device that
+    // dies in its restore is reported as not restarted for that reason).
+    vm.wait_for(
+        &format!("restarted it (pid {pid})"),
+        Duration::from_secs(30),
+    );
     sigkill(pid);
     vm.wait_for("not restarted: 5 restarts within a minute", TIMEOUT);
     let (_, st) = ctl(&sock, "status");
