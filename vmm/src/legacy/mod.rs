@@ -132,15 +132,14 @@ impl LegacyDevices {
 
     /// After a restore, raises the UART's interrupt again if a cause of it
     /// is pending and enabled (input waiting, or room to transmit), as the
-    /// interrupt line of a real 8250 stays asserted while that holds. The
-    /// edge the UART sent last may have been on its way into KVM's irqchips
-    /// (an irqfd's injection runs in a kernel worker) when they were saved:
-    /// the guest then waits for an interrupt the restored UART, which saw
-    /// it sent, would not send again, and its console reads and writes only
-    /// move with the 8250 driver's backup timer (seconds for a line). Read
-    /// IIR (which clears what the UART takes as signalled), then write IER
-    /// back unchanged (which signals what is enabled and pending). Not
-    /// while the divisor latch is selected: those offsets are the divisor.
+    /// interrupt line of a real 8250 stays asserted while that holds: an
+    /// edge the saved UART shows as sent may not have reached the saved
+    /// irqchips, and the restored UART would not send it again (for input,
+    /// [`RxWatch`] also catches a lost edge later; this covers the
+    /// transmitter too). Read IIR (which clears what the UART takes as
+    /// signalled), then write IER back unchanged (which signals what is
+    /// enabled and pending). Also [`RxWatch`]'s remedy. Not while the
+    /// divisor latch is selected: those offsets are the divisor.
     pub fn reassert_serial_interrupt(&self) {
         const IER: u8 = 1;
         const IIR: u8 = 2;

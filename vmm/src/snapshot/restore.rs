@@ -64,10 +64,8 @@ pub fn check_host(snap: &VmSnapshot, quirks: bool, xsave_size: u32) -> Result<()
             if quirks { "on" } else { "off" }
         );
     }
-    // KVM_SET_XSAVE reads the vCPU's whole state size from a 4 KiB
-    // kvm_xsave: sound only where that size fits (as for the XSAVE
-    // completion, `xsave_layout` in vm/mod.rs).
-    if usize::try_from(xsave_size).map_or(true, |s| s > crate::vcpu::xsave::KVM_XSAVE_BYTES) {
+    // As for the XSAVE completion (`xsave_layout` in vm/mod.rs).
+    if !crate::vcpu::xsave::fits_kvm_xsave(xsave_size) {
         bail!("this host's vCPU state is {xsave_size} bytes, more than skvm restores (4 KiB)");
     }
     if info.xsave_size != xsave_size {

@@ -120,6 +120,13 @@ impl Layout {
     }
 }
 
+/// Whether a vCPU state of `size` bytes (KVM_CAP_XSAVE2) fits the 4 KiB
+/// kvm_xsave that KVM_GET_XSAVE and KVM_SET_XSAVE carry: only then do they
+/// move the whole state (and KVM reads no further than the struct).
+pub fn fits_kvm_xsave<T: TryInto<usize>>(size: T) -> bool {
+    size.try_into().is_ok_and(|s| s <= KVM_XSAVE_BYTES)
+}
+
 /// The XSAVE area KVM_GET_XSAVE gave, as bytes.
 pub fn area_bytes(x: &kvm_bindings::kvm_xsave) -> Vec<u8> {
     x.region.iter().flat_map(|w| w.to_le_bytes()).collect()

@@ -776,7 +776,7 @@ fn snapshot_host(kvm: &Kvm) -> Result<(Vec<u32>, u32)> {
 /// state must fit KVM_GET_XSAVE's 4 KiB (KVM_CAP_XSAVE2 gives the size).
 fn xsave_layout(kvm: &Kvm) -> Option<Arc<crate::vcpu::xsave::Layout>> {
     let size = kvm.check_extension_int(kvm_ioctls::Cap::Xsave2);
-    let fits = usize::try_from(size).is_ok_and(|s| s <= crate::vcpu::xsave::KVM_XSAVE_BYTES);
+    let fits = crate::vcpu::xsave::fits_kvm_xsave(size);
     let layout = crate::vcpu::xsave::Layout::host().filter(|_| fits || size == 0);
     if layout.is_none() {
         log::warn(&format!(
