@@ -130,6 +130,9 @@ impl TestVm {
         let mut readers = Vec::new();
         let out: Box<dyn Read + Send> = Box::new(child.stdout.take().expect("stdout"));
         let err: Box<dyn Read + Send> = Box::new(child.stderr.take().expect("stderr"));
+        // SKVM_TEST_ECHO=1: also copy skvm's output to the test's stderr as
+        // it comes (with --nocapture, to watch a long boot).
+        let echo = std::env::var_os("SKVM_TEST_ECHO").is_some_and(|v| v == "1");
         for mut stream in [out, err] {
             let sink = output.clone();
             readers.push(std::thread::spawn(move || {
@@ -137,6 +140,9 @@ impl TestVm {
                 while let Ok(n) = stream.read(&mut buf) {
                     if n == 0 {
                         break;
+                    }
+                    if echo {
+                        let _ = std::io::stderr().write_all(&buf[..n]);
                     }
                     sink.lock().unwrap().extend_from_slice(&buf[..n]);
                 }

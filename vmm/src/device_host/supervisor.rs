@@ -141,18 +141,19 @@ fn pause(t: &mut Transport) -> Result<Option<DeviceState>> {
 /// the old one was: `saved` if it matches what the transport knows, or
 /// else (the old instance died unsaved, or its state is refused: see
 /// [`handover`]) what the transport knows, with the indices from the used
-/// rings. On failure the device is marked DEVICE_NEEDS_RESET.
+/// rings. On failure the transport is left as it was.
 fn carry_on(t: &mut Transport, name: &str, saved: Option<DeviceState>) -> Result<()> {
     let Some(driver) = t.driver_state() else {
         return Ok(());
     };
     let (state, recover) = handover::for_successor(name, saved, &driver);
     let (backend, events) = t.backend_and_events();
-    if let Err(e) = backend.remote_mut().restore(&state, recover, events) {
-        t.device_failed();
-        return Err(anyhow::Error::new(e).context("restore failed"));
-    }
-    Ok(())
+    // A failed restore leaves the transport as it was: the caller tries
+    // again or tells the guest the device needs a reset.
+    backend
+        .remote_mut()
+        .restore(&state, recover, events)
+        .map_err(|e| anyhow::Error::new(e).context("restore failed"))
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -283,6 +284,8 @@ impl DeviceHost {
             d.file_size,
         )?;
         let pid = started.process.as_ref().map(Pidfd::pid);
+        // Counted once started, whether or not it lives to serve.
+        d.restarts = d.restarts.saturating_add(1);
         let remote = greet(
             &d.name,
             (started.chan, started.process),
@@ -295,7 +298,6 @@ impl DeviceHost {
         d.failed = false;
         d.paused = false;
         d.saved = None;
-        d.restarts = d.restarts.saturating_add(1);
         let (restored, events) = {
             let mut t = lock(&d.transport);
             let restore_start = Instant::now();
@@ -589,20 +591,10 @@ impl DeviceHost {
                 "not restarted: {} restarts within a minute (--restart-limit)",
                 self.restart_limit
             )),
-            OnFailure::Restart => {
-                let started = Instant::now();
-                match self.respawn(i, None) {
-                    Ok((pid, _)) => {
-                        log::warn(&format!(
-                            "{msg}; restarted it{} in {:.2} ms",
-                            pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
-                            started.elapsed().as_secs_f64() * 1000.0
-                        ));
-                        return None;
-                    }
-                    Err(e) => Some(format!("cannot restart it: {e:#}")),
-                }
-            }
+            OnFailure::Restart => match self.restart_after_death(i, &msg) {
+                Ok(()) => return None,
+                Err(why) => Some(why),
+            },
         };
         let d = &mut self.devices[i];
         d.failed = true;
@@ -610,6 +602,42 @@ impl DeviceHost {
         log::error(&format!("{msg}{why}; the guest sees it as needing a reset"));
         lock(&d.transport).device_failed();
         None
+    }
+
+    /// Starts a new instance of device `i`, whose process died (`msg` says
+    /// how), and restores it. An instance that dies before it serves (killed
+    /// during its restore, say) is another death: it is tried again as long
+    /// as the restart limit allows, each attempt counted. The reason it
+    /// stays down otherwise.
+    fn restart_after_death(&mut self, i: usize, msg: &str) -> Result<(), String> {
+        loop {
+            let started = Instant::now();
+            match self.respawn(i, None) {
+                Ok((pid, _)) => {
+                    log::warn(&format!(
+                        "{msg}; restarted it{} in {:.2} ms",
+                        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                        started.elapsed().as_secs_f64() * 1000.0
+                    ));
+                    return Ok(());
+                }
+                Err(e) => {
+                    // Its exit, when the spawner reports it, names no device.
+                    if let Some(d) = self.devices.get_mut(i) {
+                        d.pid = None;
+                    }
+                    let why = format!("cannot restart it: {e:#}");
+                    if !self.restart_allowed(i) {
+                        return Err(format!(
+                            "{why}; not restarted again: {} restarts within a minute \
+                             (--restart-limit)",
+                            self.restart_limit
+                        ));
+                    }
+                    log::warn(&format!("{msg}; {why}; trying again"));
+                }
+            }
+        }
     }
 
     fn device_event(&mut self, i: usize, ev: DeviceEvent) -> Option<ExitReason> {
