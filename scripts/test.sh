@@ -22,12 +22,12 @@ export SKVM_BIN="$repo/target/release/skvm"
 # workspace.
 export SKVM_ESCAPE_BIN="$repo/target/release/skvm-escape"
 status=0
-# A short run of every fuzz target (installs nightly and cargo-fuzz the
-# first time; docs/FUZZING.md), unless only some tests were asked for. It
-# runs before the tests so that the end of the output, all that a CI log
-# may keep, is nextest's summary naming every test that failed.
+# A short run of every fuzz target, 5 s each (installs nightly and
+# cargo-fuzz the first time; docs/FUZZING.md), unless only some tests were
+# asked for. It runs before the tests so that the end of the output, all
+# that a CI log may keep, is nextest's summary naming every failed test.
 if [ "$#" -eq 0 ]; then
-	"$repo/scripts/fuzz.sh" --smoke 10 || status=$?
+	"$repo/scripts/fuzz.sh" --smoke 5 || status=$?
 fi
 # Guest tests are CPU-bound on emulating hosts: one guest per core. With
 # cargo-nextest (on the machines here), the tests of every test binary share

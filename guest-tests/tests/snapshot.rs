@@ -27,8 +27,37 @@ const TIMEOUT: Duration = Duration::from_secs(600);
 const COUNTER: &str = "i=0; while true; do \
     printf 'SKVM-DISK %d\\n' $i | dd of=/dev/vda bs=512 count=1 conv=sync oflag=direct 2>/dev/null; \
     r=$(head -c 16 /dev/hwrng | wc -c); \
-    echo \"SKVM-COUNT $i rng=$r\"; \
+    echo \"SKVM-COUNT $i rng=$r up=$(cut -d' ' -f1 /proc/uptime)\"; \
+    echo \"SKVM-KMSG $i\" > /dev/kmsg; \
     i=$((i + 1)); sleep 1; done";
+
+/// The guest's uptime at each count against its printk time (the
+/// scheduler clock), from the console: (count, uptime, printk seconds).
+fn clocks(out: &str) -> Vec<(u64, f64, f64)> {
+    let mut up = std::collections::HashMap::new();
+    let mut found = Vec::new();
+    for l in out.lines() {
+        if let Some(rest) = l.split("SKVM-COUNT ").nth(1) {
+            let mut w = rest.split_whitespace();
+            let i = w.next().and_then(|n| n.parse::<u64>().ok());
+            let u = w
+                .find_map(|f| f.strip_prefix("up="))
+                .and_then(|v| v.parse::<f64>().ok());
+            if let (Some(i), Some(u)) = (i, u) {
+                up.insert(i, u);
+            }
+        } else if let Some((stamp, rest)) = l.split_once("] SKVM-KMSG ") {
+            let t = stamp.trim_start_matches(['[', ' ']).parse::<f64>().ok();
+            let i = rest.trim().parse::<u64>().ok();
+            if let (Some(t), Some(i)) = (t, i) {
+                if let Some(u) = up.get(&i) {
+                    found.push((i, *u, t));
+                }
+            }
+        }
+    }
+    found
+}
 
 /// The counts printed so far, in order.
 fn counts(out: &str) -> Vec<u64> {
@@ -76,6 +105,17 @@ fn restore_and_count_on(dir: &Path, disk: &Path, sock: &Path, last: u64, old: &[
         "counts {after:?}:\n{out}"
     );
     assert!(out.contains("rng=16"), "no rng read after restore:\n{out}");
+    // Every clock of the guest moved alike: its uptime and its printk time
+    // agree after the restore (on a host that keeps the guest's TSC at the
+    // host's, both move on by the time the snapshot waited; else neither).
+    let c = clocks(&out);
+    assert!(!c.is_empty(), "no uptime or printk time:\n{out}");
+    for (i, up, printk) in c {
+        assert!(
+            (up - printk).abs() < 3.0,
+            "count {i}: uptime {up} s, printk {printk} s:\n{out}"
+        );
+    }
     assert!(!out.contains("Linux version"), "the guest booted:\n{out}");
     let now = pids(sock);
     for (n, o) in now.iter().zip(old) {
@@ -143,8 +183,11 @@ fn a_counting_guest_goes_on_from_its_snapshot_twice_and_bad_snapshots_are_refuse
     );
     assert_eq!(r["memory_bytes"].as_u64().unwrap() % 4096, 0, "{r}");
 
-    // Twice from the same snapshot: each goes on from `last`.
+    // Twice from the same snapshot: each goes on from `last`, the second
+    // at least 15 s after the snapshot (its clocks must still agree).
+    let taken = std::time::Instant::now();
     restore_and_count_on(&dir, &disk, &sock, last, &old);
+    std::thread::sleep(Duration::from_secs(15).saturating_sub(taken.elapsed()));
     restore_and_count_on(&dir, &disk, &sock, last, &old);
     // The disk has the counts the restored guests wrote.
     let sector = std::fs::read(&disk).unwrap();

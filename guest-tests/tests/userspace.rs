@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use guest_tests::{field, run_to_exit, CMD_EXIT_MARKER};
+use guest_tests::{booted, field, CMD_EXIT_MARKER};
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
 const PIPELINES: u32 = 200;
@@ -34,8 +34,11 @@ fn pipelines_and_vector_registers_survive_process_switches_on_one_vcpu() {
     // where the host has AVX-512) against a process that clears them; the
     // pipelines are what users met: each one a subshell and two freshly
     // exec'd busybox processes, with command substitution.
+    // The default machine has one vCPU (checked): it starts from that
+    // machine's snapshot, as other tests of it do.
     let script = format!(
-        "vecprobe 300; echo \"SKVM-VECPROBE-STATUS $?\"; \
+        "echo \"SKVM-NPROC $(nproc)\"; \
+         vecprobe 300; echo \"SKVM-VECPROBE-STATUS $?\"; \
          f=0; i=0; \
          while [ $i -lt {PIPELINES} ]; do \
          v=$(cat /proc/version | wc -c); \
@@ -45,9 +48,15 @@ fn pipelines_and_vector_registers_survive_process_switches_on_one_vcpu() {
          echo \"SKVM-PIPELINES-FAILED $f\"; \
          echo \"SKVM-SEGFAULTS $(dmesg | grep -c 'segfault at')\""
     );
-    let f = run_to_exit(&["--cpus", "1", "--debug", "--run", &script], TIMEOUT);
+    let f = booted(["--debug", "--run", &script]).wait_exit(TIMEOUT);
     eprintln!("host CPU: {}", host_cpu());
     assert_eq!(f.code(), 0, "{}", f.output);
+    assert_eq!(
+        field(&f.output, "SKVM-NPROC").as_deref(),
+        Some("1"),
+        "{}",
+        f.output
+    );
     assert_eq!(
         field(&f.output, CMD_EXIT_MARKER).as_deref(),
         Some("0"),

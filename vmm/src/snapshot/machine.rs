@@ -66,13 +66,17 @@ impl MachineState {
             vm.set_irqchip(chip).map_err(kvm("set irqchip"))?;
         }
         vm.set_pit2(&self.pit).map_err(kvm("set pit2"))?;
+        self.set_clock(vm, 0)
+    }
+
+    /// Sets the kvmclock of `vm` to the saved time plus `advance_ns`.
+    pub fn set_clock(&self, vm: &VmFd, advance_ns: u64) -> Result<(), MachineError> {
         let clock = kvm_clock_data {
-            clock: self.clock.clock,
+            clock: self.clock.clock.saturating_add(advance_ns),
             // Only the time itself: the flags describe how it was read.
             ..Default::default()
         };
-        vm.set_clock(&clock).map_err(kvm("set clock"))?;
-        Ok(())
+        vm.set_clock(&clock).map_err(kvm("set clock"))
     }
 
     /// Appends the state to a section body.

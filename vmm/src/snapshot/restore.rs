@@ -158,5 +158,130 @@ pub fn machine(snap: &VmSnapshot, vm: &VmFd, vcpus: &[&VcpuFd]) -> Result<()> {
             .apply(fd)
             .with_context(|| format!("cannot restore vcpu{i}"))?;
     }
+    if let (Some(fd), Some(state)) = (vcpus.first(), snap.vcpus.first()) {
+        keep_clocks_together(snap, vm, fd, state.msr(MSR_IA32_TSC))?;
+    }
     Ok(())
+}
+
+const MSR_IA32_TSC: u32 = 0x10;
+
+/// A TSC that did not take the saved value (kvm_pvm keeps every guest's
+/// TSC at the host's and ignores KVM_SET_MSRS of it) has moved on by the
+/// time the snapshot waited, and with it a guest clock source that reads
+/// the TSC (Linux picks `tsc` over `kvm-clock` where the TSC is stable),
+/// while the kvmclock, set to the saved time, has not: the guest's uptime
+/// would jump but not its printk times or its scheduler clock. So the
+/// kvmclock moves on by as much as the TSC did, and the guest sees one
+/// pause of that length on every clock. Where KVM set the TSC (hardware
+/// KVM), nothing moves: the guest sees no pause at all.
+fn keep_clocks_together(
+    snap: &VmSnapshot,
+    vm: &VmFd,
+    fd: &VcpuFd,
+    saved_tsc: Option<u64>,
+) -> Result<()> {
+    let Some(saved) = saved_tsc else {
+        return Ok(());
+    };
+    let now = read_msr(fd, MSR_IA32_TSC).context("cannot read the restored TSC")?;
+    let khz = fd
+        .get_tsc_khz()
+        .context("cannot read the TSC's frequency")?;
+    match tsc_advance_ns(saved, now, khz) {
+        TscAdvance::Kept => Ok(()),
+        TscAdvance::Behind => {
+            crate::log::warn(
+                "restore: the guest's TSC is behind the snapshot's and this host's KVM \
+                 does not set it (was the host restarted?): the guest's clock may stall",
+            );
+            Ok(())
+        }
+        TscAdvance::Moved(ns) => {
+            crate::log::info(&format!(
+                "restore: this host's KVM keeps the guest's TSC at the host's; the guest's \
+                 clocks move on together by the {:.1} s the snapshot waited",
+                ns as f64 / 1e9
+            ));
+            snap.machine
+                .set_clock(vm, ns)
+                .context("cannot move the kvmclock with the TSC")
+        }
+    }
+}
+
+/// How a restored TSC stands against the saved one.
+#[derive(Debug, PartialEq, Eq)]
+enum TscAdvance {
+    /// KVM took the saved value (within a second).
+    Kept,
+    /// It moved on by this many nanoseconds.
+    Moved(u64),
+    /// It is behind the saved value.
+    Behind,
+}
+
+fn tsc_advance_ns(saved: u64, now: u64, khz: u32) -> TscAdvance {
+    let khz = u128::from(khz.max(1));
+    let second = khz * 1000;
+    if now < saved {
+        return if u128::from(saved - now) < second {
+            TscAdvance::Kept
+        } else {
+            TscAdvance::Behind
+        };
+    }
+    let cycles = u128::from(now - saved);
+    if cycles < second {
+        return TscAdvance::Kept;
+    }
+    TscAdvance::Moved(u64::try_from(cycles * 1_000_000 / khz).unwrap_or(u64::MAX))
+}
+
+fn read_msr(fd: &VcpuFd, index: u32) -> Result<u64> {
+    let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+        index,
+        ..Default::default()
+    }])
+    .map_err(|_| anyhow::anyhow!("msr list"))?;
+    let n = fd.get_msrs(&mut msrs)?;
+    match msrs.as_slice().first() {
+        Some(e) if n == 1 => Ok(e.data),
+        _ => bail!("KVM did not read MSR {index:#x}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tsc_that_moved_on_moves_the_kvmclock_by_as_much() {
+        let khz = 2_596_138;
+        let second = u64::from(khz) * 1000;
+        // KVM set it: a restore takes milliseconds, either way.
+        assert_eq!(
+            tsc_advance_ns(10 * second, 10 * second + 1000, khz),
+            TscAdvance::Kept
+        );
+        assert_eq!(
+            tsc_advance_ns(10 * second, 10 * second - 1000, khz),
+            TscAdvance::Kept
+        );
+        // It kept the host's: 47 s later.
+        assert_eq!(
+            tsc_advance_ns(10 * second, 57 * second, khz),
+            TscAdvance::Moved(47_000_000_000)
+        );
+        assert_eq!(
+            tsc_advance_ns(10 * second, 2 * second, khz),
+            TscAdvance::Behind
+        );
+        // No overflow, no division by zero.
+        assert_eq!(tsc_advance_ns(0, u64::MAX, 1), TscAdvance::Moved(u64::MAX));
+        assert!(matches!(
+            tsc_advance_ns(0, u64::MAX, 0),
+            TscAdvance::Moved(_)
+        ));
+    }
 }

@@ -92,6 +92,11 @@ fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>, VcpuStateE
 }
 
 impl VcpuState {
+    /// The saved value of MSR `index`, if KVM gave it.
+    pub fn msr(&self, index: u32) -> Option<u64> {
+        self.msrs.iter().find(|(i, _)| *i == index).map(|(_, v)| *v)
+    }
+
     /// Reads the state of `fd`, which must not be in KVM_RUN (the VM is
     /// paused); `msrs` are the MSR indices to save (KVM's index list).
     pub fn capture(fd: &VcpuFd, msrs: &[u32]) -> Result<Self, VcpuStateError> {
