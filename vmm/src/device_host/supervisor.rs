@@ -49,7 +49,7 @@ struct Device {
     saved: Option<DeviceState>,
     /// Its device number on PCI bus 0.
     slot: usize,
-    /// Instances started after the first.
+    /// Instances started (or tried) after the first.
     restarts: u32,
     /// When the restarts of the last minute happened.
     recent_restarts: VecDeque<Instant>,
@@ -76,7 +76,7 @@ pub struct DeviceStatus {
     pub pid: Option<libc::pid_t>,
     /// "running", "paused" or "failed".
     pub state: &'static str,
-    /// Instances started after the first.
+    /// Instances started (or tried) after the first.
     pub restarts: u32,
     /// Resident memory of its process, KiB.
     pub rss_kib: Option<u64>,
@@ -275,6 +275,8 @@ impl DeviceHost {
         if let Some(t) = d.thread.take() {
             let _ = t.join();
         }
+        // Every attempt counts, whether or not its instance lives to serve.
+        d.restarts = d.restarts.saturating_add(1);
         let started = start_device(
             self.spawner.as_ref(),
             mode_for(d.kind.as_ref(), self.mode),
@@ -284,8 +286,6 @@ impl DeviceHost {
             d.file_size,
         )?;
         let pid = started.process.as_ref().map(Pidfd::pid);
-        // Counted once started, whether or not it lives to serve.
-        d.restarts = d.restarts.saturating_add(1);
         let remote = greet(
             &d.name,
             (started.chan, started.process),
