@@ -22,6 +22,7 @@ use crate::device_host::DeviceHost;
 use crate::kinds::Opened;
 use crate::memory::Memory;
 use crate::pci::PciBus;
+use crate::vcpu::setup::MSR_IA32_TSC;
 
 /// How long each part of a restore took (`--restore` logs them).
 #[derive(Debug, Default, Clone, Copy)]
@@ -164,8 +165,6 @@ pub fn machine(snap: &VmSnapshot, vm: &VmFd, vcpus: &[&VcpuFd]) -> Result<()> {
     Ok(())
 }
 
-const MSR_IA32_TSC: u32 = 0x10;
-
 /// A TSC that did not take the saved value (kvm_pvm keeps every guest's
 /// TSC at the host's and ignores KVM_SET_MSRS of it) has moved on by the
 /// time the snapshot waited, and with it a guest clock source that reads
@@ -184,7 +183,10 @@ fn keep_clocks_together(
     let Some(saved) = saved_tsc else {
         return Ok(());
     };
-    let now = read_msr(fd, MSR_IA32_TSC).context("cannot read the restored TSC")?;
+    let now = match super::vcpu::read_msrs(fd, &[MSR_IA32_TSC])?.first() {
+        Some(&(MSR_IA32_TSC, tsc)) => tsc,
+        _ => bail!("KVM cannot read the restored TSC"),
+    };
     let khz = fd
         .get_tsc_khz()
         .context("cannot read the TSC's frequency")?;
@@ -236,19 +238,6 @@ fn tsc_advance_ns(saved: u64, now: u64, khz: u32) -> TscAdvance {
         return TscAdvance::Kept;
     }
     TscAdvance::Moved(u64::try_from(cycles * 1_000_000 / khz).unwrap_or(u64::MAX))
-}
-
-fn read_msr(fd: &VcpuFd, index: u32) -> Result<u64> {
-    let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
-        index,
-        ..Default::default()
-    }])
-    .map_err(|_| anyhow::anyhow!("msr list"))?;
-    let n = fd.get_msrs(&mut msrs)?;
-    match msrs.as_slice().first() {
-        Some(e) if n == 1 => Ok(e.data),
-        _ => bail!("KVM did not read MSR {index:#x}"),
-    }
 }
 
 #[cfg(test)]

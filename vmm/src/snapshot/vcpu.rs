@@ -67,7 +67,7 @@ pub struct VcpuState {
 
 /// Reads the MSRs of `indices` that KVM gives for this vCPU: in batches;
 /// an index KVM cannot read (KVM stops a batch there) is left out.
-fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>, VcpuStateError> {
+pub(crate) fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>, VcpuStateError> {
     let mut out = Vec::with_capacity(indices.len());
     let mut rest = indices;
     while !rest.is_empty() {
