@@ -587,10 +587,6 @@ impl DeviceHost {
             OnFailure::Restart if by_seccomp => Some(
                 "not restarted: a device its seccomp filter killed may be compromised".to_owned(),
             ),
-            OnFailure::Restart if !self.restart_allowed(i) => Some(format!(
-                "not restarted: {} restarts within a minute (--restart-limit)",
-                self.restart_limit
-            )),
             OnFailure::Restart => match self.restart_after_death(i, &msg) {
                 Ok(()) => return None,
                 Err(why) => Some(why),
@@ -605,12 +601,17 @@ impl DeviceHost {
     }
 
     /// Starts a new instance of device `i`, whose process died (`msg` says
-    /// how), and restores it. An instance that dies before it serves (killed
-    /// during its restore, say) is another death: it is tried again as long
-    /// as the restart limit allows, each attempt counted. The reason it
-    /// stays down otherwise.
+    /// how), and restores it, if the restart limit allows. An instance that
+    /// dies before it serves (killed during its restore, say) is another
+    /// death: it is tried again as long as the limit allows, each attempt
+    /// counted. The reason it stays down otherwise.
     fn restart_after_death(&mut self, i: usize, msg: &str) -> Result<(), String> {
-        loop {
+        // Why the last attempt failed, once one has.
+        let mut failed: Option<String> = None;
+        while self.restart_allowed(i) {
+            if let Some(why) = &failed {
+                log::warn(&format!("{msg}; {why}; trying again"));
+            }
             let started = Instant::now();
             match self.respawn(i, None) {
                 Ok((pid, _)) => {
@@ -626,18 +627,18 @@ impl DeviceHost {
                     if let Some(d) = self.devices.get_mut(i) {
                         d.pid = None;
                     }
-                    let why = format!("cannot restart it: {e:#}");
-                    if !self.restart_allowed(i) {
-                        return Err(format!(
-                            "{why}; not restarted again: {} restarts within a minute \
-                             (--restart-limit)",
-                            self.restart_limit
-                        ));
-                    }
-                    log::warn(&format!("{msg}; {why}; trying again"));
+                    failed = Some(format!("cannot restart it: {e:#}"));
                 }
             }
         }
+        let limit = format!(
+            "{} restarts within a minute (--restart-limit)",
+            self.restart_limit
+        );
+        Err(match failed {
+            None => format!("not restarted: {limit}"),
+            Some(why) => format!("{why}; not restarted again: {limit}"),
+        })
     }
 
     fn device_event(&mut self, i: usize, ev: DeviceEvent) -> Option<ExitReason> {

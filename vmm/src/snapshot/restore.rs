@@ -159,10 +159,10 @@ pub fn machine(snap: &VmSnapshot, vm: &VmFd, vcpus: &[&VcpuFd]) -> Result<()> {
             .apply(fd)
             .with_context(|| format!("cannot restore vcpu{i}"))?;
     }
-    if let (Some(fd), Some(state)) = (vcpus.first(), snap.vcpus.first()) {
-        keep_clocks_together(snap, vm, fd, state.msr(MSR_IA32_TSC))?;
+    match vcpus.first() {
+        Some(fd) => keep_clocks_together(snap, vm, fd),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// A TSC that did not take the saved value (kvm_pvm keeps every guest's
@@ -173,14 +173,10 @@ pub fn machine(snap: &VmSnapshot, vm: &VmFd, vcpus: &[&VcpuFd]) -> Result<()> {
 /// would jump but not its printk times or its scheduler clock. So the
 /// kvmclock moves on by as much as the TSC did, and the guest sees one
 /// pause of that length on every clock. Where KVM set the TSC (hardware
-/// KVM), nothing moves: the guest sees no pause at all.
-fn keep_clocks_together(
-    snap: &VmSnapshot,
-    vm: &VmFd,
-    fd: &VcpuFd,
-    saved_tsc: Option<u64>,
-) -> Result<()> {
-    let Some(saved) = saved_tsc else {
+/// KVM), nothing moves: the guest sees no pause at all. `fd` is the first
+/// vCPU, restored.
+fn keep_clocks_together(snap: &VmSnapshot, vm: &VmFd, fd: &VcpuFd) -> Result<()> {
+    let Some(saved) = snap.vcpus.first().and_then(|s| s.msr(MSR_IA32_TSC)) else {
         return Ok(());
     };
     let now = match super::vcpu::read_msrs(fd, &[MSR_IA32_TSC])?.first() {
