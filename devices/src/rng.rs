@@ -48,7 +48,7 @@ impl Default for Rng {
 }
 
 /// Fills `buf` from getrandom(2), retrying short reads and EINTR.
-fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
         let rest = buf.get_mut(done..).unwrap_or_default();

@@ -2,7 +2,9 @@
 //! reads its rng is snapshotted (`skvm ctl SOCKET snapshot DIR`), stops,
 //! and is started again from the snapshot, twice (`skvm run --restore`):
 //! the count goes on from where it stopped, the devices run in new
-//! processes and serve the guest, and the disk keeps what was written.
+//! processes and serve the guest, and the disk keeps what was written; the
+//! two restored guests are told of their new VM generation ID, reseed, and
+//! no longer draw the same random bytes.
 //! Snapshots that are damaged, of another version, not snapshots, or that
 //! do not match the command line are refused with one line and a non-zero
 //! exit, before any guest runs.
@@ -23,11 +25,13 @@ use guest_tests::{
 const TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Counts once a second: the count onto the disk's first sector (O_DIRECT,
-/// so the device has it), 16 bytes from the rng, the count on the console.
+/// so the device has it), 16 bytes from the rng, the count on the console
+/// with the guest's uptime and 8 bytes of /dev/urandom.
 const COUNTER: &str = "i=0; while true; do \
     printf 'SKVM-DISK %d\\n' $i | dd of=/dev/vda bs=512 count=1 conv=sync oflag=direct 2>/dev/null; \
     r=$(head -c 16 /dev/hwrng | wc -c); \
-    echo \"SKVM-COUNT $i rng=$r up=$(cut -d' ' -f1 /proc/uptime)\"; \
+    u=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' '); \
+    echo \"SKVM-COUNT $i rng=$r up=$(cut -d' ' -f1 /proc/uptime) urandom=$u\"; \
     echo \"SKVM-KMSG $i\" > /dev/kmsg; \
     i=$((i + 1)); sleep 1; done";
 
@@ -57,6 +61,18 @@ fn clocks(out: &str) -> Vec<(u64, f64, f64)> {
         }
     }
     found
+}
+
+/// The /dev/urandom bytes the guest printed with count `i`.
+fn urandom_at(out: &str, i: u64) -> Option<String> {
+    out.lines()
+        .filter_map(|l| l.split("SKVM-COUNT ").nth(1))
+        .find(|rest| rest.split_whitespace().next() == Some(&i.to_string()))
+        .and_then(|rest| {
+            rest.split_whitespace()
+                .find_map(|f| f.strip_prefix("urandom="))
+        })
+        .map(str::to_owned)
 }
 
 /// The counts printed so far, in order.
@@ -91,9 +107,10 @@ fn args(extra: &[&str], disk: &Path, sock: &Path) -> Vec<String> {
 }
 
 /// Starts the snapshot in `dir` and checks that the guest counts on from
-/// `last`, reading its rng, with devices in new processes (not `old`);
-/// stops it with ctl shutdown.
-fn restore_and_count_on(dir: &Path, disk: &Path, sock: &Path, last: u64, old: &[u64]) {
+/// `last`, reading its rng, with devices in new processes (not `old`), and
+/// that it reseeded for its new VM generation ID; stops it with ctl
+/// shutdown. Returns the /dev/urandom bytes of its second count.
+fn restore_and_count_on(dir: &Path, disk: &Path, sock: &Path, last: u64, old: &[u64]) -> String {
     let dir = dir.display().to_string();
     let mut vm = TestVm::spawn(args(&["--restore", &dir], disk, sock));
     vm.wait_for_count("SKVM-COUNT", 3, TIMEOUT);
@@ -105,6 +122,13 @@ fn restore_and_count_on(dir: &Path, disk: &Path, sock: &Path, last: u64, old: &[
         "counts {after:?}:\n{out}"
     );
     assert!(out.contains("rng=16"), "no rng read after restore:\n{out}");
+    // Linux's vmgenid driver took the new ID (CONFIG_VMGENID).
+    assert!(
+        out.contains("crng reseeded due to virtual machine fork"),
+        "the guest did not reseed for its new generation id:\n{out}"
+    );
+    // The second count's line is whole: the third has begun.
+    let drawn = urandom_at(&out, last + 2).unwrap_or_else(|| panic!("no urandom:\n{out}"));
     // Every clock of the guest moved alike: its uptime and its printk time
     // agree after the restore (on a host that keeps the guest's TSC at the
     // host's, both move on by the time the snapshot waited; else neither).
@@ -126,6 +150,7 @@ fn restore_and_count_on(dir: &Path, disk: &Path, sock: &Path, last: u64, old: &[
     let f = vm.wait_exit(TIMEOUT);
     assert_eq!(f.code(), 0, "{}", f.output);
     assert!(!f.output.contains("forbidden syscall"), "{}", f.output);
+    drawn
 }
 
 /// `skvm run` with `extra` over the snapshot in `dir`: fails at once with a
@@ -186,9 +211,11 @@ fn a_counting_guest_goes_on_from_its_snapshot_twice_and_bad_snapshots_are_refuse
     // Twice from the same snapshot: each goes on from `last`, the second
     // at least 15 s after the snapshot (its clocks must still agree).
     let taken = std::time::Instant::now();
-    restore_and_count_on(&dir, &disk, &sock, last, &old);
+    let clone1 = restore_and_count_on(&dir, &disk, &sock, last, &old);
     std::thread::sleep(Duration::from_secs(15).saturating_sub(taken.elapsed()));
-    restore_and_count_on(&dir, &disk, &sock, last, &old);
+    let clone2 = restore_and_count_on(&dir, &disk, &sock, last, &old);
+    // Clones of one guest do not share their random bytes.
+    assert_ne!(clone1, clone2, "both clones drew the same urandom bytes");
     // The disk has the counts the restored guests wrote.
     let sector = std::fs::read(&disk).unwrap();
     let first = String::from_utf8_lossy(&sector[..32]).to_string();

@@ -33,8 +33,11 @@ pub const PD_ADDR: u64 = 0xB000;
 pub const CMDLINE_ADDR: u64 = 0x2_0000;
 /// Start of the legacy EBDA and BIOS area, reserved in the e820 map.
 pub const EBDA_START: u64 = 0x9_FC00;
-/// The ACPI RSDP; the other tables follow it up to [`BIOS_AREA_END`].
+/// The ACPI RSDP; the other tables follow it up to [`VMGENID_ADDR`].
 pub const RSDP_ADDR: u64 = 0x000E_0000;
+/// The guest's VM generation ID: 16 bytes in the BIOS area's last page,
+/// which the ACPI tables stop short of (`boot::acpi`, `legacy::vmgenid`).
+pub const VMGENID_ADDR: u64 = 0x000F_F000;
 /// First byte past the BIOS area.
 pub const BIOS_AREA_END: u64 = 0x10_0000;
 /// Where the kernel image may start (1 MiB).

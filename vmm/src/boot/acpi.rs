@@ -15,8 +15,11 @@
 //!   not power off through ACPI; COM1; the power button `\_SB_.PWRB`
 //!   (PNP0C0C, 4.8.2.2.1.2) and the Generic Event Device `\_SB_.GED_`
 //!   (ACPI0013, 5.6.9) that notifies it when [`POWER_BUTTON_GSI`] fires,
-//!   the hardware-reduced way to press a button; and, once skvm has a PCI
-//!   bus, the PCI host bridge `\_SB_.PCI0` with its resources (6.2.2, 6.4).
+//!   the hardware-reduced way to press a button; the VM generation ID
+//!   `\_SB_.VGEN` and a second Generic Event Device `\_SB_.GED1` that
+//!   notifies it when [`VMGENID_GSI`] fires (`legacy::vmgenid`); and, once
+//!   skvm has a PCI bus, the PCI host bridge `\_SB_.PCI0` with its resources
+//!   (6.2.2, 6.4).
 //!
 //! Linux takes the RSDP address from the zero page (`acpi_rsdp_addr`) and
 //! otherwise finds it by scanning 0xE0000..0xFFFFF.
@@ -31,8 +34,7 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
-use crate::layout::BIOS_AREA_END;
-pub use crate::layout::{IOAPIC_ADDR, LAPIC_ADDR, RSDP_ADDR};
+pub use crate::layout::{IOAPIC_ADDR, LAPIC_ADDR, RSDP_ADDR, VMGENID_ADDR};
 
 /// The FADT's sleep control register (8-bit port; `legacy::acpi_pm`).
 pub const SLEEP_CONTROL_PORT: u16 = 0x600;
@@ -49,6 +51,10 @@ pub const S5_SLEEP_TYPE: u8 = 5;
 /// active high): an edge on it is a press of the power button. Pin 9 is
 /// where PC firmware puts the SCI, which a hardware-reduced platform has not.
 pub const POWER_BUTTON_GSI: u32 = 9;
+/// The IO-APIC pin of the second Generic Event Device (edge-triggered,
+/// active high): an edge on it tells the guest that its VM generation ID
+/// changed.
+pub const VMGENID_GSI: u32 = 10;
 /// Most vCPUs the MADT can describe: xAPIC ids are 8 bits and 0xFF is the
 /// broadcast id.
 pub const MAX_CPUS: u8 = 254;
@@ -134,7 +140,7 @@ pub enum AcpiError {
         /// The window's size.
         size: u64,
     },
-    /// The tables do not fit between [`RSDP_ADDR`] and 1 MiB.
+    /// The tables do not fit between [`RSDP_ADDR`] and [`VMGENID_ADDR`].
     #[error("acpi tables need {need:#x} bytes, the bios area has {room:#x}")]
     TooLarge {
         /// Bytes the tables need from [`RSDP_ADDR`] on.
@@ -156,7 +162,7 @@ pub enum AcpiError {
 /// Builds the ACPI tables for `layout` and writes them into `mem` from
 /// [`RSDP_ADDR`] up. Returns the RSDP's address, for the zero page.
 ///
-/// Nothing is written unless every table fits below 1 MiB.
+/// Nothing is written unless every table fits below [`VMGENID_ADDR`].
 pub fn setup_acpi<M: GuestMemory>(mem: &M, layout: &AcpiLayout) -> Result<GuestAddress, AcpiError> {
     if layout.num_cpus == 0 || layout.num_cpus > MAX_CPUS {
         return Err(AcpiError::CpuCount(layout.num_cpus));
@@ -208,14 +214,15 @@ impl Area {
         }
     }
 
-    /// Gives `table` the next free address, if it fits below 1 MiB.
+    /// Gives `table` the next free address, if it fits below the VM
+    /// generation ID.
     fn place(&mut self, name: &'static str, table: Vec<u8>) -> Result<u64, AcpiError> {
         let addr = self.next;
         let end = addr.saturating_add(table.len() as u64);
-        if end > BIOS_AREA_END {
+        if end > VMGENID_ADDR {
             return Err(AcpiError::TooLarge {
                 need: end - RSDP_ADDR,
-                room: BIOS_AREA_END - RSDP_ADDR,
+                room: VMGENID_ADDR - RSDP_ADDR,
             });
         }
         self.next = align_up(end);
@@ -338,8 +345,8 @@ fn push_lapic_nmi(out: &mut Vec<u8>) {
     out.push(NMI_LINT);
 }
 
-/// DSDT (5.2.11.1): `\_S5_`, COM1 and, given a PCI window, the PCI host
-/// bridge.
+/// DSDT (5.2.11.1): `\_S5_`, COM1, the power button, the VM generation
+/// ID and, given a PCI window, the PCI host bridge.
 fn dsdt(pci: Option<(u32, u32)>) -> Vec<u8> {
     let mut body = Vec::new();
     // \_S5_ (7.4.2): SLP_TYPa, SLP_TYPb, two reserved. On a hardware-reduced
@@ -352,6 +359,7 @@ fn dsdt(pci: Option<(u32, u32)>) -> Vec<u8> {
     .to_aml_bytes(&mut body);
     push_com1(&mut body);
     push_power_button(&mut body);
+    push_vm_generation_id(&mut body);
     if let Some((first, last)) = pci {
         push_pci_host_bridge(&mut body, first, last);
     }
@@ -406,6 +414,37 @@ fn push_power_button(out: &mut Vec<u8>) {
     let evt = aml::Method::new("_EVT".into(), 1, true, vec![&notify]);
     let ged = aml::Device::new("GED_".into(), vec![&ged_hid, &uid, &crs, &evt]);
     aml::Scope::new("\\_SB_".into(), vec![&pwrb, &ged]).to_aml_bytes(out);
+}
+
+/// `\_SB_.VGEN`, the VM generation ID device as Linux's vmgenid driver
+/// finds it (HID `VMGENCTR`, CID `VM_Gen_Counter`): its `ADDR` is a package
+/// of the low and high 32 bits of [`VMGENID_ADDR`], where the 16-byte ID
+/// lives. And `\_SB_.GED1`, a Generic Event Device whose `_EVT` notifies
+/// it (0x80) on each edge of [`VMGENID_GSI`]: the driver then reads the new
+/// ID and reseeds the guest's random number generator at once.
+fn push_vm_generation_id(out: &mut Vec<u8>) {
+    let hid: aml::AmlStr = "VMGENCTR";
+    let hid = aml::Name::new("_HID".into(), &hid);
+    let counter: aml::AmlStr = "VM_Gen_Counter";
+    let cid = aml::Name::new("_CID".into(), &counter);
+    let ddn = aml::Name::new("_DDN".into(), &counter);
+    let low = (VMGENID_ADDR & 0xFFFF_FFFF) as u32;
+    let high = (VMGENID_ADDR >> 32) as u32;
+    let addr = aml::Name::new("ADDR".into(), &aml::Package::new(vec![&low, &high]));
+    let vgen = aml::Device::new("VGEN".into(), vec![&hid, &cid, &ddn, &addr]);
+
+    let ged_hid: aml::AmlStr = "ACPI0013";
+    let ged_hid = aml::Name::new("_HID".into(), &ged_hid);
+    let uid = aml::Name::new("_UID".into(), &aml::ONE);
+    let irq = aml::Interrupt::new(true, true, false, false, VMGENID_GSI);
+    let crs = aml::ResourceTemplate::new(vec![&irq]);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    let device: aml::Path = "\\_SB_.VGEN".into();
+    let changed: u8 = 0x80;
+    let notify = aml::Notify::new(&device, &changed);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&notify]);
+    let ged = aml::Device::new("GED1".into(), vec![&ged_hid, &uid, &crs, &evt]);
+    aml::Scope::new("\\_SB_".into(), vec![&vgen, &ged]).to_aml_bytes(out);
 }
 
 /// `\_SB_.PCI0`: a PCI host bridge (PNP0A03) for segment 0, bus 0, decoding
@@ -769,7 +808,40 @@ mod tests {
     }
 
     #[test]
-    fn tables_for_254_vcpus_fit_below_1_mib() {
+    fn dsdt_has_a_vm_generation_id_that_the_second_ged_interrupt_notifies() {
+        let d = super::dsdt(None);
+        for name in [&b"VGEN"[..], b"GED1", b"VMGENCTR\0"] {
+            assert!(contains(&d, name), "{}", String::from_utf8_lossy(name));
+        }
+        // _CID and _DDN, each the string "VM_Gen_Counter".
+        for name in [b"_CID", b"_DDN"] {
+            let mut named = vec![0x08];
+            named.extend_from_slice(name);
+            named.push(0x0D);
+            named.extend_from_slice(b"VM_Gen_Counter\0");
+            assert!(contains(&d, &named), "{}", String::from_utf8_lossy(name));
+        }
+        // Name (ADDR, Package (2) { 0xFF000, 0 }): NameOp, the name,
+        // PackageOp, its length, two elements, a DWord and Zero.
+        let mut addr = vec![0x08];
+        addr.extend_from_slice(b"ADDR");
+        addr.extend_from_slice(&[0x12, 0x08, 0x02, 0x0C]);
+        addr.extend_from_slice(&u32::try_from(VMGENID_ADDR).unwrap().to_le_bytes());
+        addr.push(0x00);
+        assert!(contains(&d, &addr));
+        // GED1's interrupt: consumer, edge, active high, exclusive, GSI 10.
+        let mut irq = vec![0x89, 0x06, 0x00, 0x03, 0x01];
+        irq.extend_from_slice(&VMGENID_GSI.to_le_bytes());
+        assert!(contains(&d, &irq));
+        // Notify (\_SB_.VGEN, 0x80).
+        let mut notify = vec![0x86, b'\\', 0x2E];
+        notify.extend_from_slice(b"_SB_VGEN");
+        notify.extend_from_slice(&[0x0A, 0x80]);
+        assert!(contains(&d, &notify));
+    }
+
+    #[test]
+    fn tables_for_254_vcpus_fit_below_the_vm_generation_id() {
         let (mem, rsdp) = build(MAX_CPUS, PCI_WINDOW);
 
         let mut addrs = vec![xsdt_addr(&mem, rsdp)];
@@ -780,7 +852,7 @@ mod tests {
         for addr in addrs {
             let len = table_at(&mem, addr).len() as u64;
             assert!(
-                addr >= RSDP_ADDR && addr + len <= 0x10_0000,
+                addr >= RSDP_ADDR && addr + len <= VMGENID_ADDR,
                 "{addr:#x}+{len:#x}"
             );
         }

@@ -1,11 +1,13 @@
 //! Legacy PC devices on the I/O port bus: the COM1 UART, the i8042 reset
-//! line, a CMOS RTC, and the ACPI power-management ports; and the ACPI
-//! power button, which is an interrupt rather than a port.
+//! line, a CMOS RTC, and the ACPI power-management ports; the ACPI power
+//! button, which is an interrupt rather than a port; and the VM generation
+//! ID, which is guest memory and an interrupt.
 
 pub mod acpi_pm;
 pub mod cmos;
 pub mod power_button;
 pub mod serial;
+pub mod vmgenid;
 
 use std::sync::Mutex;
 

@@ -48,6 +48,7 @@ use crate::irq::{IrqRouter, Routes};
 use crate::kinds::OpenContext;
 use crate::legacy::power_button::PowerButton;
 use crate::legacy::serial::{ConsoleOut, IrqTrigger, PanicRecord, SerialDevice, COM1_IRQ};
+use crate::legacy::vmgenid;
 use crate::legacy::LegacyDevices;
 use crate::memory::{GuestRam, Memory};
 use crate::pci::PciBus;
@@ -410,6 +411,15 @@ impl<'a> Opened<'a> {
                 setup::set_boot_state(&boot.fd, mem, &boot_info)
                     .context("cannot set up the boot vcpu")?;
             }
+        }
+        // A new generation ID at each boot and each restore: two machines
+        // restored from one snapshot must not share their random state.
+        {
+            let memory = built.memory.lock().unwrap_or_else(|e| e.into_inner());
+            vmgenid::write_new(memory.boot().context("no boot RAM")?)?;
+        }
+        if restore.is_some() {
+            vmgenid::announce(&built.vm)?;
         }
         Ok(built)
     }
