@@ -518,7 +518,16 @@ fn check_readable(what: &'static str, path: &std::path::Path) -> Result<(), Conf
 /// hidden; on a host where it cannot, `noxsave` comes first). Protection
 /// keys are hidden too: their WRPKRU at each context switch is not
 /// emulated. Without SMAP the kernel patches out clac/stac, which would
-/// otherwise cost a VMM round trip each.
+/// otherwise cost a VMM round trip each. Without ERMS and FSRM the kernel
+/// clears, copies and sets memory with `rep stosq`/`rep movsq` or unrolled
+/// moves instead of `rep stosb`/`rep movsb`, which these hosts emulate a
+/// byte at a time.
+///
+/// Linux keeps only the first 127 bytes of `clearcpuid=` (a 128-byte
+/// buffer; a second `clearcpuid=` replaces the first): the three longest
+/// names are given as their bit numbers (word * 32 + bit, stable since
+/// Linux 4.x): 129 is pclmulqdq, 319 avx512vl and 522 vpclmulqdq. Without
+/// them, erms and fsrm, last, were cut off and stayed on.
 ///
 /// The rest skips boot-time work that is instant on hardware and takes
 /// minutes when guest kernel code runs in KVM's emulator (measured with
@@ -542,7 +551,7 @@ fn check_readable(what: &'static str, path: &std::path::Path) -> Result<(), Conf
 /// (`systemd.default_timeout_start_sec=900`; the kernel ignores it, only
 /// systemd reads it). Options a kernel does not know are harmless to it.
 pub const QUIRKS_CMDLINE: &[&str] = &[
-    "clearcpuid=xsaveopt,xsavec,xgetbv1,xsaves,pku,cx16,popcnt,smap,ssse3,sse4_1,sse4_2,avx2,avx512vl,aes,pclmulqdq,sha_ni,gfni,vaes,vpclmulqdq,erms,fsrm",
+    "clearcpuid=xsaveopt,xsavec,xgetbv1,xsaves,pku,cx16,popcnt,smap,ssse3,sse4_1,sse4_2,avx2,319,aes,129,sha_ni,gfni,vaes,522,erms,fsrm",
     "noreplace-smp",
     "cryptomgr.notests",
     "initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,tracer_init_tracefs,crypto_kdf108_init,blake2s_mod_init",
@@ -698,9 +707,13 @@ mod tests {
         let with = words(true, true);
         assert!(!with.iter().any(|w| w == "noxsave"), "{with:?}");
         let clear = with.iter().find(|w| w.starts_with("clearcpuid=")).unwrap();
-        for hidden in ["xsaves", "xsavec", "xsaveopt", "pku", "avx2", "avx512vl"] {
+        // avx512vl is bit 9*32+31.
+        for hidden in ["xsaves", "xsavec", "xsaveopt", "pku", "avx2", "319", "erms", "fsrm"] {
             assert!(clear.split([',', '=']).any(|f| f == hidden), "{clear}");
         }
+        // Linux reads at most 127 bytes of clearcpuid's value.
+        let value = clear.strip_prefix("clearcpuid=").unwrap();
+        assert!(value.len() <= 127, "{} bytes: {value}", value.len());
         // AVX and AVX512F stay: they make the kernel save those registers.
         assert!(!clear
             .split([',', '='])
