@@ -401,19 +401,27 @@ fn push_power_button(out: &mut Vec<u8>) {
     let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
     let uid = aml::Name::new("_UID".into(), &aml::ZERO);
     let pwrb = aml::Device::new("PWRB".into(), vec![&hid, &uid]);
+    aml::Scope::new("\\_SB_".into(), vec![&pwrb]).to_aml_bytes(out);
+    push_ged(out, "GED_", 0, POWER_BUTTON_GSI, "\\_SB_.PWRB");
+}
 
-    let ged_hid: aml::AmlStr = "ACPI0013";
-    let ged_hid = aml::Name::new("_HID".into(), &ged_hid);
-    let irq = aml::Interrupt::new(true, true, false, false, POWER_BUTTON_GSI);
+/// `\_SB_.NAME`, a Generic Event Device (ACPI0013, `_UID` `uid`) with one
+/// interrupt, `gsi` (edge-triggered, active high), whose `_EVT` notifies
+/// `target` with 0x80 on each edge.
+fn push_ged(out: &mut Vec<u8>, name: &str, uid: u8, gsi: u32, target: &str) {
+    let hid: aml::AmlStr = "ACPI0013";
+    let hid = aml::Name::new("_HID".into(), &hid);
+    let uid = aml::Name::new("_UID".into(), &uid);
+    let irq = aml::Interrupt::new(true, true, false, false, gsi);
     let crs = aml::ResourceTemplate::new(vec![&irq]);
     let crs = aml::Name::new("_CRS".into(), &crs);
-    let button: aml::Path = "\\_SB_.PWRB".into();
-    let pressed: u8 = 0x80;
-    let notify = aml::Notify::new(&button, &pressed);
+    let target: aml::Path = target.into();
+    let event: u8 = 0x80;
+    let notify = aml::Notify::new(&target, &event);
     // One interrupt, one event: _EVT's argument (the GSI) needs no test.
     let evt = aml::Method::new("_EVT".into(), 1, true, vec![&notify]);
-    let ged = aml::Device::new("GED_".into(), vec![&ged_hid, &uid, &crs, &evt]);
-    aml::Scope::new("\\_SB_".into(), vec![&pwrb, &ged]).to_aml_bytes(out);
+    let ged = aml::Device::new(name.into(), vec![&hid, &uid, &crs, &evt]);
+    aml::Scope::new("\\_SB_".into(), vec![&ged]).to_aml_bytes(out);
 }
 
 /// `\_SB_.VGEN`, the VM generation ID device as Linux's vmgenid driver
@@ -432,19 +440,8 @@ fn push_vm_generation_id(out: &mut Vec<u8>) {
     let high = (VMGENID_ADDR >> 32) as u32;
     let addr = aml::Name::new("ADDR".into(), &aml::Package::new(vec![&low, &high]));
     let vgen = aml::Device::new("VGEN".into(), vec![&hid, &cid, &ddn, &addr]);
-
-    let ged_hid: aml::AmlStr = "ACPI0013";
-    let ged_hid = aml::Name::new("_HID".into(), &ged_hid);
-    let uid = aml::Name::new("_UID".into(), &aml::ONE);
-    let irq = aml::Interrupt::new(true, true, false, false, VMGENID_GSI);
-    let crs = aml::ResourceTemplate::new(vec![&irq]);
-    let crs = aml::Name::new("_CRS".into(), &crs);
-    let device: aml::Path = "\\_SB_.VGEN".into();
-    let changed: u8 = 0x80;
-    let notify = aml::Notify::new(&device, &changed);
-    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&notify]);
-    let ged = aml::Device::new("GED1".into(), vec![&ged_hid, &uid, &crs, &evt]);
-    aml::Scope::new("\\_SB_".into(), vec![&vgen, &ged]).to_aml_bytes(out);
+    aml::Scope::new("\\_SB_".into(), vec![&vgen]).to_aml_bytes(out);
+    push_ged(out, "GED1", 1, VMGENID_GSI, "\\_SB_.VGEN");
 }
 
 /// `\_SB_.PCI0`: a PCI host bridge (PNP0A03) for segment 0, bus 0, decoding
@@ -759,16 +756,23 @@ mod tests {
         }
         // EISAID("PNP0C0C").
         assert!(contains(&d, &[0x0C, 0x41, 0xD0, 0x0C, 0x0C]));
+        ged_notifies(&d, POWER_BUTTON_GSI, b"PWRB");
+    }
+
+    /// `d` has a GED interrupt on `gsi` and a notify of `\_SB_.TARGET`.
+    fn ged_notifies(d: &[u8], gsi: u32, target: &[u8; 4]) {
         // The GED's extended interrupt descriptor: consumer, edge, active
-        // high, exclusive, one interrupt, GSI 9.
+        // high, exclusive, one interrupt, the GSI.
         let mut irq = vec![0x89, 0x06, 0x00, 0x03, 0x01];
-        irq.extend_from_slice(&POWER_BUTTON_GSI.to_le_bytes());
-        assert!(contains(&d, &irq));
-        // Notify (\_SB_.PWRB, 0x80): NotifyOp, the root path, ByteConst 0x80.
+        irq.extend_from_slice(&gsi.to_le_bytes());
+        assert!(contains(d, &irq), "no interrupt descriptor for gsi {gsi}");
+        // Notify (\_SB_.TARGET, 0x80): NotifyOp, the root path, ByteConst
+        // 0x80.
         let mut notify = vec![0x86, b'\\', 0x2E];
-        notify.extend_from_slice(b"_SB_PWRB");
+        notify.extend_from_slice(b"_SB_");
+        notify.extend_from_slice(target);
         notify.extend_from_slice(&[0x0A, 0x80]);
-        assert!(contains(&d, &notify));
+        assert!(contains(d, &notify), "no notify of {target:?}");
     }
 
     #[test]
@@ -829,15 +833,7 @@ mod tests {
         addr.extend_from_slice(&u32::try_from(VMGENID_ADDR).unwrap().to_le_bytes());
         addr.push(0x00);
         assert!(contains(&d, &addr));
-        // GED1's interrupt: consumer, edge, active high, exclusive, GSI 10.
-        let mut irq = vec![0x89, 0x06, 0x00, 0x03, 0x01];
-        irq.extend_from_slice(&VMGENID_GSI.to_le_bytes());
-        assert!(contains(&d, &irq));
-        // Notify (\_SB_.VGEN, 0x80).
-        let mut notify = vec![0x86, b'\\', 0x2E];
-        notify.extend_from_slice(b"_SB_VGEN");
-        notify.extend_from_slice(&[0x0A, 0x80]);
-        assert!(contains(&d, &notify));
+        ged_notifies(&d, VMGENID_GSI, b"VGEN");
     }
 
     #[test]
