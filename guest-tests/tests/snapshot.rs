@@ -65,22 +65,28 @@ fn clocks(out: &str) -> Vec<(u64, f64, f64)> {
 
 /// The /dev/urandom bytes the guest printed with count `i`.
 fn urandom_at(out: &str, i: u64) -> Option<String> {
-    out.lines()
-        .filter_map(|l| l.split("SKVM-COUNT ").nth(1))
-        .find(|rest| rest.split_whitespace().next() == Some(&i.to_string()))
-        .and_then(|rest| {
+    count_lines(out)
+        .find(|(n, _)| *n == i)
+        .and_then(|(_, rest)| {
             rest.split_whitespace()
                 .find_map(|f| f.strip_prefix("urandom="))
         })
         .map(str::to_owned)
 }
 
-/// The counts printed so far, in order.
-fn counts(out: &str) -> Vec<u64> {
+/// Each count line on the console: the count and what follows it.
+fn count_lines(out: &str) -> impl Iterator<Item = (u64, &str)> {
     out.lines()
         .filter_map(|l| l.split("SKVM-COUNT ").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .collect()
+        .filter_map(|rest| {
+            let (n, fields) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            Some((n.parse().ok()?, fields))
+        })
+}
+
+/// The counts printed so far, in order.
+fn counts(out: &str) -> Vec<u64> {
+    count_lines(out).map(|(n, _)| n).collect()
 }
 
 /// The pid of each device, from `skvm ctl status`.
