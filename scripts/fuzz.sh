@@ -72,9 +72,37 @@ case "${1:-}" in
 	secs=${2:-10}
 	case "$secs" in '' | *[!0-9]*) usage ;; esac
 	ensure_tools
+	# One build of every target, then one target per core at a time, each
+	# into a log of its own: a failing target's log is printed whole.
+	cargo +nightly fuzz build --fuzz-dir fuzz </dev/null
+	logs=$(mktemp -d)
+	trap 'rm -rf "$logs"' EXIT
+	jobs_max=$(nproc)
+	pids=() names=()
+	failed=()
+	# wait_one: waits for the oldest running target and reports it.
+	wait_one() {
+		local t=${names[0]} rc=0
+		wait "${pids[0]}" || rc=$?
+		pids=("${pids[@]:1}") names=("${names[@]:1}")
+		if [ "$rc" -ne 0 ]; then
+			cat "$logs/$t" >&2
+			log "$t FAILED (status $rc): its output is above"
+			failed+=("$t")
+		else
+			log "$t: $(grep -m1 -o 'stat::number_of_executed_units: [0-9]*' "$logs/$t" || echo 'no stats'), passed"
+		fi
+	}
 	for t in "${targets[@]}"; do
-		run "$t" "$secs"
+		[ "${#pids[@]}" -lt "$jobs_max" ] || wait_one
+		run "$t" "$secs" >"$logs/$t" 2>&1 &
+		pids+=($!) names+=("$t")
 	done
+	while [ "${#pids[@]}" -gt 0 ]; do wait_one; done
+	if [ "${#failed[@]}" -gt 0 ]; then
+		log "smoke run: ${#failed[@]} of ${#targets[@]} targets failed: ${failed[*]}"
+		exit 1
+	fi
 	log "smoke run of ${#targets[@]} targets passed"
 	;;
 '' | -*)

@@ -16,6 +16,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 "$repo/scripts/setup.sh" --no-run
 "$repo/scripts/build-rootfs.sh"
+setup_done=$SECONDS
 export SKVM_BIN="$repo/target/release/skvm"
 # The escape suite's skvm (crate escape: device kinds that attempt escapes
 # on request; never the binary people run), built by setup with the
@@ -29,18 +30,24 @@ status=0
 if [ "$#" -eq 0 ]; then
 	"$repo/scripts/fuzz.sh" --smoke 5 || status=$?
 fi
+fuzz_done=$SECONDS
 # Guest tests are CPU-bound on emulating hosts: one guest per core. With
 # cargo-nextest (on the machines here), the tests of every test binary share
 # one pool of that many slots, so that a long guest test in one file (the
 # stock kernel's boot) does not leave a core idle while the next file waits;
-# without it, cargo test runs the files one after the other.
+# without it, cargo test runs the files one after the other. The tests are
+# built with the release-tests profile (release without link-time
+# optimisation, Cargo.toml); the guests run setup's release build of skvm.
 if cargo nextest --version >/dev/null 2>&1; then
-	cargo nextest run --release --workspace --no-fail-fast \
+	cargo nextest run --cargo-profile release-tests --workspace --no-fail-fast \
 		--test-threads "$(nproc)" "$@" || status=$?
 else
-	cargo test --release --workspace --no-fail-fast "$@" -- --test-threads="$(nproc)" || status=$?
+	cargo test --profile release-tests --workspace --no-fail-fast "$@" \
+		-- --test-threads="$(nproc)" || status=$?
 fi
 elapsed=$((SECONDS - start))
-printf 'test: status %d, %dm%02ds in all on %d cores (CI limit: 35 minutes)\n' \
-	"$status" "$((elapsed / 60))" "$((elapsed % 60))" "$(nproc)" >&2
+mmss() { printf '%dm%02ds' "$(($1 / 60))" "$(($1 % 60))"; }
+printf 'test: status %d, %s in all on %d cores (CI limit: 35 minutes): setup %s, fuzz smoke %s, build and tests %s\n' \
+	"$status" "$(mmss "$elapsed")" "$(nproc)" "$(mmss $((setup_done - start)))" \
+	"$(mmss $((fuzz_done - setup_done)))" "$(mmss $((SECONDS - fuzz_done)))" >&2
 exit "$status"
