@@ -17,12 +17,7 @@ use std::time::Duration;
 use guest_tests::{booted, field, CMD_EXIT_MARKER};
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
-/// Before the fix, 3 to 39 pipelines in 40 to 100 crashed (at least
-/// 7.5%): 80 miss such a rate with odds of 0.2% (0.925^80), and vecprobe
-/// checks the cause itself. Rates per 1000, with the stock kernel too, are
-/// `scripts/bench-guest-crash.sh`'s (about 1.5 s a pipeline here, so 200
-/// in the suite cost three more minutes of its time than 80).
-const PIPELINES: u32 = 80;
+const PIPELINES: u32 = 200;
 
 fn host_cpu() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
