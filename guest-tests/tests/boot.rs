@@ -78,8 +78,8 @@ fn boot_and_report(cpus: &str, mem: &str, mem_mib: u64) -> String {
 /// (the guest initialises a page descriptor per 4 KiB, which costs
 /// emulated kernel time in proportion, so no more than that). MemTotal
 /// above 3 GiB shows the guest uses RAM above the hole: what the kernel
-/// keeps for itself here (page descriptors, the 64 MiB swiotlb) is below
-/// 256 MiB.
+/// keeps for itself here (page descriptors; no swiotlb with the host
+/// quirks) is below 256 MiB.
 #[test]
 fn two_vcpu_guest_with_ram_above_the_mmio_hole_reports_its_cpus_and_memory() {
     let out = boot_and_report("2", "3328M", 3328);
