@@ -20,6 +20,6 @@ start=$SECONDS
 export SKVM_BIN="$repo/target/release/skvm"
 export SKVM_NET_TEST_MIB=$mib
 status=0
-cargo test --release -p guest-tests --test net -- --test-threads="$(nproc)" || status=$?
+cargo test --profile release-tests -p guest-tests --test net -- --test-threads="$(nproc)" || status=$?
 printf 'soak: status %d, %ds\n' "$status" "$((SECONDS - start))" >&2
 exit "$status"

@@ -32,7 +32,7 @@ export SKVM_BIN="$repo/target/release/skvm"
 printf 'test-slow: host CPU: %s\n' "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" >&2
 status=0
 # One guest at a time: each has 2 vCPUs.
-cargo test --release -p guest-tests --test boot --test distro -- --ignored --test-threads=1 \
+cargo test --profile release-tests -p guest-tests --test boot --test distro -- --ignored --test-threads=1 \
 	--nocapture || status=$?
 printf 'test-slow: status %d, %dm%02ds\n' "$status" "$(((SECONDS - start) / 60))" "$(((SECONDS - start) % 60))" >&2
 exit "$status"
