@@ -413,6 +413,16 @@ mod tests {
         entries
     }
 
+    /// The MADT's entries of one kind (0 local APIC, 1 IO-APIC, 2 interrupt
+    /// source override, 4 local APIC NMI), whole.
+    fn madt_entries_of(madt: &[u8], kind: u8) -> Vec<Vec<u8>> {
+        madt_entries(madt)
+            .into_iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, bytes)| bytes)
+            .collect()
+    }
+
     pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         haystack.windows(needle.len()).any(|w| w == needle)
     }
@@ -521,11 +531,7 @@ mod tests {
             let (mem, rsdp) = build(num_cpus, NO_PCI);
             let (_, madt) = find(&mem, rsdp, b"APIC");
 
-            let lapics: Vec<Vec<u8>> = madt_entries(&madt)
-                .into_iter()
-                .filter(|(kind, _)| *kind == 0)
-                .map(|(_, bytes)| bytes)
-                .collect();
+            let lapics: Vec<Vec<u8>> = madt_entries_of(&madt, 0);
 
             assert_eq!(lapics.len(), usize::from(num_cpus));
             for (index, lapic) in lapics.iter().enumerate() {
@@ -551,11 +557,7 @@ mod tests {
         let (mem, rsdp) = build(2, NO_PCI);
         let (_, madt) = find(&mem, rsdp, b"APIC");
 
-        let ioapics: Vec<Vec<u8>> = madt_entries(&madt)
-            .into_iter()
-            .filter(|(kind, _)| *kind == 1)
-            .map(|(_, bytes)| bytes)
-            .collect();
+        let ioapics: Vec<Vec<u8>> = madt_entries_of(&madt, 1);
 
         assert_eq!(ioapics.len(), 1);
         assert_eq!(ioapics[0][2], IOAPIC_ID);
@@ -568,11 +570,7 @@ mod tests {
         let (mem, rsdp) = build(2, NO_PCI);
         let (_, madt) = find(&mem, rsdp, b"APIC");
 
-        let overrides: Vec<Vec<u8>> = madt_entries(&madt)
-            .into_iter()
-            .filter(|(kind, _)| *kind == 2)
-            .map(|(_, bytes)| bytes)
-            .collect();
+        let overrides: Vec<Vec<u8>> = madt_entries_of(&madt, 2);
 
         assert_eq!(overrides, vec![vec![2, 10, 0, 0, 2, 0, 0, 0, 0, 0]]);
     }
@@ -582,11 +580,7 @@ mod tests {
         let (mem, rsdp) = build(2, NO_PCI);
         let (_, madt) = find(&mem, rsdp, b"APIC");
 
-        let nmis: Vec<Vec<u8>> = madt_entries(&madt)
-            .into_iter()
-            .filter(|(kind, _)| *kind == 4)
-            .map(|(_, bytes)| bytes)
-            .collect();
+        let nmis: Vec<Vec<u8>> = madt_entries_of(&madt, 4);
 
         assert_eq!(nmis, vec![vec![4, 6, 0xFF, 0, 0, 1]]);
     }
