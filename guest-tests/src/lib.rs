@@ -166,11 +166,14 @@ impl TestVm {
         self.wait_for_count(marker, 1, timeout);
     }
 
-    /// Waits until `marker` has appeared `count` times.
+    /// Waits until `marker` has appeared `count` times and the line it
+    /// appeared on the last time is complete: a guest's report arrives a
+    /// byte at a time through the serial port, and a caller that reads the
+    /// fields after the marker must not see half of them.
     pub fn wait_for_count(&mut self, marker: &str, count: usize, timeout: Duration) {
         let start = Instant::now();
         loop {
-            if self.output().matches(marker).count() >= count {
+            if line_complete(&self.output(), marker, count) {
                 return;
             }
             if let Some(status) = self
@@ -181,6 +184,8 @@ impl TestVm {
                 // Let the readers drain before looking a last time.
                 std::thread::sleep(Duration::from_millis(200));
                 if self.output().matches(marker).count() >= count {
+                    // skvm is gone: a last line without its newline is all
+                    // there will be.
                     return;
                 }
                 panic!(
@@ -605,6 +610,15 @@ pub fn device_status(status: &serde_json::Value, name: &str) -> serde_json::Valu
         .unwrap_or_else(|| panic!("no {name} in {status}"))
 }
 
+/// Whether `output` holds `marker` `count` times with a newline after the
+/// last of them.
+fn line_complete(output: &str, marker: &str, count: usize) -> bool {
+    match output.match_indices(marker).nth(count.saturating_sub(1)) {
+        Some((at, _)) => output[at + marker.len()..].contains('\n'),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,5 +629,18 @@ mod tests {
         assert_eq!(field(out, "SKVM-NPROC").as_deref(), Some("2"));
         assert_eq!(field(out, "MemTotal:").as_deref(), Some("123"));
         assert_eq!(field(out, "absent"), None);
+    }
+
+    #[test]
+    fn a_marker_counts_once_its_line_is_complete() {
+        let half = "boot\r\nSKVM-DISTRO target=active ";
+        assert!(!line_complete(half, "SKVM-DISTRO", 1));
+        let whole = "boot\r\nSKVM-DISTRO target=active init=systemd\r\n";
+        assert!(line_complete(whole, "SKVM-DISTRO", 1));
+        assert!(!line_complete(whole, "SKVM-DISTRO", 2));
+        assert!(!line_complete(whole, "absent", 1));
+        let again = "SKVM-TICK 1\nSKVM-TICK 2";
+        assert!(line_complete(again, "SKVM-TICK", 1));
+        assert!(!line_complete(again, "SKVM-TICK", 2));
     }
 }
