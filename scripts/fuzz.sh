@@ -20,6 +20,7 @@
 #                through the harness (skvm drive --fuzz-stdin; needs
 #                target/release/skvm, built here if missing)
 #   snapshot_state  a hostile snapshot state file (skvm run --restore)
+#   kernel_image    a hostile bzImage payload (skvm run --kernel decompressing it)
 # Needs the nightly toolchain and cargo-fuzz; installs both the first time
 # (cached in ~/.rustup and ~/.cargo). The corpus grows in fuzz/corpus/TARGET
 # (not committed); a crash is written to fuzz/artifacts/TARGET/ and the run
@@ -28,7 +29,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-targets=(ipc_request ipc_reply rng_queue blk_queue net_queue transport remote_device drive_e2e snapshot_state)
+targets=(ipc_request ipc_reply rng_queue blk_queue net_queue transport remote_device drive_e2e snapshot_state kernel_image)
 
 usage() {
 	sed -n '2,4p' "$0" | sed 's/^# //' >&2

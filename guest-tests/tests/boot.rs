@@ -91,15 +91,45 @@ fn two_vcpu_guest_with_ram_above_the_mmio_hole_reports_its_cpus_and_memory() {
     );
 }
 
+/// The default guest's kernel as a bzImage, with its initramfs (which
+/// skvm adds only when --kernel is not given).
+fn bzimage_args() -> [String; 4] {
+    let dir = default_guest();
+    [
+        "--kernel".into(),
+        dir.join("bzImage").to_str().unwrap().into(),
+        "--initrd".into(),
+        dir.join("initramfs.cpio").to_str().unwrap().into(),
+    ]
+}
+
+/// What skvm's debug log says when it decompressed a bzImage itself.
+const UNPACKED: &str = "skvm decompressed it";
+
 #[test]
 fn a_one_vcpu_128m_guest_reports_its_cpus_memory_and_command_status() {
-    // The command's status is reported, and powering off exits 0.
+    // The command's status is reported, and powering off exits 0. The
+    // kernel is the bzImage, which skvm decompresses (an LZ4 kernel) and
+    // enters at its vmlinux's entry point.
     let script = format!("{REPORT}; exit 7");
-    let f = run_to_exit(
-        &["--cpus", "1", "--mem", "128M", "--run", &script],
-        DEFAULT_GUEST,
-    );
+    let bz = bzimage_args();
+    let mut args: Vec<&str> = bz.iter().map(String::as_str).collect();
+    args.extend(["--debug", "--cpus", "1", "--mem", "128M", "--run", &script]);
+    let f = run_to_exit(&args, DEFAULT_GUEST);
     assert_eq!(f.code(), 0, "{}", f.output);
+    assert!(
+        f.output.contains(UNPACKED) && f.output.contains("kernel is Unpacked"),
+        "{}",
+        f.output
+    );
+    // The default kernel is not built for KASLR: it stays where it was
+    // linked.
+    assert!(
+        f.output
+            .contains("at its link address (not built for KASLR)"),
+        "{}",
+        f.output
+    );
     assert!(f.output.contains("SKVM-INIT-START"), "{}", f.output);
     assert_eq!(
         field(&f.output, CMD_EXIT_MARKER).as_deref(),
@@ -118,8 +148,19 @@ fn a_one_vcpu_128m_guest_reports_its_cpus_memory_and_command_status() {
 
 #[test]
 fn guest_kernel_panic_exits_non_zero_with_a_message() {
-    // busybox with no arguments prints its help and exits: init died.
-    let f = run_to_exit(&["--cmdline", "rdinit=/bin/busybox"], DEFAULT_GUEST);
+    // busybox with no arguments prints its help and exits: init died. The
+    // bzImage decompresses itself here, as any kernel skvm cannot unpack
+    // does (34 s of emulated kernel code on an emulating host).
+    let bz = bzimage_args();
+    let mut args: Vec<&str> = bz.iter().map(String::as_str).collect();
+    args.extend(["--debug", "--decompress", "guest"]);
+    args.extend(["--cmdline", "rdinit=/bin/busybox"]);
+    let f = run_to_exit(&args, DEFAULT_GUEST);
+    assert!(
+        !f.output.contains(UNPACKED) && f.output.contains("kernel is BzImage"),
+        "{}",
+        f.output
+    );
     assert_eq!(f.code(), 2, "{}", f.output);
     let err = f
         .output
@@ -194,6 +235,14 @@ fn stock_debian_kernel_runs_its_user_space_and_sees_every_vcpu() {
         "stock kernel not fetched in {}: run scripts/setup.sh",
         dir.display()
     );
+    // Where the kernel is, physically and virtually (root reads the real
+    // addresses; the first symbols are the kernel's start).
+    let report = format!(
+        "{REPORT}; while read -r line; do case $line in *'Kernel code') \
+         echo \"SKVM-CODE ${{line%%-*}}\"; break ;; esac; done </proc/iomem; \
+         while read -r a t n; do [ \"$n\" = _text ] && echo \"SKVM-TEXT $a\" && break; \
+         done </proc/kallsyms; true"
+    );
     let args = [
         "run",
         "--kernel",
@@ -212,7 +261,7 @@ fn stock_debian_kernel_runs_its_user_space_and_sees_every_vcpu() {
         // On a hang, skvm's debug lines say where each vCPU stopped.
         "--debug",
         "--run",
-        REPORT,
+        &report,
     ];
     // A guest that stops making progress (seen once in CI before skvm hid
     // the KVM paravirtual hypercall features on emulating hosts) is stopped
@@ -265,4 +314,24 @@ fn stock_debian_kernel_runs_its_user_space_and_sees_every_vcpu() {
     } else {
         assert_eq!(completed, Some(0), "{}", f.output);
     }
+    // skvm decompressed the kernel and placed it at random (Debian's is
+    // built for KASLR): the kernel runs where skvm said it put it.
+    let offset = |what: &str| {
+        let hex = field(&f.output, what)
+            .unwrap_or_else(|| panic!("no '{what}' in skvm's log:\n{}", f.output));
+        u64::from_str_radix(hex.trim_start_matches("0x").trim_end_matches(','), 16).unwrap()
+    };
+    let (phys, virt) = (offset("physical offset"), offset("virtual offset"));
+    assert_eq!(
+        field(&f.output, "SKVM-CODE").as_deref(),
+        Some(format!("{:08x}", 0x100_0000 + phys).as_str()),
+        "{}",
+        f.output
+    );
+    assert_eq!(
+        field(&f.output, "SKVM-TEXT").as_deref(),
+        Some(format!("{:016x}", 0xffff_ffff_8100_0000u64 + virt).as_str()),
+        "{}",
+        f.output
+    );
 }

@@ -13,6 +13,17 @@ use crate::vmm_sandbox::VmmSandbox;
 /// Largest vCPU count: APIC IDs must fit the xAPIC's 8 bits (255 is broadcast).
 pub const MAX_CPUS: u32 = 254;
 
+/// Who decompresses a bzImage's kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Decompress {
+    /// skvm, before the guest starts, when the kernel is LZ4-compressed
+    /// (skvm's default kernel and Debian's are); other compressions are
+    /// left to the guest.
+    Skvm,
+    /// Always the kernel's own decompressor, in the guest.
+    Guest,
+}
+
 /// Whether to apply the workarounds for hosts whose KVM emulates guest
 /// kernel code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,6 +81,17 @@ pub struct RunArgs {
     /// guest's own hardware breakpoints), and add guest command-line options.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = HostQuirks::Auto)]
     pub host_quirks: HostQuirks,
+    /// Who decompresses a bzImage's kernel. `skvm` decodes an LZ4 kernel
+    /// before the guest starts and places it as the kernel's own
+    /// decompressor would, at random physical and virtual offsets for a
+    /// kernel built with KASLR (unless --cmdline has nokaslr); the guest
+    /// starts at the kernel's own entry point. `guest` leaves it to the
+    /// kernel's decompressor, which runs as guest kernel code (34 s for
+    /// the default kernel's bzImage, over 2 minutes for Debian's, where KVM
+    /// emulates guest kernel code). Kernels compressed otherwise than with
+    /// LZ4 always decompress in the guest.
+    #[arg(long, value_enum, value_name = "WHO", default_value_t = Decompress::Skvm)]
+    pub decompress: Decompress,
     /// The VM's name: default MAC addresses derive from it, so a VM keeps
     /// its addresses across boots.
     #[arg(long, value_name = "NAME", default_value = "skvm")]
@@ -325,6 +347,8 @@ pub struct VmConfig {
     pub mem: u64,
     /// Quirks mode.
     pub host_quirks: HostQuirks,
+    /// Who decompresses a bzImage.
+    pub decompress: Decompress,
     /// The devices, in the order they are attached.
     pub devices: Vec<DeviceSpec>,
     /// The VM's name.
@@ -435,6 +459,7 @@ impl VmConfig {
             cpus,
             mem,
             host_quirks: args.host_quirks,
+            decompress: args.decompress,
             devices,
             name: args.name.clone(),
             device_mode: args.device_mode,
@@ -624,6 +649,7 @@ mod tests {
             cpus: 1,
             mem: "128M".into(),
             host_quirks: HostQuirks::Auto,
+            decompress: Decompress::Skvm,
             name: "skvm".into(),
             device_mode: DeviceMode::Process,
             on_device_failure: OnFailure::Restart,

@@ -29,6 +29,9 @@ pub const PML4_ADDR: u64 = 0x9000;
 pub const PDPT_ADDR: u64 = 0xA000;
 /// ... and one PD identity-mapping the first 1 GiB with 2 MiB pages.
 pub const PD_ADDR: u64 = 0xB000;
+/// The end of what the boot page tables map: a kernel skvm places itself
+/// must start below it.
+pub const IDENTITY_MAP_END: u64 = 1 << 30;
 /// The kernel command line.
 pub const CMDLINE_ADDR: u64 = 0x2_0000;
 /// Start of the legacy EBDA and BIOS area, reserved in the e820 map.

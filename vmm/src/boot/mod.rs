@@ -3,6 +3,8 @@
 //! page with its e820 map, and the ACPI tables.
 
 pub mod acpi;
+pub mod lz4;
+pub mod unpack;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -12,8 +14,8 @@ use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::layout::MMIO_HOLE_END;
 pub use crate::layout::{CMDLINE_ADDR, EBDA_START, HIMEM_START, ZERO_PAGE};
+use crate::layout::{IDENTITY_MAP_END, MMIO_HOLE_END};
 use crate::log;
 use crate::memory::RamRange;
 
@@ -105,6 +107,9 @@ pub enum KernelKind {
     /// A bzImage: its protected-mode part is loaded at 1 MiB and entered at
     /// the 64-bit entry point.
     BzImage,
+    /// A bzImage skvm decompressed (`unpack`): its vmlinux is entered at
+    /// its ELF entry point.
+    Unpacked,
 }
 
 /// Everything the vCPU needs to start the kernel.
@@ -161,6 +166,8 @@ pub struct BootSpec {
     pub cmdline: String,
     /// Number of vCPUs, for ACPI.
     pub cpus: u8,
+    /// skvm decompresses a bzImage's kernel when it can (`unpack`).
+    pub unpack: bool,
 }
 
 /// Loads the kernel, initrd and command line, and writes the zero page and
@@ -182,12 +189,24 @@ pub fn load(
     // one loads the kernel: both are mostly fresh-page allocation.
     let limit = initrd_limit(peek_initrd_addr_max(&spec.kernel.file), low_top);
     let initrd_path = spec.initrd.as_ref().map(|i| i.path.clone());
+    // A kernel skvm places must end below the initrd (load_initrd puts it
+    // at the top of `limit`), low RAM and the boot page tables' reach.
+    let initrd_size = spec.initrd.as_ref().and_then(|i| i.file.metadata().ok());
+    let kernel_top = initrd_size
+        .and_then(|m| limit.checked_sub(m.len()))
+        .map_or(low_top, |at| at & !0xfff)
+        .min(low_top)
+        .min(IDENTITY_MAP_END);
+    let room = spec.unpack.then(|| unpack::Room {
+        top: kernel_top,
+        kaslr: !unpack::nokaslr(&spec.cmdline),
+    });
     let (kernel, initrd) = std::thread::scope(|s| {
         let initrd = spec.initrd.map(|i| {
             let path = i.path.clone();
             (path, s.spawn(move || load_initrd(mem, i, limit)))
         });
-        let kernel = load_kernel(mem, spec.kernel);
+        let kernel = load_kernel(mem, spec.kernel, room);
         let initrd = initrd.map(|(path, h)| {
             h.join().unwrap_or_else(|_| {
                 Err(BootError::InitrdOpen {
@@ -296,7 +315,11 @@ pub fn e820_map(ranges: &[RamRange]) -> Vec<boot_e820_entry> {
 
 type Loaded = (KernelKind, setup_header, GuestAddress, u64);
 
-fn load_kernel(mem: &GuestMemoryMmap, kernel: BootFile) -> Result<Loaded, BootError> {
+fn load_kernel(
+    mem: &GuestMemoryMmap,
+    kernel: BootFile,
+    room: Option<unpack::Room>,
+) -> Result<Loaded, BootError> {
     let BootFile {
         path: ref path_buf,
         mut file,
@@ -329,6 +352,11 @@ fn load_kernel(mem: &GuestMemoryMmap, kernel: BootFile) -> Result<Loaded, BootEr
         };
         return Ok((KernelKind::Elf, hdr, r.kernel_load, r.kernel_end));
     }
+    if let Some(room) = room {
+        if let Some(unpacked) = unpack_bzimage(mem, path, &file, room) {
+            return Ok(unpacked);
+        }
+    }
     let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
         .map_err(|e| classify_load_error(path, &e.to_string()))?;
     let hdr = r.setup_header.ok_or_else(|| BootError::NotAKernel {
@@ -348,6 +376,51 @@ fn load_kernel(mem: &GuestMemoryMmap, kernel: BootFile) -> Result<Loaded, BootEr
     }
     let entry = GuestAddress(r.kernel_load.raw_value() + BZIMAGE_64BIT_ENTRY_OFFSET);
     Ok((KernelKind::BzImage, hdr, entry, need))
+}
+
+/// Decompresses the bzImage `file` in skvm (`unpack`), or says why the
+/// kernel must do it itself in the guest and returns None.
+fn unpack_bzimage(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    file: &File,
+    room: unpack::Room,
+) -> Option<Loaded> {
+    let start = std::time::Instant::now();
+    let done = unpack::setup_header_of(file).and_then(|hdr| unpack::unpack(mem, file, hdr, room));
+    match done {
+        Ok(u) => {
+            let placed = match u.kaslr {
+                Some(p) => format!(
+                    "KASLR: physical offset {:#x}, virtual offset {:#x}",
+                    p.phys, p.virt
+                ),
+                None if !room.kaslr => "KASLR off (nokaslr)".into(),
+                None => "at its link address (not built for KASLR)".into(),
+            };
+            log::debug(&format!(
+                "kernel {}: skvm decompressed it ({} bytes) in {:.0} ms, {placed}",
+                path.display(),
+                u.decoded,
+                start.elapsed().as_secs_f64() * 1000.0
+            ));
+            Some((KernelKind::Unpacked, u.hdr, u.entry, u.end))
+        }
+        Err(unpack::UnpackError::Unsupported(why)) => {
+            log::debug(&format!(
+                "kernel {}: decompressing in the guest: {why}",
+                path.display()
+            ));
+            None
+        }
+        Err(e) => {
+            log::warn(&format!(
+                "kernel {}: skvm cannot decompress it ({e}); the kernel decompresses itself in the guest",
+                path.display()
+            ));
+            None
+        }
+    }
 }
 
 /// Maps a loader error to ours: memory errors mean "does not fit", anything

@@ -8,7 +8,9 @@ use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot::BootInfo;
-use crate::layout::{BOOT_STACK, GDT_ADDR, IDT_ADDR, PDPT_ADDR, PD_ADDR, PML4_ADDR};
+use crate::layout::{
+    BOOT_STACK, GDT_ADDR, IDENTITY_MAP_END, IDT_ADDR, PDPT_ADDR, PD_ADDR, PML4_ADDR,
+};
 
 const GDT_ENTRIES: usize = 5;
 #[allow(clippy::cast_possible_truncation)] // 39 fits
@@ -271,7 +273,7 @@ fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), SetupError> {
     };
     w(PDPT_ADDR | 0x03, PML4_ADDR)?;
     w(PD_ADDR | 0x03, PDPT_ADDR)?;
-    for i in 0..512u64 {
+    for i in 0..IDENTITY_MAP_END >> 21 {
         w((i << 21) | 0x83, PD_ADDR + i * 8)?;
     }
     Ok(())

@@ -321,6 +321,7 @@ impl<'a> Opened<'a> {
                     initrd,
                     cmdline,
                     cpus: cfg.cpus,
+                    unpack: cfg.decompress == crate::config::Decompress::Skvm,
                 };
                 (Some(start_loader(boot_ram, spec)?), None)
             }
