@@ -238,7 +238,7 @@ mod tests {
     #[test]
     fn a_stored_payload_decodes_to_its_data() {
         for n in [0, 1, 14, 15, 16, 269, 270, 271, 5000, BLOCK_MAX / 2 + 3] {
-            let data: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
+            let data: Vec<u8> = (0..n).map(|i| u8::try_from(i * 7 % 251).unwrap()).collect();
             let p = stored_payload(&data);
             let (frame, len) = p.split_at(p.len() - 4);
             assert_eq!(len, &u32::try_from(n).unwrap().to_le_bytes());
