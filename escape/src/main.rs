@@ -108,7 +108,7 @@ fn attempt(args: &Attempt, kinds: &Registry) -> Result<()> {
         seccomp: args.seccomp,
         ..SandboxOpts::default()
     };
-    let spawner = Spawner::start(&single, &sandbox, None)?;
+    let spawner = Spawner::start(&single, &sandbox, Vec::new())?;
     let ram = GuestRam::new(1 << 20).context("cannot create driver memory")?;
     let started = start_device(
         Some(&spawner),

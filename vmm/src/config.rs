@@ -92,6 +92,16 @@ pub struct RunArgs {
     /// LZ4 always decompress in the guest.
     #[arg(long, value_enum, value_name = "WHO", default_value_t = Decompress::Skvm)]
     pub decompress: Decompress,
+    /// Where the serial console (COM1, ttyS0) goes: `stdio`, skvm's own
+    /// terminal (Ctrl-A x quits); `pty`, a new pseudo-terminal whose path
+    /// skvm prints and `skvm ctl SOCKET status` gives, served whether or
+    /// not anyone has it open; `socket=PATH`, a unix socket (mode 0600)
+    /// one client at a time attaches to, and detaches from, getting the
+    /// last 64 KiB of output first (`socat -,raw,echo=0 UNIX-CONNECT:PATH`); `file=PATH`,
+    /// output appended to PATH, no input; `off`. Ctrl-A x in the input of
+    /// any of them stops the VM.
+    #[arg(long, value_name = "WHERE", default_value = "stdio")]
+    pub serial: crate::console::backend::SerialSpec,
     /// The VM's name: default MAC addresses derive from it, so a VM keeps
     /// its addresses across boots.
     #[arg(long, value_name = "NAME", default_value = "skvm")]
@@ -349,6 +359,8 @@ pub struct VmConfig {
     pub host_quirks: HostQuirks,
     /// Who decompresses a bzImage.
     pub decompress: Decompress,
+    /// Where the serial console goes.
+    pub serial: crate::console::backend::SerialSpec,
     /// The devices, in the order they are attached.
     pub devices: Vec<DeviceSpec>,
     /// The VM's name.
@@ -460,6 +472,7 @@ impl VmConfig {
             mem,
             host_quirks: args.host_quirks,
             decompress: args.decompress,
+            serial: args.serial.clone(),
             devices,
             name: args.name.clone(),
             device_mode: args.device_mode,
@@ -650,6 +663,7 @@ mod tests {
             mem: "128M".into(),
             host_quirks: HostQuirks::Auto,
             decompress: Decompress::Skvm,
+            serial: crate::console::backend::SerialSpec::Stdio,
             name: "skvm".into(),
             device_mode: DeviceMode::Process,
             on_device_failure: OnFailure::Restart,

@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::console::backend::Console;
 use crate::device_host::DeviceHost;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::hotplug::Hotplug;
@@ -178,44 +179,49 @@ impl SocketFile {
     }
 }
 
-impl CtlServer {
-    /// Listens on `path`, created mode 0600 (under umask 0177, so no other
-    /// user can connect between its creation and its chmod). A socket file
-    /// left by a VM that was killed (nobody listens) is replaced; a live
-    /// one, or any other file, is refused. Call while the process has one
-    /// thread (the umask is the process's).
-    pub fn bind(path: &Path) -> Result<Self> {
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() => {
-                if UnixStream::connect(path).is_ok() {
-                    bail!(
-                        "--ctl {}: something is listening there (another skvm?); not replacing it",
-                        path.display()
-                    );
-                }
-                std::fs::remove_file(path)
-                    .with_context(|| format!("cannot replace {}", path.display()))?;
+/// Listens on `path`, created mode 0600 (under umask 0177, so no other
+/// user can connect between its creation and its chmod). A socket file
+/// left by a VM that was killed (nobody listens) is replaced; a live one,
+/// or any other file, is refused. `flag` (e.g. "--ctl ") starts every
+/// message. Call while the process has one thread (the umask is the
+/// process's).
+pub fn bind_private(path: &Path, flag: &str) -> Result<(UnixListener, SocketFile)> {
+    let shown = path.display();
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                bail!(
+                    "{flag}{shown}: something is listening there (another skvm?); not replacing it"
+                );
             }
-            Ok(_) => bail!(
-                "--ctl {}: the file exists and is not a socket",
-                path.display()
-            ),
-            Err(_) => {}
+            std::fs::remove_file(path).with_context(|| format!("cannot replace {shown}"))?;
         }
-        // SAFETY: umask cannot fail; the old mask is put back below.
-        let old = unsafe { libc::umask(0o177) };
-        let bound = UnixListener::bind(path);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
-        let listener = bound.with_context(|| format!("--ctl {}: cannot listen", path.display()))?;
-        let file = SocketFile::of(path).with_context(|| format!("--ctl {}", path.display()))?;
+        Ok(_) => bail!("{flag}{shown}: the file exists and is not a socket"),
+        Err(_) => {}
+    }
+    // SAFETY: umask cannot fail; the old mask is put back below.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound.with_context(|| format!("{flag}{shown}: cannot listen"))?;
+    let file = SocketFile::of(path).with_context(|| format!("{flag}{shown}"))?;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        file.remove();
+        return Err(e).with_context(|| format!("{flag}{shown}: cannot restrict"));
+    }
+    Ok((listener, file))
+}
+
+impl CtlServer {
+    /// Listens on `path` ([`bind_private`]).
+    pub fn bind(path: &Path) -> Result<Self> {
+        let (listener, file) = bind_private(path, "--ctl ")?;
         let server = Self {
             listener,
             file,
             handed_off: false,
         };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("--ctl {}: cannot restrict", path.display()))?;
         server
             .listener
             .set_nonblocking(true)
@@ -335,6 +341,8 @@ pub struct Control {
     power_button: Arc<PowerButton>,
     /// What a snapshot reads of the machine.
     snapshot: SnapshotSource,
+    /// The serial console, for `status`.
+    console: Arc<Console>,
 }
 
 /// How long the vCPUs may take to stop for a pause.
@@ -349,8 +357,10 @@ impl Control {
         hotplug: Option<Hotplug>,
         power_button: Arc<PowerButton>,
         snapshot: SnapshotSource,
+        console: Arc<Console>,
     ) -> Self {
         Self {
+            console,
             server,
             gate,
             handles,
@@ -551,7 +561,8 @@ impl Control {
         let state = if self.paused { "paused" } else { "running" };
         let hotplugged = self.hotplug.as_ref().map_or(0, Hotplug::added);
         format!(
-            "{{\"ok\":true,\"state\":\"{state}\",\"hotplugged\":{hotplugged},\"devices\":[{}]}}",
+            "{{\"ok\":true,\"state\":\"{state}\",\"hotplugged\":{hotplugged},\"serial\":{},\"devices\":[{}]}}",
+            self.console.status(),
             devices.join(",")
         )
     }

@@ -155,11 +155,12 @@ pub struct Spawner {
 
 impl Spawner {
     /// Forks the spawner, which `single` proves safe. When the VMM ends,
-    /// the spawner removes `socket` (the control socket) before it exits.
+    /// the spawner removes `sockets` (the control socket, a console's)
+    /// before it exits.
     pub fn start(
         single: &SingleThreaded,
         sandbox: &SandboxOpts,
-        socket: Option<SocketFile>,
+        sockets: Vec<SocketFile>,
     ) -> Result<Self> {
         let _ = single;
         let (req_vmm, req_spawner) = seqpacket_pair().context("cannot create spawner socket")?;
@@ -175,7 +176,7 @@ impl Spawner {
         if pid == 0 {
             drop(req_vmm);
             drop(ev_vmm);
-            spawner_main(vmm, (&req_spawner, &ev_spawner), sandbox, socket.as_ref());
+            spawner_main(vmm, (&req_spawner, &ev_spawner), sandbox, &sockets);
         }
         Ok(Self {
             requests: Mutex::new(Requests {
@@ -336,7 +337,7 @@ fn spawner_main(
     vmm: libc::pid_t,
     (requests, events): (&OwnedFd, &OwnedFd),
     sandbox: &SandboxOpts,
-    socket: Option<&SocketFile>,
+    sockets: &[SocketFile],
 ) -> ! {
     let unconfined = sandbox.spawner_unconfined();
     if sandbox::process::die_with_parent(vmm).is_err() {
@@ -372,7 +373,7 @@ fn spawner_main(
     };
     // SAFETY: fd 2 stays open for the spawner's life.
     let stderr = unsafe { BorrowedFd::borrow_raw(2) };
-    let removal = match confine_spawner(vmm, sandbox, socket) {
+    let removal = match confine_spawner(vmm, sandbox, sockets) {
         Ok(r) => r,
         Err(e) => {
             crate::log::error(&format!("the spawner cannot confine itself: {e:#}"));

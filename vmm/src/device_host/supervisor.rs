@@ -161,17 +161,17 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl DeviceHost {
-    /// Sets up device hosting. In process mode, or when there is a control
-    /// socket to remove at exit (`ctl`), this forks the spawner, which
-    /// `single` proves safe.
+    /// Sets up device hosting. In process mode, or when there are sockets
+    /// to remove at exit (`sockets`: the control socket, a console's), this
+    /// forks the spawner, which `single` proves safe.
     pub fn new(
         mode: DeviceMode,
         (on_failure, restart_limit): (OnFailure, u32),
         sandbox: SandboxOpts,
-        (single, ctl): (&SingleThreaded, Option<SocketFile>),
+        (single, sockets): (&SingleThreaded, Vec<SocketFile>),
     ) -> Result<Self> {
-        let spawner = if mode == DeviceMode::Process || ctl.is_some() {
-            Some(Spawner::start(single, &sandbox, ctl)?)
+        let spawner = if mode == DeviceMode::Process || !sockets.is_empty() {
+            Some(Spawner::start(single, &sandbox, sockets)?)
         } else {
             None
         };

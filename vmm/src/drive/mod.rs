@@ -318,7 +318,7 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
     // The spawner must be forked while this process has a single thread.
     let single = SingleThreaded::claim()?;
     let spawner = match args.device_mode {
-        DeviceMode::Process => Some(Spawner::start(&single, &sandbox, None)?),
+        DeviceMode::Process => Some(Spawner::start(&single, &sandbox, Vec::new())?),
         DeviceMode::Thread => None,
     };
     let (

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use ipc::wait::WaitSet;
 
+use crate::console::backend::{Console, ConsoleRead};
 use crate::console::EscapeParser;
 use crate::ctl::Control;
 use crate::device_host::DeviceHost;
@@ -100,8 +101,10 @@ impl Powerdown<'_> {
 enum Wake {
     /// The exit eventfd: an exit request or a termination signal.
     Exit,
-    /// Terminal input, or its end.
-    Stdin,
+    /// Console input, or its end.
+    ConsoleIn,
+    /// A client at a console socket.
+    ConsoleAccept,
     /// A device event: a device process exited, or a device sent a
     /// message of its own.
     Device,
@@ -110,18 +113,24 @@ enum Wake {
 }
 
 /// Sets up `wake` with what the main thread waits for: the exit eventfd,
-/// stdin if `read_stdin`, the device host's fds and the control socket.
+/// the console (its input if `read_input`), the device host's fds and the
+/// control socket.
 fn fill_wake(
     wake: &mut WaitSet<Wake>,
     exit: &ExitSignal,
-    read_stdin: bool,
+    (console, read_input): (&Console, bool),
     host: &DeviceHost,
     control: Option<&Control>,
 ) {
     wake.clear();
     wake.add_raw(exit.eventfd().as_raw_fd(), Wake::Exit);
-    if read_stdin {
-        wake.add_raw(libc::STDIN_FILENO, Wake::Stdin);
+    for (fd, listener) in console.poll_fds(read_input) {
+        let token = if listener {
+            Wake::ConsoleAccept
+        } else {
+            Wake::ConsoleIn
+        };
+        wake.add_raw(fd, token);
     }
     for fd in host.poll_fds() {
         wake.add_raw(fd, Wake::Device);
@@ -131,11 +140,11 @@ fn fill_wake(
     }
 }
 
-/// Forwards terminal input to the UART, serves device events and the
+/// Forwards console input to the UART, serves device events and the
 /// control socket, and waits for an exit reason.
 pub(super) fn main_loop(
     exit: &ExitSignal,
-    legacy: &LegacyDevices,
+    (legacy, console): (&LegacyDevices, &Console),
     panic: &Mutex<Option<PanicRecord>>,
     host: &mut DeviceHost,
     mut control: Option<&mut Control>,
@@ -173,8 +182,14 @@ pub(super) fn main_loop(
         if rx.check(unread, Instant::now()) {
             legacy.reassert_serial_interrupt();
         }
-        let read_stdin = stdin_open && pending.is_empty();
-        fill_wake(&mut wake, exit, read_stdin, host, control.as_deref());
+        let read_input = stdin_open && pending.is_empty();
+        fill_wake(
+            &mut wake,
+            exit,
+            (console, read_input),
+            host,
+            control.as_deref(),
+        );
         let timeout = Duration::from_millis(match (pending.is_empty(), unread) {
             (false, _) => 5,
             (true, 0) => 250,
@@ -211,17 +226,19 @@ pub(super) fn main_loop(
             }
             return;
         }
-        if ready.contains(Wake::Stdin) {
+        if ready.contains(Wake::ConsoleAccept) {
+            console.accept();
+        }
+        if ready.contains(Wake::ConsoleIn) {
             let mut buf = [0u8; 256];
-            // SAFETY: reads into a valid buffer of the given length.
-            let r = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
-            let Ok(len) = usize::try_from(r) else {
-                continue;
+            let len = match console.read(&mut buf) {
+                ConsoleRead::Data(len) => len,
+                ConsoleRead::Nothing => continue,
+                ConsoleRead::Closed => {
+                    stdin_open = false;
+                    continue;
+                }
             };
-            if len == 0 {
-                stdin_open = false;
-                continue;
-            }
             let input = parser.feed(buf.get(..len).unwrap_or_default());
             pending.extend_from_slice(&input.bytes);
             if input.quit {

@@ -38,7 +38,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootSpec};
 use crate::config::{HostQuirks, VmConfig};
-use crate::console::RawTerminal;
+use crate::console::{backend::Console, RawTerminal};
 use crate::ctl::{Control, CtlServer};
 use crate::device_host::spawner::SingleThreaded;
 use crate::device_host::{Degraded, DeviceHost, DeviceMode};
@@ -115,6 +115,7 @@ pub struct Spawned<'a> {
     checked: HostChecked<'a>,
     host: DeviceHost,
     ctl: Option<CtlServer>,
+    console: Console,
     single: SingleThreaded,
 }
 
@@ -127,19 +128,26 @@ impl<'a> HostChecked<'a> {
         // Bound first: the spawner removes the socket when the VMM ends
         // (or, if the spawner cannot start, the CtlServer on its drop).
         let mut ctl = cfg.ctl.as_deref().map(CtlServer::bind).transpose()?;
+        let mut console = Console::open(&cfg.serial)?;
+        if let Some(path) = console.pty_path() {
+            log::info(&format!("serial console on {}", path.display()));
+        }
+        let sockets = ctl.iter().map(|c| c.file().clone());
         let host = DeviceHost::new(
             cfg.device_mode,
             (cfg.on_device_failure, cfg.restart_limit),
             cfg.sandbox,
-            (&single, ctl.as_ref().map(|c| c.file().clone())),
+            (&single, sockets.chain(console.socket_file()).collect()),
         )?;
         if let Some(c) = ctl.as_mut() {
             c.hand_off();
         }
+        console.hand_off();
         Ok(Spawned {
             checked: self,
             host,
             ctl,
+            console,
             single,
         })
     }
@@ -150,6 +158,7 @@ pub struct Built<'a> {
     cfg: &'a VmConfig,
     host: DeviceHost,
     ctl: Option<CtlServer>,
+    console: Arc<Console>,
     memory: Arc<Mutex<Memory>>,
     vm: Arc<VmFd>,
     router: Arc<IrqRouter>,
@@ -182,6 +191,7 @@ pub struct Opened<'a> {
     checked: HostChecked<'a>,
     host: DeviceHost,
     ctl: Option<CtlServer>,
+    console: Console,
     memory: Memory,
     /// The boot RAM's mapping and ranges, for the loader.
     boot_ram: (vm_memory::GuestMemoryMmap, Vec<crate::memory::RamRange>),
@@ -203,6 +213,7 @@ impl<'a> Spawned<'a> {
             checked,
             host,
             ctl,
+            console,
             single,
         } = self;
         let cfg = checked.cfg;
@@ -224,6 +235,7 @@ impl<'a> Spawned<'a> {
             checked,
             host,
             ctl,
+            console,
             memory,
             boot_ram,
             start,
@@ -294,6 +306,7 @@ impl<'a> Opened<'a> {
             checked: HostChecked { cfg, kvm, quirks },
             mut host,
             ctl,
+            console,
             mut memory,
             boot_ram,
             start,
@@ -352,7 +365,7 @@ impl<'a> Opened<'a> {
         let panic = Arc::new(Mutex::new(None));
         let legacy = Arc::new(legacy_devices(
             &vm,
-            &panic,
+            (&panic, &console),
             restore.map(|snap| &snap.legacy),
         )?);
         let power_button = Arc::new(PowerButton::new(&vm)?);
@@ -360,6 +373,7 @@ impl<'a> Opened<'a> {
             cfg,
             host,
             ctl,
+            console: Arc::new(console),
             memory,
             vm,
             router,
@@ -480,7 +494,7 @@ fn attach_devices(
 /// ACPI ports; as `saved` has them when the VM is restored.
 fn legacy_devices(
     vm: &VmFd,
-    panic: &Arc<Mutex<Option<PanicRecord>>>,
+    (panic, console): (&Arc<Mutex<Option<PanicRecord>>>, &Console),
     saved: Option<&crate::legacy::LegacyState>,
 ) -> Result<LegacyDevices> {
     let serial_evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
@@ -488,7 +502,7 @@ fn legacy_devices(
     vm.register_irqfd(&serial_evt, COM1_IRQ)
         .context("cannot register serial irqfd")?;
     let trigger = IrqTrigger(serial_evt);
-    let out = ConsoleOut::new(Box::new(std::io::stdout()), panic.clone());
+    let out = ConsoleOut::new(Box::new(console.writer()), panic.clone());
     Ok(match saved {
         None => LegacyDevices::new(SerialDevice::new(trigger, out)),
         Some(s) => LegacyDevices::restored(
@@ -667,7 +681,11 @@ impl<'a> Confined<'a> {
             .profile
             .as_ref()
             .map(|_| spawn_sampler(handles.clone(), built.exit.clone()));
-        let raw = RawTerminal::enable(libc::STDIN_FILENO);
+        let raw = if built.console.is_stdio() {
+            RawTerminal::enable(libc::STDIN_FILENO)
+        } else {
+            None
+        };
         let control = built.ctl.take().map(|server| {
             Control::new(
                 server,
@@ -676,6 +694,7 @@ impl<'a> Confined<'a> {
                 built.hotplug.take(),
                 built.power_button.clone(),
                 built.snapshot_source(),
+                built.console.clone(),
             )
         });
         Ok(Running {
@@ -701,7 +720,7 @@ impl Running<'_> {
         } = self;
         main_loop(
             &built.exit,
-            &built.legacy,
+            (&built.legacy, &built.console),
             &built.panic,
             &mut built.host,
             control.as_mut(),

@@ -236,7 +236,7 @@ pub(super) const MAIN: &[Syscall] = &[
     call(
         libc::SYS_read,
         "read",
-        "terminal input; eventfds (exit, device events)",
+        "console input (terminal, pty, socket client); eventfds (exit, device events)",
     ),
     call(
         libc::SYS_poll,
@@ -278,7 +278,11 @@ pub(super) const MAIN: &[Syscall] = &[
         "AF_UNIX only: the control socket of a restarted device",
         &[&[Arg::Eq(0, libc::AF_UNIX as u64)]],
     ),
-    call(libc::SYS_accept4, "accept4", "clients of --ctl"),
+    call(
+        libc::SYS_accept4,
+        "accept4",
+        "clients of --ctl and of --serial socket=",
+    ),
     call(libc::SYS_recvfrom, "recvfrom", "--ctl requests"),
     call(libc::SYS_sendto, "sendto", "--ctl answers"),
     call(

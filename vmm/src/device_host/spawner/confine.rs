@@ -1,6 +1,6 @@
 //! The spawner's own confinement: once it is set up it leaves root for the
 //! VM's user and installs its allowlist, after forking the remover of the
-//! control socket (the one unlink its filter has no room for).
+//! sockets skvm bound (the one unlink its filter has no room for).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -11,12 +11,13 @@ use super::super::{SandboxOpts, SeccompMode};
 use crate::ctl::SocketFile;
 use crate::vmm_sandbox;
 
-/// Who removes the control socket when the VMM ends.
+/// Who removes the sockets skvm bound (the control socket, a console's)
+/// when the VMM ends.
 pub(super) enum Removal<'a> {
-    /// No control socket.
+    /// No socket.
     Nothing,
-    /// The spawner, which can (it is the user that bound it).
-    Spawner(&'a SocketFile),
+    /// The spawner, which can (it is the user that bound them).
+    Spawner(&'a [SocketFile]),
     /// A remover process that kept skvm's user (root, where skvm started as
     /// root) for that alone: the spawner closes its end of the pipe and
     /// waits for it.
@@ -24,13 +25,13 @@ pub(super) enum Removal<'a> {
 }
 
 impl Removal<'_> {
-    /// Removes the socket, directly or through the remover, before the
-    /// spawner exits (the VMM waits for the spawner, so the socket is gone
-    /// when skvm's exit is seen).
+    /// Removes the sockets, directly or through the remover, before the
+    /// spawner exits (the VMM waits for the spawner, so they are gone when
+    /// skvm's exit is seen).
     pub(super) fn finish(self) {
         match self {
             Self::Nothing => {}
-            Self::Spawner(s) => s.remove(),
+            Self::Spawner(sockets) => sockets.iter().for_each(SocketFile::remove),
             Self::Remover(pipe, pid) => {
                 drop(pipe);
                 // SAFETY: waits for our own child (ECHILD if an earlier
@@ -51,7 +52,7 @@ impl Removal<'_> {
 ///   maps needed root, and as that same user it may write them. A host
 ///   that gives user namespaces to root only keeps it root (with a
 ///   warning);
-/// - the control socket gets a remover process ([`start_remover`]): the
+/// - the sockets get a remover process ([`start_remover`]): the
 ///   spawner's filter has no unlink, and its user may not be allowed to
 ///   remove what root bound;
 /// - its allowlist (`vmm_sandbox::spawner_policy`), with `--seccomp`'s
@@ -59,9 +60,13 @@ impl Removal<'_> {
 pub(super) fn confine_spawner<'a>(
     vmm: libc::pid_t,
     sandbox: &SandboxOpts,
-    socket: Option<&'a SocketFile>,
+    sockets: &'a [SocketFile],
 ) -> Result<Removal<'a>> {
-    let mut removal = socket.map_or(Removal::Nothing, Removal::Spawner);
+    let mut removal = if sockets.is_empty() {
+        Removal::Nothing
+    } else {
+        Removal::Spawner(sockets)
+    };
     if !sandbox.vmm.on || sandbox.unconfined {
         return Ok(removal);
     }
@@ -69,8 +74,9 @@ pub(super) fn confine_spawner<'a>(
     let mode = sandbox.seccomp;
     // The spawner's filter has no unlink; and as the VM's user the spawner
     // may not be allowed to remove what root bound.
-    if let Some(s) = socket {
-        let (pipe, pid) = start_remover(s, mode).context("cannot start the socket remover")?;
+    if !sockets.is_empty() {
+        let (pipe, pid) =
+            start_remover(sockets, mode).context("cannot start the socket remover")?;
         removal = Removal::Remover(pipe, pid);
     }
     // SAFETY: geteuid cannot fail.
@@ -95,13 +101,13 @@ pub(super) fn confine_spawner<'a>(
     Ok(removal)
 }
 
-/// Forks the remover of the control socket `socket`: a process that keeps
+/// Forks the remover of `sockets`: a process that keeps
 /// skvm's user (root, where it started as root) for one unlink and holds
 /// nothing but the read end of a pipe whose
 /// write end the spawner keeps. At end of file (the spawner exited, however
-/// it ended) it removes the socket if the path still names it, and exits.
+/// it ended) it removes each socket whose path still names it, and exits.
 /// Not dumpable, under its own allowlist (`vmm_sandbox::remover_policy`).
-fn start_remover(socket: &SocketFile, mode: SeccompMode) -> Result<(OwnedFd, libc::pid_t)> {
+fn start_remover(sockets: &[SocketFile], mode: SeccompMode) -> Result<(OwnedFd, libc::pid_t)> {
     let prog = vmm_sandbox::remover_policy()
         .compile(vmm_sandbox::violation(mode))
         .context("cannot build the remover's filter")?;
@@ -130,7 +136,7 @@ fn start_remover(socket: &SocketFile, mode: SeccompMode) -> Result<(OwnedFd, lib
             break;
         }
     }
-    socket.remove();
+    sockets.iter().for_each(SocketFile::remove);
     // SAFETY: as above.
     unsafe { libc::_exit(0) }
 }

@@ -3,6 +3,8 @@
 //!
 //! Escape: Ctrl-A then `x` quits; Ctrl-A Ctrl-A sends one Ctrl-A.
 
+pub mod backend;
+
 use std::os::fd::RawFd;
 
 /// Ctrl-A.

@@ -1,0 +1,214 @@
+//! The serial console's backends (`--serial`): a socket clients attach to
+//! and detach from, a pty, a file, and none; the escape key, exit statuses
+//! and panic detection with each.
+
+// Test code: a panic is a failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use guest_tests::{ctl, Scratch, TestVm};
+
+/// Boot to a shell prompt, with the machine shared with other tests.
+const BOOT: Duration = Duration::from_secs(600);
+/// The default initramfs's shell prompt.
+const PROMPT: &[u8] = b"~# ";
+
+/// Reads from `r` until `marker` has arrived (and returns everything read),
+/// or panics after `timeout` with what came.
+fn read_until(r: &mut impl Read, marker: &[u8], timeout: Duration) -> Vec<u8> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(marker.len()).any(|w| w == marker) {
+        assert!(
+            start.elapsed() < timeout,
+            "no {:?} within {timeout:?}:\n{}",
+            String::from_utf8_lossy(marker),
+            String::from_utf8_lossy(&got)
+        );
+        match r.read(&mut buf) {
+            Ok(0) => panic!(
+                "the console closed before {:?}:\n{}",
+                String::from_utf8_lossy(marker),
+                String::from_utf8_lossy(&got)
+            ),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("reading the console: {e}"),
+        }
+    }
+    got
+}
+
+/// A client of the console socket at `path`, once skvm listens there.
+fn attach(path: &Path) -> UnixStream {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = UnixStream::connect(path) {
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            return s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no {path:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn a_socket_console_serves_one_client_at_a_time_and_keeps_the_boot_log_for_the_next() {
+    let scratch = Scratch::new("console", "socket");
+    let sock = scratch.path("serial.sock");
+    let ctl_sock = scratch.path("ctl.sock");
+    let vm = TestVm::spawn([
+        "run",
+        "--serial",
+        &format!("socket={}", sock.display()),
+        "--ctl",
+        ctl_sock.to_str().unwrap(),
+    ]);
+    // The first client sees the boot up to the shell, then leaves.
+    let mut first = attach(&sock);
+    let boot = read_until(&mut first, PROMPT, BOOT);
+    assert!(
+        contains(&boot, "Linux version"),
+        "{}",
+        String::from_utf8_lossy(&boot)
+    );
+    let (_, st) = ctl(&ctl_sock, "status");
+    assert_eq!(st["serial"]["backend"], "socket", "{st}");
+    assert_eq!(st["serial"]["attached"], true, "{st}");
+    // A second one, while the first is attached, is turned away.
+    let mut other = attach(&sock);
+    let mut refused = String::new();
+    let _ = other.read_to_string(&mut refused);
+    assert!(refused.contains("another client"), "{refused:?}");
+    first.write_all(b"echo SKVM-FIRST-$((6*7))\n").unwrap();
+    read_until(&mut first, b"SKVM-FIRST-42", Duration::from_secs(120));
+    drop(first);
+    // Detached: the guest goes on, and the next client gets the last
+    // 64 KiB of output (the boot log, what the first client did) first.
+    let start = Instant::now();
+    while ctl(&ctl_sock, "status").1["serial"]["attached"] != false {
+        assert!(start.elapsed() < Duration::from_secs(30), "still attached");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut second = attach(&sock);
+    let kept = read_until(&mut second, b"SKVM-FIRST-42", Duration::from_secs(30));
+    assert!(
+        contains(&kept, "Linux version"),
+        "{}",
+        String::from_utf8_lossy(&kept)
+    );
+    second.write_all(b"echo SKVM-SECOND-$((6*7))\n").unwrap();
+    read_until(&mut second, b"SKVM-SECOND-42", Duration::from_secs(120));
+    // The escape key works from a client: skvm stops the VM, exits 0 and
+    // removes the socket.
+    second.write_all(&[0x01, b'x']).unwrap();
+    let f = vm.wait_exit(Duration::from_secs(60));
+    assert_eq!(f.code(), 0, "{}", f.output);
+    assert!(!f.output.contains("Linux version"), "{}", f.output);
+    assert!(!sock.exists() && !ctl_sock.exists());
+}
+
+#[test]
+fn a_pty_console_takes_input_and_powers_off_with_the_guest() {
+    let mut vm = TestVm::spawn(["run", "--serial", "pty"]);
+    vm.wait_for("serial console on /dev/pts/", Duration::from_secs(30));
+    let out = vm.output();
+    let path = out
+        .lines()
+        .find_map(|l| l.split("serial console on ").nth(1))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut pty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+        .unwrap();
+    let got = read_until(&mut pty, PROMPT, BOOT);
+    assert!(
+        contains(&got, "Run /init"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    pty.write_all(b"echo SKVM-PTY-$((6*7)); poweroff -f\n")
+        .unwrap();
+    read_until(&mut pty, b"SKVM-PTY-42", Duration::from_secs(120));
+    let f = vm.wait_exit(Duration::from_secs(120));
+    assert_eq!(f.code(), 0, "{}", f.output);
+}
+
+#[test]
+fn a_file_console_appends_and_an_off_console_still_reports_a_guest_panic() {
+    let scratch = Scratch::new("console", "file");
+    let log = scratch.path("console.log");
+    std::fs::write(&log, "kept\n").unwrap();
+    let f = TestVm::spawn([
+        "run",
+        "--serial",
+        &format!("file={}", log.display()),
+        "--run",
+        "echo SKVM-IN-FILE",
+    ])
+    .wait_exit(BOOT);
+    assert_eq!(f.code(), 0, "{}", f.output);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.starts_with("kept\n"), "{text}");
+    assert!(
+        text.contains("SKVM-IN-FILE") && text.contains("SKVM-CMD-EXIT 0"),
+        "{text}"
+    );
+    assert!(!f.output.contains("SKVM-IN-FILE"), "{}", f.output);
+    // busybox as init exits at once: the kernel panics, which skvm sees
+    // with no console to print it on.
+    let f = TestVm::spawn(["run", "--serial", "off", "--cmdline", "rdinit=/bin/busybox"])
+        .wait_exit(BOOT);
+    assert_eq!(f.code(), 2, "{}", f.output);
+    assert!(
+        f.output.contains(
+            "skvm: error: guest kernel panic: Kernel panic - not syncing: Attempted to kill init"
+        ),
+        "{}",
+        f.output
+    );
+    assert!(!f.output.contains("Linux version"), "{}", f.output);
+}
+
+#[test]
+fn bad_serial_options_are_refused_with_a_clear_line() {
+    let scratch = Scratch::new("console", "bad");
+    let dir = scratch.path("");
+    for (arg, want) in [
+        (
+            "tty".to_owned(),
+            "expected stdio, pty, socket=PATH, file=PATH or off",
+        ),
+        ("socket=".to_owned(), "the path is empty"),
+        (
+            format!("socket={}", dir.display()),
+            "exists and is not a socket",
+        ),
+        (
+            format!("file={}/no/such/dir/log", dir.display()),
+            "--serial file=",
+        ),
+    ] {
+        let f = TestVm::spawn(["run", "--serial", &arg]).wait_exit(Duration::from_secs(30));
+        assert_ne!(f.code(), 0, "{arg}: {}", f.output);
+        assert!(f.output.contains(want), "{arg}: {}", f.output);
+    }
+}
