@@ -453,28 +453,13 @@ fn initrd_fit(path: &Path, size: u64, limit: u64) -> BootError {
 /// (the protocol's default). The kernel load reports unreadable files.
 fn peek_initrd_addr_max(file: &File) -> u32 {
     use std::os::unix::fs::FileExt;
-    const HDRS_MAGIC: usize = 0x202;
-    const VERSION: usize = 0x206;
-    const INITRD_ADDR_MAX: usize = 0x22c;
-    let mut head = [0u8; 0x230];
-    if file.read_exact_at(&mut head, 0).is_err() {
-        return 0;
-    }
-    if head.starts_with(b"\x7fELF") {
+    let mut magic = [0u8; 4];
+    if file.read_exact_at(&mut magic, 0).is_ok() && magic == *b"\x7fELF" {
         return 0x7fff_ffff;
     }
-    let u16_at = |o: usize| {
-        head.get(o..o + 2)
-            .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    let u32_at = |o: usize| {
-        head.get(o..o + 4)
-            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    if head.get(HDRS_MAGIC..HDRS_MAGIC + 4) == Some(b"HdrS") && u16_at(VERSION) >= 0x0203 {
-        u32_at(INITRD_ADDR_MAX)
-    } else {
-        0
+    match unpack::setup_header_of(file) {
+        Ok(h) if { h.version } >= 0x0203 => h.initrd_addr_max,
+        _ => 0,
     }
 }
 

@@ -31,8 +31,6 @@ use super::lz4;
 
 /// Where the setup header starts in a bzImage.
 const SETUP_HEADER_AT: u64 = 0x1f1;
-/// The setup header's `header` field: "HdrS".
-const HDRS: u32 = 0x5372_6448;
 /// payload_offset and payload_length came with boot protocol 2.08.
 const PAYLOAD_FIELDS_VERSION: u16 = 0x0208;
 /// Where a 64-bit kernel's virtual addresses start (`__START_KERNEL_map`).
@@ -74,7 +72,7 @@ fn corrupt(why: impl Into<String>) -> UnpackError {
 pub fn setup_header_of(file: &File) -> Result<setup_header, UnpackError> {
     let mut hdr = setup_header::default();
     file.read_exact_at(hdr.as_mut_slice(), SETUP_HEADER_AT)?;
-    if hdr.header != HDRS {
+    if hdr.header != super::KERNEL_HDR_MAGIC {
         return Err(UnpackError::Unsupported("it has no setup header".into()));
     }
     Ok(hdr)
