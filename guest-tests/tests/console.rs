@@ -167,7 +167,10 @@ fn a_file_console_appends_and_an_off_console_still_reports_a_guest_panic() {
     .wait_exit(BOOT);
     assert_eq!(f.code(), 0, "{}", f.output);
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.starts_with("kept\n"), "{text}");
+    assert!(
+        text.starts_with("kept\n") && text.contains("Linux version"),
+        "{text}"
+    );
     assert!(
         text.contains("SKVM-IN-FILE") && text.contains("SKVM-CMD-EXIT 0"),
         "{text}"
@@ -205,6 +208,10 @@ fn bad_serial_options_are_refused_with_a_clear_line() {
         (
             format!("file={}/no/such/dir/log", dir.display()),
             "--serial file=",
+        ),
+        (
+            format!("socket={}/no/such/dir/s.sock", dir.display()),
+            "cannot listen",
         ),
     ] {
         let f = TestVm::spawn(["run", "--serial", &arg]).wait_exit(Duration::from_secs(30));
