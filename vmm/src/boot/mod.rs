@@ -193,8 +193,8 @@ pub fn load(
     // at the top of `limit`), low RAM and the boot page tables' reach.
     let initrd_size = spec.initrd.as_ref().and_then(|i| i.file.metadata().ok());
     let kernel_top = initrd_size
-        .and_then(|m| limit.checked_sub(m.len()))
-        .map_or(low_top, |at| at & !0xfff)
+        .and_then(|m| initrd_addr(m.len(), limit))
+        .unwrap_or(low_top)
         .min(low_top)
         .min(IDENTITY_MAP_END);
     let room = spec.unpack.then(|| unpack::Room {
@@ -473,6 +473,12 @@ fn initrd_limit(initrd_addr_max: u32, low_top: u64) -> u64 {
     (max + 1).min(low_top).min(MMIO_HOLE_END - 1)
 }
 
+/// Where an initrd of `size` bytes goes: the highest page-aligned address
+/// that keeps it below `limit`.
+fn initrd_addr(size: u64, limit: u64) -> Option<u64> {
+    limit.checked_sub(size).map(|at| at & !0xfff)
+}
+
 /// Reads the initrd to the highest page-aligned address that keeps it
 /// below `limit` (the caller checks it clears the kernel).
 fn load_initrd(
@@ -495,8 +501,7 @@ fn load_initrd(
     }
     let size = meta.len();
     let too_big = || initrd_fit(path, size, limit);
-    // Highest page-aligned address that keeps the initrd below `limit`.
-    let addr = limit.checked_sub(size).ok_or_else(too_big)? & !0xfff;
+    let addr = initrd_addr(size, limit).ok_or_else(too_big)?;
     if addr < HIMEM_START {
         return Err(too_big());
     }
