@@ -139,14 +139,9 @@ pub fn error_answer(message: &str) -> String {
     format!("{{\"ok\":false,\"error\":{}}}", json_string(message))
 }
 
-/// The listening control socket; removed when dropped (by the spawner
-/// once the VMM has no view of the host's files: see [`SocketFile`]).
+/// The listening control socket.
 pub struct CtlServer {
-    listener: UnixListener,
-    file: SocketFile,
-    /// Whether the spawner removes the file (the VMM could not, once
-    /// confined).
-    handed_off: bool,
+    socket: PrivateSocket,
 }
 
 /// The control socket's file, to remove when the VMM ends: by path, and
@@ -179,54 +174,62 @@ impl SocketFile {
     }
 }
 
-/// Listens on `path`, created mode 0600 (under umask 0177, so no other
-/// user can connect between its creation and its chmod). A socket file
-/// left by a VM that was killed (nobody listens) is replaced; a live one,
-/// or any other file, is refused. `flag` (e.g. "--ctl ") starts every
-/// message. Call while the process has one thread (the umask is the
-/// process's).
-pub fn bind_private(path: &Path, flag: &str) -> Result<(UnixListener, SocketFile)> {
-    let shown = path.display();
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            if UnixStream::connect(path).is_ok() {
-                bail!(
-                    "{flag}{shown}: something is listening there (another skvm?); not replacing it"
-                );
-            }
-            std::fs::remove_file(path).with_context(|| format!("cannot replace {shown}"))?;
-        }
-        Ok(_) => bail!("{flag}{shown}: the file exists and is not a socket"),
-        Err(_) => {}
-    }
-    // SAFETY: umask cannot fail; the old mask is put back below.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    let listener = bound.with_context(|| format!("{flag}{shown}: cannot listen"))?;
-    let file = SocketFile::of(path).with_context(|| format!("{flag}{shown}"))?;
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        file.remove();
-        return Err(e).with_context(|| format!("{flag}{shown}: cannot restrict"));
-    }
-    Ok((listener, file))
+/// A listening unix socket skvm bound (`--ctl`, `--serial socket=`):
+/// non-blocking, mode 0600, and its file removed when it is dropped, unless
+/// it was handed off to the spawner (the VMM cannot remove it once
+/// confined: see [`SocketFile`]).
+pub struct PrivateSocket {
+    listener: UnixListener,
+    file: SocketFile,
+    handed_off: bool,
 }
 
-impl CtlServer {
-    /// Listens on `path` ([`bind_private`]).
-    pub fn bind(path: &Path) -> Result<Self> {
-        let (listener, file) = bind_private(path, "--ctl ")?;
-        let server = Self {
+impl PrivateSocket {
+    /// Listens on `path`, created mode 0600 (under umask 0177, so no other
+    /// user can connect between its creation and its chmod). A socket file
+    /// left by a VM that was killed (nobody listens) is replaced; a live
+    /// one, or any other file, is refused. `flag` (e.g. "--ctl ") starts
+    /// every message. Call while the process has one thread (the umask is
+    /// the process's).
+    pub fn bind(path: &Path, flag: &str) -> Result<Self> {
+        let shown = path.display();
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => {
+                if UnixStream::connect(path).is_ok() {
+                    bail!(
+                        "{flag}{shown}: something is listening there (another skvm?); not replacing it"
+                    );
+                }
+                std::fs::remove_file(path).with_context(|| format!("cannot replace {shown}"))?;
+            }
+            Ok(_) => bail!("{flag}{shown}: the file exists and is not a socket"),
+            Err(_) => {}
+        }
+        // SAFETY: umask cannot fail; the old mask is put back below.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = UnixListener::bind(path);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let listener = bound.with_context(|| format!("{flag}{shown}: cannot listen"))?;
+        let file = SocketFile::of(path).with_context(|| format!("{flag}{shown}"))?;
+        // From here on, an error drops the socket, which removes its file.
+        let socket = Self {
             listener,
             file,
             handed_off: false,
         };
-        server
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("{flag}{shown}: cannot restrict"))?;
+        socket
             .listener
             .set_nonblocking(true)
-            .context("control socket")?;
-        Ok(server)
+            .with_context(|| format!("{flag}{shown}"))?;
+        Ok(socket)
+    }
+
+    /// The listener (non-blocking).
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
     }
 
     /// The socket's file.
@@ -238,10 +241,37 @@ impl CtlServer {
     pub fn hand_off(&mut self) {
         self.handed_off = true;
     }
+}
+
+impl Drop for PrivateSocket {
+    fn drop(&mut self) {
+        if !self.handed_off {
+            self.file.remove();
+        }
+    }
+}
+
+impl CtlServer {
+    /// Listens on `path` ([`PrivateSocket::bind`]).
+    pub fn bind(path: &Path) -> Result<Self> {
+        Ok(Self {
+            socket: PrivateSocket::bind(path, "--ctl ")?,
+        })
+    }
+
+    /// The socket's file.
+    pub fn file(&self) -> &SocketFile {
+        self.socket.file()
+    }
+
+    /// Leaves the removal of the socket's file at exit to the spawner.
+    pub fn hand_off(&mut self) {
+        self.socket.hand_off();
+    }
 
     /// The fd to poll for clients.
     pub fn fd(&self) -> RawFd {
-        self.listener.as_raw_fd()
+        self.socket.listener().as_raw_fd()
     }
 
     /// The next waiting client with its command line and the fds it sent
@@ -249,7 +279,7 @@ impl CtlServer {
     /// that sends nothing usable gets its error answer here.
     pub fn next(&self) -> Option<Client> {
         loop {
-            let (stream, _) = self.listener.accept().ok()?;
+            let (stream, _) = self.socket.listener().accept().ok()?;
             if stream.set_nonblocking(false).is_err()
                 || stream.set_write_timeout(Some(CLIENT_TIMEOUT)).is_err()
             {
@@ -262,14 +292,6 @@ impl CtlServer {
                 command,
                 fds,
             });
-        }
-    }
-}
-
-impl Drop for CtlServer {
-    fn drop(&mut self) {
-        if !self.handed_off {
-            self.file.remove();
         }
     }
 }

@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::ctl::{bind_private, SocketFile};
+use crate::ctl::{PrivateSocket, SocketFile};
 
 /// How much output a console socket keeps for the next client.
 pub const HISTORY: usize = 64 << 10;
@@ -104,34 +104,21 @@ enum Out {
 enum In {
     Stdin,
     /// The pty master, and a slave fd skvm keeps open so that the pty
-    /// keeps serving while no one else has it open.
+    /// keeps serving while no one else has it open; the slave's path.
     Pty {
         master: File,
         _slave: File,
+        path: PathBuf,
     },
-    Socket(UnixListener),
+    Socket(PrivateSocket),
     None,
 }
 
 /// An opened `--serial` backend.
 pub struct Console {
     spec: SerialSpec,
-    /// The pty's path, for `--serial pty`.
-    pty: Option<PathBuf>,
     out: Arc<Mutex<Out>>,
     input: In,
-    socket: Option<SocketFile>,
-    /// Whether the spawner removes the socket's file (the VMM cannot once
-    /// confined); otherwise it goes when the console is dropped.
-    handed_off: bool,
-}
-
-impl Drop for Console {
-    fn drop(&mut self) {
-        if let (Some(f), false) = (&self.socket, self.handed_off) {
-            f.remove();
-        }
-    }
 }
 
 /// What reading the console's input gave.
@@ -153,8 +140,6 @@ impl Console {
     /// Opens the backend `spec` names. Call while the VMM still sees the
     /// host's files, and (for a socket) has one thread.
     pub fn open(spec: &SerialSpec) -> Result<Self> {
-        let mut pty = None;
-        let mut socket = None;
         let (out, input) = match spec {
             SerialSpec::Stdio => (Out::Stdout, In::Stdin),
             SerialSpec::Off => (Out::Off, In::None),
@@ -169,46 +154,47 @@ impl Console {
             SerialSpec::Pty => {
                 let (master, slave, path) = open_pty().context("--serial pty")?;
                 let out = master.try_clone().context("--serial pty")?;
-                pty = Some(path);
                 (
                     Out::Fd(out),
                     In::Pty {
                         master,
                         _slave: slave,
+                        path,
                     },
                 )
             }
             SerialSpec::Socket(path) => {
-                let (listener, file) = bind_private(path, "--serial socket=")?;
-                listener.set_nonblocking(true).context("--serial socket")?;
-                socket = Some(file);
+                let socket = PrivateSocket::bind(path, "--serial socket=")?;
                 (
                     Out::Socket(SocketOut {
                         history: VecDeque::with_capacity(HISTORY),
                         client: None,
                     }),
-                    In::Socket(listener),
+                    In::Socket(socket),
                 )
             }
         };
         Ok(Self {
             spec: spec.clone(),
-            pty,
             out: Arc::new(Mutex::new(out)),
             input,
-            socket,
-            handed_off: false,
         })
     }
 
-    /// Leaves the removal of the socket's file at exit to the spawner.
+    /// Leaves the removal of a socket console's file at exit to the
+    /// spawner.
     pub fn hand_off(&mut self) {
-        self.handed_off = true;
+        if let In::Socket(s) = &mut self.input {
+            s.hand_off();
+        }
     }
 
     /// The socket file to remove when skvm ends, for a socket console.
     pub fn socket_file(&self) -> Option<SocketFile> {
-        self.socket.clone()
+        match &self.input {
+            In::Socket(s) => Some(s.file().clone()),
+            _ => None,
+        }
     }
 
     /// Where the guest's output goes, for the UART.
@@ -233,7 +219,7 @@ impl Console {
             SerialSpec::Off => "{\"backend\":\"off\"}".into(),
             SerialSpec::Pty => format!(
                 "{{\"backend\":\"pty\",\"path\":{}}}",
-                path(self.pty.as_deref().unwrap_or(Path::new("")))
+                path(self.pty_path().unwrap_or(Path::new("")))
             ),
             SerialSpec::File(p) => format!("{{\"backend\":\"file\",\"path\":{}}}", path(p)),
             SerialSpec::Socket(p) => format!(
@@ -245,7 +231,10 @@ impl Console {
 
     /// The pty's path, for `--serial pty`.
     pub fn pty_path(&self) -> Option<&Path> {
-        self.pty.as_deref()
+        match &self.input {
+            In::Pty { path, .. } => Some(path),
+            _ => None,
+        }
     }
 
     /// The fds the main thread waits on: input (when `want_input`) and, for
@@ -255,8 +244,8 @@ impl Console {
         match &self.input {
             In::Stdin if want_input => fds.push((libc::STDIN_FILENO, false)),
             In::Pty { master, .. } if want_input => fds.push((master.as_raw_fd(), false)),
-            In::Socket(listener) => {
-                fds.push((listener.as_raw_fd(), true));
+            In::Socket(socket) => {
+                fds.push((socket.listener().as_raw_fd(), true));
                 if let (true, Out::Socket(s)) = (want_input, &*lock(&self.out)) {
                     if let Some(c) = &s.client {
                         fds.push((c.as_raw_fd(), false));
@@ -314,10 +303,10 @@ impl Console {
     /// guest writes from now on. One client at a time: another one is told
     /// so and closed.
     pub fn accept(&self) {
-        let In::Socket(listener) = &self.input else {
+        let In::Socket(socket) = &self.input else {
             return;
         };
-        while let Ok((stream, _)) = listener.accept() {
+        while let Ok((stream, _)) = socket.listener().accept() {
             let mut out = lock(&self.out);
             let Out::Socket(s) = &mut *out else {
                 return;
@@ -414,18 +403,8 @@ fn open_pty() -> Result<(File, File, PathBuf)> {
     // SAFETY: ptsname_r NUL-terminated it.
     let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
     let path = PathBuf::from(std::ffi::OsStr::from_bytes(path.to_bytes()));
-    // SAFETY: termios is plain data; tcgetattr fills it.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: valid fd and termios; on a master they set the slave's modes.
-    let raw = unsafe {
-        libc::tcgetattr(fd, &mut t) == 0 && {
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(fd, libc::TCSANOW, &t) == 0
-        }
-    };
-    if !raw {
-        return Err(std::io::Error::last_os_error()).context("cannot set the pty raw");
-    }
+    // On a master, the terminal calls set the slave's modes.
+    super::make_raw(fd).context("cannot set the pty raw")?;
     let slave = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -23,23 +23,30 @@ impl RawTerminal {
         if unsafe { libc::isatty(fd) } != 1 {
             return None;
         }
-        // SAFETY: termios is plain data; tcgetattr fills it.
-        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: valid fd and pointer to a termios.
-        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
-            return None;
-        }
-        let mut raw = saved;
-        // SAFETY: cfmakeraw only edits the struct.
-        unsafe { libc::cfmakeraw(&mut raw) };
-        // Keep output post-processing off as cfmakeraw does; the guest sends \r\n.
-        // SAFETY: valid fd and pointer to a termios.
-        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
-            return None;
-        }
+        let saved = make_raw(fd).ok()?;
         crate::log::set_raw_terminal(true);
         Some(Self { fd, saved })
     }
+}
+
+/// Puts the terminal `fd` (or, on a pty master, its slave) in raw mode, as
+/// `cfmakeraw` makes it (output post-processing off too: the guest sends
+/// \r\n); its attributes before.
+pub fn make_raw(fd: RawFd) -> std::io::Result<libc::termios> {
+    // SAFETY: termios is plain data; tcgetattr fills it.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and pointer to a termios.
+    if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut raw = saved;
+    // SAFETY: cfmakeraw only edits the struct.
+    unsafe { libc::cfmakeraw(&mut raw) };
+    // SAFETY: valid fd and pointer to a termios.
+    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(saved)
 }
 
 impl Drop for RawTerminal {
