@@ -12,6 +12,8 @@
 #   blk_queue    virtio-blk on arbitrary queue contents and guest memory
 #   net_queue    virtio-net (receive and transmit) on arbitrary queue
 #                contents and guest memory, a socket pair as its tap
+#   console_queue  virtio-console (input and output) on arbitrary queue
+#                contents and guest memory, a socket pair as its pty
 #   transport    the virtio-pci transport (the VMM's side) fed hostile
 #                BAR and PCI-configuration accesses
 #   remote_device  a hostile device's answers to the VMM's side of the
@@ -29,7 +31,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-targets=(ipc_request ipc_reply rng_queue blk_queue net_queue transport remote_device drive_e2e snapshot_state kernel_image)
+targets=(ipc_request ipc_reply rng_queue blk_queue net_queue console_queue transport remote_device drive_e2e snapshot_state kernel_image)
 
 usage() {
 	sed -n '2,4p' "$0" | sed 's/^# //' >&2

@@ -10,6 +10,8 @@
 //! - [`rng`]: virtio-rng (entropy device, virtio 1.2 section 5.4).
 //! - [`block`]: virtio-blk over a raw image fd (section 5.2).
 //! - [`net`]: virtio-net over a tap fd (section 5.1).
+//! - [`console`]: virtio-console over a pty, a file or a unix socket
+//!   (section 5.3).
 //! - [`mem`]: virtio-mem, guest memory plugged by blocks (section 5.15).
 //!
 //! Guest memory and every queue field are written by a hostile guest: models
@@ -17,6 +19,7 @@
 //! of one call, and never panic on guest data.
 
 pub mod block;
+pub mod console;
 pub mod mem;
 pub mod net;
 pub mod rng;

@@ -24,14 +24,14 @@
 //! frame is dropped, the buffers returned empty, which Linux counts as a
 //! length error).
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend as _, Le16};
 
 use crate::virtio::{
-    check_features, serve_queue, DeviceError, GuestMemory, Processed, VirtioDevice, DEVICE_ID_NET,
-    TRANSPORT_FEATURES,
+    check_features, restore_counters, save_counters, serve_queue, BackendEvents, DeviceError,
+    GuestMemory, Processed, VirtioDevice, DEVICE_ID_NET, TRANSPORT_FEATURES,
 };
 
 /// Queue size offered to the driver.
@@ -539,8 +539,9 @@ impl VirtioDevice for Net {
         }
     }
 
-    fn backend_event(&self) -> Option<(RawFd, usize)> {
-        (!self.rx_starved && !self.tap_failed).then(|| (self.tap.as_raw_fd(), RX_QUEUE))
+    fn backend_events(&self) -> BackendEvents {
+        let tap = (!self.rx_starved && !self.tap_failed).then(|| (self.tap.as_raw_fd(), RX_QUEUE));
+        [tap, None]
     }
 
     fn report(&self) -> Option<String> {
@@ -558,27 +559,11 @@ impl VirtioDevice for Net {
     /// predecessors. A frame read from the tap and not yet delivered is
     /// not kept: it is lost like any frame on a busy link.
     fn save_state(&self) -> Vec<u8> {
-        self.stats
-            .fields()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect()
+        save_counters(&self.stats.fields())
     }
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), DeviceError> {
-        if state.len() != NetStats::FIELDS * 8 {
-            return Err(DeviceError::Refused(format!(
-                "net state of {} bytes, expected {}",
-                state.len(),
-                NetStats::FIELDS * 8
-            )));
-        }
-        let mut fields = [0u64; NetStats::FIELDS];
-        for (f, chunk) in fields.iter_mut().zip(state.chunks_exact(8)) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            *f = u64::from_le_bytes(b);
-        }
+        let fields = restore_counters::<{ NetStats::FIELDS }>(state, "net")?;
         let stats = NetStats::from_fields(fields);
         if stats.tx_bytes < stats.tx_frames || stats.rx_bytes < stats.rx_frames {
             return Err(DeviceError::Refused(
@@ -800,7 +785,7 @@ mod tests {
         let done = n.process_queue(RX_QUEUE, &mut q, &m).unwrap();
         assert!(!done.notify);
         assert!(used(&vq).is_empty());
-        assert!(n.backend_event().is_none());
+        assert!(n.backend_events()[0].is_none());
         // The driver adds buffers and kicks.
         let more = vec![
             vec![(BUF + 0x1_0000, 1024, true)],
@@ -809,7 +794,7 @@ mod tests {
         vq.add_desc_chains(&raw(&more, 1), 1).unwrap();
         n.process_queue(RX_QUEUE, &mut q, &m).unwrap();
         assert_eq!(used(&vq), vec![(0, 1024), (1, 1024), (2, 952)]);
-        assert!(n.backend_event().is_some());
+        assert!(n.backend_events()[0].is_some());
         assert_eq!(n.stats().rx_frames, 1);
     }
 

@@ -19,8 +19,17 @@ pub const VIRTIO_F_ACCESS_PLATFORM: u32 = 33;
 pub const DEVICE_ID_NET: u32 = 1;
 /// Device ID of a block device.
 pub const DEVICE_ID_BLOCK: u32 = 2;
+/// Device ID of a console.
+pub const DEVICE_ID_CONSOLE: u32 = 3;
 /// Device ID of an entropy source.
 pub const DEVICE_ID_RNG: u32 = 4;
+
+/// Most backend fds a device waits on.
+pub const MAX_BACKEND_FDS: usize = 2;
+
+/// The backend fds a device waits on, each with the queue to process when
+/// it is readable.
+pub type BackendEvents = [Option<(std::os::fd::RawFd, usize)>; MAX_BACKEND_FDS];
 
 /// The transport features every skvm device offers: virtio 1.x, event
 /// indices and indirect descriptors (virtio-queue handles both).
@@ -129,11 +138,12 @@ pub trait VirtioDevice: Send {
     ) -> Result<Processed, DeviceError>;
     /// Back to the state before activation.
     fn reset(&mut self);
-    /// A backend fd to wait on while active, with the queue to process
-    /// when it is readable (a tap's receive side); `None` when there is
-    /// none, or while the device waits for the driver instead.
-    fn backend_event(&self) -> Option<(std::os::fd::RawFd, usize)> {
-        None
+    /// The backend fds to wait on while active, each with the queue to
+    /// process when it is readable (a tap's receive side; a console's
+    /// listening socket and its client); none while the device waits for
+    /// the driver instead.
+    fn backend_events(&self) -> BackendEvents {
+        [None; MAX_BACKEND_FDS]
     }
     /// What the device has to say when it stops: hostile input it dropped,
     /// backend errors. `None` when there is nothing worth a log line.
@@ -159,6 +169,30 @@ pub trait VirtioDevice: Send {
             )))
         }
     }
+}
+
+/// Counters as saved state: each little-endian, in order.
+pub fn save_counters(counters: &[u64]) -> Vec<u8> {
+    counters.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The `N` counters [`save_counters`] wrote for a `what` device; refuses
+/// any other length.
+pub fn restore_counters<const N: usize>(state: &[u8], what: &str) -> Result<[u64; N], DeviceError> {
+    if state.len() != N * 8 {
+        return Err(DeviceError::Refused(format!(
+            "{what} state of {} bytes, expected {}",
+            state.len(),
+            N * 8
+        )));
+    }
+    let mut counters = [0u64; N];
+    for (c, chunk) in counters.iter_mut().zip(state.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        *c = u64::from_le_bytes(b);
+    }
+    Ok(counters)
 }
 
 /// Checks that `features` is a subset of `offered`.

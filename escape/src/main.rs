@@ -2,7 +2,7 @@
 //! `guest-tests/tests/escape.rs` only. It is the `vmm` library's command
 //! line with three additions, none of them in the `skvm` people run:
 //!
-//! - device kinds `escrng`, `escblk` and `escnet` ([`kinds`]), confined
+//! - device kinds `escrng`, `escblk`, `escnet` and `escconsole` ([`kinds`]), confined
 //!   exactly as rng, blk and net, whose model attempts a hostile action on
 //!   request ([`device`]);
 //! - `skvm-escape attempt --device escrng0 [--seccomp MODE] ACTION`: starts
@@ -37,7 +37,9 @@ use kinds::EscapeKind;
 fn registry() -> Registry {
     let std = Registry::standard();
     let kind = |name: &str| std.get(name);
-    let (Some(rng), Some(blk), Some(net)) = (kind("rng"), kind("blk"), kind("net")) else {
+    let (Some(rng), Some(blk), Some(net), Some(console)) =
+        (kind("rng"), kind("blk"), kind("net"), kind("console"))
+    else {
         return std;
     };
     match std::env::var("SKVM_ESCAPE_DEVICE") {
@@ -53,11 +55,13 @@ fn registry() -> Registry {
             std.replace("rng", EscapeKind::new(rng, Some(actions.clone())))
                 .replace("blk", EscapeKind::new(blk, Some(actions)))
                 .with(EscapeKind::new(net, None))
+                .with(EscapeKind::new(console, None))
         }
         Err(_) => std
             .with(EscapeKind::new(rng, None))
             .with(EscapeKind::new(blk, None))
-            .with(EscapeKind::new(net, None)),
+            .with(EscapeKind::new(net, None))
+            .with(EscapeKind::new(console, None)),
     }
 }
 
@@ -76,7 +80,7 @@ fn run(cfg: &VmConfig) -> Result<ExitReason> {
 #[derive(Debug, Parser)]
 #[command(name = "skvm-escape attempt")]
 struct Attempt {
-    /// The escape device: escrng0, escblk0 or escnet0.
+    /// The escape device: escrng0, escblk0, escnet0 or escconsole0.
     #[arg(long)]
     device: String,
     /// Its seccomp mode.
@@ -102,7 +106,7 @@ fn attempt(args: &Attempt, kinds: &Registry) -> Result<()> {
     let kind = kinds
         .kind_of(&args.device)
         .filter(|k| k.name().starts_with("esc"))
-        .context("--device needs an escape device (escrng0, escblk0, escnet0)")?;
+        .context("--device needs an escape device (escrng0, escblk0, escnet0, escconsole0)")?;
     let single = SingleThreaded::claim()?;
     let sandbox = SandboxOpts {
         seccomp: args.seccomp,

@@ -1,6 +1,8 @@
 //! The serial console's backends (`--serial`): a socket clients attach to
 //! and detach from, a pty, a file, and none; the escape key, exit statuses
-//! and panic detection with each.
+//! and panic detection with each. The virtio console (`--console`): hvc0
+//! as the guest's console on a socket, through a device restart; a pty and
+//! a file; bad values.
 
 // Test code: a panic is a failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use guest_tests::{ctl, Scratch, TestVm};
+use guest_tests::{ctl, device_pids, Scratch, TestVm};
 
 /// Boot to a shell prompt, with the machine shared with other tests.
 const BOOT: Duration = Duration::from_secs(600);
@@ -217,5 +219,150 @@ fn bad_serial_options_are_refused_with_a_clear_line() {
         let f = TestVm::spawn(["run", "--serial", &arg]).wait_exit(Duration::from_secs(30));
         assert_ne!(f.code(), 0, "{arg}: {}", f.output);
         assert!(f.output.contains(want), "{arg}: {}", f.output);
+    }
+}
+
+/// The shell prompt of the default initramfs's interactive shell.
+const SHELL_PROMPT: &[u8] = b"skvm:~# ";
+
+#[test]
+fn hvc0_on_a_socket_is_the_guests_console_and_survives_a_device_restart() {
+    let scratch = Scratch::new("console", "hvc-socket");
+    let sock = scratch.path("hvc.sock");
+    let ctl_sock = scratch.path("ctl.sock");
+    let mut vm = TestVm::spawn([
+        "run",
+        "--console",
+        &format!("socket={}", sock.display()),
+        "--ctl",
+        ctl_sock.to_str().unwrap(),
+        "--cmdline",
+        "console=hvc0",
+    ]);
+    // /dev/console is hvc0 (the last console= wins): the init's shell is
+    // there, and a client gets what it printed before it attached.
+    vm.wait_for("Run /init as init process", BOOT);
+    std::thread::sleep(Duration::from_secs(5));
+    let mut first = attach(&sock);
+    let got = read_until(&mut first, SHELL_PROMPT, BOOT);
+    assert!(
+        contains(&got, "guest shell"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let (_, st) = ctl(&ctl_sock, "status");
+    let dev = &st["devices"][0];
+    assert_eq!(dev["name"], "console0", "{st}");
+    assert_eq!(dev["backend"]["backend"], "socket", "{st}");
+    assert_eq!(dev["backend"]["path"], sock.to_str().unwrap(), "{st}");
+    // One client at a time.
+    let mut other = attach(&sock);
+    let mut refused = String::new();
+    let _ = other.read_to_string(&mut refused);
+    assert!(refused.contains("another client"), "{refused:?}");
+    first.write_all(b"echo SKVM-HVC-$((6*7))\n").unwrap();
+    read_until(&mut first, b"SKVM-HVC-42", Duration::from_secs(120));
+    // The device process dies: skvm starts another, which takes clients
+    // on the same socket; the guest's shell carries on.
+    let pid = dev["pid"].as_u64().unwrap();
+    assert_eq!(
+        device_pids(vm.pid(), "console0"),
+        [u32::try_from(pid).unwrap()]
+    );
+    let pid = i32::try_from(pid).unwrap();
+    // SAFETY: kill(2) of a pid this test read from skvm's status.
+    let killed = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(killed, 0);
+    vm.wait_for("device console0 (pid ", Duration::from_secs(60));
+    let start = Instant::now();
+    let mut second = loop {
+        let (_, st) = ctl(&ctl_sock, "status");
+        if st["devices"][0]["restarts"] == 1 && st["devices"][0]["state"] == "running" {
+            break attach(&sock);
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{st}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    second.write_all(b"echo SKVM-AFTER-$((6*7))\n").unwrap();
+    read_until(&mut second, b"SKVM-AFTER-42", Duration::from_secs(120));
+    second.write_all(b"exit\n").unwrap();
+    let f = vm.wait_exit(Duration::from_secs(120));
+    assert_eq!(f.code(), 0, "{}", f.output);
+    assert!(
+        f.output.contains("restarted it"),
+        "no restart reported: {}",
+        f.output
+    );
+    assert!(!sock.exists() && !ctl_sock.exists());
+}
+
+#[test]
+fn hvc0_on_a_pty_takes_input_and_hvc1_appends_to_a_file() {
+    let scratch = Scratch::new("console", "hvc-pty");
+    let log = scratch.path("hvc1.log");
+    std::fs::write(&log, "kept\n").unwrap();
+    let mut vm = TestVm::spawn([
+        "run",
+        "--console",
+        "pty",
+        "--console",
+        &format!("file={}", log.display()),
+        "--run",
+        "(echo SKVM-TO-FILE > /dev/hvc1); echo SKVM-HVC-READY; \
+         echo GOT=$(head -c 5 /dev/hvc0)",
+    ]);
+    vm.wait_for(
+        "device console0: hvc0 on /dev/pts/",
+        Duration::from_secs(30),
+    );
+    let out = vm.output();
+    let path = out
+        .lines()
+        .find_map(|l| l.split("hvc0 on ").nth(1))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut pty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+        .unwrap();
+    vm.wait_for("SKVM-HVC-READY", BOOT);
+    // A line: hvc0 is in canonical mode.
+    pty.write_all(b"typed\n").unwrap();
+    let f = vm.wait_exit(Duration::from_secs(120));
+    assert_eq!(f.code(), 0, "{}", f.output);
+    assert!(f.output.contains("GOT=typed"), "{}", f.output);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.starts_with("kept\n") && text.contains("SKVM-TO-FILE"),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn bad_console_options_are_refused_with_a_clear_line() {
+    let scratch = Scratch::new("console", "hvc-bad");
+    let dir = scratch.path("");
+    for (arg, want) in [
+        (
+            "stdio".to_owned(),
+            "--console stdio: skvm's terminal is the 8250's",
+        ),
+        ("tty".to_owned(), "--console 'tty': expected"),
+        (
+            format!("socket={}", dir.display()),
+            "exists and is not a socket",
+        ),
+        (
+            format!("file={}/no/such/dir/log", dir.display()),
+            "--console file=",
+        ),
+    ] {
+        let f = TestVm::spawn(["run", "--console", &arg]).wait_exit(Duration::from_secs(30));
+        assert_ne!(f.code(), 0, "{arg}: {}", f.output);
+        assert!(f.output.contains(want), "{arg}: {}", f.output);
+        assert!(!f.output.contains("panicked"), "{arg}: {}", f.output);
     }
 }

@@ -4,8 +4,8 @@
 //! the VMM side carries on. Runs `skvm-escape` (the workspace's `escape`
 //! crate: the vmm library with the escape suite's kinds and steps, never
 //! the skvm people run; $SKVM_ESCAPE_BIN, default
-//! target/release/skvm-escape); the escrng/escblk/escnet device kinds get
-//! exactly rng's, blk's and net's confinement.
+//! target/release/skvm-escape); the escrng/escblk/escnet/escconsole device
+//! kinds get exactly rng's, blk's, net's and console's confinement.
 //!
 //! With a guest running: `SKVM_ESCAPE_DEVICE=ACTIONS` makes `skvm run` start
 //! its devices as escape devices that attempt ACTIONS once the guest's
@@ -126,6 +126,11 @@ fn a_blk_device_process_cannot_escape() {
 #[test]
 fn a_net_device_process_cannot_escape() {
     suite("escnet0");
+}
+
+#[test]
+fn a_console_device_process_cannot_escape() {
+    suite("escconsole0");
 }
 
 #[test]

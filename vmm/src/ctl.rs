@@ -243,6 +243,14 @@ impl PrivateSocket {
     }
 }
 
+impl std::fmt::Debug for PrivateSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivateSocket")
+            .field("path", &self.file.path)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for PrivateSocket {
     fn drop(&mut self) {
         if !self.handed_off {
@@ -569,8 +577,13 @@ impl Control {
                         )
                     })
                     .collect();
+                let backend = d
+                    .backend
+                    .as_ref()
+                    .map(|b| format!(",\"backend\":{b}"))
+                    .unwrap_or_default();
                 format!(
-                    "{{\"name\":{},\"pid\":{},\"state\":\"{}\",\"restarts\":{},\"rss_kib\":{},\"queues\":[{}]}}",
+                    "{{\"name\":{},\"pid\":{},\"state\":\"{}\",\"restarts\":{},\"rss_kib\":{},\"queues\":[{}]{backend}}}",
                     json_string(&d.name),
                     num(d.pid.and_then(|p| u64::try_from(p).ok())),
                     d.state,

@@ -381,7 +381,7 @@ impl Write for ConsoleWriter {
 
 /// Opens a new pty in raw mode: its master (non-blocking), a slave fd
 /// skvm keeps, and the slave's path.
-fn open_pty() -> Result<(File, File, PathBuf)> {
+pub fn open_pty() -> Result<(File, File, PathBuf)> {
     // SAFETY: posix_openpt returns a new fd or -1.
     let fd = unsafe {
         libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)

@@ -16,13 +16,13 @@ pub const WORKER: &[Syscall] = &[
     Syscall {
         nr: libc::SYS_read,
         name: "read",
-        why: "read kick eventfds; receive frames from a tap (net)",
+        why: "read kick eventfds; frames from a tap (net); input from a pty or client (console)",
         rules: &[],
     },
     Syscall {
         nr: libc::SYS_write,
         name: "write",
-        why: "signal interrupt eventfds; log lines on stderr",
+        why: "signal interrupt eventfds; log lines on stderr; output to a console's pty, file or client",
         rules: &[],
     },
     Syscall {
@@ -156,6 +156,31 @@ mod tests {
         let p = policy("blk").unwrap();
         assert!(p.syscalls().len() <= 25, "{}", p.syscalls().len());
         assert!(p.compile(sandbox::seccomp::Violation::Kill).is_ok());
+    }
+
+    #[test]
+    fn console_policy_has_at_most_15_calls_and_accept4_only_non_blocking() {
+        use sandbox::bpf::{run, SeccompData};
+        let p = policy("console").unwrap();
+        assert!(p.syscalls().len() <= 15, "{}", p.syscalls().len());
+        let prog = p.compile(sandbox::seccomp::Violation::Kill).unwrap();
+        let accept = |flags: i32| {
+            let flags = u64::try_from(flags).unwrap();
+            run(
+                &prog,
+                &SeccompData::x86_64(libc::SYS_accept4, [3, 0, 0, flags, 0, 0]),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            accept(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC),
+            libc::SECCOMP_RET_ALLOW
+        );
+        assert_ne!(accept(libc::SOCK_CLOEXEC), libc::SECCOMP_RET_ALLOW);
+        let none = |nr| run(&prog, &SeccompData::x86_64(nr, [0; 6])).unwrap();
+        for nr in [libc::SYS_socket, libc::SYS_connect, libc::SYS_openat] {
+            assert_ne!(none(nr), libc::SECCOMP_RET_ALLOW, "{nr}");
+        }
     }
 
     #[test]

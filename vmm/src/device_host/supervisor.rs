@@ -39,6 +39,8 @@ struct Device {
     /// The size of the file it writes, as opened: every instance's
     /// file-size limit.
     file_size: u64,
+    /// Where its backend is, for `skvm ctl status` (a JSON object).
+    backend_status: Option<String>,
     pid: Option<libc::pid_t>,
     transport: Arc<Mutex<Transport>>,
     thread: Option<JoinHandle<()>>,
@@ -82,6 +84,8 @@ pub struct DeviceStatus {
     pub rss_kib: Option<u64>,
     /// The rings of each queue the driver runs.
     pub queues: Vec<crate::virtio_pci::QueueLayout>,
+    /// Where its backend is, for kinds that say (a JSON object).
+    pub backend: Option<String>,
 }
 
 /// A device as a snapshot keeps it.
@@ -208,6 +212,7 @@ impl DeviceHost {
             params,
             fds: backend_fds,
             file_size,
+            status: backend_status,
         } = opened;
         let backend = ipc::Backend {
             kind: kind.name().to_owned(),
@@ -249,6 +254,7 @@ impl DeviceHost {
             backend,
             backend_fds,
             file_size,
+            backend_status,
             pid,
             transport,
             thread,
@@ -524,6 +530,7 @@ impl DeviceHost {
                         .driver_state()
                         .map(|s| s.queues)
                         .unwrap_or_default(),
+                    backend: d.backend_status.clone(),
                 }
             })
             .collect()

@@ -11,11 +11,11 @@
 //! against the memory actually mapped.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use devices::virtio::{DeviceError, VirtioDevice};
+use devices::virtio::{BackendEvents, DeviceError, VirtioDevice};
 use ipc::wait::WaitSet;
 use ipc::{
     Channel, DeviceInfo, DeviceState, IpcError, QueueLayout, QueueState, Reply, Request,
@@ -230,14 +230,21 @@ fn serve_model(
 
     let mut active: Option<Active> = None;
     let mut paused = false;
-    let mut wake = WaitSet::with_capacity(2 + ipc::MAX_QUEUES);
+    let mut wake = WaitSet::with_capacity(1 + devices::virtio::MAX_BACKEND_FDS + ipc::MAX_QUEUES);
     loop {
         let serving = active.as_ref().filter(|_| !paused);
-        let backend = serving.and(device.backend_event());
-        let backend_ready = wait(&mut wake, chan, serving, backend.map(|(fd, _)| fd));
+        let backend = match serving {
+            Some(_) => device.backend_events(),
+            None => Default::default(),
+        };
+        let backend_ready = wait(&mut wake, chan, serving, &backend);
         if let Some(a) = active.as_mut().filter(|_| !paused) {
-            let ready_queue = backend.filter(|_| backend_ready).map(|(_, q)| q);
-            if let Err(reason) = process_kicked(device, a, ready_queue) {
+            let ready = if backend_ready {
+                backend
+            } else {
+                Default::default()
+            };
+            if let Err(reason) = process_kicked(device, a, &ready) {
                 // The queue is unusable: stop serving it and tell the VMM.
                 active = None;
                 device.reset();
@@ -385,12 +392,12 @@ fn wait(
     set: &mut WaitSet<Wake>,
     chan: &Channel,
     active: Option<&Active>,
-    backend: Option<RawFd>,
+    backend: &BackendEvents,
 ) -> bool {
     set.clear();
     set.add(chan, Wake::Control);
-    if let Some(fd) = backend {
-        set.add_raw(fd, Wake::Backend);
+    for (fd, _) in backend.iter().flatten() {
+        set.add_raw(*fd, Wake::Backend);
     }
     if let Some(a) = active {
         for q in &a.queues {
@@ -400,16 +407,17 @@ fn wait(
     set.wait(None).is_ok_and(|r| r.contains(Wake::Backend))
 }
 
-/// Runs the queues that were kicked, and `ready`, the queue whose backend
-/// has data.
+/// Runs the queues that were kicked, and those of `ready`, the backend
+/// fds of which one (at least) has data.
 fn process_kicked(
     device: &mut dyn VirtioDevice,
     a: &mut Active,
-    ready: Option<usize>,
+    ready: &BackendEvents,
 ) -> Result<(), RequestError> {
     for q in &mut a.queues {
+        let backend = ready.iter().flatten().any(|(_, i)| *i == q.index);
         // A read of a non-blocking eventfd succeeds only if it was kicked.
-        if q.kick.read().is_ok() || ready == Some(q.index) {
+        if q.kick.read().is_ok() || backend {
             run_queue(device, &a.mem, q)?;
         }
     }

@@ -283,6 +283,7 @@ fn open_target(args: &DriveArgs) -> Result<(Opened, Target)> {
             params,
             fds: vec![disk.fd],
             file_size: disk.size,
+            status: None,
         };
         return Ok((opened, Target::Request(w)));
     }
@@ -292,6 +293,7 @@ fn open_target(args: &DriveArgs) -> Result<(Opened, Target)> {
             params,
             fds: vec![tap],
             file_size: 0,
+            status: None,
         };
         return Ok((opened, Target::Net(host)));
     }
@@ -299,6 +301,7 @@ fn open_target(args: &DriveArgs) -> Result<(Opened, Target)> {
         params: crate::kinds::rng::params(),
         fds: Vec::new(),
         file_size: 0,
+        status: None,
     };
     Ok((opened, Target::Request(Workload::Rng)))
 }
@@ -326,6 +329,7 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
             params,
             fds: backend_fds,
             file_size,
+            ..
         },
         target,
     ) = open_target(args)?;

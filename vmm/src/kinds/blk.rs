@@ -76,6 +76,7 @@ impl DeviceConfig for DiskSpec {
             params: encode(&params),
             fds: vec![disk.fd],
             file_size: disk.size,
+            status: None,
         })
     }
 

@@ -15,6 +15,7 @@
 //! in [`Registry::standard`].
 
 pub mod blk;
+pub mod console;
 pub mod mem;
 pub mod net;
 pub mod rng;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use devices::virtio::VirtioDevice;
 use sandbox::seccomp::Syscall;
 
+use crate::ctl::PrivateSocket;
 use crate::remote::{Hosted, RemoteDevice};
 use crate::virtio_pci::PciClass;
 
@@ -119,6 +121,9 @@ pub struct OpenContext<'a> {
     pub ram_top: u64,
     /// The memory-hotplug region a device reserved: (address, size).
     pub hotplug: Option<(u64, u64)>,
+    /// The socket bound for [`DeviceConfig::socket`], for the device to
+    /// take.
+    pub socket: Option<PrivateSocket>,
 }
 
 /// A backend opened in the VMM: what travels to the device with its hello.
@@ -132,6 +137,9 @@ pub struct Opened {
     /// which becomes its file-size limit for every instance (restarts and
     /// rebuilds too); 0 for a device that writes none.
     pub file_size: u64,
+    /// Where the backend is, as `skvm ctl status` shows it (a JSON object),
+    /// for kinds whose backend a user looks for (a console's pty).
+    pub status: Option<String>,
 }
 
 /// One device as the command line asked for it, validated.
@@ -139,6 +147,13 @@ pub trait DeviceConfig: Debug + Send + Sync {
     /// Opens what the device serves, in the VMM. Errors are one line
     /// naming the device's file or interface and the reason.
     fn open(&self, ctx: &mut OpenContext<'_>) -> anyhow::Result<Opened>;
+    /// A unix socket the device listens on. skvm binds it before the VMM
+    /// starts the process that outlives it (which removes the socket's
+    /// file when skvm ends) and hands it to [`DeviceConfig::open`] in
+    /// [`OpenContext::socket`].
+    fn socket(&self) -> Option<&std::path::Path> {
+        None
+    }
     /// The kernel parameters that mount this device as the guest's root
     /// file system, given that it is the `index`th device of its kind; `None`
     /// (the default) unless the command line asked for that.
@@ -209,6 +224,7 @@ impl Registry {
             .with(blk::Blk)
             .with(rng::Rng)
             .with(net::Net)
+            .with(console::Console)
             .with(mem::Mem)
     }
 
@@ -347,8 +363,8 @@ mod tests {
         names.dedup();
         ids.sort_unstable();
         ids.dedup();
-        assert_eq!(names.len(), 4);
-        assert_eq!(ids.len(), 4);
+        assert_eq!(names.len(), 5);
+        assert_eq!(ids.len(), 5);
         assert!(r.kinds().all(|k| ipc::wire::valid_kind(k.name())));
     }
 }

@@ -39,7 +39,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::{self, BootSpec};
 use crate::config::{HostQuirks, VmConfig};
 use crate::console::{backend::Console, RawTerminal};
-use crate::ctl::{Control, CtlServer};
+use crate::ctl::{Control, CtlServer, PrivateSocket};
 use crate::device_host::spawner::SingleThreaded;
 use crate::device_host::{Degraded, DeviceHost, DeviceMode};
 use crate::exit::{ExitReason, ExitSignal};
@@ -116,6 +116,8 @@ pub struct Spawned<'a> {
     host: DeviceHost,
     ctl: Option<CtlServer>,
     console: Console,
+    /// The sockets devices listen on, one slot per configured device.
+    device_sockets: Vec<Option<PrivateSocket>>,
     single: SingleThreaded,
 }
 
@@ -132,22 +134,32 @@ impl<'a> HostChecked<'a> {
         if let Some(path) = console.pty_path() {
             log::info(&format!("serial console on {}", path.display()));
         }
-        let sockets = ctl.iter().map(|c| c.file().clone());
+        let mut device_sockets = bind_device_sockets(cfg)?;
+        let sockets = ctl
+            .iter()
+            .map(|c| c.file().clone())
+            .chain(console.socket_file())
+            .chain(device_sockets.iter().flatten().map(|s| s.file().clone()));
         let host = DeviceHost::new(
             cfg.device_mode,
             (cfg.on_device_failure, cfg.restart_limit),
             cfg.sandbox,
-            (&single, sockets.chain(console.socket_file()).collect()),
+            (&single, sockets.collect()),
         )?;
         if let Some(c) = ctl.as_mut() {
             c.hand_off();
         }
         console.hand_off();
+        device_sockets
+            .iter_mut()
+            .flatten()
+            .for_each(PrivateSocket::hand_off);
         Ok(Spawned {
             checked: self,
             host,
             ctl,
             console,
+            device_sockets,
             single,
         })
     }
@@ -214,6 +226,7 @@ impl<'a> Spawned<'a> {
             host,
             ctl,
             console,
+            device_sockets,
             single,
         } = self;
         let cfg = checked.cfg;
@@ -230,7 +243,7 @@ impl<'a> Spawned<'a> {
             ),
         };
         let memory = Memory::new(ram);
-        let (backends, hotplug_room) = open_backends(cfg, &memory)?;
+        let (backends, hotplug_room) = open_backends(cfg, &memory, device_sockets)?;
         let opened = Opened {
             checked,
             host,
@@ -455,16 +468,36 @@ fn start_loader(
 /// memory-hotplug region a device reserved.
 type Backends = (Vec<crate::kinds::Opened>, Option<(u64, u64)>);
 
-/// Opens every configured device's backend.
-fn open_backends(cfg: &VmConfig, memory: &Memory) -> Result<Backends> {
+/// Binds the socket each configured device listens on, if any, in the
+/// configuration's order.
+fn bind_device_sockets(cfg: &VmConfig) -> Result<Vec<Option<PrivateSocket>>> {
+    cfg.devices
+        .iter()
+        .map(|spec| {
+            spec.config
+                .socket()
+                .map(|p| PrivateSocket::bind(p, &format!("device {}: socket ", spec.name)))
+                .transpose()
+        })
+        .collect()
+}
+
+/// Opens every configured device's backend; `sockets` are what
+/// [`bind_device_sockets`] bound.
+fn open_backends(
+    cfg: &VmConfig,
+    memory: &Memory,
+    sockets: Vec<Option<PrivateSocket>>,
+) -> Result<Backends> {
     let mut hotplug = None;
     let mut opened = Vec::with_capacity(cfg.devices.len());
-    for spec in &cfg.devices {
+    for (spec, socket) in cfg.devices.iter().zip(sockets) {
         let mut ctx = OpenContext {
             vm_name: &cfg.name,
             device: &spec.name,
             ram_top: memory.ram_top(),
             hotplug: None,
+            socket,
         };
         opened.push(spec.config.open(&mut ctx)?);
         hotplug = hotplug.or(ctx.hotplug);
