@@ -12,6 +12,9 @@
 #         tap, every frame checked. Needs root; skipped otherwise. req/s
 #         is frames/s; rx latency is from sending a batch into the tap to
 #         the interrupt that completes it;
+#   console0: 64-byte and 4 KiB writes to the console that a host peer
+#         echoes back, one at a time: latency is the round trip from the
+#         transmit kick to the interrupt that completes the echo;
 # each in three ways: a device thread in the VMM, a confined device process
 # (the default), and a device process with no confinement at all
 # (`--unconfined`). Printed: requests/s, MB/s, kick-to-interrupt latency
@@ -65,6 +68,9 @@ for op in randread randwrite; do
 	for depth in 1 32; do
 		cases+=("blk0 $op 4k d$depth|--device blk0 --disk $img --op $op --size 4096 --depth $depth")
 	done
+done
+for size in 64 4096; do
+	cases+=("console0 echo $size|--device console0 --size $size")
 done
 if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
 	bench_netns

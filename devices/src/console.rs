@@ -31,7 +31,7 @@ use crate::virtio::{
 };
 
 /// Queue size offered to the driver.
-pub const QUEUE_SIZE: u16 = 128;
+pub const QUEUE_SIZE: u16 = 256;
 /// The receive queue (port 0's input).
 pub const RX_QUEUE: usize = 0;
 /// The transmit queue (port 0's output).

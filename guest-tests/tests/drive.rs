@@ -56,6 +56,26 @@ fn the_rng_device_serves_a_host_driver_in_both_modes() {
 }
 
 #[test]
+fn the_console_device_echoes_through_a_host_peer_in_both_modes() {
+    for mode in ["process", "thread"] {
+        for size in ["1", "64", "4096"] {
+            let (code, out) = drive(&[
+                "--device",
+                "console0",
+                "--device-mode",
+                mode,
+                "--requests",
+                "500",
+                "--size",
+                size,
+            ]);
+            assert_eq!(code, 0, "{mode} size {size}: {out}");
+            assert!(value(&out, "p50_us") > 0.0, "{out}");
+        }
+    }
+}
+
+#[test]
 fn the_device_process_is_small() {
     let (code, out) = drive(&["--requests", "100"]);
     assert_eq!(code, 0, "{out}");
@@ -136,10 +156,21 @@ fn a_read_only_blk_device_is_driven_for_reads_only() {
 
 #[test]
 fn devices_that_cannot_be_driven_are_refused() {
-    let refusals: [(&[&str], &str); 5] = [
+    let refusals: [(&[&str], &str); 7] = [
         (&["--device", "blk0"], "--disk"),
         (&["--device", "net0"], "give the tap with --net"),
-        (&["--device", "gpu0"], "only rng, blk and net devices"),
+        (
+            &["--device", "gpu0"],
+            "only rng, blk, net and console devices",
+        ),
+        (
+            &["--device", "console0", "--size", "5000"],
+            "a console request is at most 4096 bytes",
+        ),
+        (
+            &["--device", "console0", "--hostile", "loop"],
+            "--hostile drive rng, blk and net devices only",
+        ),
         (&["--net", "tap=t0"], "--net is for net devices"),
         (&["--op", "tx"], "--op tx is not for rng devices"),
     ];

@@ -16,8 +16,10 @@
 //!
 //! Code map: `queue` is the driver's half of a split virtqueue; `request`
 //! drives the one-queue devices (rng, blk); `net` drives virtio-net through
-//! a tap and AF_PACKET sockets on its interface; `fuzz` is `--fuzz-stdin`.
+//! a tap and AF_PACKET sockets on its interface; `console` drives
+//! virtio-console against an echoing peer; `fuzz` is `--fuzz-stdin`.
 
+mod console;
 mod fuzz;
 mod net;
 mod queue;
@@ -42,7 +44,9 @@ use request::Workload;
 #[derive(Debug, Args)]
 pub struct DriveArgs {
     /// Device to start, named as in `skvm run` (its kind is the name without
-    /// the trailing number): rng0, blk0 with --disk, or net0 with --net.
+    /// the trailing number): rng0, blk0 with --disk, net0 with --net, or
+    /// console0 (its pty is a socket pair whose host end echoes every byte:
+    /// a request is `--size` bytes written to the console and read back).
     #[arg(long, value_name = "NAME", default_value = "rng0")]
     pub device: String,
     /// Where the device runs, as in `skvm run`.
@@ -54,7 +58,8 @@ pub struct DriveArgs {
     pub requests: u32,
     /// Bytes each request moves (rng: at most 64 KiB, its cap per request;
     /// blk: a multiple of 512, at most 1 MiB; net: the Ethernet frame, 60
-    /// bytes to the tap's MTU plus 14). Default 4096, net 1514.
+    /// bytes to the tap's MTU plus 14; console: at most 4096). Default
+    /// 4096, net 1514, console 64.
     #[arg(long, value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
     pub size: Option<u32>,
@@ -149,6 +154,7 @@ enum Driven {
     Rng,
     Blk,
     Net,
+    Console,
 }
 
 impl Driven {
@@ -158,6 +164,7 @@ impl Driven {
             "rng" => Some(Driven::Rng),
             "blk" => Some(Driven::Blk),
             "net" => Some(Driven::Net),
+            "console" => Some(Driven::Console),
             _ => None,
         }
     }
@@ -170,10 +177,10 @@ impl DriveArgs {
 
     /// Bytes per request, with the device's default.
     fn size(&self) -> u32 {
-        let default = if self.driven() == Some(Driven::Net) {
-            1514
-        } else {
-            4096
+        let default = match self.driven() {
+            Some(Driven::Net) => 1514,
+            Some(Driven::Console) => 64,
+            _ => 4096,
         };
         self.size.unwrap_or(default)
     }
@@ -201,13 +208,15 @@ enum Target {
     Request(Workload),
     /// net, through a tap.
     Net(net::Host),
+    /// console, against an echoing peer.
+    Console,
 }
 
 /// Refuses option combinations that do not fit the device.
 fn validate(args: &DriveArgs) -> Result<()> {
     let Some(kind) = args.driven() else {
         bail!(
-            "device '{}': only rng, blk and net devices can be driven",
+            "device '{}': only rng, blk, net and console devices can be driven",
             args.device
         );
     };
@@ -228,15 +237,26 @@ fn validate(args: &DriveArgs) -> Result<()> {
                 bail!("--fuzz-stdin drives rng and blk devices only");
             }
         }
+        (Driven::Console, None, None) => {
+            if size > console::MAX_SIZE {
+                bail!(
+                    "--size {size}: a console request is at most {} bytes",
+                    console::MAX_SIZE
+                );
+            }
+            if args.fuzz_stdin || args.hostile.is_some() {
+                bail!("--fuzz-stdin and --hostile drive rng, blk and net devices only");
+            }
+        }
         (Driven::Blk, None, _) => bail!("device '{}': give the image with --disk", args.device),
         (Driven::Net, _, None) => bail!(
             "device '{}': give the tap with --net tap[=NAME]",
             args.device
         ),
-        (Driven::Rng | Driven::Net, Some(_), _) => {
+        (Driven::Rng | Driven::Net | Driven::Console, Some(_), _) => {
             bail!("device '{}': --disk is for blk devices", args.device)
         }
-        (Driven::Rng | Driven::Blk, _, Some(_)) => {
+        (Driven::Rng | Driven::Blk | Driven::Console, _, Some(_)) => {
             bail!("device '{}': --net is for net devices", args.device)
         }
     }
@@ -259,6 +279,9 @@ fn validate(args: &DriveArgs) -> Result<()> {
 /// Opens what the device serves: its backend, the fds that go with it, and
 /// the harness's side.
 fn open_target(args: &DriveArgs) -> Result<(Opened, Target)> {
+    if args.driven() == Some(Driven::Console) {
+        return Ok((console::open()?, Target::Console));
+    }
     if let Some(d) = &args.disk {
         let spec = DiskSpec::parse(d)?;
         let disk = crate::kinds::blk::disk::open(&spec)?;
@@ -359,7 +382,7 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
     )?;
     let queues = match target {
         Target::Request(_) => vec![QUEUE0.layout()],
-        Target::Net(_) => vec![QUEUE0.layout(), QUEUE1.layout()],
+        Target::Net(_) | Target::Console => vec![QUEUE0.layout(), QUEUE1.layout()],
     };
     let events = DeviceEvents::new(queues.len())?;
     let result = if args.fuzz_stdin {
@@ -432,6 +455,8 @@ fn exercise(
         }
         (None, Target::Request(w)) => request::drive(mem, events, args, *w).map(Some),
         (None, Target::Net(host)) => net::drive(mem, events, host, args).map(Some),
+        (None, Target::Console) => console::drive(mem, events, args).map(Some),
+        (Some(_), Target::Console) => bail!("no hostile cases for console devices"),
     }
 }
 

@@ -134,6 +134,12 @@ fn encode(backend: u8) -> Vec<u8> {
     Encoder::new(PARAMS_V1).u8(backend).finish()
 }
 
+/// The parameters of a console over a pty's master and slave (`skvm
+/// drive` gives it a socket pair's end and a spare fd).
+pub fn pty_params() -> Vec<u8> {
+    encode(PTY)
+}
+
 /// The backend of what [`encode`] made; total over any input.
 fn decode(b: &[u8]) -> Result<u8, ipc::IpcError> {
     let mut d = Decoder::new(b, PARAMS_V1)?;
