@@ -366,3 +366,45 @@ fn bad_console_options_are_refused_with_a_clear_line() {
         assert!(!f.output.contains("panicked"), "{arg}: {}", f.output);
     }
 }
+
+#[test]
+fn a_guest_shell_on_hvc0_goes_on_after_a_snapshot_restored_onto_another_socket() {
+    let scratch = Scratch::new("console", "hvc-snapshot");
+    let first_sock = scratch.path("first.sock");
+    let second_sock = scratch.path("second.sock");
+    let ctl_sock = scratch.path("ctl.sock");
+    let snap = scratch.path("snap");
+    let mut vm = TestVm::spawn([
+        "run",
+        "--console",
+        &format!("socket={}", first_sock.display()),
+        "--ctl",
+        ctl_sock.to_str().unwrap(),
+        "--cmdline",
+        "console=hvc0",
+    ]);
+    vm.wait_for("Run /init as init process", BOOT);
+    let mut client = attach(&first_sock);
+    read_until(&mut client, SHELL_PROMPT, BOOT);
+    let (code, answer) = ctl(&ctl_sock, &format!("snapshot {}", snap.display()));
+    assert_eq!(code, 0, "{answer}");
+    let f = vm.wait_exit(Duration::from_secs(60));
+    assert_eq!(f.code(), 0, "{}", f.output);
+    // The restored console serves the socket this run names; the shell
+    // that was waiting for input reads it.
+    let restored = TestVm::spawn([
+        "run",
+        "--restore",
+        snap.to_str().unwrap(),
+        "--console",
+        &format!("socket={}", second_sock.display()),
+    ]);
+    let mut client = attach(&second_sock);
+    client
+        .write_all(b"echo SKVM-RESTORED-$((6*7)); poweroff -f\n")
+        .unwrap();
+    read_until(&mut client, b"SKVM-RESTORED-42", Duration::from_secs(120));
+    let f = restored.wait_exit(Duration::from_secs(120));
+    assert_eq!(f.code(), 0, "{}", f.output);
+    assert!(!second_sock.exists() && !first_sock.exists());
+}

@@ -49,7 +49,10 @@ pub fn open() -> Result<Opened> {
 /// The byte at offset `i` of request `n`.
 fn pattern(n: u32, i: usize) -> u8 {
     let low = |v: usize| v.to_le_bytes()[0];
-    low(usize::try_from(n).unwrap_or(0).wrapping_mul(31).wrapping_add(i))
+    low(usize::try_from(n)
+        .unwrap_or(0)
+        .wrapping_mul(31)
+        .wrapping_add(i))
 }
 
 /// Echo round trips, one at a time: a receive buffer of `size` bytes is
