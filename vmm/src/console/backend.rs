@@ -8,7 +8,6 @@
 //! not keep up: output a client or pty cannot take is dropped for it
 //! (a socket's last 64 KiB are kept for the next client).
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -24,8 +23,7 @@ use anyhow::{Context, Result};
 
 use crate::ctl::{PrivateSocket, SocketFile};
 
-/// How much output a console socket keeps for the next client.
-pub const HISTORY: usize = 64 << 10;
+use devices::console::{History, BUSY};
 
 /// How long a client that just attached may take to accept the history.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -78,17 +76,8 @@ impl FromStr for SerialSpec {
 
 /// What a socket console keeps: the last output, and the attached client.
 struct SocketOut {
-    history: VecDeque<u8>,
+    history: History,
     client: Option<Arc<UnixStream>>,
-}
-
-impl SocketOut {
-    fn keep(&mut self, buf: &[u8]) {
-        let tail = buf.get(buf.len().saturating_sub(HISTORY)..).unwrap_or(buf);
-        let over = (self.history.len() + tail.len()).saturating_sub(HISTORY);
-        self.history.drain(..over.min(self.history.len()));
-        self.history.extend(tail);
-    }
 }
 
 /// The output side, shared with the vCPU threads.
@@ -167,7 +156,7 @@ impl Console {
                 let socket = PrivateSocket::bind(path, "--serial socket=")?;
                 (
                     Out::Socket(SocketOut {
-                        history: VecDeque::with_capacity(HISTORY),
+                        history: History::default(),
                         client: None,
                     }),
                     In::Socket(socket),
@@ -313,7 +302,7 @@ impl Console {
             };
             if s.client.is_some() {
                 let _ = stream.set_nonblocking(true);
-                let _ = (&stream).write_all(b"skvm: another client has this console\r\n");
+                let _ = (&stream).write_all(BUSY);
                 continue;
             }
             let (a, b) = s.history.as_slices();
@@ -352,7 +341,7 @@ impl Write for ConsoleWriter {
                 let _ = f.write(buf);
             }
             Out::Socket(s) => {
-                s.keep(buf);
+                s.history.keep(buf);
                 if let Some(c) = &s.client {
                     // Non-blocking: what the client cannot take now is
                     // dropped for it. write(2), not send(2): the vCPU
@@ -432,22 +421,6 @@ mod tests {
             let e = bad.parse::<SerialSpec>().unwrap_err();
             assert!(e.contains(&format!("'{bad}'")), "{e}");
         }
-    }
-
-    #[test]
-    fn a_socket_keeps_the_last_64_kib() {
-        let mut s = SocketOut {
-            history: VecDeque::new(),
-            client: None,
-        };
-        s.keep(b"boot log\n");
-        s.keep(&vec![b'x'; HISTORY - 4]);
-        assert_eq!(s.history.len(), HISTORY);
-        let kept: Vec<u8> = s.history.iter().copied().collect();
-        assert!(kept.starts_with(b"log\n"));
-        s.keep(&vec![b'y'; HISTORY + 10]);
-        assert!(s.history.iter().all(|&b| b == b'y'));
-        assert_eq!(s.history.len(), HISTORY);
     }
 
     #[test]
