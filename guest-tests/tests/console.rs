@@ -193,33 +193,47 @@ fn a_file_console_appends_and_an_off_console_still_reports_a_guest_panic() {
     assert!(!f.output.contains("Linux version"), "{}", f.output);
 }
 
+/// Each value of `option` in `cases` stops skvm before it boots, with a
+/// non-zero exit and one line that holds the expected words.
+fn refused(option: &str, cases: &[(String, &str)]) {
+    for (arg, want) in cases {
+        let f = TestVm::spawn(["run", option, arg]).wait_exit(Duration::from_secs(30));
+        assert_ne!(f.code(), 0, "{option} {arg}: {}", f.output);
+        assert!(f.output.contains(want), "{option} {arg}: {}", f.output);
+        assert!(
+            !f.output.contains("panicked"),
+            "{option} {arg}: {}",
+            f.output
+        );
+    }
+}
+
 #[test]
 fn bad_serial_options_are_refused_with_a_clear_line() {
     let scratch = Scratch::new("console", "bad");
     let dir = scratch.path("");
-    for (arg, want) in [
-        (
-            "tty".to_owned(),
-            "expected stdio, pty, socket=PATH, file=PATH or off",
-        ),
-        ("socket=".to_owned(), "the path is empty"),
-        (
-            format!("socket={}", dir.display()),
-            "exists and is not a socket",
-        ),
-        (
-            format!("file={}/no/such/dir/log", dir.display()),
-            "--serial file=",
-        ),
-        (
-            format!("socket={}/no/such/dir/s.sock", dir.display()),
-            "cannot listen",
-        ),
-    ] {
-        let f = TestVm::spawn(["run", "--serial", &arg]).wait_exit(Duration::from_secs(30));
-        assert_ne!(f.code(), 0, "{arg}: {}", f.output);
-        assert!(f.output.contains(want), "{arg}: {}", f.output);
-    }
+    refused(
+        "--serial",
+        &[
+            (
+                "tty".to_owned(),
+                "expected stdio, pty, socket=PATH, file=PATH or off",
+            ),
+            ("socket=".to_owned(), "the path is empty"),
+            (
+                format!("socket={}", dir.display()),
+                "exists and is not a socket",
+            ),
+            (
+                format!("file={}/no/such/dir/log", dir.display()),
+                "--serial file=",
+            ),
+            (
+                format!("socket={}/no/such/dir/s.sock", dir.display()),
+                "cannot listen",
+            ),
+        ],
+    );
 }
 
 /// The shell prompt of the default initramfs's interactive shell.
@@ -345,26 +359,28 @@ fn hvc0_on_a_pty_takes_input_and_hvc1_appends_to_a_file() {
 fn bad_console_options_are_refused_with_a_clear_line() {
     let scratch = Scratch::new("console", "hvc-bad");
     let dir = scratch.path("");
-    for (arg, want) in [
-        (
-            "stdio".to_owned(),
-            "--console stdio: skvm's terminal is the 8250's",
-        ),
-        ("tty".to_owned(), "--console 'tty': expected"),
-        (
-            format!("socket={}", dir.display()),
-            "exists and is not a socket",
-        ),
-        (
-            format!("file={}/no/such/dir/log", dir.display()),
-            "--console file=",
-        ),
-    ] {
-        let f = TestVm::spawn(["run", "--console", &arg]).wait_exit(Duration::from_secs(30));
-        assert_ne!(f.code(), 0, "{arg}: {}", f.output);
-        assert!(f.output.contains(want), "{arg}: {}", f.output);
-        assert!(!f.output.contains("panicked"), "{arg}: {}", f.output);
-    }
+    refused(
+        "--console",
+        &[
+            (
+                "stdio".to_owned(),
+                "--console stdio: skvm's terminal is the 8250's",
+            ),
+            ("tty".to_owned(), "--console 'tty': expected"),
+            (
+                format!("socket={}", dir.display()),
+                "exists and is not a socket",
+            ),
+            (
+                format!("socket={}/no/such/dir/s.sock", dir.display()),
+                "cannot listen",
+            ),
+            (
+                format!("file={}/no/such/dir/log", dir.display()),
+                "--console file=",
+            ),
+        ],
+    );
 }
 
 #[test]
