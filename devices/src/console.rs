@@ -2,8 +2,9 @@
 //! hvc0 in a Linux guest, over the backend fds the VMM opened. The device
 //! holds those fds and nothing else: a pseudo-terminal's master (and its
 //! slave, kept open so that the pty serves while no one has it open), a
-//! file it appends to, or a listening unix socket whose clients it accepts
-//! one at a time.
+//! file it appends to, a listening unix socket whose clients it accepts
+//! one at a time, or skvm's standard output and a pipe the VMM forwards
+//! its terminal's input into.
 //!
 //! Two queues: receive (0), host input for the guest, and transmit (1),
 //! guest output. Output never waits for the host: what a pty, a file or a
@@ -96,6 +97,15 @@ pub enum ConsoleBackend {
     },
     /// A file output is appended to; no input.
     File(OwnedFd),
+    /// skvm's terminal: input from a pipe the VMM writes what the user
+    /// types into (after its escape key), output to skvm's standard output
+    /// (blocking, as the 8250's on a terminal is).
+    Stdio {
+        /// The pipe's read end (non-blocking).
+        input: OwnedFd,
+        /// skvm's standard output.
+        output: OwnedFd,
+    },
     /// A listening unix socket (non-blocking): one client at a time.
     Socket {
         /// The listener.
@@ -213,6 +223,7 @@ impl Console {
         let (fd, history, client) = match &mut self.backend {
             ConsoleBackend::Pty { master, .. } => (Some(master.as_raw_fd()), None, None),
             ConsoleBackend::File(f) => (Some(f.as_raw_fd()), None, None),
+            ConsoleBackend::Stdio { output, .. } => (Some(output.as_raw_fd()), None, None),
             ConsoleBackend::Socket {
                 client, history, ..
             } => (
@@ -302,6 +313,7 @@ impl Console {
         match &self.backend {
             ConsoleBackend::Pty { master, .. } => Some(master.as_raw_fd()),
             ConsoleBackend::File(_) => None,
+            ConsoleBackend::Stdio { input, .. } => Some(input.as_raw_fd()),
             ConsoleBackend::Socket { client, .. } => client.as_ref().map(AsRawFd::as_raw_fd),
         }
     }

@@ -109,23 +109,39 @@ impl TestVm {
 
     /// Starts a prepared command with `input`, when given, on its stdin
     /// (which skvm passes to the guest's console), then closed.
-    pub fn spawn_with_input(mut cmd: Command, input: Option<&[u8]>) -> Self {
-        cmd.stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("cannot start skvm");
-        if let Some(input) = input {
+    pub fn spawn_with_input(cmd: Command, input: Option<&[u8]>) -> Self {
+        let (vm, stdin) = Self::start(cmd, input.is_some());
+        if let (Some(input), Some(mut stdin)) = (input, stdin) {
             // Less than a pipe's buffer: the write does not wait for skvm.
             assert!(input.len() < 4096, "{} bytes of input", input.len());
-            let mut stdin = child.stdin.take().expect("stdin");
             stdin
                 .write_all(input)
                 .expect("cannot write to skvm's stdin");
         }
+        vm
+    }
+
+    /// Starts `skvm` with `args` and a pipe on its stdin, to type into
+    /// while it runs.
+    pub fn spawn_typing<I, S>(args: I) -> (Self, std::process::ChildStdin)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new(skvm_bin());
+        cmd.args(args);
+        let (vm, stdin) = Self::start(cmd, true);
+        (vm, stdin.expect("stdin"))
+    }
+
+    /// Starts `cmd` with its output captured, and stdin a pipe (returned)
+    /// when `piped`, else /dev/null.
+    fn start(mut cmd: Command, piped: bool) -> (Self, Option<std::process::ChildStdin>) {
+        cmd.stdin(if piped { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("cannot start skvm");
+        let stdin = child.stdin.take();
         let output = Arc::new(Mutex::new(Vec::new()));
         let mut readers = Vec::new();
         let out: Box<dyn Read + Send> = Box::new(child.stdout.take().expect("stdout"));
@@ -148,11 +164,14 @@ impl TestVm {
                 }
             }));
         }
-        Self {
-            child: Some(child),
-            output,
-            readers,
-        }
+        (
+            Self {
+                child: Some(child),
+                output,
+                readers,
+            },
+            stdin,
+        )
     }
 
     /// Everything captured so far.

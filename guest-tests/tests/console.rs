@@ -1,8 +1,8 @@
 //! The serial console's backends (`--serial`): a socket clients attach to
 //! and detach from, a pty, a file, and none; the escape key, exit statuses
 //! and panic detection with each. The virtio console (`--console`): hvc0
-//! as the guest's console on a socket, through a device restart; a pty and
-//! a file; bad values.
+//! as the guest's console on a socket, through a device restart and a
+//! snapshot, and on skvm's terminal; a pty and a file; bad values.
 
 // Test code: a panic is a failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -381,6 +381,24 @@ fn bad_console_options_are_refused_with_a_clear_line() {
             ),
         ],
     );
+    // Two consoles cannot share skvm's terminal.
+    let f = TestVm::spawn([
+        "run",
+        "--serial",
+        "off",
+        "--console",
+        "stdio",
+        "--console",
+        "stdio",
+    ])
+    .wait_exit(Duration::from_secs(30));
+    assert_ne!(f.code(), 0, "{}", f.output);
+    assert!(
+        f.output
+            .contains("only one console can have skvm's terminal"),
+        "{}",
+        f.output
+    );
 }
 
 #[test]
@@ -423,4 +441,30 @@ fn a_guest_shell_on_hvc0_goes_on_after_a_snapshot_restored_onto_another_socket()
     let f = restored.wait_exit(Duration::from_secs(120));
     assert_eq!(f.code(), 0, "{}", f.output);
     assert!(!second_sock.exists() && !first_sock.exists());
+}
+
+#[test]
+fn hvc0_on_skvms_terminal_takes_what_is_typed_and_the_escape_key_still_quits() {
+    let (mut vm, mut stdin) = TestVm::spawn_typing([
+        "run",
+        "--serial",
+        "off",
+        "--console",
+        "stdio",
+        "--cmdline",
+        "console=hvc0",
+    ]);
+    // The prompt ends no line, which wait_for needs: look for it.
+    let start = Instant::now();
+    while !vm.output().contains("skvm:~# ") {
+        assert!(start.elapsed() < BOOT, "no prompt:\n{}", vm.output());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stdin.write_all(b"echo SKVM-TYPED-$((6*7))\n").unwrap();
+    vm.wait_for("SKVM-TYPED-42", Duration::from_secs(120));
+    // Ctrl-A x is skvm's, not the guest's: skvm stops the VM and exits 0.
+    stdin.write_all(&[0x01, b'x']).unwrap();
+    let f = vm.wait_exit(Duration::from_secs(60));
+    assert_eq!(f.code(), 0, "{}", f.output);
+    assert!(!f.output.contains("Power down"), "{}", f.output);
 }

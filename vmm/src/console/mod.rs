@@ -1,11 +1,16 @@
-//! The terminal side of the serial console: raw mode while the VM runs
-//! (restored on every exit path), input forwarding, and the escape key.
+//! The terminal side of the consoles: raw mode while the VM runs (restored
+//! on every exit path), input forwarding, and the escape key. skvm's
+//! terminal is the 8250's (`--serial stdio`, the default) or a virtio
+//! console's (`--console stdio`, [`TerminalInput`]); its input goes through
+//! the escape parser either way.
 //!
 //! Escape: Ctrl-A then `x` quits; Ctrl-A Ctrl-A sends one Ctrl-A.
 
 pub mod backend;
 
-use std::os::fd::RawFd;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{OwnedFd, RawFd};
 
 /// Ctrl-A.
 pub const ESCAPE: u8 = 0x01;
@@ -97,6 +102,62 @@ impl EscapeParser {
             }
         }
         out
+    }
+}
+
+/// skvm's terminal given to a virtio console (`--console stdio`): the main
+/// thread reads it, through the escape parser, and writes what the user
+/// typed into the pipe the device reads. Nothing waits: what the pipe
+/// cannot take now stays pending, and the terminal is not read meanwhile.
+pub struct TerminalInput {
+    sink: File,
+    parser: EscapeParser,
+    pending: Vec<u8>,
+    open: bool,
+}
+
+impl TerminalInput {
+    /// Input forwarded into `sink`, the pipe's write end (non-blocking).
+    pub fn new(sink: OwnedFd) -> Self {
+        Self {
+            sink: File::from(sink),
+            parser: EscapeParser::default(),
+            pending: Vec::new(),
+            open: true,
+        }
+    }
+
+    /// Standard input, while it is open and nothing is pending.
+    pub fn poll_fd(&self) -> Option<RawFd> {
+        (self.open && self.pending.is_empty()).then_some(libc::STDIN_FILENO)
+    }
+
+    /// Reads what the terminal has; true when the user typed the quit
+    /// sequence.
+    pub fn read(&mut self) -> bool {
+        let mut buf = [0u8; 256];
+        // SAFETY: reads into a valid buffer of the given length.
+        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+        match usize::try_from(n) {
+            Ok(0) => self.open = false,
+            Ok(n) => {
+                let input = self.parser.feed(buf.get(..n).unwrap_or_default());
+                self.pending.extend_from_slice(&input.bytes);
+                return input.quit;
+            }
+            Err(_) => {}
+        }
+        false
+    }
+
+    /// Writes what is pending into the pipe; whether some is still pending.
+    pub fn flush(&mut self) -> bool {
+        if !self.pending.is_empty() {
+            if let Ok(n) = self.sink.write(&self.pending) {
+                self.pending.drain(..n.min(self.pending.len()));
+            }
+        }
+        !self.pending.is_empty()
     }
 }
 

@@ -213,6 +213,9 @@ impl DeviceHost {
             fds: backend_fds,
             file_size,
             status: backend_status,
+            // Taken by the VM before its devices are added (see
+            // `console::TerminalInput`); none is left here.
+            terminal: _,
         } = opened;
         let backend = ipc::Backend {
             kind: kind.name().to_owned(),

@@ -43,6 +43,7 @@ pub fn open() -> Result<Opened> {
         fds: vec![OwnedFd::from(device), OwnedFd::from(held)],
         file_size: 0,
         status: None,
+        terminal: None,
     })
 }
 

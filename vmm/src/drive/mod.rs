@@ -307,6 +307,7 @@ fn open_target(args: &DriveArgs) -> Result<(Opened, Target)> {
             fds: vec![disk.fd],
             file_size: disk.size,
             status: None,
+            terminal: None,
         };
         return Ok((opened, Target::Request(w)));
     }
@@ -317,6 +318,7 @@ fn open_target(args: &DriveArgs) -> Result<(Opened, Target)> {
             fds: vec![tap],
             file_size: 0,
             status: None,
+            terminal: None,
         };
         return Ok((opened, Target::Net(host)));
     }
@@ -325,6 +327,7 @@ fn open_target(args: &DriveArgs) -> Result<(Opened, Target)> {
         fds: Vec::new(),
         file_size: 0,
         status: None,
+        terminal: None,
     };
     Ok((opened, Target::Request(Workload::Rng)))
 }

@@ -77,6 +77,7 @@ impl DeviceConfig for DiskSpec {
             fds: vec![disk.fd],
             file_size: disk.size,
             status: None,
+            terminal: None,
         })
     }
 

@@ -2,7 +2,7 @@
 //! a unix socket that the VMM opens; the device process gets those fds and
 //! nothing else. Its model is `devices::console`.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -27,6 +27,7 @@ const PARAMS_V1: u8 = 1;
 const PTY: u8 = 0;
 const FILE: u8 = 1;
 const SOCKET: u8 = 2;
+const STDIO: u8 = 3;
 
 /// accept4's flags, the only ones the filter lets through.
 const ACCEPT_FLAGS: u64 = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64;
@@ -48,6 +49,7 @@ pub struct Console;
 /// One `--console`: where hvc0 goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ConsoleSpec {
+    Stdio,
     Pty,
     File(PathBuf),
     Socket(PathBuf),
@@ -58,15 +60,11 @@ impl ConsoleSpec {
     fn parse(value: &str) -> Result<Option<Self>, KindError> {
         let bad = |why: String| KindError::Option(format!("--console {why}"));
         match value.parse::<SerialSpec>().map_err(bad)? {
+            SerialSpec::Stdio => Ok(Some(Self::Stdio)),
             SerialSpec::Pty => Ok(Some(Self::Pty)),
             SerialSpec::File(p) => Ok(Some(Self::File(p))),
             SerialSpec::Socket(p) => Ok(Some(Self::Socket(p))),
             SerialSpec::Off => Ok(None),
-            SerialSpec::Stdio => Err(bad(
-                "stdio: skvm's terminal is the 8250's (--serial); give the virtio console a pty \
-                 or a socket (--console pty, --console socket=PATH)"
-                    .into(),
-            )),
         }
     }
 }
@@ -81,7 +79,20 @@ impl DeviceConfig for ConsoleSpec {
 
     fn open(&self, ctx: &mut OpenContext<'_>) -> anyhow::Result<Opened> {
         let name = ctx.device;
+        let mut terminal = None;
         let (backend, fds, status, file_size) = match self {
+            Self::Stdio => {
+                let what = || format!("device {name}: --console stdio");
+                let (input, sink) = pipe().with_context(what)?;
+                let output = std::io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .with_context(what)?;
+                terminal = Some(sink);
+                let status = "{\"backend\":\"stdio\"}".to_owned();
+                // skvm's output may be a file, which grows without a limit.
+                (STDIO, vec![input, output], status, libc::RLIM_INFINITY)
+            }
             Self::Pty => {
                 let (master, slave, path) =
                     open_pty().with_context(|| format!("device {name}: --console pty"))?;
@@ -125,8 +136,21 @@ impl DeviceConfig for ConsoleSpec {
             fds,
             file_size,
             status: Some(status),
+            terminal,
         })
     }
+}
+
+/// A pipe whose ends are both non-blocking and close-on-exec: (read,
+/// write).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new fds into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both are new fds this function owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// The wire form of a console's parameters.
@@ -165,14 +189,15 @@ impl DeviceKind for Console {
     fn option(&self) -> Option<KindOption> {
         Some(KindOption {
             long: "console",
-            value_name: Some("pty|socket=PATH|file=PATH|off"),
+            value_name: Some("stdio|pty|socket=PATH|file=PATH|off"),
             repeatable: true,
             help: "Add a virtio-console device: hvc0 in the guest (usable as console=hvc0), \
-                   then hvc1, ...; named console0, console1, .... `pty`: a new pseudo-terminal, \
-                   whose path skvm prints; `socket=PATH`: a unix socket (mode 0600) that takes \
-                   one client at a time, who first gets the last 64 KiB of output; \
-                   `file=PATH`: output appended, no input. The device process holds only that \
-                   pty, file or socket",
+                   then hvc1, ...; named console0, console1, .... `stdio`: skvm's terminal \
+                   (with --serial other than stdio; Ctrl-A x still quits); `pty`: a new \
+                   pseudo-terminal, whose path skvm prints; `socket=PATH`: a unix socket \
+                   (mode 0600) that takes one client at a time, who first gets the last 64 KiB \
+                   of output; `file=PATH`: output appended, no input. The device process holds \
+                   only that terminal, pty, file or socket",
         })
     }
 
@@ -186,6 +211,10 @@ impl DeviceKind for Console {
             PTY => {
                 let [master, slave] = take_fds::<2>(NAME, fds)?;
                 ConsoleBackend::Pty { master, slave }
+            }
+            STDIO => {
+                let [input, output] = take_fds::<2>(NAME, fds)?;
+                ConsoleBackend::Stdio { input, output }
             }
             FILE => {
                 let [file] = take_fds::<1>(NAME, fds)?;
@@ -221,8 +250,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn values_parse_and_stdio_is_refused_with_why() {
+    fn values_parse_and_bad_ones_name_the_option() {
         assert_eq!(ConsoleSpec::parse("pty").unwrap(), Some(ConsoleSpec::Pty));
+        assert_eq!(
+            ConsoleSpec::parse("stdio").unwrap(),
+            Some(ConsoleSpec::Stdio)
+        );
         assert_eq!(ConsoleSpec::parse("off").unwrap(), None);
         assert_eq!(
             ConsoleSpec::parse("socket=/run/c.sock").unwrap(),

@@ -46,6 +46,7 @@ impl DeviceConfig for MemConfig {
             fds: Vec::new(),
             file_size: 0,
             status: None,
+            terminal: None,
         })
     }
 }

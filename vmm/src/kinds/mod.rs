@@ -140,6 +140,10 @@ pub struct Opened {
     /// Where the backend is, as `skvm ctl status` shows it (a JSON object),
     /// for kinds whose backend a user looks for (a console's pty).
     pub status: Option<String>,
+    /// For a device that takes skvm's terminal (`--console stdio`): the
+    /// write end of the pipe it reads its input from, into which the VMM
+    /// forwards what the user types (after the escape key).
+    pub terminal: Option<OwnedFd>,
 }
 
 /// One device as the command line asked for it, validated.

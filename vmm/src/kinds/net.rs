@@ -64,6 +64,7 @@ impl DeviceConfig for NetSpec {
             fds: vec![tap.fd],
             file_size: 0,
             status: None,
+            terminal: None,
         })
     }
 }

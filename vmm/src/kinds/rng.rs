@@ -36,6 +36,7 @@ impl DeviceConfig for RngConfig {
             fds: Vec::new(),
             file_size: 0,
             status: None,
+            terminal: None,
         })
     }
 }

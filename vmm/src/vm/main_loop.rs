@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use ipc::wait::WaitSet;
 
 use crate::console::backend::{Console, ConsoleRead};
-use crate::console::EscapeParser;
+use crate::console::{EscapeParser, TerminalInput};
 use crate::ctl::Control;
 use crate::device_host::DeviceHost;
 use crate::exit::{ExitReason, ExitSignal};
@@ -105,6 +105,8 @@ enum Wake {
     ConsoleIn,
     /// A client at a console socket.
     ConsoleAccept,
+    /// Input on skvm's terminal, which a virtio console has.
+    TerminalIn,
     /// A device event: a device process exited, or a device sent a
     /// message of its own.
     Device,
@@ -118,12 +120,15 @@ enum Wake {
 fn fill_wake(
     wake: &mut WaitSet<Wake>,
     exit: &ExitSignal,
-    (console, read_input): (&Console, bool),
+    (console, read_input, terminal): (&Console, bool, Option<&TerminalInput>),
     host: &DeviceHost,
     control: Option<&Control>,
 ) {
     wake.clear();
     wake.add_raw(exit.eventfd().as_raw_fd(), Wake::Exit);
+    if let Some(fd) = terminal.and_then(TerminalInput::poll_fd) {
+        wake.add_raw(fd, Wake::TerminalIn);
+    }
     for (fd, listener) in console.poll_fds(read_input) {
         let token = if listener {
             Wake::ConsoleAccept
@@ -144,7 +149,7 @@ fn fill_wake(
 /// control socket, and waits for an exit reason.
 pub(super) fn main_loop(
     exit: &ExitSignal,
-    (legacy, console): (&LegacyDevices, &Console),
+    (legacy, console, mut terminal): (&LegacyDevices, &Console, Option<&mut TerminalInput>),
     panic: &Mutex<Option<PanicRecord>>,
     host: &mut DeviceHost,
     mut control: Option<&mut Control>,
@@ -182,15 +187,16 @@ pub(super) fn main_loop(
         if rx.check(unread, Instant::now()) {
             legacy.reassert_serial_interrupt();
         }
+        let typed = terminal.as_deref_mut().is_some_and(TerminalInput::flush);
         let read_input = stdin_open && pending.is_empty();
         fill_wake(
             &mut wake,
             exit,
-            (console, read_input),
+            (console, read_input, terminal.as_deref()),
             host,
             control.as_deref(),
         );
-        let timeout = Duration::from_millis(match (pending.is_empty(), unread) {
+        let timeout = Duration::from_millis(match (pending.is_empty() && !typed, unread) {
             (false, _) => 5,
             (true, 0) => 250,
             (true, _) => 100,
@@ -228,6 +234,12 @@ pub(super) fn main_loop(
         }
         if ready.contains(Wake::ConsoleAccept) {
             console.accept();
+        }
+        if ready.contains(Wake::TerminalIn)
+            && terminal.as_deref_mut().is_some_and(TerminalInput::read)
+        {
+            exit.request(ExitReason::UserQuit);
+            return;
         }
         if ready.contains(Wake::ConsoleIn) {
             let mut buf = [0u8; 256];

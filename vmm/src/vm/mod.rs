@@ -38,7 +38,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootSpec};
 use crate::config::{HostQuirks, VmConfig};
-use crate::console::{backend::Console, RawTerminal};
+use crate::console::{backend::Console, RawTerminal, TerminalInput};
 use crate::ctl::{Control, CtlServer, PrivateSocket};
 use crate::device_host::spawner::SingleThreaded;
 use crate::device_host::{Degraded, DeviceHost, DeviceMode};
@@ -171,6 +171,8 @@ pub struct Built<'a> {
     host: DeviceHost,
     ctl: Option<CtlServer>,
     console: Arc<Console>,
+    /// skvm's terminal, when a virtio console has it.
+    terminal: Option<TerminalInput>,
     memory: Arc<Mutex<Memory>>,
     vm: Arc<VmFd>,
     router: Arc<IrqRouter>,
@@ -204,6 +206,8 @@ pub struct Opened<'a> {
     host: DeviceHost,
     ctl: Option<CtlServer>,
     console: Console,
+    /// skvm's terminal, when a virtio console has it.
+    terminal: Option<TerminalInput>,
     memory: Memory,
     /// The boot RAM's mapping and ranges, for the loader.
     boot_ram: (vm_memory::GuestMemoryMmap, Vec<crate::memory::RamRange>),
@@ -243,12 +247,14 @@ impl<'a> Spawned<'a> {
             ),
         };
         let memory = Memory::new(ram);
-        let (backends, hotplug_room) = open_backends(cfg, &memory, device_sockets)?;
+        let (mut backends, hotplug_room) = open_backends(cfg, &memory, device_sockets)?;
+        let terminal = take_terminal(&console, &mut backends)?;
         let opened = Opened {
             checked,
             host,
             ctl,
             console,
+            terminal,
             memory,
             boot_ram,
             start,
@@ -320,6 +326,7 @@ impl<'a> Opened<'a> {
             mut host,
             ctl,
             console,
+            terminal,
             mut memory,
             boot_ram,
             start,
@@ -387,6 +394,7 @@ impl<'a> Opened<'a> {
             host,
             ctl,
             console: Arc::new(console),
+            terminal,
             memory,
             vm,
             router,
@@ -467,6 +475,28 @@ fn start_loader(
 /// Every device's opened backend, in the configuration's order, and the
 /// memory-hotplug region a device reserved.
 type Backends = (Vec<crate::kinds::Opened>, Option<(u64, u64)>);
+
+/// skvm's terminal, if a device took it (`--console stdio`): one device at
+/// most, and only when the 8250 does not have it.
+fn take_terminal(
+    console: &Console,
+    backends: &mut [crate::kinds::Opened],
+) -> Result<Option<TerminalInput>> {
+    let mut sinks = backends.iter_mut().filter_map(|o| o.terminal.take());
+    let Some(sink) = sinks.next() else {
+        return Ok(None);
+    };
+    if sinks.next().is_some() {
+        bail!("--console stdio: only one console can have skvm's terminal");
+    }
+    if console.is_stdio() {
+        bail!(
+            "--console stdio: skvm's terminal is the 8250's (--serial stdio, the default); \
+             give --serial another backend (pty, socket=PATH, file=PATH or off)"
+        );
+    }
+    Ok(Some(TerminalInput::new(sink)))
+}
 
 /// Binds the socket each configured device listens on, if any, in the
 /// configuration's order.
@@ -714,7 +744,7 @@ impl<'a> Confined<'a> {
             .profile
             .as_ref()
             .map(|_| spawn_sampler(handles.clone(), built.exit.clone()));
-        let raw = if built.console.is_stdio() {
+        let raw = if built.console.is_stdio() || built.terminal.is_some() {
             RawTerminal::enable(libc::STDIN_FILENO)
         } else {
             None
@@ -753,7 +783,7 @@ impl Running<'_> {
         } = self;
         main_loop(
             &built.exit,
-            (&built.legacy, &built.console),
+            (&built.legacy, &built.console, built.terminal.as_mut()),
             &built.panic,
             &mut built.host,
             control.as_mut(),
