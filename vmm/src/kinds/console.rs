@@ -261,11 +261,6 @@ mod tests {
             ConsoleSpec::parse("socket=/run/c.sock").unwrap(),
             Some(ConsoleSpec::Socket("/run/c.sock".into()))
         );
-        let e = ConsoleSpec::parse("stdio").unwrap_err().to_string();
-        assert!(
-            e.starts_with("--console stdio") && e.contains("--serial"),
-            "{e}"
-        );
         let e = ConsoleSpec::parse("tty").unwrap_err().to_string();
         assert!(e.starts_with("--console 'tty'"), "{e}");
     }
