@@ -299,7 +299,15 @@ fn hvc0_on_a_socket_is_the_guests_console_and_survives_a_device_restart() {
     };
     second.write_all(b"echo SKVM-AFTER-$((6*7))\n").unwrap();
     read_until(&mut second, b"SKVM-AFTER-42", Duration::from_secs(120));
-    second.write_all(b"exit\n").unwrap();
+    // A restart asked for saves the device's state into the next one.
+    let (code, answer) = ctl(&ctl_sock, "device-restart console0");
+    assert_eq!(code, 0, "{answer}");
+    let mut third = attach(&sock);
+    third.write_all(b"echo SKVM-SAVED-$((6*7))\n").unwrap();
+    read_until(&mut third, b"SKVM-SAVED-42", Duration::from_secs(120));
+    let (_, st) = ctl(&ctl_sock, "status");
+    assert_eq!(st["devices"][0]["restarts"], 2, "{st}");
+    third.write_all(b"exit\n").unwrap();
     let f = vm.wait_exit(Duration::from_secs(120));
     assert_eq!(f.code(), 0, "{}", f.output);
     assert!(
