@@ -202,19 +202,14 @@ impl Console {
             Out::Socket(s) => s.client.is_some(),
             _ => false,
         };
-        let path = |p: &Path| crate::ctl::json_string(&p.display().to_string());
         match &self.spec {
-            SerialSpec::Stdio => "{\"backend\":\"stdio\"}".into(),
-            SerialSpec::Off => "{\"backend\":\"off\"}".into(),
-            SerialSpec::Pty => format!(
-                "{{\"backend\":\"pty\",\"path\":{}}}",
-                path(self.pty_path().unwrap_or(Path::new("")))
-            ),
-            SerialSpec::File(p) => format!("{{\"backend\":\"file\",\"path\":{}}}", path(p)),
-            SerialSpec::Socket(p) => format!(
-                "{{\"backend\":\"socket\",\"path\":{},\"attached\":{attached}}}",
-                path(p)
-            ),
+            SerialSpec::Stdio => backend_status("stdio", None, None),
+            SerialSpec::Off => backend_status("off", None, None),
+            SerialSpec::Pty => {
+                backend_status("pty", Some(self.pty_path().unwrap_or(Path::new(""))), None)
+            }
+            SerialSpec::File(p) => backend_status("file", Some(p), None),
+            SerialSpec::Socket(p) => backend_status("socket", Some(p), Some(attached)),
         }
     }
 
@@ -368,6 +363,22 @@ impl Write for ConsoleWriter {
     }
 }
 
+/// Where a console is, as `skvm ctl status` shows it (a JSON object): its
+/// backend, the path of its pty, file or socket, and whether a client is
+/// attached, for those that apply. The 8250's and the virtio consoles'.
+pub fn backend_status(backend: &str, path: Option<&Path>, attached: Option<bool>) -> String {
+    let mut s = format!("{{\"backend\":\"{backend}\"");
+    if let Some(p) = path {
+        s.push_str(",\"path\":");
+        s.push_str(&crate::ctl::json_string(&p.display().to_string()));
+    }
+    if let Some(a) = attached {
+        s.push_str(&format!(",\"attached\":{a}"));
+    }
+    s.push('}');
+    s
+}
+
 /// Opens a new pty in raw mode: its master (non-blocking), a slave fd
 /// skvm keeps, and the slave's path.
 pub fn open_pty() -> Result<(File, File, PathBuf)> {
@@ -421,6 +432,19 @@ mod tests {
             let e = bad.parse::<SerialSpec>().unwrap_err();
             assert!(e.contains(&format!("'{bad}'")), "{e}");
         }
+    }
+
+    #[test]
+    fn a_backends_status_is_the_json_object_ctl_prints() {
+        assert_eq!(backend_status("off", None, None), r#"{"backend":"off"}"#);
+        assert_eq!(
+            backend_status("socket", Some(Path::new("/run/s \"q\"")), Some(true)),
+            r#"{"backend":"socket","path":"/run/s \"q\"","attached":true}"#
+        );
+        assert_eq!(
+            backend_status("pty", Some(Path::new("/dev/pts/3")), None),
+            r#"{"backend":"pty","path":"/dev/pts/3"}"#
+        );
     }
 
     #[test]

@@ -14,8 +14,7 @@ use sandbox::seccomp::{Arg, Syscall};
 use super::{
     take_fds, Confinement, DeviceConfig, DeviceKind, KindError, KindOption, OpenContext, Opened,
 };
-use crate::console::backend::{open_pty, SerialSpec};
-use crate::ctl::json_string;
+use crate::console::backend::{backend_status, open_pty, SerialSpec};
 use crate::log;
 use crate::virtio_pci::PciClass;
 
@@ -89,7 +88,7 @@ impl DeviceConfig for ConsoleSpec {
                     .try_clone_to_owned()
                     .with_context(what)?;
                 terminal = Some(sink);
-                let status = "{\"backend\":\"stdio\"}".to_owned();
+                let status = backend_status("stdio", None, None);
                 // skvm's output may be a file, which grows without a limit.
                 (STDIO, vec![input, output], status, libc::RLIM_INFINITY)
             }
@@ -97,10 +96,7 @@ impl DeviceConfig for ConsoleSpec {
                 let (master, slave, path) =
                     open_pty().with_context(|| format!("device {name}: --console pty"))?;
                 log::info(&format!("device {name}: hvc0 on {}", path.display()));
-                let status = format!(
-                    "{{\"backend\":\"pty\",\"path\":{}}}",
-                    json_string(&path.display().to_string())
-                );
+                let status = backend_status("pty", Some(&path), None);
                 (PTY, vec![master.into(), slave.into()], status, 0)
             }
             Self::File(path) => {
@@ -109,10 +105,7 @@ impl DeviceConfig for ConsoleSpec {
                     .create(true)
                     .open(path)
                     .with_context(|| format!("device {name}: --console file={}", path.display()))?;
-                let status = format!(
-                    "{{\"backend\":\"file\",\"path\":{}}}",
-                    json_string(&path.display().to_string())
-                );
+                let status = backend_status("file", Some(path), None);
                 // Appends without a size limit, as the 8250's file does.
                 (FILE, vec![f.into()], status, libc::RLIM_INFINITY)
             }
@@ -124,10 +117,7 @@ impl DeviceConfig for ConsoleSpec {
                 let listener = socket.listener().try_clone().with_context(|| {
                     format!("device {name}: --console socket={}", path.display())
                 })?;
-                let status = format!(
-                    "{{\"backend\":\"socket\",\"path\":{}}}",
-                    json_string(&path.display().to_string())
-                );
+                let status = backend_status("socket", Some(path), None);
                 (SOCKET, vec![listener.into()], status, 0)
             }
         };
