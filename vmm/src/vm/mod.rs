@@ -44,8 +44,7 @@ use crate::device_host::spawner::SingleThreaded;
 use crate::device_host::{Degraded, DeviceHost, DeviceMode};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::hotplug::Hotplug;
-use crate::irq::{IrqRouter, Routes};
-use crate::kinds::OpenContext;
+use crate::irq::IrqRouter;
 use crate::legacy::power_button::PowerButton;
 use crate::legacy::serial::{ConsoleOut, IrqTrigger, PanicRecord, SerialDevice, COM1_IRQ};
 use crate::legacy::vmgenid;
@@ -58,10 +57,12 @@ use crate::vcpu::{self, setup, PauseGate, Vcpu, VcpuStats};
 use crate::vmm_sandbox;
 use crate::{host, layout, log};
 
+mod backends;
 mod main_loop;
 mod report;
 mod vcpus;
 
+use backends::{attach_devices, bind_device_sockets, open_backends, take_terminal};
 use main_loop::{install_signals, lock_panic, main_loop, Powerdown};
 use report::{debug_summary, profile_file, write_profile};
 use vcpus::{every_other_thread_filtered, spawn_sampler, spawn_vcpus, stop_vcpus, StartGate};
@@ -470,87 +471,6 @@ fn start_loader(
         .name("boot-loader".into())
         .spawn(move || Ok(boot::load(&mem, &ranges, spec)?))
         .context("cannot start the boot loader thread")
-}
-
-/// Every device's opened backend, in the configuration's order, and the
-/// memory-hotplug region a device reserved.
-type Backends = (Vec<crate::kinds::Opened>, Option<(u64, u64)>);
-
-/// skvm's terminal, if a device took it (`--console stdio`): one device at
-/// most, and only when the 8250 does not have it.
-fn take_terminal(
-    console: &Console,
-    backends: &mut [crate::kinds::Opened],
-) -> Result<Option<TerminalInput>> {
-    let mut sinks = backends.iter_mut().filter_map(|o| o.terminal.take());
-    let Some(sink) = sinks.next() else {
-        return Ok(None);
-    };
-    if sinks.next().is_some() {
-        bail!("--console stdio: only one console can have skvm's terminal");
-    }
-    if console.is_stdio() {
-        bail!(
-            "--console stdio: skvm's terminal is the 8250's (--serial stdio, the default); \
-             give --serial another backend (pty, socket=PATH, file=PATH or off)"
-        );
-    }
-    Ok(Some(TerminalInput::new(sink)))
-}
-
-/// Binds the socket each configured device listens on, if any, in the
-/// configuration's order.
-fn bind_device_sockets(cfg: &VmConfig) -> Result<Vec<Option<PrivateSocket>>> {
-    cfg.devices
-        .iter()
-        .map(|spec| {
-            spec.config
-                .socket()
-                .map(|p| PrivateSocket::bind(p, &format!("device {}: socket ", spec.name)))
-                .transpose()
-        })
-        .collect()
-}
-
-/// Opens every configured device's backend; `sockets` are what
-/// [`bind_device_sockets`] bound.
-fn open_backends(
-    cfg: &VmConfig,
-    memory: &Memory,
-    sockets: Vec<Option<PrivateSocket>>,
-) -> Result<Backends> {
-    let mut hotplug = None;
-    let mut opened = Vec::with_capacity(cfg.devices.len());
-    for (spec, socket) in cfg.devices.iter().zip(sockets) {
-        let mut ctx = OpenContext {
-            vm_name: &cfg.name,
-            device: &spec.name,
-            ram_top: memory.ram_top(),
-            hotplug: None,
-            socket,
-        };
-        opened.push(spec.config.open(&mut ctx)?);
-        hotplug = hotplug.or(ctx.hotplug);
-    }
-    Ok((opened, hotplug))
-}
-
-/// Attaches every configured device over its opened backend, in the
-/// configuration's order.
-fn attach_devices(
-    cfg: &VmConfig,
-    backends: Vec<crate::kinds::Opened>,
-    host: &mut DeviceHost,
-    memory: &Memory,
-    pci: &mut PciBus,
-    router: &Arc<IrqRouter>,
-) -> Result<()> {
-    let routes: Arc<dyn Routes> = router.clone();
-    host.set_memory(memory.for_devices());
-    for (spec, opened) in cfg.devices.iter().zip(backends) {
-        host.add(&spec.name, spec.kind.clone(), opened, pci, &routes)?;
-    }
-    Ok(())
 }
 
 /// The 8250 on the console (its interrupt an irqfd), CMOS, i8042 and the
