@@ -105,15 +105,63 @@ impl EscapeParser {
     }
 }
 
+/// Console input on its way to the guest: what the user typed, through
+/// the escape parser, waiting until the guest's side takes it. While some
+/// waits, or once the input ended, no more is read.
+#[derive(Debug)]
+pub struct Typed {
+    parser: EscapeParser,
+    pending: Vec<u8>,
+    open: bool,
+}
+
+impl Default for Typed {
+    fn default() -> Self {
+        Self {
+            parser: EscapeParser::default(),
+            pending: Vec::new(),
+            open: true,
+        }
+    }
+}
+
+impl Typed {
+    /// Whether more input may be read: the input is open and nothing waits.
+    pub fn wants_input(&self) -> bool {
+        self.open && self.pending.is_empty()
+    }
+
+    /// Takes bytes read from the input; true when they hold the quit
+    /// sequence.
+    pub fn feed(&mut self, data: &[u8]) -> bool {
+        let input = self.parser.feed(data);
+        self.pending.extend_from_slice(&input.bytes);
+        input.quit
+    }
+
+    /// The input ended: nothing more is read.
+    pub fn close(&mut self) {
+        self.open = false;
+    }
+
+    /// What waits for the guest's side.
+    pub fn pending(&self) -> &[u8] {
+        &self.pending
+    }
+
+    /// The guest's side took the first `n` bytes of what waits.
+    pub fn consumed(&mut self, n: usize) {
+        self.pending.drain(..n.min(self.pending.len()));
+    }
+}
+
 /// skvm's terminal given to a virtio console (`--console stdio`): the main
 /// thread reads it, through the escape parser, and writes what the user
 /// typed into the pipe the device reads. Nothing waits: what the pipe
 /// cannot take now stays pending, and the terminal is not read meanwhile.
 pub struct TerminalInput {
     sink: File,
-    parser: EscapeParser,
-    pending: Vec<u8>,
-    open: bool,
+    typed: Typed,
 }
 
 impl TerminalInput {
@@ -121,15 +169,13 @@ impl TerminalInput {
     pub fn new(sink: OwnedFd) -> Self {
         Self {
             sink: File::from(sink),
-            parser: EscapeParser::default(),
-            pending: Vec::new(),
-            open: true,
+            typed: Typed::default(),
         }
     }
 
     /// Standard input, while it is open and nothing is pending.
     pub fn poll_fd(&self) -> Option<RawFd> {
-        (self.open && self.pending.is_empty()).then_some(libc::STDIN_FILENO)
+        self.typed.wants_input().then_some(libc::STDIN_FILENO)
     }
 
     /// Reads what the terminal has; true when the user typed the quit
@@ -139,12 +185,8 @@ impl TerminalInput {
         // SAFETY: reads into a valid buffer of the given length.
         let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
         match usize::try_from(n) {
-            Ok(0) => self.open = false,
-            Ok(n) => {
-                let input = self.parser.feed(buf.get(..n).unwrap_or_default());
-                self.pending.extend_from_slice(&input.bytes);
-                return input.quit;
-            }
+            Ok(0) => self.typed.close(),
+            Ok(n) => return self.typed.feed(buf.get(..n).unwrap_or_default()),
             Err(_) => {}
         }
         false
@@ -152,18 +194,33 @@ impl TerminalInput {
 
     /// Writes what is pending into the pipe; whether some is still pending.
     pub fn flush(&mut self) -> bool {
-        if !self.pending.is_empty() {
-            if let Ok(n) = self.sink.write(&self.pending) {
-                self.pending.drain(..n.min(self.pending.len()));
+        if !self.typed.pending().is_empty() {
+            if let Ok(n) = self.sink.write(self.typed.pending()) {
+                self.typed.consumed(n);
             }
         }
-        !self.pending.is_empty()
+        !self.typed.pending().is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typed_input_waits_until_taken_and_is_not_read_meanwhile() {
+        let mut t = Typed::default();
+        assert!(t.wants_input());
+        assert!(!t.feed(b"ls\r"));
+        assert!(!t.wants_input());
+        t.consumed(1);
+        assert_eq!(t.pending(), b"s\r");
+        t.consumed(9);
+        assert!(t.wants_input());
+        assert!(t.feed(&[ESCAPE, b'x']));
+        t.close();
+        assert!(!t.wants_input());
+    }
 
     #[test]
     fn plain_input_passes_through() {

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use ipc::wait::WaitSet;
 
 use crate::console::backend::{Console, ConsoleRead};
-use crate::console::{EscapeParser, TerminalInput};
+use crate::console::{TerminalInput, Typed};
 use crate::ctl::Control;
 use crate::device_host::DeviceHost;
 use crate::exit::{ExitReason, ExitSignal};
@@ -156,9 +156,7 @@ pub(super) fn main_loop(
     powerdown: &Powerdown<'_>,
 ) {
     let mut deadline: Option<Instant> = None;
-    let mut parser = EscapeParser::default();
-    let mut stdin_open = true;
-    let mut pending: Vec<u8> = Vec::new();
+    let mut typed = Typed::default();
     let mut rx = RxWatch::new(Instant::now());
     let mut wake = WaitSet::new();
     loop {
@@ -178,17 +176,17 @@ pub(super) fn main_loop(
                 return;
             }
         }
-        if !pending.is_empty() {
-            let n = legacy.serial_input(&pending);
+        if !typed.pending().is_empty() {
+            let n = legacy.serial_input(typed.pending());
             rx.queued(n);
-            pending.drain(..n.min(pending.len()));
+            typed.consumed(n);
         }
         let unread = legacy.serial_unread();
         if rx.check(unread, Instant::now()) {
             legacy.reassert_serial_interrupt();
         }
-        let typed = terminal.as_deref_mut().is_some_and(TerminalInput::flush);
-        let read_input = stdin_open && pending.is_empty();
+        let forwarding = terminal.as_deref_mut().is_some_and(TerminalInput::flush);
+        let read_input = typed.wants_input();
         fill_wake(
             &mut wake,
             exit,
@@ -196,11 +194,12 @@ pub(super) fn main_loop(
             host,
             control.as_deref(),
         );
-        let timeout = Duration::from_millis(match (pending.is_empty() && !typed, unread) {
-            (false, _) => 5,
-            (true, 0) => 250,
-            (true, _) => 100,
-        });
+        let timeout =
+            Duration::from_millis(match (typed.pending().is_empty() && !forwarding, unread) {
+                (false, _) => 5,
+                (true, 0) => 250,
+                (true, _) => 100,
+            });
         // The wait failed, as when a signal ends it: look again (a
         // termination signal's handler has written the exit eventfd).
         let Ok(ready) = wake.wait(Some(timeout)) else {
@@ -247,13 +246,11 @@ pub(super) fn main_loop(
                 ConsoleRead::Data(len) => len,
                 ConsoleRead::Nothing => continue,
                 ConsoleRead::Closed => {
-                    stdin_open = false;
+                    typed.close();
                     continue;
                 }
             };
-            let input = parser.feed(buf.get(..len).unwrap_or_default());
-            pending.extend_from_slice(&input.bytes);
-            if input.quit {
+            if typed.feed(buf.get(..len).unwrap_or_default()) {
                 exit.request(ExitReason::UserQuit);
                 return;
             }
