@@ -8,8 +8,8 @@
 #   bzImage             the same kernel as a bzImage (LZ4-compressed)
 #   System.map, config  its symbol map and final .config
 #   initramfs.cpio.gz   busybox, guest/init as /init and guest/tools/
-#                       vecprobe.c built static without a C library (the
-#                       default initrd)
+#                       vecprobe.c and vsock.c built static without a C
+#                       library (the default initrd)
 #   initramfs.cpio      the same archive uncompressed, and
 #   initramfs.cpio.lz4  LZ4-compressed (legacy format), to compare unpack times
 #   initramfs-disk.cpio the same plus disk tools: e2fsprogs' mke2fs as
@@ -85,6 +85,7 @@ initramfs_key=$({
 	printf 'mke2fs %s\n' "$(digest <"$mke2fs")"
 	printf 'blkbench %s\n' "$(digest <"$repo/guest/tools/blkbench.c")"
 	printf 'vecprobe %s\n' "$(digest <"$repo/guest/tools/vecprobe.c")"
+	printf 'vsock %s\n' "$(digest <"$repo/guest/tools/vsock.c")"
 } | digest)
 
 kernel_files="vmlinux bzImage System.map config"
@@ -286,6 +287,10 @@ build_initramfs() {
 		-o "$tmp/vecprobe" "$repo/guest/tools/vecprobe.c" ||
 		die "cannot build guest/tools/vecprobe.c"
 	echo "file /bin/vecprobe $tmp/vecprobe 0755 0 0" >>"$tmp/list"
+	gcc -O2 -static -nostdlib -fno-builtin -fno-stack-protector -fno-pie -no-pie -Wall \
+		-o "$tmp/vsock" "$repo/guest/tools/vsock.c" ||
+		die "cannot build guest/tools/vsock.c"
+	echo "file /bin/vsock $tmp/vsock 0755 0 0" >>"$tmp/list"
 	write_cpio "$tmp/list" "$tmp/initramfs.cpio"
 	# The same plus disk tools (mkfs.ext4, blkbench) for the disk tests and
 	# benchmarks: bigger, so slower to unpack where guest kernel code is

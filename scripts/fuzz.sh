@@ -14,6 +14,9 @@
 #                contents and guest memory, a socket pair as its tap
 #   console_queue  virtio-console (input and output) on arbitrary queue
 #                contents and guest memory, a socket pair as its pty
+#   vsock_queue  virtio-vsock (guest packets, then its answers and events)
+#                on arbitrary queue contents and guest memory, with a host
+#                client and a connector answer waiting or not
 #   transport    the virtio-pci transport (the VMM's side) fed hostile
 #                BAR and PCI-configuration accesses
 #   remote_device  a hostile device's answers to the VMM's side of the
@@ -31,7 +34,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-targets=(ipc_request ipc_reply rng_queue blk_queue net_queue console_queue transport remote_device drive_e2e snapshot_state kernel_image)
+targets=(ipc_request ipc_reply rng_queue blk_queue net_queue console_queue vsock_queue transport remote_device drive_e2e snapshot_state kernel_image)
 
 usage() {
 	sed -n '2,4p' "$0" | sed 's/^# //' >&2

@@ -24,11 +24,10 @@ use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::Bytes;
 
 use crate::virtio::{
-    check_features, restore_counters, save_counters, serve_queue, BackendEvents, DeviceError,
-    GuestMemory, Processed, VirtioDevice, DEVICE_ID_CONSOLE, TRANSPORT_FEATURES,
+    check_features, gather, restore_counters, save_counters, scatter, serve_queue, BackendEvent,
+    DeviceError, GuestMemory, Processed, VirtioDevice, DEVICE_ID_CONSOLE, TRANSPORT_FEATURES,
 };
 
 /// Queue size offered to the driver.
@@ -39,8 +38,6 @@ pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
 /// Most bytes of one transmit chain (Linux sends at most a page).
 pub const MAX_CHAIN: usize = 64 << 10;
-/// Most descriptors of one chain that the device looks at.
-const MAX_DESCRIPTORS: usize = 64;
 /// How much output a socket console keeps for the next client.
 pub const HISTORY: usize = 64 << 10;
 /// Bytes read from the backend at a time.
@@ -255,7 +252,7 @@ impl Console {
     fn transmit(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
         let mut buf = std::mem::take(&mut self.tx_buf);
         buf.clear();
-        if gather(chain, mem, &mut buf) {
+        if gather(chain, mem, &mut buf, MAX_CHAIN) {
             self.output(&buf);
         } else {
             self.stats.bad_chains += 1;
@@ -410,56 +407,12 @@ impl Console {
             queue.enable_notification(mem).map_err(DeviceError::Queue)?;
         }
         let notify = used > 0 && queue.needs_notification(mem).map_err(DeviceError::Queue)?;
-        Ok(Processed { notify, pending })
+        Ok(Processed {
+            notify,
+            pending,
+            wake: None,
+        })
     }
-}
-
-/// Appends the readable descriptors of `chain` to `out`; false if the
-/// chain is cut short, too long, has a writable descriptor or leaves
-/// guest memory.
-fn gather(chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory, out: &mut Vec<u8>) -> bool {
-    let mut cut = false;
-    for (i, desc) in chain.enumerate() {
-        cut = desc.has_next();
-        let Ok(n) = usize::try_from(desc.len()) else {
-            return false;
-        };
-        if i >= MAX_DESCRIPTORS || desc.is_write_only() || out.len() + n > MAX_CHAIN {
-            return false;
-        }
-        let start = out.len();
-        out.resize(start + n, 0);
-        let Some(dst) = out.get_mut(start..) else {
-            return false;
-        };
-        if mem.read_slice(dst, desc.addr()).is_err() {
-            return false;
-        }
-    }
-    !cut
-}
-
-/// Copies the start of `data` into the writable descriptors of `chain`;
-/// how many bytes went in, or `None` if the chain is cut short, too long,
-/// has a readable descriptor or leaves guest memory.
-fn scatter(chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory, data: &[u8]) -> Option<usize> {
-    let mut done = 0usize;
-    let mut cut = false;
-    for (i, desc) in chain.enumerate() {
-        cut = desc.has_next();
-        if i >= MAX_DESCRIPTORS || !desc.is_write_only() {
-            return None;
-        }
-        let room = usize::try_from(desc.len()).ok()?;
-        let n = room.min(data.len() - done);
-        if n == 0 {
-            continue;
-        }
-        let src = data.get(done..done + n)?;
-        mem.write_slice(src, desc.addr()).ok()?;
-        done += n;
-    }
-    (!cut).then_some(done)
 }
 
 impl VirtioDevice for Console {
@@ -502,16 +455,16 @@ impl VirtioDevice for Console {
         }
     }
 
-    fn backend_events(&self) -> BackendEvents {
-        let listener = match &self.backend {
-            ConsoleBackend::Socket { listener, .. } => Some((listener.as_raw_fd(), RX_QUEUE)),
-            _ => None,
-        };
-        let input = self
+    fn backend_events(&self, out: &mut Vec<BackendEvent>) {
+        if let ConsoleBackend::Socket { listener, .. } = &self.backend {
+            out.push(BackendEvent::readable(listener.as_raw_fd(), RX_QUEUE));
+        }
+        if let Some(fd) = self
             .input_fd()
             .filter(|_| !self.rx_starved && !self.input_failed)
-            .map(|fd| (fd, RX_QUEUE));
-        [listener, input]
+        {
+            out.push(BackendEvent::readable(fd, RX_QUEUE));
+        }
     }
 
     fn report(&self) -> Option<String> {
@@ -543,11 +496,11 @@ impl VirtioDevice for Console {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_queue::{raw_chains as raw, used};
+    use crate::test_queue::{events, raw_chains as raw, used};
     use std::io::{Read, Write};
     use std::os::unix::net::{UnixListener, UnixStream};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::GuestAddress;
+    use vm_memory::{Bytes, GuestAddress};
 
     const MEM_SIZE: usize = 0x40_0000;
     const BUF: u64 = 0x10_0000;
@@ -617,7 +570,7 @@ mod tests {
             .unwrap();
         assert_eq!(&got, b"typed inpu");
         // Starved: the input fd is not polled until the driver kicks.
-        assert!(c.backend_events().iter().all(Option::is_none));
+        assert!(events(&c).is_empty());
         assert_eq!(c.stats().rx_bytes, 10);
     }
 
@@ -665,11 +618,11 @@ mod tests {
         assert_eq!(&typed, b"ls\n");
         assert_eq!(c.stats().clients, 1);
         // Both the listener and the client are waited on.
-        assert!(c.backend_events().iter().all(Option::is_some));
+        assert_eq!(events(&c).len(), 2);
         // The client hangs up: detached, and the next one is taken.
         drop(first);
         c.process_queue(RX_QUEUE, &mut rx, &m).unwrap();
-        assert!(c.backend_events()[1].is_none());
+        assert_eq!(events(&c).len(), 1);
         let mut third = UnixStream::connect(&path).unwrap();
         c.process_queue(RX_QUEUE, &mut rx, &m).unwrap();
         let mut got = [0u8; 9];

@@ -12,6 +12,8 @@
 //! - [`net`]: virtio-net over a tap fd (section 5.1).
 //! - [`console`]: virtio-console over a pty, a file or a unix socket
 //!   (section 5.3).
+//! - [`vsock`]: virtio-vsock, stream sockets to host unix sockets
+//!   (section 5.10).
 //! - [`mem`]: virtio-mem, guest memory plugged by blocks (section 5.15).
 //!
 //! Guest memory and every queue field are written by a hostile guest: models
@@ -26,3 +28,4 @@ pub mod rng;
 #[cfg(test)]
 mod test_queue;
 pub mod virtio;
+pub mod vsock;

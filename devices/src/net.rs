@@ -30,7 +30,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend as _, Le16};
 
 use crate::virtio::{
-    check_features, restore_counters, save_counters, serve_queue, BackendEvents, DeviceError,
+    check_features, restore_counters, save_counters, serve_queue, BackendEvent, DeviceError,
     GuestMemory, Processed, VirtioDevice, DEVICE_ID_NET, TRANSPORT_FEATURES,
 };
 
@@ -403,7 +403,11 @@ impl Net {
             queue.enable_notification(mem).map_err(DeviceError::Queue)?;
         }
         let notify = delivered > 0 && queue.needs_notification(mem).map_err(DeviceError::Queue)?;
-        Ok(Processed { notify, pending })
+        Ok(Processed {
+            notify,
+            pending,
+            wake: None,
+        })
     }
 }
 
@@ -539,9 +543,10 @@ impl VirtioDevice for Net {
         }
     }
 
-    fn backend_events(&self) -> BackendEvents {
-        let tap = (!self.rx_starved && !self.tap_failed).then(|| (self.tap.as_raw_fd(), RX_QUEUE));
-        [tap, None]
+    fn backend_events(&self, out: &mut Vec<BackendEvent>) {
+        if !self.rx_starved && !self.tap_failed {
+            out.push(BackendEvent::readable(self.tap.as_raw_fd(), RX_QUEUE));
+        }
     }
 
     fn report(&self) -> Option<String> {
@@ -585,7 +590,7 @@ impl VirtioDevice for Net {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_queue::{raw_chains as raw, used, NEXT};
+    use crate::test_queue::{events, raw_chains as raw, used, NEXT};
     use std::os::unix::net::UnixDatagram;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -785,7 +790,7 @@ mod tests {
         let done = n.process_queue(RX_QUEUE, &mut q, &m).unwrap();
         assert!(!done.notify);
         assert!(used(&vq).is_empty());
-        assert!(n.backend_events()[0].is_none());
+        assert!(events(&n).is_empty());
         // The driver adds buffers and kicks.
         let more = vec![
             vec![(BUF + 0x1_0000, 1024, true)],
@@ -794,7 +799,7 @@ mod tests {
         vq.add_desc_chains(&raw(&more, 1), 1).unwrap();
         n.process_queue(RX_QUEUE, &mut q, &m).unwrap();
         assert_eq!(used(&vq), vec![(0, 1024), (1, 1024), (2, 952)]);
-        assert!(n.backend_events()[0].is_some());
+        assert_eq!(events(&n).len(), 1);
         assert_eq!(n.stats().rx_frames, 1);
     }
 

@@ -8,7 +8,7 @@
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 
-use crate::virtio::GuestMemory;
+use crate::virtio::{BackendEvent, GuestMemory, VirtioDevice};
 
 /// VIRTQ_DESC_F_NEXT.
 pub const NEXT: u16 = 1;
@@ -49,4 +49,11 @@ pub fn used(vq: &MockSplitQueue<'_, GuestMemory>) -> Vec<(u32, u32)> {
             (e.id(), e.len())
         })
         .collect()
+}
+
+/// The backend events `device` waits on now.
+pub fn events(device: &dyn VirtioDevice) -> Vec<BackendEvent> {
+    let mut out = Vec::new();
+    device.backend_events(&mut out);
+    out
 }

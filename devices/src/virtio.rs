@@ -2,6 +2,7 @@
 //! independent of the transport and of where the model runs.
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::Bytes;
 
 /// Guest memory as device models see it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
@@ -24,12 +25,37 @@ pub const DEVICE_ID_CONSOLE: u32 = 3;
 /// Device ID of an entropy source.
 pub const DEVICE_ID_RNG: u32 = 4;
 
-/// Most backend fds a device waits on.
-pub const MAX_BACKEND_FDS: usize = 2;
+/// A backend fd a device waits on, and the queue to process when it is
+/// ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendEvent {
+    /// The fd.
+    pub fd: std::os::fd::RawFd,
+    /// Wait for room to write rather than for data to read.
+    pub writable: bool,
+    /// The queue to process.
+    pub queue: usize,
+}
 
-/// The backend fds a device waits on, each with the queue to process when
-/// it is readable.
-pub type BackendEvents = [Option<(std::os::fd::RawFd, usize)>; MAX_BACKEND_FDS];
+impl BackendEvent {
+    /// Data to read on `fd` makes `queue` worth processing.
+    pub fn readable(fd: std::os::fd::RawFd, queue: usize) -> Self {
+        Self {
+            fd,
+            writable: false,
+            queue,
+        }
+    }
+
+    /// Room to write on `fd` makes `queue` worth processing.
+    pub fn writable(fd: std::os::fd::RawFd, queue: usize) -> Self {
+        Self {
+            fd,
+            writable: true,
+            queue,
+        }
+    }
+}
 
 /// The transport features every skvm device offers: virtio 1.x, event
 /// indices and indirect descriptors (virtio-queue handles both).
@@ -64,6 +90,9 @@ pub struct Processed {
     /// The call stopped at its budget with buffers left: call it again
     /// (the driver will not kick for them).
     pub pending: bool,
+    /// Another queue has work now (vsock's answers to what the driver
+    /// sent wait for the receive queue): process it as if kicked.
+    pub wake: Option<usize>,
 }
 
 /// Serves the available chains of `queue` with `serve`, which returns each
@@ -103,7 +132,72 @@ pub fn serve_queue(
         }
     }
     let notify = served > 0 && queue.needs_notification(mem).map_err(DeviceError::Queue)?;
-    Ok(Processed { notify, pending })
+    Ok(Processed {
+        notify,
+        pending,
+        wake: None,
+    })
+}
+
+/// Most descriptors of one chain that [`gather`] and [`scatter`] look at.
+pub const MAX_DESCRIPTORS: usize = 64;
+
+/// Appends the readable descriptors of `chain` to `out`; false if the
+/// chain is cut short, takes `out` past `max` bytes, has more than
+/// [`MAX_DESCRIPTORS`] or a writable descriptor, or leaves guest memory.
+pub fn gather(
+    chain: DescriptorChain<&GuestMemory>,
+    mem: &GuestMemory,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> bool {
+    let mut cut = false;
+    for (i, desc) in chain.enumerate() {
+        cut = desc.has_next();
+        let Ok(n) = usize::try_from(desc.len()) else {
+            return false;
+        };
+        if i >= MAX_DESCRIPTORS || desc.is_write_only() || out.len() + n > max {
+            return false;
+        }
+        let start = out.len();
+        out.resize(start + n, 0);
+        let Some(dst) = out.get_mut(start..) else {
+            return false;
+        };
+        if mem.read_slice(dst, desc.addr()).is_err() {
+            return false;
+        }
+    }
+    !cut
+}
+
+/// Copies the start of `data` into the writable descriptors of `chain`;
+/// how many bytes went in, or `None` if the chain is cut short, has more
+/// than [`MAX_DESCRIPTORS`] or a readable descriptor, or leaves guest
+/// memory.
+pub fn scatter(
+    chain: DescriptorChain<&GuestMemory>,
+    mem: &GuestMemory,
+    data: &[u8],
+) -> Option<usize> {
+    let mut done = 0usize;
+    let mut cut = false;
+    for (i, desc) in chain.enumerate() {
+        cut = desc.has_next();
+        if i >= MAX_DESCRIPTORS || !desc.is_write_only() {
+            return None;
+        }
+        let room = usize::try_from(desc.len()).ok()?;
+        let n = room.min(data.len() - done);
+        if n == 0 {
+            continue;
+        }
+        let src = data.get(done..done + n)?;
+        mem.write_slice(src, desc.addr()).ok()?;
+        done += n;
+    }
+    (!cut).then_some(done)
 }
 
 /// A virtio device model.
@@ -138,12 +232,12 @@ pub trait VirtioDevice: Send {
     ) -> Result<Processed, DeviceError>;
     /// Back to the state before activation.
     fn reset(&mut self);
-    /// The backend fds to wait on while active, each with the queue to
-    /// process when it is readable (a tap's receive side; a console's
-    /// listening socket and its client); none while the device waits for
-    /// the driver instead.
-    fn backend_events(&self) -> BackendEvents {
-        [None; MAX_BACKEND_FDS]
+    /// Adds to `out` the backend fds to wait on while active, each with the
+    /// queue to process when it is ready (a tap's receive side; a console's
+    /// listening socket and its client; vsock's streams); none while the
+    /// device waits for the driver instead.
+    fn backend_events(&self, out: &mut Vec<BackendEvent>) {
+        let _ = out;
     }
     /// What the device has to say when it stops: hostile input it dropped,
     /// backend errors. `None` when there is nothing worth a log line.

@@ -1,5 +1,5 @@
-//! Escape kinds: `escrng`, `escblk`, `escnet`, `escconsole` get exactly the
-//! confinement of rng, blk, net and console (their [`Confinement`]: seccomp policy, rlimits;
+//! Escape kinds: `escrng`, `escblk`, `escnet`, `escconsole`, `escvsock` get
+//! exactly the confinement of rng, blk, net, console and vsock (their [`Confinement`]: seccomp policy, rlimits;
 //! namespaces and the empty root as every device) around the escape model
 //! of [`crate::device`]. With `SKVM_ESCAPE_DEVICE=ACTIONS` they also take
 //! the real kind's option (`--rng`, `--disk`) and backend, and request the

@@ -2,8 +2,8 @@
 //! `guest-tests/tests/escape.rs` only. It is the `vmm` library's command
 //! line with three additions, none of them in the `skvm` people run:
 //!
-//! - device kinds `escrng`, `escblk`, `escnet` and `escconsole` ([`kinds`]), confined
-//!   exactly as rng, blk and net, whose model attempts a hostile action on
+//! - device kinds `escrng`, `escblk`, `escnet`, `escconsole` and `escvsock`
+//!   ([`kinds`]), confined exactly as rng, blk, net, console and vsock, whose model attempts a hostile action on
 //!   request ([`device`]);
 //! - `skvm-escape attempt --device escrng0 [--seccomp MODE] ACTION`: starts
 //!   one as `skvm run` starts a device and has it attempt ACTION;
@@ -37,9 +37,13 @@ use kinds::EscapeKind;
 fn registry() -> Registry {
     let std = Registry::standard();
     let kind = |name: &str| std.get(name);
-    let (Some(rng), Some(blk), Some(net), Some(console)) =
-        (kind("rng"), kind("blk"), kind("net"), kind("console"))
-    else {
+    let (Some(rng), Some(blk), Some(net), Some(console), Some(vsock)) = (
+        kind("rng"),
+        kind("blk"),
+        kind("net"),
+        kind("console"),
+        kind("vsock"),
+    ) else {
         return std;
     };
     match std::env::var("SKVM_ESCAPE_DEVICE") {
@@ -56,12 +60,14 @@ fn registry() -> Registry {
                 .replace("blk", EscapeKind::new(blk, Some(actions)))
                 .with(EscapeKind::new(net, None))
                 .with(EscapeKind::new(console, None))
+                .with(EscapeKind::new(vsock, None))
         }
         Err(_) => std
             .with(EscapeKind::new(rng, None))
             .with(EscapeKind::new(blk, None))
             .with(EscapeKind::new(net, None))
-            .with(EscapeKind::new(console, None)),
+            .with(EscapeKind::new(console, None))
+            .with(EscapeKind::new(vsock, None)),
     }
 }
 
@@ -80,7 +86,8 @@ fn run(cfg: &VmConfig) -> Result<ExitReason> {
 #[derive(Debug, Parser)]
 #[command(name = "skvm-escape attempt")]
 struct Attempt {
-    /// The escape device: escrng0, escblk0, escnet0 or escconsole0.
+    /// The escape device: escrng0, escblk0, escnet0, escconsole0 or
+    /// escvsock0.
     #[arg(long)]
     device: String,
     /// Its seccomp mode.
@@ -106,7 +113,9 @@ fn attempt(args: &Attempt, kinds: &Registry) -> Result<()> {
     let kind = kinds
         .kind_of(&args.device)
         .filter(|k| k.name().starts_with("esc"))
-        .context("--device needs an escape device (escrng0, escblk0, escnet0, escconsole0)")?;
+        .context(
+            "--device needs an escape device (escrng0, escblk0, escnet0, escconsole0, escvsock0)",
+        )?;
     let single = SingleThreaded::claim()?;
     let sandbox = SandboxOpts {
         seccomp: args.seccomp,

@@ -4,8 +4,9 @@
 //! the VMM side carries on. Runs `skvm-escape` (the workspace's `escape`
 //! crate: the vmm library with the escape suite's kinds and steps, never
 //! the skvm people run; $SKVM_ESCAPE_BIN, default
-//! target/release/skvm-escape); the escrng/escblk/escnet/escconsole device
-//! kinds get exactly rng's, blk's, net's and console's confinement.
+//! target/release/skvm-escape); the escrng/escblk/escnet/escconsole/
+//! escvsock device kinds get exactly rng's, blk's, net's, console's and
+//! vsock's confinement.
 //!
 //! With a guest running: `SKVM_ESCAPE_DEVICE=ACTIONS` makes `skvm run` start
 //! its devices as escape devices that attempt ACTIONS once the guest's
@@ -131,6 +132,11 @@ fn a_net_device_process_cannot_escape() {
 #[test]
 fn a_console_device_process_cannot_escape() {
     suite("escconsole0");
+}
+
+#[test]
+fn a_vsock_device_process_cannot_escape() {
+    suite("escvsock0");
 }
 
 #[test]

@@ -99,6 +99,15 @@ impl<T: Copy> WaitSet<T> {
         self.tokens.push(token);
     }
 
+    /// Waits for the fd numbered `fd` to have room to write (`POLLOUT`),
+    /// reporting it as `token` (ready also when it hung up or failed).
+    pub fn add_raw_writable(&mut self, fd: RawFd, token: T) {
+        let mut p = pollfd(fd);
+        p.events = libc::POLLOUT;
+        self.fds.push(p);
+        self.tokens.push(token);
+    }
+
     /// Forgets every fd, keeping the room they took.
     pub fn clear(&mut self) {
         self.fds.clear();

@@ -212,6 +212,10 @@ fn show_vmm(sb: &VmmSandbox, mode: SeccompMode) -> ExitCode {
             "socket remover process (with --ctl)",
             vmm_sandbox::remover_policy(),
         ),
+        (
+            "vsock connector process (with --vsock)",
+            vmm_sandbox::connector_policy(),
+        ),
     ] {
         println!("{what}: {} syscalls allowed", p.syscalls().len());
         print_calls(&p, 20);

@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use devices::virtio::{BackendEvents, DeviceError, VirtioDevice};
+use devices::virtio::{BackendEvent, DeviceError, VirtioDevice};
 use ipc::wait::WaitSet;
 use ipc::{
     Channel, DeviceInfo, DeviceState, IpcError, QueueLayout, QueueState, Reply, Request,
@@ -230,21 +230,20 @@ fn serve_model(
 
     let mut active: Option<Active> = None;
     let mut paused = false;
-    let mut wake = WaitSet::with_capacity(1 + devices::virtio::MAX_BACKEND_FDS + ipc::MAX_QUEUES);
+    let mut wake = WaitSet::with_capacity(1 + 2 + ipc::MAX_QUEUES);
+    let mut backend = Vec::new();
     loop {
         let serving = active.as_ref().filter(|_| !paused);
-        let backend = match serving {
-            Some(_) => device.backend_events(),
-            None => Default::default(),
-        };
+        backend.clear();
+        if serving.is_some() {
+            device.backend_events(&mut backend);
+        }
         let backend_ready = wait(&mut wake, chan, serving, &backend);
         if let Some(a) = active.as_mut().filter(|_| !paused) {
-            let ready = if backend_ready {
-                backend
-            } else {
-                Default::default()
-            };
-            if let Err(reason) = process_kicked(device, a, &ready) {
+            if !backend_ready {
+                backend.clear();
+            }
+            if let Err(reason) = process_kicked(device, a, &backend) {
                 // The queue is unusable: stop serving it and tell the VMM.
                 active = None;
                 device.reset();
@@ -392,12 +391,16 @@ fn wait(
     set: &mut WaitSet<Wake>,
     chan: &Channel,
     active: Option<&Active>,
-    backend: &BackendEvents,
+    backend: &[BackendEvent],
 ) -> bool {
     set.clear();
     set.add(chan, Wake::Control);
-    for (fd, _) in backend.iter().flatten() {
-        set.add_raw(*fd, Wake::Backend);
+    for e in backend {
+        if e.writable {
+            set.add_raw_writable(e.fd, Wake::Backend);
+        } else {
+            set.add_raw(e.fd, Wake::Backend);
+        }
     }
     if let Some(a) = active {
         for q in &a.queues {
@@ -412,31 +415,44 @@ fn wait(
 fn process_kicked(
     device: &mut dyn VirtioDevice,
     a: &mut Active,
-    ready: &BackendEvents,
+    ready: &[BackendEvent],
 ) -> Result<(), RequestError> {
+    let mut woken = Vec::new();
     for q in &mut a.queues {
-        let backend = ready.iter().flatten().any(|(_, i)| *i == q.index);
+        let backend = ready.iter().any(|e| e.queue == q.index);
         // A read of a non-blocking eventfd succeeds only if it was kicked.
         if q.kick.read().is_ok() || backend {
-            run_queue(device, &a.mem, q)?;
+            woken.extend(run_queue(device, &a.mem, q)?);
         }
     }
+    wake_queues(a, &woken);
     Ok(())
 }
 
 fn process_all(device: &mut dyn VirtioDevice, a: &mut Active) -> Result<(), RequestError> {
+    let mut woken = Vec::new();
     for q in &mut a.queues {
         let _ = q.kick.read();
-        run_queue(device, &a.mem, q)?;
+        woken.extend(run_queue(device, &a.mem, q)?);
     }
+    wake_queues(a, &woken);
     Ok(())
 }
 
+/// Kicks the queues a device said have work (`Processed::wake`), so that
+/// the next round processes them.
+fn wake_queues(a: &Active, queues: &[usize]) {
+    for q in a.queues.iter().filter(|q| queues.contains(&q.index)) {
+        let _ = q.kick.write(1);
+    }
+}
+
+/// Processes queue `q`; which other queue has work, if any.
 fn run_queue(
     device: &mut dyn VirtioDevice,
     mem: &GuestMemoryMmap,
     q: &mut ActiveQueue,
-) -> Result<(), RequestError> {
+) -> Result<Option<usize>, RequestError> {
     let done = device
         .process_queue(q.index, &mut q.queue, mem)
         .map_err(|source| RequestError::Serve {
@@ -450,7 +466,7 @@ fn run_queue(
         // Come back after a look at the control channel.
         let _ = q.kick.write(1);
     }
-    Ok(())
+    Ok(done.wake)
 }
 
 /// Maps the memory, builds and validates the queues, and activates the

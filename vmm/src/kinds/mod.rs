@@ -19,6 +19,7 @@ pub mod console;
 pub mod mem;
 pub mod net;
 pub mod rng;
+pub mod vsock;
 
 use std::fmt::Debug;
 use std::os::fd::OwnedFd;
@@ -28,6 +29,7 @@ use devices::virtio::VirtioDevice;
 use sandbox::seccomp::Syscall;
 
 use crate::ctl::PrivateSocket;
+use crate::device_host::spawner::SingleThreaded;
 use crate::remote::{Hosted, RemoteDevice};
 use crate::virtio_pci::PciClass;
 
@@ -124,6 +126,12 @@ pub struct OpenContext<'a> {
     /// The socket bound for [`DeviceConfig::socket`], for the device to
     /// take.
     pub socket: Option<PrivateSocket>,
+    /// Proof that the VMM has one thread: a kind may fork a helper
+    /// process (vsock's connector) while it opens its backend.
+    pub single: &'a SingleThreaded,
+    /// The seccomp action for such helpers' filters; `None` with
+    /// `--sandbox off` (no filter).
+    pub helper_seccomp: Option<crate::device_host::SeccompMode>,
 }
 
 /// A backend opened in the VMM: what travels to the device with its hello.
@@ -229,6 +237,7 @@ impl Registry {
             .with(rng::Rng)
             .with(net::Net)
             .with(console::Console)
+            .with(vsock::Vsock)
             .with(mem::Mem)
     }
 
@@ -367,8 +376,8 @@ mod tests {
         names.dedup();
         ids.sort_unstable();
         ids.dedup();
-        assert_eq!(names.len(), 5);
-        assert_eq!(ids.len(), 5);
+        assert_eq!(names.len(), 6);
+        assert_eq!(ids.len(), 6);
         assert!(r.kinds().all(|k| ipc::wire::valid_kind(k.name())));
     }
 }

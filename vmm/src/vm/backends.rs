@@ -11,6 +11,7 @@ use crate::config::VmConfig;
 use crate::console::backend::Console;
 use crate::console::TerminalInput;
 use crate::ctl::PrivateSocket;
+use crate::device_host::spawner::SingleThreaded;
 use crate::device_host::DeviceHost;
 use crate::irq::{IrqRouter, Routes};
 use crate::kinds::OpenContext;
@@ -63,7 +64,10 @@ pub(super) fn open_backends(
     cfg: &VmConfig,
     memory: &Memory,
     sockets: Vec<Option<PrivateSocket>>,
+    single: &SingleThreaded,
 ) -> Result<Backends> {
+    let helper_seccomp =
+        (cfg.vmm_sandbox.on && !cfg.sandbox.unconfined).then_some(cfg.sandbox.seccomp);
     let mut hotplug = None;
     let mut opened = Vec::with_capacity(cfg.devices.len());
     for (spec, socket) in cfg.devices.iter().zip(sockets) {
@@ -73,6 +77,8 @@ pub(super) fn open_backends(
             ram_top: memory.ram_top(),
             hotplug: None,
             socket,
+            single,
+            helper_seccomp,
         };
         opened.push(spec.config.open(&mut ctx)?);
         hotplug = hotplug.or(ctx.hotplug);

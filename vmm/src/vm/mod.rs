@@ -248,7 +248,7 @@ impl<'a> Spawned<'a> {
             ),
         };
         let memory = Memory::new(ram);
-        let (mut backends, hotplug_room) = open_backends(cfg, &memory, device_sockets)?;
+        let (mut backends, hotplug_room) = open_backends(cfg, &memory, device_sockets, &single)?;
         let terminal = take_terminal(&console, &mut backends)?;
         let opened = Opened {
             checked,

@@ -34,7 +34,9 @@ mod processes;
 
 pub use lists::{kvm_ioctl, NEVER};
 use lists::{COMMON, ELEVATE, MAIN, MAIN_ENOSYS, OBSOLETE, RESOURCECONTROL, SPAWN, VCPU};
-pub use processes::{remover_policy, spawner_policy, REMOVER, SPAWNER};
+pub use processes::{
+    connector_policy, remover_policy, spawner_policy, CONNECTOR, CONNECTOR_FD, REMOVER, SPAWNER,
+};
 
 use crate::device_host::{policy, SeccompMode};
 use crate::kinds::Confinement;

@@ -302,6 +302,58 @@ pub fn spawner_policy() -> Policy {
     p
 }
 
+/// The fd the vsock connector reads requests from and answers on.
+pub const CONNECTOR_FD: i32 = 3;
+const SOCK_STREAM_FLAGS: u64 =
+    (libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64;
+
+/// The vsock connector's calls (`kinds::vsock::connector`): it connects to
+/// `PATH_<port>` in its working directory and passes the socket on.
+pub const CONNECTOR: &[Syscall] = &[
+    only(
+        libc::SYS_read,
+        "read",
+        "a request on its channel (fd 3 only)",
+        &[&[Arg::Eq(0, CONNECTOR_FD as u64)]],
+    ),
+    only(
+        libc::SYS_socket,
+        "socket",
+        "a unix stream socket (non-blocking, close-on-exec), nothing else",
+        &[&[
+            Arg::Eq(0, libc::AF_UNIX as u64),
+            Arg::Eq(1, SOCK_STREAM_FLAGS),
+            Arg::Eq(2, 0),
+        ]],
+    ),
+    call(
+        libc::SYS_connect,
+        "connect",
+        "to PATH_<port>, a name relative to the socket's directory",
+    ),
+    only(
+        libc::SYS_sendmsg,
+        "sendmsg",
+        "the answer and the connected socket, on fd 3 only",
+        &[&[
+            Arg::Eq(0, CONNECTOR_FD as u64),
+            Arg::Eq(2, libc::MSG_NOSIGNAL as u64),
+        ]],
+    ),
+    call(libc::SYS_close, "close", "its copy of the passed socket"),
+    call(
+        libc::SYS_rt_sigreturn,
+        "rt_sigreturn",
+        "return from the SIGSYS reporter (--seccomp trap)",
+    ),
+    call(libc::SYS_exit_group, "exit_group", "exit"),
+];
+
+/// The vsock connector's allowlist.
+pub fn connector_policy() -> Policy {
+    Policy::new(CONNECTOR)
+}
+
 /// The control socket remover's allowlist.
 pub fn remover_policy() -> Policy {
     Policy::new(REMOVER)
