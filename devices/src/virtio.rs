@@ -250,6 +250,10 @@ pub trait VirtioDevice: Send {
     fn save_state(&self) -> Vec<u8> {
         Vec::new()
     }
+    /// This instance, activated, takes over from one that died without
+    /// saving its state: what that one held of the backend is gone.
+    fn recovered(&mut self) {}
+
     /// Takes over what [`VirtioDevice::save_state`] of another instance
     /// returned, after [`VirtioDevice::activate`]; refuses anything that
     /// instance could not have produced.

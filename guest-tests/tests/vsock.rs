@@ -203,7 +203,8 @@ fn a_killed_device_restarts_and_new_streams_work() {
     wait_for_socket(&sock);
     let (_, st) = ctl(&ctl_sock, "status");
     let dev = guest_tests::device_status(&st, "vsock0");
-    assert_eq!(dev["backend"]["kind"], "socket", "{st}");
+    assert_eq!(dev["backend"]["backend"], "socket", "{st}");
+    assert_eq!(dev["backend"]["path"], sock.to_str().unwrap(), "{st}");
     // A stream open when the device dies: it ends (reset), and the guest
     // carries on.
     let (mut open, _) = connect(&sock, 5000);

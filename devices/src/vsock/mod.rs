@@ -69,7 +69,7 @@ pub const MAX_PAYLOAD: usize = 64 << 10;
 const MAX_CONTROL: usize = 4 * MAX_STREAMS;
 /// Longest `CONNECT <port>` line.
 const LINE_MAX: usize = 32;
-/// The first host port the device gives host-initiated streams.
+/// The host ports the device gives host-initiated streams start here.
 const FIRST_HOST_PORT: u32 = 1 << 30;
 /// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`.
 const EVENT_TRANSPORT_RESET: u32 = 0;
@@ -279,8 +279,10 @@ pub struct Vsock {
 impl Vsock {
     /// A device over `backend`.
     pub fn new(backend: VsockBackend) -> Self {
-        // Request ids start where the clock says, so that an answer meant
-        // for a previous instance (before a restart) matches none of ours.
+        // Request ids and host ports start where the clock says, so that
+        // an answer meant for a previous instance (before a restart)
+        // matches none of ours, and a guest socket that missed the reset of
+        // that instance's streams is not taken for a new one.
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -293,7 +295,7 @@ impl Vsock {
             connecting: VecDeque::new(),
             next_request: Wrapping(seed),
             connector_gone: false,
-            next_port: FIRST_HOST_PORT,
+            next_port: FIRST_HOST_PORT + seed % FIRST_HOST_PORT,
             next_stream: 0,
             rx_starved: false,
             reset_event: false,
@@ -1020,6 +1022,12 @@ impl VirtioDevice for Vsock {
         self.stats = VsockStats::from_fields(fields);
         self.reset_event = true;
         Ok(())
+    }
+
+    /// The dead instance's streams are gone with its fds: the guest is
+    /// told to reset its connections.
+    fn recovered(&mut self) {
+        self.reset_event = true;
     }
 
     fn reset(&mut self) {

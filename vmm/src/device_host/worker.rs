@@ -594,7 +594,9 @@ fn restore(
         q.queue.set_next_avail(used);
         q.queue.set_next_used(used);
     }
-    if !recover {
+    if recover {
+        device.recovered();
+    } else {
         device
             .restore_state(&state.device)
             .map_err(RequestError::State)?;
