@@ -15,6 +15,10 @@
 #   console0: 64-byte and 4 KiB writes to the console that a host peer
 #         echoes back, one at a time: latency is the round trip from the
 #         transmit kick to the interrupt that completes the echo;
+#   vsock0: 64-byte and 64 KiB writes of a host program on the device's
+#         socket that the harness's driver echoes back, one at a time:
+#         latency is the host program's round trip (host -> device ->
+#         driver -> device -> host); through a guest: scripts/bench-vsock.sh;
 # each in three ways: a device thread in the VMM, a confined device process
 # (the default), and a device process with no confinement at all
 # (`--unconfined`). Printed: requests/s, MB/s, kick-to-interrupt latency
@@ -71,6 +75,9 @@ for op in randread randwrite; do
 done
 for size in 64 4096; do
 	cases+=("console0 echo $size|--device console0 --size $size")
+done
+for size in 64 65536; do
+	cases+=("vsock0 echo $size|--device vsock0 --size $size")
 done
 if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
 	bench_netns

@@ -22,7 +22,9 @@ const MIB: usize = 1 << 20;
 
 /// Byte `i` of every stream the tests and the guest tool send.
 fn pattern(from: usize, len: usize) -> Vec<u8> {
-    (from..from + len).map(|i| (i % 251) as u8).collect()
+    (from..from + len)
+        .map(|i| u8::try_from(i % 251).unwrap())
+        .collect()
 }
 
 /// A host program's stream to guest port `port` through skvm's socket

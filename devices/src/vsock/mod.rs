@@ -393,7 +393,7 @@ impl Vsock {
                 buf.get(HDR_LEN..HDR_LEN.checked_add(len)?)
             });
             match (h, data) {
-                (Some(h), Some(data)) => self.from_guest(h, data),
+                (Some(h), Some(data)) => self.guest_packet(h, data),
                 _ => self.stats.bad += 1,
             }
         } else {
@@ -403,7 +403,7 @@ impl Vsock {
         0
     }
 
-    fn from_guest(&mut self, h: Header, data: &[u8]) {
+    fn guest_packet(&mut self, h: Header, data: &[u8]) {
         self.stats.packets_in += 1;
         if h.src_cid != self.backend.guest_cid || h.dst_cid != HOST_CID {
             self.stats.bad += 1;
@@ -430,7 +430,7 @@ impl Vsock {
             (op::RESPONSE, Some(i)) if self.streams[i].state == State::Requested => {
                 self.accepted(i);
             }
-            (op::RW, Some(i)) if self.streams[i].state == State::Open => self.to_host(i, data),
+            (op::RW, Some(i)) if self.streams[i].state == State::Open => self.guest_data(i, data),
             (op::SHUTDOWN, Some(i)) => self.guest_shuts(i, h.flags),
             (op::RST, Some(i)) => {
                 self.streams.swap_remove(i);
@@ -490,7 +490,7 @@ impl Vsock {
     }
 
     /// Guest data for stream `i`'s host peer.
-    fn to_host(&mut self, i: usize, data: &[u8]) {
+    fn guest_data(&mut self, i: usize, data: &[u8]) {
         let s = &mut self.streams[i];
         let held = s.to_host.len().saturating_add(data.len());
         if s.guest_done_sending || held > STREAM_BUF as usize {

@@ -1,5 +1,10 @@
 // Test code: a panic is a failure report.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
 
 use super::*;
 use crate::test_queue::{events, raw_chains as raw, used};

@@ -17,13 +17,16 @@
 //! Code map: `queue` is the driver's half of a split virtqueue; `request`
 //! drives the one-queue devices (rng, blk); `net` drives virtio-net through
 //! a tap and AF_PACKET sockets on its interface; `console` drives
-//! virtio-console against an echoing peer; `fuzz` is `--fuzz-stdin`.
+//! virtio-console against an echoing peer; `vsock` drives virtio-vsock as
+//! both a host program and the guest's echoing end of one stream; `fuzz`
+//! is `--fuzz-stdin`.
 
 mod console;
 mod fuzz;
 mod net;
 mod queue;
 mod request;
+mod vsock;
 
 use std::time::{Duration, Instant};
 
@@ -37,7 +40,7 @@ use crate::kinds::blk::DiskSpec;
 use crate::kinds::{Opened, Registry};
 use crate::memory::GuestRam;
 use crate::virtio_pci::{Backend, DeviceEvents};
-use queue::{QUEUE0, QUEUE1, RAM};
+use queue::{QUEUE0, QUEUE1, QUEUE2, RAM};
 use request::Workload;
 
 /// Options of `skvm drive`.
@@ -46,7 +49,9 @@ pub struct DriveArgs {
     /// Device to start, named as in `skvm run` (its kind is the name without
     /// the trailing number): rng0, blk0 with --disk, net0 with --net, or
     /// console0 (its pty is a socket pair whose host end echoes every byte:
-    /// a request is `--size` bytes written to the console and read back).
+    /// a request is `--size` bytes written to the console and read back),
+    /// or vsock0 (a host program's stream to the driver, which echoes it: a
+    /// request is `--size` bytes the host program writes and reads back).
     #[arg(long, value_name = "NAME", default_value = "rng0")]
     pub device: String,
     /// Where the device runs, as in `skvm run`.
@@ -58,8 +63,8 @@ pub struct DriveArgs {
     pub requests: u32,
     /// Bytes each request moves (rng: at most 64 KiB, its cap per request;
     /// blk: a multiple of 512, at most 1 MiB; net: the Ethernet frame, 60
-    /// bytes to the tap's MTU plus 14; console: at most 4096). Default
-    /// 4096, net 1514, console 64.
+    /// bytes to the tap's MTU plus 14; console: at most 4096; vsock: at
+    /// most 64 KiB). Default 4096, net 1514, console and vsock 64.
     #[arg(long, value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
     pub size: Option<u32>,
@@ -111,6 +116,16 @@ pub struct DriveArgs {
     /// line; exit status 1 if the device misbehaved.
     #[arg(long, value_name = "CASE")]
     pub hostile: Option<String>,
+    /// vsock0 only: start no device; connect to the vsock socket of a
+    /// running VM (`skvm run --vsock cid=N,socket=PATH`) and time `--size`
+    /// byte round trips through a guest program that echoes on port
+    /// `--port` (the default guest's `vsock listen 5000 echo`): the stream
+    /// through the device, the guest's kernel and back.
+    #[arg(long, value_name = "PATH")]
+    pub connect: Option<std::path::PathBuf>,
+    /// The guest port `--connect` asks for.
+    #[arg(long, value_name = "PORT", default_value_t = 5000)]
+    pub port: u32,
 }
 
 /// What requests do (`--op`).
@@ -155,6 +170,7 @@ enum Driven {
     Blk,
     Net,
     Console,
+    Vsock,
 }
 
 impl Driven {
@@ -165,6 +181,7 @@ impl Driven {
             "blk" => Some(Driven::Blk),
             "net" => Some(Driven::Net),
             "console" => Some(Driven::Console),
+            "vsock" => Some(Driven::Vsock),
             _ => None,
         }
     }
@@ -179,7 +196,7 @@ impl DriveArgs {
     fn size(&self) -> u32 {
         let default = match self.driven() {
             Some(Driven::Net) => 1514,
-            Some(Driven::Console) => 64,
+            Some(Driven::Console | Driven::Vsock) => 64,
             _ => 4096,
         };
         self.size.unwrap_or(default)
@@ -210,13 +227,15 @@ enum Target {
     Net(net::Host),
     /// console, against an echoing peer.
     Console,
+    /// vsock, with a host program's stream.
+    Vsock(vsock::Host),
 }
 
 /// Refuses option combinations that do not fit the device.
 fn validate(args: &DriveArgs) -> Result<()> {
     let Some(kind) = args.driven() else {
         bail!(
-            "device '{}': only rng, blk, net and console devices can be driven",
+            "device '{}': only rng, blk, net, console and vsock devices can be driven",
             args.device
         );
     };
@@ -248,15 +267,26 @@ fn validate(args: &DriveArgs) -> Result<()> {
                 bail!("--fuzz-stdin and --hostile drive rng, blk and net devices only");
             }
         }
+        (Driven::Vsock, None, None) => {
+            if size > vsock::MAX_SIZE {
+                bail!(
+                    "--size {size}: a vsock request is at most {} bytes",
+                    vsock::MAX_SIZE
+                );
+            }
+            if args.fuzz_stdin || args.hostile.is_some() {
+                bail!("--fuzz-stdin and --hostile drive rng, blk and net devices only");
+            }
+        }
         (Driven::Blk, None, _) => bail!("device '{}': give the image with --disk", args.device),
         (Driven::Net, _, None) => bail!(
             "device '{}': give the tap with --net tap[=NAME]",
             args.device
         ),
-        (Driven::Rng | Driven::Net | Driven::Console, Some(_), _) => {
+        (Driven::Rng | Driven::Net | Driven::Console | Driven::Vsock, Some(_), _) => {
             bail!("device '{}': --disk is for blk devices", args.device)
         }
-        (Driven::Rng | Driven::Blk | Driven::Console, _, Some(_)) => {
+        (Driven::Rng | Driven::Blk | Driven::Console | Driven::Vsock, _, Some(_)) => {
             bail!("device '{}': --net is for net devices", args.device)
         }
     }
@@ -270,6 +300,9 @@ fn validate(args: &DriveArgs) -> Result<()> {
             args.device.trim_end_matches(|c: char| c.is_ascii_digit())
         ),
     }
+    if args.connect.is_some() && (kind != Driven::Vsock || args.unconfined) {
+        bail!("--connect drives the vsock device of a running VM: give --device vsock0 only");
+    }
     if args.unconfined && args.device_mode != DeviceMode::Process {
         bail!("--unconfined is for --device-mode process");
     }
@@ -281,6 +314,10 @@ fn validate(args: &DriveArgs) -> Result<()> {
 fn open_target(args: &DriveArgs) -> Result<(Opened, Target)> {
     if args.driven() == Some(Driven::Console) {
         return Ok((console::open()?, Target::Console));
+    }
+    if args.driven() == Some(Driven::Vsock) {
+        let (opened, host) = vsock::open()?;
+        return Ok((opened, Target::Vsock(host)));
     }
     if let Some(d) = &args.disk {
         let spec = DiskSpec::parse(d)?;
@@ -336,6 +373,11 @@ fn open_target(args: &DriveArgs) -> Result<(Opened, Target)> {
 /// figures (or the hostile case's line). Device kinds come from `kinds`.
 pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
     validate(args)?;
+    if let Some(path) = &args.connect {
+        let f = vsock::through_guest(path, args)?;
+        print_figures(args, &f, None);
+        return Ok(());
+    }
     let kind = kinds
         .kind_of(&args.device)
         .with_context(|| format!("device '{}': unknown device kind", args.device))?;
@@ -386,6 +428,7 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
     let queues = match target {
         Target::Request(_) => vec![QUEUE0.layout()],
         Target::Net(_) | Target::Console => vec![QUEUE0.layout(), QUEUE1.layout()],
+        Target::Vsock(_) => vec![QUEUE0.layout(), QUEUE1.layout(), QUEUE2.layout()],
     };
     let events = DeviceEvents::new(queues.len())?;
     let result = if args.fuzz_stdin {
@@ -459,7 +502,10 @@ fn exercise(
         (None, Target::Request(w)) => request::drive(mem, events, args, *w).map(Some),
         (None, Target::Net(host)) => net::drive(mem, events, host, args).map(Some),
         (None, Target::Console) => console::drive(mem, events, args).map(Some),
-        (Some(_), Target::Console) => bail!("no hostile cases for console devices"),
+        (None, Target::Vsock(host)) => vsock::drive(mem, events, host, args).map(Some),
+        (Some(_), Target::Console | Target::Vsock(_)) => {
+            bail!("no hostile cases for console and vsock devices")
+        }
     }
 }
 
@@ -501,6 +547,7 @@ fn print_figures(args: &DriveArgs, f: &Figures, pss: Option<u64>) {
     let mut l = f.latencies_ns.clone();
     l.sort_unstable();
     let mode = match (args.device_mode, args.unconfined) {
+        _ if args.connect.is_some() => "guest",
         (DeviceMode::Process, false) => "process",
         (DeviceMode::Process, true) => "process-unconfined",
         (DeviceMode::Thread, _) => "thread",

@@ -64,6 +64,14 @@ pub const QUEUE1: Ring = Ring {
     used: 0x8_0000,
 };
 
+/// Queue 2 (vsock's event queue).
+pub const QUEUE2: Ring = Ring {
+    index: 2,
+    desc: 0x9_0000,
+    avail: 0xa_0000,
+    used: 0xb_0000,
+};
+
 impl Ring {
     /// The layout the device is activated with.
     pub fn layout(self) -> crate::virtio_pci::QueueLayout {

@@ -142,7 +142,7 @@ fn serve(name: &[u8]) -> ! {
 fn connect(name: &[u8], port: u32) -> std::result::Result<OwnedFd, i32> {
     // SAFETY: sockaddr_un is plain data; zero is a valid start.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    addr.sun_family = libc::AF_UNIX.try_into().unwrap_or_default();
     let mut digits = [0u8; 10];
     let mut at = digits.len();
     let mut p = port;
@@ -160,7 +160,7 @@ fn connect(name: &[u8], port: u32) -> std::result::Result<OwnedFd, i32> {
         .chain(digits.get(at..).unwrap_or_default());
     let mut len = 0;
     for (dst, &src) in addr.sun_path.iter_mut().zip(path) {
-        *dst = src as libc::c_char;
+        *dst = src.cast_signed();
         len += 1;
     }
     // One byte for the NUL, which the zeroed address already has.
