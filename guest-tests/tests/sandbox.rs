@@ -306,8 +306,34 @@ fn the_vmm_lists_each_thread_kinds_allowlist() {
             .unwrap_or_else(|| panic!("no {name}:\n{out}"));
         assert!(line.contains("[only if"), "{line}");
     }
+    let (remover, connector) = remover
+        .split_once("\nvsock connector process")
+        .unwrap_or_else(|| panic!("no connector list:\n{out}"));
     let removes = remover.lines().filter(|l| l.starts_with("  ")).count();
     assert!(removes > 0 && removes <= 12, "{out}");
+    // The vsock connector: a unix stream socket and a connect, its channel
+    // (fd 3) and nothing that opens, maps or runs anything.
+    let connects: Vec<&str> = connector
+        .lines()
+        .take_while(|l| !l.starts_with("never allowed"))
+        .filter(|l| l.starts_with("  "))
+        .collect();
+    assert!(!connects.is_empty() && connects.len() <= 8, "{out}");
+    for name in ["socket", "read", "sendmsg"] {
+        let line = connects
+            .iter()
+            .find(|l| l.starts_with(&format!("  {name} ")))
+            .unwrap_or_else(|| panic!("connector has no {name}:\n{out}"));
+        assert!(line.contains("[only if"), "{line}");
+    }
+    for name in ["openat", "mmap", "execve", "bind", "write"] {
+        assert!(
+            !connects
+                .iter()
+                .any(|l| l.starts_with(&format!("  {name} "))),
+            "connector allows {name}:\n{out}"
+        );
+    }
     for name in ["ptrace", "mount", "unshare", "bpf", "socket", "init_module"] {
         assert!(
             never.split_whitespace().any(|n| n == name),

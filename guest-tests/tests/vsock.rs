@@ -13,7 +13,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use guest_tests::{ctl, device_pids, new_device_pid, sigkill, Scratch, TestVm};
+use guest_tests::{children, ctl, device_pids, new_device_pid, sigkill, Scratch, TestVm};
 
 /// Boot to the guest's command, with the machine shared with other tests.
 const BOOT: Duration = Duration::from_secs(600);
@@ -187,6 +187,29 @@ fn streams_carry_a_mebibyte_each_way_and_a_peer_that_goes_or_does_not_read_harms
     drop(vm);
 }
 
+/// skvm's connector (a child of the VMM named skvm-connector) works in
+/// `dir`, under a seccomp filter, with no fd but stderr and its channel.
+fn connector_holds_only_its_channel(skvm: u32, dir: &Path) {
+    let pid = children(skvm)
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default()
+                == "skvm-connector\n"
+        })
+        .expect("no skvm-connector process");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("\nSeccomp:\t2\n"), "{status}");
+    assert!(status.contains("\nNoNewPrivs:\t1\n"), "{status}");
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    assert_eq!(cwd, dir);
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, ["2", "3"]);
+}
+
 #[test]
 fn a_killed_device_restarts_and_new_streams_work() {
     let scratch = Scratch::new("vsock", "restart");
@@ -203,6 +226,7 @@ fn a_killed_device_restarts_and_new_streams_work() {
     ]);
     vm.wait_for("SKVM-LISTENING", BOOT);
     wait_for_socket(&sock);
+    connector_holds_only_its_channel(vm.pid(), sock.parent().unwrap());
     let (_, st) = ctl(&ctl_sock, "status");
     let dev = guest_tests::device_status(&st, "vsock0");
     assert_eq!(dev["backend"]["backend"], "socket", "{st}");
