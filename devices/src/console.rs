@@ -26,8 +26,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
 use crate::virtio::{
-    check_features, gather, restore_counters, save_counters, scatter, serve_queue, BackendEvent,
-    DeviceError, GuestMemory, Processed, VirtioDevice, DEVICE_ID_CONSOLE, TRANSPORT_FEATURES,
+    check_features, gather, scatter, serve_queue, BackendEvent, DeviceError, GuestMemory,
+    Processed, VirtioDevice, DEVICE_ID_CONSOLE, TRANSPORT_FEATURES,
 };
 
 /// Queue size offered to the driver.
@@ -114,43 +114,19 @@ pub enum ConsoleBackend {
     },
 }
 
-/// What the device has done, for statistics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ConsoleStats {
-    /// Output bytes the backend took.
-    pub tx_bytes: u64,
-    /// Output bytes the backend could not take now (dropped).
-    pub tx_dropped: u64,
-    /// Input bytes delivered to the driver.
-    pub rx_bytes: u64,
-    /// Chains completed empty because they were malformed.
-    pub bad_chains: u64,
-    /// Clients attached (socket).
-    pub clients: u64,
-}
-
-impl ConsoleStats {
-    const FIELDS: usize = 5;
-
-    fn fields(&self) -> [u64; Self::FIELDS] {
-        [
-            self.tx_bytes,
-            self.tx_dropped,
-            self.rx_bytes,
-            self.bad_chains,
-            self.clients,
-        ]
-    }
-
-    fn from_fields(f: [u64; Self::FIELDS]) -> Self {
-        let [tx_bytes, tx_dropped, rx_bytes, bad_chains, clients] = f;
-        Self {
-            tx_bytes,
-            tx_dropped,
-            rx_bytes,
-            bad_chains,
-            clients,
-        }
+crate::counters! {
+    /// What the device has done, for statistics.
+    pub struct ConsoleStats {
+        /// Output bytes the backend took.
+        pub tx_bytes: u64,
+        /// Output bytes the backend could not take now (dropped).
+        pub tx_dropped: u64,
+        /// Input bytes delivered to the driver.
+        pub rx_bytes: u64,
+        /// Chains completed empty because they were malformed.
+        pub bad_chains: u64,
+        /// Clients attached (socket).
+        pub clients: u64,
     }
 }
 
@@ -476,12 +452,11 @@ impl VirtioDevice for Console {
     /// predecessors. Input read and not yet delivered, the history and the
     /// attached client are not kept: a client attaches again.
     fn save_state(&self) -> Vec<u8> {
-        save_counters(&self.stats.fields())
+        self.stats.save()
     }
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), DeviceError> {
-        let fields = restore_counters::<{ ConsoleStats::FIELDS }>(state, "console")?;
-        self.stats = ConsoleStats::from_fields(fields);
+        self.stats = ConsoleStats::restore(state, "console")?;
         Ok(())
     }
 

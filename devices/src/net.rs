@@ -30,8 +30,8 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend as _, Le16};
 
 use crate::virtio::{
-    check_features, restore_counters, save_counters, serve_queue, BackendEvent, DeviceError,
-    GuestMemory, Processed, VirtioDevice, DEVICE_ID_NET, TRANSPORT_FEATURES,
+    check_features, serve_queue, BackendEvent, DeviceError, GuestMemory, Processed, VirtioDevice,
+    DEVICE_ID_NET, TRANSPORT_FEATURES,
 };
 
 /// Queue size offered to the driver.
@@ -107,52 +107,24 @@ pub struct NetParams {
     pub mac: [u8; 6],
 }
 
-/// What the device has done, for statistics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NetStats {
-    /// Frames sent to the tap.
-    pub tx_frames: u64,
-    /// Bytes of those frames (headers included).
-    pub tx_bytes: u64,
-    /// Transmit chains dropped as malformed (too short, too long,
-    /// writable, cut short, outside memory).
-    pub tx_dropped: u64,
-    /// Frames the tap refused (link down, bad vnet header).
-    pub tx_errors: u64,
-    /// Frames delivered to the driver.
-    pub rx_frames: u64,
-    /// Bytes of those frames (headers included).
-    pub rx_bytes: u64,
-    /// Frames dropped: no chain could hold them, or a chain was bad.
-    pub rx_dropped: u64,
-}
-
-impl NetStats {
-    const FIELDS: usize = 7;
-
-    fn fields(&self) -> [u64; Self::FIELDS] {
-        [
-            self.tx_frames,
-            self.tx_bytes,
-            self.tx_dropped,
-            self.tx_errors,
-            self.rx_frames,
-            self.rx_bytes,
-            self.rx_dropped,
-        ]
-    }
-
-    fn from_fields(f: [u64; Self::FIELDS]) -> Self {
-        let [tx_frames, tx_bytes, tx_dropped, tx_errors, rx_frames, rx_bytes, rx_dropped] = f;
-        Self {
-            tx_frames,
-            tx_bytes,
-            tx_dropped,
-            tx_errors,
-            rx_frames,
-            rx_bytes,
-            rx_dropped,
-        }
+crate::counters! {
+    /// What the device has done, for statistics.
+    pub struct NetStats {
+        /// Frames sent to the tap.
+        pub tx_frames: u64,
+        /// Bytes of those frames (headers included).
+        pub tx_bytes: u64,
+        /// Transmit chains dropped as malformed (too short, too long,
+        /// writable, cut short, outside memory).
+        pub tx_dropped: u64,
+        /// Frames the tap refused (link down, bad vnet header).
+        pub tx_errors: u64,
+        /// Frames delivered to the driver.
+        pub rx_frames: u64,
+        /// Bytes of those frames (headers included).
+        pub rx_bytes: u64,
+        /// Frames dropped: no chain could hold them, or a chain was bad.
+        pub rx_dropped: u64,
     }
 }
 
@@ -564,12 +536,11 @@ impl VirtioDevice for Net {
     /// predecessors. A frame read from the tap and not yet delivered is
     /// not kept: it is lost like any frame on a busy link.
     fn save_state(&self) -> Vec<u8> {
-        save_counters(&self.stats.fields())
+        self.stats.save()
     }
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), DeviceError> {
-        let fields = restore_counters::<{ NetStats::FIELDS }>(state, "net")?;
-        let stats = NetStats::from_fields(fields);
+        let stats = NetStats::restore(state, "net")?;
         if stats.tx_bytes < stats.tx_frames || stats.rx_bytes < stats.rx_frames {
             return Err(DeviceError::Refused(
                 "net state counts more frames than bytes".into(),

@@ -269,6 +269,39 @@ pub trait VirtioDevice: Send {
     }
 }
 
+/// A device's counters: a struct of `u64` fields, each with its doc
+/// comment, that saves as their values in order ([`save_counters`]) with
+/// `save` and comes back from them with `restore(state, what)`, which
+/// refuses any other length.
+#[macro_export]
+macro_rules! counters {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $field:ident: u64,)+ }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct $name {
+            $($(#[$fm])* pub $field: u64,)+
+        }
+
+        impl $name {
+            const FIELDS: usize = [$(stringify!($field)),+].len();
+
+            /// The counters as saved state.
+            fn save(&self) -> Vec<u8> {
+                $crate::virtio::save_counters(&[$(self.$field),+])
+            }
+
+            /// The counters `save` wrote for a `what` device.
+            fn restore(
+                state: &[u8],
+                what: &str,
+            ) -> Result<Self, $crate::virtio::DeviceError> {
+                let [$($field),+] = $crate::virtio::restore_counters::<{ Self::FIELDS }>(state, what)?;
+                Ok(Self { $($field),+ })
+            }
+        }
+    };
+}
+
 /// Counters as saved state: each little-endian, in order.
 pub fn save_counters(counters: &[u64]) -> Vec<u8> {
     counters.iter().flat_map(|v| v.to_le_bytes()).collect()

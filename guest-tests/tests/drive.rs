@@ -1,5 +1,5 @@
-//! `skvm drive`: the rng, blk and net devices, started as `skvm run` starts
-//! them (a confined process with its seccomp filter in kill mode, or a
+//! `skvm drive`: the rng, blk, net, console and vsock devices, started as
+//! `skvm run` starts them (a confined process with its seccomp filter in kill mode, or a
 //! thread), are driven from the host through their real queues, eventfds
 //! and ipc. net runs over a tap in a network namespace each test creates
 //! and deletes (no interface or address outside it is touched).
@@ -73,6 +73,36 @@ fn the_console_device_echoes_through_a_host_peer_in_both_modes() {
             assert!(value(&out, "p50_us") > 0.0, "{out}");
         }
     }
+}
+
+#[test]
+fn the_vsock_device_carries_a_host_programs_stream_in_both_modes() {
+    for mode in ["process", "thread"] {
+        for size in ["1", "64", "65536"] {
+            let (code, out) = drive(&[
+                "--device",
+                "vsock0",
+                "--device-mode",
+                mode,
+                "--requests",
+                "300",
+                "--size",
+                size,
+            ]);
+            assert_eq!(code, 0, "{mode} size {size}: {out}");
+            assert!(value(&out, "p50_us") > 0.0, "{out}");
+        }
+    }
+    // Without a guest listening there, --connect says so.
+    let scratch = Scratch::new("drive", "connect");
+    let (code, out) = drive(&[
+        "--device",
+        "vsock0",
+        "--connect",
+        scratch.path("none.sock").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cannot connect to"), "{out}");
 }
 
 #[test]
@@ -156,12 +186,20 @@ fn a_read_only_blk_device_is_driven_for_reads_only() {
 
 #[test]
 fn devices_that_cannot_be_driven_are_refused() {
-    let refusals: [(&[&str], &str); 7] = [
+    let refusals: [(&[&str], &str); 9] = [
         (&["--device", "blk0"], "--disk"),
         (&["--device", "net0"], "give the tap with --net"),
         (
             &["--device", "gpu0"],
-            "only rng, blk, net and console devices",
+            "only rng, blk, net, console and vsock devices",
+        ),
+        (
+            &["--device", "vsock0", "--size", "70000"],
+            "a vsock request is at most 65536 bytes",
+        ),
+        (
+            &["--connect", "/tmp/v.sock"],
+            "--connect drives the vsock device of a running VM",
         ),
         (
             &["--device", "console0", "--size", "5000"],

@@ -8,6 +8,26 @@ use std::time::Duration;
 use crate::wire::{Reply, Request};
 use crate::{fdpass, IpcError, MAX_FDS, MAX_MESSAGE};
 
+/// A connected `SOCK_SEQPACKET` pair, both ends close-on-exec (the
+/// channels of devices, the spawner and vsock's connector).
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two new fds into the array.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are new and owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
 /// One end of a control socket.
 #[derive(Debug)]
 pub struct Channel {
@@ -17,21 +37,7 @@ pub struct Channel {
 impl Channel {
     /// A connected pair (close-on-exec).
     pub fn pair() -> Result<(Channel, Channel), IpcError> {
-        let mut fds = [0; 2];
-        // SAFETY: socketpair writes two new fds into the array.
-        let rc = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        if rc != 0 {
-            return Err(IpcError::Io(io::Error::last_os_error()));
-        }
-        // SAFETY: both fds are new and owned by nothing else.
-        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (a, b) = seqpacket_pair().map_err(IpcError::Io)?;
         Ok((Channel { fd: a }, Channel { fd: b }))
     }
 

@@ -52,7 +52,7 @@ pub mod params;
 pub mod wait;
 pub mod wire;
 
-pub use channel::Channel;
+pub use channel::{seqpacket_pair, Channel};
 pub use wire::{
     Backend, DeviceInfo, DeviceState, IdMap, Jail, Limit, MemRegion, QueueLayout, QueueState,
     Reply, Request, SeccompAction, SpawnRequest, SpawnerReply,

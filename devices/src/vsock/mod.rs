@@ -42,8 +42,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
 use crate::virtio::{
-    check_features, gather, restore_counters, save_counters, scatter, serve_queue, BackendEvent,
-    DeviceError, GuestMemory, Processed, VirtioDevice, MAX_DESCRIPTORS, TRANSPORT_FEATURES,
+    check_features, gather, scatter, serve_queue, BackendEvent, DeviceError, GuestMemory,
+    Processed, VirtioDevice, MAX_DESCRIPTORS, TRANSPORT_FEATURES,
 };
 use host::{Io, Received, Request};
 use packet::{op, Header, HDR_LEN, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
@@ -186,66 +186,31 @@ struct Control {
     peer_port: u32,
 }
 
-/// What the device has done, for statistics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VsockStats {
-    /// Packets from the guest.
-    pub packets_in: u64,
-    /// Packets to the guest.
-    pub packets_out: u64,
-    /// Guest bytes passed on to host peers.
-    pub bytes_to_host: u64,
-    /// Host bytes delivered to the guest.
-    pub bytes_to_guest: u64,
-    /// Streams that opened (both ways).
-    pub streams: u64,
-    /// Resets sent to the guest.
-    pub resets: u64,
-    /// Chains completed empty and packets dropped because they were
-    /// malformed or wrongly addressed.
-    pub bad: u64,
-    /// Guest packets beyond the credit the device gave (stream reset).
-    pub credit_violations: u64,
-    /// Connections refused because the table was full or the connector
-    /// could not take the request.
-    pub refused: u64,
-    /// Packets without payload dropped because too many waited.
-    pub dropped: u64,
-}
-
-impl VsockStats {
-    const FIELDS: usize = 10;
-
-    fn fields(&self) -> [u64; Self::FIELDS] {
-        [
-            self.packets_in,
-            self.packets_out,
-            self.bytes_to_host,
-            self.bytes_to_guest,
-            self.streams,
-            self.resets,
-            self.bad,
-            self.credit_violations,
-            self.refused,
-            self.dropped,
-        ]
-    }
-
-    fn from_fields(f: [u64; Self::FIELDS]) -> Self {
-        let [packets_in, packets_out, bytes_to_host, bytes_to_guest, streams, resets, bad, credit_violations, refused, dropped] =
-            f;
-        Self {
-            packets_in,
-            packets_out,
-            bytes_to_host,
-            bytes_to_guest,
-            streams,
-            resets,
-            bad,
-            credit_violations,
-            refused,
-            dropped,
-        }
+crate::counters! {
+    /// What the device has done, for statistics.
+    pub struct VsockStats {
+        /// Packets from the guest.
+        pub packets_in: u64,
+        /// Packets to the guest.
+        pub packets_out: u64,
+        /// Guest bytes passed on to host peers.
+        pub bytes_to_host: u64,
+        /// Host bytes delivered to the guest.
+        pub bytes_to_guest: u64,
+        /// Streams that opened (both ways).
+        pub streams: u64,
+        /// Resets sent to the guest.
+        pub resets: u64,
+        /// Chains completed empty and packets dropped because they were
+        /// malformed or wrongly addressed.
+        pub bad: u64,
+        /// Guest packets beyond the credit the device gave (stream reset).
+        pub credit_violations: u64,
+        /// Connections refused because the table was full or the connector
+        /// could not take the request.
+        pub refused: u64,
+        /// Packets without payload dropped because too many waited.
+        pub dropped: u64,
     }
 }
 
@@ -1014,12 +979,11 @@ impl VirtioDevice for Vsock {
     /// The counters. Streams are not kept: their host fds stay with this
     /// process, so a new instance owes the guest a transport reset.
     fn save_state(&self) -> Vec<u8> {
-        save_counters(&self.stats.fields())
+        self.stats.save()
     }
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), DeviceError> {
-        let fields = restore_counters::<{ VsockStats::FIELDS }>(state, "vsock")?;
-        self.stats = VsockStats::from_fields(fields);
+        self.stats = VsockStats::restore(state, "vsock")?;
         self.reset_event = true;
         Ok(())
     }

@@ -22,7 +22,7 @@
 //! directly, and it gives up the host's file system before the guest runs.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -60,7 +60,7 @@ pub fn start(
                 .context("cannot build the vsock connector's filter")
         })
         .transpose()?;
-    let (device_end, ours) = seqpacket_pair()?;
+    let (device_end, ours) = channel()?;
     // SAFETY: getpid cannot fail.
     let vmm = unsafe { libc::getpid() };
     // SAFETY: `single` proves this process has one thread, so the child is
@@ -130,7 +130,7 @@ fn serve(name: &[u8]) -> ! {
             port: req.port,
             errno,
         };
-        send(&reply.encode(), fd.as_ref().map(AsRawFd::as_raw_fd));
+        send(&reply.encode(), fd.as_ref());
     }
     // SAFETY: ends the connector.
     unsafe { libc::_exit(0) }
@@ -200,36 +200,16 @@ fn connect(name: &[u8], port: u32) -> std::result::Result<OwnedFd, i32> {
     Ok(sock)
 }
 
-/// Sends `bytes` on fd 3, with `fd` if there is one.
-fn send(bytes: &[u8], fd: Option<RawFd>) {
-    // Room for one fd, aligned for cmsghdr.
-    let mut control = [0u64; 4];
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr().cast_mut().cast(),
-        iov_len: bytes.len(),
-    };
-    // SAFETY: msghdr is plain data; zero is a valid start.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
-        msg.msg_control = control.as_mut_ptr().cast();
-        // SAFETY: CMSG_SPACE is arithmetic.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
-        // SAFETY: the first header lies within `control`, which has room
-        // for CMSG_SPACE(4) bytes.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-            libc::CMSG_DATA(c).cast::<RawFd>().write_unaligned(fd);
-        }
-    }
-    // SAFETY: msg points at buffers that live across the call. A failure
-    // (the device's end is full or gone) leaves the device without this
-    // answer; it resets the stream when a later answer overtakes it.
-    unsafe { libc::sendmsg(CONNECTOR_FD, &msg, libc::MSG_NOSIGNAL) };
+/// Sends `bytes` on fd 3, with `fd` if there is one (`ipc::fdpass`
+/// builds the message on the stack: the connector's filter has no memory
+/// calls). A failure (the device's end is full or gone) leaves the device
+/// without this answer; it resets the stream when a later answer overtakes
+/// it.
+fn send(bytes: &[u8], fd: Option<&OwnedFd>) {
+    // SAFETY: fd 3 is the connector's channel for its whole life.
+    let channel = unsafe { BorrowedFd::borrow_raw(CONNECTOR_FD) };
+    let fds = fd.map(AsFd::as_fd);
+    let _ = ipc::fdpass::send(channel, bytes, fds.as_slice());
 }
 
 fn open_dir(dir: &Path) -> std::io::Result<OwnedFd> {
@@ -241,31 +221,20 @@ fn open_dir(dir: &Path) -> std::io::Result<OwnedFd> {
     Ok(f.into())
 }
 
-/// A SOCK_SEQPACKET pair: (the device's end, non-blocking; the
-/// connector's, blocking).
-fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two new fds into the array.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
+/// The channel: (the device's end, non-blocking; the connector's,
+/// blocking).
+fn channel() -> Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = ipc::seqpacket_pair().context("cannot create the vsock connector's channel")?;
+    // SAFETY: fcntl on an fd we own.
+    let set = unsafe {
+        let flags = libc::fcntl(a.as_raw_fd(), libc::F_GETFL);
+        flags >= 0 && libc::fcntl(a.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
     };
-    if r != 0 {
+    if !set {
         bail!(
-            "cannot create the vsock connector's channel: {}",
+            "cannot make the vsock connector's channel non-blocking: {}",
             std::io::Error::last_os_error()
         );
-    }
-    // SAFETY: both are new fds this function owns.
-    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: fcntl on an fd we own.
-    unsafe {
-        let flags = libc::fcntl(a.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(a.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
     }
     Ok((a, b))
 }
