@@ -5,7 +5,8 @@
 # depends on) and installs it with a matching initramfs into
 # $SKVM_GUEST_DIR/debian-cloud (default ~/.local/share/skvm/guest/debian-cloud):
 #   vmlinuz             the distro bzImage, unchanged
-#   initramfs.cpio.gz   busybox, guest/init as /init, and the kernel's virtio
+#   initramfs.cpio.gz   busybox, guest/init as /init, guest/tools/vsock.c
+#                       built static, and the kernel's virtio and vsock
 #                       modules with /etc/skvm-modules listing them in load
 #                       order (the cloud kernel builds its virtio drivers as
 #                       modules; /init loads them)
@@ -74,6 +75,7 @@ key=$({
 	printf 'recipe %s\n' "$recipe"
 	printf 'package %s %s\n' "$pkg" "$pkg_ver"
 	printf 'modules %s\n' "$wanted"
+	printf 'vsock %s\n' "$(digest <"$repo/guest/tools/vsock.c")"
 	busybox_key
 } | digest)
 
@@ -163,6 +165,11 @@ ensure_gen_init_cpio
 	done
 	touch "$tmp/skvm-modules"
 	echo "file /etc/skvm-modules $tmp/skvm-modules 0644 0 0"
+	# The default initramfs's vsock tool, for --vsock with this kernel.
+	gcc -O2 -static -nostdlib -fno-builtin -fno-stack-protector -fno-pie -no-pie -Wall \
+		-o "$tmp/vsock" "$repo/guest/tools/vsock.c" ||
+		die "cannot build guest/tools/vsock.c"
+	echo "file /bin/vsock $tmp/vsock 0755 0 0"
 } >"$tmp/list"
 write_cpio "$tmp/list" "$tmp/initramfs.cpio"
 gzip -9 -n -c "$tmp/initramfs.cpio" >"$tmp/initramfs.cpio.gz"
