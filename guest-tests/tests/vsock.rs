@@ -3,7 +3,8 @@
 //! streams at once, checked byte by byte; a host peer that vanishes
 //! mid-stream; a guest that does not read (the device's memory stays
 //! bounded); the device killed mid-stream and restarted, with new streams
-//! working; bad options.
+//! working; bad options; and (slow, scripts/test-slow.sh) Debian's stock
+//! kernel with its vsock and console modules.
 
 // Test code: a panic is a failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -284,4 +285,45 @@ fn bad_vsock_options_are_refused_with_a_clear_line() {
         );
     }
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+}
+
+#[test]
+#[ignore = "slow (about 5 minutes here, the stock kernel's modules loading): scripts/test-slow.sh runs it"]
+fn debians_stock_kernel_loads_the_vsock_and_console_modules_and_uses_both() {
+    let dir = guest_tests::default_guest().join("debian-cloud");
+    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initramfs.cpio.gz"));
+    assert!(
+        kernel.is_file() && initrd.is_file(),
+        "stock kernel not fetched in {}: run scripts/setup.sh",
+        dir.display()
+    );
+    let scratch = Scratch::new("vsock", "stock");
+    let sock = scratch.path("v.sock");
+    let hvc = scratch.path("hvc0.log");
+    let _server = echo_server(&scratch.path("v.sock_6000"));
+    let f = TestVm::spawn([
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--mem",
+        "512M",
+        "--vsock",
+        &format!("cid=7,socket={}", sock.display()),
+        "--console",
+        &format!("file={}", hvc.display()),
+        "--run",
+        "vsock send 2 6000 65536; echo SKVM-ON-HVC0 >/dev/hvc0",
+    ])
+    .finish_watching(Duration::from_secs(2400), Duration::from_secs(600))
+    .unwrap_or_else(|u| panic!("the stock kernel did not finish:\n{}", u.output));
+    assert_eq!(f.code(), 0, "{}", f.output);
+    assert!(
+        f.output.contains("VSOCK sent=65536 got=65536 bad=0"),
+        "{}",
+        f.output
+    );
+    let console = std::fs::read_to_string(&hvc).unwrap();
+    assert!(console.contains("SKVM-ON-HVC0"), "{console}");
 }
