@@ -39,12 +39,14 @@ static long sys6(long n, long a, long b, long c, long d, long e, long f)
 #define sys3(n, a, b, c) sys6(n, (long)(a), (long)(b), (long)(c), 0, 0, 0)
 
 enum { SYS_READ = 0, SYS_WRITE = 1, SYS_CLOSE = 3, SYS_POLL = 7,
-       SYS_SOCKET = 41, SYS_CONNECT = 42, SYS_ACCEPT = 43, SYS_SHUTDOWN = 48,
-       SYS_BIND = 49, SYS_LISTEN = 50, SYS_FORK = 57, SYS_WAIT4 = 61,
-       SYS_EXIT_GROUP = 231 };
+       SYS_SOCKET = 41, SYS_CONNECT = 42, SYS_ACCEPT = 43, SYS_SENDTO = 44,
+       SYS_SHUTDOWN = 48, SYS_BIND = 49, SYS_LISTEN = 50, SYS_FORK = 57,
+       SYS_WAIT4 = 61, SYS_EXIT_GROUP = 231 };
 enum { AF_VSOCK = 40, SOCK_STREAM = 1, SHUT_WR = 1, WNOHANG = 1 };
 enum { POLLIN = 1, POLLOUT = 4 };
+enum { MSG_DONTWAIT = 0x40, MSG_NOSIGNAL = 0x4000, EAGAIN = 11 };
 #define CID_ANY 0xffffffffu
+#define U32_MAX 0xfffffffful
 #define CHUNK 65536
 
 struct sockaddr_vm {
@@ -104,16 +106,18 @@ static int same(const char *a, const char *b)
 	return *a == *b;
 }
 
-/* A decimal number, all digits, below 2^40; usage() otherwise. */
-static u64 number(const char *s)
+/* A decimal number, all digits, at most max (<= 2^40); usage() otherwise. */
+static u64 number(const char *s, u64 max)
 {
 	u64 v = 0;
 	if (!*s)
 		usage();
 	for (; *s; s++) {
-		if (*s < '0' || *s > '9' || v > (1ul << 40))
+		if (*s < '0' || *s > '9')
 			usage();
 		v = v * 10 + (u64)(*s - '0');
+		if (v > max)
+			usage();
 	}
 	return v;
 }
@@ -208,11 +212,18 @@ static __attribute__((noreturn)) void send_pattern(u32 cid, u32 port, u64 len)
 			long n = (long)(len - sent < CHUNK ? len - sent : CHUNK);
 			for (long i = 0; i < n; i++)
 				out[i] = (unsigned char)((sent + (u64)i) % 251);
-			long w = sys3(SYS_WRITE, s, out, n);
-			if (w < 0)
+			/*
+			 * Take only what the peer's credit allows now: a write
+			 * that blocked could wait on the echo of what was sent
+			 * before, which waits on this side's reading. No SIGPIPE
+			 * on a reset either, so the summary line still comes.
+			 */
+			long w = sys6(SYS_SENDTO, s, (long)out, n,
+				      MSG_DONTWAIT | MSG_NOSIGNAL, 0, 0);
+			if (w < 0 && w != -EAGAIN)
 				break;
-			sent += (u64)w;
-			if (sent == len)
+			sent += (u64)(w > 0 ? w : 0);
+			if (w > 0 && sent == len)
 				sys3(SYS_SHUTDOWN, s, SHUT_WR, 0);
 		}
 		if (p.revents & ~POLLOUT) {
@@ -267,13 +278,14 @@ static __attribute__((noreturn, used)) void start(long *sp)
 	int argc = (int)sp[0];
 	char **argv = (char **)(sp + 1);
 	if (argc == 4 && same(argv[1], "listen") && same(argv[3], "echo"))
-		listen_on((u32)number(argv[2]), 1);
+		listen_on((u32)number(argv[2], U32_MAX), 1);
 	if (argc == 4 && same(argv[1], "listen") && same(argv[3], "sink"))
-		listen_on((u32)number(argv[2]), 0);
+		listen_on((u32)number(argv[2], U32_MAX), 0);
 	if (argc == 5 && same(argv[1], "send"))
-		send_pattern((u32)number(argv[2]), (u32)number(argv[3]), number(argv[4]));
+		send_pattern((u32)number(argv[2], U32_MAX), (u32)number(argv[3], U32_MAX),
+			     number(argv[4], 1ul << 40));
 	if (argc == 4 && same(argv[1], "cat"))
-		cat((u32)number(argv[2]), (u32)number(argv[3]));
+		cat((u32)number(argv[2], U32_MAX), (u32)number(argv[3], U32_MAX));
 	usage();
 }
 
