@@ -21,10 +21,11 @@
 //! completed empty and counted.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
+use crate::hostio::{self, Io};
 use crate::virtio::{
     check_features, gather, scatter, serve_queue, BackendEvent, DeviceError, GuestMemory,
     Processed, VirtioDevice, DEVICE_ID_CONSOLE, TRANSPORT_FEATURES,
@@ -149,27 +150,6 @@ pub struct Console {
     tx_buf: Vec<u8>,
 }
 
-/// `write(2)` of as much of `buf` as `fd` takes now; `Err` when the fd
-/// failed (not merely full).
-fn write_some(fd: RawFd, buf: &[u8]) -> Result<usize, ()> {
-    let mut done = 0;
-    while done < buf.len() {
-        let rest = buf.get(done..).unwrap_or_default();
-        // SAFETY: writes from a valid buffer of the given length.
-        let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
-        match usize::try_from(n) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(_) => match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EINTR) => {}
-                Some(libc::EAGAIN) => break,
-                _ => return Err(()),
-            },
-        }
-    }
-    Ok(done)
-}
-
 impl Console {
     /// A device over `backend`.
     pub fn new(backend: ConsoleBackend) -> Self {
@@ -208,9 +188,9 @@ impl Console {
         if let Some(h) = history {
             h.keep(data);
         }
-        let sent = match fd.map(|fd| write_some(fd, data)) {
-            Some(Ok(n)) => n,
-            Some(Err(())) => {
+        let sent = match fd.map(|fd| hostio::write(fd, data)) {
+            Some(Io::Done(n)) => n,
+            Some(_) => {
                 // A client that went away is detached; a pty or file that
                 // fails drops this output.
                 if let Some(c) = client {
@@ -248,33 +228,17 @@ impl Console {
         else {
             return;
         };
-        loop {
-            // SAFETY: accept4 on a listening socket with null address
-            // pointers returns a new fd or -1.
-            let fd = unsafe {
-                libc::accept4(
-                    listener.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                )
-            };
-            if fd < 0 {
-                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return;
-            }
-            // SAFETY: fd is a new fd this function owns.
-            let stream = unsafe { OwnedFd::from_raw_fd(fd) };
+        while let Some(stream) = hostio::accept(listener.as_raw_fd()) {
+            let fd = stream.as_raw_fd();
             if client.is_some() {
-                let _ = write_some(stream.as_raw_fd(), BUSY);
+                let _ = hostio::write(fd, BUSY);
                 continue;
             }
             // What the socket buffer cannot take of the history is lost
             // (a unix socket's default buffer holds all of it).
             let (a, b) = history.as_slices();
-            if write_some(fd, a).is_ok() && write_some(fd, b).is_ok() {
+            let sent = |part| matches!(hostio::write(fd, part), Io::Done(_));
+            if sent(a) && sent(b) {
                 *client = Some(stream);
                 self.stats.clients += 1;
             }
@@ -301,29 +265,21 @@ impl Console {
         let Some(fd) = self.input_fd().filter(|_| !self.input_failed) else {
             return false;
         };
-        loop {
-            // SAFETY: reads at most rx_buf.len() bytes into rx_buf.
-            let n = unsafe { libc::read(fd, self.rx_buf.as_mut_ptr().cast(), self.rx_buf.len()) };
-            match usize::try_from(n) {
-                Ok(0) => {}
-                Ok(n) => {
-                    self.rx_len = n;
-                    return true;
-                }
-                Err(_) => match std::io::Error::last_os_error().raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::EAGAIN) => return false,
-                    _ => {}
-                },
+        match hostio::read(fd, &mut self.rx_buf) {
+            Io::Done(n) => {
+                self.rx_len = n;
+                return true;
             }
-            // End of input, or an error: a client is detached; a pty
-            // that fails is not polled again.
-            match &mut self.backend {
-                ConsoleBackend::Socket { client, .. } => *client = None,
-                _ => self.input_failed = true,
-            }
-            return false;
+            Io::Later => return false,
+            Io::End | Io::Failed => {}
         }
+        // End of input, or an error: a client is detached; a pty that
+        // fails is not polled again.
+        match &mut self.backend {
+            ConsoleBackend::Socket { client, .. } => *client = None,
+            _ => self.input_failed = true,
+        }
+        false
     }
 
     fn receive(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Result<Processed, DeviceError> {

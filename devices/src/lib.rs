@@ -14,6 +14,8 @@
 //!   (section 5.3).
 //! - [`vsock`]: virtio-vsock, stream sockets to host unix sockets
 //!   (section 5.10).
+//! - [`hostio`]: the non-blocking calls on host fds that console and
+//!   vsock share.
 //! - [`mem`]: virtio-mem, guest memory plugged by blocks (section 5.15).
 //!
 //! Guest memory and every queue field are written by a hostile guest: models
@@ -22,6 +24,7 @@
 
 pub mod block;
 pub mod console;
+pub mod hostio;
 pub mod mem;
 pub mod net;
 pub mod rng;

@@ -4,9 +4,10 @@
 
 use std::os::fd::AsRawFd;
 
-use super::host::{self, Io, Received};
+use super::host::{self, Received};
 use super::packet::op;
 use super::{State, Stream, Vsock, FIRST_HOST_PORT, LINE_MAX, MAX_STREAMS};
+use crate::hostio::{self, Io};
 
 impl Vsock {
     /// Takes new host clients, the connector's answers and what the host
@@ -18,7 +19,7 @@ impl Vsock {
     }
 
     fn accept_clients(&mut self) {
-        while let Some(fd) = host::accept(self.backend.listener.as_raw_fd()) {
+        while let Some(fd) = hostio::accept(self.backend.listener.as_raw_fd()) {
             if self.streams.len() >= MAX_STREAMS {
                 // Closed at once, so the backlog does not keep the
                 // listener readable.
@@ -138,7 +139,7 @@ impl Vsock {
         };
         loop {
             let mut b = [0u8; 1];
-            match host::read(fd, &mut b) {
+            match hostio::read(fd, &mut b) {
                 Io::Done(_) if b[0] == b'\n' => break,
                 Io::Done(_) if s.line.len() < LINE_MAX => s.line.push(b[0]),
                 Io::Later => return,
@@ -154,7 +155,7 @@ impl Vsock {
             .and_then(|l| l.trim_end_matches('\r').strip_prefix("CONNECT "))
             .and_then(|p| p.parse::<u32>().ok());
         let Some(port) = port else {
-            let _ = host::write(fd, b"ERR expected CONNECT <port>\n");
+            let _ = hostio::write(fd, b"ERR expected CONNECT <port>\n");
             self.streams.swap_remove(i);
             return;
         };

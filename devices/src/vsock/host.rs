@@ -10,6 +10,8 @@
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
+use crate::hostio::errno;
+
 /// Length of a request: id, port.
 pub const REQUEST_LEN: usize = 8;
 /// Length of a reply: id, port, errno.
@@ -79,87 +81,10 @@ impl Reply {
     }
 }
 
-/// What a non-blocking call on a stream's fd did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Io {
-    /// This many bytes moved (never 0 for a read).
-    Done(usize),
-    /// Nothing now (EAGAIN).
-    Later,
-    /// End of file (reads only).
-    End,
-    /// The fd failed (a peer gone: EPIPE, ECONNRESET).
-    Failed,
-}
-
-fn errno() -> Option<i32> {
-    std::io::Error::last_os_error().raw_os_error()
-}
-
-/// One non-blocking `read(2)` into `buf`.
-pub fn read(fd: RawFd, buf: &mut [u8]) -> Io {
-    loop {
-        // SAFETY: reads at most buf.len() bytes into buf.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        match usize::try_from(n) {
-            Ok(0) if !buf.is_empty() => return Io::End,
-            Ok(n) => return Io::Done(n),
-            Err(_) => match errno() {
-                Some(libc::EINTR) => {}
-                Some(libc::EAGAIN) => return Io::Later,
-                _ => return Io::Failed,
-            },
-        }
-    }
-}
-
-/// Writes as much of `buf` as `fd` takes now: `Done(n)` (n may be 0 when
-/// it is full), or `Failed`.
-pub fn write(fd: RawFd, buf: &[u8]) -> Io {
-    let mut done = 0;
-    while let Some(rest) = buf.get(done..).filter(|r| !r.is_empty()) {
-        // SAFETY: writes from a valid buffer of the given length.
-        let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
-        match usize::try_from(n) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(_) => match errno() {
-                Some(libc::EINTR) => {}
-                Some(libc::EAGAIN) => break,
-                _ => return Io::Failed,
-            },
-        }
-    }
-    Io::Done(done)
-}
-
 /// Ends the host side's input: the peer reads end of file.
 pub fn shut_write(fd: RawFd) {
     // SAFETY: shutdown on an fd we hold; failure changes nothing we rely on.
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
-}
-
-/// Takes a client waiting on `listener` (non-blocking, close-on-exec);
-/// `None` when there is none.
-pub fn accept(listener: RawFd) -> Option<OwnedFd> {
-    loop {
-        // SAFETY: accept4 with null address pointers returns a new fd or -1.
-        let fd = unsafe {
-            libc::accept4(
-                listener,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: a new fd this function owns.
-            return Some(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        if errno() != Some(libc::EINTR) {
-            return None;
-        }
-    }
 }
 
 /// Sends `req` to the connector; false if it cannot take it now.

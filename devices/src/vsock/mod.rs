@@ -49,11 +49,12 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use virtio_queue::{DescriptorChain, Queue};
 
+use crate::hostio::{self, Io};
 use crate::virtio::{
     check_features, gather, serve_queue, BackendEvent, DeviceError, GuestMemory, Processed,
     VirtioDevice, TRANSPORT_FEATURES,
 };
-use host::{Io, Request};
+use host::Request;
 use packet::{op, Header, HDR_LEN, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 
 /// Device ID of a socket device.
@@ -456,7 +457,7 @@ impl Vsock {
         let line = format!("OK {}\n", s.local_port);
         let ok = s
             .raw_fd()
-            .is_some_and(|fd| host::write(fd, line.as_bytes()) == Io::Done(line.len()));
+            .is_some_and(|fd| hostio::write(fd, line.as_bytes()) == Io::Done(line.len()));
         if !ok {
             self.reset(i);
         }
@@ -486,7 +487,7 @@ impl Vsock {
         };
         while !s.to_host.is_empty() {
             let (a, _) = s.to_host.as_slices();
-            match host::write(fd, a) {
+            match hostio::write(fd, a) {
                 Io::Done(0) => break,
                 Io::Done(n) => {
                     s.to_host.drain(..n);

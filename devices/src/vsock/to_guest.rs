@@ -4,9 +4,9 @@
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
-use super::host::{self, Io};
 use super::packet::{op, HDR_LEN, SHUTDOWN_RCV, SHUTDOWN_SEND};
 use super::{Vsock, EVENT_TRANSPORT_RESET, MAX_PAYLOAD, RX_BUDGET};
+use crate::hostio::{self, Io};
 use crate::virtio::{scatter, DeviceError, GuestMemory, Processed, MAX_DESCRIPTORS};
 
 impl Vsock {
@@ -128,7 +128,7 @@ impl Vsock {
             return Some(0);
         }
         let (l, p) = (s.local_port, s.peer_port);
-        let got = host::read(fd, &mut self.rx_buf[HDR_LEN..HDR_LEN + want]);
+        let got = hostio::read(fd, &mut self.rx_buf[HDR_LEN..HDR_LEN + want]);
         let h = match got {
             Io::Done(n) => {
                 let s = &mut self.streams[i];
