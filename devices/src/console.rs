@@ -23,12 +23,12 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 
 use crate::hostio::{self, Io};
 use crate::virtio::{
-    check_features, gather, scatter, serve_queue, BackendEvent, DeviceError, GuestMemory,
-    Processed, VirtioDevice, DEVICE_ID_CONSOLE, TRANSPORT_FEATURES,
+    check_features, end_fill, gather, next_chain, scatter, serve_queue, BackendEvent, DeviceError,
+    GuestMemory, Processed, VirtioDevice, DEVICE_ID_CONSOLE, TRANSPORT_FEATURES,
 };
 
 /// Queue size offered to the driver.
@@ -302,15 +302,7 @@ impl Console {
                     break;
                 }
             }
-            let chain = queue.iter(mem).map_err(DeviceError::Queue)?.next();
-            let Some(chain) = chain else {
-                // No buffers: ask for a kick; if some came meanwhile, go on.
-                if queue.enable_notification(mem).map_err(DeviceError::Queue)? {
-                    queue
-                        .disable_notification(mem)
-                        .map_err(DeviceError::Queue)?;
-                    continue;
-                }
+            let Some(chain) = next_chain(queue, mem)? else {
                 self.rx_starved = true;
                 break;
             };
@@ -335,15 +327,7 @@ impl Console {
                 .map_err(DeviceError::Queue)?;
             used += 1;
         }
-        if !self.rx_starved {
-            queue.enable_notification(mem).map_err(DeviceError::Queue)?;
-        }
-        let notify = used > 0 && queue.needs_notification(mem).map_err(DeviceError::Queue)?;
-        Ok(Processed {
-            notify,
-            pending,
-            wake: None,
-        })
+        end_fill(queue, mem, used, self.rx_starved, pending)
     }
 }
 

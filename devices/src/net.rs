@@ -30,8 +30,8 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend as _, Le16};
 
 use crate::virtio::{
-    check_features, serve_queue, BackendEvent, DeviceError, GuestMemory, Processed, VirtioDevice,
-    DEVICE_ID_NET, TRANSPORT_FEATURES,
+    check_features, end_fill, serve_queue, BackendEvent, DeviceError, GuestMemory, Processed,
+    VirtioDevice, DEVICE_ID_NET, TRANSPORT_FEATURES,
 };
 
 /// Queue size offered to the driver.
@@ -371,15 +371,7 @@ impl Net {
                 }
             }
         }
-        if !self.rx_starved {
-            queue.enable_notification(mem).map_err(DeviceError::Queue)?;
-        }
-        let notify = delivered > 0 && queue.needs_notification(mem).map_err(DeviceError::Queue)?;
-        Ok(Processed {
-            notify,
-            pending,
-            wake: None,
-        })
+        end_fill(queue, mem, delivered, self.rx_starved, pending)
     }
 }
 

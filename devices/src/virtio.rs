@@ -95,6 +95,50 @@ pub struct Processed {
     pub wake: Option<usize>,
 }
 
+/// The next available chain of a queue the device fills as data comes (a
+/// receive queue), whose notifications the caller disabled. When there is
+/// none it asks the driver for a kick, and takes a chain that came
+/// meanwhile; `None`: the driver has no buffers (notifications are on, so
+/// it kicks when it has).
+pub fn next_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemory,
+) -> Result<Option<DescriptorChain<&'m GuestMemory>>, DeviceError> {
+    loop {
+        if let Some(chain) = queue.iter(mem).map_err(DeviceError::Queue)?.next() {
+            return Ok(Some(chain));
+        }
+        if !queue.enable_notification(mem).map_err(DeviceError::Queue)? {
+            return Ok(None);
+        }
+        queue
+            .disable_notification(mem)
+            .map_err(DeviceError::Queue)?;
+    }
+}
+
+/// Ends a round of a queue the device fills as data comes, in which it
+/// used `used` chains: notifications back on (unless the driver ran out of
+/// buffers, `starved`, which left them on), and whether the driver must be
+/// interrupted.
+pub fn end_fill(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    used: usize,
+    starved: bool,
+    pending: bool,
+) -> Result<Processed, DeviceError> {
+    if !starved {
+        queue.enable_notification(mem).map_err(DeviceError::Queue)?;
+    }
+    let notify = used > 0 && queue.needs_notification(mem).map_err(DeviceError::Queue)?;
+    Ok(Processed {
+        notify,
+        pending,
+        wake: None,
+    })
+}
+
 /// Serves the available chains of `queue` with `serve`, which returns each
 /// chain's used length. At most a few rounds of the ring per call, so that
 /// a guest cannot keep the device from its control channel; notifications

@@ -7,7 +7,9 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use super::packet::{op, HDR_LEN, SHUTDOWN_RCV, SHUTDOWN_SEND};
 use super::{Vsock, EVENT_TRANSPORT_RESET, MAX_PAYLOAD, RX_BUDGET};
 use crate::hostio::{self, Io};
-use crate::virtio::{scatter, DeviceError, GuestMemory, Processed, MAX_DESCRIPTORS};
+use crate::virtio::{
+    end_fill, next_chain, scatter, DeviceError, GuestMemory, Processed, MAX_DESCRIPTORS,
+};
 
 impl Vsock {
     /// A stream with host data the guest has room for, round robin.
@@ -43,14 +45,7 @@ impl Vsock {
             } else {
                 None
             };
-            let chain = queue.iter(mem).map_err(DeviceError::Queue)?.next();
-            let Some(chain) = chain else {
-                if queue.enable_notification(mem).map_err(DeviceError::Queue)? {
-                    queue
-                        .disable_notification(mem)
-                        .map_err(DeviceError::Queue)?;
-                    continue;
-                }
+            let Some(chain) = next_chain(queue, mem)? else {
                 self.rx_starved = true;
                 break;
             };
@@ -72,15 +67,7 @@ impl Vsock {
             queue.add_used(mem, head, len).map_err(DeviceError::Queue)?;
             used += 1;
         }
-        if !self.rx_starved {
-            queue.enable_notification(mem).map_err(DeviceError::Queue)?;
-        }
-        let notify = used > 0 && queue.needs_notification(mem).map_err(DeviceError::Queue)?;
-        Ok(Processed {
-            notify,
-            pending,
-            wake: None,
-        })
+        end_fill(queue, mem, used, self.rx_starved, pending)
     }
 
     /// Writes `bytes` into `chain`: its used length, 0 if the chain is
