@@ -18,7 +18,7 @@ use anyhow::{bail, ensure, Context, Result};
 use devices::vsock::packet::{op, Header, HDR_LEN, HOST_CID, TYPE_STREAM};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::queue::{poll_in, Ring, BUFFERS, DESC_F_WRITE, IRQ_TIMEOUT, QUEUE0, QUEUE1, STRIDE};
+use super::queue::{BUFFERS, DESC_F_WRITE, QUEUE0, QUEUE1, STRIDE};
 use super::{DriveArgs, Figures};
 use crate::kinds::Opened;
 use crate::virtio_pci::DeviceEvents;
@@ -109,12 +109,7 @@ impl Driver<'_> {
     /// Waits for packets on the receive queue; each is handed to `take`
     /// and its buffer posted again.
     fn receive(&mut self, mut take: impl FnMut(&mut Self, Header, Vec<u8>)) -> Result<()> {
-        let irq = &self.events.irqs[usize::from(QUEUE0.index)];
-        ensure!(
-            poll_in(std::os::fd::AsRawFd::as_raw_fd(irq), IRQ_TIMEOUT)?,
-            "no packet from the device within {IRQ_TIMEOUT:?}"
-        );
-        let _ = irq.read();
+        QUEUE0.wait_interrupt(self.events)?;
         while self.rx_used != QUEUE0.used_idx(self.mem)? {
             let (id, len) = QUEUE0.used_entry(self.mem, self.rx_used)?;
             self.rx_used = self.rx_used.wrapping_add(1);
@@ -159,29 +154,10 @@ impl Driver<'_> {
         QUEUE1.write_desc(self.mem, TX_DESC, TX_AT, len, 0)?;
         QUEUE1.offer(self.mem, self.tx_avail, TX_DESC)?;
         self.tx_avail = self.tx_avail.wrapping_add(1);
-        publish_and_reap(QUEUE1, self.mem, self.events, self.tx_avail)
+        // The device takes a packet at once: wait for it to be used, so
+        // that its buffer can be written again.
+        QUEUE1.publish_and_wait(self.mem, self.events, self.tx_avail)
     }
-}
-
-/// Publishes the transmit chain and waits until it is used (the device
-/// handles a packet at once), so its buffer can be written again.
-fn publish_and_reap(
-    q: Ring,
-    mem: &GuestMemoryMmap,
-    events: &DeviceEvents,
-    next_avail: u16,
-) -> Result<()> {
-    q.publish(mem, events, next_avail)?;
-    let start = Instant::now();
-    while q.used_idx(mem)? != next_avail {
-        ensure!(
-            start.elapsed() < IRQ_TIMEOUT,
-            "the device did not take a packet within {IRQ_TIMEOUT:?}"
-        );
-        std::hint::spin_loop();
-    }
-    let _ = events.irqs[usize::from(q.index)].read();
-    Ok(())
 }
 
 /// The byte at offset `i` of request `n`.
