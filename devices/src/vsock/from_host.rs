@@ -2,7 +2,7 @@
 //! the listener and their `CONNECT` lines, the connector's answers to
 //! guest connections, and what the host peers' fds are ready for.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::host::{self, Received};
 use super::packet::op;
@@ -42,33 +42,20 @@ impl Vsock {
                     break;
                 }
             };
-            // Answers come in order: anything before this one was skipped.
-            let Some(at) = self.connecting.iter().position(|&(id, ..)| id == reply.id) else {
+            // An answer to none of ours (a predecessor's) is dropped.
+            if !self.connecting.iter().any(|&(id, ..)| id == reply.id) {
                 continue;
-            };
-            let skipped: Vec<_> = self.connecting.drain(..=at).collect();
-            for (k, &(_, local, peer)) in skipped.iter().enumerate() {
-                let Some(i) = self
-                    .find(local, peer)
-                    .filter(|&i| self.streams[i].state == State::Connecting)
-                else {
-                    continue;
-                };
-                let this = k + 1 == skipped.len() && local == reply.port;
-                match (this, reply.errno, fd.as_ref()) {
-                    (true, 0, Some(_)) => {}
-                    _ => {
-                        self.stats.refused += 1;
-                        self.reset(i);
-                        continue;
-                    }
+            }
+            // Answers come in order: the requests before this one lost
+            // theirs, and are refused.
+            let mut fd = fd;
+            while let Some((id, local, peer)) = self.connecting.pop_front() {
+                let this = id == reply.id;
+                let ok = this && local == reply.port && reply.errno == 0;
+                self.connected(local, peer, if ok { fd.take() } else { None });
+                if this {
+                    break;
                 }
-                let s = &mut self.streams[i];
-                s.fd = fd;
-                s.state = State::Open;
-                self.stats.streams += 1;
-                self.push_control(op::RESPONSE, 0, local, peer);
-                break;
             }
         }
         // Without a connector no guest connection can be made.
@@ -79,6 +66,27 @@ impl Vsock {
                 }
             }
         }
+    }
+
+    /// The connector's answer for the guest connection (local, peer), if it
+    /// is still waiting: open with `fd`, or refused without.
+    fn connected(&mut self, local: u32, peer: u32, fd: Option<OwnedFd>) {
+        let Some(i) = self
+            .find(local, peer)
+            .filter(|&i| self.streams[i].state == State::Connecting)
+        else {
+            return;
+        };
+        let Some(fd) = fd else {
+            self.stats.refused += 1;
+            self.reset(i);
+            return;
+        };
+        let s = &mut self.streams[i];
+        s.fd = Some(fd);
+        s.state = State::Open;
+        self.stats.streams += 1;
+        self.push_control(op::RESPONSE, 0, local, peer);
     }
 
     fn poll_streams(&mut self) {
