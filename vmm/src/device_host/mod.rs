@@ -101,6 +101,15 @@ pub struct SandboxOpts {
 }
 
 impl SandboxOpts {
+    /// The seccomp action of the filters skvm's helper processes (the
+    /// spawner, the socket remover, vsock's connector) put on themselves;
+    /// `None` with `--sandbox off` (the VMM keeps its privileges, and so
+    /// do they) or unconfined devices (`skvm drive --unconfined`, whose
+    /// processes must run under no filter at all).
+    pub fn helper_filter(&self) -> Option<SeccompMode> {
+        (self.vmm.on && !self.unconfined).then_some(self.seccomp)
+    }
+
     /// What the spawner is told about unconfined device processes.
     pub fn spawner_unconfined(&self) -> spawner::Unconfined {
         if self.unconfined {

@@ -129,8 +129,8 @@ pub struct OpenContext<'a> {
     /// Proof that the VMM has one thread: a kind may fork a helper
     /// process (vsock's connector) while it opens its backend.
     pub single: &'a SingleThreaded,
-    /// The seccomp action for such helpers' filters; `None` with
-    /// `--sandbox off` (no filter).
+    /// The seccomp action for such helpers' filters
+    /// (`SandboxOpts::helper_filter`); `None`: no filter.
     pub helper_seccomp: Option<crate::device_host::SeccompMode>,
 }
 

@@ -66,8 +66,7 @@ pub(super) fn open_backends(
     sockets: Vec<Option<PrivateSocket>>,
     single: &SingleThreaded,
 ) -> Result<Backends> {
-    let helper_seccomp =
-        (cfg.vmm_sandbox.on && !cfg.sandbox.unconfined).then_some(cfg.sandbox.seccomp);
+    let helper_seccomp = cfg.sandbox.helper_filter();
     let mut hotplug = None;
     let mut opened = Vec::with_capacity(cfg.devices.len());
     for (spec, socket) in cfg.devices.iter().zip(sockets) {

@@ -67,11 +67,10 @@ pub(super) fn confine_spawner<'a>(
     } else {
         Removal::Spawner(sockets)
     };
-    if !sandbox.vmm.on || sandbox.unconfined {
+    let Some(mode) = sandbox.helper_filter() else {
         return Ok(removal);
-    }
+    };
     vmm_sandbox::report_as_spawner();
-    let mode = sandbox.seccomp;
     // The spawner's filter has no unlink; and as the VM's user the spawner
     // may not be allowed to remove what root bound.
     if !sockets.is_empty() {
