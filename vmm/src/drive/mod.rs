@@ -256,23 +256,13 @@ fn validate(args: &DriveArgs) -> Result<()> {
                 bail!("--fuzz-stdin drives rng and blk devices only");
             }
         }
-        (Driven::Console, None, None) => {
-            if size > console::MAX_SIZE {
-                bail!(
-                    "--size {size}: a console request is at most {} bytes",
-                    console::MAX_SIZE
-                );
-            }
-            if args.fuzz_stdin || args.hostile.is_some() {
-                bail!("--fuzz-stdin and --hostile drive rng, blk and net devices only");
-            }
-        }
-        (Driven::Vsock, None, None) => {
-            if size > vsock::MAX_SIZE {
-                bail!(
-                    "--size {size}: a vsock request is at most {} bytes",
-                    vsock::MAX_SIZE
-                );
+        (Driven::Console | Driven::Vsock, None, None) => {
+            let (what, max) = match kind {
+                Driven::Console => ("console", console::MAX_SIZE),
+                _ => ("vsock", vsock::MAX_SIZE),
+            };
+            if size > max {
+                bail!("--size {size}: a {what} request is at most {max} bytes");
             }
             if args.fuzz_stdin || args.hostile.is_some() {
                 bail!("--fuzz-stdin and --hostile drive rng, blk and net devices only");
