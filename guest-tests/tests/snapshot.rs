@@ -1,6 +1,8 @@
 //! Whole-VM snapshots: a guest that counts, writes each count to a disk and
 //! reads its rng is snapshotted (`skvm ctl SOCKET snapshot DIR`), stops,
-//! and is started again from the snapshot, twice (`skvm run --restore`):
+//! and is started again from the snapshot, twice (`skvm run --restore`),
+//! and once from an earlier snapshot taken with `--resume`, after which
+//! the first guest went on counting:
 //! the count goes on from where it stopped, the devices run in new
 //! processes and serve the guest, and the disk keeps what was written; the
 //! two restored guests are told of their new VM generation ID, reseed, and
@@ -12,6 +14,7 @@
 // Test code: a panic is a failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::ops::RangeInclusive;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -112,17 +115,26 @@ fn args(extra: &[&str], disk: &Path, sock: &Path) -> Vec<String> {
     a
 }
 
-/// Starts the snapshot in `dir` and checks that the guest counts on from
-/// `last`, reading its rng, with devices in new processes (not `old`), and
+/// Starts the snapshot in `dir` and checks that the guest counts on from a
+/// count in `first`, reading its rng, with devices in new processes (not `old`), and
 /// that it reseeded for its new VM generation ID; stops it with ctl
 /// shutdown. Returns the /dev/urandom bytes of its second count.
-fn restore_and_count_on(dir: &Path, disk: &Path, sock: &Path, last: u64, old: &[u64]) -> String {
+fn restore_and_count_on(
+    dir: &Path,
+    disk: &Path,
+    sock: &Path,
+    first: RangeInclusive<u64>,
+    old: &[u64],
+) -> String {
     let dir = dir.display().to_string();
     let mut vm = TestVm::spawn(args(&["--restore", &dir], disk, sock));
     vm.wait_for_count("SKVM-COUNT", 3, TIMEOUT);
     let out = vm.output();
     let after = counts(&out);
-    assert_eq!(after[0], last + 1, "the count did not go on:\n{out}");
+    assert!(
+        first.contains(&after[0]),
+        "the count did not go on from {first:?}:\n{out}"
+    );
     assert!(
         after.windows(2).all(|w| w[1] == w[0] + 1),
         "counts {after:?}:\n{out}"
@@ -134,7 +146,7 @@ fn restore_and_count_on(dir: &Path, disk: &Path, sock: &Path, last: u64, old: &[
         "the guest did not reseed for its new generation id:\n{out}"
     );
     // The second count's line is whole: the third has begun.
-    let drawn = urandom_at(&out, last + 2).unwrap_or_else(|| panic!("no urandom:\n{out}"));
+    let drawn = urandom_at(&out, after[0] + 1).unwrap_or_else(|| panic!("no urandom:\n{out}"));
     // Every clock of the guest moved alike: its uptime and its printk time
     // agree after the restore (on a host that keeps the guest's TSC at the
     // host's, both move on by the time the snapshot waited; else neither).
@@ -193,6 +205,14 @@ fn a_counting_guest_goes_on_from_its_snapshot_twice_and_bad_snapshots_are_refuse
     vm.wait_for("SKVM-COUNT 3 ", TIMEOUT);
     let old = pids(&sock);
 
+    // With --resume the guest goes on counting after its snapshot.
+    let early = s.path("early");
+    let (code, r) = ctl(&sock, &format!("snapshot {} --resume", early.display()));
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["resumed"], true, "{r}");
+    let seen = *counts(&vm.output()).last().unwrap();
+    vm.wait_for(&format!("SKVM-COUNT {} ", seen + 2), TIMEOUT);
+
     let (code, r) = ctl(&sock, &format!("snapshot {}", dir.display()));
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["resumed"], false, "{r}");
@@ -214,12 +234,15 @@ fn a_counting_guest_goes_on_from_its_snapshot_twice_and_bad_snapshots_are_refuse
     );
     assert_eq!(r["memory_bytes"].as_u64().unwrap() % 4096, 0, "{r}");
 
+    // The snapshot taken with --resume goes on from where it was taken:
+    // after count 3, at a count the first guest printed after it.
+    let taken = std::time::Instant::now();
+    restore_and_count_on(&early, &disk, &sock, 4..=last, &old);
     // Twice from the same snapshot: each goes on from `last`, the second
     // at least 15 s after the snapshot (its clocks must still agree).
-    let taken = std::time::Instant::now();
-    let clone1 = restore_and_count_on(&dir, &disk, &sock, last, &old);
+    let clone1 = restore_and_count_on(&dir, &disk, &sock, last + 1..=last + 1, &old);
     std::thread::sleep(Duration::from_secs(15).saturating_sub(taken.elapsed()));
-    let clone2 = restore_and_count_on(&dir, &disk, &sock, last, &old);
+    let clone2 = restore_and_count_on(&dir, &disk, &sock, last + 1..=last + 1, &old);
     // Clones of one guest do not share their random bytes.
     assert_ne!(clone1, clone2, "both clones drew the same urandom bytes");
     // The disk has the counts the restored guests wrote.
