@@ -12,6 +12,7 @@
 //! - [`net`]: virtio-net over a tap fd (section 5.1).
 //! - [`console`]: virtio-console over a pty, a file or a unix socket
 //!   (section 5.3).
+//! - [`fs`]: virtio-fs, a host directory served over FUSE (section 5.11).
 //! - [`vsock`]: virtio-vsock, stream sockets to host unix sockets
 //!   (section 5.10).
 //! - [`hostio`]: the non-blocking calls on host fds that console and
@@ -24,6 +25,7 @@
 
 pub mod block;
 pub mod console;
+pub mod fs;
 pub mod hostio;
 pub mod mem;
 pub mod net;
