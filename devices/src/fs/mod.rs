@@ -5,6 +5,12 @@
 //! - [`server`]: the FUSE server on the shared directory, which holds
 //!   every node as an fd and never resolves a path.
 //! - [`sys`]: the host calls it makes, each relative to an fd it holds.
+//!
+//! The device has one high-priority queue (FORGET, which takes no reply)
+//! and one request queue, and no notification queue. Each chain is one
+//! request: its device-readable descriptors hold the request (header,
+//! arguments, WRITE's data), its device-writable ones take the reply.
+//! Requests are answered in order, one at a time.
 
 pub mod proto;
 pub mod server;
@@ -12,3 +18,217 @@ pub mod sys;
 
 #[cfg(test)]
 mod tests;
+
+use std::os::fd::BorrowedFd;
+
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
+
+use crate::virtio::{
+    check_features, serve_queue, DeviceError, GuestMemory, Processed, VirtioDevice,
+    MAX_DESCRIPTORS, TRANSPORT_FEATURES,
+};
+
+pub use server::Options;
+
+/// Device ID of a file system device.
+pub const DEVICE_ID_FS: u32 = 26;
+/// Bytes of the tag in the configuration space.
+pub const TAG_LEN: usize = 36;
+/// Queue size the device accepts.
+pub const QUEUE_SIZE: u16 = 128;
+/// The largest request taken (a WRITE of [`server::MAX_WRITE`] with its
+/// header and arguments; two names of 255 bytes).
+pub const MAX_REQUEST: usize = server::MAX_WRITE as usize + 4096;
+
+crate::counters! {
+    /// What the device did, as `skvm ctl status` shows it.
+    pub struct Stats {
+        /// Requests answered.
+        pub requests: u64,
+        /// Of them, answered with an error (the guest's ENOENT included).
+        pub errors: u64,
+        /// Chains dropped as malformed (cut short, outside memory, too big).
+        pub bad_chains: u64,
+    }
+}
+
+/// A virtio-fs device serving one host directory under a tag.
+pub struct Fs {
+    tag: String,
+    server: server::Server,
+    features: u64,
+    stats: Stats,
+}
+
+/// A chain split into its request bytes and the guest memory the reply
+/// may go to.
+struct Split {
+    request: Vec<u8>,
+    reply: Vec<(GuestAddress, usize)>,
+    room: usize,
+}
+
+impl Fs {
+    /// A device for the directory `root` under `tag` (1 to 36 bytes).
+    pub fn new(tag: &str, root: BorrowedFd<'_>, opts: Options) -> Result<Self, DeviceError> {
+        if tag.is_empty() || tag.len() > TAG_LEN {
+            return Err(DeviceError::Refused(format!(
+                "tag {tag:?} must be 1 to {TAG_LEN} bytes"
+            )));
+        }
+        let server = server::Server::new(root, opts).map_err(|e| {
+            DeviceError::Refused(format!(
+                "cannot share that directory: {}",
+                std::io::Error::from_raw_os_error(e.0)
+            ))
+        })?;
+        Ok(Fs {
+            tag: tag.to_owned(),
+            server,
+            features: 0,
+            stats: Stats::default(),
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The readable bytes of `chain` and its writable buffers; None when
+    /// the chain is malformed (a readable descriptor after a writable one,
+    /// too many, too big, cut short, outside guest memory).
+    fn split(chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> Option<Split> {
+        let mut s = Split {
+            request: Vec::new(),
+            reply: Vec::new(),
+            room: 0,
+        };
+        let mut cut = false;
+        for (i, desc) in chain.enumerate() {
+            cut = desc.has_next();
+            let n = usize::try_from(desc.len()).ok()?;
+            if i >= MAX_DESCRIPTORS {
+                return None;
+            }
+            if desc.is_write_only() {
+                // Checked now, so that the reply cannot fail half-written.
+                if !mem.check_range(desc.addr(), n) {
+                    return None;
+                }
+                s.reply.push((desc.addr(), n));
+                s.room = s.room.checked_add(n)?;
+            } else {
+                if !s.reply.is_empty() || s.request.len() + n > MAX_REQUEST {
+                    return None;
+                }
+                let start = s.request.len();
+                s.request.resize(start + n, 0);
+                mem.read_slice(s.request.get_mut(start..)?, desc.addr())
+                    .ok()?;
+            }
+        }
+        (!cut).then_some(s)
+    }
+
+    /// Answers one chain; the bytes written for the used ring.
+    fn serve(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
+        let Some(s) = Self::split(chain, mem) else {
+            self.stats.bad_chains += 1;
+            return 0;
+        };
+        let before = self.server.stats;
+        let Some(reply) = self.server.handle(&s.request, s.room) else {
+            return 0;
+        };
+        self.stats.requests += self.server.stats.requests - before.requests;
+        self.stats.errors += self.server.stats.errors - before.errors;
+        let mut done = 0;
+        for (addr, len) in s.reply {
+            let Some(part) = reply.get(done..).filter(|r| !r.is_empty()) else {
+                break;
+            };
+            let n = len.min(part.len());
+            if mem.write_slice(&part[..n], addr).is_err() {
+                self.stats.bad_chains += 1;
+                return 0;
+            }
+            done += n;
+        }
+        u32::try_from(done).unwrap_or(0)
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        DEVICE_ID_FS
+    }
+
+    fn num_queues(&self) -> usize {
+        2
+    }
+
+    fn max_queue_size(&self) -> u16 {
+        QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        TRANSPORT_FEATURES
+    }
+
+    /// The tag, NUL-padded to 36 bytes, and one request queue.
+    fn config(&self) -> Vec<u8> {
+        let mut c = vec![0u8; TAG_LEN];
+        c[..self.tag.len()].copy_from_slice(self.tag.as_bytes());
+        c.extend_from_slice(&1u32.to_le_bytes());
+        c
+    }
+
+    fn activate(&mut self, features: u64) -> Result<(), DeviceError> {
+        check_features(features, self.features())?;
+        self.features = features;
+        Ok(())
+    }
+
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+    ) -> Result<Processed, DeviceError> {
+        if index > 1 {
+            return Err(DeviceError::NoQueue(index));
+        }
+        serve_queue(queue, mem, |chain| self.serve(chain, mem))
+    }
+
+    fn reset(&mut self) {
+        self.features = 0;
+    }
+
+    /// The counters and the FUSE protocol version the guest agreed on.
+    /// The nodes and open files the guest holds are not in it: a new
+    /// instance answers ESTALE and EBADF for them (the guest's next lookup
+    /// from the root finds the files again).
+    fn save_state(&self) -> Vec<u8> {
+        let mut state = self.stats.save();
+        state.extend_from_slice(&self.server.minor().to_le_bytes());
+        state
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), DeviceError> {
+        let Some((counters, minor)) = state.split_last_chunk::<4>() else {
+            return Err(DeviceError::Refused("fs state is too short".into()));
+        };
+        self.stats = Stats::restore(counters, "fs")?;
+        self.server
+            .resume(u32::from_le_bytes(*minor))
+            .map_err(|_| DeviceError::Refused("fs state has a bad protocol version".into()))
+    }
+
+    fn report(&self) -> Option<String> {
+        (self.stats.bad_chains > 0)
+            .then(|| format!("{} malformed chains dropped", self.stats.bad_chains))
+    }
+}

@@ -163,6 +163,22 @@ impl Server {
         Ok(s)
     }
 
+    /// The FUSE minor version agreed at INIT (0 before it).
+    pub fn minor(&self) -> u32 {
+        self.minor
+    }
+
+    /// Carries on a session another server agreed with `minor` (0: none
+    /// yet), holding only the root.
+    pub fn resume(&mut self, minor: u32) -> Result<(), Errno> {
+        if minor > proto::KERNEL_MINOR_VERSION {
+            return Err(Errno(libc::EPROTO));
+        }
+        self.destroy();
+        self.minor = minor;
+        Ok(())
+    }
+
     /// Nodes held now (the root included).
     pub fn inodes(&self) -> usize {
         self.inodes.len()

@@ -633,3 +633,148 @@ fn malformed_requests_get_errors_not_panics() {
     assert_eq!(c.call(op::STATFS, ROOT_ID, &[]).unwrap().len(), 80);
     assert_eq!(c.call(op::GETATTR, ROOT_ID, &[0; 16]).unwrap().len(), 104);
 }
+
+mod device {
+    use super::*;
+    use crate::fs::{Fs, DEVICE_ID_FS};
+    use crate::test_queue::{raw_chains, used};
+    use crate::virtio::{GuestMemory, VirtioDevice, TRANSPORT_FEATURES};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::{Bytes, GuestAddress};
+
+    const REQ: u64 = 0x10_0000;
+    const REPLY: u64 = 0x12_0000;
+
+    fn request(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
+        let mut w = Writer::new();
+        InHeader {
+            len: u32::try_from(40 + body.len()).unwrap(),
+            opcode,
+            unique,
+            nodeid,
+            ..InHeader::default()
+        }
+        .write(&mut w);
+        w.bytes(body);
+        w.done()
+    }
+
+    /// Runs `chains` (request bytes placed at REQ, each reply given
+    /// `room` bytes at REPLY) on queue `index`; the used entries and
+    /// the first reply's bytes.
+    fn run(
+        fs: &mut Fs,
+        index: usize,
+        req: &[u8],
+        chains: &[Vec<(u64, u32, bool)>],
+    ) -> (Vec<(u32, u32)>, Vec<u8>) {
+        let m = GuestMemory::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        m.write_slice(req, GuestAddress(REQ)).unwrap();
+        let vq = MockSplitQueue::new(&m, 16);
+        vq.add_desc_chains(&raw_chains(chains, 0), 0).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        fs.process_queue(index, &mut q, &m).unwrap();
+        let u = used(&vq);
+        let mut out = vec![0u8; 256];
+        m.read_slice(&mut out, GuestAddress(REPLY)).unwrap();
+        (u, out)
+    }
+
+    #[test]
+    fn requests_come_and_replies_go_through_the_queues() {
+        let s = Scratch::new();
+        fs::write(s.share.join("f"), b"x").unwrap();
+        let dir = fs::File::open(&s.share).unwrap();
+        let mut fs_dev = Fs::new("share", dir.as_fd(), Options::default()).unwrap();
+        assert_eq!(fs_dev.device_type(), DEVICE_ID_FS);
+        let config = fs_dev.config();
+        assert_eq!(&config[..6], b"share\0");
+        assert_eq!(config.len(), 40);
+        assert_eq!(&config[36..], &1u32.to_le_bytes());
+        fs_dev.activate(TRANSPORT_FEATURES).unwrap();
+
+        let mut w = Writer::new();
+        w.u32(7).u32(38).u32(0).u32(0);
+        let init = request(op::INIT, 1, 0, &w.done());
+        // The request split over two readable descriptors, the reply over
+        // two writable ones.
+        let len = u32::try_from(init.len()).unwrap();
+        let (u, out) = run(
+            &mut fs_dev,
+            1,
+            &init,
+            &[vec![
+                (REQ, 10, false),
+                (REQ + 10, len - 10, false),
+                (REPLY, 20, true),
+                (REPLY + 20, 200, true),
+            ]],
+        );
+        assert_eq!(u, vec![(0, 80)]);
+        assert_eq!(&out[0..4], &80u32.to_le_bytes());
+        assert_eq!(&out[8..16], &1u64.to_le_bytes());
+        assert_eq!(&out[16..20], &7u32.to_le_bytes());
+
+        let look = request(op::LOOKUP, 2, ROOT_ID, b"f\0");
+        let len = u32::try_from(look.len()).unwrap();
+        let (u, out) = run(
+            &mut fs_dev,
+            1,
+            &look,
+            &[vec![(REQ, len, false), (REPLY, 256, true)]],
+        );
+        assert_eq!(u, vec![(0, 144)]);
+        let node = u64::from_le_bytes(out[16..24].try_into().unwrap());
+
+        // FORGET on the high-priority queue: used, with nothing written.
+        let mut w = Writer::new();
+        w.u64(1);
+        let forget = request(op::FORGET, 3, node, &w.done());
+        let len = u32::try_from(forget.len()).unwrap();
+        let (u, _) = run(&mut fs_dev, 0, &forget, &[vec![(REQ, len, false)]]);
+        assert_eq!(u, vec![(0, 0)]);
+
+        // Malformed chains: readable after writable, outside memory, too
+        // big; each dropped and the next one served.
+        let (u, _) = run(
+            &mut fs_dev,
+            1,
+            &look,
+            &[
+                vec![(REPLY, 256, true), (REQ, len, false)],
+                vec![(REQ, len, false), (0x1f_ff00, 0x1000, true)],
+                vec![(REQ, 0x10_0000, false), (REPLY, 256, true)],
+                vec![(REQ, len, false), (REPLY, 256, true)],
+            ],
+        );
+        assert_eq!(u, vec![(0, 0), (2, 0), (4, 0), (6, 144)]);
+        assert_eq!(fs_dev.stats().bad_chains, 3);
+        assert!(fs_dev.report().is_some());
+        assert!(fs_dev
+            .process_queue(
+                2,
+                &mut Queue::new(16).unwrap(),
+                &GuestMemory::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap()
+            )
+            .is_err());
+
+        // Saved and restored: the new instance answers without a new INIT.
+        let state = fs_dev.save_state();
+        let mut fresh = Fs::new("share", dir.as_fd(), Options::default()).unwrap();
+        fresh.activate(TRANSPORT_FEATURES).unwrap();
+        fresh.restore_state(&state).unwrap();
+        assert_eq!(fresh.stats(), fs_dev.stats());
+        let (u, out) = run(
+            &mut fresh,
+            1,
+            &look,
+            &[vec![(REQ, len, false), (REPLY, 256, true)]],
+        );
+        assert_eq!(u, vec![(0, 144)]);
+        assert_eq!(&out[4..8], &0i32.to_le_bytes());
+        assert!(fresh.restore_state(&state[..3]).is_err());
+        assert!(Fs::new("", dir.as_fd(), Options::default()).is_err());
+        assert!(Fs::new(&"t".repeat(37), dir.as_fd(), Options::default()).is_err());
+    }
+}
