@@ -486,16 +486,17 @@ pub fn limit_resources(limits: &[Limit]) -> io::Result<()> {
 /// host notices.
 pub const DEVICE_DATA_LIMIT: u64 = 32 << 20;
 
-/// The limits of a device process: few fds, no new processes, no core
+/// The limits of a device process: at most `max_files` fds (a few for
+/// most kinds; a shared directory's nodes), no new processes, no core
 /// dumps, [`DEVICE_DATA_LIMIT`] of private memory, and no file written
 /// past `max_file_size` bytes (0 for a device that writes no file; a
 /// disk's image size). A write at or past that offset raises SIGXFSZ; one
 /// that crosses it is cut short.
-pub fn device_limits(max_file_size: u64) -> Vec<Limit> {
+pub fn device_limits(max_file_size: u64, max_files: u64) -> Vec<Limit> {
     vec![
         Limit {
             resource: libc::RLIMIT_NOFILE,
-            value: 64,
+            value: max_files,
         },
         Limit {
             resource: libc::RLIMIT_NPROC,
@@ -650,12 +651,12 @@ mod tests {
     #[test]
     fn device_limits_cap_file_size_and_private_memory() {
         let value = |v: &[Limit], r| v.iter().find(|l| l.resource == r).map(|l| l.value);
-        assert_eq!(value(&device_limits(0), libc::RLIMIT_FSIZE), Some(0));
+        assert_eq!(value(&device_limits(0, 64), libc::RLIMIT_FSIZE), Some(0));
         assert_eq!(
-            value(&device_limits(1 << 20), libc::RLIMIT_FSIZE),
+            value(&device_limits(1 << 20, 64), libc::RLIMIT_FSIZE),
             Some(1 << 20)
         );
-        let data = value(&device_limits(0), libc::RLIMIT_DATA);
+        let data = value(&device_limits(0, 64), libc::RLIMIT_DATA);
         assert_eq!(data, Some(DEVICE_DATA_LIMIT));
     }
 
@@ -667,7 +668,7 @@ mod tests {
         // one works depends on the test harness's own threads' stacks,
         // which count too.)
         let r = in_child(0, || {
-            limit_resources(&device_limits(0))?;
+            limit_resources(&device_limits(0, 64))?;
             let map = |len: usize, flags| {
                 // SAFETY: an anonymous mapping at an address of the
                 // kernel's choice, unmapped at once when it worked.

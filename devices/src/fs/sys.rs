@@ -58,7 +58,7 @@ pub fn reopen_path(dir: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
         libc::openat(
             dir.as_raw_fd(),
             c".".as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
         )
     })?;
     // SAFETY: openat returned a new fd that nothing else owns.
@@ -72,7 +72,7 @@ pub fn reopen_dir(dir: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
         libc::openat(
             dir.as_raw_fd(),
             c".".as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
         )
     })?;
     // SAFETY: openat returned a new fd that nothing else owns.

@@ -75,13 +75,16 @@ pub fn for_kind(c: &Confinement, file_size: u64, sandbox: SandboxOpts, namespace
         namespaces: namespaces.then_some(IdMap { uid, gid }),
         no_new_privs: true,
         drop_capabilities: true,
-        limits: sandbox::jail::device_limits(if c.writes_files { file_size } else { 0 })
-            .iter()
-            .map(|l| Limit {
-                resource: l.resource,
-                value: l.value,
-            })
-            .collect(),
+        limits: sandbox::jail::device_limits(
+            if c.writes_files { file_size } else { 0 },
+            c.open_files,
+        )
+        .iter()
+        .map(|l| Limit {
+            resource: l.resource,
+            value: l.value,
+        })
+        .collect(),
         seccomp: Some(match sandbox.seccomp {
             SeccompMode::Kill => SeccompAction::Kill,
             SeccompMode::Trap => SeccompAction::Trap,

@@ -159,6 +159,7 @@ impl DeviceKind for Blk {
         Some(Confinement {
             syscalls: SYSCALLS,
             writes_files: true,
+            open_files: super::OPEN_FILES,
         })
     }
 }

@@ -231,6 +231,7 @@ impl DeviceKind for Console {
         Some(Confinement {
             syscalls: SYSCALLS,
             writes_files: true,
+            open_files: super::OPEN_FILES,
         })
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod blk;
 pub mod console;
+pub mod fs;
 pub mod mem;
 pub mod net;
 pub mod rng;
@@ -59,7 +60,13 @@ pub struct Confinement {
     /// the size its backend was opened with ([`Opened::file_size`]), else
     /// 0 (no file written at all).
     pub writes_files: bool,
+    /// The most fds its process may hold (RLIMIT_NOFILE): [`OPEN_FILES`]
+    /// for a device with a few backend fds.
+    pub open_files: u64,
 }
+
+/// The fd limit of a device process that holds a few backend fds.
+pub const OPEN_FILES: u64 = 64;
 
 /// Why a device option, or a device's parameters, were refused.
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +245,7 @@ impl Registry {
             .with(net::Net)
             .with(console::Console)
             .with(vsock::Vsock)
+            .with(fs::Fs)
             .with(mem::Mem)
     }
 
@@ -376,8 +384,8 @@ mod tests {
         names.dedup();
         ids.sort_unstable();
         ids.dedup();
-        assert_eq!(names.len(), 6);
-        assert_eq!(ids.len(), 6);
+        assert_eq!(names.len(), 7);
+        assert_eq!(ids.len(), 7);
         assert!(r.kinds().all(|k| ipc::wire::valid_kind(k.name())));
     }
 }

@@ -124,6 +124,7 @@ impl DeviceKind for Net {
         Some(Confinement {
             syscalls: SYSCALLS,
             writes_files: false,
+            open_files: super::OPEN_FILES,
         })
     }
 }

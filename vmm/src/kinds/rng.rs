@@ -75,6 +75,7 @@ impl DeviceKind for Rng {
         Some(Confinement {
             syscalls: SYSCALLS,
             writes_files: false,
+            open_files: super::OPEN_FILES,
         })
     }
 }

@@ -223,6 +223,7 @@ impl DeviceKind for Vsock {
         Some(Confinement {
             syscalls: SYSCALLS,
             writes_files: false,
+            open_files: super::OPEN_FILES,
         })
     }
 }

@@ -1,0 +1,356 @@
+//! virtio-fs (`--fs tag=TAG,path=DIR[,ro]`): a host directory the guest
+//! mounts with `mount -t virtiofs TAG /mnt`. Its model is `devices::fs`.
+//!
+//! The VMM opens DIR and the device gets that one directory fd: the FUSE
+//! server works only relative to fds it holds (`devices::fs::server`), and
+//! its allowlist has no call that takes a path from the root's side of a
+//! file system: every path-taking call is an `*at` call, `openat` only with
+//! `O_NOFOLLOW`, `mknodat` never for device nodes, `linkat` never with
+//! `AT_EMPTY_PATH` or a followed symlink, `renameat2` never a whiteout.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use devices::fs::{Options, DEVICE_ID_FS, TAG_LEN};
+use devices::virtio::VirtioDevice;
+use ipc::params::{Decoder, Encoder};
+use sandbox::seccomp::{Arg, Syscall};
+
+use super::{
+    take_fds, Confinement, DeviceConfig, DeviceKind, KindError, KindOption, OpenContext, Opened,
+};
+use crate::console::backend::backend_status;
+use crate::virtio_pci::PciClass;
+
+const NAME: &str = "fs";
+/// Version of its parameters: the tag and whether the share is read-only.
+const PARAMS_V1: u8 = 1;
+
+/// virtio-fs's own needs beyond the worker's (whose read, write and close
+/// are not used on the share's files: those go through pread/pwrite).
+const SYSCALLS: &[Syscall] = &[
+    Syscall {
+        nr: libc::SYS_openat,
+        name: "openat",
+        why: "look a name up in a directory it holds, open or create a file (O_NOFOLLOW \
+              always: a symlink in the share is never followed)",
+        rules: &[&[Arg::AllBits(2, libc::O_NOFOLLOW as u64)]],
+    },
+    Syscall {
+        nr: libc::SYS_newfstatat,
+        name: "newfstatat",
+        why: "a node's attributes, through its fd (AT_EMPTY_PATH, never following a symlink)",
+        rules: &[&[Arg::AllBits(
+            3,
+            (libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW) as u64,
+        )]],
+    },
+    Syscall {
+        nr: libc::SYS_fstatfs,
+        name: "fstatfs",
+        why: "statfs of the share",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_getdents64,
+        name: "getdents64",
+        why: "list a directory the guest opened",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_lseek,
+        name: "lseek",
+        why: "a directory listing's position; the guest's SEEK_DATA/SEEK_HOLE",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_pread64,
+        name: "pread64",
+        why: "the guest's reads of its open files",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_pwrite64,
+        name: "pwrite64",
+        why: "the guest's writes to its open files",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_mkdirat,
+        name: "mkdirat",
+        why: "the guest's mkdir",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_mknodat,
+        name: "mknodat",
+        why: "the guest's mknod of a file, fifo or socket (never a device node)",
+        rules: &[&[Arg::NoBits(2, libc::S_IFCHR as u64)]],
+    },
+    Syscall {
+        nr: libc::SYS_symlinkat,
+        name: "symlinkat",
+        why: "the guest's symlink (stored, never followed)",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_unlinkat,
+        name: "unlinkat",
+        why: "the guest's unlink and rmdir",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_renameat2,
+        name: "renameat2",
+        why: "the guest's rename (NOREPLACE and EXCHANGE; never a whiteout)",
+        rules: &[&[Arg::NoBits(4, libc::RENAME_WHITEOUT as u64)]],
+    },
+    Syscall {
+        nr: libc::SYS_linkat,
+        name: "linkat",
+        why: "the guest's hard link, name to name (no AT_EMPTY_PATH, no followed symlink)",
+        rules: &[&[Arg::Eq(4, 0)]],
+    },
+    Syscall {
+        nr: libc::SYS_readlinkat,
+        name: "readlinkat",
+        why: "the target of a symlink node, through its fd",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_fchownat,
+        name: "fchownat",
+        why: "owner and group of a node the guest made or changed, through its fd",
+        rules: &[&[Arg::AllBits(
+            4,
+            (libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW) as u64,
+        )]],
+    },
+    Syscall {
+        nr: libc::SYS_fchmod,
+        name: "fchmod",
+        why: "the guest's chmod, on the node opened again",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_ftruncate,
+        name: "ftruncate",
+        why: "the guest's truncate",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_utimensat,
+        name: "utimensat",
+        why: "the guest's timestamps, through the node's fd (AT_EMPTY_PATH)",
+        rules: &[&[Arg::AllBits(3, libc::AT_EMPTY_PATH as u64)]],
+    },
+    Syscall {
+        nr: libc::SYS_fsync,
+        name: "fsync",
+        why: "the guest's fsync",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_fdatasync,
+        name: "fdatasync",
+        why: "the guest's fdatasync",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_fallocate,
+        name: "fallocate",
+        why: "the guest's fallocate",
+        rules: &[],
+    },
+];
+
+/// Nodes and open files one share may hold (each an fd).
+const MAX_INODES: usize = 16 * 1024;
+const MAX_HANDLES: usize = 1024;
+/// Its process's fd limit: the nodes and files, and the device's own.
+const OPEN_FILES: u64 = (MAX_INODES + MAX_HANDLES) as u64 + super::OPEN_FILES;
+
+/// The virtio-fs kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fs;
+
+/// One `--fs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FsSpec {
+    tag: String,
+    path: PathBuf,
+    read_only: bool,
+}
+
+impl FsSpec {
+    fn parse(value: &str) -> Result<Self, KindError> {
+        let bad = |why: String| KindError::Option(format!("--fs {why}"));
+        let (mut tag, mut path, mut read_only) = (None, None, false);
+        for part in value.split(',') {
+            match part.split_once('=') {
+                Some(("tag", v)) => {
+                    if v.is_empty() || v.len() > TAG_LEN || v.contains('\0') {
+                        return Err(bad(format!("tag={v}: a tag is 1 to {TAG_LEN} bytes")));
+                    }
+                    tag = Some(v.to_owned());
+                }
+                Some(("path", v)) if !v.is_empty() => path = Some(PathBuf::from(v)),
+                None if part == "ro" => read_only = true,
+                None if part == "rw" => read_only = false,
+                _ => return Err(bad(format!("'{part}': expected tag=TAG,path=DIR[,ro]"))),
+            }
+        }
+        let (Some(tag), Some(path)) = (tag, path) else {
+            return Err(bad(format!("'{value}': needs both tag=TAG and path=DIR")));
+        };
+        if !path.is_dir() {
+            return Err(bad(format!("path={}: not a directory", path.display())));
+        }
+        Ok(Self {
+            tag,
+            path,
+            read_only,
+        })
+    }
+}
+
+impl DeviceConfig for FsSpec {
+    fn open(&self, ctx: &mut OpenContext<'_>) -> anyhow::Result<Opened> {
+        let name = ctx.device;
+        let shown = self.path.display();
+        let dir = std::fs::File::open(&self.path)
+            .with_context(|| format!("device {name}: --fs path={shown}"))?;
+        crate::log::info(&format!(
+            "device {name}: shares {shown} as tag {} ({}); in the guest: mount -t virtiofs {} DIR",
+            self.tag,
+            if self.read_only {
+                "read-only"
+            } else {
+                "read-write"
+            },
+            self.tag
+        ));
+        Ok(Opened {
+            params: params(&self.tag, self.read_only),
+            fds: vec![dir.into()],
+            // The guest's files may grow as large as the host lets them.
+            file_size: libc::RLIM_INFINITY,
+            status: Some(backend_status("directory", Some(&self.path), None)),
+            ..Opened::default()
+        })
+    }
+}
+
+/// The parameters of an fs device.
+pub fn params(tag: &str, read_only: bool) -> Vec<u8> {
+    Encoder::new(PARAMS_V1)
+        .bytes(tag.as_bytes(), u8::try_from(TAG_LEN).unwrap_or(u8::MAX))
+        .bool(read_only)
+        .finish()
+}
+
+/// The tag and read-only flag of what [`params`] made; total over any
+/// input.
+fn decode(b: &[u8]) -> Result<(String, bool), ipc::IpcError> {
+    let mut d = Decoder::new(b, PARAMS_V1)?;
+    let tag = d.bytes("tag", u8::try_from(TAG_LEN).unwrap_or(u8::MAX))?;
+    let read_only = d.bool("read-only")?;
+    d.end()?;
+    Ok((String::from_utf8_lossy(&tag).into_owned(), read_only))
+}
+
+impl DeviceKind for Fs {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn virtio_id(&self) -> u32 {
+        DEVICE_ID_FS
+    }
+
+    fn pci_class(&self) -> PciClass {
+        // Mass storage controller, other.
+        [0x01, 0x80, 0x00]
+    }
+
+    fn option(&self) -> Option<KindOption> {
+        Some(KindOption {
+            long: "fs",
+            value_name: Some("tag=TAG,path=DIR[,ro]"),
+            repeatable: true,
+            help: "Share the host directory DIR with the guest through virtio-fs (fs0, fs1, \
+                   ...): `mount -t virtiofs TAG /mnt` in the guest. `ro` refuses every change. \
+                   The device process holds only DIR's fd and resolves nothing outside it: \
+                   guest names are single components and symlinks are never followed",
+        })
+    }
+
+    fn parse(&self, value: Option<&str>) -> Result<Option<Box<dyn DeviceConfig>>, KindError> {
+        let spec = FsSpec::parse(value.unwrap_or_default())?;
+        Ok(Some(Box::new(spec)))
+    }
+
+    fn model(&self, params: &[u8], fds: Vec<OwnedFd>) -> Result<Box<dyn VirtioDevice>, KindError> {
+        let (tag, read_only) = decode(params).map_err(KindError::params(NAME))?;
+        let [dir] = take_fds::<1>(NAME, fds)?;
+        let opts = Options {
+            read_only,
+            max_inodes: MAX_INODES,
+            max_handles: MAX_HANDLES,
+        };
+        let fs = devices::fs::Fs::new(&tag, std::os::fd::AsFd::as_fd(&dir), opts)
+            .map_err(|e| KindError::Model(Box::new(e)))?;
+        Ok(Box::new(fs))
+    }
+
+    fn confinement(&self) -> Option<Confinement> {
+        Some(Confinement {
+            syscalls: SYSCALLS,
+            writes_files: true,
+            open_files: OPEN_FILES,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_parse_and_bad_ones_say_what_is_wrong() {
+        let dir = std::env::temp_dir();
+        let ok = FsSpec::parse(&format!("tag=share,path={},ro", dir.display())).unwrap();
+        assert_eq!(ok.tag, "share");
+        assert!(ok.read_only);
+        let long = "t".repeat(37);
+        for (value, says) in [
+            (
+                format!("tag=,path={}", dir.display()),
+                "tag=: a tag is 1 to 36",
+            ),
+            (format!("tag={long},path=/tmp"), "a tag is 1 to 36"),
+            ("tag=a".to_owned(), "needs both"),
+            ("tag=a,path=/no/such/dir".to_owned(), "not a directory"),
+            ("tag=a,path=/tmp,mode=x".to_owned(), "'mode=x'"),
+        ] {
+            let e = FsSpec::parse(&value).unwrap_err().to_string();
+            assert!(e.starts_with("--fs "), "{e}");
+            assert!(e.contains(says), "{value}: {e}");
+        }
+    }
+
+    #[test]
+    fn parameters_round_trip_and_malformed_ones_are_refused() {
+        assert_eq!(decode(&params("t", true)).unwrap(), ("t".to_owned(), true));
+        assert!(decode(&[PARAMS_V1]).is_err());
+        let e = Fs
+            .model(&params("t", false), Vec::new())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("needs 1 backend fds, got 0"), "{e}");
+        let dir = std::fs::File::open(std::env::temp_dir()).unwrap();
+        assert!(Fs.model(&params("t", false), vec![dir.into()]).is_ok());
+    }
+}
