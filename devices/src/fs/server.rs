@@ -643,6 +643,9 @@ impl Server {
         Ok(w.done())
     }
 
+    /// A server that may not give files away (no CAP_CHOWN, or the
+    /// caller's ids unmapped in its user namespace) leaves them its own:
+    /// the guest then sees them as the share's owner's.
     fn own(&self, h: &InHeader, id: u64, st: libc::stat) -> Result<libc::stat, Errno> {
         let parent_setgid = self
             .node(h.nodeid)
@@ -653,8 +656,11 @@ impl Server {
             return Ok(st);
         }
         let fd = self.node(id)?.fd.as_fd();
-        sys::chown(fd, h.uid, gid)?;
-        sys::stat(fd)
+        match sys::chown(fd, h.uid, gid) {
+            Ok(()) => sys::stat(fd),
+            Err(Errno(libc::EPERM | libc::EINVAL)) => Ok(st),
+            Err(e) => Err(e),
+        }
     }
 
     fn getattr(&self, id: u64) -> Answer {
