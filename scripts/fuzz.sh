@@ -17,6 +17,8 @@
 #   vsock_queue  virtio-vsock (guest packets, then its answers and events)
 #                on arbitrary queue contents and guest memory, with a host
 #                client and a connector answer waiting or not
+#   fs_requests  virtio-fs's FUSE server on a scratch share, hostile
+#                request sequences; nothing outside the share may change
 #   transport    the virtio-pci transport (the VMM's side) fed hostile
 #                BAR and PCI-configuration accesses
 #   remote_device  a hostile device's answers to the VMM's side of the
@@ -34,7 +36,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-targets=(ipc_request ipc_reply rng_queue blk_queue net_queue console_queue vsock_queue transport remote_device drive_e2e snapshot_state kernel_image)
+targets=(ipc_request ipc_reply rng_queue blk_queue net_queue console_queue vsock_queue fs_requests transport remote_device drive_e2e snapshot_state kernel_image)
 
 usage() {
 	sed -n '2,4p' "$0" | sed 's/^# //' >&2
