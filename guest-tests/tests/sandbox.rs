@@ -64,6 +64,32 @@ fn seccomp_policies_are_within_their_targets() {
             );
         }
     }
+    // fs names files only relative to the fds it holds.
+    assert!(allowed("fs", "kill") <= 37);
+    let (_, out) = skvm(&["sandbox", "show", "fs"]);
+    for forbidden in [
+        "open",
+        "socket",
+        "connect",
+        "execve",
+        "ptrace",
+        "kill",
+        "clone",
+        "mount",
+        "unshare",
+        "setuid",
+        "chdir",
+        "fchdir",
+        "chroot",
+        "open_by_handle_at",
+        "name_to_handle_at",
+    ] {
+        assert!(
+            !out.lines()
+                .any(|l| l.split_whitespace().next() == Some(forbidden)),
+            "fs: {forbidden} is allowed:\n{out}"
+        );
+    }
     // net's one ioctl is TUNSETOFFLOAD, by argument.
     let (_, out) = skvm(&["sandbox", "show", "net"]);
     let ioctl = out
