@@ -288,7 +288,7 @@ fn boot_and_systemctl_poweroff(tag: &str, extra: &[&str], timeout: Duration) -> 
 }
 
 #[test]
-#[ignore = "slow (about 18 minutes here): scripts/test-slow.sh runs it"]
+#[ignore = "slow (6.5 minutes on an Intel emulating host, about 18 on an AMD one): scripts/test-slow.sh runs it"]
 fn debian_with_systemd_boots_three_times_in_a_row_and_powers_off_with_systemctl() {
     for i in 0..3 {
         boot_and_systemctl_poweroff(&format!("default{i}"), &[], DISTRO_TIMEOUT);
@@ -296,7 +296,7 @@ fn debian_with_systemd_boots_three_times_in_a_row_and_powers_off_with_systemctl(
 }
 
 #[test]
-#[ignore = "slow (Debian's kernel loads its modules here for minutes): scripts/test-slow.sh runs it"]
+#[ignore = "slow (11.5 minutes on an Intel emulating host; over an hour on an AMD one before its later speed-ups): scripts/test-slow.sh runs it"]
 fn debian_with_systemd_boots_on_debians_stock_kernel_through_skvms_initramfs() {
     let dir = default_guest().join("debian-cloud");
     let kernel = dir.join("vmlinuz");
