@@ -860,14 +860,20 @@ impl Server {
     }
 
     fn readdir(&mut self, fh: u64, offset: u64, size: usize, plus: bool) -> Answer {
-        let (fd, node) = match self.handles.get(&fh) {
-            Some(hd) => (hd.fd.try_clone().map_err(Errno::from)?, hd.node),
-            None => return Err(Errno(libc::EBADF)),
-        };
+        // Out of the table while READDIRPLUS looks entries up (no dup: a
+        // device's allowlist has no fcntl), back in whatever happens.
+        let handle = self.handles.remove(&fh).ok_or(Errno(libc::EBADF))?;
+        let answer = self.list(&handle, offset, size, plus);
+        self.handles.insert(fh, handle);
+        answer
+    }
+
+    fn list(&mut self, handle: &Handle, offset: u64, size: usize, plus: bool) -> Answer {
+        let (fd, node) = (handle.fd.as_fd(), handle.node);
         let mut buf = std::mem::take(&mut self.dirbuf);
         let mut w = Writer::new();
         let mut failed = None;
-        let res = sys::read_dir(fd.as_fd(), offset, &mut buf, |e| {
+        let res = sys::read_dir(fd, offset, &mut buf, |e| {
             let room = size.saturating_sub(w.buf.len());
             let dot = e.name == b"." || e.name == b"..";
             if !plus {

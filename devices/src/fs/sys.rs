@@ -130,7 +130,8 @@ pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<(), Err
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
 }
 
-/// `renameat2`.
+/// `renameat2`, as the syscall itself: glibc's wrapper makes a plain
+/// `renameat` when there are no flags, which a device's allowlist lacks.
 pub fn rename_at(
     old_dir: BorrowedFd<'_>,
     old: &CStr,
@@ -139,16 +140,21 @@ pub fn rename_at(
     flags: u32,
 ) -> Result<(), Errno> {
     // SAFETY: valid fds and names.
-    check(unsafe {
-        libc::renameat2(
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
             old_dir.as_raw_fd(),
             old.as_ptr(),
             new_dir.as_raw_fd(),
             new.as_ptr(),
             flags,
         )
-    })
-    .map(drop)
+    };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
 }
 
 /// `linkat(old_dir, old, new_dir, new, 0)`: never follows a symlink.
