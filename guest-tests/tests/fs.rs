@@ -118,10 +118,16 @@ fn share_and_check(mode: &str) {
     );
     assert!(!rw.join("made.txt").exists());
     assert!(!rw.join("big").exists());
-    assert_eq!(fs::read_to_string(rw.join("sub/deeper/f")).unwrap(), "deep\n");
+    assert_eq!(
+        fs::read_to_string(rw.join("sub/deeper/f")).unwrap(),
+        "deep\n"
+    );
     let hard = fs::metadata(rw.join("hard.txt")).unwrap();
     assert_eq!(hard.nlink(), 2);
-    assert_eq!(hard.ino(), fs::metadata(rw.join("sub/moved.txt")).unwrap().ino());
+    assert_eq!(
+        hard.ino(),
+        fs::metadata(rw.join("sub/moved.txt")).unwrap().ino()
+    );
     assert_eq!(
         fs::read_link(rw.join("soft.txt")).unwrap().to_str(),
         Some("sub/moved.txt")
