@@ -51,32 +51,19 @@ pub fn open_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> Resul
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The directory `dir` itself (".") opened again with `flags`.
+fn reopen(dir: BorrowedFd<'_>, flags: i32) -> Result<OwnedFd, Errno> {
+    open_at(dir, c".", flags | libc::O_DIRECTORY, 0)
+}
+
 /// An O_PATH fd of the directory `dir` (any fd of it).
 pub fn reopen_path(dir: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
-    // SAFETY: as in open_at; "." names the directory itself.
-    let fd = check(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c".".as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-        )
-    })?;
-    // SAFETY: openat returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    reopen(dir, libc::O_PATH)
 }
 
 /// The directory `dir` (an O_PATH fd) opened again for reading.
 pub fn reopen_dir(dir: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
-    // SAFETY: as in open_at; "." names the directory itself.
-    let fd = check(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c".".as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-        )
-    })?;
-    // SAFETY: openat returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    reopen(dir, libc::O_RDONLY)
 }
 
 /// `fstatat(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)`: works on O_PATH
