@@ -822,8 +822,9 @@ impl Server {
             return Err(Errno(libc::EROFS));
         }
         // The guest gives every write its offset: no O_APPEND. No creating
-        // here, no controlling terminal, no atime games.
-        let keep = libc::O_ACCMODE | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT;
+        // here, no controlling terminal, no atime games, and no O_DIRECT
+        // (its alignment rules would fail the guest's unaligned requests).
+        let keep = libc::O_ACCMODE | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC;
         let fd = self.reopen(id, flags & keep)?;
         self.new_handle(fd, id, 0)
     }
