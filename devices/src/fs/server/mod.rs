@@ -20,10 +20,13 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use super::proto::{self, fattr, init_flags, op, Answer, Errno, InHeader, Reader, Writer};
 use super::sys;
+
+mod nodes;
+use nodes::{key, Handle, Inode};
 
 /// Seconds the guest may cache a name or attributes. The share may change
 /// under the guest (host programs): one second, as virtiofsd's default.
@@ -63,22 +66,6 @@ pub struct Stats {
     pub errors: u64,
 }
 
-struct Inode {
-    fd: OwnedFd,
-    key: (u64, u64),
-    /// `S_IFMT` bits.
-    kind: u32,
-    /// Lookups the guest holds, plus one per child node held here.
-    refs: u64,
-    /// The parent node and the name this node was last found under.
-    parent: Option<(u64, CString)>,
-}
-
-struct Handle {
-    fd: OwnedFd,
-    node: u64,
-}
-
 /// The server's state: the nodes and open files the guest holds.
 pub struct Server {
     opts: Options,
@@ -93,10 +80,6 @@ pub struct Server {
     dirbuf: Vec<u8>,
     /// Counters.
     pub stats: Stats,
-}
-
-fn key(st: &libc::stat) -> (u64, u64) {
-    (st.st_dev, st.st_ino)
 }
 
 /// Seconds and nanoseconds of a stat time as FUSE carries them.
@@ -492,138 +475,6 @@ impl Server {
         self.by_key.retain(|_, id| *id == proto::ROOT_ID);
     }
 
-    fn node(&self, id: u64) -> Result<&Inode, Errno> {
-        self.inodes.get(&id).ok_or(Errno(libc::ESTALE))
-    }
-
-    /// The O_PATH fd of directory node `id`.
-    fn dir(&self, id: u64) -> Result<BorrowedFd<'_>, Errno> {
-        let n = self.node(id)?;
-        if n.kind != libc::S_IFDIR {
-            return Err(Errno(libc::ENOTDIR));
-        }
-        Ok(n.fd.as_fd())
-    }
-
-    fn handle_fd(&self, fh: u64) -> Result<BorrowedFd<'_>, Errno> {
-        self.handles
-            .get(&fh)
-            .map(|h| h.fd.as_fd())
-            .ok_or(Errno(libc::EBADF))
-    }
-
-    fn new_handle(&mut self, fd: OwnedFd, node: u64, open_flags: u32) -> Answer {
-        if self.handles.len() >= self.opts.max_handles {
-            return Err(Errno(libc::ENFILE));
-        }
-        let fh = self.next_fh;
-        self.next_fh += 1;
-        self.handles.insert(fh, Handle { fd, node });
-        let mut w = Writer::new();
-        proto::open_out(&mut w, fh, open_flags);
-        Ok(w.done())
-    }
-
-    /// Looks `name` up in directory `parent` and holds the node once more:
-    /// its id and attributes.
-    fn lookup(&mut self, parent: u64, name: &CString) -> Result<(u64, libc::stat), Errno> {
-        let fd = sys::open_at(self.dir(parent)?, name, libc::O_PATH, 0)?;
-        let st = sys::stat(fd.as_fd())?;
-        if st.st_dev != self.root_dev {
-            // A mount inside the share: not part of it.
-            return Err(Errno(libc::EACCES));
-        }
-        if let Some(&id) = self.by_key.get(&key(&st)) {
-            if let Some(n) = self.inodes.get_mut(&id) {
-                n.refs += 1;
-                if n.parent.as_ref().is_none_or(|(p, _)| *p != parent) {
-                    let old = n.parent.replace((parent, name.clone()));
-                    self.hold(parent);
-                    if let Some((p, _)) = old {
-                        self.unref(p, 1);
-                    }
-                } else if let Some((_, n_name)) = n.parent.as_mut() {
-                    *n_name = name.clone();
-                }
-                return Ok((id, st));
-            }
-        }
-        if self.inodes.len() >= self.opts.max_inodes {
-            return Err(Errno(libc::ENFILE));
-        }
-        let id = self.next_node;
-        self.next_node += 1;
-        self.by_key.insert(key(&st), id);
-        self.inodes.insert(
-            id,
-            Inode {
-                fd,
-                key: key(&st),
-                kind: st.st_mode & libc::S_IFMT,
-                refs: 1,
-                parent: Some((parent, name.clone())),
-            },
-        );
-        self.hold(parent);
-        Ok((id, st))
-    }
-
-    fn hold(&mut self, id: u64) {
-        if let Some(n) = self.inodes.get_mut(&id) {
-            n.refs += 1;
-        }
-    }
-
-    /// Drops `count` references of node `id`; a node left with none is
-    /// forgotten, and its parent loses the reference it held.
-    fn unref(&mut self, mut id: u64, mut count: u64) {
-        loop {
-            let Some(n) = self.inodes.get_mut(&id) else {
-                return;
-            };
-            n.refs = n.refs.saturating_sub(count);
-            if n.refs > 0 || id == proto::ROOT_ID {
-                return;
-            }
-            let Some(n) = self.inodes.remove(&id) else {
-                return;
-            };
-            if self.by_key.get(&n.key) == Some(&id) {
-                self.by_key.remove(&n.key);
-            }
-            match n.parent {
-                Some((p, _)) => {
-                    id = p;
-                    count = 1;
-                }
-                None => return,
-            }
-        }
-    }
-
-    fn forget(&mut self, id: u64, r: &mut Reader<'_>) {
-        if let Ok(n) = r.u64() {
-            if id != proto::ROOT_ID {
-                self.unref(id, n);
-            }
-        }
-    }
-
-    fn batch_forget(&mut self, r: &mut Reader<'_>) {
-        let Ok(count) = r.u32() else { return };
-        if r.u32().is_err() {
-            return;
-        }
-        for _ in 0..count {
-            let (Ok(id), Ok(n)) = (r.u64(), r.u64()) else {
-                return;
-            };
-            if id != proto::ROOT_ID {
-                self.unref(id, n);
-            }
-        }
-    }
-
     /// LOOKUP's answer: `fuse_entry_out`.
     fn entry(&mut self, parent: u64, name: &CString) -> Answer {
         let (id, st) = self.lookup(parent, name)?;
@@ -668,25 +519,6 @@ impl Server {
         let mut w = Writer::new();
         proto::attr_out(&mut w, &attr(&st), VALID_SECS);
         Ok(w.done())
-    }
-
-    /// Node `id` opened again with `flags` (a regular file by its last
-    /// name, checked to be the same inode; a directory through ".").
-    fn reopen(&self, id: u64, flags: i32) -> Result<OwnedFd, Errno> {
-        let n = self.node(id)?;
-        match n.kind {
-            libc::S_IFDIR => sys::reopen_dir(n.fd.as_fd()),
-            libc::S_IFREG => {
-                let (parent, name) = n.parent.as_ref().ok_or(Errno(libc::ESTALE))?;
-                let fd = sys::open_at(self.dir(*parent)?, name, flags, 0)?;
-                if key(&sys::stat(fd.as_fd())?) != n.key {
-                    return Err(Errno(libc::ESTALE));
-                }
-                Ok(fd)
-            }
-            libc::S_IFLNK => Err(Errno(libc::ELOOP)),
-            _ => Err(Errno(libc::EACCES)),
-        }
     }
 
     fn setattr(&mut self, id: u64, r: &mut Reader<'_>) -> Answer {
@@ -774,29 +606,6 @@ impl Server {
             self.renamed(old_dir, old);
         }
         Ok(Vec::new())
-    }
-
-    /// Records that the node at `dir`/`name` (if this server holds it) now
-    /// lives there.
-    fn renamed(&mut self, dir: u64, name: &CString) {
-        let Ok(d) = self.dir(dir) else { return };
-        let Ok(fd) = sys::open_at(d, name, libc::O_PATH, 0) else {
-            return;
-        };
-        let Ok(st) = sys::stat(fd.as_fd()) else {
-            return;
-        };
-        let Some(&id) = self.by_key.get(&key(&st)) else {
-            return;
-        };
-        let old = self
-            .inodes
-            .get_mut(&id)
-            .and_then(|n| n.parent.replace((dir, name.clone())));
-        self.hold(dir);
-        if let Some((p, _)) = old {
-            self.unref(p, 1);
-        }
     }
 
     fn link(&mut self, old: u64, new_dir: u64, name: &CString) -> Answer {
