@@ -1,9 +1,10 @@
 //! Non-blocking calls on the host fds devices serve (a console's pty or
 //! client, vsock's streams and listener): one `read`, as much of a
 //! `write` as the fd takes now, and `accept` on a listening socket. None
-//! waits; each says what happened in an [`Io`] (or an `Option`).
+//! waits; each says what happened in an [`Io`] (or an `Option`). Also
+//! `fallocate`, which blk and virtio-fs share.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// What a non-blocking call on a host fd did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,5 +81,24 @@ pub fn accept(listener: RawFd) -> Option<OwnedFd> {
         if errno() != Some(libc::EINTR) {
             return None;
         }
+    }
+}
+
+/// `fallocate(2)` on `fd` (blk's discards and write-zeroes, virtio-fs's
+/// guest fallocate); offsets past `off_t` are EINVAL.
+pub(crate) fn fallocate(
+    fd: BorrowedFd<'_>,
+    mode: libc::c_int,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    let einval = || std::io::Error::from_raw_os_error(libc::EINVAL);
+    let off = libc::off_t::try_from(offset).map_err(|_| einval())?;
+    let len = libc::off_t::try_from(len).map_err(|_| einval())?;
+    // SAFETY: fallocate has no memory effects.
+    if unsafe { libc::fallocate(fd.as_raw_fd(), mode, off, len) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }

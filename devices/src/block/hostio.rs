@@ -1,5 +1,5 @@
 //! Host file I/O for the block device: whole transfers between an image and
-//! guest memory, and fallocate.
+//! guest memory.
 
 use std::fs::File;
 use std::io;
@@ -61,18 +61,6 @@ pub(super) fn transfer(
         }
     }
     Ok(())
-}
-
-pub(super) fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
-    let off =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: fallocate has no memory effects.
-    if unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 #[cfg(test)]

@@ -18,17 +18,19 @@
 //!
 //! `segments` holds the guest-buffer side (splitting the streams, checked
 //! reads and writes, host iovecs), `hostio` the image side (whole
-//! preadv/pwritev transfers, fallocate); this file the protocol.
+//! preadv/pwritev transfers; fallocate is `crate::hostio`'s); this file the protocol.
 
 mod hostio;
 mod segments;
 
 use std::fs::File;
+use std::os::fd::AsFd;
 
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Address, ByteValued, Bytes, Le16, Le32, Le64};
 
-use hostio::{fallocate, transfer};
+use crate::hostio::fallocate;
+use hostio::transfer;
 use segments::{gather, iovecs, scatter, split_at, total, Seg};
 
 use crate::virtio::{
@@ -440,13 +442,13 @@ impl Block {
         if kind == VIRTIO_BLK_T_DISCARD {
             // Discarded sectors read back as zeroes here, which the
             // protocol allows.
-            return fallocate(&self.file, punch, offset, bytes).map_err(io_err);
+            return fallocate(self.file.as_fd(), punch, offset, bytes).map_err(io_err);
         }
         let zero = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
-        if unmap && fallocate(&self.file, punch, offset, bytes).is_ok() {
+        if unmap && fallocate(self.file.as_fd(), punch, offset, bytes).is_ok() {
             return Ok(());
         }
-        if fallocate(&self.file, zero, offset, bytes).is_ok() {
+        if fallocate(self.file.as_fd(), zero, offset, bytes).is_ok() {
             return Ok(());
         }
         // Some file systems have neither: write the zeroes.

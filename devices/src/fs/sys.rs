@@ -273,14 +273,6 @@ pub fn seek(fd: BorrowedFd<'_>, offset: u64, whence: i32) -> Result<u64, Errno> 
     u64::try_from(r).map_err(|_| Errno::last())
 }
 
-/// `fallocate`.
-pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> Result<(), Errno> {
-    let offset = i64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?;
-    let len = i64::try_from(len).map_err(|_| Errno(libc::EINVAL))?;
-    // SAFETY: a valid fd.
-    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset, len) }).map(drop)
-}
-
 /// One directory entry of `getdents64`.
 pub struct DirEntry<'a> {
     /// Inode number.

@@ -414,7 +414,7 @@ impl Server {
                 let offset = r.u64()?;
                 let len = r.u64()?;
                 let mode = i32::try_from(r.u32()?).map_err(|_| Errno(libc::EINVAL))?;
-                sys::fallocate(self.handle_fd(fh)?, mode, offset, len)?;
+                crate::hostio::fallocate(self.handle_fd(fh)?, mode, offset, len)?;
                 Ok(Vec::new())
             }
             // ACCESS: the guest checks permissions itself (virtiofs mounts
