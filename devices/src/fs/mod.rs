@@ -58,7 +58,8 @@ pub struct Fs {
     tag: String,
     server: server::Server,
     features: u64,
-    stats: Stats,
+    /// Chains dropped as malformed (the server counts the requests).
+    bad_chains: u64,
 }
 
 /// A chain split into its request bytes and the guest memory the reply
@@ -87,13 +88,17 @@ impl Fs {
             tag: tag.to_owned(),
             server,
             features: 0,
-            stats: Stats::default(),
+            bad_chains: 0,
         })
     }
 
-    /// The counters.
+    /// The counters: the server's, and the chains dropped before it.
     pub fn stats(&self) -> Stats {
-        self.stats
+        Stats {
+            requests: self.server.stats.requests,
+            errors: self.server.stats.errors,
+            bad_chains: self.bad_chains,
+        }
     }
 
     /// The readable bytes of `chain` and its writable buffers; None when
@@ -135,15 +140,12 @@ impl Fs {
     /// Answers one chain; the bytes written for the used ring.
     fn serve(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
         let Some(s) = Self::split(chain, mem) else {
-            self.stats.bad_chains += 1;
+            self.bad_chains += 1;
             return 0;
         };
-        let before = self.server.stats;
         let Some(reply) = self.server.handle(&s.request, s.room) else {
             return 0;
         };
-        self.stats.requests += self.server.stats.requests - before.requests;
-        self.stats.errors += self.server.stats.errors - before.errors;
         let mut done = 0;
         for (addr, len) in s.reply {
             let Some(part) = reply.get(done..).filter(|r| !r.is_empty()) else {
@@ -151,7 +153,7 @@ impl Fs {
             };
             let n = len.min(part.len());
             if mem.write_slice(&part[..n], addr).is_err() {
-                self.stats.bad_chains += 1;
+                self.bad_chains += 1;
                 return 0;
             }
             done += n;
@@ -212,7 +214,7 @@ impl VirtioDevice for Fs {
     /// instance answers ESTALE and EBADF for them (the guest's next lookup
     /// from the root finds the files again).
     fn save_state(&self) -> Vec<u8> {
-        let mut state = self.stats.save();
+        let mut state = self.stats().save();
         state.extend_from_slice(&self.server.minor().to_le_bytes());
         state
     }
@@ -221,14 +223,19 @@ impl VirtioDevice for Fs {
         let Some((counters, minor)) = state.split_last_chunk::<4>() else {
             return Err(DeviceError::Refused("fs state is too short".into()));
         };
-        self.stats = Stats::restore(counters, "fs")?;
+        let stats = Stats::restore(counters, "fs")?;
         self.server
             .resume(u32::from_le_bytes(*minor))
-            .map_err(|_| DeviceError::Refused("fs state has a bad protocol version".into()))
+            .map_err(|_| DeviceError::Refused("fs state has a bad protocol version".into()))?;
+        self.server.stats = server::Stats {
+            requests: stats.requests,
+            errors: stats.errors,
+        };
+        self.bad_chains = stats.bad_chains;
+        Ok(())
     }
 
     fn report(&self) -> Option<String> {
-        (self.stats.bad_chains > 0)
-            .then(|| format!("{} malformed chains dropped", self.stats.bad_chains))
+        (self.bad_chains > 0).then(|| format!("{} malformed chains dropped", self.bad_chains))
     }
 }
