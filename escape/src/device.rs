@@ -52,10 +52,29 @@ pub const ACTIONS: &[&str] = &[
     // Allocate and touch memory 1 MiB at a time until the allocator
     // fails (std then aborts the process), up to ALLOC_CAP.
     "alloc-unbounded",
+    // From here on, a virtio-fs device's ways out of its share, with calls
+    // its own filter allows (so that only its root can stop them), from
+    // the share's fd: `..` past the root; a relative symlink the host
+    // planted ("up" -> "../../../../../../../../etc") followed below the
+    // last component; /proc's magic links; a file in a mount inside the
+    // share ("m/secret"); a file created in a read-only share; the file
+    // "victim" renamed to above the root; a hard link to a file above it.
+    "dotdot-out",
+    "symlink-out",
+    "proc-magic",
+    "hidden-mount",
+    "write-ro",
+    "rename-out",
+    "link-out",
 ];
 
-/// How many of [`ACTIONS`] are escapes (what "all" attempts).
-pub const ESCAPES: usize = ACTIONS.len() - 6;
+/// Of [`ACTIONS`], the hostile device's tricks and the share escapes.
+const TRICKS: usize = 6;
+/// The share escapes, last in [`ACTIONS`].
+pub const SHARE_ESCAPES: usize = 7;
+/// How many of [`ACTIONS`] are escapes any device attempts (what "all"
+/// attempts).
+pub const ESCAPES: usize = ACTIONS.len() - TRICKS - SHARE_ESCAPES;
 
 /// Where "alloc-unbounded" stops and reports an escape: far past any
 /// device's memory limit (`sandbox::jail::DEVICE_DATA_LIMIT`), so that a
@@ -126,11 +145,72 @@ fn alloc_unbounded() -> io::Result<()> {
     Ok(())
 }
 
+/// A share escape (the last [`SHARE_ESCAPES`] of [`ACTIONS`]) from the
+/// share's root `root`; Ok means it worked.
+fn leave_share(name: &str, root: Option<&OwnedFd>) -> io::Result<()> {
+    let root = root
+        .ok_or_else(|| io::Error::other("no share"))?
+        .as_raw_fd();
+    let read = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let open_at = |dir: libc::c_int, path: &CStr, flags: libc::c_int| {
+        // SAFETY: openat on a valid C string; the fd is closed at once.
+        let fd = unsafe { libc::openat(dir, path.as_ptr(), flags, 0o600) };
+        ok_if(fd.into())?;
+        // SAFETY: closes the fd just opened.
+        unsafe { libc::close(fd) };
+        Ok(())
+    };
+    match name {
+        "dotdot-out" => open_at(root, c"../../../../../../../../etc/passwd", read),
+        "symlink-out" => open_at(root, c"up/passwd", read),
+        "proc-magic" => open_at(libc::AT_FDCWD, c"/proc/self/root/etc/passwd", read),
+        "hidden-mount" => open_at(root, c"m/secret", read),
+        "write-ro" => open_at(
+            root,
+            c"written",
+            libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        ),
+        // SAFETY: renameat2 and linkat on valid C strings.
+        "rename-out" => ok_if(unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                root,
+                c"victim".as_ptr(),
+                root,
+                c"../../../../../../../../victim".as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        }),
+        // SAFETY: as above.
+        "link-out" => ok_if(
+            unsafe {
+                libc::linkat(
+                    root,
+                    c"../../../../../../../../etc/passwd".as_ptr(),
+                    root,
+                    c"stolen".as_ptr(),
+                    0,
+                )
+            }
+            .into(),
+        ),
+        _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    }
+}
+
 /// Attempts action `index` against the VMM `vmm`, with the model's disk
-/// `image` if it has one; Ok means it worked.
+/// `image` or share `root` if it has one; Ok means it worked.
 #[allow(clippy::too_many_lines)]
-pub fn attempt(index: usize, vmm: libc::pid_t, image: Option<&Image>) -> io::Result<()> {
+pub fn attempt(
+    index: usize,
+    vmm: libc::pid_t,
+    image: Option<&Image>,
+    root: Option<&OwnedFd>,
+) -> io::Result<()> {
     let name = ACTIONS.get(index).copied().unwrap_or("");
+    if index >= ACTIONS.len() - SHARE_ESCAPES {
+        return leave_share(name, root);
+    }
     match name {
         "grow-image" => return grow(image),
         "alloc-unbounded" => return alloc_unbounded(),
@@ -266,12 +346,18 @@ pub fn attempt(index: usize, vmm: libc::pid_t, image: Option<&Image>) -> io::Res
 pub struct Escape {
     features: u64,
     image: Option<Image>,
+    share: Option<OwnedFd>,
 }
 
 impl Escape {
-    /// A model that attempts actions with `image` at hand.
-    pub fn new(image: Option<Image>) -> Self {
-        Self { features: 0, image }
+    /// A model that attempts actions with `image` or the root of `share`
+    /// at hand.
+    pub fn new(image: Option<Image>, share: Option<OwnedFd>) -> Self {
+        Self {
+            features: 0,
+            image,
+            share,
+        }
     }
 }
 
@@ -311,7 +397,7 @@ impl VirtioDevice for Escape {
             .and_then(|b| b.try_into().ok())
             .map_or(0, i32::from_le_bytes);
         let index = usize::try_from(offset).unwrap_or(usize::MAX);
-        match attempt(index, vmm, self.image.as_ref()) {
+        match attempt(index, vmm, self.image.as_ref(), self.share.as_ref()) {
             Ok(()) => Ok(()),
             // The reason travels back as the error text.
             Err(e) => Err(DeviceError::Refused(e.to_string())),

@@ -1,6 +1,7 @@
-//! Escape kinds: `escrng`, `escblk`, `escnet`, `escconsole`, `escvsock` get
-//! exactly the confinement of rng, blk, net, console and vsock (their [`Confinement`]: seccomp policy, rlimits;
-//! namespaces and the empty root as every device) around the escape model
+//! Escape kinds: `escrng`, `escblk`, `escnet`, `escconsole`, `escvsock`,
+//! `escfs` get exactly the confinement of rng, blk, net, console, vsock and
+//! fs (their [`Confinement`]: seccomp policy, rlimits; namespaces and a
+//! root of their own as every device) around the escape model
 //! of [`crate::device`]. With `SKVM_ESCAPE_DEVICE=ACTIONS` they also take
 //! the real kind's option (`--rng`, `--disk`) and backend, and request the
 //! actions once the guest's driver has activated them, on the vCPU thread
@@ -57,19 +58,19 @@ impl DeviceKind for EscapeKind {
     }
 
     /// The escape model, whatever the backend; a disk's image (escblk
-    /// with `--disk`) is kept for "grow-image", other fds are dropped.
+    /// with `--disk`) is kept for "grow-image", a share's root (escfs) for
+    /// the share escapes, other fds are dropped.
     fn model(&self, params: &[u8], fds: Vec<OwnedFd>) -> Result<Box<dyn VirtioDevice>, KindError> {
-        let image = match (self.real.name(), fds.into_iter().next()) {
+        let (image, share) = match (self.real.name(), fds.into_iter().next()) {
             ("blk", Some(fd)) => {
                 let p = vmm::kinds::blk::decode(params).map_err(KindError::params(&self.name))?;
-                Some(Image {
-                    fd,
-                    size: p.sectors.saturating_mul(devices::block::SECTOR),
-                })
+                let size = p.sectors.saturating_mul(devices::block::SECTOR);
+                (Some(Image { fd, size }), None)
             }
-            _ => None,
+            ("fs", share) => (None, share),
+            _ => (None, None),
         };
-        Ok(Box::new(Escape::new(image)))
+        Ok(Box::new(Escape::new(image, share)))
     }
 
     fn confinement(&self) -> Option<Confinement> {

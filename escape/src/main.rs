@@ -2,11 +2,13 @@
 //! `guest-tests/tests/escape.rs` only. It is the `vmm` library's command
 //! line with three additions, none of them in the `skvm` people run:
 //!
-//! - device kinds `escrng`, `escblk`, `escnet`, `escconsole` and `escvsock`
-//!   ([`kinds`]), confined exactly as rng, blk, net, console and vsock, whose model attempts a hostile action on
-//!   request ([`device`]);
-//! - `skvm-escape attempt --device escrng0 [--seccomp MODE] ACTION`: starts
-//!   one as `skvm run` starts a device and has it attempt ACTION;
+//! - device kinds `escrng`, `escblk`, `escnet`, `escconsole`, `escvsock`
+//!   and `escfs` ([`kinds`]), confined exactly as rng, blk, net, console,
+//!   vsock and fs, whose model attempts a hostile action on request
+//!   ([`device`]);
+//! - `skvm-escape attempt --device escrng0 [--seccomp MODE] [--share DIR
+//!   [--read-only]] ACTION`: starts one as `skvm run` starts a device (escfs
+//!   with DIR as its root) and has it attempt ACTION;
 //! - `SKVM_ESCAPE_DEVICE=ACTIONS skvm-escape run ...`: the rng and disks are
 //!   escape devices that attempt ACTIONS (comma-separated; NAME:ACTION for
 //!   device NAME only) when the guest activates them;
@@ -25,7 +27,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use vmm::config::VmConfig;
 use vmm::device_host::spawner::{SingleThreaded, Spawner};
-use vmm::device_host::{greet, start_device, DeviceMode, SandboxOpts, SeccompMode};
+use vmm::device_host::{greet, start_device, DeviceMode, Launch, SandboxOpts, SeccompMode};
 use vmm::exit::ExitReason;
 use vmm::kinds::Registry;
 use vmm::memory::GuestRam;
@@ -37,12 +39,13 @@ use kinds::EscapeKind;
 fn registry() -> Registry {
     let std = Registry::standard();
     let kind = |name: &str| std.get(name);
-    let (Some(rng), Some(blk), Some(net), Some(console), Some(vsock)) = (
+    let (Some(rng), Some(blk), Some(net), Some(console), Some(vsock), Some(fs)) = (
         kind("rng"),
         kind("blk"),
         kind("net"),
         kind("console"),
         kind("vsock"),
+        kind("fs"),
     ) else {
         return std;
     };
@@ -61,13 +64,15 @@ fn registry() -> Registry {
                 .with(EscapeKind::new(net, None))
                 .with(EscapeKind::new(console, None))
                 .with(EscapeKind::new(vsock, None))
+                .with(EscapeKind::new(fs, None))
         }
         Err(_) => std
             .with(EscapeKind::new(rng, None))
             .with(EscapeKind::new(blk, None))
             .with(EscapeKind::new(net, None))
             .with(EscapeKind::new(console, None))
-            .with(EscapeKind::new(vsock, None)),
+            .with(EscapeKind::new(vsock, None))
+            .with(EscapeKind::new(fs, None)),
     }
 }
 
@@ -86,10 +91,17 @@ fn run(cfg: &VmConfig) -> Result<ExitReason> {
 #[derive(Debug, Parser)]
 #[command(name = "skvm-escape attempt")]
 struct Attempt {
-    /// The escape device: escrng0, escblk0, escnet0, escconsole0 or
-    /// escvsock0.
+    /// The escape device: escrng0, escblk0, escnet0, escconsole0,
+    /// escvsock0 or escfs0.
     #[arg(long)]
     device: String,
+    /// For escfs: the directory it shares, which becomes its root as
+    /// `--fs` makes it.
+    #[arg(long)]
+    share: Option<std::path::PathBuf>,
+    /// The share is read-only.
+    #[arg(long)]
+    read_only: bool,
     /// Its seccomp mode.
     #[arg(long, value_enum, default_value_t = SeccompMode::Kill)]
     seccomp: SeccompMode,
@@ -114,8 +126,22 @@ fn attempt(args: &Attempt, kinds: &Registry) -> Result<()> {
         .kind_of(&args.device)
         .filter(|k| k.name().starts_with("esc"))
         .context(
-            "--device needs an escape device (escrng0, escblk0, escnet0, escconsole0, escvsock0)",
+            "--device needs an escape device (escrng0, escblk0, escnet0, escconsole0, escvsock0, \
+             escfs0)",
         )?;
+    let share: Vec<std::os::fd::OwnedFd> = match &args.share {
+        Some(dir) => vec![std::fs::File::open(dir)
+            .with_context(|| format!("--share {}", dir.display()))?
+            .into()],
+        None => Vec::new(),
+    };
+    let root = if share.is_empty() {
+        ipc::Root::Empty
+    } else {
+        ipc::Root::Share {
+            read_only: args.read_only,
+        }
+    };
     let single = SingleThreaded::claim()?;
     let sandbox = SandboxOpts {
         seccomp: args.seccomp,
@@ -129,19 +155,24 @@ fn attempt(args: &Attempt, kinds: &Registry) -> Result<()> {
         &args.device,
         Arc::clone(&kind),
         sandbox,
-        0,
+        Launch {
+            fds: &share,
+            file_size: 0,
+            root,
+        },
     )?;
     let backend = ipc::Backend {
         kind: kind.name().to_owned(),
         params: Vec::new(),
-        fds: 0,
+        fds: u8::try_from(share.len())?,
     };
+    let (backend, fds) = started.hello(&backend, &share);
     let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
     let mut dev = greet(
         &args.device,
         (started.chan, started.process),
         kind.as_ref(),
-        (&backend, &[]),
+        (&backend, fds),
         &memory,
     )?;
     // SAFETY: getpid cannot fail.

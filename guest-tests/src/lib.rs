@@ -433,6 +433,18 @@ pub fn run_ok(cmd: &mut Command) {
 /// A mebibyte.
 pub const MIB: u64 = 1 << 20;
 
+/// The unprivileged user skvm's VMM and devices run as: nobody when the
+/// tests run as root (sandbox::jail::outside_ids), else the tests' own.
+pub fn outside_ids() -> (u32, u32) {
+    // SAFETY: geteuid and getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if uid == 0 {
+        (65534, 65534)
+    } else {
+        (uid, gid)
+    }
+}
+
 /// A scratch directory for one test's files, removed when dropped.
 pub struct Scratch(pub PathBuf);
 

@@ -60,8 +60,15 @@ fn escape_bin() -> PathBuf {
 /// Runs one action; returns skvm's output (its exit status must be 0: the
 /// VMM side carries on).
 fn attempt(device: &str, mode: &str, action: &str) -> String {
+    attempt_with(device, mode, action, &[])
+}
+
+/// [`attempt`] with more options (escfs's `--share DIR`).
+fn attempt_with(device: &str, mode: &str, action: &str, more: &[&str]) -> String {
     let out = Command::new(escape_bin())
-        .args(["attempt", "--device", device, "--seccomp", mode, action])
+        .args(["attempt", "--device", device, "--seccomp", mode])
+        .args(more)
+        .arg(action)
         .output()
         .unwrap();
     let (_, text) = code_and_text(&out);
@@ -83,6 +90,11 @@ fn outcome(text: &str) -> &str {
 }
 
 fn suite(device: &str) {
+    suite_with(device, &[]);
+}
+
+fn suite_with(device: &str, more: &[&str]) {
+    let attempt = |device, mode, action| attempt_with(device, mode, action, more);
     for action in ACTIONS {
         // Kill mode (the default): the kernel kills the process, or the
         // other layers refuse the action before seccomp matters.
@@ -137,6 +149,100 @@ fn a_console_device_process_cannot_escape() {
 #[test]
 fn a_vsock_device_process_cannot_escape() {
     suite("escvsock0");
+}
+
+/// A tmpfs mounted inside a share for one test, with a file in it.
+struct InnerMount(PathBuf);
+
+impl InnerMount {
+    fn new(at: PathBuf) -> Self {
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "skvm-test"])
+            .arg(&at)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "cannot mount a tmpfs at {}", at.display());
+        std::fs::write(at.join("secret"), "inner").unwrap();
+        Self(at)
+    }
+}
+
+impl Drop for InnerMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Names and contents of the regular files below `dir`, sorted.
+fn tree(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            out.extend(tree(&e.path()));
+        } else if t.is_file() {
+            out.push((e.path(), std::fs::read(e.path()).unwrap()));
+        } else {
+            out.push((e.path(), Vec::new()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The share escapes (`skvm-escape`'s last actions), each with calls fs's
+/// filter allows, so that only the device's root (the share, bound as the
+/// root of its mount namespace) stops them.
+const SHARE_ESCAPES: &[&str] = &[
+    "dotdot-out",
+    "symlink-out",
+    "proc-magic",
+    "hidden-mount",
+    "rename-out",
+    "link-out",
+];
+
+#[test]
+fn an_fs_device_process_cannot_escape_or_leave_its_share() {
+    let s = guest_tests::Scratch::new("escape", "fs");
+    let share = s.path("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(s.path("outside"), "outside").unwrap();
+    std::fs::write(share.join("victim"), "victim").unwrap();
+    std::os::unix::fs::symlink("../../../../../../../../etc", share.join("up")).unwrap();
+    let (uid, gid) = guest_tests::outside_ids();
+    std::os::unix::fs::chown(&share, Some(uid), Some(gid)).unwrap();
+    std::os::unix::fs::chown(share.join("victim"), Some(uid), Some(gid)).unwrap();
+    let inner = InnerMount::new(share.join("m"));
+    let before = tree(&s.0);
+    let share_arg = share.to_str().unwrap();
+    // Every escape any device attempts.
+    suite_with("escfs0", &["--share", share_arg]);
+    // The share's own: refused in kill mode and in log mode alike (the
+    // filter lets each call through).
+    for action in SHARE_ESCAPES {
+        for mode in ["kill", "log"] {
+            let t = attempt_with("escfs0", mode, action, &["--share", share_arg]);
+            assert_eq!(outcome(&t), "refused", "escfs0 {mode} {action}: {t}");
+        }
+    }
+    // A file created in a share: refused by the read-only mount, while the
+    // same call in a writable share works (so it is the mount that refuses).
+    let ro = ["--share", share_arg, "--read-only"];
+    let t = attempt_with("escfs0", "kill", "write-ro", &ro);
+    assert_eq!(outcome(&t), "refused", "{t}");
+    assert!(t.contains("Read-only file system"), "{t}");
+    assert_eq!(tree(&s.0), before, "something changed around the share");
+    let t = attempt_with("escfs0", "kill", "write-ro", &["--share", share_arg]);
+    assert_eq!(outcome(&t), "escaped", "{t}");
+    std::fs::remove_file(share.join("written")).unwrap();
+    drop(inner);
+    assert_eq!(
+        std::fs::read_to_string(s.path("outside")).unwrap(),
+        "outside"
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use guest_tests::{code_and_text, run_to_exit, skvm_bin, Scratch};
+use guest_tests::{code_and_text, outside_ids, run_to_exit, skvm_bin, Scratch};
 
 const TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -48,18 +48,6 @@ cd /
 sync
 umount /mnt/rw && umount /mnt/ro && echo "SKVM-FS unmounted"
 "#;
-
-/// The unprivileged user skvm's VMM and devices run as: nobody when the
-/// tests run as root (sandbox::jail::outside_ids), else the tests' own.
-fn outside_ids() -> (u32, u32) {
-    // SAFETY: geteuid and getegid cannot fail.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    if uid == 0 {
-        (65534, 65534)
-    } else {
-        (uid, gid)
-    }
-}
 
 fn share_and_check(mode: &str) {
     let s = Scratch::new("fs", mode);

@@ -55,7 +55,7 @@ pub mod wire;
 pub use channel::{seqpacket_pair, Channel};
 pub use wire::{
     Backend, DeviceInfo, DeviceState, IdMap, Jail, Limit, MemRegion, QueueLayout, QueueState,
-    Reply, Request, SeccompAction, SpawnRequest, SpawnerReply,
+    Reply, Request, Root, SeccompAction, SpawnRequest, SpawnerReply,
 };
 
 /// Version of the protocol; both ends must speak the same.

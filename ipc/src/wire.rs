@@ -23,7 +23,7 @@ mod backend;
 pub mod spawn;
 
 pub use backend::{valid_kind, Backend, MAX_BACKEND_FDS, MAX_KIND, MAX_PARAMS};
-pub use spawn::{IdMap, Jail, Limit, SeccompAction, SpawnRequest, SpawnerReply};
+pub use spawn::{IdMap, Jail, Limit, Root, SeccompAction, SpawnRequest, SpawnerReply};
 
 const MAGIC: u32 = 0x4d56_4b53;
 pub(crate) const HEADER: usize = 12;

@@ -36,7 +36,7 @@ pub const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
 /// Host user a device's root is mapped to when skvm runs as root: nobody.
 pub const UNPRIVILEGED_ID: u32 = 65534;
 
-fn check(rc: libc::c_int) -> io::Result<()> {
+pub(crate) fn check(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {
@@ -117,7 +117,7 @@ pub fn write_id_maps(pid: libc::pid_t, uid: u32, gid: u32) -> io::Result<()> {
     write_proc(pid, "uid_map", &format!("0 {uid} 1\n"))
 }
 
-fn mount(
+pub(crate) fn mount(
     src: &CStr,
     target: &CStr,
     fstype: Option<&CStr>,
@@ -136,6 +136,24 @@ fn mount(
     })
 }
 
+/// Makes the mount at `dir` the root of this mount namespace and detaches
+/// the old root, leaving the working directory at the new root.
+pub(crate) fn pivot_to(dir: &CStr) -> io::Result<()> {
+    // SAFETY: chdir on a valid C string.
+    check(unsafe { libc::chdir(dir.as_ptr()) })?;
+    // pivot_root(".", ".") stacks the old root on the new one; detaching
+    // it leaves the new root alone.
+    // SAFETY: pivot_root on valid C strings.
+    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: umount2 on a valid C string.
+    check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) })?;
+    // SAFETY: chdir on a valid C string.
+    check(unsafe { libc::chdir(c"/".as_ptr()) })
+}
+
 /// Makes an empty tmpfs the root of this mount namespace, read-only, with
 /// the old root detached: nothing of the host's file systems stays
 /// reachable. The process must be in its own mount namespace.
@@ -151,19 +169,7 @@ pub fn enter_empty_root() -> io::Result<()> {
         flags,
         Some(c"size=4k,nr_inodes=2,mode=0555"),
     )?;
-    // SAFETY: chdir on a valid C string.
-    check(unsafe { libc::chdir(base.as_ptr()) })?;
-    // pivot_root(".", ".") stacks the old root on the new one; detaching
-    // it leaves the new root alone.
-    // SAFETY: pivot_root on valid C strings.
-    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: umount2 on a valid C string.
-    check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) })?;
-    // SAFETY: chdir on a valid C string.
-    check(unsafe { libc::chdir(c"/".as_ptr()) })?;
+    pivot_to(base)?;
     mount(
         c"none",
         c"/",
@@ -530,7 +536,10 @@ pub struct Probe {
 
 /// Runs `f` in a forked child and reports whether it returned Ok; the
 /// child's error text comes back through a pipe.
-fn in_child(flags: libc::c_int, f: impl FnOnce() -> io::Result<()>) -> Result<(), String> {
+pub(crate) fn in_child(
+    flags: libc::c_int,
+    f: impl FnOnce() -> io::Result<()>,
+) -> Result<(), String> {
     let (rd, wr) = crate::process::pipe().map_err(|e| e.to_string())?;
     // SAFETY: callers run this before starting threads (`skvm sandbox
     // check` is single-threaded); the child exits without returning.

@@ -8,6 +8,8 @@
 //!   device process (closing fds, the parent-death signal, its name).
 //! - [`jail`]: namespaces, the empty read-only root, capabilities,
 //!   no_new_privs, resource limits, and a probe of what the host supports.
+//! - [`share`]: a shared directory as a device's root, in place of the
+//!   empty one.
 //! - [`syscalls`]: syscall names, for reports.
 //! - [`bpf`]: a classic-BPF interpreter, to ask a compiled filter what it
 //!   answers without installing it.
@@ -16,4 +18,5 @@ pub mod bpf;
 pub mod jail;
 pub mod process;
 pub mod seccomp;
+pub mod share;
 pub mod syscalls;

@@ -5,7 +5,7 @@
 //!
 //! | kind | direction | message | fds |
 //! |---|---|---|---|
-//! | 201 | VMM -> spawner | `Spawn { id, name, kind, jail }` | the control socket |
+//! | 201 | VMM -> spawner | `Spawn { id, name, kind, jail }` | the control socket; with `jail.root` a share, then its directory |
 //! | 202 | spawner -> VMM | `Spawned { id, pid }` | 0 |
 //! | 203 | spawner -> VMM | `Failed { id, errno }` | 0 |
 //! | 204 | spawner -> VMM (exit socket) | `Exited { pid, status }` | 0 |
@@ -57,13 +57,31 @@ pub struct Limit {
     pub value: u64,
 }
 
+/// A namespaced device process's root.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Root {
+    /// An empty, read-only tmpfs: nothing of the host's file systems.
+    #[default]
+    Empty,
+    /// A directory the device serves (virtio-fs's share), which the
+    /// spawner gets with the request as a second fd: bound on itself and
+    /// made the root, mounts below it hidden, never suid, devices or exec,
+    /// and read-only when asked.
+    Share {
+        /// Mounted read-only.
+        read_only: bool,
+    },
+}
+
 /// How a device process is confined: one value, applied in stages (before
 /// exec by the spawner, after exec and after the hello by the device).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Jail {
-    /// New user, pid, mount, net, ipc and uts namespaces and an empty,
-    /// read-only root; the namespace's root mapped to `id_map`.
+    /// New user, pid, mount, net, ipc and uts namespaces and a root of
+    /// their own (`root`); the namespace's root mapped to `id_map`.
     pub namespaces: Option<IdMap>,
+    /// The root of a namespaced device (none without namespaces).
+    pub root: Root,
     /// Set no_new_privs.
     pub no_new_privs: bool,
     /// Drop every capability (bounding and ambient sets included).
@@ -99,6 +117,11 @@ impl Jail {
             }
             None => w.buf.push(0),
         }
+        w.buf.push(match self.root {
+            Root::Empty => 0,
+            Root::Share { read_only: false } => 1,
+            Root::Share { read_only: true } => 2,
+        });
         w.buf.push(u8::from(self.no_new_privs));
         w.buf.push(u8::from(self.drop_capabilities));
         w.count("limits", self.limits.len(), MAX_LIMITS)?;
@@ -129,6 +152,12 @@ impl Jail {
         } else {
             None
         };
+        let root = match r.array()? {
+            [0] => Root::Empty,
+            [1] => Root::Share { read_only: false },
+            [2] => Root::Share { read_only: true },
+            _ => return Err(IpcError::BadValue("root")),
+        };
         let no_new_privs = flag(r, "no_new_privs flag")?;
         let drop_capabilities = flag(r, "capabilities flag")?;
         let n = r.count("limits", MAX_LIMITS, LIMIT_BYTES)?;
@@ -148,6 +177,7 @@ impl Jail {
         };
         Ok(Self {
             namespaces,
+            root,
             no_new_privs,
             drop_capabilities,
             limits,
@@ -285,6 +315,7 @@ mod tests {
                 uid: 65534,
                 gid: 65534,
             }),
+            root: Root::Share { read_only: true },
             no_new_privs: true,
             drop_capabilities: true,
             limits: vec![Limit {

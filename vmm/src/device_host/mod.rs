@@ -30,7 +30,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use ipc::Channel;
 use sandbox::process::Pidfd;
@@ -183,6 +183,18 @@ fn signal_name(sig: libc::c_int) -> &'static str {
     }
 }
 
+/// What every instance of a device starts from: how its backend was opened
+/// ([`crate::kinds::Opened`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Launch<'a> {
+    /// The backend's fds.
+    pub fds: &'a [OwnedFd],
+    /// The file-size limit.
+    pub file_size: u64,
+    /// The root of its process (a share is `fds[0]`).
+    pub root: ipc::Root,
+}
+
 /// A device just started: the VMM's end of its control channel and where it
 /// runs.
 pub struct Started {
@@ -192,20 +204,44 @@ pub struct Started {
     pub process: Option<Pidfd>,
     /// The device thread (thread mode).
     pub thread: Option<JoinHandle<()>>,
+    /// Whether the process got the backend's first fd as its root.
+    pub root_given: bool,
+}
+
+impl Started {
+    /// The backend as the hello hands it over: without the fd the process
+    /// got as its root, which it must not hold a second time (`..` from
+    /// the VMM's fd leads out of the share).
+    pub fn hello<'b>(
+        &self,
+        backend: &ipc::Backend,
+        fds: &'b [OwnedFd],
+    ) -> (ipc::Backend, &'b [OwnedFd]) {
+        match (self.root_given, fds.split_first()) {
+            (true, Some((_, rest))) => (
+                ipc::Backend {
+                    fds: backend.fds.saturating_sub(1),
+                    ..backend.clone()
+                },
+                rest,
+            ),
+            _ => (backend.clone(), fds),
+        }
+    }
 }
 
 /// Starts device `name` of `kind` in a process through `spawner` (process
 /// mode) or in a thread of this process. A process gets its namespaces;
 /// where the host refuses them, `sandbox.degraded` decides between an
-/// error and a warning. `file_size` is what its backend was opened with
-/// ([`crate::kinds::Opened::file_size`]), the same for every instance.
+/// error and a warning. `launch` is how its backend was opened, the same
+/// for every instance.
 pub fn start_device(
     spawner: Option<&Spawner>,
     mode: DeviceMode,
     name: &str,
     kind: Arc<dyn DeviceKind>,
     sandbox: SandboxOpts,
-    file_size: u64,
+    launch: Launch<'_>,
 ) -> Result<Started> {
     let (vmm_end, device_end) = Channel::pair().context("cannot create control socket")?;
     let (Some(s), DeviceMode::Process, Some(c)) = (spawner, mode, kind.confinement()) else {
@@ -213,24 +249,34 @@ pub fn start_device(
             chan: vmm_end,
             process: None,
             thread: Some(start_thread(name, kind, device_end, sandbox)?),
+            root_given: false,
         });
+    };
+    let share = match (launch.root, launch.fds.first()) {
+        (ipc::Root::Share { .. }, Some(dir)) => Some(dir.as_fd()),
+        (ipc::Root::Share { .. }, None) => {
+            bail!("device {name}: a share root without its directory")
+        }
+        (ipc::Root::Empty, _) => None,
     };
     let control = OwnedFd::from(device_end);
     let copy = control
         .try_clone()
         .context("cannot duplicate control socket")?;
-    let full = jail::for_kind(&c, file_size, sandbox, true);
-    let process = match s.spawn(name, kind.name(), control, &full) {
-        Ok(p) => p,
+    let full = jail::for_kind(&c, launch, sandbox, true);
+    let process = match s.spawn(name, kind.name(), control, share, &full) {
+        Ok(p) => (p, share.is_some()),
         Err(e) if sandbox.degraded == Degraded::Allow && full.namespaces.is_some() => {
             log::warn(&format!(
                 "device {name}: {e:#}; running it WITHOUT namespaces or its \
                  empty root (--sandbox-degraded allow): seccomp, no capabilities and \
                  rlimits only"
             ));
-            let degraded = jail::for_kind(&c, file_size, sandbox, false);
-            s.spawn(name, kind.name(), copy, &degraded)
-                .with_context(|| format!("device {name}: cannot start"))?
+            let degraded = jail::for_kind(&c, launch, sandbox, false);
+            let p = s
+                .spawn(name, kind.name(), copy, None, &degraded)
+                .with_context(|| format!("device {name}: cannot start"))?;
+            (p, false)
         }
         Err(e) => {
             return Err(e.context(format!(
@@ -242,8 +288,9 @@ pub fn start_device(
     };
     Ok(Started {
         chan: vmm_end,
-        process: Some(process),
+        process: Some(process.0),
         thread: None,
+        root_given: process.1,
     })
 }
 
@@ -275,7 +322,7 @@ fn start_thread(
                 Some(prog) => vmm_sandbox::install_on_this_thread(prog).map_err(Into::into),
                 None => Ok(()),
             };
-            if let Err(e) = worker::serve(&chan, kind.as_ref(), &label, confine) {
+            if let Err(e) = worker::serve(&chan, kind.as_ref(), &label, None, confine) {
                 log::error(&format!("device {label}: {e}"));
             }
         })

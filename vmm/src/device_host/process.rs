@@ -146,10 +146,14 @@ fn device_main(kinds: &Registry, args: DeviceArgs<'_>) -> i32 {
         eprintln!("skvm-dev {name}: no control socket (run by skvm only)");
         return 1;
     }
-    if let Err(e) = jail::after_exec(&jail) {
-        eprintln!("skvm-dev {name}: cannot confine the process: {e}");
-        return 1;
-    }
+    let root = match jail::after_exec(&jail) {
+        Ok(root) => root,
+        Err(e) => {
+            let e = anyhow::Error::new(e);
+            eprintln!("skvm-dev {name}: cannot confine the process: {e:#}");
+            return 1;
+        }
+    };
     // SAFETY: the spawner put the control socket on this fd for us alone.
     let chan = Channel::from_fd(unsafe { OwnedFd::from_raw_fd(jail::CONTROL_FD) });
     if jail.seccomp == Some(SeccompAction::Trap) {
@@ -159,7 +163,7 @@ fn device_main(kinds: &Registry, args: DeviceArgs<'_>) -> i32 {
         }
     }
     let confine = || jail::after_hello(&jail, kind.as_ref()).map_err(worker::ConfineError::from);
-    match worker::serve(&chan, kind.as_ref(), name, confine) {
+    match worker::serve(&chan, kind.as_ref(), name, root, confine) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("skvm-dev {name}: {e}");

@@ -171,9 +171,17 @@ impl Spawner {
     }
 
     /// Starts device process `name` of kind `kind` with `control` as its
-    /// control socket, confined as `jail` says. An `io::Error` in the chain
-    /// is the errno of the failed fork or clone.
-    pub fn spawn(&self, name: &str, kind: &str, control: OwnedFd, jail: &Jail) -> Result<Pidfd> {
+    /// control socket, confined as `jail` says; `share` is the directory a
+    /// share root (`jail.root`) is made of. An `io::Error` in the chain is
+    /// the errno of the failed fork or clone.
+    pub fn spawn(
+        &self,
+        name: &str,
+        kind: &str,
+        control: OwnedFd,
+        share: Option<BorrowedFd<'_>>,
+        jail: &Jail,
+    ) -> Result<Pidfd> {
         if !valid_name(name) || !ipc::wire::valid_kind(kind) {
             bail!("invalid device name '{name}' or kind '{kind}'");
         }
@@ -188,7 +196,8 @@ impl Spawner {
             jail: jail.clone(),
         };
         let bytes = req.encode().context("bad spawn request")?;
-        ipc::fdpass::send(requests.sock.as_fd(), &bytes, &[control.as_fd()])
+        let fds: Vec<BorrowedFd<'_>> = std::iter::once(control.as_fd()).chain(share).collect();
+        ipc::fdpass::send(requests.sock.as_fd(), &bytes, &fds)
             .context("cannot reach the spawner")?;
         drop(control);
         let (reply, mut fds) = requests.answer(id)?;
@@ -453,20 +462,22 @@ fn serve_request(
     budget: &mut Bucket,
 ) -> bool {
     let mut buf = [0u8; MESSAGE_MAX];
-    let (n, mut fds) = match ipc::fdpass::recv(requests.as_fd(), &mut buf, 1, None) {
+    let (n, fds) = match ipc::fdpass::recv(requests.as_fd(), &mut buf, 2, None) {
         Ok(r) => r,
         Err(ipc::IpcError::Closed) => return false,
         Err(_) => return true,
     };
     let request = SpawnRequest::decode(buf.get(..n).unwrap_or_default()).ok();
     let mut pidfd = None;
-    let reply = match (request, fds.pop()) {
-        (Some(r), Some(control))
+    let reply = match (request, fds.as_slice()) {
+        (Some(r), [control, share @ ..])
             if r.id != 0
                 && valid_name(&r.name)
                 && ipc::wire::valid_kind(&r.kind)
-                && jail::acceptable(&r.jail) =>
+                && jail::acceptable(&r.jail)
+                && share_fits(&r.jail, share) =>
         {
+            let share = share.first();
             let failed = |errno| SpawnerReply::Failed { id: r.id, errno };
             if r.jail == Jail::default() && unconfined == Unconfined::Refuse {
                 failed(libc::EPERM)
@@ -475,7 +486,7 @@ fn serve_request(
             } else {
                 // The pidfd is opened before the child can be reaped (this
                 // loop reaps), so it names that child and no later one.
-                match fork_device(&r, &control, log).and_then(handle_of) {
+                match fork_device(&r, control, share, log).and_then(handle_of) {
                     Ok(p) => {
                         let pid = p.pid();
                         pidfd = Some(p);
@@ -498,6 +509,22 @@ fn serve_request(
     match reply.encode() {
         Ok(b) => ipc::fdpass::send(requests.as_fd(), &b, &fds).is_ok(),
         Err(_) => true,
+    }
+}
+
+/// Whether `share` is what a request with `jail` must come with: nothing,
+/// or for a share root one directory.
+fn share_fits(jail: &Jail, share: &[OwnedFd]) -> bool {
+    match (jail.root, share) {
+        (ipc::Root::Empty, []) => true,
+        (ipc::Root::Share { .. }, [dir]) => {
+            // SAFETY: fstat into a zeroed stat, on an fd we hold.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let ok = unsafe { libc::fstat(dir.as_raw_fd(), &mut st) } == 0;
+            ok && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+        }
+        _ => false,
     }
 }
 
@@ -524,12 +551,18 @@ fn handle_of(pid: libc::pid_t) -> io::Result<Pidfd> {
 /// device process `r.name` as `skvm-dev NAME KIND JAIL`. With namespaces,
 /// the child waits until its user namespace's id maps are written, then
 /// becomes its namespace's root, which is an unprivileged user outside. Its
-/// stderr is `log` when given, else the spawner's.
+/// stderr is `log` when given, else the spawner's; a share root's directory
+/// is its fd [`jail::ROOT_FD`].
 fn fork_device(
     r: &SpawnRequest,
     control: &OwnedFd,
+    share: Option<&OwnedFd>,
     log: Option<BorrowedFd<'_>>,
 ) -> io::Result<libc::pid_t> {
+    // Above the fds the child puts them on, so that neither lands on the
+    // other's place before it is moved.
+    let control = above_device_fds(control)?;
+    let share = share.map(above_device_fds).transpose()?;
     let exe = c"/proc/self/exe";
     let jail_arg = jail::to_arg(&r.jail).map_err(io::Error::other)?;
     let args = [DEVICE_ARGV0, &r.name, &r.kind, &jail_arg]
@@ -631,11 +664,17 @@ fn fork_device(
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
             libc::_exit(126);
         }
+        // The log first: it may sit on a place the others take.
+        if let Some(log) = log {
+            if libc::dup2(log.as_raw_fd(), 2) < 0 {
+                libc::_exit(126);
+            }
+        }
         if libc::dup2(control.as_raw_fd(), DEVICE_CONTROL_FD) < 0 {
             libc::_exit(126);
         }
-        if let Some(log) = log {
-            if libc::dup2(log.as_raw_fd(), 2) < 0 {
+        if let Some(share) = &share {
+            if libc::dup2(share.as_raw_fd(), jail::ROOT_FD) < 0 {
                 libc::_exit(126);
             }
         }
@@ -644,12 +683,23 @@ fn fork_device(
             libc::dup2(null, 0);
             libc::dup2(null, 1);
         }
-        if sandbox::process::close_fds_except(&jail::DEVICE_FDS).is_err() {
+        if sandbox::process::close_fds_except(jail::kept_fds(&r.jail)).is_err() {
             libc::_exit(126);
         }
         libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
         libc::_exit(127);
     }
+}
+
+/// A copy of `fd` numbered above every fd a device process is given.
+fn above_device_fds(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC makes a new fd, owned once checked.
+    let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, jail::ROOT_FD + 1) };
+    if copy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
 
 #[cfg(test)]

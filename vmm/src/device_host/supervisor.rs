@@ -14,7 +14,7 @@ use ipc::DeviceState;
 
 use super::handover;
 use super::spawner::{self, SingleThreaded, Spawner};
-use super::{describe_status, greet, start_device, DeviceMode, OnFailure, SandboxOpts};
+use super::{describe_status, greet, start_device, DeviceMode, Launch, OnFailure, SandboxOpts};
 use crate::ctl::SocketFile;
 use sandbox::process::Pidfd;
 
@@ -39,6 +39,8 @@ struct Device {
     /// The size of the file it writes, as opened: every instance's
     /// file-size limit.
     file_size: u64,
+    /// Its process's root: empty, or its share.
+    root: ipc::Root,
     /// Where its backend is, for `skvm ctl status` (a JSON object).
     backend_status: Option<String>,
     pid: Option<libc::pid_t>,
@@ -212,6 +214,7 @@ impl DeviceHost {
             params,
             fds: backend_fds,
             file_size,
+            root,
             status: backend_status,
             // Taken by the VM before its devices are added (see
             // `console::TerminalInput`); none is left here.
@@ -228,15 +231,20 @@ impl DeviceHost {
             name,
             kind.clone(),
             self.sandbox,
-            file_size,
+            Launch {
+                fds: &backend_fds,
+                file_size,
+                root,
+            },
         )?;
         let pid = started.process.as_ref().map(Pidfd::pid);
+        let (hello, hello_fds) = started.hello(&backend, &backend_fds);
         let thread = started.thread;
         let remote = greet(
             name,
             (started.chan, started.process),
             kind.as_ref(),
-            (&backend, &backend_fds),
+            (&hello, hello_fds),
             &self.memory,
         )?;
         let index = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
@@ -257,6 +265,7 @@ impl DeviceHost {
             backend,
             backend_fds,
             file_size,
+            root,
             backend_status,
             pid,
             transport,
@@ -292,14 +301,19 @@ impl DeviceHost {
             &d.name,
             d.kind.clone(),
             self.sandbox,
-            d.file_size,
+            Launch {
+                fds: &d.backend_fds,
+                file_size: d.file_size,
+                root: d.root,
+            },
         )?;
         let pid = started.process.as_ref().map(Pidfd::pid);
+        let (hello, hello_fds) = started.hello(&d.backend, &d.backend_fds);
         let remote = greet(
             &d.name,
             (started.chan, started.process),
             d.kind.as_ref(),
-            (&d.backend, &d.backend_fds),
+            (&hello, hello_fds),
             &self.memory,
         )?;
         d.pid = pid;

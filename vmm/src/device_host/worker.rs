@@ -158,16 +158,18 @@ pub fn device_info(device: &dyn VirtioDevice) -> DeviceInfo {
 /// Serves device `name` of `kind` on `chan` until the VMM shuts it down or
 /// goes away, then logs what the model reports (hostile input it dropped).
 /// The model is built from the backend the hello carries, which must be of
-/// `kind` ([`DeviceKind::model`]); `confine` runs once, after the hello and
-/// before the answer or any guest data (the seccomp filter of the device's
-/// process or thread).
+/// `kind` ([`DeviceKind::model`]), after `root` (the share the process
+/// made its root, which the hello then leaves out); `confine` runs once,
+/// after the hello and before the answer or any guest data (the seccomp
+/// filter of the device's process or thread).
 pub fn serve(
     chan: &Channel,
     kind: &dyn DeviceKind,
     name: &str,
+    root: Option<OwnedFd>,
     confine: impl FnOnce() -> Result<(), ConfineError>,
 ) -> Result<(), WorkerError> {
-    let (backend, fds) = match chan.recv_request(Some(HELLO_TIMEOUT))? {
+    let (backend, mut fds) = match chan.recv_request(Some(HELLO_TIMEOUT))? {
         (Request::Hello { version, backend }, fds) if version == PROTOCOL_VERSION => (backend, fds),
         (Request::Hello { version, .. }, _) => {
             return Err(refuse(
@@ -184,6 +186,9 @@ pub fn serve(
             backend.kind
         );
         return Err(refuse(chan, why));
+    }
+    if let Some(root) = root {
+        fds.insert(0, root);
     }
     let mut device = match kind.model(&backend.params, fds) {
         Ok(d) => d,
@@ -647,7 +652,7 @@ fn build_queue(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device_host::{greet, start_device, DeviceMode, SandboxOpts};
+    use crate::device_host::{greet, start_device, DeviceMode, Launch, SandboxOpts};
     use crate::kinds::rng::Rng;
     use crate::memory::GuestRam;
     use crate::remote::RemoteDevice;
@@ -672,7 +677,7 @@ mod tests {
             "rng0",
             kind.clone(),
             SandboxOpts::default(),
-            0,
+            Launch::default(),
         )
         .unwrap();
         let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();

@@ -42,6 +42,7 @@ pub fn open() -> Result<Opened> {
         params: crate::kinds::console::pty_params(),
         fds: vec![OwnedFd::from(device), OwnedFd::from(held)],
         file_size: 0,
+        root: ipc::Root::Empty,
         status: None,
         terminal: None,
     })

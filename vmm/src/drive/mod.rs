@@ -35,7 +35,7 @@ use clap::Args;
 
 use crate::config::SandboxArgs;
 use crate::device_host::spawner::{SingleThreaded, Spawner};
-use crate::device_host::{describe_status, greet, start_device, DeviceMode};
+use crate::device_host::{describe_status, greet, start_device, DeviceMode, Launch};
 use crate::kinds::blk::DiskSpec;
 use crate::kinds::{Opened, Registry};
 use crate::memory::GuestRam;
@@ -333,6 +333,7 @@ fn open_target(args: &DriveArgs) -> Result<(Opened, Target)> {
             params,
             fds: vec![disk.fd],
             file_size: disk.size,
+            root: ipc::Root::Empty,
             status: None,
             terminal: None,
         };
@@ -344,6 +345,7 @@ fn open_target(args: &DriveArgs) -> Result<(Opened, Target)> {
             params,
             fds: vec![tap],
             file_size: 0,
+            root: ipc::Root::Empty,
             status: None,
             terminal: None,
         };
@@ -353,6 +355,7 @@ fn open_target(args: &DriveArgs) -> Result<(Opened, Target)> {
         params: crate::kinds::rng::params(),
         fds: Vec::new(),
         file_size: 0,
+        root: ipc::Root::Empty,
         status: None,
         terminal: None,
     };
@@ -387,6 +390,7 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
             params,
             fds: backend_fds,
             file_size,
+            root,
             ..
         },
         target,
@@ -403,16 +407,21 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
         &args.device,
         kind.clone(),
         sandbox,
-        file_size,
+        Launch {
+            fds: &backend_fds,
+            file_size,
+            root,
+        },
     )?;
     let pid = started.process.as_ref().map(sandbox::process::Pidfd::pid);
+    let (backend, backend_fds) = started.hello(&backend, &backend_fds);
     let thread = started.thread;
     let memory = ram.ranges.iter().map(|r| (*r, ram.memfd.clone())).collect();
     let mut dev = greet(
         &args.device,
         (started.chan, started.process),
         kind.as_ref(),
-        (&backend, &backend_fds),
+        (&backend, backend_fds),
         &memory,
     )?;
     let queues = match target {

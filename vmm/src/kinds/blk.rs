@@ -76,6 +76,7 @@ impl DeviceConfig for DiskSpec {
             params: encode(&params),
             fds: vec![disk.fd],
             file_size: disk.size,
+            root: ipc::Root::Empty,
             status: None,
             terminal: None,
         })

@@ -125,6 +125,7 @@ impl DeviceConfig for ConsoleSpec {
             params: encode(backend),
             fds,
             file_size,
+            root: ipc::Root::Empty,
             status: Some(status),
             terminal,
         })

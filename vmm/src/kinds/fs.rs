@@ -1,12 +1,14 @@
 //! virtio-fs (`--fs tag=TAG,path=DIR[,ro]`): a host directory the guest
 //! mounts with `mount -t virtiofs TAG /mnt`. Its model is `devices::fs`.
 //!
-//! The VMM opens DIR and the device gets that one directory fd: the FUSE
-//! server works only relative to fds it holds (`devices::fs::server`), and
-//! its allowlist has no call that takes a path from the root's side of a
-//! file system: every path-taking call is an `*at` call, `openat` only with
-//! `O_NOFOLLOW`, `mknodat` never for device nodes, `linkat` never with
-//! `AT_EMPTY_PATH` or a followed symlink, `renameat2` never a whiteout.
+//! The VMM opens DIR, and the device process makes it the root of its own
+//! mount namespace (`Opened::root`, `sandbox::share`): nothing else of the
+//! host is there to reach, `..` included. The FUSE server works only
+//! relative to fds it holds (`devices::fs::server`), and its allowlist has
+//! no call that takes a path from the root's side of a file system: every
+//! path-taking call is an `*at` call, `openat` only with `O_NOFOLLOW`,
+//! `mknodat` never for device nodes, `linkat` never with `AT_EMPTY_PATH` or
+//! a followed symlink, `renameat2` never a whiteout.
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -236,6 +238,9 @@ impl DeviceConfig for FsSpec {
             fds: vec![dir.into()],
             // The guest's files may grow as large as the host lets them.
             file_size: libc::RLIM_INFINITY,
+            root: ipc::Root::Share {
+                read_only: self.read_only,
+            },
             status: Some(backend_status("directory", Some(&self.path), None)),
             ..Opened::default()
         })
@@ -281,8 +286,9 @@ impl DeviceKind for Fs {
             repeatable: true,
             help: "Share the host directory DIR with the guest through virtio-fs (fs0, fs1, \
                    ...): `mount -t virtiofs TAG /mnt` in the guest. `ro` refuses every change. \
-                   The device process holds only DIR's fd and resolves nothing outside it: \
-                   guest names are single components and symlinks are never followed",
+                   The device process's root is DIR itself (mounts inside it hidden) and it \
+                   resolves nothing outside it: guest names are single components and \
+                   symlinks are never followed",
         })
     }
 

@@ -45,6 +45,7 @@ impl DeviceConfig for MemConfig {
             params: encode(&params(addr, self.room, 0)),
             fds: Vec::new(),
             file_size: 0,
+            root: ipc::Root::Empty,
             status: None,
             terminal: None,
         })

@@ -155,6 +155,10 @@ pub struct Opened {
     /// Where the backend is, as `skvm ctl status` shows it (a JSON object),
     /// for kinds whose backend a user looks for (a console's pty).
     pub status: Option<String>,
+    /// Its process's root, with namespaces: empty, or (a share the device
+    /// serves) `fds[0]`, a directory, which the spawner then hands the
+    /// process in place of the hello.
+    pub root: ipc::Root,
     /// For a device that takes skvm's terminal (`--console stdio`): the
     /// write end of the pipe it reads its input from, into which the VMM
     /// forwards what the user types (after the escape key).

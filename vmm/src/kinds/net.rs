@@ -63,6 +63,7 @@ impl DeviceConfig for NetSpec {
             params: encode(mac),
             fds: vec![tap.fd],
             file_size: 0,
+            root: ipc::Root::Empty,
             status: None,
             terminal: None,
         })

@@ -35,6 +35,7 @@ impl DeviceConfig for RngConfig {
             params: params(),
             fds: Vec::new(),
             file_size: 0,
+            root: ipc::Root::Empty,
             status: None,
             terminal: None,
         })

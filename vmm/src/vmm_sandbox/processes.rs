@@ -25,7 +25,10 @@ const SIGCHLD: u64 = libc::SIGCHLD as u64;
 /// namespaces, or (without namespaces) a plain child.
 const DEVICE_CLONE: u64 = sandbox::jail::NAMESPACES as u64 | SIGCHLD;
 /// Opens that would create or empty a file.
-const NEW_FILE: u64 = (libc::O_CREAT | libc::O_TRUNC | libc::O_TMPFILE) as u64;
+/// O_TMPFILE's own bit (the constant carries O_DIRECTORY too, which an
+/// open of an existing directory has).
+const NEW_FILE: u64 =
+    (libc::O_CREAT | libc::O_TRUNC | (libc::O_TMPFILE & !libc::O_DIRECTORY)) as u64;
 
 /// The spawner's own calls and its children's until their filter is on.
 pub const SPAWNER: &[Syscall] = &[
@@ -212,18 +215,19 @@ pub const SPAWNER: &[Syscall] = &[
     call(
         libc::SYS_mount,
         "mount",
-        "a device's empty root, in the mount namespace of its own user namespace (the \
-         spawner, unprivileged, can mount nothing of the host's)",
+        "a device's empty root (or its share bound as its root, the mounts below covered), in \
+         the mount namespace of its own user namespace (the spawner, unprivileged, can mount \
+         nothing of the host's)",
     ),
     call(
         libc::SYS_chdir,
         "chdir",
-        "a device's empty root, before pivot_root",
+        "a device's root (empty or its share), before pivot_root",
     ),
     call(
         libc::SYS_pivot_root,
         "pivot_root",
-        "a device's empty root, in its own mount namespace",
+        "a device's root (empty or its share), in its own mount namespace",
     ),
     call(
         libc::SYS_umount2,
