@@ -169,3 +169,90 @@ fn bad_fs_options_are_refused_with_a_clear_line() {
         assert!(!text.contains("Linux version"), "{text}");
     }
 }
+
+/// What the guest runs against a share holding `src` (64 MiB): a copy
+/// checked on the host; a second copy during which the test kills the
+/// device; then the same share used again, a third copy included. Copies
+/// use O_DIRECT: through the page cache, this host's emulated guest kernel
+/// copies every byte twice more (a 64 MiB `cp` takes about 35 s here, `dd
+/// iflag=direct oflag=direct` about 9 s).
+const KILL_SCRIPT: &str = r#"
+mount -t virtiofs work /mnt || echo "SKVM-FS mount failed"
+cd /mnt
+copy() { dd if=src of=$1 bs=1M iflag=direct oflag=direct 2>/tmp/err; echo "SKVM-FS $1 $?"; }
+copy first
+mkdir kept
+echo "SKVM-FS-COPYING"
+copy second
+echo "SKVM-FS second-error $(head -n 1 /tmp/err)"
+echo "SKVM-FS ls $(ls | tr '\n' ' ')"
+echo "SKVM-FS host-file $(cat from-host.txt)"
+echo after > kept/after.txt && echo "SKVM-FS made $(cat kept/after.txt)"
+copy third
+cd /
+umount /mnt && echo "SKVM-FS unmounted"
+"#;
+
+fn sha256(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_64_mib_copy_checks_out_and_the_share_outlives_a_device_killed_mid_copy() {
+    let s = Scratch::new("fs", "kill");
+    let share = s.path("share");
+    fs::create_dir_all(&share).unwrap();
+    let src = s.pattern("share/src", 64 * guest_tests::MIB, 21);
+    fs::write(share.join("from-host.txt"), "still here").unwrap();
+    let (uid, gid) = outside_ids();
+    std::os::unix::fs::chown(&share, Some(uid), Some(gid)).unwrap();
+    let arg = format!("tag=work,path={}", share.display());
+    let mut vm = guest_tests::TestVm::spawn(["run", "--fs", &arg, "--run", KILL_SCRIPT]);
+    vm.wait_for("SKVM-FS-COPYING", TIMEOUT);
+    // Mid-copy: the copy takes seconds, the kill comes one second in.
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = guest_tests::device_pids(vm.pid(), "fs0")[0];
+    guest_tests::sigkill(pid);
+    guest_tests::new_device_pid(&vm, "fs0", pid, Duration::from_secs(30));
+    let f = vm.wait_exit(TIMEOUT);
+    let out = &f.output;
+    assert_eq!(f.code(), 0, "{out}");
+    guest_tests::assert_no_forbidden_syscall(out);
+    assert!(
+        out.contains("device fs0 (pid ") && out.contains("restarted it"),
+        "{out}"
+    );
+    let want = sha256(&src);
+    assert_eq!(sha256(&share.join("first")), want, "first copy:\n{out}");
+    // The copy the kill cut: its open files are gone with the device, and
+    // what the guest still does with them fails with EIO.
+    assert!(
+        !out.contains("SKVM-FS second 0"),
+        "the kill missed the copy:\n{out}"
+    );
+    let error = out
+        .lines()
+        .find(|l| l.starts_with("SKVM-FS second-error"))
+        .unwrap_or_default();
+    assert!(error.ends_with("Input/output error"), "{out}");
+    // The share is usable after, through the same mount.
+    for line in [
+        "SKVM-FS first 0",
+        "SKVM-FS host-file still here",
+        "SKVM-FS made after",
+        "SKVM-FS third 0",
+        "SKVM-FS unmounted",
+    ] {
+        assert!(out.contains(line), "no {line:?}:\n{out}");
+    }
+    assert!(!out.contains("failed"), "{out}");
+    assert_eq!(sha256(&share.join("third")), want, "third copy:\n{out}");
+}

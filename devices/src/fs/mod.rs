@@ -235,6 +235,16 @@ impl VirtioDevice for Fs {
         Ok(())
     }
 
+    /// The dead instance's nodes and open files are gone with its fds; the
+    /// session goes on with the protocol version this server speaks (a
+    /// guest kernel of the last years agreed on it or a newer one), from
+    /// the root alone: nodes the guest still names answer ESTALE, which
+    /// makes its kernel look their paths up again from the root, and its
+    /// open files fail.
+    fn recovered(&mut self) {
+        let _ = self.server.resume(proto::KERNEL_MINOR_VERSION);
+    }
+
     fn report(&self) -> Option<String> {
         (self.bad_chains > 0).then(|| format!("{} malformed chains dropped", self.bad_chains))
     }

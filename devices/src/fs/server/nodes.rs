@@ -50,11 +50,16 @@ impl Server {
         Ok(n.fd.as_fd())
     }
 
+    /// What a request on a file the server does not hold gets: one a
+    /// dead instance opened (a restart loses open files), or a hostile
+    /// guest's number. EIO: the device lost it.
+    pub(super) const NO_HANDLE: Errno = Errno(libc::EIO);
+
     pub(super) fn handle_fd(&self, fh: u64) -> Result<BorrowedFd<'_>, Errno> {
         self.handles
             .get(&fh)
             .map(|h| h.fd.as_fd())
-            .ok_or(Errno(libc::EBADF))
+            .ok_or(Self::NO_HANDLE)
     }
 
     pub(super) fn new_handle(&mut self, fd: OwnedFd, node: u64, open_flags: u32) -> Answer {
