@@ -256,3 +256,96 @@ fn a_64_mib_copy_checks_out_and_the_share_outlives_a_device_killed_mid_copy() {
     assert!(!out.contains("failed"), "{out}");
     assert_eq!(sha256(&share.join("third")), want, "third copy:\n{out}");
 }
+
+#[test]
+fn the_hosts_root_boots_read_only_and_a_directory_boots_writable() {
+    // As kvmtool boots the host's own root without a disk: the guest's
+    // command runs with the host's programs, and nothing can be changed.
+    let f = run_to_exit(
+        &[
+            "--root",
+            "/",
+            "--run",
+            "ls /usr; touch /skvm-root-test 2>&1; echo SKVM-FS-ID $(id -u)",
+        ],
+        TIMEOUT,
+    );
+    let out = &f.output;
+    assert_eq!(f.code(), 0, "{out}");
+    guest_tests::assert_no_forbidden_syscall(out);
+    assert!(
+        out.contains("skvm-init: running in the virtio-fs share skvm-root (ro)"),
+        "{out}"
+    );
+    for want in [
+        "bin",
+        "lib",
+        "share",
+        "Read-only file system",
+        "SKVM-FS-ID 0",
+    ] {
+        assert!(out.contains(want), "no {want:?}:\n{out}");
+    }
+    assert!(!std::path::Path::new("/skvm-root-test").exists());
+
+    // A root of its own (skvm's initramfs unpacked, device nodes left
+    // out), writable with `rw`: what the guest makes is on the host.
+    let s = Scratch::new("fs", "root");
+    let root = s.path("root");
+    fs::create_dir_all(&root).unwrap();
+    let cpio = fs::File::open(guest_tests::default_guest().join("initramfs.cpio")).unwrap();
+    let unpacked = std::process::Command::new("cpio")
+        .args([
+            "-idm",
+            "--quiet",
+            "--no-absolute-filenames",
+            "--nonmatching",
+            "dev/*",
+        ])
+        .current_dir(&root)
+        .stdin(cpio)
+        .status()
+        .unwrap();
+    assert!(unpacked.success());
+    let (uid, gid) = outside_ids();
+    std::os::unix::fs::chown(&root, Some(uid), Some(gid)).unwrap();
+    let rw = format!("{},rw", root.display());
+    let f = run_to_exit(
+        &["--root", &rw, "--run", "echo made-in-guest > /made; ls /"],
+        TIMEOUT,
+    );
+    let out = &f.output;
+    assert_eq!(f.code(), 0, "{out}");
+    assert!(
+        out.contains("skvm-init: running in the virtio-fs share skvm-root (rw)"),
+        "{out}"
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("made")).unwrap(),
+        "made-in-guest\n"
+    );
+    assert_eq!(fs::metadata(root.join("made")).unwrap().uid(), uid);
+
+    // Bad values, and two roots.
+    for (args, says) in [
+        (
+            vec!["--root", "/no/such/dir"],
+            "--root /no/such/dir: not a directory",
+        ),
+        (vec!["--root", "/,exec"], "'exec': expected DIR[,rw]"),
+        (
+            vec!["--root", "/", "--disk", "/dev/null,root"],
+            "blk0 and fs0 both ask to be the root file system",
+        ),
+    ] {
+        let out = std::process::Command::new(skvm_bin())
+            .arg("run")
+            .args(&args)
+            .output()
+            .unwrap();
+        let (code, text) = code_and_text(&out);
+        assert_ne!(code, 0, "{args:?}: {text}");
+        assert!(text.contains(says), "{args:?}: expected {says:?}:\n{text}");
+        assert!(!text.contains("Linux version"), "{text}");
+    }
+}

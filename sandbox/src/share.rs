@@ -1,8 +1,8 @@
 //! A shared directory as a device process's root (virtio-fs's share), in
 //! place of the empty one ([`crate::jail::enter_empty_root`]).
 //!
-//! The directory is bound on itself in the device's own mount namespace and
-//! made its root, so that no path leads out of it: `..` stops at a process's
+//! The directory is bound (over /proc) in the device's own mount namespace
+//! and made its root, so that no path leads out of it: `..` stops at a process's
 //! root, and at the root of a bind mount the kernel refuses `..` from a
 //! directory that was moved out of it (which an fd opened outside the
 //! namespace would not stop). Mounts below the directory come along with the
@@ -18,6 +18,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use crate::jail::{check, mount, pivot_to};
+
+/// Where the share is bound before it becomes the root.
+const STAGE: &CStr = c"/proc";
 
 /// Flags of the share's root, beside read-only.
 const ROOT_FLAGS: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
@@ -35,11 +38,13 @@ pub fn enter_share_root(dir: BorrowedFd<'_>, read_only: bool) -> io::Result<Owne
     let path = fd_path(dir)?;
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    mount(&c, &c, None, libc::MS_BIND | libc::MS_REC, None)
-        .map_err(|e| annotate(e, format!("cannot bind {}", path.display())))?;
     let mounts = read_plainly(c"/proc/self/mountinfo")?;
     let hidden = mounts_below(&String::from_utf8_lossy(&mounts), &path);
-    pivot_to(&c)?;
+    // Bound onto /proc (which every host has, and which is hidden anyway),
+    // not onto itself: a mount on "/" is not where "/" leads.
+    mount(&c, STAGE, None, libc::MS_BIND | libc::MS_REC, None)
+        .map_err(|e| annotate(e, format!("cannot bind {}", path.display())))?;
+    pivot_to(STAGE)?;
     let root = open_dir(c"/")?;
     if identity(root.as_raw_fd())? != identity(dir.as_raw_fd())? {
         return Err(io::Error::other(format!(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use crate::device_host::{Degraded, DeviceMode, OnFailure, SandboxOpts, SeccompMode};
-use crate::kinds::{DeviceSpec, KindError, Registry};
+use crate::kinds::{DeviceSpec, KindError, Registry, RootParams};
 pub use crate::memory::parse_size;
 use crate::memory::MIN_MEM;
 use crate::vmm_sandbox::VmmSandbox;
@@ -245,7 +245,7 @@ pub enum ConfigError {
     #[error(transparent)]
     Device(#[from] KindError),
     /// Two devices asked to be the root file system.
-    #[error("{0} and {1} both ask to be the root file system: give `root` to one")]
+    #[error("{0} and {1} both ask to be the root file system: keep one (`--disk IMAGE,root` or `--root DIR`)")]
     TwoRoots(String, String),
     /// No --kernel and no default guest.
     #[error("no --kernel given and the default guest is not built at {0}: run scripts/setup.sh")]
@@ -447,11 +447,12 @@ impl VmConfig {
                     return Err(ConfigError::NoDefaultGuest(dir));
                 }
                 // The default kernel has virtio-blk and ext4 built in and
-                // mounts a root disk itself.
+                // mounts a root disk itself; skvm's initramfs mounts a
+                // share.
                 let i = match (&args.initrd, &root) {
                     (Some(i), _) => Some(i.clone()),
-                    (None, Some(_)) => None,
-                    (None, None) => Some(default_initrd(&dir)),
+                    (None, Some((_, r))) if !r.by_initramfs => None,
+                    (None, _) => Some(default_initrd(&dir)),
                 };
                 (k, i)
             }
@@ -466,7 +467,7 @@ impl VmConfig {
             kernel,
             initrd,
             extra_cmdline: args.cmdline.clone(),
-            root: root.map(|(_, params)| params),
+            root: root.map(|(_, r)| r.params),
             run: args.run.clone(),
             cpus,
             mem,
@@ -516,8 +517,8 @@ impl VmConfig {
 
 /// The device that is the root file system, by name, and its kernel
 /// parameters.
-fn root_params(devices: &[DeviceSpec]) -> Result<Option<(String, String)>, ConfigError> {
-    let mut root: Option<(String, String)> = None;
+fn root_params(devices: &[DeviceSpec]) -> Result<Option<(String, RootParams)>, ConfigError> {
+    let mut root: Option<(String, RootParams)> = None;
     for d in devices {
         if let Some(params) = d.config.root_params(d.index) {
             if let Some((first, _)) = root {

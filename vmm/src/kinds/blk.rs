@@ -82,8 +82,11 @@ impl DeviceConfig for DiskSpec {
         })
     }
 
-    fn root_params(&self, index: usize) -> Option<String> {
-        DiskSpec::root_params(self, index)
+    fn root_params(&self, index: usize) -> Option<super::RootParams> {
+        DiskSpec::root_params(self, index).map(|params| super::RootParams {
+            params,
+            by_initramfs: false,
+        })
     }
 }
 

@@ -21,6 +21,7 @@ use sandbox::seccomp::{Arg, Syscall};
 
 use super::{
     take_fds, Confinement, DeviceConfig, DeviceKind, KindError, KindOption, OpenContext, Opened,
+    RootParams,
 };
 use crate::console::backend::backend_status;
 use crate::virtio_pci::PciClass;
@@ -177,12 +178,17 @@ const OPEN_FILES: u64 = (MAX_INODES + MAX_HANDLES) as u64 + super::OPEN_FILES;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Fs;
 
-/// One `--fs`.
+/// The tag of the share `--root` adds.
+pub const ROOT_TAG: &str = "skvm-root";
+
+/// One `--fs`, or `--root`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FsSpec {
     tag: String,
     path: PathBuf,
     read_only: bool,
+    /// The guest's root file system (`--root`).
+    root: bool,
 }
 
 impl FsSpec {
@@ -213,6 +219,33 @@ impl FsSpec {
             tag,
             path,
             read_only,
+            root: false,
+        })
+    }
+
+    /// `--root DIR[,rw]`: DIR shared as the guest's root file system,
+    /// read-only unless `rw`.
+    fn parse_root(value: &str) -> Result<Self, KindError> {
+        let bad = |why: String| KindError::Option(format!("--root {why}"));
+        let (dir, read_only) = match value.rsplit_once(',') {
+            Some((dir, "rw")) => (dir, false),
+            Some((dir, "ro")) => (dir, true),
+            Some((_, other)) => {
+                return Err(bad(format!(
+                    "'{other}': expected DIR[,rw] (read-only by default)"
+                )))
+            }
+            None => (value, true),
+        };
+        let path = PathBuf::from(dir);
+        if dir.is_empty() || !path.is_dir() {
+            return Err(bad(format!("{dir}: not a directory")));
+        }
+        Ok(Self {
+            tag: ROOT_TAG.to_owned(),
+            path,
+            read_only,
+            root: true,
         })
     }
 }
@@ -243,6 +276,18 @@ impl DeviceConfig for FsSpec {
             },
             status: Some(backend_status("directory", Some(&self.path), None)),
             ..Opened::default()
+        })
+    }
+
+    /// skvm's /init mounts the share (`mount -t virtiofs skvm-root`) as
+    /// the root and runs the command or shell in it (guest/init).
+    fn root_params(&self, _index: usize) -> Option<RootParams> {
+        self.root.then(|| {
+            let mode = if self.read_only { "ro" } else { "rw" };
+            RootParams {
+                params: format!("root={} rootfstype=virtiofs {mode}", self.tag),
+                by_initramfs: true,
+            }
         })
     }
 }
@@ -297,6 +342,33 @@ impl DeviceKind for Fs {
         Ok(Some(Box::new(spec)))
     }
 
+    fn options(&self) -> Vec<KindOption> {
+        let root = KindOption {
+            long: "root",
+            value_name: Some("DIR[,rw]"),
+            repeatable: false,
+            help: "Boot with the host directory DIR as the guest's root file system (read-only \
+                   unless `rw`), shared as --fs does (tag skvm-root): skvm's initramfs mounts \
+                   it and runs the command or shell in it with DIR's own programs, as kvmtool \
+                   does without a disk (`skvm run --root / --run 'ls /usr'`); with `--cmdline \
+                   init=PATH` it hands over to that init instead",
+        };
+        self.option().into_iter().chain([root]).collect()
+    }
+
+    fn parse_option(
+        &self,
+        long: &str,
+        value: Option<&str>,
+    ) -> Result<Option<Box<dyn DeviceConfig>>, KindError> {
+        if long == "root" {
+            return Ok(Some(Box::new(FsSpec::parse_root(
+                value.unwrap_or_default(),
+            )?)));
+        }
+        self.parse(value)
+    }
+
     fn model(&self, params: &[u8], fds: Vec<OwnedFd>) -> Result<Box<dyn VirtioDevice>, KindError> {
         let (tag, read_only) = decode(params).map_err(KindError::params(NAME))?;
         let [dir] = take_fds::<1>(NAME, fds)?;
@@ -342,6 +414,40 @@ mod tests {
         ] {
             let e = FsSpec::parse(&value).unwrap_err().to_string();
             assert!(e.starts_with("--fs "), "{e}");
+            assert!(e.contains(says), "{value}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_root_share_is_read_only_by_default_and_says_how_the_guest_mounts_it() {
+        let dir = std::env::temp_dir();
+        let shown = dir.display().to_string();
+        let ro = FsSpec::parse_root(&shown).unwrap();
+        assert!(ro.read_only && ro.root);
+        assert_eq!(ro.tag, ROOT_TAG);
+        assert_eq!(
+            ro.root_params(0).map(|r| (r.params, r.by_initramfs)),
+            Some(("root=skvm-root rootfstype=virtiofs ro".to_owned(), true))
+        );
+        let rw = FsSpec::parse_root(&format!("{shown},rw")).unwrap();
+        assert!(!rw.read_only);
+        assert_eq!(
+            rw.root_params(3).map(|r| r.params).as_deref(),
+            Some("root=skvm-root rootfstype=virtiofs rw")
+        );
+        // A plain share is no root.
+        let plain = FsSpec::parse(&format!("tag=t,path={shown}")).unwrap();
+        assert_eq!(plain.root_params(0), None);
+        for (value, says) in [
+            ("", "not a directory"),
+            ("/no/such/dir", "not a directory"),
+            (
+                &format!("{shown},exec") as &str,
+                "'exec': expected DIR[,rw]",
+            ),
+        ] {
+            let e = FsSpec::parse_root(value).unwrap_err().to_string();
+            assert!(e.starts_with("--root "), "{e}");
             assert!(e.contains(says), "{value}: {e}");
         }
     }

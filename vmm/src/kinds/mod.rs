@@ -180,9 +180,19 @@ pub trait DeviceConfig: Debug + Send + Sync {
     /// The kernel parameters that mount this device as the guest's root
     /// file system, given that it is the `index`th device of its kind; `None`
     /// (the default) unless the command line asked for that.
-    fn root_params(&self, _index: usize) -> Option<String> {
+    fn root_params(&self, _index: usize) -> Option<RootParams> {
         None
     }
+}
+
+/// How the guest mounts its root from a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootParams {
+    /// The kernel parameters (`root=/dev/vda rw`).
+    pub params: String,
+    /// Whether skvm's initramfs mounts it (a virtio-fs share), rather than
+    /// the default kernel itself (a disk).
+    pub by_initramfs: bool,
 }
 
 /// Everything skvm knows about one kind of device.
@@ -200,6 +210,22 @@ pub trait DeviceKind: Send + Sync {
     /// One device from one use of its option (`value` is `None` for a
     /// flag); `None` when the value asks for no device.
     fn parse(&self, value: Option<&str>) -> Result<Option<Box<dyn DeviceConfig>>, KindError>;
+    /// Every `skvm run` option that adds a device of this kind: its
+    /// [`DeviceKind::option`], and for some kinds another that says one
+    /// common use in fewer words (`--root DIR`, a share that is the
+    /// guest's root).
+    fn options(&self) -> Vec<KindOption> {
+        self.option().into_iter().collect()
+    }
+    /// One device from one use of option `long`, one of
+    /// [`DeviceKind::options`].
+    fn parse_option(
+        &self,
+        _long: &str,
+        value: Option<&str>,
+    ) -> Result<Option<Box<dyn DeviceConfig>>, KindError> {
+        self.parse(value)
+    }
     /// Builds the model, in the device process or thread, from the
     /// parameters and fds its hello carried. Any input must give a model
     /// or an error, never a panic.
@@ -287,7 +313,7 @@ impl Registry {
 
     /// `cmd` with every kind's option added, under the heading "Devices".
     pub fn add_options(&self, mut cmd: clap::Command) -> clap::Command {
-        for o in self.kinds.iter().filter_map(|k| k.option()) {
+        for o in self.kinds.iter().flat_map(|k| k.options()) {
             let mut arg = clap::Arg::new(o.long)
                 .long(o.long)
                 .help(o.help)
@@ -305,10 +331,11 @@ impl Registry {
     /// The devices the options in `m` ask for, named by kind and order.
     pub fn configure(&self, m: &clap::ArgMatches) -> Result<Vec<DeviceSpec>, KindError> {
         let mut specs = Vec::new();
-        for kind in &self.kinds {
-            let Some(o) = kind.option() else {
-                continue;
-            };
+        for (kind, o) in self
+            .kinds
+            .iter()
+            .flat_map(|k| k.options().into_iter().map(move |o| (k, o)))
+        {
             let values: Vec<Option<&str>> = match o.value_name {
                 None => match m.try_get_one::<bool>(o.long) {
                     Ok(Some(true)) => vec![None],
@@ -322,7 +349,7 @@ impl Registry {
                     .unwrap_or_default(),
             };
             for value in values {
-                if let Some(config) = kind.parse(value)? {
+                if let Some(config) = kind.parse_option(o.long, value)? {
                     let index = specs
                         .iter()
                         .filter(|s: &&DeviceSpec| s.kind.name() == kind.name())
