@@ -36,7 +36,7 @@ recipe=1
 # Modules wanted, by module name; their dependencies come along.
 wanted="virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
 virtio_blk failover net_failover virtio_net virtio_rng virtio_console
-vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
+vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport fuse virtiofs"
 
 work="$cache/debian-cloud"
 out="$guest_dir/debian-cloud"

@@ -11,7 +11,9 @@
 # with Debian's stock cloud kernel through skvm's initramfs (root= and
 # switch_root); each image checked with e2fsck -fn afterwards; and the
 # stock kernel with --vsock and --console, its modules loaded
-# (vsock::debians_stock_kernel_...). One guest at a time. On hosts whose
+# (vsock::debians_stock_kernel_...), and with --root / (its initramfs loads
+# fuse and virtiofs and mounts the host's root: fs::debians_stock_kernel_...).
+# One guest at a time. On hosts whose
 # KVM emulates guest kernel code (kvm_pvm) the whole script took about 25
 # minutes on an Intel Xeon host (November 2026: the stock boot 3 minutes,
 # three systemd boots 6.5, the stock systemd boot 11.5) and over an hour on
@@ -35,7 +37,7 @@ export SKVM_BIN="$repo/target/release/skvm"
 printf 'test-slow: host CPU: %s\n' "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" >&2
 status=0
 # One guest at a time: each has 2 vCPUs.
-cargo test --profile release-tests -p guest-tests --test boot --test distro --test vsock -- --ignored --test-threads=1 \
+cargo test --profile release-tests -p guest-tests --test boot --test distro --test vsock --test fs -- --ignored --test-threads=1 \
 	--nocapture || status=$?
 printf 'test-slow: status %d, %dm%02ds\n' "$status" "$(((SECONDS - start) / 60))" "$(((SECONDS - start) % 60))" >&2
 exit "$status"

@@ -349,3 +349,40 @@ fn the_hosts_root_boots_read_only_and_a_directory_boots_writable() {
         assert!(!text.contains("Linux version"), "{text}");
     }
 }
+
+#[test]
+#[ignore = "slow (minutes here: the stock kernel's boot and modules): scripts/test-slow.sh runs it"]
+fn debians_stock_kernel_mounts_the_hosts_root_from_its_initramfs() {
+    let dir = guest_tests::default_guest().join("debian-cloud");
+    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initramfs.cpio.gz"));
+    assert!(
+        kernel.is_file() && initrd.is_file(),
+        "stock kernel not fetched in {}: run scripts/setup.sh",
+        dir.display()
+    );
+    let f = guest_tests::TestVm::spawn([
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--mem",
+        "512M",
+        "--root",
+        "/",
+        "--run",
+        "ls /usr; echo SKVM-FS-KERNEL $(uname -r)",
+    ])
+    .finish_watching(Duration::from_secs(2400), Duration::from_secs(600))
+    .unwrap_or_else(|u| panic!("the stock kernel did not finish:\n{}", u.output));
+    let out = &f.output;
+    assert_eq!(f.code(), 0, "{out}");
+    assert!(
+        out.contains("skvm-init: running in the virtio-fs share skvm-root (ro)"),
+        "{out}"
+    );
+    assert!(out.contains("SKVM-FS-KERNEL 6.1.0-"), "{out}");
+    for want in ["bin", "lib", "share"] {
+        assert!(out.contains(want), "no {want:?}:\n{out}");
+    }
+}

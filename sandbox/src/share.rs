@@ -2,14 +2,18 @@
 //! place of the empty one ([`crate::jail::enter_empty_root`]).
 //!
 //! The directory is bound (over /proc) in the device's own mount namespace
-//! and made its root, so that no path leads out of it: `..` stops at a process's
-//! root, and at the root of a bind mount the kernel refuses `..` from a
-//! directory that was moved out of it (which an fd opened outside the
-//! namespace would not stop). Mounts below the directory come along with the
-//! bind (a user namespace may not bind a directory without the mounts it
-//! holds) and are each covered with an empty read-only tmpfs, so nothing of
-//! another file system shows through. The root is never suid, device nodes
-//! or exec, and read-only when asked.
+//! and made its root, so that no path leads out of it: `..` stops at a
+//! process's root, and at the root of a bind mount the kernel refuses `..`
+//! from a directory that was moved out of it (which an fd opened outside
+//! the namespace would not stop). Mounts below the directory come along
+//! with the bind (a user namespace may not bind a directory without the
+//! mounts it holds) and are each covered with an empty read-only tmpfs, so
+//! nothing of another file system shows through. The root is never suid,
+//! device nodes or exec, and read-only when asked.
+//!
+//! The bind takes the directory's path (a mount of another namespace cannot
+//! be bound from its fd), resolved as the device's user: every directory
+//! above the share must be searchable by skvm's unprivileged user.
 
 use std::ffi::{CStr, CString, OsString};
 use std::io;
@@ -42,8 +46,15 @@ pub fn enter_share_root(dir: BorrowedFd<'_>, read_only: bool) -> io::Result<Owne
     let hidden = mounts_below(&String::from_utf8_lossy(&mounts), &path);
     // Bound onto /proc (which every host has, and which is hidden anyway),
     // not onto itself: a mount on "/" is not where "/" leads.
-    mount(&c, STAGE, None, libc::MS_BIND | libc::MS_REC, None)
-        .map_err(|e| annotate(e, format!("cannot bind {}", path.display())))?;
+    mount(&c, STAGE, None, libc::MS_BIND | libc::MS_REC, None).map_err(|e| {
+        let hint = if e.raw_os_error() == Some(libc::EACCES) {
+            " (the device reaches it by path as skvm's unprivileged user, `--user` or \
+             nobody: every directory above it must be searchable by that user)"
+        } else {
+            ""
+        };
+        annotate(e, format!("cannot bind {}{hint}", path.display()))
+    })?;
     pivot_to(STAGE)?;
     let root = open_dir(c"/")?;
     if identity(root.as_raw_fd())? != identity(dir.as_raw_fd())? {
@@ -54,13 +65,15 @@ pub fn enter_share_root(dir: BorrowedFd<'_>, read_only: bool) -> io::Result<Owne
     }
     for m in &hidden {
         hide(m).map_err(|e| {
+            let hint = if e.raw_os_error() == Some(libc::ENOTDIR) {
+                " (a mount on a file cannot be covered: share a directory without one)"
+            } else {
+                ""
+            };
+            let at = Path::new(&path).join(m);
             annotate(
                 e,
-                format!(
-                    "cannot hide the mount at {}/{} (only directories can be hidden)",
-                    path.display(),
-                    m.display()
-                ),
+                format!("cannot hide the mount at {}{hint}", at.display()),
             )
         })?;
     }

@@ -781,6 +781,23 @@ mod tests {
     }
 
     #[test]
+    fn a_share_root_comes_with_one_directory_and_nothing_else_with_one() {
+        let fd = |p: &str| OwnedFd::from(std::fs::File::open(p).unwrap());
+        let (dir, file) = (fd("/"), fd("/proc/self/status"));
+        let share = Jail {
+            root: ipc::Root::Share { read_only: true },
+            ..Jail::default()
+        };
+        let empty = Jail::default();
+        assert!(share_fits(&empty, &[]));
+        assert!(share_fits(&share, std::slice::from_ref(&dir)));
+        assert!(!share_fits(&empty, std::slice::from_ref(&dir)));
+        assert!(!share_fits(&share, &[]));
+        assert!(!share_fits(&share, &[file]));
+        assert!(!share_fits(&share, &[dir, fd("/")]));
+    }
+
+    #[test]
     fn the_spawner_refuses_spawns_over_its_rate() {
         // Empty, and not refilled for an hour whatever the test's pace.
         let later = Instant::now() + Duration::from_secs(3600);
