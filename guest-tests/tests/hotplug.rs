@@ -318,3 +318,58 @@ fn mem_add_without_room_is_refused() {
     assert_eq!(f.code(), 1, "{}", f.output);
     assert!(f.output.contains("invalid --hotplug-mem"), "{}", f.output);
 }
+
+#[test]
+fn mem_add_with_a_share_mounted_leaves_it_usable() {
+    let s = Scratch::new("hotplug", "fs");
+    let sock = s.path("ctl.sock");
+    let share = s.path("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("from-host.txt"), "before").unwrap();
+    let (uid, gid) = guest_tests::outside_ids();
+    std::os::unix::fs::chown(&share, Some(uid), Some(gid)).unwrap();
+    // The share is mounted and used before the memory comes; after it
+    // (the device process rebuilt), paths from the mount are used again,
+    // 8 MiB written through buffers the guest allocates from new memory.
+    let script = "mkdir -p /mnt/s; mount -t virtiofs work /mnt/s; \
+                  echo SKVM-BEFORE $(cat /mnt/s/from-host.txt); \
+                  b=0; while read k v u; do [ \"$k\" = MemTotal: ] && b=$v; done < /proc/meminfo; \
+                  echo SKVM-READY; n=$b; \
+                  while [ $n -lt $((b + 100000)) ]; do sleep 1; \
+                  while read k v u; do [ \"$k\" = MemTotal: ] && n=$v; done < /proc/meminfo; done; \
+                  echo SKVM-AFTER $(cat /mnt/s/from-host.txt); \
+                  ls /mnt/s | tr '\\n' ' '; echo; \
+                  dd if=/dev/zero of=/mnt/s/made bs=1M count=8 oflag=direct 2>/dev/null; \
+                  echo SKVM-WRITE $?; echo SKVM-DONE";
+    let fs_arg = format!("tag=work,path={}", share.display());
+    let mut vm = booted([
+        "--mem",
+        "128M",
+        "--hotplug-mem",
+        "128M",
+        "--fs",
+        &fs_arg,
+        "--ctl",
+        sock.to_str().unwrap(),
+        "--run",
+        script,
+    ]);
+    vm.wait_for("SKVM-READY", TIMEOUT);
+    let (code, a) = ctl(&sock, "mem-add 128M");
+    assert_eq!(code, 0, "{a}");
+    vm.wait_for("SKVM-DONE", TIMEOUT);
+    let out = vm.output();
+    assert!(out.contains("SKVM-BEFORE before"), "{out}");
+    assert!(out.contains("SKVM-AFTER before"), "{out}");
+    assert_eq!(field(&out, "SKVM-WRITE").as_deref(), Some("0"), "{out}");
+    assert_eq!(
+        std::fs::metadata(share.join("made")).unwrap().len(),
+        8 * MIB
+    );
+    let (_, st) = ctl(&sock, "status");
+    assert_eq!(device_status(&st, "fs0")["restarts"], 1, "{st}");
+    let (code, _) = ctl(&sock, "shutdown");
+    assert_eq!(code, 0);
+    let f = vm.wait_exit(Duration::from_secs(60));
+    assert_eq!(f.code(), 0, "{}", f.output);
+}
