@@ -311,7 +311,32 @@ pub trait VirtioDevice: Send {
             )))
         }
     }
+
+    /// State too large for [`VirtioDevice::save_state`] (virtio-fs's node
+    /// table, up to [`MAX_BULK_STATE`] bytes), handed to the next instance
+    /// of a restart or a mem-add rebuild, not kept in a snapshot. Empty
+    /// for most devices.
+    fn save_bulk(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Takes over what [`VirtioDevice::save_bulk`] of another instance
+    /// returned, after [`VirtioDevice::restore_state`]; hostile input as
+    /// any other.
+    fn restore_bulk(&mut self, bulk: &[u8]) -> Result<(), DeviceError> {
+        if bulk.is_empty() {
+            Ok(())
+        } else {
+            Err(DeviceError::Refused(format!(
+                "{} bytes of bulk state for a device that keeps none",
+                bulk.len()
+            )))
+        }
+    }
 }
+
+/// The most bulk state a device saves ([`VirtioDevice::save_bulk`]).
+pub const MAX_BULK_STATE: usize = 16 << 20;
 
 /// A device's counters: a struct of `u64` fields, each with its doc
 /// comment, that saves as their values in order ([`save_counters`]) with

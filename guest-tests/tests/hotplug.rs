@@ -328,17 +328,20 @@ fn mem_add_with_a_share_mounted_leaves_it_usable() {
     std::fs::write(share.join("from-host.txt"), "before").unwrap();
     let (uid, gid) = guest_tests::outside_ids();
     std::os::unix::fs::chown(&share, Some(uid), Some(gid)).unwrap();
-    // The share is mounted and used before the memory comes; after it
-    // (the device process rebuilt), paths from the mount are used again,
-    // 8 MiB written through buffers the guest allocates from new memory.
-    let script = "mkdir -p /mnt/s; mount -t virtiofs work /mnt/s; \
+    // The share is mounted and used before the memory comes, the shell's
+    // working directory in it and a file open on fd 3; after it (the
+    // device process rebuilt, its node and file tables carried over) the
+    // same directory, fd and paths are used again, 8 MiB written through
+    // buffers the guest allocates from new memory.
+    let script = "mkdir -p /mnt/s; mount -t virtiofs work /mnt/s; mkdir /mnt/s/sub; \
+                  echo kept > /mnt/s/sub/open.txt; cd /mnt/s/sub; exec 3< open.txt; \
                   echo SKVM-BEFORE $(cat /mnt/s/from-host.txt); \
                   b=0; while read k v u; do [ \"$k\" = MemTotal: ] && b=$v; done < /proc/meminfo; \
                   echo SKVM-READY; n=$b; \
                   while [ $n -lt $((b + 100000)) ]; do sleep 1; \
                   while read k v u; do [ \"$k\" = MemTotal: ] && n=$v; done < /proc/meminfo; done; \
                   echo SKVM-AFTER $(cat /mnt/s/from-host.txt); \
-                  ls /mnt/s | tr '\\n' ' '; echo; \
+                  echo SKVM-CWD $(ls); echo SKVM-FD $(cat <&3); \
                   dd if=/dev/zero of=/mnt/s/made bs=1M count=8 oflag=direct 2>/dev/null; \
                   echo SKVM-WRITE $?; echo SKVM-DONE";
     let fs_arg = format!("tag=work,path={}", share.display());
@@ -361,6 +364,8 @@ fn mem_add_with_a_share_mounted_leaves_it_usable() {
     let out = vm.output();
     assert!(out.contains("SKVM-BEFORE before"), "{out}");
     assert!(out.contains("SKVM-AFTER before"), "{out}");
+    assert!(out.contains("SKVM-CWD open.txt"), "{out}");
+    assert!(out.contains("SKVM-FD kept"), "{out}");
     assert_eq!(field(&out, "SKVM-WRITE").as_deref(), Some("0"), "{out}");
     assert_eq!(
         std::fs::metadata(share.join("made")).unwrap().len(),

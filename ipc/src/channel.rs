@@ -59,7 +59,12 @@ impl Channel {
 
     /// Sends a reply (replies carry no fds).
     pub fn send_reply(&self, r: &Reply) -> Result<(), IpcError> {
-        fdpass::send(self.fd.as_fd(), &r.encode()?, &[])
+        self.send_reply_with(r, &[])
+    }
+
+    /// Sends a reply with its fds (`Saved` with a bulk state).
+    pub fn send_reply_with(&self, r: &Reply, fds: &[BorrowedFd<'_>]) -> Result<(), IpcError> {
+        fdpass::send(self.fd.as_fd(), &r.encode()?, fds)
     }
 
     /// Receives a request and its fds, which must be exactly as many as it
@@ -83,9 +88,26 @@ impl Channel {
     /// Receives a reply; one that comes with fds is an error (the fds are
     /// closed).
     pub fn recv_reply(&self, timeout: Option<Duration>) -> Result<Reply, IpcError> {
+        let (reply, _) = self.recv_reply_with(timeout)?;
+        Ok(reply)
+    }
+
+    /// Receives a reply and its fds, which must be exactly as many as it
+    /// says ([`Reply::fd_count`]).
+    pub fn recv_reply_with(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<(Reply, Vec<OwnedFd>), IpcError> {
         let mut buf = vec![0u8; MAX_MESSAGE];
-        let (n, _) = fdpass::recv(self.fd.as_fd(), &mut buf, 0, timeout)?;
-        Reply::decode(buf.get(..n).unwrap_or_default())
+        let (n, fds) = fdpass::recv(self.fd.as_fd(), &mut buf, 1, timeout)?;
+        let reply = Reply::decode(buf.get(..n).unwrap_or_default())?;
+        if fds.len() != reply.fd_count() {
+            return Err(IpcError::FdCount {
+                expected: reply.fd_count(),
+                got: fds.len(),
+            });
+        }
+        Ok((reply, fds))
     }
 }
 

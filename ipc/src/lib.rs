@@ -20,7 +20,7 @@
 //! | 6 | VMM -> device | `Shutdown` | 0 | none; the device exits |
 //! | 7 | VMM -> device | `Pause` | 0 | `Saved` |
 //! | 8 | VMM -> device | `Resume` | 0 | `Ack` |
-//! | 9 | VMM -> device | `Restore { regions, state, recover }` | as `Activate` | `Ack` / `Error` |
+//! | 9 | VMM -> device | `Restore { regions, state, recover, bulk }` | as `Activate`, then the bulk state's memfd if `bulk` | `Ack` / `Error` |
 //! | 101 | device -> VMM | `Welcome { version, info }` | 0 | |
 //! | 102 | device -> VMM | `ConfigData { data }` | 0 | |
 //! | 103 | device -> VMM | `Ack` | 0 | |
@@ -28,7 +28,7 @@
 //! | 105 | device -> VMM | `ConfigChanged { config }` (any time) | 0 | |
 //! | 106 | device -> VMM | `NeedsReset { reason }` (any time) | 0 | |
 //! | 107 | device -> VMM | `ForbiddenSyscall { nr }` (any time, `--seccomp trap`) | 0 | |
-//! | 108 | device -> VMM | `Saved { state }` | 0 | |
+//! | 108 | device -> VMM | `Saved { state, bulk }` | the bulk state's memfd if `bulk` | |
 //!
 //! The fds of `Activate` are, in order: one memfd per memory region, one kick
 //! eventfd per queue, one interrupt eventfd per queue, and the configuration

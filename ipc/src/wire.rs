@@ -154,6 +154,15 @@ fn decode_layout(r: &mut Reader<'_>) -> Result<QueueLayout, IpcError> {
     })
 }
 
+/// A one-byte flag: 0 or 1, nothing else.
+fn flag(r: &mut Reader<'_>, what: &'static str) -> Result<bool, IpcError> {
+    match r.array()? {
+        [0] => Ok(false),
+        [1] => Ok(true),
+        _ => Err(IpcError::BadValue(what)),
+    }
+}
+
 fn encode_regions(w: &mut Writer, regions: &[MemRegion]) -> Result<(), IpcError> {
     w.count("memory regions", regions.len(), MAX_REGIONS)?;
     for r in regions {
@@ -247,6 +256,9 @@ pub enum Request {
         /// from the used rings (the state's are ignored) and interrupt the
         /// driver once per queue, in case an interrupt was lost.
         recover: bool,
+        /// The previous instance's bulk state (`Saved`'s) comes too, as
+        /// the last fd.
+        bulk: bool,
     },
 }
 
@@ -293,6 +305,10 @@ pub enum Reply {
     Saved {
         /// The state.
         state: DeviceState,
+        /// The model's bulk state (too large for `state`: virtio-fs's node
+        /// table) comes with it, as one fd (a memfd) to pass on to the
+        /// next instance.
+        bulk: bool,
     },
 }
 
@@ -460,7 +476,12 @@ impl Request {
             Request::Activate {
                 regions, queues, ..
             } => regions.len() + 2 * queues.len() + 1,
-            Request::Restore { regions, state, .. } => regions.len() + 2 * state.queues.len() + 1,
+            Request::Restore {
+                regions,
+                state,
+                bulk,
+                ..
+            } => regions.len() + 2 * state.queues.len() + 1 + usize::from(*bulk),
             Request::Hello { backend, .. } => backend.fd_count(),
             _ => 0,
         }
@@ -509,11 +530,13 @@ impl Request {
                 regions,
                 state,
                 recover,
+                bulk,
             } => {
                 let mut w = Writer::new(RESTORE);
                 encode_regions(&mut w, regions)?;
                 state.encode(&mut w)?;
                 w.buf.push(u8::from(*recover));
+                w.buf.push(u8::from(*bulk));
                 w
             }
         };
@@ -557,11 +580,8 @@ impl Request {
             RESTORE => Request::Restore {
                 regions: decode_regions(&mut r)?,
                 state: DeviceState::decode(&mut r)?,
-                recover: match r.array()? {
-                    [0] => false,
-                    [1] => true,
-                    _ => return Err(IpcError::BadValue("recover flag")),
-                },
+                recover: flag(&mut r, "recover flag")?,
+                bulk: flag(&mut r, "bulk flag")?,
             },
             other => return Err(IpcError::UnknownKind(other)),
         };
@@ -571,6 +591,14 @@ impl Request {
 }
 
 impl Reply {
+    /// How many fds come with it.
+    pub fn fd_count(&self) -> usize {
+        match self {
+            Reply::Saved { bulk, .. } => usize::from(*bulk),
+            _ => 0,
+        }
+    }
+
     /// The wire form; fails if a field is above its cap.
     pub fn encode(&self) -> Result<Vec<u8>, IpcError> {
         let w = match self {
@@ -610,9 +638,10 @@ impl Reply {
                 w.u32(*nr);
                 w
             }
-            Reply::Saved { state } => {
+            Reply::Saved { state, bulk } => {
                 let mut w = Writer::new(SAVED);
                 state.encode(&mut w)?;
+                w.buf.push(u8::from(*bulk));
                 w
             }
         };
@@ -649,6 +678,7 @@ impl Reply {
             FORBIDDEN_SYSCALL => Reply::ForbiddenSyscall { nr: r.u32()? },
             SAVED => Reply::Saved {
                 state: DeviceState::decode(&mut r)?,
+                bulk: flag(&mut r, "bulk flag")?,
             },
             other => return Err(IpcError::UnknownKind(other)),
         };

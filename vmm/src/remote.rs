@@ -7,7 +7,7 @@
 //! killed and never used again.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -257,6 +257,15 @@ impl RemoteDevice {
     /// Sends `req` and waits for its answer, setting aside what the device
     /// says on its own meanwhile.
     fn call(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<Reply> {
+        Ok(self.call_with(req, fds)?.0)
+    }
+
+    /// [`RemoteDevice::call`], with the fds the answer brings.
+    fn call_with(
+        &mut self,
+        req: &Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(Reply, Vec<OwnedFd>)> {
         if self.dead {
             return Err(RemoteError::NotRunning);
         }
@@ -267,7 +276,7 @@ impl RemoteDevice {
             if self.dead {
                 return Err(RemoteError::NotRunning);
             }
-            let r = match self.chan.recv_reply(Some(REPLY_TIMEOUT)) {
+            let (r, got) = match self.chan.recv_reply_with(Some(REPLY_TIMEOUT)) {
                 Ok(r) => r,
                 // It exited (the spawner reports how) or hung up to run
                 // on; not a protocol fault, and `hung_up` kills it.
@@ -281,7 +290,7 @@ impl RemoteDevice {
                 Reply::ConfigChanged { .. }
                 | Reply::NeedsReset { .. }
                 | Reply::ForbiddenSyscall { .. } => self.note_unsolicited(r),
-                other => return Ok(other),
+                other => return Ok((other, got)),
             }
         }
     }
@@ -387,11 +396,13 @@ impl RemoteDevice {
         self.expect_ack(&Request::Reset, &[])
     }
 
-    /// Stops serving the queues between requests and says where they are.
-    pub fn pause(&mut self) -> Result<DeviceState> {
-        match self.call(&Request::Pause, &[])? {
-            Reply::Saved { state } => Ok(state),
-            other => Err(self.fail(RemoteError::Unexpected(format!("{other:?} to pause")))),
+    /// Stops serving the queues between requests and says where they are,
+    /// with the model's bulk state (a memfd the VMM passes on unread to the
+    /// next instance) if it has one.
+    pub fn pause(&mut self) -> Result<(DeviceState, Option<OwnedFd>)> {
+        match self.call_with(&Request::Pause, &[])? {
+            (Reply::Saved { state, .. }, mut fds) => Ok((state, fds.pop())),
+            (other, _) => Err(self.fail(RemoteError::Unexpected(format!("{other:?} to pause")))),
         }
     }
 
@@ -405,16 +416,18 @@ impl RemoteDevice {
     /// unsaved.
     pub fn restore(
         &mut self,
-        state: &DeviceState,
+        (state, bulk): (&DeviceState, Option<BorrowedFd<'_>>),
         recover: bool,
         events: &DeviceEvents,
     ) -> Result<()> {
         let (regions, files) = self.regions();
-        let fds = event_fds(&files, state.queues.iter().map(|q| q.layout.index), events)?;
+        let mut fds = event_fds(&files, state.queues.iter().map(|q| q.layout.index), events)?;
+        fds.extend(bulk);
         let req = Request::Restore {
             regions,
             state: state.clone(),
             recover,
+            bulk: bulk.is_some(),
         };
         self.expect_ack(&req, &fds)
     }

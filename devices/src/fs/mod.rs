@@ -60,6 +60,8 @@ pub struct Fs {
     features: u64,
     /// Chains dropped as malformed (the server counts the requests).
     bad_chains: u64,
+    /// Nodes and open files of the previous instance not found again.
+    lost: (usize, usize),
 }
 
 /// A chain split into its request bytes and the guest memory the reply
@@ -89,6 +91,7 @@ impl Fs {
             server,
             features: 0,
             bad_chains: 0,
+            lost: (0, 0),
         })
     }
 
@@ -210,9 +213,10 @@ impl VirtioDevice for Fs {
     }
 
     /// The counters and the FUSE protocol version the guest agreed on.
-    /// The nodes and open files the guest holds are not in it: a new
-    /// instance answers ESTALE and EBADF for them (the guest's next lookup
-    /// from the root finds the files again).
+    /// The nodes and open files the guest holds are the bulk state
+    /// ([`VirtioDevice::save_bulk`]); a snapshot keeps only this, and its
+    /// restored device answers ESTALE and EIO for them (the guest's next
+    /// lookup from the root finds the files again).
     fn save_state(&self) -> Vec<u8> {
         let mut state = self.stats().save();
         state.extend_from_slice(&self.server.minor().to_le_bytes());
@@ -235,6 +239,24 @@ impl VirtioDevice for Fs {
         Ok(())
     }
 
+    /// The nodes and open files the guest holds, for the next instance.
+    fn save_bulk(&self) -> Vec<u8> {
+        self.server.save_tables()
+    }
+
+    /// Finds the previous instance's nodes and open files again; those
+    /// that are gone are logged and answer ESTALE or EIO.
+    fn restore_bulk(&mut self, bulk: &[u8]) -> Result<(), DeviceError> {
+        let (nodes, files) = self
+            .server
+            .restore_tables(bulk)
+            .map_err(|e| DeviceError::Refused(format!("bad fs tables (errno {})", e.0)))?;
+        if nodes + files > 0 {
+            self.lost = (nodes, files);
+        }
+        Ok(())
+    }
+
     /// The dead instance's nodes and open files are gone with its fds; the
     /// session goes on with the protocol version this server speaks (a
     /// guest kernel of the last years agreed on it or a newer one), from
@@ -246,6 +268,16 @@ impl VirtioDevice for Fs {
     }
 
     fn report(&self) -> Option<String> {
-        (self.bad_chains > 0).then(|| format!("{} malformed chains dropped", self.bad_chains))
+        let mut parts = Vec::new();
+        if self.bad_chains > 0 {
+            parts.push(format!("{} malformed chains dropped", self.bad_chains));
+        }
+        if self.lost != (0, 0) {
+            parts.push(format!(
+                "{} nodes and {} open files of the previous instance were gone",
+                self.lost.0, self.lost.1
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 }

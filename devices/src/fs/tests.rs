@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use super::proto::{fattr, op, InHeader, Reader, Writer, ROOT_ID};
 use super::server::{Options, Server};
 
+mod carry;
+
 /// A scratch directory inside a scratch directory: `outside` is a file
 /// beside the share that no request may reach.
 struct Scratch {

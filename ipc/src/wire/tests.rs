@@ -59,6 +59,7 @@ fn requests() -> Vec<Request> {
             }],
             state: saved(),
             recover: true,
+            bulk: true,
         },
     ]
 }
@@ -104,9 +105,13 @@ fn replies() -> Vec<Reply> {
             reason: "queue 0: used ring outside memory".into(),
         },
         Reply::ForbiddenSyscall { nr: 257 },
-        Reply::Saved { state: saved() },
+        Reply::Saved {
+            state: saved(),
+            bulk: true,
+        },
         Reply::Saved {
             state: DeviceState::default(),
+            bulk: false,
         },
     ]
 }
@@ -117,22 +122,42 @@ fn saved_state_flags_are_strict_and_restore_carries_activate_fds() {
         regions: vec![],
         state: saved(),
         recover: false,
+        bulk: false,
     };
     assert_eq!(restore.fd_count(), 2 + 1);
+    let with_bulk = Request::Restore {
+        regions: vec![],
+        state: saved(),
+        recover: false,
+        bulk: true,
+    };
+    assert_eq!(with_bulk.fd_count(), 2 + 1 + 1);
     let good = restore.encode().unwrap();
-    // The recover flag is the last byte; the event-index flag sits
-    // after the queue layout (header, regions count, features, queue
+    // The recover and bulk flags are the last bytes; the event-index flag
+    // sits after the queue layout (header, regions count, features, queue
     // count, layout).
     let event_idx_at = HEADER + 2 + 8 + 2 + QUEUE_BYTES;
     assert_eq!(good[event_idx_at], 1);
-    for at in [good.len() - 1, event_idx_at] {
+    for at in [good.len() - 1, good.len() - 2, event_idx_at] {
         let mut bad = good.clone();
         bad[at] = 2;
         assert!(matches!(Request::decode(&bad), Err(IpcError::BadValue(_))));
     }
     let mut big = saved();
     big.device = vec![0; MAX_DEVICE_STATE + 1];
-    assert!(Reply::Saved { state: big }.encode().is_err());
+    let big = Reply::Saved {
+        state: big,
+        bulk: false,
+    };
+    assert!(big.encode().is_err());
+    let saved = |bulk| Reply::Saved {
+        state: saved(),
+        bulk,
+    };
+    assert_eq!((saved(false).fd_count(), saved(true).fd_count()), (0, 1));
+    let mut bad = saved(true).encode().unwrap();
+    *bad.last_mut().unwrap() = 2;
+    assert!(matches!(Reply::decode(&bad), Err(IpcError::BadValue(_))));
 }
 
 #[test]

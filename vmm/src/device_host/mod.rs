@@ -17,6 +17,7 @@
 //! guest (`reset`) or stops the VM (`exit`). A running device can also be
 //! paused, saved and replaced on request ([`DeviceHost::restart`]).
 
+mod bulk;
 mod device_log;
 mod handover;
 pub mod jail;

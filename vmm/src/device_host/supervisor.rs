@@ -4,7 +4,7 @@
 //! must not do.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -134,9 +134,13 @@ fn mode_for(kind: &dyn DeviceKind, mode: DeviceMode) -> DeviceMode {
     }
 }
 
-/// Stops a running device between requests and returns its state; `None`
-/// when it is not running (nothing to save).
-fn pause(t: &mut Transport) -> Result<Option<DeviceState>> {
+/// What a paused device saved: its state, and its bulk state's memfd if
+/// it has one (for the next instance only, never kept in a snapshot).
+type Saved = (DeviceState, Option<OwnedFd>);
+
+/// Stops a running device between requests and returns what it saved;
+/// `None` when it is not running (nothing to save).
+fn pause(t: &mut Transport) -> Result<Option<Saved>> {
     if !t.is_active() {
         return Ok(None);
     }
@@ -148,17 +152,21 @@ fn pause(t: &mut Transport) -> Result<Option<DeviceState>> {
 /// else (the old instance died unsaved, or its state is refused: see
 /// [`handover`]) what the transport knows, with the indices from the used
 /// rings. On failure the transport is left as it was.
-fn carry_on(t: &mut Transport, name: &str, saved: Option<DeviceState>) -> Result<()> {
+fn carry_on(t: &mut Transport, name: &str, saved: Option<Saved>) -> Result<()> {
     let Some(driver) = t.driver_state() else {
         return Ok(());
     };
+    let (saved, bulk) = saved.map_or((None, None), |(s, b)| (Some(s), b));
     let (state, recover) = handover::for_successor(name, saved, &driver);
+    // A recovering instance starts afresh: the bulk state goes with the
+    // state it belonged to.
+    let bulk = bulk.as_ref().filter(|_| !recover).map(AsFd::as_fd);
     let (backend, events) = t.backend_and_events();
     // A failed restore leaves the transport as it was: the caller tries
     // again or tells the guest the device needs a reset.
     backend
         .remote_mut()
-        .restore(&state, recover, events)
+        .restore((&state, bulk), recover, events)
         .map_err(|e| anyhow::Error::new(e).context("restore failed"))
 }
 
@@ -287,7 +295,7 @@ impl DeviceHost {
     fn respawn(
         &mut self,
         i: usize,
-        saved: Option<DeviceState>,
+        saved: Option<Saved>,
     ) -> Result<(Option<libc::pid_t>, Duration)> {
         let d = self.devices.get_mut(i).context("no such device")?;
         if let Some(t) = d.thread.take() {
@@ -450,7 +458,10 @@ impl DeviceHost {
     pub fn pause_all(&mut self) -> Result<()> {
         for d in self.devices.iter_mut().filter(|d| !d.failed && !d.paused) {
             let mut t = lock(&d.transport);
-            d.saved = pause(&mut t).with_context(|| format!("device {}: cannot pause", d.name))?;
+            // The same instance resumes: a bulk state is not needed.
+            d.saved = pause(&mut t)
+                .with_context(|| format!("device {}: cannot pause", d.name))?
+                .map(|(state, _)| state);
             d.paused = d.saved.is_some();
         }
         Ok(())
@@ -501,7 +512,7 @@ impl DeviceHost {
                 t.device_failed();
                 continue;
             }
-            carry_on(&mut t, &d.name, s.state.clone())
+            carry_on(&mut t, &d.name, s.state.clone().map(|s| (s, None)))
                 .with_context(|| format!("device {}: cannot restore", d.name))?;
         }
         Ok(())

@@ -274,7 +274,29 @@ fn serve_model(
             Request::Pause => {
                 paused = true;
                 let state = active.as_ref().map(|a| save(device, a)).unwrap_or_default();
-                chan.send_reply(&Reply::Saved { state })?;
+                let bulk = active
+                    .as_ref()
+                    .map(|_| device.save_bulk())
+                    .unwrap_or_default();
+                // Without its bulk state the next instance carries on as
+                // after a crash (virtio-fs: from its root).
+                let memfd = (!bulk.is_empty())
+                    .then(|| super::bulk::to_memfd(&bulk))
+                    .and_then(|r| {
+                        r.inspect_err(|e| {
+                            crate::log::warn(&format!(
+                                "cannot save the bulk state ({e}): the next instance goes \
+                                 on without it"
+                            ));
+                        })
+                        .ok()
+                    });
+                let reply = Reply::Saved {
+                    state,
+                    bulk: memfd.is_some(),
+                };
+                let fds: Vec<_> = memfd.iter().map(std::os::fd::AsFd::as_fd).collect();
+                chan.send_reply_with(&reply, &fds)?;
             }
             Request::Resume => {
                 paused = false;
@@ -292,10 +314,13 @@ fn serve_model(
                 regions,
                 state,
                 recover,
+                bulk,
             } => {
                 active = None;
                 paused = false;
-                let reply = match restore(device, &regions, &state, recover, fds) {
+                let mut fds = fds;
+                let bulk = if bulk { fds.pop() } else { None };
+                let reply = match restore(device, &regions, (&state, bulk), recover, fds) {
                     Ok(a) => {
                         active = Some(a);
                         let config = device.config();
@@ -564,7 +589,7 @@ fn save(device: &dyn VirtioDevice, a: &Active) -> DeviceState {
 fn restore(
     device: &mut dyn VirtioDevice,
     regions: &[ipc::MemRegion],
-    state: &DeviceState,
+    (state, bulk): (&DeviceState, Option<OwnedFd>),
     recover: bool,
     fds: Vec<OwnedFd>,
 ) -> Result<Active, RequestError> {
@@ -605,6 +630,11 @@ fn restore(
         device
             .restore_state(&state.device)
             .map_err(RequestError::State)?;
+        if let Some(fd) = bulk {
+            let bytes = super::bulk::read_back(&fd)
+                .map_err(|e| RequestError::State(DeviceError::Refused(e.to_string())))?;
+            device.restore_bulk(&bytes).map_err(RequestError::State)?;
+        }
     }
     process_all(device, &mut a)?;
     if recover {
@@ -736,14 +766,15 @@ mod tests {
         // The used ring says 3 chains were completed (by a device that
         // served them); the saved state must agree.
         set_used_idx(&ram, 3);
-        let saved = first.pause().unwrap();
+        let (saved, bulk) = first.pause().unwrap();
+        assert!(bulk.is_none(), "rng keeps no bulk state");
         assert_eq!(saved.queues.len(), 1);
         assert_eq!(saved.features, FEATURES);
         first.shutdown();
 
         let mut second = rng(&ram);
         let refused = |d: &mut RemoteDevice, s: &DeviceState, why: &str| {
-            let e = format!("{:#}", d.restore(s, false, &ev).unwrap_err());
+            let e = format!("{:#}", d.restore((s, None), false, &ev).unwrap_err());
             assert!(e.contains(why), "{e}");
         };
         // Its indices are where the first instance was: 0, not 3.
@@ -762,8 +793,8 @@ mod tests {
         let mut outside = state(0, 0);
         outside.queues[0].layout.used = 1 << 40;
         refused(&mut second, &outside, "outside guest memory");
-        second.restore(&saved, false, &ev).unwrap();
-        assert_eq!(second.pause().unwrap(), saved);
+        second.restore((&saved, None), false, &ev).unwrap();
+        assert_eq!(second.pause().unwrap().0, saved);
         second.shutdown();
 
         // Recovery takes the indices from the used ring and interrupts the
@@ -775,9 +806,9 @@ mod tests {
             .unwrap();
         let _ = ev.irqs[0].read();
         let mut third = rng(&ram);
-        third.restore(&state(0, 0), true, &ev).unwrap();
+        third.restore((&state(0, 0), None), true, &ev).unwrap();
         assert_eq!(ev.irqs[0].read().unwrap(), 1);
-        let now = third.pause().unwrap();
+        let (now, _) = third.pause().unwrap();
         assert_eq!((now.queues[0].next_avail, now.queues[0].next_used), (9, 9));
         third.shutdown();
     }

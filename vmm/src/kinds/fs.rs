@@ -166,6 +166,13 @@ const SYSCALLS: &[Syscall] = &[
         why: "the guest's fallocate",
         rules: &[],
     },
+    Syscall {
+        nr: libc::SYS_memfd_create,
+        name: "memfd_create",
+        why: "its node and file tables for the next instance (a restart or mem-add), in a \
+              memfd it sends the VMM",
+        rules: &[],
+    },
 ];
 
 /// Nodes and open files one share may hold (each an fd).

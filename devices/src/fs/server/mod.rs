@@ -25,6 +25,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use super::proto::{self, fattr, init_flags, op, Answer, Errno, InHeader, Reader, Writer};
 use super::sys;
 
+mod carry;
 mod nodes;
 use nodes::{key, Handle, Inode};
 
@@ -382,7 +383,7 @@ impl Server {
                     return Err(Errno(libc::ENOTDIR));
                 }
                 let fd = sys::reopen_dir(node.fd.as_fd())?;
-                self.new_handle(fd, h.nodeid, 0)
+                self.new_handle(fd, h.nodeid, libc::O_RDONLY)
             }
             op::READDIR | op::READDIRPLUS => {
                 let fh = r.u64()?;
@@ -635,7 +636,7 @@ impl Server {
         // (its alignment rules would fail the guest's unaligned requests).
         let keep = libc::O_ACCMODE | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC;
         let fd = self.reopen(id, flags & keep)?;
-        self.new_handle(fd, id, 0)
+        self.new_handle(fd, id, flags & keep)
     }
 
     fn create(&mut self, h: &InHeader, r: &mut Reader<'_>) -> Answer {
@@ -664,7 +665,7 @@ impl Server {
         let st = sys::stat(fd.as_fd())?;
         let mut w = Writer::new();
         proto::entry_out(&mut w, id, &attr(&st), VALID_SECS);
-        let open = self.new_handle(fd, id, 0)?;
+        let open = self.new_handle(fd, id, flags & keep)?;
         w.bytes(&open);
         Ok(w.done())
     }

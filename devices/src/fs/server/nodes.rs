@@ -29,6 +29,9 @@ pub(super) struct Handle {
     pub(super) fd: OwnedFd,
     /// Its node.
     pub(super) node: u64,
+    /// The flags it opens with again ([`Server::reopen`]) in a new
+    /// instance: what it was opened with, less O_CREAT, O_EXCL, O_TRUNC.
+    pub(super) flags: i32,
 }
 
 /// The identity of a host inode.
@@ -62,15 +65,17 @@ impl Server {
             .ok_or(Self::NO_HANDLE)
     }
 
-    pub(super) fn new_handle(&mut self, fd: OwnedFd, node: u64, open_flags: u32) -> Answer {
+    /// A new handle for `fd`, node `node`'s, opened with `flags`.
+    pub(super) fn new_handle(&mut self, fd: OwnedFd, node: u64, flags: i32) -> Answer {
         if self.handles.len() >= self.opts.max_handles {
             return Err(Errno(libc::ENFILE));
         }
         let fh = self.next_fh;
         self.next_fh += 1;
-        self.handles.insert(fh, Handle { fd, node });
+        let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+        self.handles.insert(fh, Handle { fd, node, flags });
         let mut w = Writer::new();
-        proto::open_out(&mut w, fh, open_flags);
+        proto::open_out(&mut w, fh, 0);
         Ok(w.done())
     }
 
