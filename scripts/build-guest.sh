@@ -86,6 +86,7 @@ initramfs_key=$({
 	printf 'blkbench %s\n' "$(digest <"$repo/guest/tools/blkbench.c")"
 	printf 'vecprobe %s\n' "$(digest <"$repo/guest/tools/vecprobe.c")"
 	printf 'vsock %s\n' "$(digest <"$repo/guest/tools/vsock.c")"
+	printf 'xattr %s\n' "$(digest <"$repo/guest/tools/xattr.c")"
 } | digest)
 
 kernel_files="vmlinux bzImage System.map config"
@@ -291,6 +292,10 @@ build_initramfs() {
 		-o "$tmp/vsock" "$repo/guest/tools/vsock.c" ||
 		die "cannot build guest/tools/vsock.c"
 	echo "file /bin/vsock $tmp/vsock 0755 0 0" >>"$tmp/list"
+	gcc -O2 -static -nostdlib -fno-builtin -fno-stack-protector -fno-pie -no-pie -Wall \
+		-o "$tmp/xattr" "$repo/guest/tools/xattr.c" ||
+		die "cannot build guest/tools/xattr.c"
+	echo "file /bin/xattr $tmp/xattr 0755 0 0" >>"$tmp/list"
 	write_cpio "$tmp/list" "$tmp/initramfs.cpio"
 	# The same plus disk tools (mkfs.ext4, blkbench) for the disk tests and
 	# benchmarks: bigger, so slower to unpack where guest kernel code is

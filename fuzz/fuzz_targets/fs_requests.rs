@@ -7,6 +7,10 @@
 //! change: a file and a directory beside it are checked after every input.
 //! Files are capped at 16 MiB (RLIMIT_FSIZE; SIGXFSZ ignored, so that a
 //! large write or fallocate is an EFBIG answer, not a full disk).
+//!
+//! Then the handover of a restart: the server's node and file tables, as
+//! it saves them, must be taken by a new server; and what is left of the
+//! input, taken as tables, is refused or taken without a panic.
 #![no_main]
 
 use std::os::fd::AsFd;
@@ -53,6 +57,9 @@ const OPS: &[u32] = &[
     op::RENAME2,
     op::LSEEK,
     op::GETXATTR,
+    op::SETXATTR,
+    op::LISTXATTR,
+    op::REMOVEXATTR,
     0,
     4096,
 ];
@@ -116,8 +123,9 @@ fuzz_target!(|data: &[u8]| {
         read_only: data.first().is_some_and(|b| b & 0x80 != 0),
         max_inodes: 64,
         max_handles: 16,
+        xattr: data.first().is_some_and(|b| b & 2 != 0),
     };
-    let mut server = Server::new(dir.as_fd(), opts).unwrap();
+    let mut server = Server::new(dir.as_fd(), opts.clone()).unwrap();
     // A session first, most of the time.
     if data.first().is_none_or(|b| b & 1 == 0) {
         let mut w = Writer::new();
@@ -135,7 +143,18 @@ fuzz_target!(|data: &[u8]| {
         request(&mut server, opcode, u64::from(*node % 12), *who, room, &tail[..n]);
         rest = &tail[n..];
     }
+    let tables = server.save_tables();
+    let minor = server.minor();
     drop(server);
+    for (bytes, saved) in [(tables.as_slice(), true), (rest, false)] {
+        let mut next = Server::new(dir.as_fd(), opts.clone()).unwrap();
+        let _ = next.resume(minor);
+        let taken = next.restore_tables(bytes);
+        assert!(!saved || bytes.is_empty() || taken.is_ok(), "{taken:?}");
+        for node in 1..12 {
+            request(&mut next, op::GETATTR, node, 0, 1024, &[0; 16]);
+        }
+    }
     check_outside(s);
 });
 

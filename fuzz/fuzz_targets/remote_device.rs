@@ -65,8 +65,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = dev.start(1 << 32, &[queue], &events);
     let state = dev.pause();
     let _ = dev.resume();
-    if let Ok(s) = &state {
-        let _ = dev.restore(s, false, &events);
+    if let Ok((s, bulk)) = &state {
+        let bulk = bulk.as_ref().map(std::os::fd::AsFd::as_fd);
+        let _ = dev.restore((s, bulk), false, &events);
     }
     let _ = dev.poll_events();
     let _ = dev.stop();

@@ -4,7 +4,8 @@
 //! on the host; a directory of 1000 host files listed whole; a symlink the
 //! host planted is the guest's to follow, not the device's), one read-only
 //! (every change refused in the guest, nothing changed on the host);
-//! both device modes; bad options.
+//! extended attributes on the writable share (`xattr`) and none on the
+//! other; both device modes; bad options.
 
 // Test code: a panic is a failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,33 +21,37 @@ const TIMEOUT: Duration = Duration::from_secs(600);
 /// What the guest runs: mounts both shares and works in them, printing
 /// `SKVM-FS <what> <result>` lines.
 const SCRIPT: &str = r#"
+p() { echo "SKVM-FS $*"; }
 mkdir -p /mnt/rw /mnt/ro
-mount -t virtiofs work /mnt/rw || echo "SKVM-FS mount-rw failed"
-mount -t virtiofs keep /mnt/ro || echo "SKVM-FS mount-ro failed"
+mount -t virtiofs work /mnt/rw || p "mount-rw failed"
+mount -t virtiofs keep /mnt/ro || p "mount-ro failed"
 cd /mnt/rw
-echo "SKVM-FS host-file $(cat from-host.txt)"
+p "host-file $(cat from-host.txt)"
 echo "guest wrote this" > made.txt
 mkdir -p sub/deeper
 echo deep > sub/deeper/f
 mv made.txt sub/moved.txt
 ln sub/moved.txt hard.txt
 ln -s sub/moved.txt soft.txt
-echo "SKVM-FS via-symlink $(cat soft.txt)"
-echo "SKVM-FS listed $(ls many | wc -l)"
+p "via-symlink $(cat soft.txt)"
+p "listed $(ls many | wc -l)"
 dd if=/dev/zero of=big bs=64k count=16 2>/dev/null
-echo "SKVM-FS big $(stat -c %s big)"
+p "big $(stat -c %s big)"
 rm big
 truncate -s 5 sub/deeper/f
 chmod 600 sub/deeper/f
-echo "SKVM-FS mode $(stat -c %a sub/deeper/f) size $(stat -c %s sub/deeper/f)"
-echo "SKVM-FS etc-link $(readlink etc-link)"
-touch /mnt/ro/new 2>/dev/null && echo "SKVM-FS ro-create allowed" || echo "SKVM-FS ro-create refused"
-echo x >> /mnt/ro/kept.txt 2>/dev/null && echo "SKVM-FS ro-append allowed" || echo "SKVM-FS ro-append refused"
-rm /mnt/ro/kept.txt 2>/dev/null && echo "SKVM-FS ro-remove allowed" || echo "SKVM-FS ro-remove refused"
-echo "SKVM-FS ro-read $(cat /mnt/ro/kept.txt)"
+p "mode $(stat -c %a sub/deeper/f) size $(stat -c %s sub/deeper/f)"
+p "etc-link $(readlink etc-link)"
+xattr set sub/moved.txt user.color blue
+p "xattr $(xattr get sub/moved.txt user.color) $(xattr list sub/moved.txt)"
+p "no-xattr $(xattr set /mnt/ro/kept.txt user.k v)"
+touch /mnt/ro/new 2>/dev/null && p "ro-create allowed" || p "ro-create refused"
+echo x >> /mnt/ro/kept.txt 2>/dev/null && p "ro-append allowed" || p "ro-append refused"
+rm /mnt/ro/kept.txt 2>/dev/null && p "ro-remove allowed" || p "ro-remove refused"
+p "ro-read $(cat /mnt/ro/kept.txt)"
 cd /
 sync
-umount /mnt/rw && umount /mnt/ro && echo "SKVM-FS unmounted"
+umount /mnt/rw && umount /mnt/ro && p "unmounted"
 "#;
 
 fn share_and_check(mode: &str) {
@@ -65,7 +70,7 @@ fn share_and_check(mode: &str) {
     // root): the writable share is that user's.
     let (uid, gid) = outside_ids();
     std::os::unix::fs::chown(&rw, Some(uid), Some(gid)).unwrap();
-    let rw_arg = format!("tag=work,path={}", rw.display());
+    let rw_arg = format!("tag=work,path={},xattr", rw.display());
     let ro_arg = format!("tag=keep,path={},ro", ro.display());
     let f = run_to_exit(
         &[
@@ -90,6 +95,10 @@ fn share_and_check(mode: &str) {
         "SKVM-FS big 1048576",
         "SKVM-FS mode 600 size 5",
         "SKVM-FS etc-link /etc",
+        "XATTR set ok",
+        "SKVM-FS xattr XATTR get blue XATTR list user.color,",
+        // The read-only share refuses every change, attributes included.
+        "SKVM-FS no-xattr XATTR set error 30",
         "SKVM-FS ro-create refused",
         "SKVM-FS ro-append refused",
         "SKVM-FS ro-remove refused",
@@ -123,6 +132,22 @@ fn share_and_check(mode: &str) {
     assert_eq!(
         fs::metadata(rw.join("sub/deeper/f")).unwrap().mode() & 0o777,
         0o600
+    );
+    // The attribute is the host file's.
+    let path = std::ffi::CString::new(rw.join("sub/moved.txt").to_str().unwrap()).unwrap();
+    let mut buf = [0u8; 16];
+    // SAFETY: getxattr into a live buffer of its length.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"user.color".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(
+        buf.get(..usize::try_from(n).unwrap_or(0)),
+        Some(&b"blue"[..])
     );
     // The read-only share is as it was.
     assert_eq!(fs::read_to_string(ro.join("kept.txt")).unwrap(), "kept");

@@ -11,6 +11,7 @@ use super::proto::{fattr, op, InHeader, Reader, Writer, ROOT_ID};
 use super::server::{Options, Server};
 
 mod carry;
+mod xattr;
 
 /// A scratch directory inside a scratch directory: `outside` is a file
 /// beside the share that no request may reach.

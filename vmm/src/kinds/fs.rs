@@ -1,4 +1,4 @@
-//! virtio-fs (`--fs tag=TAG,path=DIR[,ro]`): a host directory the guest
+//! virtio-fs (`--fs tag=TAG,path=DIR[,ro][,xattr]`): a host directory the guest
 //! mounts with `mount -t virtiofs TAG /mnt`. Its model is `devices::fs`.
 //!
 //! The VMM opens DIR, and the device process makes it the root of its own
@@ -27,8 +27,9 @@ use crate::console::backend::backend_status;
 use crate::virtio_pci::PciClass;
 
 const NAME: &str = "fs";
-/// Version of its parameters: the tag and whether the share is read-only.
-const PARAMS_V1: u8 = 1;
+/// Version of its parameters: the tag, whether the share is read-only,
+/// whether it serves extended attributes.
+const PARAMS_V2: u8 = 2;
 
 /// virtio-fs's own needs beyond the worker's (whose read, write and close
 /// are not used on the share's files: those go through pread/pwrite).
@@ -167,6 +168,30 @@ const SYSCALLS: &[Syscall] = &[
         rules: &[],
     },
     Syscall {
+        nr: libc::SYS_fgetxattr,
+        name: "fgetxattr",
+        why: "a user. attribute the guest reads (a share with xattr), on the node opened again",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_flistxattr,
+        name: "flistxattr",
+        why: "the attribute names the guest lists (a share with xattr; user. ones passed on)",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_fsetxattr,
+        name: "fsetxattr",
+        why: "a user. attribute the guest sets (a share with xattr)",
+        rules: &[],
+    },
+    Syscall {
+        nr: libc::SYS_fremovexattr,
+        name: "fremovexattr",
+        why: "a user. attribute the guest removes (a share with xattr)",
+        rules: &[],
+    },
+    Syscall {
         nr: libc::SYS_memfd_create,
         name: "memfd_create",
         why: "its node and file tables for the next instance (a restart or mem-add), in a \
@@ -194,6 +219,8 @@ struct FsSpec {
     tag: String,
     path: PathBuf,
     read_only: bool,
+    /// Serve the guest's `user.` extended attributes.
+    xattr: bool,
     /// The guest's root file system (`--root`).
     root: bool,
 }
@@ -201,7 +228,7 @@ struct FsSpec {
 impl FsSpec {
     fn parse(value: &str) -> Result<Self, KindError> {
         let bad = |why: String| KindError::Option(format!("--fs {why}"));
-        let (mut tag, mut path, mut read_only) = (None, None, false);
+        let (mut tag, mut path, mut read_only, mut xattr) = (None, None, false, false);
         for part in value.split(',') {
             match part.split_once('=') {
                 Some(("tag", v)) => {
@@ -213,7 +240,12 @@ impl FsSpec {
                 Some(("path", v)) if !v.is_empty() => path = Some(PathBuf::from(v)),
                 None if part == "ro" => read_only = true,
                 None if part == "rw" => read_only = false,
-                _ => return Err(bad(format!("'{part}': expected tag=TAG,path=DIR[,ro]"))),
+                None if part == "xattr" => xattr = true,
+                _ => {
+                    return Err(bad(format!(
+                        "'{part}': expected tag=TAG,path=DIR[,ro][,xattr]"
+                    )))
+                }
             }
         }
         let (Some(tag), Some(path)) = (tag, path) else {
@@ -226,6 +258,7 @@ impl FsSpec {
             tag,
             path,
             read_only,
+            xattr,
             root: false,
         })
     }
@@ -252,6 +285,7 @@ impl FsSpec {
             tag: ROOT_TAG.to_owned(),
             path,
             read_only,
+            xattr: false,
             root: true,
         })
     }
@@ -274,7 +308,7 @@ impl DeviceConfig for FsSpec {
             self.tag
         ));
         Ok(Opened {
-            params: params(&self.tag, self.read_only),
+            params: params(&self.tag, self.read_only, self.xattr),
             fds: vec![dir.into()],
             // The guest's files may grow as large as the host lets them.
             file_size: libc::RLIM_INFINITY,
@@ -299,22 +333,24 @@ impl DeviceConfig for FsSpec {
     }
 }
 
-/// The parameters of an fs device.
-pub fn params(tag: &str, read_only: bool) -> Vec<u8> {
-    Encoder::new(PARAMS_V1)
+/// The parameters of an fs device: its tag, whether the share is
+/// read-only, whether it serves extended attributes.
+pub fn params(tag: &str, read_only: bool, xattr: bool) -> Vec<u8> {
+    Encoder::new(PARAMS_V2)
         .bytes(tag.as_bytes(), u8::try_from(TAG_LEN).unwrap_or(u8::MAX))
         .bool(read_only)
+        .bool(xattr)
         .finish()
 }
 
-/// The tag and read-only flag of what [`params`] made; total over any
-/// input.
-fn decode(b: &[u8]) -> Result<(String, bool), ipc::IpcError> {
-    let mut d = Decoder::new(b, PARAMS_V1)?;
+/// What [`params`] made; total over any input.
+fn decode(b: &[u8]) -> Result<(String, bool, bool), ipc::IpcError> {
+    let mut d = Decoder::new(b, PARAMS_V2)?;
     let tag = d.bytes("tag", u8::try_from(TAG_LEN).unwrap_or(u8::MAX))?;
     let read_only = d.bool("read-only")?;
+    let xattr = d.bool("xattr")?;
     d.end()?;
-    Ok((String::from_utf8_lossy(&tag).into_owned(), read_only))
+    Ok((String::from_utf8_lossy(&tag).into_owned(), read_only, xattr))
 }
 
 impl DeviceKind for Fs {
@@ -334,10 +370,12 @@ impl DeviceKind for Fs {
     fn option(&self) -> Option<KindOption> {
         Some(KindOption {
             long: "fs",
-            value_name: Some("tag=TAG,path=DIR[,ro]"),
+            value_name: Some("tag=TAG,path=DIR[,ro][,xattr]"),
             repeatable: true,
             help: "Share the host directory DIR with the guest through virtio-fs (fs0, fs1, \
-                   ...): `mount -t virtiofs TAG /mnt` in the guest. `ro` refuses every change. \
+                   ...): `mount -t virtiofs TAG /mnt` in the guest. `ro` refuses every change; \
+                   `xattr` serves the guest's user.* extended attributes (off by default: the \
+                   guest then asks about attributes on every write, one round trip each). \
                    The device process's root is DIR itself (mounts inside it hidden) and it \
                    resolves nothing outside it: guest names are single components and \
                    symlinks are never followed",
@@ -377,12 +415,13 @@ impl DeviceKind for Fs {
     }
 
     fn model(&self, params: &[u8], fds: Vec<OwnedFd>) -> Result<Box<dyn VirtioDevice>, KindError> {
-        let (tag, read_only) = decode(params).map_err(KindError::params(NAME))?;
+        let (tag, read_only, xattr) = decode(params).map_err(KindError::params(NAME))?;
         let [dir] = take_fds::<1>(NAME, fds)?;
         let opts = Options {
             read_only,
             max_inodes: MAX_INODES,
             max_handles: MAX_HANDLES,
+            xattr,
         };
         let fs = devices::fs::Fs::new(&tag, std::os::fd::AsFd::as_fd(&dir), opts)
             .map_err(|e| KindError::Model(Box::new(e)))?;
@@ -461,15 +500,21 @@ mod tests {
 
     #[test]
     fn parameters_round_trip_and_malformed_ones_are_refused() {
-        assert_eq!(decode(&params("t", true)).unwrap(), ("t".to_owned(), true));
-        assert!(decode(&[PARAMS_V1]).is_err());
+        assert_eq!(
+            decode(&params("t", true, false)).unwrap(),
+            ("t".to_owned(), true, false)
+        );
+        assert!(decode(&params("t", false, true)).unwrap().2);
+        assert!(decode(&[PARAMS_V2]).is_err());
         let e = Fs
-            .model(&params("t", false), Vec::new())
+            .model(&params("t", false, false), Vec::new())
             .err()
             .unwrap()
             .to_string();
         assert!(e.contains("needs 1 backend fds, got 0"), "{e}");
         let dir = std::fs::File::open(std::env::temp_dir()).unwrap();
-        assert!(Fs.model(&params("t", false), vec![dir.into()]).is_ok());
+        assert!(Fs
+            .model(&params("t", false, true), vec![dir.into()])
+            .is_ok());
     }
 }

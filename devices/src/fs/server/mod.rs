@@ -27,6 +27,7 @@ use super::sys;
 
 mod carry;
 mod nodes;
+mod xattr;
 use nodes::{key, Handle, Inode};
 
 /// Seconds the guest may cache a name or attributes. The share may change
@@ -46,6 +47,8 @@ pub struct Options {
     pub max_inodes: usize,
     /// Most open files and directories at once.
     pub max_handles: usize,
+    /// Serve extended attributes (`user.` only: `server::xattr`).
+    pub xattr: bool,
 }
 
 impl Default for Options {
@@ -54,6 +57,7 @@ impl Default for Options {
             read_only: false,
             max_inodes: 1 << 16,
             max_handles: 4096,
+            xattr: false,
         }
     }
 }
@@ -418,10 +422,14 @@ impl Server {
                 crate::hostio::fallocate(self.handle_fd(fh)?, mode, offset, len)?;
                 Ok(Vec::new())
             }
+            op::GETXATTR if self.opts.xattr => self.getxattr(h.nodeid, r),
+            op::LISTXATTR if self.opts.xattr => self.listxattr(h.nodeid, r),
+            op::SETXATTR if self.opts.xattr => self.setxattr(h.nodeid, r),
+            op::REMOVEXATTR if self.opts.xattr => self.removexattr(h.nodeid, r),
             // ACCESS: the guest checks permissions itself (virtiofs mounts
-            // with default_permissions). Extended attributes, locks, ioctl,
-            // poll, DAX mappings: not offered; ENOSYS tells the guest's
-            // FUSE not to ask again.
+            // with default_permissions). Extended attributes on a share
+            // that does not offer them, locks, ioctl, poll, DAX mappings:
+            // ENOSYS tells the guest's FUSE not to ask again.
             _ => Err(Errno(libc::ENOSYS)),
         }
     }
