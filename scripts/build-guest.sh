@@ -87,6 +87,7 @@ initramfs_key=$({
 	printf 'vecprobe %s\n' "$(digest <"$repo/guest/tools/vecprobe.c")"
 	printf 'vsock %s\n' "$(digest <"$repo/guest/tools/vsock.c")"
 	printf 'xattr %s\n' "$(digest <"$repo/guest/tools/xattr.c")"
+	printf 'nolibc %s\n' "$(digest <"$repo/guest/tools/nolibc.h")"
 } | digest)
 
 kernel_files="vmlinux bzImage System.map config"

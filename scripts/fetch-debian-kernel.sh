@@ -76,6 +76,7 @@ key=$({
 	printf 'package %s %s\n' "$pkg" "$pkg_ver"
 	printf 'modules %s\n' "$wanted"
 	printf 'vsock %s\n' "$(digest <"$repo/guest/tools/vsock.c")"
+	printf 'nolibc %s\n' "$(digest <"$repo/guest/tools/nolibc.h")"
 	busybox_key
 } | digest)
 

@@ -433,6 +433,19 @@ pub fn run_ok(cmd: &mut Command) {
 /// A mebibyte.
 pub const MIB: u64 = 1 << 20;
 
+/// Debian's stock cloud kernel and skvm's initramfs for it (fetched by
+/// scripts/setup.sh); panics if they are not there.
+pub fn stock_kernel() -> (PathBuf, PathBuf) {
+    let dir = default_guest().join("debian-cloud");
+    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initramfs.cpio.gz"));
+    assert!(
+        kernel.is_file() && initrd.is_file(),
+        "stock kernel not fetched in {}: run scripts/setup.sh",
+        dir.display()
+    );
+    (kernel, initrd)
+}
+
 /// The unprivileged user skvm's VMM and devices run as: nobody when the
 /// tests run as root (sandbox::jail::outside_ids), else the tests' own.
 pub fn outside_ids() -> (u32, u32) {

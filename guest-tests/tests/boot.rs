@@ -227,14 +227,7 @@ fn emulating_host() -> bool {
 #[test]
 #[ignore = "slow (3 minutes on an Intel emulating host, 12 to 14 on an AMD one): scripts/test-slow.sh runs it"]
 fn stock_debian_kernel_runs_its_user_space_and_sees_every_vcpu() {
-    let dir = default_guest().join("debian-cloud");
-    let kernel = dir.join("vmlinuz");
-    let initrd = dir.join("initramfs.cpio.gz");
-    assert!(
-        kernel.is_file() && initrd.is_file(),
-        "stock kernel not fetched in {}: run scripts/setup.sh",
-        dir.display()
-    );
+    let (kernel, initrd) = guest_tests::stock_kernel();
     // Where the kernel is, physically and virtually (root reads the real
     // addresses; the first symbols are the kernel's start).
     let report = format!(

@@ -298,14 +298,7 @@ fn debian_with_systemd_boots_three_times_in_a_row_and_powers_off_with_systemctl(
 #[test]
 #[ignore = "slow (11.5 minutes on an Intel emulating host; over an hour on an AMD one before its later speed-ups): scripts/test-slow.sh runs it"]
 fn debian_with_systemd_boots_on_debians_stock_kernel_through_skvms_initramfs() {
-    let dir = default_guest().join("debian-cloud");
-    let kernel = dir.join("vmlinuz");
-    let initrd = dir.join("initramfs.cpio.gz");
-    assert!(
-        kernel.is_file() && initrd.is_file(),
-        "no stock kernel in {}: run scripts/fetch-debian-kernel.sh",
-        dir.display()
-    );
+    let (kernel, initrd) = guest_tests::stock_kernel();
     boot_and_systemctl_poweroff(
         "stock",
         &[

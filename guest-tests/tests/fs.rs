@@ -378,13 +378,7 @@ fn the_hosts_root_boots_read_only_and_a_directory_boots_writable() {
 #[test]
 #[ignore = "slow (minutes here: the stock kernel's boot and modules): scripts/test-slow.sh runs it"]
 fn debians_stock_kernel_mounts_the_hosts_root_from_its_initramfs() {
-    let dir = guest_tests::default_guest().join("debian-cloud");
-    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initramfs.cpio.gz"));
-    assert!(
-        kernel.is_file() && initrd.is_file(),
-        "stock kernel not fetched in {}: run scripts/setup.sh",
-        dir.display()
-    );
+    let (kernel, initrd) = guest_tests::stock_kernel();
     let f = guest_tests::TestVm::spawn([
         "run",
         "--kernel",

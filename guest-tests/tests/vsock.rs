@@ -290,13 +290,7 @@ fn bad_vsock_options_are_refused_with_a_clear_line() {
 #[test]
 #[ignore = "slow (about 5 minutes here, the stock kernel's modules loading): scripts/test-slow.sh runs it"]
 fn debians_stock_kernel_loads_the_vsock_and_console_modules_and_uses_both() {
-    let dir = guest_tests::default_guest().join("debian-cloud");
-    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initramfs.cpio.gz"));
-    assert!(
-        kernel.is_file() && initrd.is_file(),
-        "stock kernel not fetched in {}: run scripts/setup.sh",
-        dir.display()
-    );
+    let (kernel, initrd) = guest_tests::stock_kernel();
     let scratch = Scratch::new("vsock", "stock");
     let sock = scratch.path("v.sock");
     let hvc = scratch.path("hvc0.log");

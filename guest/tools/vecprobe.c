@@ -17,48 +17,9 @@
  * It decides what to test from CPUID and XCR0 as user code sees them, the
  * way the C library chooses its string functions.
  */
-typedef unsigned long u64;
-typedef unsigned int u32;
+#include "nolibc.h"
 
-static long sys3(long n, long a, long b, long c)
-{
-	long r;
-	__asm__ volatile("syscall"
-			 : "=a"(r)
-			 : "a"(n), "D"(a), "S"(b), "d"(c)
-			 : "rcx", "r11", "memory");
-	return r;
-}
-
-enum { SYS_WRITE = 1, SYS_SCHED_YIELD = 24, SYS_FORK = 57, SYS_WAIT4 = 61,
-       SYS_KILL = 62, SYS_EXIT_GROUP = 231 };
-
-static void put(const char *s)
-{
-	long n = 0;
-	while (s[n])
-		n++;
-	sys3(SYS_WRITE, 1, (long)s, n);
-}
-
-static void put_num(u64 v)
-{
-	char b[24];
-	int i = 23;
-	b[i] = 0;
-	do {
-		b[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	put(b + i);
-}
-
-static __attribute__((noreturn)) void quit(int code)
-{
-	sys3(SYS_EXIT_GROUP, code, 0, 0);
-	for (;;)
-		;
-}
+enum { SYS_SCHED_YIELD = 24, SYS_FORK = 57, SYS_WAIT4 = 61, SYS_KILL = 62 };
 
 static void cpuid(u32 leaf, u32 sub, u32 r[4])
 {

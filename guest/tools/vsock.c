@@ -19,24 +19,7 @@
  * "listen" prints "VSOCK listening PORT" once it listens. Byte i of the
  * pattern is i % 251, as the host side of the tests has it.
  */
-typedef unsigned long u64;
-typedef unsigned int u32;
-typedef unsigned short u16;
-
-static long sys6(long n, long a, long b, long c, long d, long e, long f)
-{
-	long r;
-	register long r10 __asm__("r10") = d;
-	register long r8 __asm__("r8") = e;
-	register long r9 __asm__("r9") = f;
-	__asm__ volatile("syscall"
-			 : "=a"(r)
-			 : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
-			 : "rcx", "r11", "memory");
-	return r;
-}
-
-#define sys3(n, a, b, c) sys6(n, (long)(a), (long)(b), (long)(c), 0, 0, 0)
+#include "nolibc.h"
 
 enum { SYS_READ = 0, SYS_WRITE = 1, SYS_CLOSE = 3, SYS_POLL = 7,
        SYS_SOCKET = 41, SYS_CONNECT = 42, SYS_ACCEPT = 43, SYS_SENDTO = 44,
@@ -66,45 +49,12 @@ struct pollfd {
 static unsigned char buf[CHUNK];
 static unsigned char out[CHUNK];
 
-static void put(const char *s)
-{
-	long n = 0;
-	while (s[n])
-		n++;
-	sys3(SYS_WRITE, 1, s, n);
-}
-
-static void put_num(u64 v)
-{
-	char b[24];
-	int i = 23;
-	b[i] = 0;
-	do {
-		b[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	put(b + i);
-}
-
-static __attribute__((noreturn)) void quit(int code)
-{
-	sys3(SYS_EXIT_GROUP, code, 0, 0);
-	for (;;)
-		;
-}
-
 static __attribute__((noreturn)) void usage(void)
 {
 	put("usage: vsock listen PORT echo|sink | vsock send CID PORT BYTES | vsock cat CID PORT\n");
 	quit(2);
 }
 
-static int same(const char *a, const char *b)
-{
-	while (*a && *a == *b)
-		a++, b++;
-	return *a == *b;
-}
 
 /* A decimal number, all digits, at most max (<= 2^40); usage() otherwise. */
 static u64 number(const char *s, u64 max)

@@ -10,78 +10,24 @@
  *
  * A failure prints "XATTR OP error ERRNO" and exits 1 (2 on a usage error).
  */
-typedef unsigned long u64;
+#include "nolibc.h"
 
-static long sys6(long n, long a, long b, long c, long d, long e, long f)
-{
-	long r;
-	register long r10 __asm__("r10") = d;
-	register long r8 __asm__("r8") = e;
-	register long r9 __asm__("r9") = f;
-	__asm__ volatile("syscall"
-			 : "=a"(r)
-			 : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
-			 : "rcx", "r11", "memory");
-	return r;
-}
-
-enum { SYS_WRITE = 1, SYS_SETXATTR = 188, SYS_GETXATTR = 191, SYS_LISTXATTR = 194,
-       SYS_REMOVEXATTR = 197, SYS_EXIT_GROUP = 231 };
+enum { SYS_SETXATTR = 188, SYS_GETXATTR = 191, SYS_LISTXATTR = 194,
+       SYS_REMOVEXATTR = 197 };
 
 static char buf[65536];
-
-static long len(const char *s)
-{
-	long n = 0;
-	while (s[n])
-		n++;
-	return n;
-}
-
-static void put_n(const char *s, long n)
-{
-	sys6(SYS_WRITE, 1, (long)s, n, 0, 0, 0);
-}
-
-static void put(const char *s)
-{
-	put_n(s, len(s));
-}
-
-static __attribute__((noreturn)) void quit(int code)
-{
-	sys6(SYS_EXIT_GROUP, code, 0, 0, 0, 0, 0);
-	for (;;)
-		;
-}
-
-static int same(const char *a, const char *b)
-{
-	while (*a && *a == *b)
-		a++, b++;
-	return *a == *b;
-}
 
 /* Prints "XATTR op ok", or the error and exits 1. */
 static void result(const char *op, long r)
 {
-	char num[24];
-	int i = 23;
-	u64 v;
 	put("XATTR ");
 	put(op);
 	if (r >= 0) {
 		put(" ok\n");
 		return;
 	}
-	v = (u64)-r;
-	num[i] = 0;
-	do {
-		num[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
 	put(" error ");
-	put(num + i);
+	put_num((u64)-r);
 	put("\n");
 	quit(1);
 }
@@ -100,7 +46,7 @@ __attribute__((used)) void start(long *sp)
 	if (argc < 3)
 		usage();
 	if (same(argv[1], "set") && argc == 5) {
-		r = sys6(SYS_SETXATTR, (long)argv[2], (long)argv[3], (long)argv[4], len(argv[4]), 0, 0);
+		r = sys6(SYS_SETXATTR, (long)argv[2], (long)argv[3], (long)argv[4], str_len(argv[4]), 0, 0);
 		result("set", r);
 	} else if (same(argv[1], "get") && argc == 4) {
 		r = sys6(SYS_GETXATTR, (long)argv[2], (long)argv[3], (long)buf, sizeof(buf), 0, 0);
