@@ -83,6 +83,9 @@ fn scratch() -> &'static Scratch {
         }
         let top = std::env::temp_dir().join(format!("skvm-fuzz-fs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&top);
+        // libFuzzer ends the process with exit(): the scratch goes with it.
+        // SAFETY: registers a function that takes and returns nothing.
+        unsafe { libc::atexit(remove_scratch) };
         std::fs::create_dir_all(top.join("beside")).unwrap();
         std::fs::write(top.join("outside"), b"outside").unwrap();
         Scratch {
@@ -90,6 +93,11 @@ fn scratch() -> &'static Scratch {
             top,
         }
     })
+}
+
+extern "C" fn remove_scratch() {
+    let top = std::env::temp_dir().join(format!("skvm-fuzz-fs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(top);
 }
 
 /// The share as each input starts: a file, a directory with a file, and
