@@ -5,8 +5,9 @@
 //! crate: the vmm library with the escape suite's kinds and steps, never
 //! the skvm people run; $SKVM_ESCAPE_BIN, default
 //! target/release/skvm-escape); the escrng/escblk/escnet/escconsole/
-//! escvsock device kinds get exactly rng's, blk's, net's, console's and
-//! vsock's confinement.
+//! escvsock/escfs device kinds get exactly rng's, blk's, net's, console's,
+//! vsock's and fs's confinement (escfs with a share as its root, and the
+//! share escapes besides).
 //!
 //! With a guest running: `SKVM_ESCAPE_DEVICE=ACTIONS` makes `skvm run` start
 //! its devices as escape devices that attempt ACTIONS once the guest's
