@@ -245,15 +245,13 @@ impl VirtioDevice for Fs {
     }
 
     /// Finds the previous instance's nodes and open files again; those
-    /// that are gone are logged and answer ESTALE or EIO.
+    /// that are gone answer ESTALE or EIO, and are counted in the report
+    /// when the device stops.
     fn restore_bulk(&mut self, bulk: &[u8]) -> Result<(), DeviceError> {
-        let (nodes, files) = self
+        self.lost = self
             .server
             .restore_tables(bulk)
             .map_err(|e| DeviceError::Refused(format!("bad fs tables (errno {})", e.0)))?;
-        if nodes + files > 0 {
-            self.lost = (nodes, files);
-        }
         Ok(())
     }
 

@@ -7,8 +7,8 @@
 //! opened with `O_NOFOLLOW`, so neither `..`, `/` nor a symlink planted in
 //! the share leads anywhere the server did not already hold; entries on
 //! another file system than the share's (a mount inside it) are refused.
-//! A device process has skvm's empty root besides; making the share the
-//! root of its mount namespace is still to do (issue 21).
+//! In a device process the share is besides the root of its mount
+//! namespace (`sandbox::share`), so `..` from any node stops there.
 //!
 //! A regular file is opened again, for OPEN and SETATTR, by its last known
 //! name in its parent, and must still be the same inode (else ESTALE): an
