@@ -11,7 +11,7 @@
 //! hostile input like any request: bounded, every name one component, and
 //! nothing opened but below the share's root.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::AsFd;
 
@@ -81,7 +81,9 @@ impl Server {
         if count >= self.opts.max_inodes {
             return Err(bad);
         }
-        let mut pending = HashMap::with_capacity(count);
+        // The saved nodes by parent, to find them again from the root down.
+        let mut children: HashMap<u64, Vec<Node>> = HashMap::new();
+        let mut ids = HashSet::with_capacity(count);
         for _ in 0..count {
             let id = r.u64()?;
             let parent = r.u64()?;
@@ -94,9 +96,10 @@ impl Server {
                 key: (r.u64()?, r.u64()?),
                 refs: r.u64()?,
             };
-            if id == proto::ROOT_ID || id >= next_node || pending.insert(id, node).is_some() {
+            if id == proto::ROOT_ID || id >= next_node || !ids.insert(id) {
                 return Err(bad);
             }
+            children.entry(parent).or_default().push(node);
         }
         let mut files = Vec::new();
         let count = usize::try_from(r.u32()?).map_err(|_| bad)?;
@@ -113,25 +116,22 @@ impl Server {
         if !r.rest_is_empty() {
             return Err(bad);
         }
-        // Parents before children, whatever the order: each pass finds the
-        // nodes whose parent is found already.
+        // Parents before children, whatever the order the table has: the
+        // children of each node found, from the root down. Nodes below one
+        // not found (or in a cycle) are never reached, and lost.
         let mut lost_nodes = 0;
-        loop {
-            let ready: Vec<u64> = pending
-                .values()
-                .filter(|n| self.inodes.contains_key(&n.parent))
-                .map(|n| n.id)
-                .collect();
-            if ready.is_empty() {
-                break;
-            }
-            for id in ready {
-                if let Some(n) = pending.remove(&id) {
-                    lost_nodes += usize::from(!self.find_again(n));
+        let mut found = vec![proto::ROOT_ID];
+        while let Some(parent) = found.pop() {
+            for n in children.remove(&parent).unwrap_or_default() {
+                let id = n.id;
+                if self.find_again(n) {
+                    found.push(id);
+                } else {
+                    lost_nodes += 1;
                 }
             }
         }
-        lost_nodes += pending.len();
+        lost_nodes += children.values().map(Vec::len).sum::<usize>();
         let mut lost_files = 0;
         for (fh, node, flags) in files {
             match self.reopen(node, flags) {
