@@ -198,6 +198,34 @@ pub fn read_from_start(fd: BorrowedFd<'_>) -> Option<String> {
     Some(String::from_utf8_lossy(buf.get(..n)?).into_owned())
 }
 
+/// All that `fd` holds from offset 0, whatever its position, read with
+/// pread alone (std's readers size a file with statx first, which a
+/// device's filter may not allow), at most `max` bytes: more is an error.
+pub fn read_whole(fd: BorrowedFd<'_>, max: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let offset = libc::off_t::try_from(out.len()).map_err(io::Error::other)?;
+        // SAFETY: pread into a live buffer of its length.
+        let n = unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                chunk.as_mut_ptr().cast(),
+                chunk.len(),
+                offset,
+            )
+        };
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        if out.len() > max {
+            return Err(io::Error::other(format!("more than {max} bytes")));
+        }
+    }
+}
+
 /// The text of file `path` under directory `dir` (a /proc directory opened
 /// before the process left the host's file system), if it can be opened.
 pub fn read_under(dir: BorrowedFd<'_>, path: &str) -> Option<String> {

@@ -17,11 +17,16 @@
 
 use std::ffi::{CStr, CString, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use crate::jail::{check, mount, pivot_to};
+use crate::process::read_whole;
+
+/// The most of /proc/self/mountinfo read (a host with thousands of mounts
+/// has a few hundred KiB).
+const MOUNTINFO_MAX: usize = 16 << 20;
 
 /// Where the share is bound before it becomes the root.
 const STAGE: &CStr = c"/proc";
@@ -42,7 +47,8 @@ pub fn enter_share_root(dir: BorrowedFd<'_>, read_only: bool) -> io::Result<Owne
     let path = fd_path(dir)?;
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mounts = read_plainly(c"/proc/self/mountinfo")?;
+    let mountinfo = open(c"/proc/self/mountinfo", libc::O_RDONLY)?;
+    let mounts = read_whole(mountinfo.as_fd(), MOUNTINFO_MAX)?;
     let hidden = mounts_below(&String::from_utf8_lossy(&mounts), &path);
     // Bound onto /proc (which every host has, and which is hidden anyway),
     // not onto itself: a mount on "/" is not where "/" leads.
@@ -56,7 +62,7 @@ pub fn enter_share_root(dir: BorrowedFd<'_>, read_only: bool) -> io::Result<Owne
         annotate(e, format!("cannot bind {}{hint}", path.display()))
     })?;
     pivot_to(STAGE)?;
-    let root = open_dir(c"/")?;
+    let root = open(c"/", libc::O_RDONLY | libc::O_DIRECTORY)?;
     if identity(root.as_raw_fd())? != identity(dir.as_raw_fd())? {
         return Err(io::Error::other(format!(
             "{} is no longer the directory skvm opened",
@@ -117,42 +123,10 @@ fn fd_path(fd: BorrowedFd<'_>) -> io::Result<PathBuf> {
     Ok(path)
 }
 
-/// A file's contents with open and read alone (std's readers size the file
-/// with statx first, which a device's inherited filter has no room for).
-fn read_plainly(path: &CStr) -> io::Result<Vec<u8>> {
-    use std::io::Read;
+/// `path` opened with `flags` (and O_CLOEXEC).
+fn open(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: open on a valid C string; the fd is checked and owned once.
-    let fd = unsafe {
-        libc::openat(
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd we own.
-    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match file.read(&mut chunk)? {
-            0 => return Ok(out),
-            n => out.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-        }
-    }
-}
-
-fn open_dir(path: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: open on a valid C string; the fd is checked and owned once.
-    let fd = unsafe {
-        libc::openat(
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
+    let fd = unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), flags | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -317,7 +291,9 @@ mod tests {
             if std::fs::read_dir("/sub/../..")?.count() != 3 {
                 return fail(".. leads above the share");
             }
-            if identity(root.as_raw_fd())? != identity(open_dir(c"/..")?.as_raw_fd())? {
+            if identity(root.as_raw_fd())?
+                != identity(open(c"/..", libc::O_RDONLY | libc::O_DIRECTORY)?.as_raw_fd())?
+            {
                 return fail("the returned fd is not the root");
             }
             match std::fs::write("/new", "x") {

@@ -7,9 +7,9 @@
 //! [`VirtioDevice::save_bulk`]: devices::virtio::VirtioDevice::save_bulk
 
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
-use devices::virtio::MAX_BULK_STATE;
+use devices::virtio::{DeviceError, VirtioDevice, MAX_BULK_STATE};
 
 /// `bulk` in a new memfd.
 pub fn to_memfd(bulk: &[u8]) -> io::Result<OwnedFd> {
@@ -31,33 +31,32 @@ pub fn to_memfd(bulk: &[u8]) -> io::Result<OwnedFd> {
     Ok(file.into())
 }
 
-/// What [`to_memfd`] wrote into `fd`, read from offset 0 whatever the fd's
-/// position (pread).
-pub fn read_back(fd: &OwnedFd) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut chunk = vec![0u8; 1 << 16];
-    loop {
-        let offset = libc::off_t::try_from(out.len()).map_err(io::Error::other)?;
-        // SAFETY: pread into a live buffer of its length.
-        let n = unsafe {
-            libc::pread(
-                fd.as_raw_fd(),
-                chunk.as_mut_ptr().cast(),
-                chunk.len(),
-                offset,
-            )
-        };
-        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-        if n == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        if out.len() > MAX_BULK_STATE {
-            return Err(io::Error::other(format!(
-                "more than {MAX_BULK_STATE} bytes of bulk state"
-            )));
-        }
+/// The memfd to send with `Saved`: none for an empty bulk state, nor when
+/// it cannot be made (logged: the next instance then carries on as after a
+/// crash, virtio-fs from its root).
+pub fn saved(bulk: &[u8]) -> Option<OwnedFd> {
+    if bulk.is_empty() {
+        return None;
     }
+    to_memfd(bulk)
+        .inspect_err(|e| {
+            crate::log::warn(&format!(
+                "cannot save the bulk state ({e}): the next instance goes on without it"
+            ));
+        })
+        .ok()
+}
+
+/// What [`to_memfd`] wrote into `fd`, read from offset 0 whatever the fd's
+/// position, at most [`MAX_BULK_STATE`] bytes.
+pub fn read_back(fd: &OwnedFd) -> io::Result<Vec<u8>> {
+    sandbox::process::read_whole(fd.as_fd(), MAX_BULK_STATE)
+}
+
+/// Hands `device` the bulk state in `fd` (after its small state).
+pub fn restore(device: &mut dyn VirtioDevice, fd: &OwnedFd) -> Result<(), DeviceError> {
+    let bytes = read_back(fd).map_err(|e| DeviceError::Refused(e.to_string()))?;
+    device.restore_bulk(&bytes)
 }
 
 #[cfg(test)]

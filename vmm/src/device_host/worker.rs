@@ -257,7 +257,7 @@ fn serve_model(
                 })?;
             }
         }
-        let (req, fds) = match chan.recv_request(Some(Duration::ZERO)) {
+        let (req, mut fds) = match chan.recv_request(Some(Duration::ZERO)) {
             Ok(r) => r,
             Err(IpcError::Timeout) => continue,
             Err(IpcError::Closed) => return Ok(()),
@@ -274,23 +274,9 @@ fn serve_model(
             Request::Pause => {
                 paused = true;
                 let state = active.as_ref().map(|a| save(device, a)).unwrap_or_default();
-                let bulk = active
+                let memfd = active
                     .as_ref()
-                    .map(|_| device.save_bulk())
-                    .unwrap_or_default();
-                // Without its bulk state the next instance carries on as
-                // after a crash (virtio-fs: from its root).
-                let memfd = (!bulk.is_empty())
-                    .then(|| super::bulk::to_memfd(&bulk))
-                    .and_then(|r| {
-                        r.inspect_err(|e| {
-                            crate::log::warn(&format!(
-                                "cannot save the bulk state ({e}): the next instance goes \
-                                 on without it"
-                            ));
-                        })
-                        .ok()
-                    });
+                    .and_then(|_| super::bulk::saved(&device.save_bulk()));
                 let reply = Reply::Saved {
                     state,
                     bulk: memfd.is_some(),
@@ -318,7 +304,6 @@ fn serve_model(
             } => {
                 active = None;
                 paused = false;
-                let mut fds = fds;
                 let bulk = if bulk { fds.pop() } else { None };
                 let reply = match restore(device, &regions, (&state, bulk), recover, fds) {
                     Ok(a) => {
@@ -631,9 +616,7 @@ fn restore(
             .restore_state(&state.device)
             .map_err(RequestError::State)?;
         if let Some(fd) = bulk {
-            let bytes = super::bulk::read_back(&fd)
-                .map_err(|e| RequestError::State(DeviceError::Refused(e.to_string())))?;
-            device.restore_bulk(&bytes).map_err(RequestError::State)?;
+            super::bulk::restore(device, &fd).map_err(RequestError::State)?;
         }
     }
     process_all(device, &mut a)?;
