@@ -302,14 +302,7 @@ pub trait VirtioDevice: Send {
     /// returned, after [`VirtioDevice::activate`]; refuses anything that
     /// instance could not have produced.
     fn restore_state(&mut self, state: &[u8]) -> Result<(), DeviceError> {
-        if state.is_empty() {
-            Ok(())
-        } else {
-            Err(DeviceError::Refused(format!(
-                "{} bytes of device state for a device that keeps none",
-                state.len()
-            )))
-        }
+        keeps_none("device state", state)
     }
 
     /// State too large for [`VirtioDevice::save_state`] (virtio-fs's node
@@ -324,14 +317,19 @@ pub trait VirtioDevice: Send {
     /// returned, after [`VirtioDevice::restore_state`]; hostile input as
     /// any other.
     fn restore_bulk(&mut self, bulk: &[u8]) -> Result<(), DeviceError> {
-        if bulk.is_empty() {
-            Ok(())
-        } else {
-            Err(DeviceError::Refused(format!(
-                "{} bytes of bulk state for a device that keeps none",
-                bulk.len()
-            )))
-        }
+        keeps_none("bulk state", bulk)
+    }
+}
+
+/// What a device that keeps no `what` takes: nothing.
+fn keeps_none(what: &str, bytes: &[u8]) -> Result<(), DeviceError> {
+    if bytes.is_empty() {
+        Ok(())
+    } else {
+        Err(DeviceError::Refused(format!(
+            "{} bytes of {what} for a device that keeps none",
+            bytes.len()
+        )))
     }
 }
 
