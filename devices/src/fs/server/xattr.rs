@@ -6,7 +6,7 @@
 //! for each call (an O_PATH fd takes no f*xattr call).
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::super::proto::{Answer, Errno, Reader, Writer};
 use super::Server;
@@ -116,7 +116,7 @@ impl Server {
         // SAFETY: fsetxattr reads value.len() bytes of value.
         check(unsafe {
             libc::fsetxattr(
-                fd.as_fd().as_raw_fd(),
+                fd.as_raw_fd(),
                 name.as_ptr(),
                 value.as_ptr().cast(),
                 value.len(),
