@@ -58,3 +58,11 @@ median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else if
 
 # The value of KEY ($2) in a line ($1) of KEY=VALUE words.
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | tr -d '\r'; }
+
+# Builds scripts/floor.c (the host's bare-syscall floor) into $work/floor
+# and prints its path.
+build_floor() {
+	command -v gcc >/dev/null || die "no gcc (scripts/setup.sh installs build-essential)"
+	gcc -O2 -Wall -o "$work/floor" "$repo/scripts/floor.c" || die "cannot build scripts/floor.c"
+	echo "$work/floor"
+}

@@ -15,12 +15,22 @@
 #   read    the same file back the same way
 #
 # Printed: operations/s and MB/s per mode, the host's, and the ratios
-# process/thread and host/process. Guest times come from /proc/uptime (10 ms
-# steps), so keep each phase above a second. Absolute guest figures are
+# process/thread and host/process. Guest times come from /proc/uptime (10
+# ms steps), so keep each phase above a second. Absolute guest figures are
 # this host's: where guest kernel code is emulated (kvm_pvm,
 # docs/ARCHITECTURE.md) the guest's kernel dominates them, and the host's
 # own figures are its page cache's; ratios between the two modes travel
 # better.
+#
+# Then the same five operations from the host side, with no guest:
+# `skvm drive --device fs0` sends the device the FUSE requests a guest's
+# kernel would (MKNOD, LOOKUP, UNLINK, one per file, 10 000 files;
+# sequential 64 KiB READ and WRITE, 4 passes over one MIB MiB file),
+# process and thread side by side, beside the same work with bare syscalls
+# in one host process (scripts/floor.c: open+close, fstatat, unlinkat,
+# pwrite, pread): the device's own cost per request against the host's
+# floor. Each figure is the median of 3 runs. As root these run
+# on a tmpfs the script mounts (the disk's journal swings run to run).
 set -euo pipefail
 
 prog=bench-fs
@@ -29,6 +39,8 @@ prog=bench-fs
 files=${1:-1000}
 mib=${2:-64}
 numbers "$files" "$mib" || die "FILES and MIB must be numbers"
+[ "$files" -ge 1 ] || die "FILES must be at least 1"
+[ "$mib" -ge 1 ] || die "MIB must be at least 1"
 busybox=$(command -v busybox) || die "no busybox (scripts/setup.sh installs busybox-static)"
 # The host's clock needs nanoseconds (busybox's date has none): coreutils'.
 gnu_date=$(command -v date)
@@ -104,3 +116,76 @@ printf '  %-22s %10s %10s %10s %9s %9s\n' "process/thread" "$(ratio "$pc" "$tc")
 # The host is faster by orders of magnitude here: its factor over the guest.
 printf '  %-22s %10s %10s %10s %9s %9s\n' "host/process" "$(ratio "$hc" "$pc")" "$(ratio "$hs" "$ps")" \
 	"$(ratio "$hu" "$pu")" "$(ratio "$hw" "$pw")" "$(ratio "$hr" "$pr")"
+
+# From the host side: the device without a guest, against the host floor.
+# Runs of a few milliseconds swing: each figure is the median of $rounds
+# runs of 10 000 files or 4 passes over the MIB MiB file. As root, both
+# work on a tmpfs, so that the host's disk and journal (whose commits swing
+# from run to run) stay out of what is the device's cost.
+mem=$work
+if [ "$(id -u)" = 0 ]; then
+	mem=$work/tmpfs
+	mkdir -p "$mem"
+	mount -t tmpfs -o size=$((mib * 2 + 256))m skvm-bench-fs "$mem"
+	trap 'umount "$mem" 2>/dev/null || true; bench_cleanup' EXIT
+fi
+for mode in process thread; do
+	mkdir -p "$mem/drive-$mode"
+	if [ "$(id -u)" = 0 ]; then chown 65534:65534 "$mem/drive-$mode"; fi
+done
+size=65536
+rounds=3
+meta=10000
+chunks=$((mib * 16 * 4))
+drive_rate() {
+	local op=$1 depth=$2 mode=$3 n=$meta line
+	case "$op" in read | write) n=$chunks ;; esac
+	line=$("$skvm" drive --device fs0 --fs "tag=bench,path=$mem/drive-$mode" --op "$op" \
+		--device-mode "$mode" --requests "$n" --size "$size" --depth "$depth" \
+		2>"$work/drive.log" </dev/null) ||
+		die "skvm drive --op $op --device-mode $mode failed: $(tail -3 "$work/drive.log")"
+	case "$op" in
+	read | write) field "$line" mb_per_s ;;
+	*) field "$line" req_per_s ;;
+	esac
+}
+# The same work with bare syscalls in one host process (scripts/floor.c).
+floor=$(build_floor)
+floor_rate() {
+	local op=$1 dir=$mem/floor line
+	mkdir -p "$dir"
+	case "$op" in
+	stat | unlink) "$floor" create "$dir" "$meta" >/dev/null ;;
+	esac
+	case "$op" in
+	create | stat | unlink)
+		line=$("$floor" "$op" "$dir" "$meta")
+		field "$line" per_s
+		;;
+	write | read)
+		line=$("$floor" "$op" "$dir/big" "$size" "$chunks")
+		field "$line" mb_per_s
+		;;
+	esac
+	rm -rf "$dir"
+}
+# The median of $rounds runs of the command.
+median_of() {
+	local i
+	for ((i = 0; i < rounds; i++)); do "$@"; echo; done | median
+}
+
+where=$([ "$mem" = "$work" ] && echo "the host's disk" || echo tmpfs)
+printf '\n  from the host side on %s (skvm drive; %s files; %s MiB read or written 4 times in\n' "$where" "$meta" "$mib"
+printf '  64 KiB requests, 1 or 16 in flight; the floor is one process, one call at a time;\n'
+printf '  medians of %s runs):\n' "$rounds"
+printf '  %-12s %12s %12s %12s %15s %15s\n' op process thread "host floor" process/thread floor/process
+for c in create:1 stat:1 unlink:1 write:1 read:1 write:16 read:16; do
+	op=${c%:*} depth=${c#*:}
+	p=$(median_of drive_rate "$op" "$depth" process)
+	t=$(median_of drive_rate "$op" "$depth" thread)
+	h=$(median_of floor_rate "$op")
+	unit=files/s
+	case "$op" in read | write) unit=MB/s ;; esac
+	printf '  %-12s %12s %12s %12s %15s %15s   %s\n' "$op d$depth" "$p" "$t" "$h" "$(ratio "$p" "$t")" "$(ratio "$h" "$p")" "$unit"
+done

@@ -1,4 +1,4 @@
-//! `skvm drive`: the rng, blk, net, console and vsock devices, started as
+//! `skvm drive`: the rng, blk, net, console, vsock and fs devices, started as
 //! `skvm run` starts them (a confined process with its seccomp filter in kill mode, or a
 //! thread), are driven from the host through their real queues, eventfds
 //! and ipc. net runs over a tap in a network namespace each test creates
@@ -9,7 +9,9 @@
 
 use std::process::Command;
 
-use guest_tests::{assert_no_forbidden_syscall, code_and_text, field, skvm_bin, Netns, Scratch};
+use guest_tests::{
+    assert_no_forbidden_syscall, code_and_text, field, outside_ids, skvm_bin, Netns, Scratch,
+};
 
 fn drive(args: &[&str]) -> (i32, String) {
     run_drive(Command::new(skvm_bin()), args)
@@ -185,13 +187,125 @@ fn a_read_only_blk_device_is_driven_for_reads_only() {
 }
 
 #[test]
+fn the_fs_device_serves_a_host_driver_in_both_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    let share = Scratch::new("drive", "fs");
+    let (uid, gid) = outside_ids();
+    std::os::unix::fs::chown(&share.0, Some(uid), Some(gid)).unwrap();
+    let spec = format!("tag=t,path={}", share.0.display());
+    let cases = [
+        ("write", "65536", "1"),
+        ("read", "4096", "32"),
+        ("create", "8", "1"),
+        ("stat", "8", "16"),
+        ("unlink", "8", "4"),
+    ];
+    for mode in ["process", "thread"] {
+        for (op, size, depth) in cases {
+            let (code, out) = drive(&[
+                "--device",
+                "fs0",
+                "--fs",
+                &spec,
+                "--device-mode",
+                mode,
+                "--op",
+                op,
+                "--requests",
+                "300",
+                "--size",
+                size,
+                "--depth",
+                depth,
+            ]);
+            assert_eq!(code, 0, "{mode} {op}: {out}");
+            assert!(value(&out, "req_per_s") > 0.0, "{out}");
+            if op == "read" || op == "write" {
+                assert!(value(&out, "mb_per_s") > 0.0, "{out}");
+            }
+            let left: Vec<_> = std::fs::read_dir(&share.0).unwrap().collect();
+            assert!(left.is_empty(), "{mode} {op} left {left:?}");
+        }
+    }
+    let ro = format!("{spec},ro");
+    let refusals: [(&[&str], &str); 3] = [
+        (&["--fs", &ro, "--op", "write"], "the share is read-only"),
+        (
+            &["--fs", &spec, "--op", "create", "--requests", "20000"],
+            "at most 10000 files",
+        ),
+        (
+            &["--fs", &spec, "--size", "200000"],
+            "an fs read or write is 8 to",
+        ),
+    ];
+    for (args, why) in refusals {
+        let (code, out) = drive(&[&["--device", "fs0"], args].concat());
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(out.contains(why), "{args:?}: {out}");
+    }
+    // A share the device may not write: the device's answer, named, and
+    // nothing left behind.
+    std::fs::set_permissions(&share.0, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let (code, out) = drive(&["--device", "fs0", "--fs", &spec, "--op", "write"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("Permission denied") && out.contains("must be able to write the share"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_dir(&share.0).unwrap().count(), 0);
+}
+
+#[test]
+fn a_share_its_device_process_cannot_reach_by_path_is_refused_before_it_starts() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "this test makes a directory only root may enter: run it as root"
+    );
+    // A share below a directory only root may enter (as /root is): the
+    // device process, nobody, cannot bind it by its path.
+    let s = Scratch::new("drive", "unreachable");
+    let locked = s.path("locked");
+    let share = locked.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (uid, gid) = outside_ids();
+    std::os::unix::fs::chown(&share, Some(uid), Some(gid)).unwrap();
+    let spec = format!("tag=t,path={}", share.display());
+    let args = [
+        "--device",
+        "fs0",
+        "--fs",
+        &spec,
+        "--requests",
+        "10",
+        "--op",
+        "create",
+    ];
+    let (code, out) = drive(&[&args[..], &["--device-mode", "process"]].concat());
+    assert_eq!(code, 1, "{out}");
+    let want = format!("{} is not searchable by user {uid}", locked.display());
+    assert!(out.contains(&want), "{out}");
+    assert!(
+        !out.contains("peer closed"),
+        "the process was started: {out}"
+    );
+    // A device thread works from the VMM's fd, which needs no path.
+    let (code, out) = drive(&[&args[..], &["--device-mode", "thread"]].concat());
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
 fn devices_that_cannot_be_driven_are_refused() {
-    let refusals: [(&[&str], &str); 9] = [
+    let refusals: [(&[&str], &str); 11] = [
         (&["--device", "blk0"], "--disk"),
         (&["--device", "net0"], "give the tap with --net"),
         (
             &["--device", "gpu0"],
-            "only rng, blk, net, console and vsock devices",
+            "only rng, blk, net, console, vsock and fs devices",
         ),
         (
             &["--device", "vsock0", "--size", "70000"],
@@ -207,10 +321,12 @@ fn devices_that_cannot_be_driven_are_refused() {
         ),
         (
             &["--device", "console0", "--hostile", "loop"],
-            "--hostile drive rng, blk and net devices only",
+            "--hostile drives rng, blk and net devices only",
         ),
         (&["--net", "tap=t0"], "--net is for net devices"),
         (&["--op", "tx"], "--op tx is not for rng devices"),
+        (&["--device", "fs0"], "give the shared directory with --fs"),
+        (&["--fs", "tag=t,path=/tmp"], "--fs is for fs devices"),
     ];
     for (args, why) in refusals {
         let (code, out) = drive(args);

@@ -18,10 +18,12 @@
 //! drives the one-queue devices (rng, blk); `net` drives virtio-net through
 //! a tap and AF_PACKET sockets on its interface; `console` drives
 //! virtio-console against an echoing peer; `vsock` drives virtio-vsock as
-//! both a host program and the guest's echoing end of one stream; `fuzz`
-//! is `--fuzz-stdin`.
+//! both a host program and the guest's echoing end of one stream; `fs`
+//! sends virtio-fs's FUSE requests against a host directory; `fuzz` is
+//! `--fuzz-stdin`.
 
 mod console;
+mod fs;
 mod fuzz;
 mod net;
 mod queue;
@@ -51,7 +53,8 @@ pub struct DriveArgs {
     /// console0 (its pty is a socket pair whose host end echoes every byte:
     /// a request is `--size` bytes written to the console and read back),
     /// or vsock0 (a host program's stream to the driver, which echoes it: a
-    /// request is `--size` bytes the host program writes and reads back).
+    /// request is `--size` bytes the host program writes and reads back),
+    /// or fs0 with --fs (FUSE requests on the shared directory, see --op).
     #[arg(long, value_name = "NAME", default_value = "rng0")]
     pub device: String,
     /// Where the device runs, as in `skvm run`.
@@ -64,7 +67,8 @@ pub struct DriveArgs {
     /// Bytes each request moves (rng: at most 64 KiB, its cap per request;
     /// blk: a multiple of 512, at most 1 MiB; net: the Ethernet frame, 60
     /// bytes to the tap's MTU plus 14; console: at most 4096; vsock: at
-    /// most 64 KiB). Default 4096, net 1514, console and vsock 64.
+    /// most 64 KiB; fs reads and writes: 8 bytes to 128 KiB). Default 4096,
+    /// net 1514, console and vsock 64.
     #[arg(long, value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
     pub size: Option<u32>,
@@ -83,10 +87,19 @@ pub struct DriveArgs {
     /// tap's interface (CAP_NET_RAW).
     #[arg(long, value_name = "tap[=NAME][,mac=MAC]")]
     pub net: Option<String>,
+    /// The directory an fs device shares, as `skvm run --fs` takes it. The
+    /// run's files, `skvm-drive-PID*` in it, are removed at the end; the
+    /// device's user (skvm's unprivileged one) must be able to write it.
+    #[arg(long, value_name = "tag=TAG,path=DIR[,ro][,xattr]")]
+    pub fs: Option<String>,
     /// What requests do. blk: sequential or random reads or writes
     /// (default randread). net: tx, frames the driver sends, read back
     /// from the tap's interface; rx, frames written into the tap's
-    /// interface that the driver receives (default tx).
+    /// interface that the driver receives (default tx). fs: read or write,
+    /// sequential requests of `--size` bytes on one file (its offsets wrap
+    /// at 64 MiB); create, stat or unlink, one file made (MKNOD), looked up
+    /// (LOOKUP) or removed (UNLINK) per request, at most 10 000 (default
+    /// read).
     #[arg(long, value_enum, value_name = "OP")]
     pub op: Option<Op>,
     /// How device processes are confined.
@@ -143,6 +156,12 @@ pub enum Op {
     Tx,
     /// net: the driver receives frames.
     Rx,
+    /// fs: a file made per request.
+    Create,
+    /// fs: a file looked up per request.
+    Stat,
+    /// fs: a file removed per request.
+    Unlink,
 }
 
 impl Op {
@@ -155,11 +174,21 @@ impl Op {
             Op::Randwrite => "randwrite",
             Op::Tx => "tx",
             Op::Rx => "rx",
+            Op::Create => "create",
+            Op::Stat => "stat",
+            Op::Unlink => "unlink",
         }
     }
 
     fn is_blk(self) -> bool {
         matches!(self, Op::Read | Op::Write | Op::Randread | Op::Randwrite)
+    }
+
+    fn is_fs(self) -> bool {
+        matches!(
+            self,
+            Op::Read | Op::Write | Op::Create | Op::Stat | Op::Unlink
+        )
     }
 }
 
@@ -171,6 +200,7 @@ enum Driven {
     Net,
     Console,
     Vsock,
+    Fs,
 }
 
 impl Driven {
@@ -182,6 +212,7 @@ impl Driven {
             "net" => Some(Driven::Net),
             "console" => Some(Driven::Console),
             "vsock" => Some(Driven::Vsock),
+            "fs" => Some(Driven::Fs),
             _ => None,
         }
     }
@@ -207,6 +238,7 @@ impl DriveArgs {
         match self.driven() {
             Some(Driven::Blk) => Some(self.op.unwrap_or(Op::Randread)),
             Some(Driven::Net) => Some(self.op.unwrap_or(Op::Tx)),
+            Some(Driven::Fs) => Some(self.op.unwrap_or(Op::Read)),
             _ => None,
         }
     }
@@ -229,34 +261,58 @@ enum Target {
     Console,
     /// vsock, with a host program's stream.
     Vsock(vsock::Host),
+    /// fs, on a host directory.
+    Fs(fs::Host),
 }
 
 /// Refuses option combinations that do not fit the device.
 fn validate(args: &DriveArgs) -> Result<()> {
     let Some(kind) = args.driven() else {
         bail!(
-            "device '{}': only rng, blk, net, console and vsock devices can be driven",
+            "device '{}': only rng, blk, net, console, vsock and fs devices can be driven",
             args.device
         );
     };
+    // The backend option each kind takes, and the ones given.
+    let wants = match kind {
+        Driven::Blk => Some("--disk"),
+        Driven::Net => Some("--net"),
+        Driven::Fs => Some("--fs"),
+        Driven::Rng | Driven::Console | Driven::Vsock => None,
+    };
+    let given = [
+        ("--disk", args.disk.is_some(), "blk"),
+        ("--net", args.net.is_some(), "net"),
+        ("--fs", args.fs.is_some(), "fs"),
+    ];
+    for (option, present, for_kind) in given {
+        if present && wants != Some(option) {
+            bail!(
+                "device '{}': {option} is for {for_kind} devices",
+                args.device
+            );
+        }
+    }
+    match wants {
+        Some(option) if !given.iter().any(|(o, present, _)| *o == option && *present) => {
+            let what = match kind {
+                Driven::Blk => "the image with --disk",
+                Driven::Net => "the tap with --net tap[=NAME]",
+                _ => "the shared directory with --fs tag=TAG,path=DIR",
+            };
+            bail!("device '{}': give {what}", args.device);
+        }
+        _ => {}
+    }
     let size = args.size();
-    match (kind, &args.disk, &args.net) {
-        (Driven::Rng, None, None) => {
-            if size > 65536 {
-                bail!("--size {size}: an rng request is at most 65536 bytes");
-            }
+    match kind {
+        Driven::Rng if size > 65536 => {
+            bail!("--size {size}: an rng request is at most 65536 bytes")
         }
-        (Driven::Blk, Some(_), None) => {
-            if !size.is_multiple_of(512) {
-                bail!("--size {size}: blk requests are whole 512-byte sectors");
-            }
+        Driven::Blk if !size.is_multiple_of(512) => {
+            bail!("--size {size}: blk requests are whole 512-byte sectors")
         }
-        (Driven::Net, None, Some(_)) => {
-            if args.fuzz_stdin {
-                bail!("--fuzz-stdin drives rng and blk devices only");
-            }
-        }
-        (Driven::Console | Driven::Vsock, None, None) => {
+        Driven::Console | Driven::Vsock => {
             let (what, max) = match kind {
                 Driven::Console => ("console", console::MAX_SIZE),
                 _ => ("vsock", vsock::MAX_SIZE),
@@ -264,26 +320,38 @@ fn validate(args: &DriveArgs) -> Result<()> {
             if size > max {
                 bail!("--size {size}: a {what} request is at most {max} bytes");
             }
-            if args.fuzz_stdin || args.hostile.is_some() {
-                bail!("--fuzz-stdin and --hostile drive rng, blk and net devices only");
+        }
+        Driven::Fs => {
+            if !(8..=fs::MAX_SIZE).contains(&size) {
+                bail!(
+                    "--size {size}: an fs read or write is 8 to {} bytes",
+                    fs::MAX_SIZE
+                );
+            }
+            let meta = matches!(args.op(), Some(Op::Create | Op::Stat | Op::Unlink));
+            if meta && args.requests > fs::MAX_META {
+                bail!(
+                    "--requests {}: at most {} files per create, stat or unlink run (each is a \
+                     node the device holds)",
+                    args.requests,
+                    fs::MAX_META
+                );
             }
         }
-        (Driven::Blk, None, _) => bail!("device '{}': give the image with --disk", args.device),
-        (Driven::Net, _, None) => bail!(
-            "device '{}': give the tap with --net tap[=NAME]",
-            args.device
-        ),
-        (Driven::Rng | Driven::Net | Driven::Console | Driven::Vsock, Some(_), _) => {
-            bail!("device '{}': --disk is for blk devices", args.device)
-        }
-        (Driven::Rng | Driven::Blk | Driven::Console | Driven::Vsock, _, Some(_)) => {
-            bail!("device '{}': --net is for net devices", args.device)
-        }
+        _ => {}
+    }
+    let hostile_ok = matches!(kind, Driven::Rng | Driven::Blk | Driven::Net);
+    if args.hostile.is_some() && !hostile_ok {
+        bail!("--hostile drives rng, blk and net devices only");
+    }
+    if args.fuzz_stdin && !matches!(kind, Driven::Rng | Driven::Blk) {
+        bail!("--fuzz-stdin drives rng and blk devices only");
     }
     match (kind, args.op) {
         (_, None) => {}
         (Driven::Blk, Some(op)) if op.is_blk() => {}
         (Driven::Net, Some(Op::Tx | Op::Rx)) => {}
+        (Driven::Fs, Some(op)) if op.is_fs() => {}
         (_, Some(op)) => bail!(
             "--op {} is not for {} devices",
             op.name(),
@@ -308,6 +376,16 @@ fn open_target(args: &DriveArgs) -> Result<(Opened, Target)> {
     if args.driven() == Some(Driven::Vsock) {
         let (opened, host) = vsock::open()?;
         return Ok((opened, Target::Vsock(host)));
+    }
+    if let Some(value) = &args.fs {
+        let (opened, dir, read_only) = crate::kinds::fs::open_share(
+            value,
+            &args.device,
+            args.device_mode == DeviceMode::Process && !args.unconfined,
+        )?;
+        let mut host = fs::Host::new(dir, read_only);
+        host.prepare(args, args.op().unwrap_or(Op::Read))?;
+        return Ok((opened, Target::Fs(host)));
     }
     if let Some(d) = &args.disk {
         let spec = DiskSpec::parse(d)?;
@@ -428,6 +506,7 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
         Target::Request(_) => vec![QUEUE0.layout()],
         Target::Net(_) | Target::Console => vec![QUEUE0.layout(), QUEUE1.layout()],
         Target::Vsock(_) => vec![QUEUE0.layout(), QUEUE1.layout(), QUEUE2.layout()],
+        Target::Fs(_) => vec![fs::HIPRIO.layout(), fs::REQUESTS.layout()],
     };
     let events = DeviceEvents::new(queues.len())?;
     let result = if args.fuzz_stdin {
@@ -502,8 +581,11 @@ fn exercise(
         (None, Target::Net(host)) => net::drive(mem, events, host, args).map(Some),
         (None, Target::Console) => console::drive(mem, events, args).map(Some),
         (None, Target::Vsock(host)) => vsock::drive(mem, events, host, args).map(Some),
-        (Some(_), Target::Console | Target::Vsock(_)) => {
-            bail!("no hostile cases for console and vsock devices")
+        (None, Target::Fs(host)) => {
+            fs::drive(mem, events, host, args, args.op().unwrap_or(Op::Read)).map(Some)
+        }
+        (Some(_), Target::Console | Target::Vsock(_) | Target::Fs(_)) => {
+            bail!("no hostile cases for console, vsock and fs devices")
         }
     }
 }

@@ -14,7 +14,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::virtio_pci::DeviceEvents;
 
-/// Queue size used by the driver, on every queue.
+/// Queue size the driver uses (on a device whose queues are smaller, such
+/// as virtio-fs's, the device's size: [`Ring::sized`]).
 pub const QUEUE_SIZE: u16 = 256;
 /// Longest wait for an interrupt before the device is declared stuck.
 pub const IRQ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,6 +44,8 @@ pub const RAM: u64 = BUFFERS + SLOTS as u64 * STRIDE;
 pub struct Ring {
     /// The queue's index in the device.
     pub index: u16,
+    /// Its size (entries), at most [`QUEUE_SIZE`].
+    size: u16,
     desc: u64,
     avail: u64,
     used: u64,
@@ -50,6 +53,7 @@ pub struct Ring {
 
 /// Queue 0 (rng's and blk's only queue; net's receive queue).
 pub const QUEUE0: Ring = Ring {
+    size: QUEUE_SIZE,
     index: 0,
     desc: 0x1_0000,
     avail: 0x2_0000,
@@ -58,6 +62,7 @@ pub const QUEUE0: Ring = Ring {
 
 /// Queue 1 (net's transmit queue).
 pub const QUEUE1: Ring = Ring {
+    size: QUEUE_SIZE,
     index: 1,
     desc: 0x6_0000,
     avail: 0x7_0000,
@@ -66,6 +71,7 @@ pub const QUEUE1: Ring = Ring {
 
 /// Queue 2 (vsock's event queue).
 pub const QUEUE2: Ring = Ring {
+    size: QUEUE_SIZE,
     index: 2,
     desc: 0x9_0000,
     avail: 0xa_0000,
@@ -73,11 +79,17 @@ pub const QUEUE2: Ring = Ring {
 };
 
 impl Ring {
+    /// The same queue with `size` entries (a power of two, at most
+    /// [`QUEUE_SIZE`]), for a device whose queues are smaller.
+    pub const fn sized(self, size: u16) -> Ring {
+        Ring { size, ..self }
+    }
+
     /// The layout the device is activated with.
     pub fn layout(self) -> crate::virtio_pci::QueueLayout {
         crate::virtio_pci::QueueLayout {
             index: self.index,
-            size: QUEUE_SIZE,
+            size: self.size,
             desc: self.desc,
             avail: self.avail,
             used: self.used,
@@ -118,7 +130,7 @@ impl Ring {
     /// Puts chain `head` in the available ring at running position `pos`
     /// (not yet published).
     pub fn offer(self, mem: &GuestMemoryMmap, pos: u16, head: u16) -> Result<()> {
-        let ring = self.avail + 4 + u64::from(pos % QUEUE_SIZE) * 2;
+        let ring = self.avail + 4 + u64::from(pos % self.size) * 2;
         mem.write_obj(head, GuestAddress(ring))?;
         Ok(())
     }
@@ -188,7 +200,7 @@ impl Ring {
 
     /// The used entry at running position `pos`: (descriptor id, length).
     pub fn used_entry(self, mem: &GuestMemoryMmap, pos: u16) -> Result<(u32, u32)> {
-        let e = self.used + 4 + u64::from(pos % QUEUE_SIZE) * 8;
+        let e = self.used + 4 + u64::from(pos % self.size) * 8;
         Ok((
             mem.read_obj(GuestAddress(e))?,
             mem.read_obj(GuestAddress(e + 4))?,

@@ -11,7 +11,7 @@
 //! a followed symlink, `renameat2` never a whiteout.
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use devices::fs::{Options, DEVICE_ID_FS, TAG_LEN};
@@ -291,12 +291,87 @@ impl FsSpec {
     }
 }
 
-impl DeviceConfig for FsSpec {
-    fn open(&self, ctx: &mut OpenContext<'_>) -> anyhow::Result<Opened> {
-        let name = ctx.device;
+/// `--fs VALUE` for device `name` opened as `skvm run` opens it, for
+/// `skvm drive`: what the device gets, the shared directory, and whether it
+/// is read-only.
+/// `confined`: the device runs in a confined process.
+pub fn open_share(
+    value: &str,
+    name: &str,
+    confined: bool,
+) -> anyhow::Result<(Opened, PathBuf, bool)> {
+    let spec = FsSpec::parse(value)?;
+    let opened = spec.opened(name, confined)?;
+    Ok((opened, spec.path, spec.read_only))
+}
+
+/// The first directory on the way to `dir` (itself included) that a
+/// process of user `uid` and group `gid`, with no supplementary groups,
+/// may not search by its mode bits. A directory with an access ACL is
+/// left to the kernel to judge (the device then says what it met).
+fn unsearchable(dir: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::fs::canonicalize(dir).ok()?;
+    dir.ancestors()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .find(|d| {
+            let Ok(m) = std::fs::metadata(d) else {
+                return false;
+            };
+            let bit = if m.uid() == uid {
+                0o100
+            } else if m.gid() == gid {
+                0o010
+            } else {
+                0o001
+            };
+            m.mode() & bit == 0 && !has_access_acl(d)
+        })
+        .map(Path::to_path_buf)
+}
+
+/// Whether `path` carries an access ACL (which may grant what its mode
+/// bits do not).
+fn has_access_acl(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: both are valid C strings; a null buffer of size 0 asks for
+    // the value's size only.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    n >= 0
+}
+
+impl FsSpec {
+    /// The share opened for device `name`; `confined`: its device runs in
+    /// a confined process, which reaches the share by its path.
+    fn opened(&self, name: &str, confined: bool) -> anyhow::Result<Opened> {
         let shown = self.path.display();
         let dir = std::fs::File::open(&self.path)
             .with_context(|| format!("device {name}: --fs path={shown}"))?;
+        // The device process binds the share by its path as skvm's
+        // unprivileged user (sandbox::share): say so now rather than let
+        // the process fail at its start.
+        let (uid, gid) = sandbox::jail::outside_ids();
+        if let Some(d) = unsearchable(&self.path, uid, gid).filter(|_| confined) {
+            anyhow::bail!(
+                "device {name}: --fs path={shown}: {} is not searchable by user {uid} (group \
+                 {gid}), as whom the device process reaches the share (`--user`, or nobody \
+                 when skvm runs as root): share a directory below directories that user may \
+                 enter, or choose another --user",
+                d.display()
+            );
+        }
         crate::log::info(&format!(
             "device {name}: shares {shown} as tag {} ({}); in the guest: mount -t virtiofs {} DIR",
             self.tag,
@@ -318,6 +393,12 @@ impl DeviceConfig for FsSpec {
             status: Some(backend_status("directory", Some(&self.path), None)),
             ..Opened::default()
         })
+    }
+}
+
+impl DeviceConfig for FsSpec {
+    fn open(&self, ctx: &mut OpenContext<'_>) -> anyhow::Result<Opened> {
+        self.opened(ctx.device, ctx.confined_processes)
     }
 
     /// skvm's /init mounts the share (`mount -t virtiofs skvm-root`) as

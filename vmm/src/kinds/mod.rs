@@ -139,6 +139,9 @@ pub struct OpenContext<'a> {
     /// The seccomp action for such helpers' filters
     /// (`SandboxOpts::helper_filter`); `None`: no filter.
     pub helper_seccomp: Option<crate::device_host::SeccompMode>,
+    /// Devices run in confined processes (process mode), which reach a
+    /// share by its path as skvm's unprivileged user (`sandbox::share`).
+    pub confined_processes: bool,
 }
 
 /// A backend opened in the VMM: what travels to the device with its hello.

@@ -78,6 +78,7 @@ pub(super) fn open_backends(
             socket,
             single,
             helper_seccomp,
+            confined_processes: cfg.device_mode == crate::device_host::DeviceMode::Process,
         };
         opened.push(spec.config.open(&mut ctx)?);
         hotplug = hotplug.or(ctx.hotplug);
