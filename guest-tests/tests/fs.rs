@@ -22,6 +22,7 @@ const TIMEOUT: Duration = Duration::from_secs(600);
 /// `SKVM-FS <what> <result>` lines.
 const SCRIPT: &str = r#"
 p() { echo "SKVM-FS $*"; }
+n=/dev/null
 mkdir -p /mnt/rw /mnt/ro
 mount -t virtiofs work /mnt/rw || p "mount-rw failed"
 mount -t virtiofs keep /mnt/ro || p "mount-ro failed"
@@ -35,7 +36,7 @@ ln sub/moved.txt hard.txt
 ln -s sub/moved.txt soft.txt
 p "via-symlink $(cat soft.txt)"
 p "listed $(ls many | wc -l)"
-dd if=/dev/zero of=big bs=64k count=16 2>/dev/null
+dd if=/dev/zero of=big bs=64k count=16 2>$n
 p "big $(stat -c %s big)"
 rm big
 truncate -s 5 sub/deeper/f
@@ -45,14 +46,37 @@ p "etc-link $(readlink etc-link)"
 xattr set sub/moved.txt user.color blue
 p "xattr $(xattr get sub/moved.txt user.color) $(xattr list sub/moved.txt)"
 p "no-xattr $(xattr set /mnt/ro/kept.txt user.k v)"
-touch /mnt/ro/new 2>/dev/null && p "ro-create allowed" || p "ro-create refused"
-echo x >> /mnt/ro/kept.txt 2>/dev/null && p "ro-append allowed" || p "ro-append refused"
-rm /mnt/ro/kept.txt 2>/dev/null && p "ro-remove allowed" || p "ro-remove refused"
+touch /mnt/ro/new 2>$n && p "ro-create allowed" || p "ro-create refused"
+echo x >> /mnt/ro/kept.txt 2>$n && p "ro-append allowed" || p "ro-append refused"
+rm /mnt/ro/kept.txt 2>$n && p "ro-remove allowed" || p "ro-remove refused"
 p "ro-read $(cat /mnt/ro/kept.txt)"
+p "fm [$(cat /mnt/ro/m)]"
 cd /
 sync
 umount /mnt/rw && umount /mnt/ro && p "unmounted"
 "#;
+
+/// A file bind-mounted on another, unmounted when dropped.
+struct BindMount(std::path::PathBuf);
+
+impl BindMount {
+    fn new(from: &std::path::Path, on: &std::path::Path) -> Self {
+        let ok = std::process::Command::new("mount")
+            .arg("--bind")
+            .args([from, on])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount --bind {} {}", from.display(), on.display());
+        Self(on.to_owned())
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
 
 fn share_and_check(mode: &str) {
     let s = Scratch::new("fs", mode);
@@ -66,6 +90,13 @@ fn share_and_check(mode: &str) {
     }
     std::os::unix::fs::symlink("/etc", rw.join("etc-link")).unwrap();
     fs::write(ro.join("kept.txt"), "kept").unwrap();
+    // A file the host mounts another file on, as containers do: a device
+    // process shows it covered (empty); a device thread serves the VMM's
+    // view of the directory, mounts included.
+    fs::write(ro.join("m"), "under").unwrap();
+    let secret = s.path("secret");
+    fs::write(&secret, "secret").unwrap();
+    let _mount = BindMount::new(&secret, &ro.join("m"));
     // The device works as skvm's unprivileged user (nobody when skvm is
     // root): the writable share is that user's.
     let (uid, gid) = outside_ids();
@@ -103,6 +134,11 @@ fn share_and_check(mode: &str) {
         "SKVM-FS ro-append refused",
         "SKVM-FS ro-remove refused",
         "SKVM-FS ro-read kept",
+        if mode == "process" {
+            "SKVM-FS fm []"
+        } else {
+            "SKVM-FS fm [secret]"
+        },
         "SKVM-FS unmounted",
     ] {
         assert!(out.contains(want), "no {want:?}:\n{out}");
@@ -151,7 +187,7 @@ fn share_and_check(mode: &str) {
     );
     // The read-only share is as it was.
     assert_eq!(fs::read_to_string(ro.join("kept.txt")).unwrap(), "kept");
-    assert_eq!(fs::read_dir(&ro).unwrap().count(), 1);
+    assert_eq!(fs::read_dir(&ro).unwrap().count(), 2);
     // /etc of the host was never touched: the link is still a link.
     assert!(fs::symlink_metadata(rw.join("etc-link"))
         .unwrap()

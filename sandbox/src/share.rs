@@ -7,8 +7,9 @@
 //! from a directory that was moved out of it (which an fd opened outside
 //! the namespace would not stop). Mounts below the directory come along
 //! with the bind (a user namespace may not bind a directory without the
-//! mounts it holds) and are each covered with an empty read-only tmpfs, so
-//! nothing of another file system shows through. The root is never suid,
+//! mounts it holds) and are each covered, a directory with an empty
+//! read-only tmpfs and a file with an empty read-only file, so nothing of
+//! another file system shows through. The root is never suid,
 //! device nodes or exec, and read-only when asked.
 //!
 //! The bind takes the directory's path (a mount of another namespace cannot
@@ -61,6 +62,21 @@ pub fn enter_share_root(dir: BorrowedFd<'_>, read_only: bool) -> io::Result<Owne
         };
         annotate(e, format!("cannot bind {}{hint}", path.display()))
     })?;
+    // A mount on a file is covered now, with an empty file from a tmpfs of
+    // its own: after the pivot no file system but the share is left to
+    // bind one from. A mount on a directory is covered after it.
+    let (dirs, files): (Vec<PathBuf>, Vec<PathBuf>) =
+        hidden.into_iter().partition(|m| is_dir(&staged(m)));
+    cover_files(&files).map_err(|e| {
+        let at = files.iter().map(|m| path.join(m).display().to_string());
+        annotate(
+            e,
+            format!(
+                "cannot hide the mounts on {}",
+                at.collect::<Vec<_>>().join(", ")
+            ),
+        )
+    })?;
     pivot_to(STAGE)?;
     let root = open(c"/", libc::O_RDONLY | libc::O_DIRECTORY)?;
     if identity(root.as_raw_fd())? != identity(dir.as_raw_fd())? {
@@ -69,17 +85,11 @@ pub fn enter_share_root(dir: BorrowedFd<'_>, read_only: bool) -> io::Result<Owne
             path.display()
         )));
     }
-    for m in &hidden {
+    for m in &dirs {
         hide(m).map_err(|e| {
-            let hint = if e.raw_os_error() == Some(libc::ENOTDIR) {
-                " (a mount on a file cannot be covered: share a directory without one)"
-            } else {
-                ""
-            };
-            let at = Path::new(&path).join(m);
             annotate(
                 e,
-                format!("cannot hide the mount at {}{hint}", at.display()),
+                format!("cannot hide the mount at {}", path.join(m).display()),
             )
         })?;
     }
@@ -153,6 +163,73 @@ fn mounted_read_only(fd: libc::c_int) -> io::Result<bool> {
 
 /// Covers the mount at `below` (relative to the new root) with an empty
 /// read-only tmpfs.
+/// Whether `path` is a directory (not following a symlink). This runs
+/// under the spawner's filter, which has newfstatat but not statx (std's
+/// metadata calls).
+fn is_dir(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a zeroed stat is a valid buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatat into that buffer, on a valid C string.
+    let rc = unsafe {
+        libc::fstatat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    rc == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// Where `m`, relative to the share, is while the share is bound at
+/// [`STAGE`].
+fn staged(m: &Path) -> PathBuf {
+    Path::new(std::ffi::OsStr::from_bytes(STAGE.to_bytes())).join(m)
+}
+
+/// Covers each mount on a file below the share bound at [`STAGE`] (`files`,
+/// relative to it) with an empty read-only file: one file, in a tmpfs of
+/// its own mounted on /tmp of the view the pivot leaves behind.
+fn cover_files(files: &[PathBuf]) -> io::Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    mount(
+        c"skvm-hidden-file",
+        c"/tmp",
+        Some(c"tmpfs"),
+        ROOT_FLAGS,
+        Some(c"size=4k,nr_inodes=2,mode=0555"),
+    )?;
+    let empty = c"/tmp/empty";
+    // SAFETY: openat on a valid C string; the fd is closed at once. (Under
+    // the spawner's filter a new file is made only with O_NOFOLLOW.)
+    let fd = unsafe {
+        libc::openat(
+            libc::AT_FDCWD,
+            empty.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o444,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd we own.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    for m in files {
+        let target = CString::new(staged(m).as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        mount(empty, &target, None, libc::MS_BIND, None)?;
+        let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | ROOT_FLAGS;
+        mount(c"none", &target, None, flags, None)?;
+    }
+    Ok(())
+}
+
 fn hide(below: &Path) -> io::Result<()> {
     let target = CString::new(Path::new("/").join(below).as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -261,6 +338,13 @@ mod tests {
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::create_dir_all(dir.join("m")).unwrap();
         std::fs::write(dir.join("f"), "hi").unwrap();
+        // A file the host mounts another file on (as containers do).
+        std::fs::write(dir.join("fm"), "under").unwrap();
+        let outside =
+            std::env::temp_dir().join(format!("skvm-share-secret-{}", std::process::id()));
+        std::fs::write(&outside, "secret").unwrap();
+        let fm = CString::new(dir.join("fm").as_os_str().as_bytes()).unwrap();
+        let secret = CString::new(outside.as_os_str().as_bytes()).unwrap();
         let share = std::fs::File::open(&dir).unwrap();
         let inner = CString::new(dir.join("m").as_os_str().as_bytes()).unwrap();
         // SAFETY: these getters cannot fail.
@@ -274,12 +358,13 @@ mod tests {
             // A mount inside the share, with a file the device must not see.
             mount(c"t", &inner, Some(c"tmpfs"), 0, None)?;
             std::fs::write(Path::new(inner.to_str().unwrap()).join("secret"), "x")?;
+            mount(&secret, &fm, None, libc::MS_BIND, None)?;
             let root = enter_share_root(std::os::fd::AsFd::as_fd(&share), true)?;
             let mut names: Vec<_> = std::fs::read_dir("/")?
                 .map(|e| e.map(|e| e.file_name()))
                 .collect::<io::Result<_>>()?;
             names.sort();
-            if names != ["f", "m", "sub"] {
+            if names != ["f", "fm", "m", "sub"] {
                 return fail(&format!("/ lists {names:?}"));
             }
             if std::fs::read_to_string("/f")? != "hi" {
@@ -288,7 +373,13 @@ mod tests {
             if std::fs::read_dir("/m")?.count() != 0 {
                 return fail("the mount inside the share shows through");
             }
-            if std::fs::read_dir("/sub/../..")?.count() != 3 {
+            if !std::fs::read("/fm")?.is_empty() {
+                return fail("the file mounted inside the share shows through");
+            }
+            if std::fs::OpenOptions::new().append(true).open("/fm").is_ok() {
+                return fail("the cover of a file mount is writable");
+            }
+            if std::fs::read_dir("/sub/../..")?.count() != 4 {
                 return fail(".. leads above the share");
             }
             if identity(root.as_raw_fd())?
@@ -306,6 +397,8 @@ mod tests {
             Ok(())
         });
         std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(std::fs::read(&outside).unwrap(), b"secret");
+        std::fs::remove_file(&outside).unwrap();
         assert_eq!(r, Ok(()));
     }
 
