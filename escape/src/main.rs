@@ -21,7 +21,7 @@ mod vmm_attack;
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -180,7 +180,7 @@ fn attempt(args: &Attempt, kinds: &Registry) -> Result<()> {
     let outcome = match dev.config_write(u32::try_from(index)?, &me.to_le_bytes()) {
         Ok(()) => "outcome=escaped".to_owned(),
         Err(e) if !dev.is_dead() => format!("outcome=refused reason=\"{e}\""),
-        Err(_) => match wait_exit(&spawner) {
+        Err(_) => match spawner.wait_exit(Duration::from_secs(5)).map(|x| x.status) {
             Some(s) if libc::WIFSIGNALED(s) => {
                 format!("outcome=killed signal={}", libc::WTERMSIG(s))
             }
@@ -192,18 +192,6 @@ fn attempt(args: &Attempt, kinds: &Registry) -> Result<()> {
     dev.shutdown();
     println!("escape={} device={} {outcome}", args.action, args.device);
     Ok(())
-}
-
-/// The wait status of the device process, once the spawner reports it.
-fn wait_exit(spawner: &Spawner) -> Option<i32> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Some(x) = spawner.next_exit() {
-            return Some(x.status);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
 }
 
 fn main() -> ExitCode {

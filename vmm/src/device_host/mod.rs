@@ -30,6 +30,7 @@ pub mod worker;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
@@ -153,6 +154,34 @@ pub fn greet(
         memory.clone(),
     )
     .with_context(|| format!("device {name}"))
+}
+
+/// `e`, device `name`'s failure to answer its hello, with how its process
+/// ended when the spawner reports that within a second. A process killed
+/// by a filter, or failing at its start, says nothing on its channel: the
+/// greeting only meets a closed connection.
+pub fn with_early_end(
+    e: anyhow::Error,
+    spawner: Option<&spawner::Spawner>,
+    pid: Option<libc::pid_t>,
+) -> anyhow::Error {
+    let (Some(s), Some(pid)) = (spawner, pid) else {
+        return e;
+    };
+    match s.wait_exit(Duration::from_secs(1)) {
+        Some(x) if x.pid == pid => {
+            let hint = if libc::WIFSIGNALED(x.status) && libc::WTERMSIG(x.status) == libc::SIGSYS {
+                " (with `--seccomp log` it runs on and the kernel's log names the call)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!(
+                "{e:#}; its process (pid {pid}) {}{hint}",
+                describe_status(x.status)
+            )
+        }
+        _ => e,
+    }
 }
 
 /// A process's wait status in words: "was killed by signal 9 (SIGKILL)".

@@ -232,6 +232,20 @@ impl Spawner {
         self.events.as_fd()
     }
 
+    /// The next exit report, waiting for it up to `timeout`.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<Exited> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(x) = self.next_exit() {
+                return Some(x);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// The next exit report, if one is waiting.
     pub fn next_exit(&self) -> Option<Exited> {
         let mut buf = [0u8; MESSAGE_MAX];

@@ -14,7 +14,10 @@ use ipc::DeviceState;
 
 use super::handover;
 use super::spawner::{self, SingleThreaded, Spawner};
-use super::{describe_status, greet, start_device, DeviceMode, Launch, OnFailure, SandboxOpts};
+use super::{
+    describe_status, greet, start_device, with_early_end, DeviceMode, Launch, OnFailure,
+    SandboxOpts,
+};
 use crate::ctl::SocketFile;
 use sandbox::process::Pidfd;
 
@@ -254,7 +257,8 @@ impl DeviceHost {
             kind.as_ref(),
             (&hello, hello_fds),
             &self.memory,
-        )?;
+        )
+        .map_err(|e| with_early_end(e, self.spawner.as_ref(), pid))?;
         let index = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
         let bar = crate::layout::bar_slot(index).context("too many devices")?;
         let transport = VirtioPci::new(kind.host(remote), kind.pci_class(), bar, routes.clone())

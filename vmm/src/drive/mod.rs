@@ -30,14 +30,16 @@ mod queue;
 mod request;
 mod vsock;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::config::SandboxArgs;
 use crate::device_host::spawner::{SingleThreaded, Spawner};
-use crate::device_host::{describe_status, greet, start_device, DeviceMode, Launch};
+use crate::device_host::{
+    describe_status, greet, start_device, with_early_end, DeviceMode, Launch,
+};
 use crate::kinds::blk::DiskSpec;
 use crate::kinds::{Opened, Registry};
 use crate::memory::GuestRam;
@@ -501,7 +503,8 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
         kind.as_ref(),
         (&backend, backend_fds),
         &memory,
-    )?;
+    )
+    .map_err(|e| with_early_end(e, spawner.as_ref(), pid))?;
     let queues = match target {
         Target::Request(_) => vec![QUEUE0.layout()],
         Target::Net(_) | Target::Console => vec![QUEUE0.layout(), QUEUE1.layout()],
@@ -532,7 +535,10 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
     }
     // Let the device process end on its own, so that its last words (what
     // it dropped) are written before the spawner takes it down.
-    let status = spawner.as_ref().and_then(wait_exit);
+    let status = spawner
+        .as_ref()
+        .and_then(|s| s.wait_exit(Duration::from_secs(2)))
+        .map(|x| x.status);
     drop(spawner);
     match result {
         Err(e) if died => {
@@ -588,19 +594,6 @@ fn exercise(
             bail!("no hostile cases for console, vsock and fs devices")
         }
     }
-}
-
-/// Waits up to two seconds for the spawner's report that the device
-/// process ended; its wait status.
-pub fn wait_exit(spawner: &Spawner) -> Option<i32> {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        if let Some(x) = spawner.next_exit() {
-            return Some(x.status);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    None
 }
 
 /// Proportional set size of `pid` in KiB, from /proc/PID/smaps_rollup.
