@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: scripts/bench-devices.sh [REQUESTS]
+# Usage: scripts/bench-devices.sh [REQUESTS] [ROUNDS]
 #
 # Each device driven from the host (`skvm drive`: no guest, the device
 # started exactly as `skvm run` starts it), in one run:
@@ -21,23 +21,38 @@
 #         driver -> device -> host); through a guest: scripts/bench-vsock.sh;
 # each in three ways: a device thread in the VMM, a confined device process
 # (the default), and a device process with no confinement at all
-# (`--unconfined`). Printed: requests/s, MB/s, kick-to-interrupt latency
-# percentiles, the device process's PSS, and the ratios process/thread and
-# confined/unconfined measured in the same run. REQUESTS per case (default
-# 20000).
+# (`--unconfined`), ROUNDS times (default 3) over all cases in turn, so
+# that a reader can tell a real gap from noise on a small shared host.
+# Printed per case and mode: the median requests/s and its spread over the
+# rounds ((max - min) / median), MB/s, kick-to-interrupt latency percentiles,
+# the device's CPU time per request (its process's or thread's run time
+# over the run, from schedstat: the driver's own is left out), the device
+# process's PSS; then per case the host's floor in the same run
+# (scripts/floor.c: getrandom for rng, pread or pwrite at random offsets of
+# the same image for blk, an eventfd round trip between two processes for
+# the others: a kick and its interrupt with no work between), and the
+# ratios: process/thread (the median of each round's ratio, with its
+# range), confined/unconfined, and the process's p50 latency (depth 1
+# only: a deeper kick completes a batch) and CPU per request over the
+# floor's. REQUESTS per case (default 20000).
 # Baseline for blk: fio on the same file, random 4 KiB reads with libaio at
 # depth 32 and with a plain pread loop (psync, depth 1); the target is blk
 # randread at depth 32 >= 80% of what fio reaches.
 # Targets: process within 10% of thread on throughput; PSS under 2 MiB.
 # Absolute figures are this host's (a nested VM here, see
-# docs/ARCHITECTURE.md); ratios travel better.
+# docs/ARCHITECTURE.md); ratios travel better. Whether the host's other
+# core is idle or busy changes wake-up latency by an order of magnitude
+# (issue 22): run it on an otherwise idle machine and say which.
 set -euo pipefail
 
 prog=bench-devices
 # shellcheck source=scripts/bench-common.sh
 . "$(dirname "$0")/bench-common.sh"
 requests=${1:-20000}
-numbers "$requests" || die "REQUESTS must be a number"
+rounds=${2:-3}
+numbers "$requests" "$rounds" || die "REQUESTS and ROUNDS must be numbers"
+[ "$rounds" -ge 1 ] || die "ROUNDS must be at least 1"
+floor=$(build_floor)
 
 tap=skvmb0
 img=$work/disk.img
@@ -53,15 +68,24 @@ drive() {
 	"${inside[@]}" "$skvm" drive --requests "$requests" "$@" </dev/null
 }
 
-printf 'skvm device benchmark, %s requests per case (%s, %s)\n' "$requests" "$(uname -r)" "$(nproc) CPUs"
-printf '\n  %-22s %-19s %9s %8s %7s %7s %7s %8s\n' case mode "req/s" "MB/s" p50_us p90_us p99_us pss_kib
-declare -A rps
-row() {
-	local key=$1 mode=$2 line=$3
-	rps[$key/$mode]=$(field "$line" req_per_s)
-	printf '  %-22s %-19s %9s %8s %7s %7s %7s %8s\n' "$key" "$mode" "${rps[$key/$mode]}" \
-		"$(field "$line" mb_per_s)" "$(field "$line" p50_us)" "$(field "$line" p90_us)" \
-		"$(field "$line" p99_us)" "$(field "$line" pss_kib)"
+printf 'skvm device benchmark, %s requests per case, %s rounds (%s, %s CPUs, %s)\n' "$requests" "$rounds" \
+	"$(uname -r)" "$(nproc)" "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
+# Every figure of every round: fig[KEY/MODE/FIELD] is a list of values.
+declare -A fig
+keep() {
+	local key=$1 mode=$2 line=$3 f
+	for f in req_per_s mb_per_s p50_us p99_us cpu_us_per_req pss_kib per_s cpu_us_per_op; do
+		fig[$key/$mode/$f]+="$(field "$line" "$f") "
+	done
+}
+# The median of one kept field.
+med() { tr ' ' '\n' <<<"${fig[$1]:-}" | grep -v '^$' | grep -v n/a | median; }
+# (max - min) / median of one kept field, in percent.
+spread() {
+	tr ' ' '\n' <<<"${fig[$1]:-}" | grep -v '^$' | sort -n |
+		awk '{ v[NR] = $1 } END { if (NR == 0) { print "n/a"; exit }
+			m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+			if (m == 0) print "n/a"; else printf "%.0f%%", (v[NR] - v[1]) / m * 100 }'
 }
 
 cases=()
@@ -92,19 +116,56 @@ else
 	echo "  (not root: no net rows; they need a network namespace and a tap)"
 fi
 
-for c in "${cases[@]}"; do
-	key=${c%%|*}
-	read -r -a args <<<"${c#*|}"
-	row "$key" thread "$(drive "${args[@]}" --device-mode thread)"
-	row "$key" process "$(drive "${args[@]}" --device-mode process)"
-	row "$key" process-unconfined "$(drive "${args[@]}" --device-mode process --unconfined)"
+# The floor of a case: the same work with bare syscalls.
+floor_of() {
+	case "$1" in
+	rng0*) "$floor" getrandom 4096 "$requests" ;;
+	"blk0 randread"*) "$floor" randread "$img" 4096 "$requests" ;;
+	"blk0 randwrite"*) "$floor" randwrite "$img" 4096 "$requests" ;;
+	*) "$floor" eventfd "$requests" ;;
+	esac
+}
+modes=(thread process process-unconfined)
+for ((r = 1; r <= rounds; r++)); do
+	printf '  round %s of %s ...\n' "$r" "$rounds" >&2
+	for c in "${cases[@]}"; do
+		key=${c%%|*}
+		read -r -a args <<<"${c#*|}"
+		keep "$key" thread "$(drive "${args[@]}" --device-mode thread)"
+		keep "$key" process "$(drive "${args[@]}" --device-mode process)"
+		keep "$key" process-unconfined "$(drive "${args[@]}" --device-mode process --unconfined)"
+		keep "$key" floor "$(floor_of "$key")"
+		# This round's process/thread ratio.
+		p=$(tr ' ' '\n' <<<"${fig[$key/process/req_per_s]}" | grep -v '^$' | tail -1)
+		t=$(tr ' ' '\n' <<<"${fig[$key/thread/req_per_s]}" | grep -v '^$' | tail -1)
+		fig[$key/ratio/pt]+="$(ratio "$p" "$t") "
+	done
 done
 
-printf '\n  %-22s %16s %22s\n' case "process/thread" "confined/unconfined"
+printf '\n  %-22s %-19s %9s %7s %8s %7s %7s %8s %8s\n' case mode "req/s" spread "MB/s" p50_us p99_us cpu_us/r pss_kib
+declare -A rps
 for c in "${cases[@]}"; do
 	key=${c%%|*}
-	printf '  %-22s %16s %22s\n' "$key" "$(ratio "${rps[$key/process]}" "${rps[$key/thread]}")" \
-		"$(ratio "${rps[$key/process]}" "${rps[$key/process-unconfined]}")"
+	for mode in "${modes[@]}"; do
+		rps[$key/$mode]=$(med "$key/$mode/req_per_s")
+		printf '  %-22s %-19s %9s %7s %8s %7s %7s %8s %8s\n' "$key" "$mode" "${rps[$key/$mode]}" \
+			"$(spread "$key/$mode/req_per_s")" "$(med "$key/$mode/mb_per_s")" "$(med "$key/$mode/p50_us")" \
+			"$(med "$key/$mode/p99_us")" "$(med "$key/$mode/cpu_us_per_req")" "$(med "$key/$mode/pss_kib")"
+	done
+	printf '  %-22s %-19s %9s %7s %8s %7s %7s %8s\n' "$key" "host floor" "$(med "$key/floor/per_s")" \
+		"$(spread "$key/floor/per_s")" "$(med "$key/floor/mb_per_s")" "$(med "$key/floor/p50_us")" \
+		"$(med "$key/floor/p99_us")" "$(med "$key/floor/cpu_us_per_op")"
+done
+
+printf '\n  %-22s %14s %14s %20s %14s %14s\n' case "process/thread" "(range)" "confined/unconfined" \
+	"p50/floor" "cpu/floor"
+for c in "${cases[@]}"; do
+	key=${c%%|*}
+	range=$(tr ' ' '\n' <<<"${fig[$key/ratio/pt]}" | grep -v '^$' | sort -n | sed -n '1p;$p' | paste -sd- -)
+	printf '  %-22s %14s %14s %20s %14s %14s\n' "$key" "$(med "$key/ratio/pt")" "$range" \
+		"$(ratio "${rps[$key/process]}" "${rps[$key/process-unconfined]}")" \
+		"$(case "$key" in *d32) echo - ;; *) ratio "$(med "$key/process/p50_us")" "$(med "$key/floor/p50_us")" ;; esac)" \
+		"$(ratio "$(med "$key/process/cpu_us_per_req")" "$(med "$key/floor/cpu_us_per_op")")"
 done
 
 # fio's terse output: field 8 is read IOPS.

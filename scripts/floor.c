@@ -1,27 +1,44 @@
 /*
- * The host's floor for the benchmarks: the same work a device does per
- * request, done with bare system calls in one process, so that skvm's
- * figures can be printed beside what the host itself can do.
- * scripts/bench-common.sh builds it (`build_floor`); scripts/bench-fs.sh runs it.
+ * The host's floor for the benchmarks: the work a device does per request,
+ * done with bare system calls, so that skvm's figures can be printed beside
+ * what the host itself can do in the same run. scripts/bench-common.sh
+ * builds it (`build_floor`); scripts/bench-fs.sh and scripts/bench-devices.sh
+ * run it.
  *
- *   floor create DIR N        N files made (open O_CREAT|O_EXCL, close)
- *   floor stat DIR N          N files looked up (fstatat, no follow)
- *   floor unlink DIR N        N files removed (unlinkat)
- *   floor write FILE SIZE N   N sequential pwrites of SIZE bytes; offsets
- *                             wrap at 64 MiB
- *   floor read FILE SIZE N    the same with pread, on the file as the
- *                             write left it (written first if shorter)
+ *   floor create DIR N          N files made (open O_CREAT|O_EXCL, close)
+ *   floor stat DIR N            N files looked up (fstatat, no follow)
+ *   floor unlink DIR N          N files removed (unlinkat)
+ *   floor write FILE SIZE N     N sequential pwrites of SIZE bytes; offsets
+ *                               wrap at 64 MiB
+ *   floor read FILE SIZE N      the same with pread, on the file as the
+ *                               write left it (written first if shorter)
+ *   floor randread FILE SIZE N  N preads of SIZE bytes at random aligned
+ *                               offsets of an existing FILE
+ *   floor randwrite FILE SIZE N the same with pwrite
+ *   floor getrandom SIZE N      N getrandom calls of SIZE bytes
+ *   floor eventfd N             N round trips between two processes over
+ *                               two eventfds: one writes the first and
+ *                               waits on the second, the other answers,
+ *                               as a kick and its interrupt do
  *
- * Files in DIR are named f0, f1, ... Prints one line of key=value words:
- * op, n, secs, per_s, mb_per_s. Exit status 1 with a message on an error.
+ * Files in DIR are named f0, f1, ... Prints one line of key=value words: op,
+ * n, secs, per_s, mb_per_s, p50_us, p90_us, p99_us (each call or round trip
+ * timed), cpu_us_per_op (the CPU time of the process doing the work, per
+ * operation: for eventfd, the answering process's). Exit status 1 with a
+ * message on an error, 2 on bad arguments.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -33,11 +50,11 @@ static void die(const char *what)
 	exit(1);
 }
 
-static double now(void)
+static uint64_t now_ns(void)
 {
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec + t.tv_nsec / 1e9;
+	return (uint64_t)t.tv_sec * 1000000000ull + t.tv_nsec;
 }
 
 static unsigned long number(const char *s)
@@ -51,12 +68,54 @@ static unsigned long number(const char *s)
 	return v;
 }
 
-static void report(const char *op, unsigned long n, double secs, double bytes)
+/* Per-operation latencies of one run. */
+static uint64_t *lat;
+
+static int by_value(const void *a, const void *b)
 {
-	if (secs <= 0)
-		secs = 1e-9;
-	printf("op=%s n=%lu secs=%.6f per_s=%.0f mb_per_s=%.1f\n", op, n, secs, n / secs,
-	       bytes / secs / 1e6);
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The p-th percentile by nearest rank, in microseconds. */
+static double pct(unsigned long n, unsigned p)
+{
+	unsigned long rank = (p * n + 99) / 100;
+	if (rank < 1)
+		rank = 1;
+	return lat[rank - 1] / 1e3;
+}
+
+static double cpu_us(const struct rusage *r)
+{
+	return r->ru_utime.tv_sec * 1e6 + r->ru_utime.tv_usec + r->ru_stime.tv_sec * 1e6 +
+	       r->ru_stime.tv_usec;
+}
+
+static double self_cpu_us(void)
+{
+	struct rusage r;
+	getrusage(RUSAGE_SELF, &r);
+	return cpu_us(&r);
+}
+
+static void report(const char *op, unsigned long n, uint64_t ns, double bytes, double cpu)
+{
+	double secs = ns > 0 ? ns / 1e9 : 1e-9;
+	qsort(lat, n, sizeof *lat, by_value);
+	printf("op=%s n=%lu secs=%.6f per_s=%.0f mb_per_s=%.1f p50_us=%.2f p90_us=%.2f "
+	       "p99_us=%.2f cpu_us_per_op=%.3f\n",
+	       op, n, secs, n / secs, bytes / secs / 1e6, pct(n, 50), pct(n, 90), pct(n, 99),
+	       cpu / n);
+}
+
+/* xorshift64, for random offsets. */
+static uint64_t next_random(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
 }
 
 static int files(const char *op, const char *dir, unsigned long n)
@@ -66,9 +125,11 @@ static int files(const char *op, const char *dir, unsigned long n)
 		die(dir);
 	char name[32];
 	struct stat st;
-	double start = now();
+	double cpu = self_cpu_us();
+	uint64_t start = now_ns();
 	for (unsigned long i = 0; i < n; i++) {
 		snprintf(name, sizeof name, "f%lu", i);
+		uint64_t t = now_ns();
 		if (!strcmp(op, "create")) {
 			int fd = openat(d, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
 			if (fd < 0 || close(fd))
@@ -79,48 +140,128 @@ static int files(const char *op, const char *dir, unsigned long n)
 		} else if (unlinkat(d, name, 0)) {
 			die(name);
 		}
+		lat[i] = now_ns() - t;
 	}
-	report(op, n, now() - start, 0);
+	uint64_t ns = now_ns() - start;
+	report(op, n, ns, 0, self_cpu_us() - cpu);
 	return 0;
 }
 
 static int data(const char *op, const char *path, unsigned long size, unsigned long n)
 {
-	int reading = !strcmp(op, "read");
-	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | (reading ? 0 : O_TRUNC), 0644);
+	int random = !strncmp(op, "rand", 4);
+	int reading = !strcmp(op, "read") || !strcmp(op, "randread");
+	int flags = O_RDWR | O_CLOEXEC | (random ? 0 : O_CREAT) | (reading || random ? 0 : O_TRUNC);
+	int fd = open(path, flags, 0644);
 	if (fd < 0)
 		die(path);
 	char *buf = malloc(size);
 	if (!buf)
 		die("malloc");
 	memset(buf, 0x5a, size);
-	unsigned long long span = SPAN / size * size;
-	if ((unsigned long long)n * size < span)
-		span = (unsigned long long)n * size;
 	struct stat st;
-	if (reading && (fstat(fd, &st) || (unsigned long long)st.st_size < span)) {
+	if (fstat(fd, &st))
+		die(path);
+	unsigned long long span = SPAN / size * size;
+	if (random)
+		span = (unsigned long long)st.st_size / size * size;
+	else if ((unsigned long long)n * size < span)
+		span = (unsigned long long)n * size;
+	if (span == 0) {
+		fprintf(stderr, "floor: %s: smaller than one request\n", path);
+		return 1;
+	}
+	if (reading && !random && (unsigned long long)st.st_size < span) {
 		for (unsigned long long off = 0; off < span; off += size)
 			if (pwrite(fd, buf, size, off) != (ssize_t)size)
 				die("pwrite");
 	}
-	double start = now();
+	uint64_t seed = 0x9e3779b97f4a7c15ull;
+	double cpu = self_cpu_us();
+	uint64_t start = now_ns();
 	for (unsigned long i = 0; i < n; i++) {
-		unsigned long long off = (unsigned long long)i * size % span;
+		unsigned long long off = random ? next_random(&seed) % (span / size) * size
+						: (unsigned long long)i * size % span;
+		uint64_t t = now_ns();
 		ssize_t got = reading ? pread(fd, buf, size, off) : pwrite(fd, buf, size, off);
+		lat[i] = now_ns() - t;
 		if (got != (ssize_t)size)
 			die(reading ? "pread" : "pwrite");
 	}
-	report(op, n, now() - start, (double)n * size);
+	uint64_t ns = now_ns() - start;
+	report(op, n, ns, (double)n * size, self_cpu_us() - cpu);
+	return 0;
+}
+
+static int randomness(unsigned long size, unsigned long n)
+{
+	char *buf = malloc(size);
+	if (!buf)
+		die("malloc");
+	double cpu = self_cpu_us();
+	uint64_t start = now_ns();
+	for (unsigned long i = 0; i < n; i++) {
+		uint64_t t = now_ns();
+		if (getrandom(buf, size, 0) != (ssize_t)size)
+			die("getrandom");
+		lat[i] = now_ns() - t;
+	}
+	uint64_t ns = now_ns() - start;
+	report("getrandom", n, ns, (double)n * size, self_cpu_us() - cpu);
+	return 0;
+}
+
+static int pingpong(unsigned long n)
+{
+	int kick = eventfd(0, EFD_CLOEXEC), irq = eventfd(0, EFD_CLOEXEC);
+	if (kick < 0 || irq < 0)
+		die("eventfd");
+	pid_t child = fork();
+	if (child < 0)
+		die("fork");
+	uint64_t v = 1;
+	if (child == 0) {
+		/* The device's side: each kick answered with an interrupt. */
+		for (unsigned long i = 0; i < n; i++) {
+			if (read(kick, &v, sizeof v) != sizeof v || write(irq, &v, sizeof v) != sizeof v)
+				_exit(1);
+		}
+		_exit(0);
+	}
+	uint64_t start = now_ns();
+	for (unsigned long i = 0; i < n; i++) {
+		uint64_t t = now_ns();
+		v = 1;
+		if (write(kick, &v, sizeof v) != sizeof v || read(irq, &v, sizeof v) != sizeof v)
+			die("eventfd round trip");
+		lat[i] = now_ns() - t;
+	}
+	uint64_t ns = now_ns() - start;
+	int status;
+	struct rusage r;
+	if (wait4(child, &status, 0, &r) != child || !WIFEXITED(status) || WEXITSTATUS(status))
+		die("the answering process");
+	report("eventfd", n, ns, 0, cpu_us(&r));
 	return 0;
 }
 
 int main(int argc, char **argv)
 {
-	if (argc == 4 && (!strcmp(argv[1], "create") || !strcmp(argv[1], "stat") ||
-			  !strcmp(argv[1], "unlink")))
-		return files(argv[1], argv[2], number(argv[3]));
-	if (argc == 5 && (!strcmp(argv[1], "write") || !strcmp(argv[1], "read")))
-		return data(argv[1], argv[2], number(argv[3]), number(argv[4]));
-	fprintf(stderr, "usage: floor create|stat|unlink DIR N | floor write|read FILE SIZE N\n");
+	const char *op = argc > 1 ? argv[1] : "";
+	unsigned long n = argc > 2 ? number(argv[argc - 1]) : 0;
+	lat = n ? calloc(n, sizeof *lat) : NULL;
+	if (n && !lat)
+		die("calloc");
+	if (argc == 4 && (!strcmp(op, "create") || !strcmp(op, "stat") || !strcmp(op, "unlink")))
+		return files(op, argv[2], n);
+	if (argc == 5 && (!strcmp(op, "write") || !strcmp(op, "read") || !strcmp(op, "randread") ||
+			  !strcmp(op, "randwrite")))
+		return data(op, argv[2], number(argv[3]), n);
+	if (argc == 4 && !strcmp(op, "getrandom"))
+		return randomness(number(argv[2]), n);
+	if (argc == 3 && !strcmp(op, "eventfd"))
+		return pingpong(n);
+	fprintf(stderr, "usage: floor create|stat|unlink DIR N | floor write|read|randread|randwrite "
+			"FILE SIZE N | floor getrandom SIZE N | floor eventfd N\n");
 	return 2;
 }

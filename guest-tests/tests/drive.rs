@@ -53,6 +53,8 @@ fn the_rng_device_serves_a_host_driver_in_both_modes() {
             assert_eq!(code, 0, "{mode} depth {depth}: {out}");
             assert!(value(&out, "mb_per_s") > 0.0, "{out}");
             assert!(value(&out, "p50_us") > 0.0, "{out}");
+            // The device's own CPU time, found for a process and a thread.
+            assert!(value(&out, "cpu_us_per_req") > 0.0, "{out}");
         }
     }
 }

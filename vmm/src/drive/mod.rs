@@ -448,7 +448,7 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
     validate(args)?;
     if let Some(path) = &args.connect {
         let f = vsock::through_guest(path, args)?;
-        print_figures(args, &f, None);
+        print_figures(args, &f, None, None);
         return Ok(());
     }
     let kind = kinds
@@ -512,6 +512,8 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
         Target::Fs(_) => vec![fs::HIPRIO.layout(), fs::REQUESTS.layout()],
     };
     let events = DeviceEvents::new(queues.len())?;
+    let clock = cpu_clock(pid, &args.device);
+    let mut cpu = None;
     let result = if args.fuzz_stdin {
         let all = dev.description().features;
         fuzz::fuzz_stdin(&mut dev, &ram.mem, &events, all).map(|()| None)
@@ -522,7 +524,14 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
             &events,
         )
         .context("activation failed")
-        .and_then(|()| exercise(args, &ram.mem, &events, &target))
+        .and_then(|()| {
+            let before = cpu_ns(clock.as_deref());
+            let r = exercise(args, &ram.mem, &events, &target);
+            cpu = before
+                .zip(cpu_ns(clock.as_deref()))
+                .map(|(a, b)| b.saturating_sub(a));
+            r
+        })
     };
     // An error with the device still alive is the harness's (or the fuzz
     // input stream's).
@@ -547,7 +556,7 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
         }
         Err(e) => Err(e),
         Ok(Some(f)) => {
-            print_figures(args, &f, pss);
+            print_figures(args, &f, pss, cpu);
             Ok(())
         }
         Ok(None) => Ok(()),
@@ -596,6 +605,32 @@ fn exercise(
     }
 }
 
+/// Where the device's CPU time is read: the schedstat file of its process
+/// `pid` (a device process has one thread), or of its thread in this
+/// process (named `skvm-dev-NAME`, cut to the kernel's 15 bytes).
+fn cpu_clock(pid: Option<libc::pid_t>, name: &str) -> Option<std::path::PathBuf> {
+    if let Some(p) = pid {
+        return Some(format!("/proc/{p}/schedstat").into());
+    }
+    let comm: String = format!("skvm-dev-{name}").chars().take(15).collect();
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim_end() == comm))
+        .map(|t| t.join("schedstat"))
+}
+
+/// Nanoseconds a task has run on a CPU, from its schedstat file.
+fn cpu_ns(schedstat: Option<&std::path::Path>) -> Option<u64> {
+    std::fs::read_to_string(schedstat?)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Proportional set size of `pid` in KiB, from /proc/PID/smaps_rollup.
 fn pss_kib(pid: libc::pid_t) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
@@ -617,7 +652,9 @@ fn us(ns: u64) -> f64 {
     Duration::from_nanos(ns).as_secs_f64() * 1e6
 }
 
-fn print_figures(args: &DriveArgs, f: &Figures, pss: Option<u64>) {
+/// One line of figures; `cpu`: the device's CPU time over the run, in
+/// nanoseconds (printed per request, the driver's own left out).
+fn print_figures(args: &DriveArgs, f: &Figures, pss: Option<u64>, cpu: Option<u64>) {
     let mut l = f.latencies_ns.clone();
     l.sort_unstable();
     let mode = match (args.device_mode, args.unconfined) {
@@ -632,7 +669,7 @@ fn print_figures(args: &DriveArgs, f: &Figures, pss: Option<u64>) {
         .map_or_else(String::new, |op| format!(" op={}", op.name()));
     println!(
         "device={}{op} mode={mode} depth={} size={} requests={} secs={:.3} req_per_s={:.0} mb_per_s={:.1} \
-         p50_us={:.1} p90_us={:.1} p99_us={:.1} pss_kib={}",
+         p50_us={:.1} p90_us={:.1} p99_us={:.1} pss_kib={} cpu_us_per_req={}",
         args.device,
         args.depth,
         args.size(),
@@ -644,6 +681,10 @@ fn print_figures(args: &DriveArgs, f: &Figures, pss: Option<u64>) {
         us(percentile(&l, 90)),
         us(percentile(&l, 99)),
         pss.map_or_else(|| "n/a".to_owned(), |p| p.to_string()),
+        cpu.map_or_else(
+            || "n/a".to_owned(),
+            |ns| format!("{:.2}", ns as f64 / 1e3 / f64::from(args.requests))
+        ),
     );
 }
 
