@@ -19,9 +19,12 @@
 #         socket that the harness's driver echoes back, one at a time:
 #         latency is the host program's round trip (host -> device ->
 #         driver -> device -> host); through a guest: scripts/bench-vsock.sh;
-# each in three ways: a device thread in the VMM, a confined device process
-# (the default), and a device process with no confinement at all
-# (`--unconfined`), ROUNDS times (default 3) over all cases in turn, so
+# each in four ways: a device thread in the VMM, a confined device process
+# (the default), a device process with no confinement at all
+# (`--unconfined`), and a confined process that polls its queues for 50 us
+# after each kick with a driver that polls for its answer for 200 us
+# (`--device-poll-us 50 --halt-poll-us 200`, as KVM's halt polling keeps a
+# guest's idle vCPU awake), ROUNDS times (default 3) over all cases in turn, so
 # that a reader can tell a real gap from noise on a small shared host.
 # Printed per case and mode: the median requests/s and its spread over the
 # rounds ((max - min) / median), MB/s, kick-to-interrupt latency percentiles,
@@ -30,11 +33,13 @@
 # process's PSS; then per case the host's floor in the same run
 # (scripts/floor.c: getrandom for rng, pread or pwrite at random offsets of
 # the same image for blk, an eventfd round trip between two processes for
-# the others: a kick and its interrupt with no work between), and the
+# the others: a kick and its interrupt with no work between; and the same
+# round trip with both processes spinning, a busy host's floor), and the
 # ratios: process/thread (the median of each round's ratio, with its
-# range), confined/unconfined, and the process's p50 latency (depth 1
-# only: a deeper kick completes a batch) and CPU per request over the
-# floor's. REQUESTS per case (default 20000).
+# range), confined/unconfined, the process's p50 latency (depth 1 only: a
+# deeper kick completes a batch) and CPU per request over the floor's, and
+# the polling process's p50 over the busy floor's and its CPU over the
+# floor's (what polling costs). REQUESTS per case (default 20000).
 # Baseline for blk: fio on the same file, random 4 KiB reads with libaio at
 # depth 32 and with a plain pread loop (psync, depth 1); the target is blk
 # randread at depth 32 >= 80% of what fio reaches.
@@ -125,7 +130,7 @@ floor_of() {
 	*) "$floor" eventfd "$requests" ;;
 	esac
 }
-modes=(thread process process-unconfined)
+modes=(thread process process-unconfined process-polled)
 for ((r = 1; r <= rounds; r++)); do
 	printf '  round %s of %s ...\n' "$r" "$rounds" >&2
 	for c in "${cases[@]}"; do
@@ -134,7 +139,9 @@ for ((r = 1; r <= rounds; r++)); do
 		keep "$key" thread "$(drive "${args[@]}" --device-mode thread)"
 		keep "$key" process "$(drive "${args[@]}" --device-mode process)"
 		keep "$key" process-unconfined "$(drive "${args[@]}" --device-mode process --unconfined)"
+		keep "$key" process-polled "$(drive "${args[@]}" --device-mode process --device-poll-us 50 --halt-poll-us 200)"
 		keep "$key" floor "$(floor_of "$key")"
+		keep "$key" busy-floor "$("$floor" eventfd-spin "$requests")"
 		# This round's process/thread ratio.
 		p=$(tr ' ' '\n' <<<"${fig[$key/process/req_per_s]}" | grep -v '^$' | tail -1)
 		t=$(tr ' ' '\n' <<<"${fig[$key/thread/req_per_s]}" | grep -v '^$' | tail -1)
@@ -155,17 +162,24 @@ for c in "${cases[@]}"; do
 	printf '  %-22s %-19s %9s %7s %8s %7s %7s %8s\n' "$key" "host floor" "$(med "$key/floor/per_s")" \
 		"$(spread "$key/floor/per_s")" "$(med "$key/floor/mb_per_s")" "$(med "$key/floor/p50_us")" \
 		"$(med "$key/floor/p99_us")" "$(med "$key/floor/cpu_us_per_op")"
+	printf '  %-22s %-19s %9s %7s %8s %7s %7s %8s\n' "$key" "busy eventfd floor" "$(med "$key/busy-floor/per_s")" \
+		"$(spread "$key/busy-floor/per_s")" "-" "$(med "$key/busy-floor/p50_us")" \
+		"$(med "$key/busy-floor/p99_us")" "$(med "$key/busy-floor/cpu_us_per_op")"
 done
 
-printf '\n  %-22s %14s %14s %20s %14s %14s\n' case "process/thread" "(range)" "confined/unconfined" \
-	"p50/floor" "cpu/floor"
+printf '\n  %-22s %14s %14s %20s %10s %10s %12s %12s\n' case "process/thread" "(range)" "confined/unconfined" \
+	"p50/floor" "cpu/floor" "polled p50/" "polled cpu/"
+printf '  %-22s %14s %14s %20s %10s %10s %12s %12s\n' "" "" "" "" "" "" "busy floor" "floor"
 for c in "${cases[@]}"; do
 	key=${c%%|*}
 	range=$(tr ' ' '\n' <<<"${fig[$key/ratio/pt]}" | grep -v '^$' | sort -n | sed -n '1p;$p' | paste -sd- -)
-	printf '  %-22s %14s %14s %20s %14s %14s\n' "$key" "$(med "$key/ratio/pt")" "$range" \
+	d1() { case "$key" in *d32) echo - ;; *) ratio "$1" "$2" ;; esac; }
+	printf '  %-22s %14s %14s %20s %10s %10s %12s %12s\n' "$key" "$(med "$key/ratio/pt")" "$range" \
 		"$(ratio "${rps[$key/process]}" "${rps[$key/process-unconfined]}")" \
-		"$(case "$key" in *d32) echo - ;; *) ratio "$(med "$key/process/p50_us")" "$(med "$key/floor/p50_us")" ;; esac)" \
-		"$(ratio "$(med "$key/process/cpu_us_per_req")" "$(med "$key/floor/cpu_us_per_op")")"
+		"$(d1 "$(med "$key/process/p50_us")" "$(med "$key/floor/p50_us")")" \
+		"$(ratio "$(med "$key/process/cpu_us_per_req")" "$(med "$key/floor/cpu_us_per_op")")" \
+		"$(d1 "$(med "$key/process-polled/p50_us")" "$(med "$key/busy-floor/p50_us")")" \
+		"$(ratio "$(med "$key/process-polled/cpu_us_per_req")" "$(med "$key/floor/cpu_us_per_op")")"
 done
 
 # fio's terse output: field 8 is read IOPS.

@@ -19,7 +19,12 @@
  *   floor eventfd N             N round trips between two processes over
  *                               two eventfds: one writes the first and
  *                               waits on the second, the other answers,
- *                               as a kick and its interrupt do
+ *                               as a kick and its interrupt do; each
+ *                               sleeps in read(2) while it waits
+ *   floor eventfd-spin N        the same with both spinning on
+ *                               non-blocking reads: the floor of a host
+ *                               whose cores are busy (never idle, never
+ *                               woken from a halt)
  *
  * Files in DIR are named f0, f1, ... Prints one line of key=value words: op,
  * n, secs, per_s, mb_per_s, p50_us, p90_us, p99_us (each call or round trip
@@ -211,9 +216,23 @@ static int randomness(unsigned long size, unsigned long n)
 	return 0;
 }
 
-static int pingpong(unsigned long n)
+/* Reads eventfd `fd`, spinning on EAGAIN when `spin`. */
+static int take(int fd, int spin)
 {
-	int kick = eventfd(0, EFD_CLOEXEC), irq = eventfd(0, EFD_CLOEXEC);
+	uint64_t v;
+	for (;;) {
+		ssize_t n = read(fd, &v, sizeof v);
+		if (n == sizeof v)
+			return 0;
+		if (!(spin && n < 0 && errno == EAGAIN))
+			return -1;
+	}
+}
+
+static int pingpong(unsigned long n, int spin)
+{
+	int flags = EFD_CLOEXEC | (spin ? EFD_NONBLOCK : 0);
+	int kick = eventfd(0, flags), irq = eventfd(0, flags);
 	if (kick < 0 || irq < 0)
 		die("eventfd");
 	pid_t child = fork();
@@ -223,7 +242,7 @@ static int pingpong(unsigned long n)
 	if (child == 0) {
 		/* The device's side: each kick answered with an interrupt. */
 		for (unsigned long i = 0; i < n; i++) {
-			if (read(kick, &v, sizeof v) != sizeof v || write(irq, &v, sizeof v) != sizeof v)
+			if (take(kick, spin) || write(irq, &v, sizeof v) != sizeof v)
 				_exit(1);
 		}
 		_exit(0);
@@ -232,7 +251,7 @@ static int pingpong(unsigned long n)
 	for (unsigned long i = 0; i < n; i++) {
 		uint64_t t = now_ns();
 		v = 1;
-		if (write(kick, &v, sizeof v) != sizeof v || read(irq, &v, sizeof v) != sizeof v)
+		if (write(kick, &v, sizeof v) != sizeof v || take(irq, spin))
 			die("eventfd round trip");
 		lat[i] = now_ns() - t;
 	}
@@ -241,7 +260,7 @@ static int pingpong(unsigned long n)
 	struct rusage r;
 	if (wait4(child, &status, 0, &r) != child || !WIFEXITED(status) || WEXITSTATUS(status))
 		die("the answering process");
-	report("eventfd", n, ns, 0, cpu_us(&r));
+	report(spin ? "eventfd-spin" : "eventfd", n, ns, 0, cpu_us(&r));
 	return 0;
 }
 
@@ -260,8 +279,10 @@ int main(int argc, char **argv)
 	if (argc == 4 && !strcmp(op, "getrandom"))
 		return randomness(number(argv[2]), n);
 	if (argc == 3 && !strcmp(op, "eventfd"))
-		return pingpong(n);
+		return pingpong(n, 0);
+	if (argc == 3 && !strcmp(op, "eventfd-spin"))
+		return pingpong(n, 1);
 	fprintf(stderr, "usage: floor create|stat|unlink DIR N | floor write|read|randread|randwrite "
-			"FILE SIZE N | floor getrandom SIZE N | floor eventfd N\n");
+			"FILE SIZE N | floor getrandom SIZE N | floor eventfd|eventfd-spin N\n");
 	return 2;
 }

@@ -174,6 +174,7 @@ fn attempt(args: &Attempt, kinds: &Registry) -> Result<()> {
         kind.as_ref(),
         (&backend, fds),
         &memory,
+        0,
     )?;
     // SAFETY: getpid cannot fail.
     let me = unsafe { libc::getpid() };

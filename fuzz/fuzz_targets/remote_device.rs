@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
         expected,
         (&backend, &[]),
         Vec::new(),
+        0,
     ) else {
         return;
     };

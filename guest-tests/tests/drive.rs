@@ -60,6 +60,32 @@ fn the_rng_device_serves_a_host_driver_in_both_modes() {
 }
 
 #[test]
+fn devices_that_poll_and_a_driver_that_polls_serve_the_same_requests() {
+    let img = Image::new("polled", 0x33);
+    let disk = img.arg("");
+    for mode in ["process", "thread"] {
+        for device in [
+            &["--size", "64"][..],
+            &["--device", "blk0", "--disk", &disk],
+        ] {
+            let (code, out) = drive(
+                &[
+                    device,
+                    &["--device-mode", mode, "--requests", "3000"],
+                    &["--device-poll-us", "50", "--halt-poll-us", "200"],
+                ]
+                .concat(),
+            );
+            assert_eq!(code, 0, "{mode} {device:?}: {out}");
+            assert!(value(&out, "req_per_s") > 0.0, "{out}");
+            assert!(value(&out, "cpu_us_per_req") > 0.0, "{out}");
+        }
+    }
+    let (code, out) = drive(&["--device-poll-us", "1001"]);
+    assert_eq!(code, 2, "{out}");
+}
+
+#[test]
 fn the_console_device_echoes_through_a_host_peer_in_both_modes() {
     for mode in ["process", "thread"] {
         for size in ["1", "64", "4096"] {

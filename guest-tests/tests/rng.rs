@@ -45,15 +45,18 @@ fn mmio_exits(output: &str) -> u64 {
 }
 
 fn read_in_mode(mode: &str, kib: u32) -> String {
-    let f = booted([
-        "--rng",
-        "--device-mode",
-        mode,
-        "--debug",
-        "--run",
-        &read_hwrng(kib),
-    ])
-    .wait_exit(TIMEOUT);
+    read_with(&["--device-mode", mode], kib)
+}
+
+/// The guest reads `kib` KiB from its hwrng with `extra` options; checks
+/// them and returns the output.
+fn read_with(extra: &[&str], kib: u32) -> String {
+    let script = read_hwrng(kib);
+    let args: Vec<&str> = ["--rng", "--debug", "--run", &script]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let f = booted(args).wait_exit(TIMEOUT);
     assert_eq!(f.code(), 0, "{}", f.output);
     assert_eq!(
         field(&f.output, CMD_EXIT_MARKER).as_deref(),
@@ -121,6 +124,19 @@ fn guest_reads_from_a_device_process_and_vmm_exits_do_not_grow_with_the_bytes() 
 #[test]
 fn guest_reads_from_a_device_thread() {
     read_in_mode("thread", READ_KIB);
+}
+
+#[test]
+fn guest_reads_from_a_device_process_that_polls_its_queue() {
+    // Adaptive polling changes when the device looks, not what it serves.
+    read_with(&["--device-poll-us", "200"], 64);
+    let out = std::process::Command::new(guest_tests::skvm_bin())
+        .args(["run", "--rng", "--device-poll-us", "1001"])
+        .output()
+        .unwrap();
+    let (code, text) = guest_tests::code_and_text(&out);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("--device-poll-us"), "{text}");
 }
 
 #[test]

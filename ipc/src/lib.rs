@@ -12,7 +12,7 @@
 //!
 //! | kind | direction | message | fds | answer |
 //! |---|---|---|---|---|
-//! | 1 | VMM -> device | `Hello { version, backend }` | the backend's (`backend.fds`, at most 4) | `Welcome` / `Error` |
+//! | 1 | VMM -> device | `Hello { version, backend, poll_us }` | the backend's (`backend.fds`, at most 4) | `Welcome` / `Error` |
 //! | 2 | VMM -> device | `ConfigRead { offset, len }` | 0 | `ConfigData` |
 //! | 3 | VMM -> device | `ConfigWrite { offset, data }` | 0 | `Ack` / `Error` |
 //! | 4 | VMM -> device | `Activate { features, regions, queues }` | regions + 2 x queues + 1 | `Ack` / `Error` |
@@ -59,13 +59,16 @@ pub use wire::{
 };
 
 /// Version of the protocol; both ends must speak the same.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest encoded message, header included.
 pub const MAX_MESSAGE: usize = 4096;
 /// Most fds one message may carry.
 pub const MAX_FDS: usize = 24;
 /// Largest device configuration space.
 pub const MAX_CONFIG: usize = 256;
+/// Longest adaptive polling a device may be asked for (`Hello::poll_us`),
+/// in microseconds.
+pub const MAX_POLL_US: u32 = 1000;
 /// Most queues of a device.
 pub const MAX_QUEUES: usize = 4;
 /// Most guest memory regions.

@@ -108,6 +108,11 @@ impl<T: Copy> WaitSet<T> {
         self.tokens.push(token);
     }
 
+    /// Whether no fd is registered.
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+
     /// Forgets every fd, keeping the room they took.
     pub fn clear(&mut self) {
         self.fds.clear();

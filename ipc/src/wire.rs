@@ -15,8 +15,8 @@
 //! allocated, and a payload must be consumed exactly.
 
 use crate::{
-    IpcError, MAX_CONFIG, MAX_DEVICE_STATE, MAX_MESSAGE, MAX_QUEUES, MAX_REGIONS, MAX_TEXT,
-    PROTOCOL_VERSION,
+    IpcError, MAX_CONFIG, MAX_DEVICE_STATE, MAX_MESSAGE, MAX_POLL_US, MAX_QUEUES, MAX_REGIONS,
+    MAX_TEXT, PROTOCOL_VERSION,
 };
 
 mod backend;
@@ -211,6 +211,10 @@ pub enum Request {
         version: u16,
         /// What the device serves.
         backend: Backend,
+        /// How long, in microseconds, the device looks at its queues for
+        /// more work after serving a kick before it sleeps (adaptive
+        /// polling, at most [`MAX_POLL_US`]); 0: it sleeps at once.
+        poll_us: u32,
     },
     /// Read device configuration; answered with `ConfigData`.
     ConfigRead {
@@ -490,10 +494,22 @@ impl Request {
     /// The wire form; fails if a field is above its cap.
     pub fn encode(&self) -> Result<Vec<u8>, IpcError> {
         let w = match self {
-            Request::Hello { version, backend } => {
+            Request::Hello {
+                version,
+                backend,
+                poll_us,
+            } => {
                 let mut w = Writer::new(HELLO);
                 w.u16(*version);
                 backend.encode(&mut w)?;
+                if *poll_us > MAX_POLL_US {
+                    return Err(IpcError::Limit {
+                        what: "poll time (us)",
+                        got: *poll_us as usize,
+                        max: MAX_POLL_US as usize,
+                    });
+                }
+                w.u32(*poll_us);
                 w
             }
             Request::ConfigRead { offset, len } => {
@@ -550,6 +566,16 @@ impl Request {
             HELLO => Request::Hello {
                 version: r.u16()?,
                 backend: Backend::decode(&mut r)?,
+                poll_us: match r.u32()? {
+                    p if p <= MAX_POLL_US => p,
+                    p => {
+                        return Err(IpcError::Limit {
+                            what: "poll time (us)",
+                            got: p as usize,
+                            max: MAX_POLL_US as usize,
+                        })
+                    }
+                },
             },
             CONFIG_READ => Request::ConfigRead {
                 offset: r.u32()?,

@@ -110,6 +110,16 @@ pub struct RunArgs {
     /// threads of the VMM (no isolation; to measure what it costs).
     #[arg(long, value_enum, value_name = "MODE", default_value_t = DeviceMode::Process)]
     pub device_mode: DeviceMode,
+    /// Adaptive polling: after serving a kick, a device looks at its
+    /// queues for more work for up to US microseconds before it sleeps
+    /// (0 to 1000; 0, the default, sleeps at once). A sleeping device is
+    /// woken by the next kick, which on a host whose idle cores halt can
+    /// cost tens of microseconds; polling spends CPU to save it. The window
+    /// adapts: it halves after a look that found nothing and grows back
+    /// when kicks follow soon after sleeping.
+    #[arg(long, value_name = "US", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(ipc::MAX_POLL_US)))]
+    pub device_poll_us: u32,
     /// When a device process dies: start a new one that carries on where
     /// the old one stopped, without the guest noticing (restart; at most
     /// --restart-limit times a minute per device, and never after a kill
@@ -367,6 +377,8 @@ pub struct VmConfig {
     pub name: String,
     /// Where devices run.
     pub device_mode: DeviceMode,
+    /// Adaptive polling window of each device, in microseconds (0: off).
+    pub device_poll_us: u32,
     /// What a device failure does.
     pub on_device_failure: OnFailure,
     /// Most restarts of one device a minute.
@@ -477,6 +489,7 @@ impl VmConfig {
             devices,
             name: args.name.clone(),
             device_mode: args.device_mode,
+            device_poll_us: args.device_poll_us,
             on_device_failure: args.on_device_failure,
             restart_limit: args.restart_limit,
             ctl: args.ctl.clone(),
@@ -667,6 +680,7 @@ mod tests {
             serial: crate::console::backend::SerialSpec::Stdio,
             name: "skvm".into(),
             device_mode: DeviceMode::Process,
+            device_poll_us: 0,
             on_device_failure: OnFailure::Restart,
             restart_limit: 20,
             ctl: None,

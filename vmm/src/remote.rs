@@ -130,8 +130,9 @@ impl RemoteDevice {
         expected: Expected,
         backend: (&ipc::Backend, &[BorrowedFd<'_>]),
         memory: DeviceMemory,
+        poll_us: u32,
     ) -> Result<Self> {
-        let connected = Self::hello(&chan, expected, backend);
+        let connected = Self::hello(&chan, expected, backend, poll_us);
         let info = match connected {
             Ok(info) => info,
             Err(e) => {
@@ -164,11 +165,13 @@ impl RemoteDevice {
         chan: &Channel,
         expected: Expected,
         backend: (&ipc::Backend, &[BorrowedFd<'_>]),
+        poll_us: u32,
     ) -> Result<DeviceInfo> {
         chan.send_request(
             &Request::Hello {
                 version: PROTOCOL_VERSION,
                 backend: backend.0.clone(),
+                poll_us,
             },
             backend.1,
         )?;
@@ -609,7 +612,8 @@ mod tests {
                 (chan, None),
                 RNG,
                 (&no_backend(), &[]),
-                Vec::new()
+                Vec::new(),
+                0
             )
             .is_err());
             t.join().unwrap();
@@ -620,10 +624,15 @@ mod tests {
     fn a_silent_device_times_out() {
         let (vmm, dev) = Channel::pair().unwrap();
         let start = std::time::Instant::now();
-        assert!(
-            RemoteDevice::connect("rng0", (vmm, None), RNG, (&no_backend(), &[]), Vec::new())
-                .is_err()
-        );
+        assert!(RemoteDevice::connect(
+            "rng0",
+            (vmm, None),
+            RNG,
+            (&no_backend(), &[]),
+            Vec::new(),
+            0
+        )
+        .is_err());
         assert!(start.elapsed() < REPLY_TIMEOUT + Duration::from_secs(1));
         drop(dev);
     }
@@ -642,9 +651,15 @@ mod tests {
                 }
             }
         });
-        let mut d =
-            RemoteDevice::connect("rng0", (chan, None), RNG, (&no_backend(), &[]), Vec::new())
-                .unwrap();
+        let mut d = RemoteDevice::connect(
+            "rng0",
+            (chan, None),
+            RNG,
+            (&no_backend(), &[]),
+            Vec::new(),
+            0,
+        )
+        .unwrap();
         t.join().unwrap();
         let events = d.poll_events();
         assert!(events.len() <= MAX_UNSOLICITED);
@@ -665,9 +680,15 @@ mod tests {
             let _ = dev.send_reply(&Reply::ConfigData { data: vec![0] });
             let _ = dev.recv_request(Some(Duration::from_millis(200)));
         });
-        let mut d =
-            RemoteDevice::connect("rng0", (chan, None), RNG, (&no_backend(), &[]), Vec::new())
-                .unwrap();
+        let mut d = RemoteDevice::connect(
+            "rng0",
+            (chan, None),
+            RNG,
+            (&no_backend(), &[]),
+            Vec::new(),
+            0,
+        )
+        .unwrap();
         assert!(d.stop().is_err());
         assert!(d.stop().is_err());
         t.join().unwrap();

@@ -11,6 +11,7 @@ fn requests() -> Vec<Request> {
                 params: vec![1],
                 fds: 0,
             },
+            poll_us: 0,
         },
         Request::Hello {
             version: 1,
@@ -19,6 +20,7 @@ fn requests() -> Vec<Request> {
                 params: vec![1, 0, 0, 32, 0, 0, 0, 0, 0, 1, 0, 6],
                 fds: 1,
             },
+            poll_us: 50,
         },
         Request::ConfigRead { offset: 4, len: 8 },
         Request::ConfigWrite {
@@ -290,6 +292,7 @@ fn malformed_backends_are_rejected() {
         w.bytes("kind length", kind, 64).unwrap();
         w.bytes("parameters length", params, 4096).unwrap();
         w.buf.push(fds);
+        w.u32(0);
         Request::decode(&w.finish().unwrap())
     };
     assert!(hello(b"blk", &[1], 1).is_ok());
@@ -311,8 +314,19 @@ fn malformed_backends_are_rejected() {
             params: Vec::new(),
             fds: 0,
         },
+        poll_us: 0,
     };
     assert!(bad.encode().is_err());
+    let long = Request::Hello {
+        version: PROTOCOL_VERSION,
+        backend: Backend {
+            kind: "rng".into(),
+            params: Vec::new(),
+            fds: 0,
+        },
+        poll_us: MAX_POLL_US + 1,
+    };
+    assert!(long.encode().is_err());
 }
 
 #[test]
@@ -324,6 +338,7 @@ fn backends_say_how_many_fds_they_carry() {
             params: Vec::new(),
             fds,
         },
+        poll_us: 0,
     };
     assert_eq!(hello(0).fd_count(), 0);
     assert_eq!(hello(1).fd_count(), 1);

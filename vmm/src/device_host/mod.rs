@@ -22,6 +22,7 @@ mod device_log;
 mod handover;
 pub mod jail;
 pub mod policy;
+mod poll;
 mod process;
 pub mod spawner;
 mod supervisor;
@@ -141,6 +142,7 @@ pub fn greet(
     kind: &dyn DeviceKind,
     (backend, fds): (&ipc::Backend, &[OwnedFd]),
     memory: &DeviceMemory,
+    poll_us: u32,
 ) -> Result<RemoteDevice> {
     let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
     let expected = Expected {
@@ -152,6 +154,7 @@ pub fn greet(
         expected,
         (backend, &borrowed),
         memory.clone(),
+        poll_us,
     )
     .with_context(|| format!("device {name}"))
 }

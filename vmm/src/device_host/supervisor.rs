@@ -72,6 +72,8 @@ pub struct DeviceHost {
     /// Guest memory as devices map it.
     memory: DeviceMemory,
     devices: Vec<Device>,
+    /// Adaptive polling window of the devices it starts, microseconds.
+    poll_us: u32,
 }
 
 /// What one device looks like from outside, for `skvm ctl status`.
@@ -200,7 +202,14 @@ impl DeviceHost {
             spawner,
             memory: Vec::new(),
             devices: Vec::new(),
+            poll_us: 0,
         })
+    }
+
+    /// How long devices started from now on poll their queues after a
+    /// kick, in microseconds (`--device-poll-us`; 0: not at all).
+    pub fn set_poll_us(&mut self, poll_us: u32) {
+        self.poll_us = poll_us;
     }
 
     /// Sets the guest memory devices map: boot RAM before any device is
@@ -257,6 +266,7 @@ impl DeviceHost {
             kind.as_ref(),
             (&hello, hello_fds),
             &self.memory,
+            self.poll_us,
         )
         .map_err(|e| with_early_end(e, self.spawner.as_ref(), pid))?;
         let index = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
@@ -327,6 +337,7 @@ impl DeviceHost {
             d.kind.as_ref(),
             (&hello, hello_fds),
             &self.memory,
+            self.poll_us,
         )?;
         d.pid = pid;
         d.thread = started.thread;

@@ -25,6 +25,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::poll::Poller;
 use crate::kinds::{DeviceKind, KindError};
 use crate::memory::{map_ranges, MemoryError, RamRange};
 
@@ -169,8 +170,15 @@ pub fn serve(
     root: Option<OwnedFd>,
     confine: impl FnOnce() -> Result<(), ConfineError>,
 ) -> Result<(), WorkerError> {
-    let (backend, mut fds) = match chan.recv_request(Some(HELLO_TIMEOUT))? {
-        (Request::Hello { version, backend }, fds) if version == PROTOCOL_VERSION => (backend, fds),
+    let (backend, poll_us, mut fds) = match chan.recv_request(Some(HELLO_TIMEOUT))? {
+        (
+            Request::Hello {
+                version,
+                backend,
+                poll_us,
+            },
+            fds,
+        ) if version == PROTOCOL_VERSION => (backend, poll_us, fds),
         (Request::Hello { version, .. }, _) => {
             return Err(refuse(
                 chan,
@@ -200,7 +208,7 @@ pub fn serve(
         }
     };
     let device = device.as_mut();
-    let result = serve_model(chan, device, confine);
+    let result = serve_model(chan, device, confine, Poller::new(poll_us));
     if let Some(report) = device.report() {
         crate::log::warn(&format!("device {name}: {report}"));
     }
@@ -220,6 +228,7 @@ fn serve_model(
     chan: &Channel,
     device: &mut dyn VirtioDevice,
     confine: impl FnOnce() -> Result<(), ConfineError>,
+    mut poller: Poller,
 ) -> Result<(), WorkerError> {
     let info = device_info(device);
     // The configuration the VMM knows, to tell it when a restore moves it.
@@ -237,18 +246,43 @@ fn serve_model(
     let mut paused = false;
     let mut wake = WaitSet::with_capacity(1 + 2 + ipc::MAX_QUEUES);
     let mut backend = Vec::new();
+    // Queues polling found work on (bit i: `Active::queues[i]`; or
+    // BACKEND_READY).
+    let mut polled: u64 = 0;
+    let mut backend_set = WaitSet::with_capacity(4);
     loop {
         let serving = active.as_ref().filter(|_| !paused);
         backend.clear();
         if serving.is_some() {
             device.backend_events(&mut backend);
         }
-        let backend_ready = wait(&mut wake, chan, serving, &backend);
+        let woke = if polled != 0 {
+            // Work is waiting: look at the rest without sleeping.
+            wait(&mut wake, chan, serving, &backend, Some(Duration::ZERO))
+        } else {
+            poller.sleeping();
+            let woke = wait(&mut wake, chan, serving, &backend, None);
+            poller.woken(woke.kicks != 0);
+            woke
+        };
         if let Some(a) = active.as_mut().filter(|_| !paused) {
-            if !backend_ready {
+            if !woke.backend {
                 backend.clear();
             }
-            if let Err(reason) = process_kicked(device, a, &backend) {
+            let served = process_kicked(device, a, &backend, woke.kicks, polled);
+            polled = 0;
+            if served.is_ok() && woke.kicks != 0 {
+                backend_set.clear();
+                for e in &backend {
+                    if e.writable {
+                        backend_set.add_raw_writable(e.fd, ());
+                    } else {
+                        backend_set.add_raw(e.fd, ());
+                    }
+                }
+                polled = poll_queues(&mut poller, a, &mut backend_set);
+            }
+            if let Err(reason) = served {
                 // The queue is unusable: stop serving it and tell the VMM.
                 active = None;
                 device.reset();
@@ -256,6 +290,11 @@ fn serve_model(
                     reason: message(&reason),
                 })?;
             }
+        }
+        // The channel is read only when it woke the wait: a request costs
+        // no look at an empty channel.
+        if !woke.control {
+            continue;
         }
         let (req, mut fds) = match chan.recv_request(Some(Duration::ZERO)) {
             Ok(r) => r,
@@ -394,20 +433,45 @@ enum Wake {
     Control,
     /// Data on the backend's fd.
     Backend,
-    /// A queue's kick eventfd.
-    Kick,
+    /// The kick eventfd of the queue at this place in `Active::queues`.
+    Kick(usize),
+}
+
+/// Queue `i`'s bit in [`Woke::kicks`] (every bit past the 64th queue).
+fn queue_bit(i: usize) -> u64 {
+    u32::try_from(i)
+        .ok()
+        .and_then(|i| 1u64.checked_shl(i))
+        .unwrap_or(u64::MAX)
+}
+
+/// What a wait found ready.
+struct Woke {
+    control: bool,
+    backend: bool,
+    /// Bit i: the kick of `Active::queues[i]` (all set past the 64th).
+    kicks: u64,
+}
+
+impl Woke {
+    /// Everything, as after a wait that failed: the caller looks at all.
+    const ALL: Woke = Woke {
+        control: true,
+        backend: true,
+        kicks: u64::MAX,
+    };
 }
 
 /// Blocks until the channel, a kick eventfd or the backend fd is
-/// readable; returns whether the backend fd is. A failed wait (a signal
-/// ended it) counts as nothing ready: the caller's loop looks and comes
-/// back.
+/// readable; returns which were. A failed wait (a signal ended it) counts
+/// as everything ready: the caller looks at each and comes back.
 fn wait(
     set: &mut WaitSet<Wake>,
     chan: &Channel,
     active: Option<&Active>,
     backend: &[BackendEvent],
-) -> bool {
+    timeout: Option<Duration>,
+) -> Woke {
     set.clear();
     set.add(chan, Wake::Control);
     for e in backend {
@@ -418,31 +482,93 @@ fn wait(
         }
     }
     if let Some(a) = active {
-        for q in &a.queues {
-            set.add_raw(q.kick.as_raw_fd(), Wake::Kick);
+        for (i, q) in a.queues.iter().enumerate() {
+            set.add_raw(q.kick.as_raw_fd(), Wake::Kick(i));
         }
     }
-    set.wait(None).is_ok_and(|r| r.contains(Wake::Backend))
+    let Ok(ready) = set.wait(timeout) else {
+        return Woke::ALL;
+    };
+    let mut woke = Woke {
+        control: false,
+        backend: false,
+        kicks: 0,
+    };
+    for e in ready.iter() {
+        match e.token {
+            Wake::Control => woke.control = true,
+            Wake::Backend => woke.backend = true,
+            Wake::Kick(i) => woke.kicks |= queue_bit(i),
+        }
+    }
+    woke
 }
 
-/// Runs the queues that were kicked, and those of `ready`, the backend
-/// fds of which one (at least) has data.
+/// Runs the queues that were kicked (bit i of `kicks`: `a.queues[i]`'s
+/// kick was readable), those polling found work on (`polled`, the same
+/// bits), and those of `ready`, the backend fds of which one (at least)
+/// has data.
 fn process_kicked(
     device: &mut dyn VirtioDevice,
     a: &mut Active,
     ready: &[BackendEvent],
+    kicks: u64,
+    polled: u64,
 ) -> Result<(), RequestError> {
     let mut woken = Vec::new();
-    for q in &mut a.queues {
+    for (i, q) in a.queues.iter_mut().enumerate() {
         let backend = ready.iter().any(|e| e.queue == q.index);
-        // A read of a non-blocking eventfd succeeds only if it was kicked.
-        if q.kick.read().is_ok() || backend {
+        // Only a kick the wait saw is read (it is consumed; a read of a
+        // non-blocking eventfd succeeds only if it was kicked).
+        let kicked = kicks & queue_bit(i) != 0 && q.kick.read().is_ok();
+        if kicked || backend || polled & queue_bit(i) != 0 {
             woken.extend(run_queue(device, &a.mem, q)?);
         }
     }
     wake_queues(a, &woken);
     Ok(())
 }
+
+/// Polls `a`'s queues for entries the driver makes available from now on
+/// (adaptive polling, [`Poller`]): the queues that have some, as bits; or
+/// [`BACKEND_READY`] when one of the backend's fds (`backend`, looked at
+/// every [`BACKEND_EVERY`] looks at the queues, one poll(2) with no wait)
+/// is ready first.
+fn poll_queues(poller: &mut Poller, a: &Active, backend: &mut WaitSet<()>) -> u64 {
+    let avail = |q: &ActiveQueue| {
+        q.queue
+            .avail_idx(&a.mem, std::sync::atomic::Ordering::Acquire)
+            .map(|i| i.0)
+            .ok()
+    };
+    let mut seen = [None; ipc::MAX_QUEUES];
+    for (s, q) in seen.iter_mut().zip(&a.queues) {
+        *s = avail(q);
+    }
+    let mut looks: u32 = 0;
+    poller.spin(|| {
+        looks = looks.wrapping_add(1);
+        if looks.is_multiple_of(BACKEND_EVERY)
+            && !backend.is_empty()
+            && backend
+                .wait(Some(Duration::ZERO))
+                .is_ok_and(|r| !r.is_empty())
+        {
+            return BACKEND_READY;
+        }
+        a.queues
+            .iter()
+            .zip(&seen)
+            .enumerate()
+            .filter(|(_, (q, before))| avail(q) != **before)
+            .fold(0, |mask, (i, _)| mask | queue_bit(i))
+    })
+}
+
+/// What [`poll_queues`] returns when a backend fd is ready: no queue's bit.
+const BACKEND_READY: u64 = 1 << 63;
+/// Looks at the queues between two looks at the backend's fds.
+const BACKEND_EVERY: u32 = 16;
 
 fn process_all(device: &mut dyn VirtioDevice, a: &mut Active) -> Result<(), RequestError> {
     let mut woken = Vec::new();
@@ -705,6 +831,7 @@ mod tests {
             kind.as_ref(),
             (&backend, &[]),
             &memory,
+            0,
         )
         .unwrap()
     }

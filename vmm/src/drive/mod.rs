@@ -62,6 +62,21 @@ pub struct DriveArgs {
     /// Where the device runs, as in `skvm run`.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = DeviceMode::Process)]
     pub device_mode: DeviceMode,
+    /// The device's adaptive polling window, as `skvm run
+    /// --device-poll-us` sets it (0 to 1000; 0: off).
+    #[arg(long, value_name = "US", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(ipc::MAX_POLL_US)))]
+    pub device_poll_us: u32,
+    /// The driver's side of the same: after a kick, it looks for the
+    /// device's answer for up to US microseconds before it sleeps on the
+    /// interrupt, as KVM's halt polling keeps a guest's idle vCPU awake
+    /// (its default is 200). 0, the default: it sleeps at once, which on a
+    /// host whose idle cores halt adds the wake-up to every round trip.
+    /// For the waits that follow a kick: rng, blk, fs, net tx and vsock's
+    /// transmit.
+    #[arg(long, value_name = "US", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub halt_poll_us: u32,
     /// Number of requests to complete (net: frames).
     #[arg(long, value_name = "N", default_value_t = 20_000,
           value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
@@ -446,6 +461,7 @@ fn open_target(args: &DriveArgs) -> Result<(Opened, Target)> {
 /// figures (or the hostile case's line). Device kinds come from `kinds`.
 pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
     validate(args)?;
+    queue::set_halt_poll(args.halt_poll_us);
     if let Some(path) = &args.connect {
         let f = vsock::through_guest(path, args)?;
         print_figures(args, &f, None, None);
@@ -503,6 +519,7 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
         kind.as_ref(),
         (&backend, backend_fds),
         &memory,
+        args.device_poll_us,
     )
     .map_err(|e| with_early_end(e, spawner.as_ref(), pid))?;
     let queues = match target {

@@ -4,8 +4,8 @@
 //! waiting for the device's interrupt.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{fence, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use ipc::wait::wait_one;
@@ -167,7 +167,8 @@ impl Ring {
     }
 
     /// Publishes `next_avail`, kicks, and waits (interrupt by interrupt)
-    /// until the device has used everything up to it.
+    /// until the device has used everything up to it; first, for the
+    /// halt-polling window ([`set_halt_poll`]), by watching the used index.
     pub fn publish_and_wait(
         self,
         mem: &GuestMemoryMmap,
@@ -176,6 +177,18 @@ impl Ring {
     ) -> Result<()> {
         self.set_avail_idx(mem, next_avail)?;
         self.kick(events)?;
+        let window = Duration::from_micros(u64::from(HALT_POLL_US.load(Ordering::Relaxed)));
+        if !window.is_zero() {
+            let deadline = Instant::now() + window;
+            while Instant::now() < deadline {
+                if self.used_idx(mem)? == next_avail {
+                    // Its interrupt, if it came yet, is spent with it.
+                    let _ = events.irqs[usize::from(self.index)].read();
+                    return Ok(());
+                }
+                std::hint::spin_loop();
+            }
+        }
         loop {
             self.wait_interrupt(events)?;
             if self.used_idx(mem)? == next_avail {
@@ -216,6 +229,17 @@ impl Ring {
         anyhow::ensure!(id == 0, "used entry names descriptor {id}");
         Ok(len)
     }
+}
+
+/// The driver's halt-polling window, microseconds (`skvm drive
+/// --halt-poll-us`; 0: none).
+static HALT_POLL_US: AtomicU32 = AtomicU32::new(0);
+
+/// Sets how long, in microseconds, the driver watches for the device's
+/// answer before it sleeps on the interrupt, as KVM's halt polling keeps an
+/// idle vCPU awake for a while (0: it sleeps at once).
+pub fn set_halt_poll(us: u32) {
+    HALT_POLL_US.store(us, Ordering::Relaxed);
 }
 
 /// Waits until eventfd `e` is readable, at most [`IRQ_TIMEOUT`].

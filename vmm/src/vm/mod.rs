@@ -141,12 +141,13 @@ impl<'a> HostChecked<'a> {
             .map(|c| c.file().clone())
             .chain(console.socket_file())
             .chain(device_sockets.iter().flatten().map(|s| s.file().clone()));
-        let host = DeviceHost::new(
+        let mut host = DeviceHost::new(
             cfg.device_mode,
             (cfg.on_device_failure, cfg.restart_limit),
             cfg.sandbox,
             (&single, sockets.collect()),
         )?;
+        host.set_poll_us(cfg.device_poll_us);
         if let Some(c) = ctl.as_mut() {
             c.hand_off();
         }
