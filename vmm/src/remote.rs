@@ -552,6 +552,18 @@ mod tests {
     }
     const RNG: Expected = Expected { device_type: 4 };
 
+    /// An rng device on `chan`, greeted without a backend or memory.
+    fn connect_rng(chan: Channel) -> Result<RemoteDevice> {
+        RemoteDevice::connect(
+            "rng0",
+            (chan, None),
+            RNG,
+            (&no_backend(), &[]),
+            Vec::new(),
+            0,
+        )
+    }
+
     fn info() -> DeviceInfo {
         DeviceInfo {
             device_type: 4,
@@ -607,15 +619,7 @@ mod tests {
             },
         ] {
             let (chan, t) = peer(welcome, |_| {});
-            assert!(RemoteDevice::connect(
-                "rng0",
-                (chan, None),
-                RNG,
-                (&no_backend(), &[]),
-                Vec::new(),
-                0
-            )
-            .is_err());
+            assert!(connect_rng(chan).is_err());
             t.join().unwrap();
         }
     }
@@ -624,15 +628,7 @@ mod tests {
     fn a_silent_device_times_out() {
         let (vmm, dev) = Channel::pair().unwrap();
         let start = std::time::Instant::now();
-        assert!(RemoteDevice::connect(
-            "rng0",
-            (vmm, None),
-            RNG,
-            (&no_backend(), &[]),
-            Vec::new(),
-            0
-        )
-        .is_err());
+        assert!(connect_rng(vmm).is_err());
         assert!(start.elapsed() < REPLY_TIMEOUT + Duration::from_secs(1));
         drop(dev);
     }
@@ -651,15 +647,7 @@ mod tests {
                 }
             }
         });
-        let mut d = RemoteDevice::connect(
-            "rng0",
-            (chan, None),
-            RNG,
-            (&no_backend(), &[]),
-            Vec::new(),
-            0,
-        )
-        .unwrap();
+        let mut d = connect_rng(chan).unwrap();
         t.join().unwrap();
         let events = d.poll_events();
         assert!(events.len() <= MAX_UNSOLICITED);
@@ -680,15 +668,7 @@ mod tests {
             let _ = dev.send_reply(&Reply::ConfigData { data: vec![0] });
             let _ = dev.recv_request(Some(Duration::from_millis(200)));
         });
-        let mut d = RemoteDevice::connect(
-            "rng0",
-            (chan, None),
-            RNG,
-            (&no_backend(), &[]),
-            Vec::new(),
-            0,
-        )
-        .unwrap();
+        let mut d = connect_rng(chan).unwrap();
         assert!(d.stop().is_err());
         assert!(d.stop().is_err());
         t.join().unwrap();

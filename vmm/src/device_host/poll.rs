@@ -41,6 +41,11 @@ impl Poller {
         }
     }
 
+    /// Whether polling is on at all.
+    pub fn on(&self) -> bool {
+        !self.max.is_zero()
+    }
+
     /// Looks for work with `probe` (which returns a mask of queues that
     /// have some, 0 for none) until it finds some or the window passes;
     /// returns the last mask. Finding work widens the window, finding
@@ -69,7 +74,7 @@ impl Poller {
 
     /// The device is about to sleep until something wakes it.
     pub fn sleeping(&mut self) {
-        if !self.max.is_zero() {
+        if self.on() {
             self.slept = Some(Instant::now());
         }
     }

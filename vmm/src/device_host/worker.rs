@@ -256,6 +256,17 @@ fn serve_model(
         if serving.is_some() {
             device.backend_events(&mut backend);
         }
+        if poller.on() {
+            // What polling looks at beside the queues.
+            backend_set.clear();
+            for e in &backend {
+                if e.writable {
+                    backend_set.add_raw_writable(e.fd, ());
+                } else {
+                    backend_set.add_raw(e.fd, ());
+                }
+            }
+        }
         let woke = if polled != 0 {
             // Work is waiting: look at the rest without sleeping.
             wait(&mut wake, chan, serving, &backend, Some(Duration::ZERO))
@@ -270,16 +281,10 @@ fn serve_model(
                 backend.clear();
             }
             let served = process_kicked(device, a, &backend, woke.kicks, polled);
+            // Work that came by a kick or by polling: more may follow.
+            let worked = woke.kicks != 0 || polled != 0;
             polled = 0;
-            if served.is_ok() && woke.kicks != 0 {
-                backend_set.clear();
-                for e in &backend {
-                    if e.writable {
-                        backend_set.add_raw_writable(e.fd, ());
-                    } else {
-                        backend_set.add_raw(e.fd, ());
-                    }
-                }
+            if served.is_ok() && worked {
                 polled = poll_queues(&mut poller, a, &mut backend_set);
             }
             if let Err(reason) = served {
