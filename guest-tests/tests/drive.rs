@@ -86,6 +86,31 @@ fn devices_that_poll_and_a_driver_that_polls_serve_the_same_requests() {
 }
 
 #[test]
+fn a_driver_with_event_indexes_gets_every_answer_at_depth_1_and_32() {
+    let img = Image::new("event-idx", 0x44);
+    let disk = img.arg("");
+    for depth in ["1", "32"] {
+        for device in [
+            &["--size", "512"][..],
+            &["--device", "blk0", "--disk", &disk],
+        ] {
+            let (code, out) = drive(
+                &[
+                    device,
+                    &["--event-idx", "--requests", "3000", "--depth", depth],
+                ]
+                .concat(),
+            );
+            assert_eq!(code, 0, "{device:?} depth {depth}: {out}");
+            assert!(value(&out, "req_per_s") > 0.0, "{out}");
+        }
+    }
+    let (code, out) = drive(&["--device", "console0", "--event-idx"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("--event-idx drives rng, blk and fs"), "{out}");
+}
+
+#[test]
 fn the_console_device_echoes_through_a_host_peer_in_both_modes() {
     for mode in ["process", "thread"] {
         for size in ["1", "64", "4096"] {

@@ -77,6 +77,11 @@ pub struct DriveArgs {
     #[arg(long, value_name = "US", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub halt_poll_us: u32,
+    /// Negotiate VIRTIO_F_RING_EVENT_IDX (rng, blk and fs): the driver asks
+    /// for an interrupt only when the last request of a kick is used, and
+    /// kicks only when the device asks for it.
+    #[arg(long)]
+    pub event_idx: bool,
     /// Number of requests to complete (net: frames).
     #[arg(long, value_name = "N", default_value_t = 20_000,
           value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
@@ -361,6 +366,9 @@ fn validate(args: &DriveArgs) -> Result<()> {
     if args.hostile.is_some() && !hostile_ok {
         bail!("--hostile drives rng, blk and net devices only");
     }
+    if args.event_idx && !matches!(kind, Driven::Rng | Driven::Blk | Driven::Fs) {
+        bail!("--event-idx drives rng, blk and fs devices only");
+    }
     if args.fuzz_stdin && !matches!(kind, Driven::Rng | Driven::Blk) {
         bail!("--fuzz-stdin drives rng and blk devices only");
     }
@@ -462,6 +470,7 @@ fn open_target(args: &DriveArgs) -> Result<(Opened, Target)> {
 pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
     validate(args)?;
     queue::set_halt_poll(args.halt_poll_us);
+    queue::set_event_idx(args.event_idx);
     if let Some(path) = &args.connect {
         let f = vsock::through_guest(path, args)?;
         print_figures(args, &f, None, None);
@@ -536,7 +545,7 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
         fuzz::fuzz_stdin(&mut dev, &ram.mem, &events, all).map(|()| None)
     } else {
         dev.start(
-            driver_features(dev.description().features),
+            driver_features(dev.description().features, args.event_idx),
             &queues,
             &events,
         )
@@ -583,10 +592,16 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
 /// What the harness's driver takes of the `offered` features: everything
 /// it understands. blk's FLUSH (so writes are not synced one by one) and
 /// RO, net's MAC, STATUS and MRG_RXBUF (no offloads: frames stay whole and
-/// checksummed), and VERSION_1.
-fn driver_features(offered: u64) -> u64 {
+/// checksummed), VERSION_1, and RING_EVENT_IDX with `--event-idx`.
+fn driver_features(offered: u64, event_idx: bool) -> u64 {
+    let ring = if event_idx {
+        1u64 << devices::virtio::VIRTIO_F_RING_EVENT_IDX
+    } else {
+        0
+    };
     offered
-        & ((1u64 << devices::virtio::VIRTIO_F_VERSION_1)
+        & (ring
+            | (1u64 << devices::virtio::VIRTIO_F_VERSION_1)
             | (1 << devices::block::VIRTIO_BLK_F_FLUSH)
             | (1 << devices::block::VIRTIO_BLK_F_RO)
             | net::FEATURES)

@@ -4,7 +4,7 @@
 //! waiting for the device's interrupt.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -175,8 +175,23 @@ impl Ring {
         events: &DeviceEvents,
         next_avail: u16,
     ) -> Result<()> {
+        let event_idx = EVENT_IDX.load(Ordering::Relaxed);
+        let before: u16 = mem.read_obj(GuestAddress(self.avail + 2))?;
+        if event_idx {
+            // used_event: interrupt once the last of these is used.
+            let used_event = self.avail + 4 + u64::from(self.size) * 2;
+            mem.write_obj(next_avail.wrapping_sub(1), GuestAddress(used_event))?;
+        }
         self.set_avail_idx(mem, next_avail)?;
-        self.kick(events)?;
+        // avail_event: the device asks for a kick only past that entry.
+        let kick = !event_idx || {
+            let avail_event: u16 =
+                mem.read_obj(GuestAddress(self.used + 4 + u64::from(self.size) * 8))?;
+            next_avail.wrapping_sub(avail_event).wrapping_sub(1) < next_avail.wrapping_sub(before)
+        };
+        if kick {
+            self.kick(events)?;
+        }
         let window = Duration::from_micros(u64::from(HALT_POLL_US.load(Ordering::Relaxed)));
         if !window.is_zero() {
             let deadline = Instant::now() + window;
@@ -234,6 +249,16 @@ impl Ring {
 /// The driver's halt-polling window, microseconds (`skvm drive
 /// --halt-poll-us`; 0: none).
 static HALT_POLL_US: AtomicU32 = AtomicU32::new(0);
+
+/// Whether the driver negotiated VIRTIO_F_RING_EVENT_IDX (`skvm drive
+/// --event-idx`): [`Ring::publish_and_wait`] then writes used_event and
+/// kicks only as avail_event asks (virtio 1.2, 2.7.10).
+static EVENT_IDX: AtomicBool = AtomicBool::new(false);
+
+/// Sets whether the driver uses event indexes.
+pub fn set_event_idx(on: bool) {
+    EVENT_IDX.store(on, Ordering::Relaxed);
+}
 
 /// Sets how long, in microseconds, the driver watches for the device's
 /// answer before it sleeps on the interrupt, as KVM's halt polling keeps an
