@@ -161,8 +161,6 @@ fn mounted_read_only(fd: libc::c_int) -> io::Result<bool> {
     Ok(st.f_flag & libc::ST_RDONLY != 0)
 }
 
-/// Covers the mount at `below` (relative to the new root) with an empty
-/// read-only tmpfs.
 /// Whether `path` is a directory (not following a symlink). This runs
 /// under the spawner's filter, which has newfstatat but not statx (std's
 /// metadata calls).
@@ -230,6 +228,8 @@ fn cover_files(files: &[PathBuf]) -> io::Result<()> {
     Ok(())
 }
 
+/// Covers the mount at `below` (relative to the new root) with an empty
+/// read-only tmpfs.
 fn hide(below: &Path) -> io::Result<()> {
     let target = CString::new(Path::new("/").join(below).as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
