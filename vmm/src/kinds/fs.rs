@@ -363,7 +363,10 @@ impl FsSpec {
         // unprivileged user (sandbox::share): say so now rather than let
         // the process fail at its start.
         let (uid, gid) = sandbox::jail::outside_ids();
-        if let Some(d) = confined.then(|| unsearchable(&self.path, uid, gid)).flatten() {
+        if let Some(d) = confined
+            .then(|| unsearchable(&self.path, uid, gid))
+            .flatten()
+        {
             anyhow::bail!(
                 "device {name}: --fs path={shown}: {} is not searchable by user {uid} (group \
                  {gid}), as whom the device process reaches the share (`--user`, or nobody \
