@@ -25,6 +25,11 @@
  *                               non-blocking reads: the floor of a host
  *                               whose cores are busy (never idle, never
  *                               woken from a halt)
+ *   floor load KERNEL INITRD N  N times: the bytes a boot loads (an ELF
+ *                               kernel's PT_LOAD file bytes, else the whole
+ *                               file, and the initrd) spliced into a fresh
+ *                               256 MiB memfd, one thread, nothing else:
+ *                               the floor of exec -> first KVM_RUN
  *
  * Files in DIR are named f0, f1, ... Prints one line of key=value words: op,
  * n, secs, per_s, mb_per_s, p50_us, p90_us, p99_us (each call or round trip
@@ -40,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -264,6 +270,96 @@ static int pingpong(unsigned long n, int spin)
 	return 0;
 }
 
+/* Splices `len` bytes of `in` at `off` into `out` at `at` through `pipe`. */
+static void splice_into(int in, off_t off, int out, off_t at, size_t len, const int pipe[2])
+{
+	while (len > 0) {
+		ssize_t got = splice(in, &off, pipe[1], NULL, len, 0);
+		if (got <= 0)
+			die("splice from the image");
+		len -= got;
+		for (ssize_t moved = 0; moved < got;) {
+			ssize_t n = splice(pipe[0], NULL, out, &at, got - moved, 0);
+			if (n <= 0)
+				die("splice into the memfd");
+			moved += n;
+		}
+	}
+}
+
+/* Splices what a boot loads of `kernel` (see the usage) into `ram`. */
+static double load_kernel(int kernel, int ram, const int pipe[2])
+{
+	unsigned char eh[64];
+	struct stat st;
+	if (fstat(kernel, &st))
+		die("kernel");
+	if (pread(kernel, eh, sizeof eh, 0) != sizeof eh || memcmp(eh, "\x7f" "ELF", 4)) {
+		splice_into(kernel, 0, ram, 16 << 20, st.st_size, pipe);
+		return st.st_size;
+	}
+	uint64_t phoff;
+	uint16_t phentsize, phnum;
+	memcpy(&phoff, eh + 0x20, 8);
+	memcpy(&phentsize, eh + 0x36, 2);
+	memcpy(&phnum, eh + 0x38, 2);
+	double bytes = 0;
+	for (unsigned i = 0; i < phnum; i++) {
+		unsigned char ph[56];
+		uint32_t type;
+		uint64_t off, paddr, filesz;
+		if (pread(kernel, ph, sizeof ph, phoff + (uint64_t)i * phentsize) != sizeof ph)
+			die("kernel program header");
+		memcpy(&type, ph, 4);
+		memcpy(&off, ph + 0x08, 8);
+		memcpy(&paddr, ph + 0x18, 8);
+		memcpy(&filesz, ph + 0x20, 8);
+		if (type != 1 /* PT_LOAD */ || filesz == 0)
+			continue;
+		if (paddr + filesz > (192ull << 20)) {
+			fprintf(stderr, "floor: kernel segment at %#llx does not fit\n",
+				(unsigned long long)paddr);
+			exit(1);
+		}
+		splice_into(kernel, off, ram, paddr, filesz, pipe);
+		bytes += filesz;
+	}
+	return bytes;
+}
+
+static int load(const char *kernel_path, const char *initrd_path, unsigned long n)
+{
+	int kernel = open(kernel_path, O_RDONLY | O_CLOEXEC);
+	int initrd = open(initrd_path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (kernel < 0 || initrd < 0 || fstat(initrd, &st))
+		die(kernel < 0 ? kernel_path : initrd_path);
+	if (st.st_size > (64 << 20)) {
+		fprintf(stderr, "floor: %s: larger than 64 MiB\n", initrd_path);
+		return 1;
+	}
+	int pipe[2];
+	if (pipe2(pipe, O_CLOEXEC))
+		die("pipe");
+	fcntl(pipe[1], F_SETPIPE_SZ, 1 << 20);
+	double bytes = 0, cpu = self_cpu_us();
+	uint64_t start = now_ns();
+	for (unsigned long i = 0; i < n; i++) {
+		uint64_t t = now_ns();
+		int ram = memfd_create("floor-ram", MFD_CLOEXEC);
+		if (ram < 0 || ftruncate(ram, 256 << 20))
+			die("memfd");
+		bytes = load_kernel(kernel, ram, pipe);
+		splice_into(initrd, 0, ram, (256 << 20) - st.st_size, st.st_size, pipe);
+		bytes += st.st_size;
+		close(ram);
+		lat[i] = now_ns() - t;
+	}
+	uint64_t ns = now_ns() - start;
+	report("load", n, ns, bytes * n, self_cpu_us() - cpu);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *op = argc > 1 ? argv[1] : "";
@@ -282,7 +378,10 @@ int main(int argc, char **argv)
 		return pingpong(n, 0);
 	if (argc == 3 && !strcmp(op, "eventfd-spin"))
 		return pingpong(n, 1);
+	if (argc == 5 && !strcmp(op, "load"))
+		return load(argv[2], argv[3], n);
 	fprintf(stderr, "usage: floor create|stat|unlink DIR N | floor write|read|randread|randwrite "
-			"FILE SIZE N | floor getrandom SIZE N | floor eventfd|eventfd-spin N\n");
+			"FILE SIZE N | floor getrandom SIZE N | floor eventfd|eventfd-spin N | floor load "
+			"KERNEL INITRD N\n");
 	return 2;
 }

@@ -44,11 +44,16 @@ pub fn error(msg: &str) {
     emit("error", msg);
 }
 
+/// Writes the line with one system call (stderr is unbuffered, and
+/// `eprintln!` writes each piece of its format on its own): lines of
+/// several threads do not interleave, and a line costs one write.
 fn emit(level: &str, msg: &str) {
-    if RAW_TERMINAL.load(Ordering::Relaxed) {
+    use std::io::Write;
+    let line = if RAW_TERMINAL.load(Ordering::Relaxed) {
         // In raw mode a bare \n does not return the carriage.
-        eprint!("\r\nskvm: {level}: {msg}\r\n");
+        format!("\r\nskvm: {level}: {msg}\r\n")
     } else {
-        eprintln!("skvm: {level}: {msg}");
-    }
+        format!("skvm: {level}: {msg}\n")
+    };
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }

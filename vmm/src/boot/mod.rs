@@ -3,6 +3,7 @@
 //! page with its e820 map, and the ACPI tables.
 
 pub mod acpi;
+mod into_ram;
 pub mod lz4;
 pub mod unpack;
 
@@ -343,7 +344,8 @@ fn load_kernel(
         detail,
     };
     if n == 4 && magic == *b"\x7fELF" {
-        let r = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+        let mut image = into_ram::IntoRam::new(&mut file, mem);
+        let r = Elf::load(mem, None, &mut image, Some(GuestAddress(HIMEM_START)))
             .map_err(|e| classify_load_error(path, &e.to_string()))?;
         let hdr = setup_header {
             kernel_alignment: KERNEL_MIN_ALIGNMENT,
@@ -357,7 +359,8 @@ fn load_kernel(
             return Ok(unpacked);
         }
     }
-    let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+    let mut image = into_ram::IntoRam::new(&mut file, mem);
+    let r = BzImage::load(mem, None, &mut image, Some(GuestAddress(HIMEM_START)))
         .map_err(|e| classify_load_error(path, &e.to_string()))?;
     let hdr = r.setup_header.ok_or_else(|| BootError::NotAKernel {
         path: path.to_owned(),
@@ -506,7 +509,8 @@ fn load_initrd(
         return Err(too_big());
     }
     let len = usize::try_from(size).map_err(|_| too_big())?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, len)
+    let mut image = into_ram::IntoRam::new(&mut file, mem);
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut image, len)
         .map_err(|e| open_err(std::io::Error::other(e.to_string())))?;
     Ok((addr, size))
 }
