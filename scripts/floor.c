@@ -21,6 +21,10 @@
  *                               waits on the second, the other answers,
  *                               as a kick and its interrupt do; each
  *                               sleeps in read(2) while it waits
+ *   floor eventfd-poll N        the same with the answering side waiting as
+ *                               a device worker does: poll(2) over the kick
+ *                               and three idle eventfds (its control
+ *                               channel and other queues), then a read
  *   floor eventfd-spin N        the same with both spinning on
  *                               non-blocking reads: the floor of a host
  *                               whose cores are busy (never idle, never
@@ -46,6 +50,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <poll.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -235,9 +240,24 @@ static int take(int fd, int spin)
 	}
 }
 
+/* Waits for `kick` as a worker waits: poll over it and `idle` fds. */
+static int polled_take(int kick, const int idle[3])
+{
+	struct pollfd p[4] = {{kick, POLLIN, 0}, {idle[0], POLLIN, 0}, {idle[1], POLLIN, 0},
+			      {idle[2], POLLIN, 0}};
+	if (poll(p, 4, -1) < 1)
+		return -1;
+	return take(kick, 0);
+}
+
+/* spin: 0 sleep in read, 1 spin on non-blocking reads, 2 poll then read. */
 static int pingpong(unsigned long n, int spin)
 {
-	int flags = EFD_CLOEXEC | (spin ? EFD_NONBLOCK : 0);
+	int idle[3];
+	for (int i = 0; i < 3; i++)
+		if ((idle[i] = eventfd(0, EFD_CLOEXEC)) < 0)
+			die("eventfd");
+	int flags = EFD_CLOEXEC | (spin == 1 ? EFD_NONBLOCK : 0);
 	int kick = eventfd(0, flags), irq = eventfd(0, flags);
 	if (kick < 0 || irq < 0)
 		die("eventfd");
@@ -248,7 +268,8 @@ static int pingpong(unsigned long n, int spin)
 	if (child == 0) {
 		/* The device's side: each kick answered with an interrupt. */
 		for (unsigned long i = 0; i < n; i++) {
-			if (take(kick, spin) || write(irq, &v, sizeof v) != sizeof v)
+			int got = spin == 2 ? polled_take(kick, idle) : take(kick, spin);
+			if (got || write(irq, &v, sizeof v) != sizeof v)
 				_exit(1);
 		}
 		_exit(0);
@@ -257,7 +278,7 @@ static int pingpong(unsigned long n, int spin)
 	for (unsigned long i = 0; i < n; i++) {
 		uint64_t t = now_ns();
 		v = 1;
-		if (write(kick, &v, sizeof v) != sizeof v || take(irq, spin))
+		if (write(kick, &v, sizeof v) != sizeof v || take(irq, spin == 1))
 			die("eventfd round trip");
 		lat[i] = now_ns() - t;
 	}
@@ -266,7 +287,7 @@ static int pingpong(unsigned long n, int spin)
 	struct rusage r;
 	if (wait4(child, &status, 0, &r) != child || !WIFEXITED(status) || WEXITSTATUS(status))
 		die("the answering process");
-	report(spin ? "eventfd-spin" : "eventfd", n, ns, 0, cpu_us(&r));
+	report(spin == 1 ? "eventfd-spin" : spin == 2 ? "eventfd-poll" : "eventfd", n, ns, 0, cpu_us(&r));
 	return 0;
 }
 
@@ -378,10 +399,13 @@ int main(int argc, char **argv)
 		return pingpong(n, 0);
 	if (argc == 3 && !strcmp(op, "eventfd-spin"))
 		return pingpong(n, 1);
+	if (argc == 3 && !strcmp(op, "eventfd-poll"))
+		return pingpong(n, 2);
 	if (argc == 5 && !strcmp(op, "load"))
 		return load(argv[2], argv[3], n);
 	fprintf(stderr, "usage: floor create|stat|unlink DIR N | floor write|read|randread|randwrite "
-			"FILE SIZE N | floor getrandom SIZE N | floor eventfd|eventfd-spin N | floor load "
+			"FILE SIZE N | floor getrandom SIZE N | floor eventfd|eventfd-poll|eventfd-spin N | "
+			"floor load "
 			"KERNEL INITRD N\n");
 	return 2;
 }

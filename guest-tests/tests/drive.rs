@@ -562,6 +562,32 @@ fn the_net_device_sends_and_receives_frames_through_a_tap_in_both_modes() {
                 assert_eq!(code, 0, "{mode} {op} size {size}: {out}");
                 assert!(out.contains(&format!("size={size}")), "{out}");
             }
+            // Both sides polling: the device looks at the tap between its
+            // looks at the queues, the driver at the used index (received
+            // frames too); every frame is still checked.
+            let (code, out) = drive_in(
+                &ns,
+                &[
+                    "--device",
+                    "net0",
+                    "--net",
+                    "tap=skvmd0",
+                    "--device-mode",
+                    mode,
+                    "--op",
+                    op,
+                    "--size",
+                    "60",
+                    "--requests",
+                    "2000",
+                    "--device-poll-us",
+                    "50",
+                    "--halt-poll-us",
+                    "200",
+                ],
+            );
+            assert_eq!(code, 0, "{mode} {op} polled: {out}");
+            assert!(value(&out, "p50_us") > 0.0, "{out}");
         }
     }
     // The taps are free again: no device outlived its run.

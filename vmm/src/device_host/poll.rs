@@ -79,9 +79,9 @@ impl Poller {
         }
     }
 
-    /// It woke; `kicked`: a queue's kick woke it. A kick within the
-    /// longest window of the sleep would have been caught by polling: the
-    /// window opens again.
+    /// It woke; `kicked`: work woke it (a queue's kick, or the backend's
+    /// fd: a frame for a tap). Work within the longest window of the sleep
+    /// would have been caught by polling: the window opens again.
     pub fn woken(&mut self, kicked: bool) {
         let Some(slept) = self.slept.take() else {
             return;

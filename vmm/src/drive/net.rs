@@ -383,13 +383,15 @@ impl RxRing {
         batch: &mut Batch<'_>,
     ) -> Result<()> {
         while !batch.complete() {
-            QUEUE0.wait_interrupt(events).with_context(|| {
-                format!(
-                    "{} of the {} frames sent reached the driver",
-                    batch.got,
-                    batch.seen.len()
-                )
-            })?;
+            QUEUE0
+                .wait_used(mem, events, self.seen_used)
+                .with_context(|| {
+                    format!(
+                        "{} of the {} frames sent reached the driver",
+                        batch.got,
+                        batch.seen.len()
+                    )
+                })?;
             let used = QUEUE0.used_idx(mem)?;
             while self.seen_used != used {
                 let (id, len) = QUEUE0.used_entry(mem, self.seen_used)?;

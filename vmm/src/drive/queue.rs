@@ -192,17 +192,8 @@ impl Ring {
         if kick {
             self.kick(events)?;
         }
-        let window = Duration::from_micros(u64::from(HALT_POLL_US.load(Ordering::Relaxed)));
-        if !window.is_zero() {
-            let deadline = Instant::now() + window;
-            while Instant::now() < deadline {
-                if self.used_idx(mem)? == next_avail {
-                    // Its interrupt, if it came yet, is spent with it.
-                    let _ = events.irqs[usize::from(self.index)].read();
-                    return Ok(());
-                }
-                std::hint::spin_loop();
-            }
+        if self.halt_poll(mem, events, |used| used == next_avail)? {
+            return Ok(());
         }
         loop {
             self.wait_interrupt(events)?;
@@ -210,6 +201,41 @@ impl Ring {
                 return Ok(());
             }
         }
+    }
+
+    /// Waits until the device has used more than `seen` (the used index
+    /// it last showed): first by watching the used index for the
+    /// halt-polling window, then for one interrupt (which may be stale:
+    /// the caller looks at the index again).
+    pub fn wait_used(self, mem: &GuestMemoryMmap, events: &DeviceEvents, seen: u16) -> Result<()> {
+        if self.halt_poll(mem, events, |used| used != seen)? {
+            return Ok(());
+        }
+        self.wait_interrupt(events)
+    }
+
+    /// Watches the used index for the halt-polling window
+    /// ([`set_halt_poll`]) until `done` holds for it; whether it did. The
+    /// interrupt that came with it, if it came yet, is spent.
+    fn halt_poll(
+        self,
+        mem: &GuestMemoryMmap,
+        events: &DeviceEvents,
+        done: impl Fn(u16) -> bool,
+    ) -> Result<bool> {
+        let window = Duration::from_micros(u64::from(HALT_POLL_US.load(Ordering::Relaxed)));
+        if window.is_zero() {
+            return Ok(false);
+        }
+        let deadline = Instant::now() + window;
+        while Instant::now() < deadline {
+            if done(self.used_idx(mem)?) {
+                let _ = events.irqs[usize::from(self.index)].read();
+                return Ok(true);
+            }
+            std::hint::spin_loop();
+        }
+        Ok(false)
     }
 
     /// Waits for the queue's interrupt and consumes it.

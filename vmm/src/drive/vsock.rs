@@ -109,7 +109,7 @@ impl Driver<'_> {
     /// Waits for packets on the receive queue; each is handed to `take`
     /// and its buffer posted again.
     fn receive(&mut self, mut take: impl FnMut(&mut Self, Header, Vec<u8>)) -> Result<()> {
-        QUEUE0.wait_interrupt(self.events)?;
+        QUEUE0.wait_used(self.mem, self.events, self.rx_used)?;
         while self.rx_used != QUEUE0.used_idx(self.mem)? {
             let (id, len) = QUEUE0.used_entry(self.mem, self.rx_used)?;
             self.rx_used = self.rx_used.wrapping_add(1);
