@@ -2,9 +2,21 @@
 //! client, vsock's streams and listener): one `read`, as much of a
 //! `write` as the fd takes now, and `accept` on a listening socket. None
 //! waits; each says what happened in an [`Io`] (or an `Option`). Also
-//! `fallocate`, which blk and virtio-fs share.
+//! `fallocate`, which blk and virtio-fs share, and [`IoVecs`], the iovecs
+//! blk and net keep from one request to the next.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// A request's host iovecs, kept by a device from one request to the next
+/// so that a request allocates nothing. Empty between requests: whoever
+/// fills it clears it before and after use.
+#[derive(Debug, Default)]
+pub(crate) struct IoVecs(pub(crate) Vec<libc::iovec>);
+
+// SAFETY: the pointers an `IoVecs` holds are used only by the thread that
+// filled it, within one request (see above); a device moved to another
+// thread between requests moves no live pointer.
+unsafe impl Send for IoVecs {}
 
 /// What a non-blocking call on a host fd did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,6 +29,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend as _, Le16};
 
+use crate::hostio::IoVecs;
 use crate::virtio::{
     check_features, end_fill, serve_queue, BackendEvent, DeviceError, GuestMemory, Processed,
     VirtioDevice, DEVICE_ID_NET, TRANSPORT_FEATURES,
@@ -143,6 +144,12 @@ pub struct Net {
     rx_starved: bool,
     /// Reading the tap failed for good.
     tap_failed: bool,
+    /// A frame's iovecs, the heads of the chains a received frame took and
+    /// where its header went: kept for their capacity, so that a frame
+    /// allocates nothing.
+    tx_iov: IoVecs,
+    rx_heads: Vec<(u16, u32)>,
+    rx_header_at: Vec<(GuestAddress, usize)>,
 }
 
 /// Outcome of placing one frame in the receive queue.
@@ -171,6 +178,9 @@ impl Net {
             rx_len: 0,
             rx_starved: false,
             tap_failed: false,
+            tx_iov: IoVecs::default(),
+            rx_heads: Vec::new(),
+            rx_header_at: Vec::new(),
         }
     }
 
@@ -210,12 +220,15 @@ impl Net {
 
     /// Sends one transmit chain to the tap; the used length is always 0.
     fn transmit(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
-        match gather_readable(chain, mem) {
-            Some((iov, len)) if (VNET_HDR_LEN + ETH_HDR_LEN..=MAX_FRAME).contains(&len) => {
+        let iov = &mut self.tx_iov.0;
+        let gathered = gather_readable(chain, mem, iov);
+        match gathered {
+            Some(len) if (VNET_HDR_LEN + ETH_HDR_LEN..=MAX_FRAME).contains(&len) => {
                 let n = libc::c_int::try_from(iov.len()).unwrap_or(0);
                 // SAFETY: every iovec points into mapped guest memory that
                 // vm-memory checked for this length; writev only reads it.
                 let sent = unsafe { libc::writev(self.tap.as_raw_fd(), iov.as_ptr(), n) };
+                iov.clear();
                 if usize::try_from(sent).ok() == Some(len) {
                     self.stats.tx_frames += 1;
                     self.stats.tx_bytes += len as u64;
@@ -223,7 +236,10 @@ impl Net {
                     self.stats.tx_errors += 1;
                 }
             }
-            _ => self.stats.tx_dropped += 1,
+            _ => {
+                iov.clear();
+                self.stats.tx_dropped += 1;
+            }
         }
         0
     }
@@ -270,10 +286,26 @@ impl Net {
 
     /// Delivers the pending frame into the receive queue.
     fn place(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Result<Placed, DeviceError> {
+        let (mut heads, mut header_at) = (
+            std::mem::take(&mut self.rx_heads),
+            std::mem::take(&mut self.rx_header_at),
+        );
+        heads.clear();
+        header_at.clear();
+        let placed = self.place_in(queue, mem, &mut heads, &mut header_at);
+        (self.rx_heads, self.rx_header_at) = (heads, header_at);
+        placed
+    }
+
+    fn place_in(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+        heads: &mut Vec<(u16, u32)>,
+        header_at: &mut Vec<(GuestAddress, usize)>,
+    ) -> Result<Placed, DeviceError> {
         let merge = self.negotiated(VIRTIO_NET_F_MRG_RXBUF);
         let frame = self.rx_buf.get(..self.rx_len).unwrap_or_default();
-        let mut heads: Vec<(u16, u32)> = Vec::new();
-        let mut header_at: Vec<(GuestAddress, usize)> = Vec::new();
         let mut off = 0usize;
         let mut bad = false;
         while off < frame.len() {
@@ -290,7 +322,7 @@ impl Net {
             let head = chain.head_index();
             let rest = frame.get(off..).unwrap_or_default();
             let first = heads.is_empty();
-            let put = scatter_writable(chain, mem, rest, first.then_some(&mut header_at));
+            let put = scatter_writable(chain, mem, rest, first.then_some(&mut *header_at));
             heads.push((head, 0));
             let Some(n) = put else {
                 bad = true;
@@ -308,7 +340,7 @@ impl Net {
             }
         }
         if bad {
-            for (head, _) in &heads {
+            for (head, _) in heads.iter() {
                 queue.add_used(mem, *head, 0).map_err(DeviceError::Queue)?;
             }
             return Ok(Placed::Dropped);
@@ -320,8 +352,8 @@ impl Net {
             header.copy_from_slice(h);
         }
         header[10..12].copy_from_slice(&count.to_le_bytes());
-        write_segments(mem, &header_at, &header);
-        for (head, len) in &heads {
+        write_segments(mem, header_at, &header);
+        for (head, len) in heads.iter() {
             queue
                 .add_used(mem, *head, *len)
                 .map_err(DeviceError::Queue)?;
@@ -375,14 +407,15 @@ impl Net {
     }
 }
 
-/// The readable descriptors of `chain` as host iovecs, and their total
-/// length; `None` if the chain is cut short, too long, has a writable
-/// descriptor or leaves guest memory.
+/// The readable descriptors of `chain` as host iovecs, into `iov`, and
+/// their total length; `None` if the chain is cut short, too long, has a
+/// writable descriptor or leaves guest memory.
 fn gather_readable(
     chain: DescriptorChain<&GuestMemory>,
     mem: &GuestMemory,
-) -> Option<(Vec<libc::iovec>, usize)> {
-    let mut iov = Vec::new();
+    iov: &mut Vec<libc::iovec>,
+) -> Option<usize> {
+    iov.clear();
     let mut len = 0usize;
     let mut cut = false;
     for (i, desc) in chain.enumerate() {
@@ -401,7 +434,7 @@ fn gather_readable(
             iov_len: n,
         });
     }
-    (!cut).then_some((iov, len))
+    (!cut).then_some(len)
 }
 
 /// Copies the start of `data` into the writable descriptors of `chain`;

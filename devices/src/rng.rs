@@ -39,6 +39,9 @@ pub struct Rng {
     features: u64,
     stats: RngStats,
     scratch: Vec<u8>,
+    /// A request's buffers, kept for their capacity: a request allocates
+    /// nothing.
+    buffers: Vec<(GuestAddress, usize)>,
 }
 
 impl Default for Rng {
@@ -74,6 +77,7 @@ impl Rng {
             features: 0,
             stats: RngStats::default(),
             scratch: vec![0; CHUNK],
+            buffers: Vec::new(),
         }
     }
 
@@ -83,16 +87,17 @@ impl Rng {
     }
 
     /// The writable buffers of `chain`, capped at [`MAX_REQUEST`] bytes in
-    /// all; `None` if the chain is malformed.
+    /// all, into `out`; false if the chain is malformed.
     fn buffers(
         chain: DescriptorChain<&GuestMemory>,
         mem: &GuestMemory,
-    ) -> Option<Vec<(GuestAddress, usize)>> {
-        let mut out = Vec::new();
+        out: &mut Vec<(GuestAddress, usize)>,
+    ) -> bool {
+        out.clear();
         let mut total = 0usize;
         for desc in chain {
             if !desc.is_write_only() {
-                return None;
+                return false;
             }
             let len = usize::try_from(desc.len())
                 .unwrap_or(usize::MAX)
@@ -101,7 +106,7 @@ impl Rng {
                 continue;
             }
             if !mem.check_range(desc.addr(), len, Permissions::Write) {
-                return None;
+                return false;
             }
             out.push((desc.addr(), len));
             total += len;
@@ -109,7 +114,7 @@ impl Rng {
                 break;
             }
         }
-        Some(out)
+        true
     }
 
     /// Fills `buffers` with random bytes; returns how many were written.
@@ -138,11 +143,14 @@ impl Rng {
     /// Serves one request; returns the used length.
     fn serve(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
         self.stats.requests += 1;
-        let Some(buffers) = Self::buffers(chain, mem) else {
+        let mut buffers = std::mem::take(&mut self.buffers);
+        let whole = Self::buffers(chain, mem, &mut buffers);
+        let n = if whole { self.fill(&buffers, mem) } else { 0 };
+        self.buffers = buffers;
+        if !whole {
             self.stats.bad_chains += 1;
             return 0;
-        };
-        let n = self.fill(&buffers, mem);
+        }
         self.stats.bytes += n as u64;
         u32::try_from(n).unwrap_or(0)
     }

@@ -27,9 +27,21 @@ pub(super) fn advance(iov: &mut Vec<libc::iovec>, mut n: usize) {
 
 /// preadv/pwritev of the whole of `iov` at `offset`, going on after short
 /// transfers and EINTR. A transfer that stops early (end of file) fails.
+/// `iov` is left empty, whatever the outcome.
 pub(super) fn transfer(
     file: &File,
-    mut iov: Vec<libc::iovec>,
+    iov: &mut Vec<libc::iovec>,
+    offset: u64,
+    write: bool,
+) -> io::Result<()> {
+    let done = transfer_all(file, iov, offset, write);
+    iov.clear();
+    done
+}
+
+fn transfer_all(
+    file: &File,
+    iov: &mut Vec<libc::iovec>,
     mut offset: u64,
     write: bool,
 ) -> io::Result<()> {
@@ -49,7 +61,7 @@ pub(super) fn transfer(
         match usize::try_from(n) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
             Ok(n) => {
-                advance(&mut iov, n);
+                advance(iov, n);
                 offset += n as u64;
             }
             Err(_) => {

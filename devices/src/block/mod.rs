@@ -30,8 +30,9 @@ use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Address, ByteValued, Bytes, Le16, Le32, Le64};
 
 use crate::hostio::fallocate;
+use crate::hostio::IoVecs;
 use hostio::transfer;
-use segments::{gather, iovecs, scatter, split_at, total, Seg};
+use segments::{drop_front, gather, iovecs, pop_last_byte, scatter, total, Seg};
 
 use crate::virtio::{
     check_features, serve_queue, DeviceError, GuestMemory, Processed, VirtioDevice,
@@ -190,9 +191,14 @@ pub struct Block {
     params: DiskParams,
     features: u64,
     stats: BlockStats,
+    /// The request being served, kept between requests for their
+    /// capacity: serving one allocates nothing.
+    parsed: Parsed,
+    iov: IoVecs,
 }
 
 /// A chain split into its readable and writable bytes.
+#[derive(Default)]
 struct Parsed {
     readable: Vec<Seg>,
     writable: Vec<Seg>,
@@ -221,6 +227,8 @@ impl Block {
             params,
             features: 0,
             stats: BlockStats::default(),
+            parsed: Parsed::default(),
+            iov: IoVecs::default(),
         }
     }
 
@@ -241,15 +249,13 @@ impl Block {
         }
     }
 
-    /// Splits `chain` into readable and writable segments; `None` if the
-    /// chain was cut short (a loop or a bad next index).
-    fn parse(chain: DescriptorChain<&GuestMemory>) -> Option<Parsed> {
-        let mut p = Parsed {
-            readable: Vec::new(),
-            writable: Vec::new(),
-            misordered: false,
-            too_long: false,
-        };
+    /// Splits `chain` into readable and writable segments, into `p`;
+    /// false if the chain was cut short (a loop or a bad next index).
+    fn parse(chain: DescriptorChain<&GuestMemory>, p: &mut Parsed) -> bool {
+        p.readable.clear();
+        p.writable.clear();
+        p.misordered = false;
+        p.too_long = false;
         let mut count = 0usize;
         let mut cut = false;
         for desc in chain {
@@ -281,32 +287,34 @@ impl Block {
                 p.readable.push(seg);
             }
         }
-        if cut || count == 0 {
-            None
-        } else {
-            Some(p)
-        }
+        !cut && count != 0
     }
 
     /// Serves one request; returns the used length.
     fn serve(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
         self.stats.requests += 1;
-        let Some(p) = Self::parse(chain) else {
+        let mut p = std::mem::take(&mut self.parsed);
+        let used = self.serve_parsed(chain, &mut p, mem);
+        self.parsed = p;
+        used
+    }
+
+    fn serve_parsed(
+        &mut self,
+        chain: DescriptorChain<&GuestMemory>,
+        p: &mut Parsed,
+        mem: &GuestMemory,
+    ) -> u32 {
+        if !Self::parse(chain, p) {
+            self.stats.dropped += 1;
+            return 0;
+        }
+        // The status is the last writable byte; the data is before it.
+        let Some(status_at) = pop_last_byte(&mut p.writable) else {
             self.stats.dropped += 1;
             return 0;
         };
-        // The status is the last writable byte.
-        let writable_len = total(&p.writable);
-        let Some(data_len) = writable_len.checked_sub(1) else {
-            self.stats.dropped += 1;
-            return 0;
-        };
-        let (data_out, status_seg) = split_at(&p.writable, data_len);
-        let Some(status_at) = status_seg.first().map(|s| s.addr) else {
-            self.stats.dropped += 1;
-            return 0;
-        };
-        let (status, written) = match self.execute(&p, &data_out, mem) {
+        let (status, written) = match self.execute(p, mem) {
             Ok(n) => (VIRTIO_BLK_S_OK, n),
             Err(Fail::IoErr) => {
                 self.stats.errors += 1;
@@ -326,7 +334,7 @@ impl Block {
 
     /// Runs a well-formed request; returns the bytes written to the
     /// guest's data buffers.
-    fn execute(&mut self, p: &Parsed, data_out: &[Seg], mem: &GuestMemory) -> Result<usize, Fail> {
+    fn execute(&mut self, p: &mut Parsed, mem: &GuestMemory) -> Result<usize, Fail> {
         if p.misordered || p.too_long {
             return Err(Fail::IoErr);
         }
@@ -340,20 +348,21 @@ impl Block {
                 .and_then(|b| b.try_into().ok())
                 .ok_or(Fail::IoErr)?,
         );
-        let (_, data_in) = split_at(&p.readable, HEADER);
+        drop_front(&mut p.readable, HEADER);
+        let (data_in, data_out) = (&p.readable, &p.writable);
         match kind {
             VIRTIO_BLK_T_IN => {
                 let len = self.check_range(sector, total(data_out))?;
-                let iov = iovecs(mem, data_out)?;
-                transfer(&self.file, iov, sector * SECTOR, false).map_err(io_err)?;
+                iovecs(mem, data_out, &mut self.iov)?;
+                transfer(&self.file, &mut self.iov.0, sector * SECTOR, false).map_err(io_err)?;
                 self.stats.bytes_read += len as u64;
                 Ok(len)
             }
             VIRTIO_BLK_T_OUT => {
                 self.writable()?;
-                let len = self.check_range(sector, total(&data_in))?;
-                let iov = iovecs(mem, &data_in)?;
-                transfer(&self.file, iov, sector * SECTOR, true).map_err(io_err)?;
+                let len = self.check_range(sector, total(data_in))?;
+                iovecs(mem, data_in, &mut self.iov)?;
+                transfer(&self.file, &mut self.iov.0, sector * SECTOR, true).map_err(io_err)?;
                 if !self.negotiated(VIRTIO_BLK_F_FLUSH) {
                     // Without FLUSH the driver assumes write-through.
                     self.file.sync_data().map_err(io_err)?;
@@ -386,7 +395,7 @@ impl Block {
                     return Err(Fail::Unsupp);
                 }
                 self.writable()?;
-                self.discard_or_zero(kind, &data_in, mem)?;
+                self.discard_or_zero(kind, data_in, mem)?;
                 Ok(0)
             }
             _ => Err(Fail::Unsupp),
@@ -464,11 +473,11 @@ impl Block {
         while bytes > 0 {
             let n = usize::try_from(bytes.min(CHUNK as u64)).unwrap_or(CHUNK);
             let part = zeroes.get_mut(..n).ok_or(Fail::IoErr)?;
-            let iov = vec![libc::iovec {
+            let mut iov = vec![libc::iovec {
                 iov_base: part.as_mut_ptr().cast(),
                 iov_len: n,
             }];
-            transfer(&self.file, iov, offset, true).map_err(io_err)?;
+            transfer(&self.file, &mut iov, offset, true).map_err(io_err)?;
             offset += n as u64;
             bytes -= n as u64;
         }
