@@ -50,6 +50,23 @@ bench_netns() {
 	ip -n "$ns" link set lo up
 }
 
+# REQUESTS and ROUNDS from a benchmark's arguments ($1 and $2; defaults
+# 20000 and 3), into `requests` and `rounds`.
+requests_and_rounds() {
+	requests=${1:-20000}
+	rounds=${2:-3}
+	numbers "$requests" "$rounds" || die "REQUESTS and ROUNDS must be numbers"
+	[ "$rounds" -ge 1 ] || die "ROUNDS must be at least 1"
+}
+
+# `skvm drive ARGS`, inside the namespace bench_netns made when ARGS name a
+# tap (--net); prints its key=value line.
+bench_drive() {
+	local inside=()
+	case " $* " in *" --net "*) inside=(ip netns exec "$ns") ;; esac
+	"${inside[@]}" "$skvm" drive "$@" </dev/null
+}
+
 # a / b to two places, or n/a.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
 

@@ -53,10 +53,7 @@ set -euo pipefail
 prog=bench-devices
 # shellcheck source=scripts/bench-common.sh
 . "$(dirname "$0")/bench-common.sh"
-requests=${1:-20000}
-rounds=${2:-3}
-numbers "$requests" "$rounds" || die "REQUESTS and ROUNDS must be numbers"
-[ "$rounds" -ge 1 ] || die "ROUNDS must be at least 1"
+requests_and_rounds "$@"
 floor=$(build_floor)
 
 tap=skvmb0
@@ -65,13 +62,8 @@ img=$work/disk.img
 dd if=/dev/urandom of="$img" bs=1M count=256 status=none
 cat "$img" >/dev/null
 
-
-# One drive run; prints its key=value line. net runs inside the namespace.
-drive() {
-	local inside=()
-	case " $* " in *" --net "*) inside=(ip netns exec "$ns") ;; esac
-	"${inside[@]}" "$skvm" drive --requests "$requests" "$@" </dev/null
-}
+# One drive run of the benchmark's size; its key=value line.
+drive() { bench_drive --requests "$requests" "$@"; }
 
 printf 'skvm device benchmark, %s requests per case, %s rounds (%s, %s CPUs, %s)\n' "$requests" "$rounds" \
 	"$(uname -r)" "$(nproc)" "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"

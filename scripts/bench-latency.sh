@@ -34,10 +34,7 @@ set -euo pipefail
 prog=bench-latency
 # shellcheck source=scripts/bench-common.sh
 . "$(dirname "$0")/bench-common.sh"
-requests=${1:-20000}
-rounds=${2:-3}
-numbers "$requests" "$rounds" || die "REQUESTS and ROUNDS must be numbers"
-[ "$rounds" -ge 1 ] || die "ROUNDS must be at least 1"
+requests_and_rounds "$@"
 floor=$(build_floor)
 
 img=$work/disk.img
@@ -82,11 +79,8 @@ spin_stop() {
 }
 trap 'spin_stop; bench_cleanup' EXIT
 
-drive() {
-	local inside=()
-	case " $* " in *" --net "*) inside=(ip netns exec "$ns") ;; esac
-	"${inside[@]}" "$skvm" drive --requests "$requests" --depth 1 "$@" </dev/null
-}
+# One drive run of the benchmark's size; its key=value line.
+drive() { bench_drive --requests "$requests" --depth 1 "$@"; }
 
 declare -A fig
 keep() { fig[$1]+="$(field "$2" "$3") "; }

@@ -504,6 +504,22 @@ fn drive_in(ns: &Netns, args: &[&str]) -> (i32, String) {
     run_drive(ns.exec(skvm_bin().to_str().unwrap()), args)
 }
 
+/// `skvm drive` of net0 on `tap` inside `ns`, in `mode`, `op`, and `more`.
+fn drive_net(ns: &Netns, tap: &str, mode: &str, op: &str, more: &[&str]) -> (i32, String) {
+    let tap = format!("tap={tap}");
+    let args = [
+        "--device",
+        "net0",
+        "--net",
+        &tap,
+        "--device-mode",
+        mode,
+        "--op",
+        op,
+    ];
+    drive_in(ns, &[&args[..], more].concat())
+}
+
 #[test]
 fn the_net_device_sends_and_receives_frames_through_a_tap_in_both_modes() {
     let ns = Netns::new("drvnet");
@@ -512,22 +528,12 @@ fn the_net_device_sends_and_receives_frames_through_a_tap_in_both_modes() {
     for mode in ["process", "thread"] {
         for op in ["tx", "rx"] {
             for depth in ["1", "32"] {
-                let (code, out) = drive_in(
+                let (code, out) = drive_net(
                     &ns,
-                    &[
-                        "--device",
-                        "net0",
-                        "--net",
-                        "tap=skvmd0",
-                        "--device-mode",
-                        mode,
-                        "--op",
-                        op,
-                        "--depth",
-                        depth,
-                        "--requests",
-                        "2000",
-                    ],
+                    "skvmd0",
+                    mode,
+                    op,
+                    &["--depth", depth, "--requests", "2000"],
                 );
                 assert_eq!(code, 0, "{mode} {op} depth {depth}: {out}");
                 assert!(out.contains(&format!("op={op} mode={mode}")), "{out}");
@@ -540,24 +546,12 @@ fn the_net_device_sends_and_receives_frames_through_a_tap_in_both_modes() {
             }
             // Jumbo frames, and the smallest.
             for (tap, size) in [("skvmd1", "9014"), ("skvmd0", "60")] {
-                let (code, out) = drive_in(
+                let (code, out) = drive_net(
                     &ns,
-                    &[
-                        "--device",
-                        "net0",
-                        "--net",
-                        &format!("tap={tap}"),
-                        "--device-mode",
-                        mode,
-                        "--op",
-                        op,
-                        "--size",
-                        size,
-                        "--depth",
-                        "8",
-                        "--requests",
-                        "400",
-                    ],
+                    tap,
+                    mode,
+                    op,
+                    &["--size", size, "--depth", "8", "--requests", "400"],
                 );
                 assert_eq!(code, 0, "{mode} {op} size {size}: {out}");
                 assert!(out.contains(&format!("size={size}")), "{out}");
@@ -565,26 +559,13 @@ fn the_net_device_sends_and_receives_frames_through_a_tap_in_both_modes() {
             // Both sides polling: the device looks at the tap between its
             // looks at the queues, the driver at the used index (received
             // frames too); every frame is still checked.
-            let (code, out) = drive_in(
+            let polling = ["--device-poll-us", "50", "--halt-poll-us", "200"];
+            let (code, out) = drive_net(
                 &ns,
-                &[
-                    "--device",
-                    "net0",
-                    "--net",
-                    "tap=skvmd0",
-                    "--device-mode",
-                    mode,
-                    "--op",
-                    op,
-                    "--size",
-                    "60",
-                    "--requests",
-                    "2000",
-                    "--device-poll-us",
-                    "50",
-                    "--halt-poll-us",
-                    "200",
-                ],
+                "skvmd0",
+                mode,
+                op,
+                &[&["--size", "60", "--requests", "2000"][..], &polling].concat(),
             );
             assert_eq!(code, 0, "{mode} {op} polled: {out}");
             assert!(value(&out, "p50_us") > 0.0, "{out}");

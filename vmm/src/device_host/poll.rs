@@ -10,7 +10,11 @@
 //! [`ipc::MAX_POLL_US`]), spent only right after work (an idle queue costs
 //! nothing), halves after a look that found nothing (down to none), and
 //! grows back when a kick comes soon after the device went to sleep, as
-//! KVM's halt polling does for a vCPU.
+//! KVM's halt polling does for a vCPU. Polling that finds nothing may take
+//! at most a quarter of the wall time (over each 10 ms): a device whose
+//! driver's requests keep coming just too late for its window (a console
+//! whose host peer sleeps) wastes a bounded share of a core, not one spin
+//! per request.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +22,10 @@ use std::time::{Duration, Instant};
 const CLOSE_BELOW: u32 = 16;
 /// A window that reopens starts at this fraction of the longest.
 const REOPEN_AT: u32 = 8;
+/// Polling that found nothing may take at most a `VAIN_SHARE`th of each
+/// `PERIOD` of wall time.
+const PERIOD: Duration = Duration::from_millis(10);
+const VAIN_SHARE: u32 = 4;
 
 /// One device's polling state.
 #[derive(Debug)]
@@ -28,6 +36,10 @@ pub struct Poller {
     window: Duration,
     /// When the device last went to sleep, while polling is on.
     slept: Option<Instant>,
+    /// The current period's start, and how long polling spent in it on
+    /// spins that found nothing.
+    period: Instant,
+    vain: Duration,
 }
 
 impl Poller {
@@ -38,6 +50,8 @@ impl Poller {
             max,
             window: max,
             slept: None,
+            period: Instant::now(),
+            vain: Duration::ZERO,
         }
     }
 
@@ -49,19 +63,30 @@ impl Poller {
     /// Looks for work with `probe` (which returns a mask of queues that
     /// have some, 0 for none) until it finds some or the window passes;
     /// returns the last mask. Finding work widens the window, finding
-    /// none halves it.
+    /// none halves it. Once this period's vain polling reached its share,
+    /// it does not look until the next period.
     pub fn spin(&mut self, mut probe: impl FnMut() -> u64) -> u64 {
         if self.window.is_zero() {
             return 0;
         }
-        let deadline = Instant::now() + self.window;
+        let start = Instant::now();
+        if start.duration_since(self.period) >= PERIOD {
+            self.period = start;
+            self.vain = Duration::ZERO;
+        }
+        if self.vain >= PERIOD / VAIN_SHARE {
+            return 0;
+        }
+        let deadline = start + self.window;
         loop {
             let found = probe();
             if found != 0 {
                 self.window = (self.window * 2).min(self.max);
                 return found;
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
+                self.vain += now - start;
                 self.window /= 2;
                 if self.window < self.max / CLOSE_BELOW {
                     self.window = Duration::ZERO;
@@ -79,9 +104,9 @@ impl Poller {
         }
     }
 
-    /// It woke; `kicked`: work woke it (a queue's kick, or the backend's
-    /// fd: a frame for a tap). Work within the longest window of the sleep
-    /// would have been caught by polling: the window opens again.
+    /// It woke; `kicked`: a queue's kick woke it. A kick within the
+    /// longest window of the sleep would have been caught by polling: the
+    /// window opens again.
     pub fn woken(&mut self, kicked: bool) {
         let Some(slept) = self.slept.take() else {
             return;
@@ -153,6 +178,34 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1));
         p.woken(true);
         assert_eq!(p.window(), Duration::ZERO);
+    }
+
+    #[test]
+    fn vain_polling_takes_at_most_its_share_of_a_period() {
+        // Every spin finds nothing, and every sleep ends in a kick soon
+        // enough to reopen the window: without the share, polling would
+        // take most of the time.
+        let mut p = Poller::new(200);
+        let start = Instant::now();
+        let mut spinning = Duration::ZERO;
+        let mut spins = 0;
+        while start.elapsed() < PERIOD * 8 / 10 {
+            let (t, mut looked) = (Instant::now(), false);
+            p.spin(|| {
+                looked = true;
+                0
+            });
+            if looked {
+                spinning += t.elapsed();
+                spins += 1;
+            }
+            p.sleeping();
+            p.woken(true);
+        }
+        // The share, and one window's overrun of it.
+        let most = PERIOD / VAIN_SHARE + Duration::from_micros(200);
+        assert!(spinning <= most, "{spinning:?} in {spins} spins");
+        assert!(spinning >= PERIOD / VAIN_SHARE, "{spinning:?}: it did poll");
     }
 
     #[test]

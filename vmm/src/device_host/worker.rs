@@ -270,7 +270,7 @@ fn serve_model(
         } else {
             poller.sleeping();
             let woke = wait(&mut wake, chan, serving, &backend, None);
-            poller.woken(woke.kicks != 0 || woke.backend);
+            poller.woken(woke.kicks != 0);
             woke
         };
         if let Some(a) = active.as_mut().filter(|_| !paused) {
@@ -278,9 +278,11 @@ fn serve_model(
                 backend.clear();
             }
             let served = process_kicked(device, a, &backend, woke.kicks, polled);
-            // Work that came by a kick, from the backend (a tap's frame)
-            // or by polling: more may follow.
-            let worked = woke.kicks != 0 || woke.backend || polled != 0;
+            // Work that came by a kick or by polling: more may follow.
+            // Not a backend's: its peer (a console's or vsock's host
+            // program) needs the core polling would take, and a tap's
+            // frames gained nothing from it (bench-latency, net rx).
+            let worked = woke.kicks != 0 || polled != 0;
             polled = 0;
             if served.is_ok() && worked {
                 polled = poll_queues(&mut poller, a, &mut backend_set);
