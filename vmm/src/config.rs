@@ -116,7 +116,8 @@ pub struct RunArgs {
     /// woken by the next kick, which on a host whose idle cores halt can
     /// cost tens of microseconds; polling spends CPU to save it. The window
     /// adapts: it halves after a look that found nothing and grows back
-    /// when kicks follow soon after sleeping.
+    /// when kicks follow soon after sleeping; looks that find nothing take
+    /// at most a quarter of the wall time.
     #[arg(long, value_name = "US", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=i64::from(ipc::MAX_POLL_US)))]
     pub device_poll_us: u32,
