@@ -94,7 +94,11 @@ pub(super) fn scatter(mem: &GuestMemory, segs: &[Seg], data: &[u8]) -> Result<us
 pub(super) fn iovecs(mem: &GuestMemory, segs: &[Seg], v: &mut IoVecs) -> Result<(), Fail> {
     v.0.clear();
     for s in segs {
-        let slice = mem.get_slice(s.addr, s.len).map_err(io_err)?;
+        let Ok(slice) = mem.get_slice(s.addr, s.len) else {
+            // Left empty: nothing of a failed request stays.
+            v.0.clear();
+            return Err(Fail::IoErr);
+        };
         let ptr = slice.ptr_guard_mut().as_ptr();
         v.0.push(libc::iovec {
             iov_base: ptr.cast(),
