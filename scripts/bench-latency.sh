@@ -132,11 +132,11 @@ printf "$row" "" "p50 us" "p50 us" "p50 us" "p50 us" "floor" "fl+work" "floor" "
 	us/req us/req
 for c in "${cases[@]}"; do
 	key=${c%%|*}
-	work=$(med "$key/work")
-	with_work=$(awk -v a="$busy" -v b="$work" 'BEGIN { print a + b }')
+	bare=$(med "$key/work")
+	with_work=$(awk -v a="$busy" -v b="$bare" 'BEGIN { print a + b }')
 	# shellcheck disable=SC2059
 	printf "$row" "$key" "$(med "$key/idle/p50")" "$(med "$key/busy/p50")" \
-		"$(med "$key/polled/p50")" "$work" \
+		"$(med "$key/polled/p50")" "$bare" \
 		"$(ratio "$(med "$key/busy/p50")" "$busy")" "$(ratio "$(med "$key/busy/p50")" "$with_work")" \
 		"$(ratio "$(med "$key/polled/p50")" "$busy")" "$(ratio "$(med "$key/polled/p50")" "$with_work")" \
 		"$(med "$key/idle/cpu")" "$(med "$key/busy/cpu")" "$(med "$key/polled/cpu")"
