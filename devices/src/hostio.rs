@@ -8,14 +8,25 @@
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// A request's host iovecs, kept by a device from one request to the next
-/// so that a request allocates nothing. Empty between requests: whoever
-/// fills it clears it before and after use.
+/// so that a request allocates nothing. Reached only through
+/// [`IoVecs::with`], which hands out an empty vector and empties it again
+/// afterwards, whatever the request did with it.
 #[derive(Debug, Default)]
-pub(crate) struct IoVecs(pub(crate) Vec<libc::iovec>);
+pub(crate) struct IoVecs(Vec<libc::iovec>);
 
-// SAFETY: the pointers an `IoVecs` holds are used only by the thread that
-// filled it, within one request (see above); a device moved to another
-// thread between requests moves no live pointer.
+impl IoVecs {
+    /// Runs `f` on the (empty) vector; it is empty again after.
+    pub(crate) fn with<R>(&mut self, f: impl FnOnce(&mut Vec<libc::iovec>) -> R) -> R {
+        self.0.clear();
+        let r = f(&mut self.0);
+        self.0.clear();
+        r
+    }
+}
+
+// SAFETY: the pointers an `IoVecs` holds live only within one call of
+// `with`, on the thread that made it; a device moved to another thread
+// between requests moves no pointer.
 unsafe impl Send for IoVecs {}
 
 /// What a non-blocking call on a host fd did.

@@ -220,15 +220,18 @@ impl Net {
 
     /// Sends one transmit chain to the tap; the used length is always 0.
     fn transmit(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
-        let iov = &mut self.tx_iov.0;
-        let gathered = gather_readable(chain, mem, iov);
-        match gathered {
-            Some(len) if (VNET_HDR_LEN + ETH_HDR_LEN..=MAX_FRAME).contains(&len) => {
-                let n = libc::c_int::try_from(iov.len()).unwrap_or(0);
-                // SAFETY: every iovec points into mapped guest memory that
-                // vm-memory checked for this length; writev only reads it.
-                let sent = unsafe { libc::writev(self.tap.as_raw_fd(), iov.as_ptr(), n) };
-                iov.clear();
+        let tap = self.tap.as_raw_fd();
+        // (length, what writev returned), or None: dropped.
+        let sent = self.tx_iov.with(|iov| {
+            let len = gather_readable(chain, mem, iov)
+                .filter(|len| (VNET_HDR_LEN + ETH_HDR_LEN..=MAX_FRAME).contains(len))?;
+            let n = libc::c_int::try_from(iov.len()).unwrap_or(0);
+            // SAFETY: every iovec points into mapped guest memory that
+            // vm-memory checked for this length; writev only reads it.
+            Some((len, unsafe { libc::writev(tap, iov.as_ptr(), n) }))
+        });
+        match sent {
+            Some((len, sent)) => {
                 if usize::try_from(sent).ok() == Some(len) {
                     self.stats.tx_frames += 1;
                     self.stats.tx_bytes += len as u64;
@@ -236,10 +239,7 @@ impl Net {
                     self.stats.tx_errors += 1;
                 }
             }
-            _ => {
-                iov.clear();
-                self.stats.tx_dropped += 1;
-            }
+            None => self.stats.tx_dropped += 1,
         }
         0
     }
@@ -407,15 +407,14 @@ impl Net {
     }
 }
 
-/// The readable descriptors of `chain` as host iovecs, into `iov`, and
-/// their total length; `None` if the chain is cut short, too long, has a
-/// writable descriptor or leaves guest memory.
+/// The readable descriptors of `chain` as host iovecs, appended to `iov`,
+/// and their total length; `None` if the chain is cut short, too long, has
+/// a writable descriptor or leaves guest memory.
 fn gather_readable(
     chain: DescriptorChain<&GuestMemory>,
     mem: &GuestMemory,
     iov: &mut Vec<libc::iovec>,
 ) -> Option<usize> {
-    iov.clear();
     let mut len = 0usize;
     let mut cut = false;
     for (i, desc) in chain.enumerate() {

@@ -27,19 +27,8 @@ pub(super) fn advance(iov: &mut Vec<libc::iovec>, mut n: usize) {
 
 /// preadv/pwritev of the whole of `iov` at `offset`, going on after short
 /// transfers and EINTR. A transfer that stops early (end of file) fails.
-/// `iov` is left empty, whatever the outcome.
+/// Each iovec is taken off `iov` once it has been transferred.
 pub(super) fn transfer(
-    file: &File,
-    iov: &mut Vec<libc::iovec>,
-    offset: u64,
-    write: bool,
-) -> io::Result<()> {
-    let done = transfer_all(file, iov, offset, write);
-    iov.clear();
-    done
-}
-
-fn transfer_all(
     file: &File,
     iov: &mut Vec<libc::iovec>,
     mut offset: u64,

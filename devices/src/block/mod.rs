@@ -353,16 +353,22 @@ impl Block {
         match kind {
             VIRTIO_BLK_T_IN => {
                 let len = self.check_range(sector, total(data_out))?;
-                iovecs(mem, data_out, &mut self.iov)?;
-                transfer(&self.file, &mut self.iov.0, sector * SECTOR, false).map_err(io_err)?;
+                let file = &self.file;
+                self.iov.with(|iov| {
+                    iovecs(mem, data_out, iov)?;
+                    transfer(file, iov, sector * SECTOR, false).map_err(io_err)
+                })?;
                 self.stats.bytes_read += len as u64;
                 Ok(len)
             }
             VIRTIO_BLK_T_OUT => {
                 self.writable()?;
                 let len = self.check_range(sector, total(data_in))?;
-                iovecs(mem, data_in, &mut self.iov)?;
-                transfer(&self.file, &mut self.iov.0, sector * SECTOR, true).map_err(io_err)?;
+                let file = &self.file;
+                self.iov.with(|iov| {
+                    iovecs(mem, data_in, iov)?;
+                    transfer(file, iov, sector * SECTOR, true).map_err(io_err)
+                })?;
                 if !self.negotiated(VIRTIO_BLK_F_FLUSH) {
                     // Without FLUSH the driver assumes write-through.
                     self.file.sync_data().map_err(io_err)?;

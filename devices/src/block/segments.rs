@@ -5,7 +5,6 @@
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend as _};
 
 use super::{io_err, Fail};
-use crate::hostio::IoVecs;
 use crate::virtio::GuestMemory;
 
 /// One guest buffer.
@@ -88,19 +87,18 @@ pub(super) fn scatter(mem: &GuestMemory, segs: &[Seg], data: &[u8]) -> Result<us
     Ok(done)
 }
 
-/// Host iovecs for `segs`, into `v` (emptied first); fails if any byte is
-/// outside guest memory. The pointers stay valid while `mem` is mapped
-/// (for the request's duration).
-pub(super) fn iovecs(mem: &GuestMemory, segs: &[Seg], v: &mut IoVecs) -> Result<(), Fail> {
-    v.0.clear();
+/// Host iovecs for `segs`, appended to `v`; fails if any byte is outside
+/// guest memory. The pointers stay valid while `mem` is mapped (for the
+/// request's duration).
+pub(super) fn iovecs(
+    mem: &GuestMemory,
+    segs: &[Seg],
+    v: &mut Vec<libc::iovec>,
+) -> Result<(), Fail> {
     for s in segs {
-        let Ok(slice) = mem.get_slice(s.addr, s.len) else {
-            // Left empty: nothing of a failed request stays.
-            v.0.clear();
-            return Err(Fail::IoErr);
-        };
+        let slice = mem.get_slice(s.addr, s.len).map_err(io_err)?;
         let ptr = slice.ptr_guard_mut().as_ptr();
-        v.0.push(libc::iovec {
+        v.push(libc::iovec {
             iov_base: ptr.cast(),
             iov_len: s.len,
         });
