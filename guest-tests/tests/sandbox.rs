@@ -124,6 +124,25 @@ fn status_field(pid: u32, key: &str) -> String {
         .to_owned()
 }
 
+/// Whether `pid` runs under more seccomp filters than its parent.
+fn own_filter_installed(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(parent) = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    let filters = |p: u32| {
+        status_field(p, "Seccomp_filters")
+            .parse::<u32>()
+            .unwrap_or(0)
+    };
+    filters(pid) > filters(parent)
+}
+
 fn ns(pid: &str, kind: &str) -> String {
     std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
         .unwrap()
@@ -152,8 +171,10 @@ fn check_confined(device: &str, extra: &[&str]) {
     let pid = loop {
         let pids = device_pids(child.id(), device);
         if let Some(p) = pids.first() {
-            // Past the hello: the seccomp filter is in.
-            if status_field(*p, "Seccomp") == "2" {
+            // Its own filter is in (the last step of its confinement):
+            // it has one more than the spawner it was forked from, whose
+            // filter it inherits at once.
+            if own_filter_installed(*p) {
                 break *p;
             }
         }
