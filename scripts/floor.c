@@ -25,6 +25,9 @@
  *                               a device worker does: poll(2) over the kick
  *                               and three idle eventfds (its control
  *                               channel and other queues), then a read
+ *   floor eventfd-epoll N       the same with the answering side in
+ *                               epoll_wait(2) on a set of those four fds
+ *                               made once, then a read
  *   floor eventfd-spin N        the same with both spinning on
  *                               non-blocking reads: the floor of a host
  *                               whose cores are busy (never idle, never
@@ -49,6 +52,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <poll.h>
 #include <sys/random.h>
@@ -250,7 +254,32 @@ static int polled_take(int kick, const int idle[3])
 	return take(kick, 0);
 }
 
-/* spin: 0 sleep in read, 1 spin on non-blocking reads, 2 poll then read. */
+/* Waits for `kick` in epoll set `ep` (which holds it), then reads it. */
+static int epolled_take(int ep, int kick)
+{
+	struct epoll_event e[4];
+	if (epoll_wait(ep, e, 4, -1) < 1)
+		return -1;
+	return take(kick, 0);
+}
+
+/* An epoll set of `kick` and the `idle` fds, all for reading. */
+static int epoll_set(int kick, const int idle[3])
+{
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	if (ep < 0)
+		die("epoll_create1");
+	int fds[4] = {kick, idle[0], idle[1], idle[2]};
+	for (int i = 0; i < 4; i++) {
+		struct epoll_event e = {.events = EPOLLIN, .data.fd = fds[i]};
+		if (epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &e))
+			die("epoll_ctl");
+	}
+	return ep;
+}
+
+/* spin: 0 sleep in read, 1 spin on non-blocking reads, 2 poll then read,
+ * 3 epoll_wait then read. */
 static int pingpong(unsigned long n, int spin)
 {
 	int idle[3];
@@ -267,8 +296,11 @@ static int pingpong(unsigned long n, int spin)
 	uint64_t v = 1;
 	if (child == 0) {
 		/* The device's side: each kick answered with an interrupt. */
+		int ep = spin == 3 ? epoll_set(kick, idle) : -1;
 		for (unsigned long i = 0; i < n; i++) {
-			int got = spin == 2 ? polled_take(kick, idle) : take(kick, spin);
+			int got = spin == 2   ? polled_take(kick, idle)
+				  : spin == 3 ? epolled_take(ep, kick)
+					      : take(kick, spin);
 			if (got || write(irq, &v, sizeof v) != sizeof v)
 				_exit(1);
 		}
@@ -287,7 +319,9 @@ static int pingpong(unsigned long n, int spin)
 	struct rusage r;
 	if (wait4(child, &status, 0, &r) != child || !WIFEXITED(status) || WEXITSTATUS(status))
 		die("the answering process");
-	report(spin == 1 ? "eventfd-spin" : spin == 2 ? "eventfd-poll" : "eventfd", n, ns, 0, cpu_us(&r));
+	static const char *const names[] = {"eventfd", "eventfd-spin", "eventfd-poll",
+					    "eventfd-epoll"};
+	report(names[spin], n, ns, 0, cpu_us(&r));
 	return 0;
 }
 
@@ -401,10 +435,12 @@ int main(int argc, char **argv)
 		return pingpong(n, 1);
 	if (argc == 3 && !strcmp(op, "eventfd-poll"))
 		return pingpong(n, 2);
+	if (argc == 3 && !strcmp(op, "eventfd-epoll"))
+		return pingpong(n, 3);
 	if (argc == 5 && !strcmp(op, "load"))
 		return load(argv[2], argv[3], n);
 	fprintf(stderr, "usage: floor create|stat|unlink DIR N | floor write|read|randread|randwrite "
-			"FILE SIZE N | floor getrandom SIZE N | floor eventfd|eventfd-poll|eventfd-spin N | "
+			"FILE SIZE N | floor getrandom SIZE N | floor eventfd|eventfd-poll|eventfd-epoll|eventfd-spin N | "
 			"floor load "
 			"KERNEL INITRD N\n");
 	return 2;

@@ -61,6 +61,23 @@ impl Netns {
             .success()
     }
 
+    /// The counters of link `name` and the neighbour table, for a
+    /// failure's message.
+    pub fn link_report(&self, name: &str) -> String {
+        let mut text = String::new();
+        for args in [&["-s", "link", "show", name][..], &["neigh"]] {
+            if let Ok(out) = Command::new("ip")
+                .arg("-n")
+                .arg(&self.name)
+                .args(args)
+                .output()
+            {
+                text.push_str(&String::from_utf8_lossy(&out.stdout));
+            }
+        }
+        text
+    }
+
     /// A command that runs `program` inside the namespace.
     pub fn exec(&self, program: &str) -> Command {
         let mut c = Command::new("ip");

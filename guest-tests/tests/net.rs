@@ -40,7 +40,7 @@ fn transfer_bytes() -> usize {
 fn guest_script(mtu: u32, ping_size: u32) -> String {
     format!(
         "ip addr add {GUEST_IP}/24 dev eth0; ip link set eth0 mtu {mtu}; ip link set eth0 up; \
-         ping -c 3 -s {ping_size} {HOST_IP}; \
+         ping -c 3 -s {ping_size} {HOST_IP}; ip -s link show eth0; ip neigh; \
          nc -l -p 5001 > /tmp/in; md5sum /tmp/in; nc {HOST_IP} 5002 < /tmp/in"
     )
 }
@@ -97,10 +97,12 @@ fn ping_and_transfer(ns: &Netns, mode: &str, mtu: u32, kills: usize) {
     let out = &f.output;
     assert_eq!(f.code(), 0, "{out}");
     assert_eq!(field(out, "SKVM-CMD-EXIT").as_deref(), Some("0"), "{out}");
-    // The guest pinged the host, with full-size frames.
+    // The guest pinged the host, with full-size frames. (Its counters
+    // and the tap's say where a lost one went.)
     assert!(
         out.contains("3 packets transmitted, 3 packets received"),
-        "{out}"
+        "{out}\nthe host's side:\n{}",
+        ns.link_report(tap)
     );
     assert!(
         out.contains(&format!("{} bytes from {HOST_IP}", ping_size + 8)),
@@ -110,7 +112,11 @@ fn ping_and_transfer(ns: &Netns, mode: &str, mtu: u32, kills: usize) {
     // only two round trips for the last reply, which a guest whose kernel
     // code is emulated, busy with a transfer, can miss; with it ping goes
     // on until three replies came, so more may have been sent.
-    assert!(ping.contains(" 3 received,"), "{ping}\n{out}");
+    assert!(
+        ping.contains(" 3 received,"),
+        "{ping}\n{out}\nthe host's side:\n{}",
+        ns.link_report(tap)
+    );
     // Host to guest: the guest's md5 of what it got.
     assert!(
         out.contains(&format!("{sent_md5}  /tmp/in")),
