@@ -59,16 +59,46 @@ requests_and_rounds() {
 	[ "$rounds" -ge 1 ] || die "ROUNDS must be at least 1"
 }
 
+# Where a benchmark that calls bench_placement runs the driver and the
+# device: SKVM_BENCH_CPUS=H,D (`skvm drive --cpus H,D`, and FLOOR_CPUS for
+# scripts/floor.c), by default 0,1 on a host of two CPUs or more, as a vCPU
+# and its device have a core each; `none` lets the scheduler place them.
+# Where waking a halted core is dear (a nested VM), whether the two share
+# a core changes a run's figures several times over, so unpinned runs
+# swing with the scheduler's choice. Sets `cpus` (empty: unpinned) and
+# prints a line saying which.
+bench_placement() {
+	cpus=${SKVM_BENCH_CPUS:-}
+	if [ -z "$cpus" ]; then
+		cpus=none
+		[ "$(nproc)" -lt 2 ] || cpus=0,1
+	fi
+	if [ "$cpus" = none ]; then
+		cpus=""
+		echo "  placement: unpinned, as the scheduler places the driver and the device"
+		return
+	fi
+	[[ "$cpus" =~ ^[0-9]+,[0-9]+$ ]] || die "SKVM_BENCH_CPUS='$cpus': expected H,D or none"
+	export FLOOR_CPUS=$cpus
+	echo "  placement: driver on CPU ${cpus%,*}, device on CPU ${cpus#*,} (SKVM_BENCH_CPUS=$cpus)"
+}
+cpus=""
+
 # `skvm drive ARGS`, inside the namespace bench_netns made when ARGS name a
-# tap (--net); prints its key=value line.
+# tap (--net), pinned as bench_placement chose; prints its key=value line.
 bench_drive() {
-	local inside=()
+	local inside=() pin=()
 	case " $* " in *" --net "*) inside=(ip netns exec "$ns") ;; esac
-	"${inside[@]}" "$skvm" drive "$@" </dev/null
+	[ -z "$cpus" ] || pin=(--cpus "$cpus")
+	"${inside[@]}" "$skvm" drive "${pin[@]}" "$@" </dev/null
 }
 
-# a / b to two places, or n/a.
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+# a / b to two places, or n/a (b zero, or either not a number).
+ratio() {
+	awk -v a="$1" -v b="$2" 'BEGIN {
+		num = "^[0-9]*[.]?[0-9]+([eE][-+]?[0-9]+)?$"
+		if (a !~ num || b !~ num || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'
+}
 
 # The median of the numbers on stdin, one per line, or n/a.
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }

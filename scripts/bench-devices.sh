@@ -43,7 +43,12 @@
 # Baseline for blk: fio on the same file, random 4 KiB reads with libaio at
 # depth 32 and with a plain pread loop (psync, depth 1); the target is blk
 # randread at depth 32 >= 80% of what fio reaches.
-# Targets: process within 10% of thread on throughput; PSS under 2 MiB.
+# The driver runs on CPU 0 and the device on CPU 1, the floors likewise
+# (SKVM_BENCH_CPUS, scripts/bench-common.sh: 0,0 shares one core, without
+# the polled mode and the spinning floor; none leaves it to the
+# scheduler): unpinned, blk random reads at depth 32 swung here between
+# ~250k and ~700k req/s with whether the scheduler put the two on one core.
+# Targets: process within 5% of thread on throughput; PSS under 2 MiB.
 # Absolute figures are this host's (a nested VM here, see
 # docs/ARCHITECTURE.md); ratios travel better. Whether the host's other
 # core is idle or busy changes wake-up latency by an order of magnitude
@@ -67,10 +72,19 @@ drive() { bench_drive --requests "$requests" "$@"; }
 
 printf 'skvm device benchmark, %s requests per case, %s rounds (%s, %s CPUs, %s)\n' "$requests" "$rounds" \
 	"$(uname -r)" "$(nproc)" "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
+bench_placement
+one_core=""
+if [ -n "$cpus" ] && [ "${cpus%,*}" = "${cpus#*,}" ]; then
+	one_core=1
+	echo "  (one core for both: no polled mode and no spinning floor, which would only take turns)"
+fi
 # Every figure of every round: fig[KEY/MODE/FIELD] is a list of values.
 declare -A fig
+# keep KEY MODE COMMAND...: runs the command (a drive or a floor) and
+# keeps the figures of its line; a failing command ends the benchmark.
 keep() {
-	local key=$1 mode=$2 line=$3 f
+	local key=$1 mode=$2 line f
+	line=$("${@:3}") || die "$key, $mode: '${*:3}' failed"
 	for f in req_per_s mb_per_s p50_us p99_us cpu_us_per_req pss_kib per_s cpu_us_per_op; do
 		fig[$key/$mode/$f]+="$(field "$line" "$f") "
 	done
@@ -114,26 +128,34 @@ else
 fi
 
 # The floor of a case: the same work with bare syscalls.
+# The bare work's loops run at least 100 000 times (a second at most):
+# at 20 000, a run's first milliseconds (a cold cache, a page the host
+# evicted) moved the CPU figure by up to 3x.
 floor_of() {
+	local n=$((requests > 100000 ? requests : 100000))
 	case "$1" in
-	rng0*) "$floor" getrandom 4096 "$requests" ;;
-	"blk0 randread"*) "$floor" randread "$img" 4096 "$requests" ;;
-	"blk0 randwrite"*) "$floor" randwrite "$img" 4096 "$requests" ;;
+	rng0*) "$floor" getrandom 4096 "$n" ;;
+	"blk0 randread"*) "$floor" randread "$img" 4096 "$n" ;;
+	"blk0 randwrite"*) "$floor" randwrite "$img" 4096 "$n" ;;
 	*) "$floor" eventfd "$requests" ;;
 	esac
 }
-modes=(thread process process-unconfined process-polled)
+modes=(thread process process-unconfined)
+[ -n "$one_core" ] || modes+=(process-polled)
 for ((r = 1; r <= rounds; r++)); do
 	printf '  round %s of %s ...\n' "$r" "$rounds" >&2
 	for c in "${cases[@]}"; do
 		key=${c%%|*}
 		read -r -a args <<<"${c#*|}"
-		keep "$key" thread "$(drive "${args[@]}" --device-mode thread)"
-		keep "$key" process "$(drive "${args[@]}" --device-mode process)"
-		keep "$key" process-unconfined "$(drive "${args[@]}" --device-mode process --unconfined)"
-		keep "$key" process-polled "$(drive "${args[@]}" --device-mode process --device-poll-us 50 --halt-poll-us 200)"
-		keep "$key" floor "$(floor_of "$key")"
-		keep "$key" busy-floor "$("$floor" eventfd-spin "$requests")"
+		keep "$key" thread drive "${args[@]}" --device-mode thread
+		keep "$key" process drive "${args[@]}" --device-mode process
+		keep "$key" process-unconfined drive "${args[@]}" --device-mode process --unconfined
+		# Two spinners on one core wait for each other's time slice.
+		if [ -z "$one_core" ]; then
+			keep "$key" process-polled drive "${args[@]}" --device-mode process --device-poll-us 50 --halt-poll-us 200
+			keep "$key" busy-floor "$floor" eventfd-spin "$requests"
+		fi
+		keep "$key" floor floor_of "$key"
 		# This round's process/thread ratio.
 		p=$(tr ' ' '\n' <<<"${fig[$key/process/req_per_s]}" | grep -v '^$' | tail -1)
 		t=$(tr ' ' '\n' <<<"${fig[$key/thread/req_per_s]}" | grep -v '^$' | tail -1)
@@ -154,6 +176,7 @@ for c in "${cases[@]}"; do
 	printf '  %-22s %-19s %9s %7s %8s %7s %7s %8s\n' "$key" "host floor" "$(med "$key/floor/per_s")" \
 		"$(spread "$key/floor/per_s")" "$(med "$key/floor/mb_per_s")" "$(med "$key/floor/p50_us")" \
 		"$(med "$key/floor/p99_us")" "$(med "$key/floor/cpu_us_per_op")"
+	[ -z "$one_core" ] || continue
 	printf '  %-22s %-19s %9s %7s %8s %7s %7s %8s\n' "$key" "busy eventfd floor" "$(med "$key/busy-floor/per_s")" \
 		"$(spread "$key/busy-floor/per_s")" "-" "$(med "$key/busy-floor/p50_us")" \
 		"$(med "$key/busy-floor/p99_us")" "$(med "$key/busy-floor/cpu_us_per_op")"
@@ -177,7 +200,8 @@ done
 # fio's terse output: field 8 is read IOPS.
 fio_iops() {
 	fio --name=baseline --filename="$img" --rw=randread --bs=4k --size=256M \
-		--runtime=5 --time_based --direct=0 --invalidate=0 --minimal "$@" 2>/dev/null | cut -d';' -f8
+		--runtime=5 --time_based --direct=0 --invalidate=0 --minimal ${cpus:+--cpus_allowed=${cpus#*,}} \
+		"$@" 2>/dev/null | cut -d';' -f8
 }
 if command -v fio >/dev/null; then
 	aio=$(fio_iops --ioengine=libaio --iodepth=32)

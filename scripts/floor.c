@@ -38,6 +38,10 @@
  *                               256 MiB memfd, one thread, nothing else:
  *                               the floor of exec -> first KVM_RUN
  *
+ * With FLOOR_CPUS=H,D in the environment (as `skvm drive --cpus H,D`), the
+ * answering side of the eventfd round trips, and every other op, runs on
+ * CPU D, the side that kicks on CPU H.
+ *
  * Files in DIR are named f0, f1, ... Prints one line of key=value words: op,
  * n, secs, per_s, mb_per_s, p50_us, p90_us, p99_us (each call or round trip
  * timed), cpu_us_per_op (the CPU time of the process doing the work, per
@@ -55,6 +59,7 @@
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -231,6 +236,34 @@ static int randomness(unsigned long size, unsigned long n)
 	return 0;
 }
 
+/* FLOOR_CPUS=H,D: H (`device` 0) or D (1); -1 when unset. */
+static int floor_cpu(int device)
+{
+	const char *v = getenv("FLOOR_CPUS");
+	int h, d;
+	if (!v || !*v)
+		return -1;
+	if (sscanf(v, "%d,%d", &h, &d) != 2 || h < 0 || d < 0 || h >= CPU_SETSIZE ||
+	    d >= CPU_SETSIZE) {
+		fprintf(stderr, "floor: FLOOR_CPUS='%s': expected H,D (two CPU numbers)\n", v);
+		exit(2);
+	}
+	return device ? d : h;
+}
+
+/* Runs the calling process on FLOOR_CPUS's H or D side, if set. */
+static void pin(int device)
+{
+	int cpu = floor_cpu(device);
+	if (cpu < 0)
+		return;
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	if (sched_setaffinity(0, sizeof set, &set))
+		die("FLOOR_CPUS");
+}
+
 /* Reads eventfd `fd`, spinning on EAGAIN when `spin`. */
 static int take(int fd, int spin)
 {
@@ -290,6 +323,7 @@ static int pingpong(unsigned long n, int spin)
 	int kick = eventfd(0, flags), irq = eventfd(0, flags);
 	if (kick < 0 || irq < 0)
 		die("eventfd");
+	pin(1); /* the child's CPU, which it inherits */
 	pid_t child = fork();
 	if (child < 0)
 		die("fork");
@@ -306,6 +340,7 @@ static int pingpong(unsigned long n, int spin)
 		}
 		_exit(0);
 	}
+	pin(0);
 	uint64_t start = now_ns();
 	for (unsigned long i = 0; i < n; i++) {
 		uint64_t t = now_ns();
@@ -422,6 +457,9 @@ int main(int argc, char **argv)
 	lat = n ? calloc(n, sizeof *lat) : NULL;
 	if (n && !lat)
 		die("calloc");
+	/* The work's side; the eventfd round trips place each process. */
+	if (strncmp(op, "eventfd", 7))
+		pin(1);
 	if (argc == 4 && (!strcmp(op, "create") || !strcmp(op, "stat") || !strcmp(op, "unlink")))
 		return files(op, argv[2], n);
 	if (argc == 5 && (!strcmp(op, "write") || !strcmp(op, "read") || !strcmp(op, "randread") ||

@@ -439,6 +439,78 @@ fn hostile_queues_are_handled_and_the_devices_keep_serving() {
     assert_eq!(code, 1);
 }
 
+/// `Cpus_allowed_list` of task `tid` of process `pid`.
+fn cpus_allowed(pid: u32, tid: u32) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn cpus_pins_the_harness_and_the_device_in_both_modes() {
+    // The device on the last CPU, the harness on the first.
+    let last = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    let pin = format!("0,{last}");
+    for mode in ["process", "thread"] {
+        let mut child = Command::new(skvm_bin())
+            .args(["drive", "--device-mode", mode, "--requests", "100000000"])
+            .args(["--cpus", &pin])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let harness = child.id();
+        let start = std::time::Instant::now();
+        // The device's task: its process, or the thread named for it.
+        let device = loop {
+            let found = if mode == "process" {
+                guest_tests::device_pids(harness, "rng0")
+                    .first()
+                    .map(|p| (*p, *p))
+            } else {
+                std::fs::read_dir(format!("/proc/{harness}/task"))
+                    .unwrap()
+                    .filter_map(Result::ok)
+                    .find(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.trim() == "skvm-dev-rng0")
+                    })
+                    .and_then(|t| t.file_name().to_str()?.parse().ok())
+                    .map(|t| (harness, t))
+            };
+            if let Some((p, t)) = found.filter(|(p, t)| cpus_allowed(*p, *t) == last.to_string()) {
+                break (p, t);
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "{mode}: the device was not pinned to CPU {last}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        // Every other thread of the harness is on CPU 0.
+        for t in std::fs::read_dir(format!("/proc/{harness}/task")).unwrap() {
+            let tid: u32 = t.unwrap().file_name().to_str().unwrap().parse().unwrap();
+            if (harness, tid) != device {
+                assert_eq!(cpus_allowed(harness, tid), "0", "{mode}: thread {tid}");
+            }
+        }
+        guest_tests::sigkill(harness);
+        let _ = child.wait();
+    }
+    // Bad values: the option's own error, and a CPU the host has not.
+    for bad in ["0", "a,1", "0,-1", "0,4096"] {
+        let (code, out) = drive(&["--cpus", bad]);
+        assert_eq!(code, 2, "--cpus {bad}: {out}");
+    }
+    let (code, out) = drive(&["--cpus", "0,1000", "--requests", "10"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cannot pin the device to CPU 1000"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+}
+
 #[test]
 fn the_unconfined_benchmark_mode_is_for_processes_only() {
     // What bench-devices.sh compares the confined process with.

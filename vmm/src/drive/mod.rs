@@ -161,6 +161,40 @@ pub struct DriveArgs {
     /// The guest port `--connect` asks for.
     #[arg(long, value_name = "PORT", default_value_t = 5000)]
     pub port: u32,
+    /// Pin the harness (every thread of this process but the device's,
+    /// and the threads it starts later) to CPU H and the device's process
+    /// or thread to CPU D; H and D may be the same. Without it the host's
+    /// scheduler places them, and where a wake-up of a halted core is
+    /// dear (a nested VM) the figures then depend on whether it put them
+    /// on one core or two.
+    #[arg(long, value_name = "H,D", value_parser = parse_cpus)]
+    pub cpus: Option<Cpus>,
+}
+
+/// `--cpus H,D`: where the harness and the device run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cpus {
+    /// The harness's CPU.
+    pub harness: usize,
+    /// The device's CPU.
+    pub device: usize,
+}
+
+fn parse_cpus(s: &str) -> Result<Cpus, String> {
+    let cpu = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|c| *c < libc::CPU_SETSIZE as usize)
+            .ok_or_else(|| format!("'{v}' is not a CPU number"))
+    };
+    let (h, d) = s
+        .split_once(',')
+        .ok_or_else(|| format!("'{s}': expected H,D (two CPU numbers)"))?;
+    Ok(Cpus {
+        harness: cpu(h)?,
+        device: cpu(d)?,
+    })
 }
 
 /// What requests do (`--op`).
@@ -538,7 +572,11 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
         Target::Fs(_) => vec![fs::HIPRIO.layout(), fs::REQUESTS.layout()],
     };
     let events = DeviceEvents::new(queues.len())?;
-    let clock = cpu_clock(pid, &args.device);
+    let task = device_task(pid, &args.device);
+    if let Some(cpus) = args.cpus {
+        pin(cpus, task)?;
+    }
+    let clock = task.map(|t| std::path::PathBuf::from(format!("/proc/{t}/schedstat")));
     let mut cpu = None;
     let result = if args.fuzz_stdin {
         let all = dev.description().features;
@@ -637,20 +675,61 @@ fn exercise(
     }
 }
 
-/// Where the device's CPU time is read: the schedstat file of its process
-/// `pid` (a device process has one thread), or of its thread in this
-/// process (named `skvm-dev-NAME`, cut to the kernel's 15 bytes).
-fn cpu_clock(pid: Option<libc::pid_t>, name: &str) -> Option<std::path::PathBuf> {
-    if let Some(p) = pid {
-        return Some(format!("/proc/{p}/schedstat").into());
+/// The device's task: its process `pid` (a device process has one
+/// thread), or its thread in this process (named `skvm-dev-NAME`, cut to
+/// the kernel's 15 bytes).
+fn device_task(pid: Option<libc::pid_t>, name: &str) -> Option<libc::pid_t> {
+    if pid.is_some() {
+        return pid;
     }
     let comm: String = format!("skvm-dev-{name}").chars().take(15).collect();
     std::fs::read_dir("/proc/self/task")
         .ok()?
         .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim_end() == comm))
-        .map(|t| t.join("schedstat"))
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == comm)
+        })?
+        .file_name()
+        .to_str()?
+        .parse()
+        .ok()
+}
+
+/// `--cpus`: the device's task to its CPU, every other thread of this
+/// process to the harness's (threads started later inherit it).
+fn pin(cpus: Cpus, device: Option<libc::pid_t>) -> Result<()> {
+    let device = device.context("--cpus: the device's thread was not found")?;
+    set_affinity(device, cpus.device)
+        .with_context(|| format!("--cpus: cannot pin the device to CPU {}", cpus.device))?;
+    let tasks = std::fs::read_dir("/proc/self/task").context("--cpus: /proc/self/task")?;
+    for t in tasks.filter_map(Result::ok) {
+        let Some(tid) = t.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if tid != device {
+            set_affinity(tid, cpus.harness).with_context(|| {
+                format!("--cpus: cannot pin the harness to CPU {}", cpus.harness)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Lets task `tid` run on `cpu` only.
+fn set_affinity(tid: libc::pid_t, cpu: usize) -> std::io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET stays inside
+    // it for cpu < CPU_SETSIZE (parse_cpus checks), and sched_setaffinity
+    // only reads the set.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Nanoseconds a task has run on a CPU, from its schedstat file.
@@ -701,7 +780,7 @@ fn print_figures(args: &DriveArgs, f: &Figures, pss: Option<u64>, cpu: Option<u6
         .map_or_else(String::new, |op| format!(" op={}", op.name()));
     println!(
         "device={}{op} mode={mode} depth={} size={} requests={} secs={:.3} req_per_s={:.0} mb_per_s={:.1} \
-         p50_us={:.1} p90_us={:.1} p99_us={:.1} pss_kib={} cpu_us_per_req={}",
+         p50_us={:.1} p90_us={:.1} p99_us={:.1} pss_kib={} cpu_us_per_req={}{}",
         args.device,
         args.depth,
         args.size(),
@@ -717,6 +796,10 @@ fn print_figures(args: &DriveArgs, f: &Figures, pss: Option<u64>, cpu: Option<u6
             || "n/a".to_owned(),
             |ns| format!("{:.2}", ns as f64 / 1e3 / f64::from(args.requests))
         ),
+        args.cpus.map_or_else(String::new, |c| format!(
+            " cpus={},{}",
+            c.harness, c.device
+        )),
     );
 }
 
