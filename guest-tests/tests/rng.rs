@@ -26,7 +26,8 @@ fn read_hwrng(kib: u32) -> String {
          printf 'SKVM-RNG-DISTINCT '; wc -l < /tmp/s; \
          printf 'SKVM-RNG-HEAD '; md5sum < /tmp/h; \
          printf 'SKVM-RNG-TAIL '; md5sum < /tmp/t; \
-         printf 'SKVM-MSI '; grep -c PCI-MSI /proc/interrupts"
+         printf 'SKVM-MSI '; grep -c PCI-MSI /proc/interrupts; \
+         printf 'SKVM-RNG-FEATURES '; cat /sys/bus/virtio/devices/virtio0/features"
     )
 }
 
@@ -93,6 +94,16 @@ fn read_with(extra: &[&str], kib: u32) -> String {
         let tail = field(&f.output, "SKVM-RNG-TAIL").unwrap();
         assert_ne!(head, tail, "repeated data:\n{}", f.output);
     }
+    // The features the driver took, bit 0 first: event indexes (bit 29)
+    // unless they were turned off.
+    let features = field(&f.output, "SKVM-RNG-FEATURES").unwrap();
+    let event_idx = !extra.windows(2).any(|w| w == ["--event-idx", "off"]);
+    assert_eq!(
+        features.as_bytes().get(29),
+        Some(if event_idx { &b'1' } else { &b'0' }),
+        "features {features}:\n{}",
+        f.output
+    );
     // The queue interrupt and the config interrupt use MSI-X vectors.
     let msi: u32 = field(&f.output, "SKVM-MSI").unwrap().parse().unwrap();
     assert!(
@@ -124,6 +135,13 @@ fn guest_reads_from_a_device_process_and_vmm_exits_do_not_grow_with_the_bytes() 
 #[test]
 fn guest_reads_from_a_device_thread() {
     read_in_mode("thread", READ_KIB);
+}
+
+#[test]
+fn without_event_indexes_the_guest_reads_all_the_same() {
+    // `--event-idx off`: the driver is not offered them (read_with checks
+    // the bit) and every request is answered.
+    read_with(&["--event-idx", "off"], 64);
 }
 
 #[test]

@@ -36,6 +36,16 @@ pub enum HostQuirks {
     Off,
 }
 
+/// Whether devices offer VIRTIO_F_RING_EVENT_IDX (`--event-idx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EventIdx {
+    /// Offer it: the guest's driver then asks for interrupts and the
+    /// device for kicks only where the other side has not seen the last.
+    On,
+    /// Do not: every completion may interrupt and every request kick.
+    Off,
+}
+
 /// `skvm run` options, but for the devices': each device kind adds its own
 /// (`crate::kinds`).
 #[derive(Debug, Clone, Args)]
@@ -121,6 +131,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "US", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=i64::from(ipc::MAX_POLL_US)))]
     pub device_poll_us: u32,
+    /// Whether the virtio devices offer event indexes
+    /// (VIRTIO_F_RING_EVENT_IDX; on by default). Off is for measuring what
+    /// they save: scripts/bench-event-idx.sh compares the two.
+    /// A snapshot whose guest took them is refused by `--restore` with
+    /// off.
+    #[arg(long, value_enum, value_name = "on|off", default_value_t = EventIdx::On)]
+    pub event_idx: EventIdx,
     /// When a device process dies: start a new one that carries on where
     /// the old one stopped, without the guest noticing (restart; at most
     /// --restart-limit times a minute per device, and never after a kill
@@ -380,6 +397,8 @@ pub struct VmConfig {
     pub device_mode: DeviceMode,
     /// Adaptive polling window of each device, in microseconds (0: off).
     pub device_poll_us: u32,
+    /// Whether devices offer VIRTIO_F_RING_EVENT_IDX.
+    pub event_idx: EventIdx,
     /// What a device failure does.
     pub on_device_failure: OnFailure,
     /// Most restarts of one device a minute.
@@ -491,6 +510,7 @@ impl VmConfig {
             name: args.name.clone(),
             device_mode: args.device_mode,
             device_poll_us: args.device_poll_us,
+            event_idx: args.event_idx,
             on_device_failure: args.on_device_failure,
             restart_limit: args.restart_limit,
             ctl: args.ctl.clone(),
@@ -682,6 +702,7 @@ mod tests {
             name: "skvm".into(),
             device_mode: DeviceMode::Process,
             device_poll_us: 0,
+            event_idx: EventIdx::On,
             on_device_failure: OnFailure::Restart,
             restart_limit: 20,
             ctl: None,

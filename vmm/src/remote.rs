@@ -160,6 +160,14 @@ impl RemoteDevice {
         })
     }
 
+    /// The same device, with `features` taken out of what it offers the
+    /// driver (the transport offers what the description says).
+    #[must_use]
+    pub fn withholding(mut self, features: u64) -> Self {
+        self.info.features &= !features;
+        self
+    }
+
     /// The hello and the device's answer, checked.
     fn hello(
         chan: &Channel,

@@ -74,6 +74,8 @@ pub struct DeviceHost {
     devices: Vec<Device>,
     /// Adaptive polling window of the devices it starts, microseconds.
     poll_us: u32,
+    /// Features no device offers the driver (`withhold_features`).
+    withheld: u64,
 }
 
 /// What one device looks like from outside, for `skvm ctl status`.
@@ -203,6 +205,7 @@ impl DeviceHost {
             memory: Vec::new(),
             devices: Vec::new(),
             poll_us: 0,
+            withheld: 0,
         })
     }
 
@@ -210,6 +213,12 @@ impl DeviceHost {
     /// kick, in microseconds (`--device-poll-us`; 0: not at all).
     pub fn set_poll_us(&mut self, poll_us: u32) {
         self.poll_us = poll_us;
+    }
+
+    /// Features devices started from now on do not offer the driver
+    /// (`--event-idx off`: VIRTIO_F_RING_EVENT_IDX), whatever they offer.
+    pub fn withhold_features(&mut self, features: u64) {
+        self.withheld = features;
     }
 
     /// Sets the guest memory devices map: boot RAM before any device is
@@ -268,7 +277,8 @@ impl DeviceHost {
             &self.memory,
             self.poll_us,
         )
-        .map_err(|e| with_early_end(e, self.spawner.as_ref(), pid))?;
+        .map_err(|e| with_early_end(e, self.spawner.as_ref(), pid))?
+        .withholding(self.withheld);
         let index = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
         let bar = crate::layout::bar_slot(index).context("too many devices")?;
         let transport = VirtioPci::new(kind.host(remote), kind.pci_class(), bar, routes.clone())
@@ -338,7 +348,8 @@ impl DeviceHost {
             (&hello, hello_fds),
             &self.memory,
             self.poll_us,
-        )?;
+        )?
+        .withholding(self.withheld);
         d.pid = pid;
         d.thread = started.thread;
         d.failed = false;

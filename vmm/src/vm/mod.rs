@@ -189,6 +189,9 @@ impl<'a> HostChecked<'a> {
             (&single, sockets.collect()),
         )?;
         host.set_poll_us(cfg.device_poll_us);
+        if cfg.event_idx == crate::config::EventIdx::Off {
+            host.withhold_features(1 << devices::virtio::VIRTIO_F_RING_EVENT_IDX);
+        }
         if let Some(c) = ctl.as_mut() {
             c.hand_off();
         }
