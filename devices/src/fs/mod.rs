@@ -62,10 +62,13 @@ pub struct Fs {
     bad_chains: u64,
     /// Nodes and open files of the previous instance not found again.
     lost: (usize, usize),
+    /// The last chain's split, emptied before the next.
+    split: Split,
 }
 
 /// A chain split into its request bytes and the guest memory the reply
-/// may go to.
+/// may go to (kept by the device between requests, for its room).
+#[derive(Default)]
 struct Split {
     request: Vec<u8>,
     reply: Vec<(GuestAddress, usize)>,
@@ -92,6 +95,7 @@ impl Fs {
             features: 0,
             bad_chains: 0,
             lost: (0, 0),
+            split: Split::default(),
         })
     }
 
@@ -107,12 +111,10 @@ impl Fs {
     /// The readable bytes of `chain` and its writable buffers; None when
     /// the chain is malformed (a readable descriptor after a writable one,
     /// too many, too big, cut short, outside guest memory).
-    fn split(chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> Option<Split> {
-        let mut s = Split {
-            request: Vec::new(),
-            reply: Vec::new(),
-            room: 0,
-        };
+    fn split(chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory, s: &mut Split) -> Option<()> {
+        s.request.clear();
+        s.reply.clear();
+        s.room = 0;
         let mut cut = false;
         for (i, desc) in chain.enumerate() {
             cut = desc.has_next();
@@ -137,30 +139,45 @@ impl Fs {
                     .ok()?;
             }
         }
-        (!cut).then_some(s)
+        (!cut).then_some(())
     }
 
     /// Answers one chain; the bytes written for the used ring.
     fn serve(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
-        let Some(s) = Self::split(chain, mem) else {
+        let mut s = std::mem::take(&mut self.split);
+        let written = self.answer(chain, mem, &mut s);
+        self.split = s;
+        written
+    }
+
+    /// [`Self::serve`] with the split `s` to fill.
+    fn answer(
+        &mut self,
+        chain: DescriptorChain<&GuestMemory>,
+        mem: &GuestMemory,
+        s: &mut Split,
+    ) -> u32 {
+        if Self::split(chain, mem, s).is_none() {
             self.bad_chains += 1;
             return 0;
-        };
+        }
         let Some(reply) = self.server.handle(&s.request, s.room) else {
             return 0;
         };
         let mut done = 0;
-        for (addr, len) in s.reply {
+        for &(addr, len) in &s.reply {
             let Some(part) = reply.get(done..).filter(|r| !r.is_empty()) else {
                 break;
             };
             let n = len.min(part.len());
             if mem.write_slice(&part[..n], addr).is_err() {
                 self.bad_chains += 1;
+                proto::give_back(reply);
                 return 0;
             }
             done += n;
         }
+        proto::give_back(reply);
         u32::try_from(done).unwrap_or(0)
     }
 }

@@ -183,15 +183,56 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Buffers a reply is built in, kept between requests so that serving
+/// one allocates nothing once the first few have given theirs back: a
+/// reply needs two at once (its body, then the header and body).
+const SPARE_BUFFERS: usize = 2;
+/// Larger buffers are not kept: a READ's body is at most 128 KiB.
+const SPARE_MAX: usize = 256 * 1024;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer, with the room of one given back before if there is.
+pub fn buffer() -> Vec<u8> {
+    SPARE
+        .with(|s| s.borrow_mut().pop())
+        .map(|mut b| {
+            b.clear();
+            b
+        })
+        .unwrap_or_default()
+}
+
+/// Keeps `b`'s room for the next [`buffer`] (up to [`SPARE_BUFFERS`] of
+/// at most [`SPARE_MAX`] bytes; others are freed).
+pub fn give_back(b: Vec<u8>) {
+    if b.capacity() == 0 || b.capacity() > SPARE_MAX {
+        return;
+    }
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < SPARE_BUFFERS {
+            s.push(b);
+        }
+    });
+}
+
 /// A little-endian reply body under construction.
-#[derive(Default)]
 pub struct Writer {
     /// The bytes so far.
     pub buf: Vec<u8>,
 }
 
+impl Default for Writer {
+    fn default() -> Self {
+        Writer { buf: buffer() }
+    }
+}
+
 impl Writer {
-    /// An empty body.
+    /// An empty body, in a kept buffer ([`buffer`]).
     pub fn new() -> Self {
         Writer::default()
     }

@@ -3,27 +3,48 @@
 //! as single path components: checked by [`component`] before they get
 //! here. Failures are the host's errno, which the guest gets as is.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::proto::Errno;
 
 const EMPTY: &CStr = c"";
 
+/// Longest path component (NAME_MAX).
+const NAME_MAX: usize = 255;
+
+/// A checked path component, NUL-terminated in place: a request's name
+/// costs no allocation (a node that keeps it makes its own copy).
+pub struct Name {
+    bytes: [u8; NAME_MAX + 1],
+}
+
+impl std::ops::Deref for Name {
+    type Target = CStr;
+    fn deref(&self) -> &CStr {
+        // `component` put a NUL after the name and none inside it.
+        CStr::from_bytes_until_nul(&self.bytes).unwrap_or(EMPTY)
+    }
+}
+
 /// A guest-supplied name as one path component: not empty, no `/`, no NUL,
 /// not `.` or `..`, at most 255 bytes (NAME_MAX).
-pub fn component(name: &[u8]) -> Result<CString, Errno> {
-    if name.is_empty() || name.len() > 255 {
+pub fn component(name: &[u8]) -> Result<Name, Errno> {
+    if name.is_empty() || name.len() > NAME_MAX {
         return Err(Errno(if name.is_empty() {
             libc::EINVAL
         } else {
             libc::ENAMETOOLONG
         }));
     }
-    if name == b"." || name == b".." || name.contains(&b'/') {
+    if name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
         return Err(Errno(libc::EINVAL));
     }
-    CString::new(name).map_err(|_| Errno(libc::EINVAL))
+    let mut n = Name {
+        bytes: [0; NAME_MAX + 1],
+    };
+    n.bytes[..name.len()].copy_from_slice(name);
+    Ok(n)
 }
 
 /// `-1` from a libc call becomes the errno.

@@ -88,7 +88,7 @@ impl Server {
             let id = r.u64()?;
             let parent = r.u64()?;
             let len = usize::from(r.u16()?);
-            let name = sys::component(r.bytes(len)?)?;
+            let name = sys::component(r.bytes(len)?)?.to_owned();
             let node = Node {
                 id,
                 parent,

@@ -19,7 +19,7 @@
 //! `max_handles` open files; past them the guest gets ENFILE.
 
 use std::collections::HashMap;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use super::proto::{self, fattr, init_flags, op, Answer, Errno, InHeader, Reader, Writer};
@@ -219,7 +219,11 @@ impl Server {
             Ok(body) if body.len() + proto::OUT_HEADER_LEN > room => Err(Errno(libc::ERANGE)),
             a => a,
         };
-        Some(proto::reply(h.unique, &answer))
+        let reply = proto::reply(h.unique, &answer);
+        if let Ok(body) = answer {
+            proto::give_back(body);
+        }
+        Some(reply)
     }
 
     fn dispatch(&mut self, h: &InHeader, r: &mut Reader<'_>, room: usize) -> Answer {
@@ -330,7 +334,8 @@ impl Server {
                 let size = r.u32()?.min(MAX_WRITE);
                 let want = usize::try_from(size).unwrap_or(0).min(room);
                 let fd = self.handle_fd(fh)?;
-                let mut buf = vec![0u8; want];
+                let mut buf = proto::buffer();
+                buf.resize(want, 0);
                 let n = sys::pread(fd, &mut buf, offset)?;
                 buf.truncate(n);
                 Ok(buf)
@@ -485,7 +490,7 @@ impl Server {
     }
 
     /// LOOKUP's answer: `fuse_entry_out`.
-    fn entry(&mut self, parent: u64, name: &CString) -> Answer {
+    fn entry(&mut self, parent: u64, name: &CStr) -> Answer {
         let (id, st) = self.lookup(parent, name)?;
         let mut w = Writer::new();
         proto::entry_out(&mut w, id, &attr(&st), VALID_SECS);
@@ -495,7 +500,7 @@ impl Server {
     /// After creating `name` in `h.nodeid`: gives it the caller's ids (the
     /// group stays the directory's under a set-group-ID directory) and
     /// answers with its entry.
-    fn made(&mut self, h: &InHeader, name: &CString) -> Answer {
+    fn made(&mut self, h: &InHeader, name: &CStr) -> Answer {
         let (id, st) = self.lookup(h.nodeid, name)?;
         let st = self.own(h, id, st)?;
         let mut w = Writer::new();
@@ -596,14 +601,7 @@ impl Server {
         self.getattr(id)
     }
 
-    fn rename(
-        &mut self,
-        old_dir: u64,
-        old: &CString,
-        new_dir: u64,
-        new: &CString,
-        flags: u32,
-    ) -> Answer {
+    fn rename(&mut self, old_dir: u64, old: &CStr, new_dir: u64, new: &CStr, flags: u32) -> Answer {
         if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
             return Err(Errno(libc::EINVAL));
         }
@@ -617,7 +615,7 @@ impl Server {
         Ok(Vec::new())
     }
 
-    fn link(&mut self, old: u64, new_dir: u64, name: &CString) -> Answer {
+    fn link(&mut self, old: u64, new_dir: u64, name: &CStr) -> Answer {
         let n = self.node(old)?;
         if n.kind == libc::S_IFDIR {
             return Err(Errno(libc::EPERM));

@@ -2,7 +2,7 @@
 //! by a lookup of one name in its parent's fd, and forgotten when the
 //! guest and its children no longer hold it) and the files it opened.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::super::proto::{self, Answer, Errno, Reader, Writer};
@@ -81,11 +81,7 @@ impl Server {
 
     /// Looks `name` up in directory `parent` and holds the node once more:
     /// its id and attributes.
-    pub(super) fn lookup(
-        &mut self,
-        parent: u64,
-        name: &CString,
-    ) -> Result<(u64, libc::stat), Errno> {
+    pub(super) fn lookup(&mut self, parent: u64, name: &CStr) -> Result<(u64, libc::stat), Errno> {
         let fd = sys::open_at(self.dir(parent)?, name, libc::O_PATH, 0)?;
         let st = sys::stat(fd.as_fd())?;
         if st.st_dev != self.root_dev {
@@ -96,13 +92,16 @@ impl Server {
             if let Some(n) = self.inodes.get_mut(&id) {
                 n.refs += 1;
                 if n.parent.as_ref().is_none_or(|(p, _)| *p != parent) {
-                    let old = n.parent.replace((parent, name.clone()));
+                    let old = n.parent.replace((parent, name.to_owned()));
                     self.hold(parent);
                     if let Some((p, _)) = old {
                         self.unref(p, 1);
                     }
                 } else if let Some((_, n_name)) = n.parent.as_mut() {
-                    *n_name = name.clone();
+                    // Found again under the name it has: nothing to copy.
+                    if n_name.as_c_str() != name {
+                        *n_name = name.to_owned();
+                    }
                 }
                 return Ok((id, st));
             }
@@ -120,7 +119,7 @@ impl Server {
                 key: key(&st),
                 kind: st.st_mode & libc::S_IFMT,
                 refs: 1,
-                parent: Some((parent, name.clone())),
+                parent: Some((parent, name.to_owned())),
             },
         );
         self.hold(parent);
@@ -204,7 +203,7 @@ impl Server {
 
     /// Records that the node at `dir`/`name` (if this server holds it) now
     /// lives there.
-    pub(super) fn renamed(&mut self, dir: u64, name: &CString) {
+    pub(super) fn renamed(&mut self, dir: u64, name: &CStr) {
         let Ok(d) = self.dir(dir) else { return };
         let Ok(fd) = sys::open_at(d, name, libc::O_PATH, 0) else {
             return;
@@ -218,7 +217,7 @@ impl Server {
         let old = self
             .inodes
             .get_mut(&id)
-            .and_then(|n| n.parent.replace((dir, name.clone())));
+            .and_then(|n| n.parent.replace((dir, name.to_owned())));
         self.hold(dir);
         if let Some((p, _)) = old {
             self.unref(p, 1);
