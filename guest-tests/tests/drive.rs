@@ -509,6 +509,17 @@ fn cpus_pins_the_harness_and_the_device_in_both_modes() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("cannot pin the device to CPU 1000"), "{out}");
     assert!(!out.contains("panicked"), "{out}");
+    // A VM's device is not drive's to place.
+    let (code, out) = drive(&[
+        "--device",
+        "vsock0",
+        "--connect",
+        "/nonexistent",
+        "--cpus",
+        "0,0",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("with --connect it starts none"), "{out}");
 }
 
 #[test]

@@ -423,6 +423,9 @@ fn validate(args: &DriveArgs) -> Result<()> {
     if args.unconfined && args.device_mode != DeviceMode::Process {
         bail!("--unconfined is for --device-mode process");
     }
+    if args.connect.is_some() && args.cpus.is_some() {
+        bail!("--cpus places a device skvm drive starts; with --connect it starts none");
+    }
     Ok(())
 }
 
