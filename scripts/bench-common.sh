@@ -19,6 +19,13 @@ die() {
 }
 [ -x "$skvm" ] || die "build skvm first (scripts/setup.sh --no-run)"
 
+# The CPU's model name: figures follow the host, so every benchmark
+# records it.
+cpu_model() { sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1; }
+
+# "KERNEL, N CPUs, MODEL", for a benchmark's first line.
+host_summary() { printf '%s, %s CPUs, %s' "$(uname -r)" "$(nproc)" "$(cpu_model)"; }
+
 # Whether every argument is a whole number.
 numbers() {
 	local a

@@ -70,8 +70,7 @@ cat "$img" >/dev/null
 # One drive run of the benchmark's size; its key=value line.
 drive() { bench_drive --requests "$requests" "$@"; }
 
-printf 'skvm device benchmark, %s requests per case, %s rounds (%s, %s CPUs, %s)\n' "$requests" "$rounds" \
-	"$(uname -r)" "$(nproc)" "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
+printf 'skvm device benchmark, %s requests per case, %s rounds (%s)\n' "$requests" "$rounds" "$(host_summary)"
 bench_placement
 one_core=""
 if [ -n "$cpus" ] && [ "${cpus%,*}" = "${cpus#*,}" ]; then

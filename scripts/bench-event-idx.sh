@@ -58,8 +58,7 @@ boot() {
 	grep '^SKVM-EI ' "$out" | tr -d '\r' >"$work/ei-$1"
 }
 
-printf 'virtio event indexes in the guest, blk, %s s per case (%s, %s CPUs, %s)\n' "$secs" \
-	"$(uname -r)" "$(nproc)" "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
+printf 'virtio event indexes in the guest, blk, %s s per case (%s)\n' "$secs" "$(host_summary)"
 boot on
 boot off
 # Per case and setting: requests per second and interrupts per request.

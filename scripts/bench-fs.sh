@@ -46,8 +46,7 @@ busybox=$(command -v busybox) || die "no busybox (scripts/setup.sh installs busy
 gnu_date=$(command -v date)
 [ "$("$gnu_date" +%N)" != %N ] || die "date has no %N (coreutils' date does)"
 
-printf 'skvm virtio-fs, %s files and %s MiB (%s, %s CPUs, %s)\n' \
-	"$files" "$mib" "$(uname -r)" "$(nproc)" "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
+printf 'skvm virtio-fs, %s files and %s MiB (%s)\n' "$files" "$mib" "$(host_summary)"
 
 # The work, as one busybox sh script: $1 the clock command, $2 dd's
 # O_DIRECT flags for writing and $3 for reading ("" on the host).

@@ -62,7 +62,7 @@ echo SKVM-CRASH syscall-ms \$t0 \$t1
 echo SKVM-CRASH segfaults \$(dmesg | grep -c 'segfault at')
 EOF
 
-model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+model=$(cpu_model)
 printf 'host: %s, %s cores, kernel %s, kvm module %s\n' "$model" "$(nproc)" \
 	"$(uname -r)" "$([ -d /sys/module/kvm_pvm ] && echo kvm_pvm || echo kvm)"
 printf '%-8s %-5s %12s %12s %10s %12s %10s %12s\n' kernel vcpus "pipelines/1k" "execs/1k" \

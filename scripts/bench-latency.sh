@@ -86,9 +86,8 @@ declare -A fig
 keep() { fig[$1]+="$(field "$2" "$3") "; }
 med() { tr ' ' '\n' <<<"${fig[$1]:-}" | grep -v '^$' | median; }
 
-printf 'skvm kick -> interrupt latency, depth 1, %s requests, %s rounds (%s, %s CPUs, %s)\n' \
-	"$requests" "$rounds" "$(uname -r)" "$(nproc)" \
-	"$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
+printf 'skvm kick -> interrupt latency, depth 1, %s requests, %s rounds (%s)\n' \
+	"$requests" "$rounds" "$(host_summary)"
 for ((r = 1; r <= rounds; r++)); do
 	printf '  round %s of %s ...\n' "$r" "$rounds" >&2
 	line=$("$floor" eventfd "$requests")

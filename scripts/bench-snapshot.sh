@@ -40,7 +40,7 @@ wait_for() {
 # Microseconds of part $2 ("memory", "device spawn", ...) in a restore log.
 part_us() { sed -n "s/.*restored from .*$2 \([0-9]*\) us.*/\1/p" "$1" | head -1; }
 
-model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+model=$(cpu_model)
 printf 'host: %s, %s cores, kernel %s\n' "$model" "$(nproc)" "$(uname -r)"
 printf '%-5s %-8s %8s %13s %11s %10s %23s %8s %8s %6s\n' mem mode state "data MiB" "snap ms" \
 	"restore ms" "split ms (mem/spawn/vcpu/dev)" "tick ms" "boot ms" "ratio"

@@ -24,8 +24,8 @@ requests=${1:-500}
 numbers "$requests" || die "REQUESTS must be a number"
 big=$((requests / 10 > 0 ? requests / 10 : 1))
 
-printf 'skvm vsock through a guest, %s requests of 64 B and %s of 64 KiB (%s, %s CPUs, %s)\n' \
-	"$requests" "$big" "$(uname -r)" "$(nproc)" "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
+printf 'skvm vsock through a guest, %s requests of 64 B and %s of 64 KiB (%s)\n' \
+	"$requests" "$big" "$(host_summary)"
 printf '\n  %-16s %-8s %9s %8s %9s %9s %9s %8s\n' case mode "req/s" "MB/s" p50_us p90_us p99_us pss_kib
 declare -A rps
 for mode in process thread; do
