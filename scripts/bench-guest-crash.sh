@@ -24,6 +24,9 @@
 # --stock runs the same with Debian's stock kernel as well (scripts/setup.sh
 # fetches it; skvm completes its system calls on emulating hosts), whose
 # boot and module loading take 15 minutes or more on this host.
+#
+# SKVM_CRASH_VCPUS lists the vCPU counts to boot with (default "1 2"), for
+# instance "1" to keep a long run on one host core (taskset -c 1).
 # shellcheck source=scripts/bench-common.sh
 set -euo pipefail
 prog=bench-guest-crash
@@ -37,6 +40,10 @@ for a in "$@"; do
 done
 source "$(dirname "$0")/bench-common.sh"
 numbers "$n" && [ "$n" -gt 0 ] || die "N must be a whole number above 0"
+vcpus=${SKVM_CRASH_VCPUS:-1 2}
+for cpus in $vcpus; do
+	numbers "$cpus" && [ "$cpus" -gt 0 ] || die "SKVM_CRASH_VCPUS: $cpus is not a vCPU count"
+done
 guest=${SKVM_GUEST_DIR:-$HOME/.local/share/skvm/guest}
 
 # The guest's side: both loops, then the kernel's count of segfaults.
@@ -94,13 +101,13 @@ boot() {
 		$((p * 1000 / n)) $((e * 1000 / n)) "${s:-?}" "${t:-?}" "${c:-?}" "${u:-?}"
 }
 
-for cpus in 1 2; do
+for cpus in $vcpus; do
 	boot default "$cpus"
 done
 if [ -n "$stock" ]; then
 	d="$guest/debian-cloud"
 	[ -f "$d/vmlinuz" ] || die "no stock kernel in $d: run scripts/setup.sh"
-	for cpus in 1 2; do
+	for cpus in $vcpus; do
 		boot stock "$cpus" --kernel "$d/vmlinuz" --initrd "$d/initramfs.cpio.gz" --mem 512M
 	done
 fi

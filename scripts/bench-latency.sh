@@ -25,7 +25,12 @@
 #   both again over the busy floor plus the bare work (a 4 KiB pwrite alone
 #   takes longer than the round trip here)
 #   the device CPU per request of each way (the polled one is what polling
-#   costs).
+#   costs);
+# and, busy, the p50 of the same requests made with nothing but the system
+# calls skvm's device and driver make for them (floor.c request: poll(2),
+# read, the work and write on the device's side; write, poll(2) and read on
+# the driver's), over the floor (what those calls cost) and skvm's p50 over
+# it (what skvm's own code adds).
 # Absolute figures are this host's; on a nested VM whose idle cores halt
 # (guest_halt_poll_ns 0, docs/ARCHITECTURE.md) the idle figures are mostly
 # the wake-up of a halted core.
@@ -55,6 +60,15 @@ work_of() {
 	"blk randread"*) "$floor" randread "$img" 4096 "$requests" ;;
 	"blk randwrite"*) "$floor" randwrite "$img" 4096 "$requests" ;;
 	*) echo "p50_us=0" ;;
+	esac
+}
+# The same case made with the system calls skvm's device and driver make
+# for it and nothing else (floor.c request); none for net.
+calls_of() {
+	case "$1" in
+	rng*) "$floor" request rng "$requests" ;;
+	"blk randread"*) "$floor" request "randread:$img" "$requests" ;;
+	"blk randwrite"*) "$floor" request "randwrite:$img" "$requests" ;;
 	esac
 }
 if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
@@ -108,9 +122,11 @@ for ((r = 1; r <= rounds; r++)); do
 		keep "$key/idle/cpu" "$line" cpu_us_per_req
 		spin_start
 		line=$(drive "${args[@]}")
+		calls=$(calls_of "$key")
 		spin_stop
 		keep "$key/busy/p50" "$line" p50_us
 		keep "$key/busy/cpu" "$line" cpu_us_per_req
+		[ -z "$calls" ] || keep "$key/calls" "$calls" p50_us
 		line=$(drive "${args[@]}" --device-poll-us 50 --halt-poll-us 200)
 		keep "$key/polled/p50" "$line" p50_us
 		keep "$key/polled/cpu" "$line" cpu_us_per_req
@@ -142,6 +158,21 @@ for c in "${cases[@]}"; do
 done
 echo "  floor: the busy eventfd round trip; work: the device's work done bare (floor.c);"
 echo "  targets: busy/floor <= 1.3, polled/floor <= 2.0 (issue 22); cpu: the device's own"
+printf '\n  busy, against the same system calls made bare (floor.c request: the device'"'"'s poll(2),\n'
+printf '  kick read, work and interrupt write; the driver'"'"'s kick write, poll(2) and read):\n'
+row='  %-20s %10s %10s %10s %12s\n'
+# shellcheck disable=SC2059
+printf "$row" case "calls p50" "calls/" "skvm p50" "skvm/calls"
+# shellcheck disable=SC2059
+printf "$row" "" us floor us ""
+for c in "${cases[@]}"; do
+	key=${c%%|*}
+	[ -n "${fig[$key/calls]:-}" ] || continue
+	# shellcheck disable=SC2059
+	printf "$row" "$key" "$(med "$key/calls")" "$(ratio "$(med "$key/calls")" "$busy")" \
+		"$(med "$key/busy/p50")" "$(ratio "$(med "$key/busy/p50")" "$(med "$key/calls")")"
+done
+echo "  skvm/calls is what skvm's own code adds; calls/floor what its system calls cost"
 if [ -d /sys/module/kvm_pvm ]; then
 	echo "  note: this host is a nested VM (kvm_pvm); absolute figures are host-specific"
 fi

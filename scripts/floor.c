@@ -28,6 +28,20 @@
  *   floor eventfd-epoll N       the same with the answering side in
  *                               epoll_wait(2) on a set of those four fds
  *                               made once, then a read
+ *   floor request WORK N        a depth-1 request made with the system
+ *                               calls skvm's device process and its
+ *                               driver make for it, bare: the driver
+ *                               writes the kick and waits in poll(2) on
+ *                               the interrupt (5 s timeout), then reads
+ *                               it; the device waits in poll(2) over the
+ *                               kick and an idle seqpacket socket (its
+ *                               control channel), reads the kick, does
+ *                               WORK and writes the interrupt. WORK:
+ *                               rng (getrandom of 64 bytes), or
+ *                               randread:FILE or randwrite:FILE (preadv or
+ *                               pwritev of 4 KiB at a random aligned
+ *                               offset of FILE). What skvm adds beyond
+ *                               these calls is its own user-space work
  *   floor eventfd-spin N        the same with both spinning on
  *                               non-blocking reads: the floor of a host
  *                               whose cores are busy (never idle, never
@@ -62,7 +76,9 @@
 #include <sched.h>
 #include <sys/random.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -450,6 +466,87 @@ static int load(const char *kernel_path, const char *initrd_path, unsigned long 
 	return 0;
 }
 
+/* The work of one request in `floor request`: 0 rng, else `fd`'s preadv
+ * (reading) or pwritev of 4 KiB at a random offset within `span`. */
+struct work {
+	int fd, reading;
+	unsigned long long span;
+	uint64_t seed;
+	char buf[4096];
+};
+
+static int do_work(struct work *w)
+{
+	if (w->fd < 0)
+		return getrandom(w->buf, 64, 0) == 64 ? 0 : -1;
+	struct iovec v = {w->buf, sizeof w->buf};
+	off_t off = next_random(&w->seed) % (w->span / sizeof w->buf) * sizeof w->buf;
+	ssize_t got = w->reading ? preadv(w->fd, &v, 1, off) : pwritev(w->fd, &v, 1, off);
+	return got == (ssize_t)sizeof w->buf ? 0 : -1;
+}
+
+static int requests(const char *kind, unsigned long n)
+{
+	static struct work w = {.fd = -1, .seed = 0x9e3779b97f4a7c15ull};
+	if (strcmp(kind, "rng")) {
+		const char *path = strchr(kind, ':');
+		w.reading = !strncmp(kind, "randread:", 9);
+		if (!path || !(w.reading || !strncmp(kind, "randwrite:", 10))) {
+			fprintf(stderr, "floor: request '%s': expected rng, randread:FILE or "
+					"randwrite:FILE\n",
+				kind);
+			exit(2);
+		}
+		struct stat st;
+		if ((w.fd = open(path + 1, O_RDWR | O_CLOEXEC)) < 0 || fstat(w.fd, &st))
+			die(path + 1);
+		w.span = (unsigned long long)st.st_size / sizeof w.buf * sizeof w.buf;
+		if (w.span == 0) {
+			fprintf(stderr, "floor: %s: smaller than one request\n", path + 1);
+			return 1;
+		}
+	}
+	int chan[2];
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, chan))
+		die("socketpair");
+	int kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), irq = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (kick < 0 || irq < 0)
+		die("eventfd");
+	pin(1);
+	pid_t child = fork();
+	if (child < 0)
+		die("fork");
+	uint64_t v = 1;
+	if (child == 0) {
+		/* The device: poll, read the kick, the work, the interrupt. */
+		for (unsigned long i = 0; i < n; i++) {
+			struct pollfd p[2] = {{chan[1], POLLIN, 0}, {kick, POLLIN, 0}};
+			if (poll(p, 2, -1) < 1 || read(kick, &v, sizeof v) != sizeof v || do_work(&w) ||
+			    write(irq, &v, sizeof v) != sizeof v)
+				_exit(1);
+		}
+		_exit(0);
+	}
+	pin(0);
+	uint64_t start = now_ns();
+	for (unsigned long i = 0; i < n; i++) {
+		uint64_t t = now_ns();
+		struct pollfd p = {irq, POLLIN, 0};
+		v = 1;
+		if (write(kick, &v, sizeof v) != sizeof v || poll(&p, 1, 5000) != 1 ||
+		    read(irq, &v, sizeof v) != sizeof v)
+			die("request round trip");
+		lat[i] = now_ns() - t;
+	}
+	uint64_t ns = now_ns() - start;
+	int status;
+	struct rusage r;
+	if (wait4(child, &status, 0, &r) != child || !WIFEXITED(status) || WEXITSTATUS(status))
+		die("the device's process");
+	report("request", n, ns, 0, cpu_us(&r));
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *op = argc > 1 ? argv[1] : "";
@@ -458,7 +555,7 @@ int main(int argc, char **argv)
 	if (n && !lat)
 		die("calloc");
 	/* The work's side; the eventfd round trips place each process. */
-	if (strncmp(op, "eventfd", 7))
+	if (strncmp(op, "eventfd", 7) && strcmp(op, "request"))
 		pin(1);
 	if (argc == 4 && (!strcmp(op, "create") || !strcmp(op, "stat") || !strcmp(op, "unlink")))
 		return files(op, argv[2], n);
@@ -477,9 +574,11 @@ int main(int argc, char **argv)
 		return pingpong(n, 3);
 	if (argc == 5 && !strcmp(op, "load"))
 		return load(argv[2], argv[3], n);
+	if (argc == 4 && !strcmp(op, "request"))
+		return requests(argv[2], n);
 	fprintf(stderr, "usage: floor create|stat|unlink DIR N | floor write|read|randread|randwrite "
 			"FILE SIZE N | floor getrandom SIZE N | floor eventfd|eventfd-poll|eventfd-epoll|eventfd-spin N | "
 			"floor load "
-			"KERNEL INITRD N\n");
+			"KERNEL INITRD N | floor request rng|randread:FILE|randwrite:FILE N\n");
 	return 2;
 }
