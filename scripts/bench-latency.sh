@@ -30,7 +30,8 @@
 # calls skvm's device and driver make for them (floor.c request: poll(2),
 # read, the work and write on the device's side; write, poll(2) and read on
 # the driver's), over the floor (what those calls cost) and skvm's p50 over
-# it (what skvm's own code adds).
+# it (what skvm's own code adds); and the CPU per request of the device's
+# side of each: the work alone in a loop, the bare calls, skvm.
 # Absolute figures are this host's; on a nested VM whose idle cores halt
 # (guest_halt_poll_ns 0, docs/ARCHITECTURE.md) the idle figures are mostly
 # the wake-up of a halted core.
@@ -126,11 +127,16 @@ for ((r = 1; r <= rounds; r++)); do
 		spin_stop
 		keep "$key/busy/p50" "$line" p50_us
 		keep "$key/busy/cpu" "$line" cpu_us_per_req
-		[ -z "$calls" ] || keep "$key/calls" "$calls" p50_us
+		if [ -n "$calls" ]; then
+			keep "$key/calls" "$calls" p50_us
+			keep "$key/calls/cpu" "$calls" cpu_us_per_op
+		fi
 		line=$(drive "${args[@]}" --device-poll-us 50 --halt-poll-us 200)
 		keep "$key/polled/p50" "$line" p50_us
 		keep "$key/polled/cpu" "$line" cpu_us_per_req
-		keep "$key/work" "$(work_of "$key")" p50_us
+		line=$(work_of "$key")
+		keep "$key/work" "$line" p50_us
+		keep "$key/work/cpu" "$line" cpu_us_per_op
 	done
 done
 
@@ -160,19 +166,22 @@ echo "  floor: the busy eventfd round trip; work: the device's work done bare (f
 echo "  targets: busy/floor <= 1.3, polled/floor <= 2.0 (issue 22); cpu: the device's own"
 printf '\n  busy, against the same system calls made bare (floor.c request: the device'"'"'s poll(2),\n'
 printf '  kick read, work and interrupt write; the driver'"'"'s kick write, poll(2) and read):\n'
-row='  %-20s %10s %10s %10s %12s\n'
+row='  %-20s %9s %8s %9s %8s %9s %9s %9s %8s\n'
 # shellcheck disable=SC2059
-printf "$row" case "calls p50" "calls/" "skvm p50" "skvm/calls"
+printf "$row" case "calls p50" "calls/" "skvm p50" "skvm/" "work cpu" "calls cpu" "skvm cpu" "skvm/"
 # shellcheck disable=SC2059
-printf "$row" "" us floor us ""
+printf "$row" "" us floor us calls us/req us/req us/req calls
 for c in "${cases[@]}"; do
 	key=${c%%|*}
 	[ -n "${fig[$key/calls]:-}" ] || continue
 	# shellcheck disable=SC2059
 	printf "$row" "$key" "$(med "$key/calls")" "$(ratio "$(med "$key/calls")" "$busy")" \
-		"$(med "$key/busy/p50")" "$(ratio "$(med "$key/busy/p50")" "$(med "$key/calls")")"
+		"$(med "$key/busy/p50")" "$(ratio "$(med "$key/busy/p50")" "$(med "$key/calls")")" \
+		"$(med "$key/work/cpu")" "$(med "$key/calls/cpu")" "$(med "$key/busy/cpu")" \
+		"$(ratio "$(med "$key/busy/cpu")" "$(med "$key/calls/cpu")")"
 done
-echo "  skvm/calls is what skvm's own code adds; calls/floor what its system calls cost"
+echo "  calls/floor: what the system calls cost; skvm/calls: what skvm's own code adds; cpu:"
+echo "  the device's side (work: the work alone in a loop, no wait between requests)"
 if [ -d /sys/module/kvm_pvm ]; then
 	echo "  note: this host is a nested VM (kvm_pvm); absolute figures are host-specific"
 fi
