@@ -164,21 +164,32 @@ impl Fs {
         let Some(reply) = self.server.handle(&s.request, s.room) else {
             return 0;
         };
+        let written = Self::write_reply(&reply, &s.reply, mem);
+        proto::give_back(reply);
+        if written.is_none() {
+            self.bad_chains += 1;
+        }
+        written.and_then(|n| u32::try_from(n).ok()).unwrap_or(0)
+    }
+
+    /// Writes `reply` into the chain's writable parts `into`, in order, as
+    /// far as they hold it; the bytes written, or None when a part is
+    /// outside guest memory.
+    fn write_reply(
+        reply: &[u8],
+        into: &[(GuestAddress, usize)],
+        mem: &GuestMemory,
+    ) -> Option<usize> {
         let mut done = 0;
-        for &(addr, len) in &s.reply {
+        for &(addr, len) in into {
             let Some(part) = reply.get(done..).filter(|r| !r.is_empty()) else {
                 break;
             };
             let n = len.min(part.len());
-            if mem.write_slice(&part[..n], addr).is_err() {
-                self.bad_chains += 1;
-                proto::give_back(reply);
-                return 0;
-            }
+            mem.write_slice(&part[..n], addr).ok()?;
             done += n;
         }
-        proto::give_back(reply);
-        u32::try_from(done).unwrap_or(0)
+        Some(done)
     }
 }
 
