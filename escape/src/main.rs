@@ -148,7 +148,7 @@ fn attempt(args: &Attempt, kinds: &Registry) -> Result<()> {
         ..SandboxOpts::default()
     };
     let spawner = Spawner::start(&single, &sandbox, Vec::new())?;
-    let ram = GuestRam::new(1 << 20).context("cannot create driver memory")?;
+    let ram = GuestRam::new(1 << 20, false).context("cannot create driver memory")?;
     let started = start_device(
         Some(&spawner),
         DeviceMode::Process,

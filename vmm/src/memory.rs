@@ -7,6 +7,13 @@
 //! size is sealed, so no peer holding the fd can shrink it under the VMM.
 //! Memory added later (hotplug) is a memfd of its own per region.
 //!
+//! With `--hugepages` every memfd is a hugetlbfs one (`MFD_HUGETLB`, 2 MiB
+//! pages from the host's pool, /proc/sys/vm/nr_hugepages): the VMM's mapping
+//! reserves the pages when it is made, so a pool too small fails there,
+//! named, not with a SIGBUS when the guest first touches a page. Such a
+//! memfd cannot be written with write(2) or splice(2), only through a
+//! mapping (the boot loader and a snapshot's restore do that).
+//!
 //! [`Memory`] creates every region, registers each as a KVM memslot (one
 //! function, for boot RAM and added regions alike), and hands out the two
 //! views others need: the immutable map devices receive at activation and
@@ -21,7 +28,7 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
-    FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
+    Bytes, FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
     GuestRegionMmap,
 };
 
@@ -51,6 +58,25 @@ pub enum MemoryError {
     /// Mapping a region failed.
     #[error("cannot map guest memory")]
     Mmap(#[source] vm_memory::mmap::MmapRegionError),
+    /// Huge-page RAM of a size that is not a whole number of huge pages.
+    #[error(
+        "--hugepages: {size} bytes of memory is not a whole number of 2 MiB pages"
+    )]
+    HugeSize {
+        /// The size asked for.
+        size: u64,
+    },
+    /// The host's pool of huge pages cannot hold the region.
+    #[error(
+        "--hugepages: the host's pool of 2 MiB pages cannot hold the {needed} pages this \
+         memory needs{free} (root sizes it: /proc/sys/vm/nr_hugepages; or run without --hugepages)"
+    )]
+    HugePool {
+        /// Pages the region needs.
+        needed: u64,
+        /// ", only N are free", when the host says.
+        free: String,
+    },
     /// Building the region collection failed.
     #[error("invalid guest memory layout")]
     Layout,
@@ -86,6 +112,8 @@ pub struct Memory {
     vcpus: GuestMemoryAtomic<GuestMemoryMmap>,
     /// The VM the regions are registered with, and its next free slot.
     vm: Option<(Arc<VmFd>, u32)>,
+    /// Whether every region is in huge pages (`--hugepages`).
+    huge: bool,
 }
 
 impl Memory {
@@ -97,7 +125,38 @@ impl Memory {
             vcpus: GuestMemoryAtomic::new(ram.mem.clone()),
             mappings: vec![ram.mem],
             vm: None,
+            huge: ram.huge,
         }
+    }
+
+    /// Whether guest memory is in huge pages (`--hugepages`).
+    pub fn huge(&self) -> bool {
+        self.huge
+    }
+
+    /// Writes `bytes` at `offset` of `file` (one of guest memory's memfds)
+    /// through the VMM's mapping: how a restore fills a huge-page memfd,
+    /// which takes no write(2).
+    pub fn write_file_at(&self, file: &File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        let len = bytes.len() as u64;
+        let range = self
+            .regions
+            .iter()
+            .find(|(r, f)| {
+                std::ptr::eq(f.as_ref(), file)
+                    && offset >= r.file_offset
+                    && offset.saturating_add(len) <= r.file_offset + r.size
+            })
+            .map(|(r, _)| r)
+            .ok_or_else(|| std::io::Error::other("outside guest memory"))?;
+        let addr = GuestAddress(range.guest_addr + (offset - range.file_offset));
+        let mem = self
+            .mappings
+            .iter()
+            .find(|m| m.address_in_range(addr))
+            .ok_or_else(|| std::io::Error::other("outside guest memory"))?;
+        mem.write_slice(bytes, addr)
+            .map_err(|e| std::io::Error::other(e.to_string()))
     }
 
     /// The VMM's mapping of boot RAM (where the kernel is loaded).
@@ -172,13 +231,13 @@ impl Memory {
             size,
             file_offset: 0,
         };
-        let file = Arc::new(create_memfd(size, Some(guest_addr))?);
-        let mapping = map_ranges(&[(range, file.clone())])?;
+        let file = Arc::new(create_memfd(size, Some(guest_addr), self.huge)?);
+        let mapping = map_vmm(&[(range, file.clone())], self.huge)?;
         add_memslot(&vm, slot, &range, std::slice::from_ref(&mapping))?;
         self.vm = Some((vm, slot + 1));
         self.mappings.push(mapping);
         self.regions.push((range, file));
-        let all = map_ranges(&self.regions)?;
+        let all = map_vmm(&self.regions, self.huge)?;
         self.vcpus
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -269,30 +328,80 @@ pub struct GuestRam {
     pub ranges: Vec<RamRange>,
     /// The VMM's mapping.
     pub mem: GuestMemoryMmap,
+    /// Whether the memfd is in huge pages.
+    pub huge: bool,
 }
 
 impl GuestRam {
-    /// Creates `size` bytes of guest RAM in a sealed memfd.
-    pub fn new(size: u64) -> Result<Self, MemoryError> {
-        let memfd = Arc::new(create_memfd(size, None)?);
+    /// Creates `size` bytes of guest RAM in a sealed memfd, in the host's
+    /// 2 MiB pages when `huge`.
+    pub fn new(size: u64, huge: bool) -> Result<Self, MemoryError> {
+        let memfd = Arc::new(create_memfd(size, None, huge)?);
         let ranges = ram_ranges(size);
         let with_files: Vec<(RamRange, Arc<File>)> =
             ranges.iter().map(|r| (*r, memfd.clone())).collect();
-        let mem = map_ranges(&with_files)?;
-        Ok(Self { memfd, ranges, mem })
+        let mem = map_vmm(&with_files, huge).map_err(|e| match e {
+            // Before the VMM's filter: the pool's figures can be read.
+            MemoryError::HugePool { needed, .. } => MemoryError::HugePool {
+                needed,
+                free: free_huge_pages(),
+            },
+            e => e,
+        })?;
+        Ok(Self {
+            memfd,
+            ranges,
+            mem,
+            huge,
+        })
     }
 }
 
-/// Maps each range of its file `MAP_SHARED` at its guest address: how the
-/// VMM maps guest RAM, and how a device process maps the memfds it is given.
+/// Size of a huge page of guest memory (`--hugepages`).
+pub const HUGE_PAGE: u64 = 2 << 20;
+
+/// Maps each range of its file `MAP_SHARED` at its guest address: how a
+/// device process maps the memfds it is given. Nothing is reserved: the
+/// VMM's own mapping ([`map_vmm`]) did that for huge pages.
 pub fn map_ranges(ranges: &[(RamRange, Arc<File>)]) -> Result<GuestMemoryMmap, MemoryError> {
+    map_with(ranges, libc::MAP_SHARED | libc::MAP_NORESERVE, false)
+}
+
+/// The VMM's mapping of `ranges`: as [`map_ranges`], except that huge
+/// pages are reserved from the host's pool when it is made (no
+/// `MAP_NORESERVE`), so that a pool too small fails here and not at the
+/// guest's first touch of a page.
+fn map_vmm(ranges: &[(RamRange, Arc<File>)], huge: bool) -> Result<GuestMemoryMmap, MemoryError> {
+    if !huge {
+        return map_ranges(ranges);
+    }
+    map_with(ranges, libc::MAP_SHARED, true).map_err(|e| match e {
+        MemoryError::Mmap(vm_memory::mmap::MmapRegionError::Mmap(io))
+            if io.raw_os_error() == Some(libc::ENOMEM) =>
+        {
+            let needed = ranges.iter().map(|(r, _)| r.size / HUGE_PAGE).sum();
+            MemoryError::HugePool {
+                needed,
+                free: String::new(),
+            }
+        }
+        e => e,
+    })
+}
+
+fn map_with(
+    ranges: &[(RamRange, Arc<File>)],
+    flags: libc::c_int,
+    huge: bool,
+) -> Result<GuestMemoryMmap, MemoryError> {
     let mut regions = Vec::with_capacity(ranges.len());
     for (r, file) in ranges {
         let len = usize::try_from(r.size).map_err(|_| MemoryError::Layout)?;
         let mapping = MmapRegionBuilder::new(len)
             .with_file_offset(FileOffset::from_arc(file.clone(), r.file_offset))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
+            .with_mmap_flags(flags)
+            .with_hugetlbfs(huge)
             .build()
             .map_err(MemoryError::Mmap)?;
         let region =
@@ -302,21 +411,45 @@ pub fn map_ranges(ranges: &[(RamRange, Arc<File>)]) -> Result<GuestMemoryMmap, M
     GuestMemoryMmap::from_regions(regions).map_err(|_| MemoryError::Layout)
 }
 
+/// ", only N are free" for the host's free 2 MiB pages not yet promised to
+/// a mapping, or nothing when /sys cannot be read. Not for a VMM under its
+/// filter (mem-add), which opens no file.
+fn free_huge_pages() -> String {
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/kernel/mm/hugepages/hugepages-2048kB/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    match (read("free_hugepages"), read("resv_hugepages")) {
+        (Some(free), Some(resv)) => format!(", only {} are free", free.saturating_sub(resv)),
+        _ => String::new(),
+    }
+}
+
 /// Name of boot RAM's memfd (as /proc/PID/maps and /proc/PID/fd show it).
 pub const RAM_MEMFD: &str = "skvm-guest-ram";
 
 /// A sealed memfd of `size` bytes named [`RAM_MEMFD`], followed by
 /// `@ADDRESS` when `guest_addr` says where its first byte sits in the guest
-/// (hotplugged regions), so a memory mapping names its guest address.
-pub fn create_memfd(size: u64, guest_addr: Option<u64>) -> Result<File, MemoryError> {
+/// (hotplugged regions), so a memory mapping names its guest address; in
+/// the host's 2 MiB pages when `huge` (`size` a multiple of [`HUGE_PAGE`]).
+pub fn create_memfd(size: u64, guest_addr: Option<u64>, huge: bool) -> Result<File, MemoryError> {
+    if huge && !size.is_multiple_of(HUGE_PAGE) {
+        return Err(MemoryError::HugeSize { size });
+    }
     let name = match guest_addr {
         Some(a) => format!("{RAM_MEMFD}@{a:#x}"),
         None => RAM_MEMFD.to_owned(),
     };
     let name = std::ffi::CString::new(name).map_err(|_| MemoryError::Layout)?;
+    let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    if huge {
+        flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
+    }
     // SAFETY: `name` is a valid NUL-terminated string; the flags are valid.
-    let fd =
-        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
     if fd < 0 {
         return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
     }
@@ -378,7 +511,7 @@ mod tests {
     #[test]
     fn guest_ram_is_shared_with_the_memfd() {
         use std::os::unix::fs::FileExt;
-        let ram = GuestRam::new(2 << 20).unwrap();
+        let ram = GuestRam::new(2 << 20, false).unwrap();
         ram.mem
             .write_obj(0xdead_beef_u32, GuestAddress(0x1000))
             .unwrap();
@@ -390,21 +523,29 @@ mod tests {
 
     #[test]
     fn a_hotplugged_memfd_is_named_with_its_guest_address() {
-        let f = create_memfd(4096, Some(0x1_0000_0000)).unwrap();
+        let f = create_memfd(4096, Some(0x1_0000_0000), false).unwrap();
         let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
         assert!(
             link.to_string_lossy()
                 .starts_with("/memfd:skvm-guest-ram@0x100000000"),
             "{link:?}"
         );
-        let f = create_memfd(4096, None).unwrap();
+        let f = create_memfd(4096, None, false).unwrap();
         let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
         assert_eq!(link.to_string_lossy(), "/memfd:skvm-guest-ram (deleted)");
     }
 
     #[test]
+    fn huge_page_memory_must_be_whole_pages() {
+        for size in [HUGE_PAGE + 4096, HUGE_PAGE / 2] {
+            let e = create_memfd(size, None, true).unwrap_err();
+            assert!(matches!(e, MemoryError::HugeSize { size: s } if s == size), "{e}");
+        }
+    }
+
+    #[test]
     fn memfd_size_is_sealed() {
-        let ram = GuestRam::new(1 << 20).unwrap();
+        let ram = GuestRam::new(1 << 20, false).unwrap();
         assert!(ram.memfd.set_len(4096).is_err());
     }
 }

@@ -46,9 +46,13 @@ impl<'a> IntoRam<'a> {
     }
 
     /// The memfd and its offset that back the host range [ptr, ptr + len),
-    /// when one region holds all of it.
+    /// when one region holds all of it and its memfd takes a splice (a
+    /// huge-page one does not: it is read into through the mapping).
     fn backing(&self, ptr: usize, len: usize) -> Option<(RawFd, u64)> {
         self.mem.iter().find_map(|region| {
+            if region.is_hugetlbfs() == Some(true) {
+                return None;
+            }
             let base = region.as_ptr() as usize;
             let size = usize::try_from(region.len()).ok()?;
             let inside = ptr >= base && ptr.checked_add(len)? <= base.checked_add(size)?;
@@ -195,7 +199,7 @@ mod tests {
             size,
             file_offset: 0,
         };
-        let file = Arc::new(create_memfd(size, None).expect("memfd"));
+        let file = Arc::new(create_memfd(size, None, false).expect("memfd"));
         map_ranges(&[(range, file)]).expect("map")
     }
 

@@ -690,7 +690,7 @@ mod tests {
 
     #[test]
     fn a_device_restores_only_state_it_could_have_reached() {
-        let ram = GuestRam::new(16 << 20).unwrap();
+        let ram = GuestRam::new(16 << 20, false).unwrap();
         let ev = events();
         let mut first = rng(&ram);
         first.start(FEATURES, &[L], &ev).unwrap();

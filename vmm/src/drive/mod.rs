@@ -542,7 +542,7 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
         params,
         fds: u8::try_from(backend_fds.len())?,
     };
-    let ram = GuestRam::new(RAM).context("cannot create driver memory")?;
+    let ram = GuestRam::new(RAM, false).context("cannot create driver memory")?;
     let started = start_device(
         spawner.as_ref(),
         args.device_mode,

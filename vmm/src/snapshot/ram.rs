@@ -49,10 +49,15 @@ fn next_data(f: &File, from: u64, end: u64) -> io::Result<Option<(u64, u64)>> {
     Ok(Some((start, stop)))
 }
 
-/// Copies the pages of `src[from..from + size]` that hold data to
-/// `dst[to..]` at the same relative offsets, skipping holes and pages of
-/// zeros. Returns the bytes written.
-fn copy_sparse(src: &File, from: u64, dst: &File, to: u64, size: u64) -> io::Result<u64> {
+/// Copies the pages of `src[from..from + size]` that hold data through
+/// `write(page, offset)`, the offset relative to `from`, skipping holes and
+/// pages of zeros. Returns the bytes written.
+fn copy_sparse(
+    src: &File,
+    from: u64,
+    size: u64,
+    write: &mut dyn FnMut(&[u8], u64) -> io::Result<()>,
+) -> io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut written = 0u64;
     let end = from + size;
@@ -68,7 +73,7 @@ fn copy_sparse(src: &File, from: u64, dst: &File, to: u64, size: u64) -> io::Res
             src.read_exact_at(chunk, off)?;
             for (i, page) in chunk.chunks(PAGE).enumerate() {
                 if page.iter().any(|&b| b != 0) {
-                    dst.write_all_at(page, to + (off - from) + (i * PAGE) as u64)?;
+                    write(page, (off - from) + (i * PAGE) as u64)?;
                     written += page.len() as u64;
                 }
             }
@@ -86,7 +91,9 @@ pub fn save_regions<F: Borrow<File>>(regions: &[(F, u64)], out: &File) -> io::Re
     let mut written = 0;
     let mut at = 0;
     for (memfd, size) in regions {
-        written += copy_sparse(memfd.borrow(), 0, out, at, *size)?;
+        written += copy_sparse(memfd.borrow(), 0, *size, &mut |page, rel| {
+            out.write_all_at(page, at + rel)
+        })?;
         at += size;
     }
     out.set_len(at)?;
@@ -97,6 +104,19 @@ pub fn save_regions<F: Borrow<File>>(regions: &[(F, u64)], out: &File) -> io::Re
 /// out as [`save_regions`] writes it; `file` must be exactly as long as
 /// all of them. Returns the bytes of data read.
 pub fn restore_regions<F: Borrow<File>>(file: &File, regions: &[(F, u64)]) -> io::Result<u64> {
+    restore_regions_with(file, regions, |memfd, offset, page| {
+        memfd.write_all_at(page, offset)
+    })
+}
+
+/// [`restore_regions`] writing each page with `write(memfd, offset,
+/// page)`: through a mapping, for memfds that take no write(2) (huge
+/// pages).
+pub fn restore_regions_with<F: Borrow<File>>(
+    file: &File,
+    regions: &[(F, u64)],
+    mut write: impl FnMut(&File, u64, &[u8]) -> io::Result<()>,
+) -> io::Result<u64> {
     let total: u64 = regions.iter().map(|(_, s)| s).sum();
     let len = file.metadata()?.len();
     if len != total {
@@ -108,7 +128,8 @@ pub fn restore_regions<F: Borrow<File>>(file: &File, regions: &[(F, u64)]) -> io
     let mut read = 0;
     let mut at = 0;
     for (memfd, size) in regions {
-        read += copy_sparse(file, at, memfd.borrow(), 0, *size)?;
+        let memfd = memfd.borrow();
+        read += copy_sparse(file, at, *size, &mut |page, rel| write(memfd, rel, page))?;
         at += size;
     }
     Ok(read)
@@ -120,7 +141,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     fn memfd(size: u64) -> File {
-        crate::memory::create_memfd(size, None).expect("memfd")
+        crate::memory::create_memfd(size, None, false).expect("memfd")
     }
 
     /// An unnamed file in the temp directory (O_TMPFILE: nothing to

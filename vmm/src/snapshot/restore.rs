@@ -128,7 +128,16 @@ pub fn memory(
             .context("cannot add the snapshot's hot-added memory")?;
         added += size;
     }
-    ram::restore_regions(file, &memory.files()).context("cannot read the snapshot's memory")?;
+    let files = memory.files();
+    let read = if memory.huge() {
+        // Huge-page memfds take no write(2): through the VMM's mapping.
+        ram::restore_regions_with(file, &files, |memfd, offset, page| {
+            memory.write_file_at(memfd, offset, page)
+        })
+    } else {
+        ram::restore_regions(file, &files)
+    };
+    read.context("cannot read the snapshot's memory")?;
     Ok(added)
 }
 

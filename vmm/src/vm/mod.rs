@@ -280,7 +280,7 @@ impl<'a> Spawned<'a> {
             single,
         } = self;
         let cfg = checked.cfg;
-        let ram = GuestRam::new(cfg.mem).context("cannot create guest memory")?;
+        let ram = GuestRam::new(cfg.mem, cfg.hugepages).context("cannot create guest memory")?;
         let boot_ram = (ram.mem.clone(), ram.ranges.clone());
         let start = match &cfg.restore {
             Some(r) => Start::Restore(crate::snapshot::files::open_memory(&r.dir)?),
