@@ -51,6 +51,11 @@
  *                               file, and the initrd) spliced into a fresh
  *                               256 MiB memfd, one thread, nothing else:
  *                               the floor of exec -> first KVM_RUN
+ *   floor load-huge KERNEL INITRD N
+ *                               the same into a memfd of the host's 2 MiB
+ *                               pages (MFD_HUGETLB; needs 128 free in the
+ *                               pool), read through a mapping, as
+ *                               `skvm run --hugepages` loads them
  *
  * With FLOOR_CPUS=H,D in the environment (as `skvm drive --cpus H,D`), the
  * answering side of the eventfd round trips, and every other op, runs on
@@ -377,8 +382,18 @@ static int pingpong(unsigned long n, int spin)
 }
 
 /* Splices `len` bytes of `in` at `off` into `out` at `at` through `pipe`. */
+/* With `floor load-huge`: the huge-page memfd's mapping, which is read
+ * into (hugetlbfs takes no splice). */
+static char *huge_ram;
+
 static void splice_into(int in, off_t off, int out, off_t at, size_t len, const int pipe[2])
 {
+	while (huge_ram && len > 0) {
+		ssize_t got = pread(in, huge_ram + at, len, off);
+		if (got <= 0)
+			die("read from the image");
+		len -= got, off += got, at += got;
+	}
 	while (len > 0) {
 		ssize_t got = splice(in, &off, pipe[1], NULL, len, 0);
 		if (got <= 0)
@@ -433,7 +448,7 @@ static double load_kernel(int kernel, int ram, const int pipe[2])
 	return bytes;
 }
 
-static int load(const char *kernel_path, const char *initrd_path, unsigned long n)
+static int load(const char *kernel_path, const char *initrd_path, unsigned long n, int huge)
 {
 	int kernel = open(kernel_path, O_RDONLY | O_CLOEXEC);
 	int initrd = open(initrd_path, O_RDONLY | O_CLOEXEC);
@@ -452,17 +467,26 @@ static int load(const char *kernel_path, const char *initrd_path, unsigned long 
 	uint64_t start = now_ns();
 	for (unsigned long i = 0; i < n; i++) {
 		uint64_t t = now_ns();
-		int ram = memfd_create("floor-ram", MFD_CLOEXEC);
+		int ram = memfd_create("floor-ram", MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
 		if (ram < 0 || ftruncate(ram, 256 << 20))
 			die("memfd");
+		if (huge) {
+			huge_ram = mmap(NULL, 256 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, ram, 0);
+			if (huge_ram == MAP_FAILED)
+				die("mmap of 2 MiB pages (is the pool large enough?)");
+		}
 		bytes = load_kernel(kernel, ram, pipe);
 		splice_into(initrd, 0, ram, (256 << 20) - st.st_size, st.st_size, pipe);
 		bytes += st.st_size;
+		if (huge) {
+			munmap(huge_ram, 256 << 20);
+			huge_ram = NULL;
+		}
 		close(ram);
 		lat[i] = now_ns() - t;
 	}
 	uint64_t ns = now_ns() - start;
-	report("load", n, ns, bytes * n, self_cpu_us() - cpu);
+	report(huge ? "load-huge" : "load", n, ns, bytes * n, self_cpu_us() - cpu);
 	return 0;
 }
 
@@ -573,12 +597,14 @@ int main(int argc, char **argv)
 	if (argc == 3 && !strcmp(op, "eventfd-epoll"))
 		return pingpong(n, 3);
 	if (argc == 5 && !strcmp(op, "load"))
-		return load(argv[2], argv[3], n);
+		return load(argv[2], argv[3], n, 0);
+	if (argc == 5 && !strcmp(op, "load-huge"))
+		return load(argv[2], argv[3], n, 1);
 	if (argc == 4 && !strcmp(op, "request"))
 		return requests(argv[2], n);
 	fprintf(stderr, "usage: floor create|stat|unlink DIR N | floor write|read|randread|randwrite "
 			"FILE SIZE N | floor getrandom SIZE N | floor eventfd|eventfd-poll|eventfd-epoll|eventfd-spin N | "
-			"floor load "
+			"floor load|load-huge "
 			"KERNEL INITRD N | floor request rng|randread:FILE|randwrite:FILE N\n");
 	return 2;
 }

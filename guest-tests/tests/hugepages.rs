@@ -101,8 +101,8 @@ const SCRIPT: &str = "mem() { awk '/MemTotal/ {print $2}' /proc/meminfo; }; \
 /// What the guest's last SKVM-MARK line says: its mark and MemTotal.
 fn last_mark(out: &str) -> String {
     out.lines()
-        .filter_map(|l| l.split("SKVM-MARK ").nth(1))
-        .last()
+        .rev()
+        .find_map(|l| l.split("SKVM-MARK ").nth(1))
         .unwrap_or_else(|| panic!("no mark:\n{out}"))
         .trim()
         .to_owned()
@@ -134,12 +134,19 @@ fn a_guest_in_huge_pages_boots_grows_and_restores_and_gives_every_page_back() {
     let mut vm = TestVm::spawn(vm_args(&disk, &sock, &["--mem", "128M", "--run", SCRIPT]));
     vm.wait_for("SKVM-UP", TIMEOUT);
     let out = vm.output();
-    assert_eq!(field(&out, "SKVM-DISK").as_deref(), Some(want.as_str()), "{out}");
+    assert_eq!(
+        field(&out, "SKVM-DISK").as_deref(),
+        Some(want.as_str()),
+        "{out}"
+    );
     assert_eq!(field(&out, "SKVM-RNG").as_deref(), Some("4096"), "{out}");
     // Every page of boot RAM is the VMM's from the start.
     assert_eq!(taken() - before, PAGES_128M, "{out}");
     let (boot, added) = ram_page_kib(vm.pid());
-    assert!(all_huge(&boot) && added.is_empty(), "the VMM's: {boot:?} {added:?}");
+    assert!(
+        all_huge(&boot) && added.is_empty(),
+        "the VMM's: {boot:?} {added:?}"
+    );
     for dev in ["blk0", "rng0"] {
         let pid = device_pids(vm.pid(), dev)[0];
         let (boot, _) = ram_page_kib(pid);

@@ -59,9 +59,7 @@ pub enum MemoryError {
     #[error("cannot map guest memory")]
     Mmap(#[source] vm_memory::mmap::MmapRegionError),
     /// Huge-page RAM of a size that is not a whole number of huge pages.
-    #[error(
-        "--hugepages: {size} bytes of memory is not a whole number of 2 MiB pages"
-    )]
+    #[error("--hugepages: {size} bytes of memory is not a whole number of 2 MiB pages")]
     HugeSize {
         /// The size asked for.
         size: u64,
@@ -539,7 +537,10 @@ mod tests {
     fn huge_page_memory_must_be_whole_pages() {
         for size in [HUGE_PAGE + 4096, HUGE_PAGE / 2] {
             let e = create_memfd(size, None, true).unwrap_err();
-            assert!(matches!(e, MemoryError::HugeSize { size: s } if s == size), "{e}");
+            assert!(
+                matches!(e, MemoryError::HugeSize { size: s } if s == size),
+                "{e}"
+            );
         }
     }
 
