@@ -1,6 +1,6 @@
 //! Guest memory in the host's 2 MiB pages (`skvm run --hugepages`): the test
-//! grows the host's pool of huge pages for itself (and puts it back). A
-//! guest boots in them, its disk and rng device processes serve it through
+//! grows the host's pool of huge pages for itself (and puts it back).
+//! `skvm drive --hugepages` serves a disk from them; a guest boots in them, its disk and rng device processes serve it through
 //! huge-page mappings, memory added with `skvm ctl mem-add` is in huge
 //! pages too, a mem-add the pool cannot hold is refused with the guest
 //! unharmed, and a snapshot of it restores into huge pages with the guest's
@@ -130,6 +130,35 @@ fn a_guest_in_huge_pages_boots_grows_and_restores_and_gives_every_page_back() {
     let want = md5(&std::fs::read(&disk).unwrap());
     let sock = s.path("ctl.sock");
     let dir = s.path("snap");
+
+    // `skvm drive --hugepages`: its memory (66 MiB, 33 pages) is taken
+    // from the pool while it runs, and given back.
+    let mut drive = Command::new(skvm_bin())
+        .args([
+            "drive",
+            "--hugepages",
+            "--device",
+            "blk0",
+            "--op",
+            "randread",
+        ])
+        .args(["--depth", "8", "--requests", "400000", "--disk"])
+        .arg(&disk)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut most = 0;
+    while drive.try_wait().unwrap().is_none() {
+        most = most.max(taken().saturating_sub(before));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = drive.wait_with_output().unwrap();
+    let (code, text) = code_and_text(&out);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("requests=400000"), "{text}");
+    assert_eq!(most, 33, "pages drive took from the pool:\n{text}");
+    assert_eq!(taken(), before, "drive kept pages");
 
     let mut vm = TestVm::spawn(vm_args(&disk, &sock, &["--mem", "128M", "--run", SCRIPT]));
     vm.wait_for("SKVM-UP", TIMEOUT);

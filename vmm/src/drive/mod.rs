@@ -42,7 +42,7 @@ use crate::device_host::{
 };
 use crate::kinds::blk::DiskSpec;
 use crate::kinds::{Opened, Registry};
-use crate::memory::GuestRam;
+use crate::memory::{GuestRam, HUGE_PAGE};
 use crate::virtio_pci::{Backend, DeviceEvents};
 use queue::{QUEUE0, QUEUE1, QUEUE2, RAM};
 use request::Workload;
@@ -82,6 +82,11 @@ pub struct DriveArgs {
     /// kicks only when the device asks for it.
     #[arg(long)]
     pub event_idx: bool,
+    /// The driver's memory (where the queues and the buffers are) in the
+    /// host's 2 MiB pages, as `skvm run --hugepages` puts guest RAM: the
+    /// host's pool needs 33 free pages.
+    #[arg(long)]
+    pub hugepages: bool,
     /// Number of requests to complete (net: frames).
     #[arg(long, value_name = "N", default_value_t = 20_000,
           value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
@@ -542,7 +547,11 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
         params,
         fds: u8::try_from(backend_fds.len())?,
     };
-    let ram = GuestRam::new(RAM, false).context("cannot create driver memory")?;
+    let ram = match args.hugepages {
+        true => GuestRam::new(RAM.next_multiple_of(HUGE_PAGE), true),
+        false => GuestRam::new(RAM, false),
+    }
+    .context("cannot create driver memory")?;
     let started = start_device(
         spawner.as_ref(),
         args.device_mode,
