@@ -332,42 +332,28 @@ static int epoll_set(int kick, const int idle[3])
 	return ep;
 }
 
-/* spin: 0 sleep in read, 1 spin on non-blocking reads, 2 poll then read,
- * 3 epoll_wait then read. */
-static int pingpong(unsigned long n, int spin)
+/* N round trips between this process (on FLOOR_CPUS's H) and a child (on
+ * D): the child calls `answer` N times, this process times `ask` N times;
+ * reported as `op`, with the child's CPU time. Each returns 0 on success. */
+static int round_trips(const char *op, unsigned long n, int (*answer)(void *), int (*ask)(void *),
+		       void *ctx)
 {
-	int idle[3];
-	for (int i = 0; i < 3; i++)
-		if ((idle[i] = eventfd(0, EFD_CLOEXEC)) < 0)
-			die("eventfd");
-	int flags = EFD_CLOEXEC | (spin == 1 ? EFD_NONBLOCK : 0);
-	int kick = eventfd(0, flags), irq = eventfd(0, flags);
-	if (kick < 0 || irq < 0)
-		die("eventfd");
 	pin(1); /* the child's CPU, which it inherits */
 	pid_t child = fork();
 	if (child < 0)
 		die("fork");
-	uint64_t v = 1;
 	if (child == 0) {
-		/* The device's side: each kick answered with an interrupt. */
-		int ep = spin == 3 ? epoll_set(kick, idle) : -1;
-		for (unsigned long i = 0; i < n; i++) {
-			int got = spin == 2   ? polled_take(kick, idle)
-				  : spin == 3 ? epolled_take(ep, kick)
-					      : take(kick, spin);
-			if (got || write(irq, &v, sizeof v) != sizeof v)
+		for (unsigned long i = 0; i < n; i++)
+			if (answer(ctx))
 				_exit(1);
-		}
 		_exit(0);
 	}
 	pin(0);
 	uint64_t start = now_ns();
 	for (unsigned long i = 0; i < n; i++) {
 		uint64_t t = now_ns();
-		v = 1;
-		if (write(kick, &v, sizeof v) != sizeof v || take(irq, spin == 1))
-			die("eventfd round trip");
+		if (ask(ctx))
+			die(op);
 		lat[i] = now_ns() - t;
 	}
 	uint64_t ns = now_ns() - start;
@@ -375,10 +361,49 @@ static int pingpong(unsigned long n, int spin)
 	struct rusage r;
 	if (wait4(child, &status, 0, &r) != child || !WIFEXITED(status) || WEXITSTATUS(status))
 		die("the answering process");
+	report(op, n, ns, 0, cpu_us(&r));
+	return 0;
+}
+
+/* An eventfd ping-pong's fds and how its answering side waits. */
+struct pingpong {
+	int kick, irq, spin, ep, idle[3];
+};
+
+static int pingpong_answer(void *ctx)
+{
+	struct pingpong *p = ctx;
+	uint64_t v = 1;
+	int got = p->spin == 2	 ? polled_take(p->kick, p->idle)
+		  : p->spin == 3 ? epolled_take(p->ep, p->kick)
+				 : take(p->kick, p->spin);
+	return got || write(p->irq, &v, sizeof v) != sizeof v ? -1 : 0;
+}
+
+static int pingpong_ask(void *ctx)
+{
+	struct pingpong *p = ctx;
+	uint64_t v = 1;
+	return write(p->kick, &v, sizeof v) != sizeof v || take(p->irq, p->spin == 1) ? -1 : 0;
+}
+
+/* spin: 0 sleep in read, 1 spin on non-blocking reads, 2 poll then read,
+ * 3 epoll_wait then read. */
+static int pingpong(unsigned long n, int spin)
+{
+	struct pingpong p = {.spin = spin, .ep = -1};
+	for (int i = 0; i < 3; i++)
+		if ((p.idle[i] = eventfd(0, EFD_CLOEXEC)) < 0)
+			die("eventfd");
+	int flags = EFD_CLOEXEC | (spin == 1 ? EFD_NONBLOCK : 0);
+	p.kick = eventfd(0, flags), p.irq = eventfd(0, flags);
+	if (p.kick < 0 || p.irq < 0)
+		die("eventfd");
+	if (spin == 3)
+		p.ep = epoll_set(p.kick, p.idle);
 	static const char *const names[] = {"eventfd", "eventfd-spin", "eventfd-poll",
 					    "eventfd-epoll"};
-	report(names[spin], n, ns, 0, cpu_us(&r));
-	return 0;
+	return round_trips(names[spin], n, pingpong_answer, pingpong_ask, &p);
 }
 
 /* Splices `len` bytes of `in` at `off` into `out` at `at` through `pipe`. */
@@ -497,6 +522,8 @@ struct work {
 	unsigned long long span;
 	uint64_t seed;
 	char buf[4096];
+	/* The request's control channel (idle), kick and interrupt. */
+	int chan[2], kick, irq;
 };
 
 static int do_work(struct work *w)
@@ -507,6 +534,30 @@ static int do_work(struct work *w)
 	off_t off = next_random(&w->seed) % (w->span / sizeof w->buf) * sizeof w->buf;
 	ssize_t got = w->reading ? preadv(w->fd, &v, 1, off) : pwritev(w->fd, &v, 1, off);
 	return got == (ssize_t)sizeof w->buf ? 0 : -1;
+}
+
+/* The device: poll, read the kick, the work, the interrupt. */
+static int request_answer(void *ctx)
+{
+	struct work *w = ctx;
+	uint64_t v;
+	struct pollfd p[2] = {{w->chan[1], POLLIN, 0}, {w->kick, POLLIN, 0}};
+	return poll(p, 2, -1) < 1 || read(w->kick, &v, sizeof v) != sizeof v || do_work(w) ||
+			       write(w->irq, &v, sizeof v) != sizeof v
+		       ? -1
+		       : 0;
+}
+
+/* The driver: the kick, poll(2) on the interrupt, its read. */
+static int request_ask(void *ctx)
+{
+	struct work *w = ctx;
+	uint64_t v = 1;
+	struct pollfd p = {w->irq, POLLIN, 0};
+	return write(w->kick, &v, sizeof v) != sizeof v || poll(&p, 1, 5000) != 1 ||
+			       read(w->irq, &v, sizeof v) != sizeof v
+		       ? -1
+		       : 0;
 }
 
 static int requests(const char *kind, unsigned long n)
@@ -530,45 +581,13 @@ static int requests(const char *kind, unsigned long n)
 			return 1;
 		}
 	}
-	int chan[2];
-	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, chan))
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, w.chan))
 		die("socketpair");
-	int kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), irq = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (kick < 0 || irq < 0)
+	w.kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	w.irq = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (w.kick < 0 || w.irq < 0)
 		die("eventfd");
-	pin(1);
-	pid_t child = fork();
-	if (child < 0)
-		die("fork");
-	uint64_t v = 1;
-	if (child == 0) {
-		/* The device: poll, read the kick, the work, the interrupt. */
-		for (unsigned long i = 0; i < n; i++) {
-			struct pollfd p[2] = {{chan[1], POLLIN, 0}, {kick, POLLIN, 0}};
-			if (poll(p, 2, -1) < 1 || read(kick, &v, sizeof v) != sizeof v || do_work(&w) ||
-			    write(irq, &v, sizeof v) != sizeof v)
-				_exit(1);
-		}
-		_exit(0);
-	}
-	pin(0);
-	uint64_t start = now_ns();
-	for (unsigned long i = 0; i < n; i++) {
-		uint64_t t = now_ns();
-		struct pollfd p = {irq, POLLIN, 0};
-		v = 1;
-		if (write(kick, &v, sizeof v) != sizeof v || poll(&p, 1, 5000) != 1 ||
-		    read(irq, &v, sizeof v) != sizeof v)
-			die("request round trip");
-		lat[i] = now_ns() - t;
-	}
-	uint64_t ns = now_ns() - start;
-	int status;
-	struct rusage r;
-	if (wait4(child, &status, 0, &r) != child || !WIFEXITED(status) || WEXITSTATUS(status))
-		die("the device's process");
-	report("request", n, ns, 0, cpu_us(&r));
-	return 0;
+	return round_trips("request", n, request_answer, request_ask, &w);
 }
 
 int main(int argc, char **argv)
