@@ -547,11 +547,13 @@ pub fn run(args: &DriveArgs, kinds: &Registry) -> Result<()> {
         params,
         fds: u8::try_from(backend_fds.len())?,
     };
-    let ram = match args.hugepages {
-        true => GuestRam::new(RAM.next_multiple_of(HUGE_PAGE), true),
-        false => GuestRam::new(RAM, false),
-    }
-    .context("cannot create driver memory")?;
+    // Huge pages come whole: the last one is only partly used.
+    let size = if args.hugepages {
+        RAM.next_multiple_of(HUGE_PAGE)
+    } else {
+        RAM
+    };
+    let ram = GuestRam::new(size, args.hugepages).context("cannot create driver memory")?;
     let started = start_device(
         spawner.as_ref(),
         args.device_mode,
