@@ -34,12 +34,17 @@
 # (scripts/floor.c: getrandom for rng, pread or pwrite at random offsets of
 # the same image for blk, an eventfd round trip between two processes for
 # the others: a kick and its interrupt with no work between; and the same
-# round trip with both processes spinning, a busy host's floor), and the
-# ratios: process/thread (the median of each round's ratio, with its
-# range), confined/unconfined, the process's p50 latency (depth 1 only: a
-# deeper kick completes a batch) and CPU per request over the floor's, and
-# the polling process's p50 over the busy floor's and its CPU over the
-# floor's (what polling costs). REQUESTS per case (default 20000).
+# round trip with both processes spinning, a busy host's floor); for rng
+# and blk the bare calls as well (`floor request`: the kicks, interrupts,
+# polls and work of the same depth, made by two bare processes, nothing
+# else); and the ratios: process/thread (the median of each round's ratio,
+# with its range), confined/unconfined, the process's p50 latency (depth 1
+# only: a deeper kick completes a batch) and CPU per request over the
+# floor's, the polling process's p50 over the busy floor's and its CPU
+# over the floor's (what polling costs), the bare calls' CPU over the
+# floor's (what the host charges for a request made across two processes)
+# and the process's CPU over the bare calls' (what skvm's own code adds).
+# REQUESTS per case (default 20000).
 # Baseline for blk: fio on the same file, random 4 KiB reads with libaio at
 # depth 32 and with a plain pread loop (psync, depth 1); the target is blk
 # randread at depth 32 >= 80% of what fio reaches.
@@ -139,6 +144,19 @@ floor_of() {
 	*) "$floor" eventfd "$requests" ;;
 	esac
 }
+# The bare calls of an rng or blk case: the system calls skvm's device
+# process and its driver make for its kicks, interrupts and work, and
+# nothing else (`floor request`); none for the other devices.
+calls_of() {
+	local depth=${1##*d} work
+	case "$1" in
+	rng0*) work=rng:4096 ;;
+	"blk0 randread"*) work=randread:$img ;;
+	"blk0 randwrite"*) work=randwrite:$img ;;
+	*) return 0 ;;
+	esac
+	"$floor" request "$work" "$depth" $((requests / depth * depth))
+}
 modes=(thread process process-unconfined)
 [ -n "$one_core" ] || modes+=(process-polled)
 for ((r = 1; r <= rounds; r++)); do
@@ -155,6 +173,7 @@ for ((r = 1; r <= rounds; r++)); do
 			keep "$key" busy-floor "$floor" eventfd-spin "$requests"
 		fi
 		keep "$key" floor floor_of "$key"
+		case "$key" in rng0* | blk0*) keep "$key" calls calls_of "$key" ;; esac
 		# This round's process/thread ratio.
 		p=$(tr ' ' '\n' <<<"${fig[$key/process/req_per_s]}" | grep -v '^$' | tail -1)
 		t=$(tr ' ' '\n' <<<"${fig[$key/thread/req_per_s]}" | grep -v '^$' | tail -1)
@@ -175,25 +194,36 @@ for c in "${cases[@]}"; do
 	printf '  %-22s %-19s %9s %7s %8s %7s %7s %8s\n' "$key" "host floor" "$(med "$key/floor/per_s")" \
 		"$(spread "$key/floor/per_s")" "$(med "$key/floor/mb_per_s")" "$(med "$key/floor/p50_us")" \
 		"$(med "$key/floor/p99_us")" "$(med "$key/floor/cpu_us_per_op")"
+	[ -z "${fig[$key/calls/per_s]:-}" ] ||
+		printf '  %-22s %-19s %9s %7s %8s %7s %7s %8s\n' "$key" "bare calls" "$(med "$key/calls/per_s")" \
+			"$(spread "$key/calls/per_s")" "-" "$(med "$key/calls/p50_us")" \
+			"$(med "$key/calls/p99_us")" "$(med "$key/calls/cpu_us_per_op")"
 	[ -z "$one_core" ] || continue
 	printf '  %-22s %-19s %9s %7s %8s %7s %7s %8s\n' "$key" "busy eventfd floor" "$(med "$key/busy-floor/per_s")" \
 		"$(spread "$key/busy-floor/per_s")" "-" "$(med "$key/busy-floor/p50_us")" \
 		"$(med "$key/busy-floor/p99_us")" "$(med "$key/busy-floor/cpu_us_per_op")"
 done
 
-printf '\n  %-22s %14s %14s %20s %10s %10s %12s %12s\n' case "process/thread" "(range)" "confined/unconfined" \
-	"p50/floor" "cpu/floor" "polled p50/" "polled cpu/"
-printf '  %-22s %14s %14s %20s %10s %10s %12s %12s\n' "" "" "" "" "" "" "busy floor" "floor"
+w='  %-22s %14s %14s %20s %10s %10s %12s %12s %11s %10s\n'
+# shellcheck disable=SC2059 # the format is $w
+printf "\n$w" case "process/thread" "(range)" "confined/unconfined" \
+	"p50/floor" "cpu/floor" "polled p50/" "polled cpu/" "calls cpu/" "cpu/calls"
+# shellcheck disable=SC2059
+printf "$w" "" "" "" "" "" "" "busy floor" "floor" "floor" ""
 for c in "${cases[@]}"; do
 	key=${c%%|*}
 	range=$(tr ' ' '\n' <<<"${fig[$key/ratio/pt]}" | grep -v '^$' | sort -n | sed -n '1p;$p' | paste -sd- -)
 	d1() { case "$key" in *d32) echo - ;; *) ratio "$1" "$2" ;; esac; }
-	printf '  %-22s %14s %14s %20s %10s %10s %12s %12s\n' "$key" "$(med "$key/ratio/pt")" "$range" \
+	calls=$(med "$key/calls/cpu_us_per_op")
+	# shellcheck disable=SC2059
+	printf "$w" "$key" "$(med "$key/ratio/pt")" "$range" \
 		"$(ratio "${rps[$key/process]}" "${rps[$key/process-unconfined]}")" \
 		"$(d1 "$(med "$key/process/p50_us")" "$(med "$key/floor/p50_us")")" \
 		"$(ratio "$(med "$key/process/cpu_us_per_req")" "$(med "$key/floor/cpu_us_per_op")")" \
 		"$(d1 "$(med "$key/process-polled/p50_us")" "$(med "$key/busy-floor/p50_us")")" \
-		"$(ratio "$(med "$key/process-polled/cpu_us_per_req")" "$(med "$key/floor/cpu_us_per_op")")"
+		"$(ratio "$(med "$key/process-polled/cpu_us_per_req")" "$(med "$key/floor/cpu_us_per_op")")" \
+		"$(ratio "$calls" "$(med "$key/floor/cpu_us_per_op")")" \
+		"$(ratio "$(med "$key/process/cpu_us_per_req")" "$calls")"
 done
 
 # fio's terse output: field 8 is read IOPS.

@@ -37,11 +37,17 @@
  *                               kick and an idle seqpacket socket (its
  *                               control channel), reads the kick, does
  *                               WORK and writes the interrupt. WORK:
- *                               rng (getrandom of 64 bytes), or
+ *                               rng (getrandom of 64 bytes; rng:SIZE of
+ *                               SIZE bytes, at most 4096), or
  *                               randread:FILE or randwrite:FILE (preadv or
  *                               pwritev of 4 KiB at a random aligned
  *                               offset of FILE). What skvm adds beyond
  *                               these calls is its own user-space work
+ *   floor request WORK DEPTH N  the same with DEPTH requests per kick: the
+ *                               device does WORK DEPTH times before its
+ *                               one interrupt, as skvm's does for a
+ *                               batch; N requests (a multiple of DEPTH),
+ *                               percentiles per kick, CPU per request
  *   floor eventfd-spin N        the same with both spinning on
  *                               non-blocking reads: the floor of a host
  *                               whose cores are busy (never idle, never
@@ -56,6 +62,10 @@
  *                               pages (MFD_HUGETLB; needs 128 free in the
  *                               pool), read through a mapping, as
  *                               `skvm run --hugepages` loads them
+ *   floor touch-huge N          N 2 MiB pages of the host's pool faulted
+ *                               in (a byte written to each) and given
+ *                               back, timed per page: warms a nested
+ *                               host's pool before it is measured
  *
  * With FLOOR_CPUS=H,D in the environment (as `skvm drive --cpus H,D`), the
  * answering side of the eventfd round trips, and every other op, runs on
@@ -145,14 +155,22 @@ static double self_cpu_us(void)
 	return cpu_us(&r);
 }
 
+/* Reports `n` timed steps of `per` operations each (per_s and the CPU are
+ * per operation, the percentiles per step). */
+static void report_steps(const char *op, unsigned long n, unsigned long per, uint64_t ns,
+			 double bytes, double cpu)
+{
+	double secs = ns > 0 ? ns / 1e9 : 1e-9, ops = (double)n * per;
+	qsort(lat, n, sizeof *lat, by_value);
+	printf("op=%s n=%.0f secs=%.6f per_s=%.0f mb_per_s=%.1f p50_us=%.2f p90_us=%.2f "
+	       "p99_us=%.2f cpu_us_per_op=%.3f\n",
+	       op, ops, secs, ops / secs, bytes / secs / 1e6, pct(n, 50), pct(n, 90), pct(n, 99),
+	       cpu / ops);
+}
+
 static void report(const char *op, unsigned long n, uint64_t ns, double bytes, double cpu)
 {
-	double secs = ns > 0 ? ns / 1e9 : 1e-9;
-	qsort(lat, n, sizeof *lat, by_value);
-	printf("op=%s n=%lu secs=%.6f per_s=%.0f mb_per_s=%.1f p50_us=%.2f p90_us=%.2f "
-	       "p99_us=%.2f cpu_us_per_op=%.3f\n",
-	       op, n, secs, n / secs, bytes / secs / 1e6, pct(n, 50), pct(n, 90), pct(n, 99),
-	       cpu / n);
+	report_steps(op, n, 1, ns, bytes, cpu);
 }
 
 /* xorshift64, for random offsets. */
@@ -334,9 +352,10 @@ static int epoll_set(int kick, const int idle[3])
 
 /* N round trips between this process (on FLOOR_CPUS's H) and a child (on
  * D): the child calls `answer` N times, this process times `ask` N times;
- * reported as `op`, with the child's CPU time. Each returns 0 on success. */
-static int round_trips(const char *op, unsigned long n, int (*answer)(void *), int (*ask)(void *),
-		       void *ctx)
+ * reported as `op` of `per` operations each, with the child's CPU time.
+ * Each returns 0 on success. */
+static int round_trips(const char *op, unsigned long n, unsigned long per, int (*answer)(void *),
+		       int (*ask)(void *), void *ctx)
 {
 	pin(1); /* the child's CPU, which it inherits */
 	pid_t child = fork();
@@ -361,7 +380,7 @@ static int round_trips(const char *op, unsigned long n, int (*answer)(void *), i
 	struct rusage r;
 	if (wait4(child, &status, 0, &r) != child || !WIFEXITED(status) || WEXITSTATUS(status))
 		die("the answering process");
-	report(op, n, ns, 0, cpu_us(&r));
+	report_steps(op, n, per, ns, 0, cpu_us(&r));
 	return 0;
 }
 
@@ -403,7 +422,7 @@ static int pingpong(unsigned long n, int spin)
 		p.ep = epoll_set(p.kick, p.idle);
 	static const char *const names[] = {"eventfd", "eventfd-spin", "eventfd-poll",
 					    "eventfd-epoll"};
-	return round_trips(names[spin], n, pingpong_answer, pingpong_ask, &p);
+	return round_trips(names[spin], n, 1, pingpong_answer, pingpong_ask, &p);
 }
 
 /* Splices `len` bytes of `in` at `off` into `out` at `at` through `pipe`. */
@@ -515,21 +534,53 @@ static int load(const char *kernel_path, const char *initrd_path, unsigned long 
 	return 0;
 }
 
-/* The work of one request in `floor request`: 0 rng, else `fd`'s preadv
- * (reading) or pwritev of 4 KiB at a random offset within `span`. */
+/* Faults in N of the pool's 2 MiB pages once, one at a time (a byte
+ * written to each; the kernel clears the whole page), then gives them
+ * back: a nested host's outer hypervisor backs the guest's memory at its
+ * first touch, and the pool keeps its pages, so later runs do not pay for
+ * that. Timed per page. */
+static int touch_huge(unsigned long n)
+{
+	size_t page = 2 << 20;
+	int fd = memfd_create("floor-touch", MFD_CLOEXEC | MFD_HUGETLB);
+	if (fd < 0 || ftruncate(fd, (off_t)(n * page)))
+		die("memfd of 2 MiB pages");
+	char *p = mmap(NULL, n * page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		die("mmap of 2 MiB pages (is the pool large enough?)");
+	double cpu = self_cpu_us();
+	uint64_t start = now_ns();
+	for (unsigned long i = 0; i < n; i++) {
+		uint64_t t = now_ns();
+		p[i * page] = 1;
+		lat[i] = now_ns() - t;
+	}
+	uint64_t ns = now_ns() - start;
+	munmap(p, n * page);
+	close(fd);
+	report("touch-huge", n, ns, (double)n * page, self_cpu_us() - cpu);
+	return 0;
+}
+
+/* The work of one request in `floor request`: -1 rng (getrandom of
+ * `size` bytes), else `fd`'s preadv (reading) or pwritev of 4 KiB at a
+ * random offset within `span`. */
 struct work {
 	int fd, reading;
+	size_t size;
 	unsigned long long span;
 	uint64_t seed;
 	char buf[4096];
 	/* The request's control channel (idle), kick and interrupt. */
 	int chan[2], kick, irq;
+	/* Requests per kick. */
+	unsigned long depth;
 };
 
 static int do_work(struct work *w)
 {
 	if (w->fd < 0)
-		return getrandom(w->buf, 64, 0) == 64 ? 0 : -1;
+		return getrandom(w->buf, w->size, 0) == (ssize_t)w->size ? 0 : -1;
 	struct iovec v = {w->buf, sizeof w->buf};
 	off_t off = next_random(&w->seed) % (w->span / sizeof w->buf) * sizeof w->buf;
 	ssize_t got = w->reading ? preadv(w->fd, &v, 1, off) : pwritev(w->fd, &v, 1, off);
@@ -542,10 +593,12 @@ static int request_answer(void *ctx)
 	struct work *w = ctx;
 	uint64_t v;
 	struct pollfd p[2] = {{w->chan[1], POLLIN, 0}, {w->kick, POLLIN, 0}};
-	return poll(p, 2, -1) < 1 || read(w->kick, &v, sizeof v) != sizeof v || do_work(w) ||
-			       write(w->irq, &v, sizeof v) != sizeof v
-		       ? -1
-		       : 0;
+	if (poll(p, 2, -1) < 1 || read(w->kick, &v, sizeof v) != sizeof v)
+		return -1;
+	for (unsigned long i = 0; i < w->depth; i++)
+		if (do_work(w))
+			return -1;
+	return write(w->irq, &v, sizeof v) != sizeof v ? -1 : 0;
 }
 
 /* The driver: the kick, poll(2) on the interrupt, its read. */
@@ -560,14 +613,28 @@ static int request_ask(void *ctx)
 		       : 0;
 }
 
-static int requests(const char *kind, unsigned long n)
+static int requests(const char *kind, unsigned long depth, unsigned long n)
 {
 	static struct work w = {.fd = -1, .seed = 0x9e3779b97f4a7c15ull};
-	if (strcmp(kind, "rng")) {
+	if (depth == 0 || n % depth) {
+		fprintf(stderr, "floor: request: N (%lu) must be a multiple of DEPTH (%lu)\n", n,
+			depth);
+		exit(2);
+	}
+	w.depth = depth;
+	w.size = 64;
+	if (!strncmp(kind, "rng:", 4)) {
+		w.size = number(kind + 4);
+		if (w.size > sizeof w.buf) {
+			fprintf(stderr, "floor: request '%s': at most %zu bytes\n", kind,
+				sizeof w.buf);
+			exit(2);
+		}
+	} else if (strcmp(kind, "rng")) {
 		const char *path = strchr(kind, ':');
 		w.reading = !strncmp(kind, "randread:", 9);
 		if (!path || !(w.reading || !strncmp(kind, "randwrite:", 10))) {
-			fprintf(stderr, "floor: request '%s': expected rng, randread:FILE or "
+			fprintf(stderr, "floor: request '%s': expected rng[:SIZE], randread:FILE or "
 					"randwrite:FILE\n",
 				kind);
 			exit(2);
@@ -587,7 +654,7 @@ static int requests(const char *kind, unsigned long n)
 	w.irq = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (w.kick < 0 || w.irq < 0)
 		die("eventfd");
-	return round_trips("request", n, request_answer, request_ask, &w);
+	return round_trips("request", n / depth, depth, request_answer, request_ask, &w);
 }
 
 int main(int argc, char **argv)
@@ -619,11 +686,15 @@ int main(int argc, char **argv)
 		return load(argv[2], argv[3], n, 0);
 	if (argc == 5 && !strcmp(op, "load-huge"))
 		return load(argv[2], argv[3], n, 1);
+	if (argc == 3 && !strcmp(op, "touch-huge"))
+		return touch_huge(n);
 	if (argc == 4 && !strcmp(op, "request"))
-		return requests(argv[2], n);
+		return requests(argv[2], 1, n);
+	if (argc == 5 && !strcmp(op, "request"))
+		return requests(argv[2], number(argv[3]), n);
 	fprintf(stderr, "usage: floor create|stat|unlink DIR N | floor write|read|randread|randwrite "
 			"FILE SIZE N | floor getrandom SIZE N | floor eventfd|eventfd-poll|eventfd-epoll|eventfd-spin N | "
 			"floor load|load-huge "
-			"KERNEL INITRD N | floor request rng|randread:FILE|randwrite:FILE N\n");
+			"KERNEL INITRD N | floor touch-huge N | floor request rng[:SIZE]|randread:FILE|randwrite:FILE [DEPTH] N\n");
 	return 2;
 }
