@@ -23,21 +23,18 @@
 //!    the teardown.
 //!
 //! [`run`] is the straight line through them; a program that adds a step
-//! calls them itself. The vCPU threads' start and stop are in `vcpus`, the
-//! main thread's loop in `main_loop`, what a run reports in `report`.
+//! calls them itself. Phase 4 is in `build`, the vCPU threads' start and
+//! stop in `vcpus`, the main thread's loop in `main_loop`, what a run
+//! reports in `report`.
 
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use kvm_bindings::{
-    kvm_enable_cap, kvm_pit_config, KVM_CAP_EXCEPTION_PAYLOAD, KVM_PIT_SPEAKER_DUMMY,
-};
 use kvm_ioctls::{Kvm, VmFd};
-use vmm_sys_util::eventfd::EventFd;
 
-use crate::boot::{self, BootSpec};
+use crate::boot;
 use crate::config::{HostQuirks, VmConfig};
 use crate::console::{backend::Console, RawTerminal, TerminalInput};
 use crate::ctl::{Control, CtlServer, PrivateSocket};
@@ -47,24 +44,24 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::hotplug::Hotplug;
 use crate::irq::IrqRouter;
 use crate::legacy::power_button::PowerButton;
-use crate::legacy::serial::{ConsoleOut, IrqTrigger, PanicRecord, SerialDevice, COM1_IRQ};
-use crate::legacy::vmgenid;
+use crate::legacy::serial::PanicRecord;
 use crate::legacy::LegacyDevices;
 use crate::memory::{GuestRam, Memory};
 use crate::pci::PciBus;
 use crate::snapshot::state::MachineInfo;
 use crate::snapshot::take::SnapshotSource;
-use crate::vcpu::{self, setup, PauseGate, Vcpu, VcpuStats};
+use crate::vcpu::{self, PauseGate, Vcpu, VcpuStats};
 use crate::vmm_sandbox;
-use crate::{host, layout, log};
+use crate::{host, log};
 
 mod backends;
+mod build;
 mod main_loop;
 mod report;
 mod vcpus;
 
-use backends::{attach_devices, bind_device_sockets, open_backends, take_terminal};
-use main_loop::{install_signals, lock_panic, main_loop, Powerdown};
+use backends::{bind_device_sockets, open_backends, take_terminal};
+use main_loop::{lock_panic, main_loop, Powerdown};
 use report::{debug_summary, profile_file, write_profile};
 use vcpus::{every_other_thread_filtered, spawn_sampler, spawn_vcpus, stop_vcpus, StartGate};
 
@@ -211,7 +208,7 @@ impl<'a> HostChecked<'a> {
     }
 }
 
-/// Phase 3: the machine, ready to run.
+/// Phase 4: the machine, ready to run.
 pub struct Built<'a> {
     cfg: &'a VmConfig,
     host: DeviceHost,
@@ -363,240 +360,8 @@ fn drop_privileges(cfg: &VmConfig, single: SingleThreaded) -> Result<()> {
     Ok(())
 }
 
-impl<'a> Opened<'a> {
-    /// Builds the machine: the memslots, the boot images, the VM, its
-    /// devices, legacy devices and vCPUs.
-    pub fn build(self) -> Result<Built<'a>> {
-        let Opened {
-            checked: HostChecked { cfg, kvm, quirks },
-            mut host,
-            ctl,
-            console,
-            terminal,
-            mut memory,
-            boot_ram,
-            start,
-            mut backends,
-            hotplug_room,
-            profile_out,
-            own_status,
-            threads,
-        } = self;
-        // Reading the kernel and initrd into fresh guest pages is most of
-        // the setup time (page allocation, ~2 ms per MiB on kvm_pvm hosts):
-        // it runs in a thread while the VM, its memslots and the devices
-        // are set up.
-        // Whether skvm can complete the guest kernel's XSAVE/XRSTOR decides
-        // whether the kernel may use them.
-        let xsave = if quirks { xsave_layout(&kvm) } else { None };
-        let snapshot_host = snapshot_host(&kvm)?;
-        let restore = cfg.restore.as_ref().map(|r| &*r.snapshot);
-        let (loader, memory_file) = match start {
-            Start::Boot(kernel, initrd) => {
-                let cmdline = cfg.cmdline(quirks, xsave.is_some());
-                log::debug(&format!("kernel command line: {cmdline}"));
-                let spec = BootSpec {
-                    kernel,
-                    initrd,
-                    cmdline,
-                    cpus: cfg.cpus,
-                    unpack: cfg.decompress == crate::config::Decompress::Skvm,
-                };
-                (Some(start_loader(boot_ram, spec)?), None)
-            }
-            Start::Restore(file) => (None, Some(file)),
-        };
-        if let Some(snap) = restore {
-            crate::snapshot::restore::check_host(snap, quirks, snapshot_host.1)?;
-            crate::snapshot::restore::take_device_options(snap, &mut backends)?;
-        }
-        let vm = Arc::new(create_vm(&kvm)?);
-        memory.register(vm.clone())?;
-        add_irqchip(&vm, quirks)?;
-        let mut added = 0;
-        let mut times = crate::snapshot::restore::Times::default();
-        if let (Some(snap), Some(file)) = (restore, &memory_file) {
-            let t = Instant::now();
-            added = crate::snapshot::restore::memory(snap, &mut memory, hotplug_room, file)?;
-            times.memory = t.elapsed();
-        }
-        let router = Arc::new(IrqRouter::new(vm.clone()));
-        let mut pci = PciBus::new();
-        let t = Instant::now();
-        attach_devices(cfg, backends, &mut host, &memory, &mut pci, &router)?;
-        times.spawn = t.elapsed();
-        let memory = Arc::new(Mutex::new(memory));
-        let hotplug = hotplug_room.map(|room| Hotplug::new(memory.clone(), room).with_added(added));
-        let exit = Arc::new(ExitSignal::new().context("cannot create exit eventfd")?);
-        install_signals(&exit)?;
-        let panic = Arc::new(Mutex::new(None));
-        let legacy = Arc::new(legacy_devices(
-            &vm,
-            (&panic, &console),
-            restore.map(|snap| &snap.legacy),
-        )?);
-        let power_button = Arc::new(PowerButton::new(&vm)?);
-        let mut built = Built {
-            cfg,
-            host,
-            ctl,
-            console: Arc::new(console),
-            terminal,
-            memory,
-            vm,
-            router,
-            pci: Arc::new(pci),
-            legacy,
-            power_button,
-            panic,
-            exit,
-            stats: Arc::new(VcpuStats::default()),
-            profile: std::env::var_os("SKVM_PROFILE").map(|_| Arc::new(vcpu::Profile::new())),
-            profile_out,
-            gate: Arc::new(PauseGate::default()),
-            vcpus: Vec::new(),
-            hotplug,
-            own_status,
-            threads,
-            snapshot_host,
-            quirks,
-        };
-        // vCPUs are created and configured while the loader runs; only the
-        // boot vCPU's registers wait for it.
-        built.vcpus = built.create_vcpus(&kvm, quirks, xsave.as_ref())?;
-        if let Some(snap) = restore {
-            let fds: Vec<&kvm_ioctls::VcpuFd> = built.vcpus.iter().map(|v| &v.fd).collect();
-            let t = Instant::now();
-            crate::snapshot::restore::machine(snap, &built.vm, &fds)?;
-            times.machine = t.elapsed();
-            // Devices last: a restored device serves what waits in its
-            // queues at once, and the interrupts it raises must land in
-            // the restored irqchips and LAPICs, not be overwritten by them.
-            let t = Instant::now();
-            crate::snapshot::restore::devices(snap, &mut built.host, &built.pci)?;
-            built.legacy.reassert_serial_interrupt();
-            times.devices = t.elapsed();
-            log::info(&format!(
-                "restored from {}: {times}",
-                cfg.restore
-                    .as_ref()
-                    .map(|r| r.dir.display().to_string())
-                    .unwrap_or_default()
-            ));
-        }
-        if let Some(loader) = loader {
-            let waited = Instant::now();
-            let (boot_info, took) = loader
-                .join()
-                .map_err(|_| anyhow::anyhow!("the boot loader thread panicked"))??;
-            log::debug(&format!(
-                "boot images loaded in {:.2} ms; the machine waited {:.2} ms for them",
-                ms(took),
-                ms(waited.elapsed())
-            ));
-            if let Some(boot) = built.vcpus.first() {
-                let memory = built.memory.lock().unwrap_or_else(|e| e.into_inner());
-                let mem = memory.boot().context("no boot RAM")?;
-                setup::set_boot_state(&boot.fd, mem, &boot_info)
-                    .context("cannot set up the boot vcpu")?;
-            }
-        }
-        // A new generation ID at each boot and each restore: two machines
-        // restored from one snapshot must not share their random state.
-        {
-            let memory = built.memory.lock().unwrap_or_else(|e| e.into_inner());
-            vmgenid::write_new(memory.boot().context("no boot RAM")?)?;
-        }
-        if restore.is_some() {
-            vmgenid::announce(&built.vm)?;
-        }
-        Ok(built)
-    }
-}
-
-/// Starts the thread that loads the kernel and initrd into boot RAM; it
-/// returns how long that took besides.
-fn start_loader(
-    (mem, ranges): (vm_memory::GuestMemoryMmap, Vec<crate::memory::RamRange>),
-    spec: BootSpec,
-) -> Result<JoinHandle<Result<(boot::BootInfo, Duration)>>> {
-    std::thread::Builder::new()
-        .name("boot-loader".into())
-        .spawn(move || {
-            let start = Instant::now();
-            let info = boot::load(&mem, &ranges, spec)?;
-            Ok((info, start.elapsed()))
-        })
-        .context("cannot start the boot loader thread")
-}
-
-/// The 8250 on the console (its interrupt an irqfd), CMOS, i8042 and the
-/// ACPI ports; as `saved` has them when the VM is restored.
-fn legacy_devices(
-    vm: &VmFd,
-    (panic, console): (&Arc<Mutex<Option<PanicRecord>>>, &Console),
-    saved: Option<&crate::legacy::LegacyState>,
-) -> Result<LegacyDevices> {
-    let serial_evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-        .context("cannot create serial irq eventfd")?;
-    vm.register_irqfd(&serial_evt, COM1_IRQ)
-        .context("cannot register serial irqfd")?;
-    let trigger = IrqTrigger(serial_evt);
-    let out = ConsoleOut::new(Box::new(console.writer()), panic.clone());
-    Ok(match saved {
-        None => LegacyDevices::new(SerialDevice::new(trigger, out)),
-        Some(s) => LegacyDevices::restored(
-            SerialDevice::from_state(&s.serial, trigger, vm_superio::serial::NoEvents, out)
-                .map_err(|e| anyhow::anyhow!("the snapshot's serial port: {e:?}"))?,
-            s.cmos_index,
-        ),
-    })
-}
-
 impl<'a> Built<'a> {
-    fn create_vcpus(
-        &self,
-        kvm: &Kvm,
-        quirks: bool,
-        xsave: Option<&Arc<crate::vcpu::xsave::Layout>>,
-    ) -> Result<Vec<Vcpu>> {
-        let cpus = self.cfg.cpus;
-        let supported = setup::supported_cpuid(kvm)?;
-        let vcpu_mem = self
-            .memory
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .for_vcpus();
-        let mut vcpus = Vec::with_capacity(usize::from(cpus));
-        for index in 0..cpus {
-            let fd = self
-                .vm
-                .create_vcpu(u64::from(index))
-                .with_context(|| format!("cannot create vcpu{index}"))?;
-            let cpuid = setup::cpuid(&supported, index, cpus, quirks);
-            setup::configure(&fd, &cpuid)
-                .with_context(|| format!("cannot configure vcpu{index}"))?;
-            vcpus.push(Vcpu {
-                index,
-                fd,
-                mem: vcpu_mem.clone(),
-                legacy: self.legacy.clone(),
-                retry_rip: 0,
-                retries: 0,
-                pci: self.pci.clone(),
-                exit: self.exit.clone(),
-                quirks,
-                stats: self.stats.clone(),
-                profile: self.profile.clone(),
-                gate: self.gate.clone(),
-                syscall: quirks.then(crate::vcpu::syscall::SyscallCompletion::default),
-                xsave: xsave.cloned(),
-            });
-        }
-        Ok(vcpus)
-    }
-
-    /// Phase 4: the vCPU threads start, install their allowlist and wait;
+    /// Phase 5: the vCPU threads start, install their allowlist and wait;
     /// every thread must then show a seccomp filter; the main thread
     /// installs its own last. With `--sandbox off`, the threads just wait.
     pub fn confine(mut self) -> Result<Confined<'a>> {
@@ -677,14 +442,14 @@ impl<'a> Built<'a> {
     }
 }
 
-/// Phase 4 done: every VMM thread is confined; the vCPUs wait.
+/// Phase 5 done: every VMM thread is confined; the vCPUs wait.
 pub struct Confined<'a> {
     built: Built<'a>,
     handles: Arc<Vec<JoinHandle<()>>>,
     gate: Arc<StartGate>,
 }
 
-/// Phase 5: the guest runs.
+/// Phase 6: the guest runs.
 pub struct Running<'a> {
     built: Built<'a>,
     handles: Arc<Vec<JoinHandle<()>>>,
@@ -825,69 +590,6 @@ fn check_limits(kvm: &Kvm, cfg: &VmConfig) -> Result<()> {
                 total >> 20
             );
         }
-    }
-    Ok(())
-}
-
-/// KVM's list of MSRs a vCPU's state includes, and its vCPU state size
-/// (KVM_CAP_XSAVE2, 0 without): what a snapshot records. Read while
-/// /dev/kvm's system calls are still allowed.
-fn snapshot_host(kvm: &Kvm) -> Result<(Vec<u32>, u32)> {
-    let msrs = kvm
-        .get_msr_index_list()
-        .context("cannot read KVM's MSR list")?
-        .as_slice()
-        .to_vec();
-    let size = u32::try_from(kvm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0);
-    Ok((msrs, size))
-}
-
-/// The host's XSAVE layout, if skvm can complete XSAVE/XRSTOR with it: the
-/// state must fit KVM_GET_XSAVE's 4 KiB (KVM_CAP_XSAVE2 gives the size).
-fn xsave_layout(kvm: &Kvm) -> Option<Arc<crate::vcpu::xsave::Layout>> {
-    let size = kvm.check_extension_int(kvm_ioctls::Cap::Xsave2);
-    let fits = crate::vcpu::xsave::fits_kvm_xsave(size);
-    let layout = crate::vcpu::xsave::Layout::host().filter(|_| fits || size == 0);
-    if layout.is_none() {
-        log::warn(&format!(
-            "skvm cannot complete XSAVE on this host (vector state {size} bytes): the \
-             guest kernel runs with noxsave, and its processes may see each other's \
-             AVX registers (docs/ARCHITECTURE.md, \"Vector state of guest processes\")"
-        ));
-    }
-    layout.map(Arc::new)
-}
-
-fn create_vm(kvm: &Kvm) -> Result<VmFd> {
-    let vm = kvm.create_vm().context("cannot create KVM VM")?;
-    vm.set_tss_address(usize::try_from(layout::KVM_TSS_ADDR).context("TSS address")?)
-        .context("cannot set TSS address")?;
-    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
-        .context("cannot set identity map address")?;
-    Ok(vm)
-}
-
-/// Adds the in-kernel irqchip and PIT to `vm`, whose guest RAM is
-/// registered: a VM's first memslot takes ~6 ms when the irqchip exists
-/// (on kvm_pvm hosts, measured), ~0.1 ms before it.
-fn add_irqchip(vm: &VmFd, quirks: bool) -> Result<()> {
-    vm.create_irq_chip()
-        .context("cannot create in-kernel irqchip")?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).context("cannot create in-kernel PIT")?;
-    if quirks {
-        // The page faults that skvm's XSAVE/XRSTOR completion raises carry
-        // their address (CR2) as the exception's payload.
-        let cap = kvm_enable_cap {
-            cap: KVM_CAP_EXCEPTION_PAYLOAD,
-            args: [1, 0, 0, 0],
-            ..Default::default()
-        };
-        vm.enable_cap(&cap)
-            .context("cannot enable KVM_CAP_EXCEPTION_PAYLOAD (--host-quirks)")?;
     }
     Ok(())
 }
