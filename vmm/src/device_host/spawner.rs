@@ -577,7 +577,6 @@ fn fork_device(
     // other's place before it is moved.
     let control = above_device_fds(control)?;
     let share = share.map(above_device_fds).transpose()?;
-    let exe = c"/proc/self/exe";
     let jail_arg = jail::to_arg(&r.jail).map_err(io::Error::other)?;
     let args = [DEVICE_ARGV0, &r.name, &r.kind, &jail_arg]
         .map(|a| CString::new(a).map_err(io::Error::other));
@@ -611,66 +610,110 @@ fn fork_device(
     if pid > 0 {
         drop(sync_rd);
         drop(ready_wr);
-        let mut byte = 0u8;
-        // SAFETY: reads one byte into a valid buffer; EOF means the child
-        // died first.
-        let ready = unsafe {
-            libc::read(
-                ready_rd.as_raw_fd(),
-                std::ptr::from_mut(&mut byte).cast(),
-                1,
-            )
-        };
-        if ready != 1 {
-            // SAFETY: kills and reaps the child we just made.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, std::ptr::null_mut(), 0);
-            }
-            return Err(io::Error::other("the new device process died at once"));
-        }
-        if let Some(map) = namespaces {
-            // Root inside a container may have no "nobody" to map to: map
-            // to itself then.
-            // SAFETY: geteuid and getegid cannot fail.
-            let (own_uid, own_gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-            let mapped = sandbox::jail::write_id_maps(pid, map.uid, map.gid)
-                .or_else(|_| sandbox::jail::write_id_maps(pid, own_uid, own_gid));
-            if let Err(e) = mapped {
-                // SAFETY: kills and reaps the child we just made.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, std::ptr::null_mut(), 0);
-                }
-                return Err(e);
-            }
-        }
-        // SAFETY: writes one byte from a valid buffer.
-        unsafe { libc::write(sync_wr.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
-        return Ok(pid);
+        return release_child(pid, &ready_rd, &sync_wr, namespaces);
     }
-    // The child: die with the spawner, control socket on fd 3, /dev/null
-    // for stdin and stdout, stderr (or the log pipe) for log lines, nothing
-    // else.
-    // SAFETY: plain syscalls on valid arguments; the child never returns.
+    let fds = ChildFds {
+        ready: ready_wr.as_raw_fd(),
+        sync: sync_rd.as_raw_fd(),
+        log: log.map(|l| l.as_raw_fd()),
+        control: control.as_raw_fd(),
+        share: share.as_ref().map(AsRawFd::as_raw_fd),
+    };
+    // SAFETY: this is the new child of a single-threaded process; `fds`,
+    // `argv` and `envp` were prepared before the clone.
+    unsafe { become_device(&fds, namespaces.is_some(), r, (&argv, &envp)) }
+}
+
+/// The spawner's side of [`fork_device`] once child `pid` exists: waits
+/// until it is dumpable again (`ready`), writes its id maps when it has
+/// its own namespaces, then lets it go on (`sync`). A child that died, or
+/// whose maps cannot be written, is killed and reaped.
+fn release_child(
+    pid: libc::pid_t,
+    ready: &OwnedFd,
+    sync: &OwnedFd,
+    namespaces: Option<ipc::IdMap>,
+) -> io::Result<libc::pid_t> {
+    let kill = || {
+        // SAFETY: kills and reaps the child this spawner just made.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    };
+    let mut byte = 0u8;
+    // SAFETY: reads one byte into a valid buffer; EOF means the child died
+    // first.
+    let got = unsafe { libc::read(ready.as_raw_fd(), std::ptr::from_mut(&mut byte).cast(), 1) };
+    if got != 1 {
+        kill();
+        return Err(io::Error::other("the new device process died at once"));
+    }
+    if let Some(map) = namespaces {
+        // Root inside a container may have no "nobody" to map to: map to
+        // itself then.
+        // SAFETY: geteuid and getegid cannot fail.
+        let (own_uid, own_gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let mapped = sandbox::jail::write_id_maps(pid, map.uid, map.gid)
+            .or_else(|_| sandbox::jail::write_id_maps(pid, own_uid, own_gid));
+        if let Err(e) = mapped {
+            kill();
+            return Err(e);
+        }
+    }
+    // SAFETY: writes one byte from a valid buffer.
+    unsafe { libc::write(sync.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+    Ok(pid)
+}
+
+/// The fds the child of [`fork_device`] works with, as numbers (it makes
+/// no allocation and drops nothing before it execs).
+struct ChildFds {
+    /// Where it says it is dumpable again.
+    ready: RawFd,
+    /// Where it waits for the spawner (with namespaces: for its id maps).
+    sync: RawFd,
+    /// Its stderr, when the device's log is a pipe.
+    log: Option<RawFd>,
+    /// Its control socket, to go on fd 3.
+    control: RawFd,
+    /// A share root's directory, to go on [`jail::ROOT_FD`].
+    share: Option<RawFd>,
+}
+
+/// The child's side of [`fork_device`]: dies with the spawner, waits to be
+/// let go on, becomes its namespace's root (`namespaces`), puts its fds in
+/// place (control socket on fd 3, /dev/null for stdin and stdout, stderr
+/// or the log pipe for log lines, nothing else) and execs `argv`.
+///
+/// # Safety
+///
+/// Only in the new child of a single-threaded process: it makes plain
+/// system calls on memory prepared before the clone and never returns.
+unsafe fn become_device(
+    fds: &ChildFds,
+    namespaces: bool,
+    r: &SpawnRequest,
+    (argv, envp): (&[*const libc::c_char; 5], &[*const libc::c_char; 1]),
+) -> ! {
+    // SAFETY: plain syscalls on valid arguments (the caller's contract).
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
             || libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) != 0
-            || libc::write(ready_wr.as_raw_fd(), [1u8].as_ptr().cast(), 1) != 1
+            || libc::write(fds.ready, [1u8].as_ptr().cast(), 1) != 1
         {
             libc::_exit(126);
         }
         // Wait for the parent (with namespaces: for the id maps). EOF means
         // the spawner is gone or gave up.
         let mut byte = 0u8;
-        if libc::read(sync_rd.as_raw_fd(), std::ptr::from_mut(&mut byte).cast(), 1) != 1 {
+        if libc::read(fds.sync, std::ptr::from_mut(&mut byte).cast(), 1) != 1 {
             libc::_exit(126);
         }
-        if namespaces.is_some() && (libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0)
-        {
+        if namespaces && (libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0) {
             libc::_exit(126);
         }
         // A change of effective ids clears the parent-death signal: set it
@@ -679,16 +722,16 @@ fn fork_device(
             libc::_exit(126);
         }
         // The log first: it may sit on a place the others take.
-        if let Some(log) = log {
-            if libc::dup2(log.as_raw_fd(), 2) < 0 {
+        if let Some(log) = fds.log {
+            if libc::dup2(log, 2) < 0 {
                 libc::_exit(126);
             }
         }
-        if libc::dup2(control.as_raw_fd(), DEVICE_CONTROL_FD) < 0 {
+        if libc::dup2(fds.control, DEVICE_CONTROL_FD) < 0 {
             libc::_exit(126);
         }
-        if let Some(share) = &share {
-            if libc::dup2(share.as_raw_fd(), jail::ROOT_FD) < 0 {
+        if let Some(share) = fds.share {
+            if libc::dup2(share, jail::ROOT_FD) < 0 {
                 libc::_exit(126);
             }
         }
@@ -700,7 +743,7 @@ fn fork_device(
         if sandbox::process::close_fds_except(jail::kept_fds(&r.jail)).is_err() {
             libc::_exit(126);
         }
-        libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr());
         libc::_exit(127);
     }
 }
