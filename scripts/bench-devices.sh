@@ -214,7 +214,8 @@ for c in "${cases[@]}"; do
 	key=${c%%|*}
 	range=$(tr ' ' '\n' <<<"${fig[$key/ratio/pt]}" | grep -v '^$' | sort -n | sed -n '1p;$p' | paste -sd- -)
 	d1() { case "$key" in *d32) echo - ;; *) ratio "$1" "$2" ;; esac; }
-	calls=$(med "$key/calls/cpu_us_per_op")
+	# n/a where there are none (med's grep finds nothing: not an error).
+	calls=$(med "$key/calls/cpu_us_per_op" || true)
 	# shellcheck disable=SC2059
 	printf "$w" "$key" "$(med "$key/ratio/pt")" "$range" \
 		"$(ratio "${rps[$key/process]}" "${rps[$key/process-unconfined]}")" \
