@@ -481,4 +481,61 @@ mod tests {
         assert_eq!((now.queues[0].next_avail, now.queues[0].next_used), (9, 9));
         third.shutdown();
     }
+
+    /// A new eventfd, as the VMM would send it.
+    fn eventfd_fd() -> (EventFd, OwnedFd) {
+        let e = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap();
+        let dup = e.try_clone().unwrap();
+        // SAFETY: into_raw_fd hands over the fd the clone owned.
+        let fd = unsafe {
+            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(
+                dup,
+            ))
+        };
+        (e, fd)
+    }
+
+    #[test]
+    fn a_paused_worker_serves_nothing_and_carries_no_polled_work() {
+        // Polling had found work on queue 0 (`polled`) and the queue was
+        // kicked when the pause came: the paused worker must neither serve
+        // nor hand the polled work to its next wait, which would then not
+        // sleep (it spun until resumed).
+        let ram = GuestRam::new(16 << 20, false).unwrap();
+        let memfd = OwnedFd::from(ram.memfd.try_clone().unwrap());
+        let regions = [ipc::MemRegion {
+            guest_addr: 0,
+            size: 16 << 20,
+            file_offset: 0,
+        }];
+        let (kick, kick_fd) = eventfd_fd();
+        let (_irq, irq_fd) = eventfd_fd();
+        let (_config, config_fd) = eventfd_fd();
+        let mut model = devices::rng::Rng::new();
+        let a = activate(
+            &mut model,
+            FEATURES,
+            &regions,
+            &[LAYOUT],
+            vec![memfd, kick_fd, irq_fd, config_fd],
+        )
+        .unwrap();
+        let (chan, _vmm) = ipc::Channel::pair().unwrap();
+        let mut w = Worker {
+            chan: &chan,
+            device: &mut model,
+            active: Some(a),
+            paused: true,
+            announced: Vec::new(),
+        };
+        kick.write(1).unwrap();
+        let mut poller = crate::device_host::poll::Poller::new(1000);
+        let mut backend = ipc::wait::WaitSet::with_capacity(4);
+        let polled = w
+            .serve_queues(&[], 1, 1, (&mut poller, &mut backend))
+            .unwrap();
+        assert_eq!(polled, 0);
+        // The kick stays for whoever serves the queue next.
+        assert_eq!(kick.read().unwrap(), 1);
+    }
 }
