@@ -144,18 +144,21 @@ floor_of() {
 	*) "$floor" eventfd "$requests" ;;
 	esac
 }
-# The bare calls of an rng or blk case: the system calls skvm's device
-# process and its driver make for its kicks, interrupts and work, and
-# nothing else (`floor request`); none for the other devices.
-calls_of() {
-	local depth=${1##*d} work
+# The work of a case's bare calls (`floor request WORK`), for rng and blk;
+# nothing for the other devices, which have none.
+calls_work() {
 	case "$1" in
-	rng0*) work=rng:4096 ;;
-	"blk0 randread"*) work=randread:$img ;;
-	"blk0 randwrite"*) work=randwrite:$img ;;
-	*) return 0 ;;
+	rng0*) echo rng:4096 ;;
+	"blk0 randread"*) echo "randread:$img" ;;
+	"blk0 randwrite"*) echo "randwrite:$img" ;;
 	esac
-	"$floor" request "$work" "$depth" $((requests / depth * depth))
+}
+# The bare calls of case $1 with work $2: the system calls skvm's device
+# process and its driver make for its kicks, interrupts and work, and
+# nothing else.
+calls_of() {
+	local depth=${1##*d}
+	"$floor" request "$2" "$depth" $((requests / depth * depth))
 }
 modes=(thread process process-unconfined)
 [ -n "$one_core" ] || modes+=(process-polled)
@@ -173,7 +176,8 @@ for ((r = 1; r <= rounds; r++)); do
 			keep "$key" busy-floor "$floor" eventfd-spin "$requests"
 		fi
 		keep "$key" floor floor_of "$key"
-		case "$key" in rng0* | blk0*) keep "$key" calls calls_of "$key" ;; esac
+		work=$(calls_work "$key")
+		[ -z "$work" ] || keep "$key" calls calls_of "$key" "$work"
 		# This round's process/thread ratio.
 		p=$(tr ' ' '\n' <<<"${fig[$key/process/req_per_s]}" | grep -v '^$' | tail -1)
 		t=$(tr ' ' '\n' <<<"${fig[$key/thread/req_per_s]}" | grep -v '^$' | tail -1)
