@@ -30,7 +30,7 @@ impl Worker<'_> {
             Request::Shutdown => return Ok(Next::Stop),
             Request::Hello { .. } => return Err(WorkerError::Protocol("hello twice".into())),
             Request::Pause => {
-                self.pause()?;
+                self.answer_pause()?;
                 return Ok(Next::Serve);
             }
             Request::Reset => {
@@ -42,12 +42,7 @@ impl Worker<'_> {
             Request::Resume => {
                 self.paused = false;
                 let served = self.active.as_mut().map(|a| process_all(self.device, a));
-                match served {
-                    Some(Err(reason)) => Reply::Error {
-                        message: message(&reason),
-                    },
-                    _ => Reply::Ack,
-                }
+                acked(served.unwrap_or(Ok(())))
             }
             Request::Restore {
                 regions,
@@ -56,7 +51,7 @@ impl Worker<'_> {
                 bulk,
             } => {
                 let bulk = if bulk { fds.pop() } else { None };
-                self.restore(&regions, (&state, bulk), recover, fds)?
+                self.answer_restore(&regions, (&state, bulk), recover, fds)?
             }
             Request::ConfigRead { offset, len } => {
                 let cfg = self.device.config();
@@ -67,19 +62,12 @@ impl Worker<'_> {
                     data: data.to_vec(),
                 }
             }
-            Request::ConfigWrite { offset, data } => {
-                match self.device.write_config(offset, &data) {
-                    Ok(()) => Reply::Ack,
-                    Err(e) => Reply::Error {
-                        message: message(&e),
-                    },
-                }
-            }
+            Request::ConfigWrite { offset, data } => acked(self.device.write_config(offset, &data)),
             Request::Activate {
                 features,
                 regions,
                 queues,
-            } => self.activate(features, &regions, &queues, fds),
+            } => self.answer_activate(features, &regions, &queues, fds),
         };
         self.chan.send_reply(&reply)?;
         Ok(Next::Serve)
@@ -87,7 +75,7 @@ impl Worker<'_> {
 
     /// Stops serving the queues and answers with the state a new instance
     /// needs (none before activation), and the bulk state in a memfd.
-    fn pause(&mut self) -> Result<(), WorkerError> {
+    fn answer_pause(&mut self) -> Result<(), WorkerError> {
         self.paused = true;
         let state = self
             .active
@@ -110,7 +98,7 @@ impl Worker<'_> {
     /// Activates the model with `features` on the memory and queues of
     /// `regions`, `queues` and `fds`, then serves the kicks that came
     /// before activation (they are not lost).
-    fn activate(
+    fn answer_activate(
         &mut self,
         features: u64,
         regions: &[ipc::MemRegion],
@@ -118,27 +106,17 @@ impl Worker<'_> {
         fds: Vec<OwnedFd>,
     ) -> Reply {
         self.active = None;
-        let mut a = match activate(self.device, features, regions, queues, fds) {
-            Ok(a) => a,
-            Err(e) => {
-                return Reply::Error {
-                    message: message(&e),
-                }
-            }
-        };
-        let first = process_all(self.device, &mut a);
-        self.active = Some(a);
-        match first {
-            Ok(()) => Reply::Ack,
-            Err(reason) => Reply::Error {
-                message: message(&reason),
-            },
-        }
+        let done = activate(self.device, features, regions, queues, fds).and_then(|mut a| {
+            let first = process_all(self.device, &mut a);
+            self.active = Some(a);
+            first
+        });
+        acked(done)
     }
 
     /// Takes over a saved state ([`restore`]); tells the VMM first when
     /// the configuration it knows moved.
-    fn restore(
+    fn answer_restore(
         &mut self,
         regions: &[ipc::MemRegion],
         saved: (&DeviceState, Option<OwnedFd>),
@@ -166,6 +144,16 @@ impl Worker<'_> {
                 })
             }
         }
+    }
+}
+
+/// `Ack` for what went through, else `Error` with why.
+fn acked(done: Result<(), impl std::fmt::Display>) -> Reply {
+    match done {
+        Ok(()) => Reply::Ack,
+        Err(e) => Reply::Error {
+            message: message(&e),
+        },
     }
 }
 
