@@ -425,11 +425,12 @@ static int pingpong(unsigned long n, int spin)
 	return round_trips(names[spin], n, 1, pingpong_answer, pingpong_ask, &p);
 }
 
-/* Splices `len` bytes of `in` at `off` into `out` at `at` through `pipe`. */
 /* With `floor load-huge`: the huge-page memfd's mapping, which is read
  * into (hugetlbfs takes no splice). */
 static char *huge_ram;
 
+/* Splices `len` bytes of `in` at `off` into `out` at `at` through `pipe`
+ * (or, with `huge_ram`, reads them into it). */
 static void splice_into(int in, off_t off, int out, off_t at, size_t len, const int pipe[2])
 {
 	while (huge_ram && len > 0) {
