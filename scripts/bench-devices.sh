@@ -176,8 +176,9 @@ for ((r = 1; r <= rounds; r++)); do
 			keep "$key" busy-floor "$floor" eventfd-spin "$requests"
 		fi
 		keep "$key" floor floor_of "$key"
-		work=$(calls_work "$key")
-		[ -z "$work" ] || keep "$key" calls calls_of "$key" "$work"
+		# (Not `work`: bench-common.sh's scratch directory, removed at exit.)
+		bare=$(calls_work "$key")
+		[ -z "$bare" ] || keep "$key" calls calls_of "$key" "$bare"
 		# This round's process/thread ratio.
 		p=$(tr ' ' '\n' <<<"${fig[$key/process/req_per_s]}" | grep -v '^$' | tail -1)
 		t=$(tr ' ' '\n' <<<"${fig[$key/thread/req_per_s]}" | grep -v '^$' | tail -1)
