@@ -178,9 +178,16 @@ pub fn load(
     ranges: &[RamRange],
     spec: BootSpec,
 ) -> Result<BootInfo, BootError> {
-    if spec.cmdline.len() >= CMDLINE_MAX {
+    let BootSpec {
+        kernel,
+        initrd,
+        cmdline,
+        cpus,
+        unpack,
+    } = spec;
+    if cmdline.len() >= CMDLINE_MAX {
         return Err(BootError::CmdlineTooLong {
-            len: spec.cmdline.len(),
+            len: cmdline.len(),
             max: CMDLINE_MAX - 1,
         });
     }
@@ -188,62 +195,28 @@ pub fn load(
     // The initrd goes at the top of low RAM, below the kernel's limit (read
     // from its header first), so it is read in a second thread while this
     // one loads the kernel: both are mostly fresh-page allocation.
-    let limit = initrd_limit(peek_initrd_addr_max(&spec.kernel.file), low_top);
-    let initrd_path = spec.initrd.as_ref().map(|i| i.path.clone());
-    // A kernel skvm places must end below the initrd (load_initrd puts it
-    // at the top of `limit`), low RAM and the boot page tables' reach.
-    let initrd_size = spec.initrd.as_ref().and_then(|i| i.file.metadata().ok());
-    let kernel_top = initrd_size
-        .and_then(|m| initrd_addr(m.len(), limit))
-        .unwrap_or(low_top)
-        .min(low_top)
-        .min(IDENTITY_MAP_END);
-    let room = spec.unpack.then(|| unpack::Room {
-        top: kernel_top,
-        kaslr: !unpack::nokaslr(&spec.cmdline),
+    let limit = initrd_limit(peek_initrd_addr_max(&kernel.file), low_top);
+    let initrd_path = initrd.as_ref().map(|i| i.path.clone());
+    let room = unpack.then(|| unpack::Room {
+        top: kernel_top(initrd.as_ref(), limit, low_top),
+        kaslr: !unpack::nokaslr(&cmdline),
     });
-    let (kernel, initrd) = std::thread::scope(|s| {
-        let initrd = spec.initrd.map(|i| {
-            let path = i.path.clone();
-            (path, s.spawn(move || load_initrd(mem, i, limit)))
-        });
-        let kernel = load_kernel(mem, spec.kernel, room);
-        let initrd = initrd.map(|(path, h)| {
-            h.join().unwrap_or_else(|_| {
-                Err(BootError::InitrdOpen {
-                    path,
-                    source: std::io::Error::other("loader thread panicked"),
-                })
-            })
-        });
-        (kernel, initrd)
-    });
-    let (kind, mut hdr, entry, kernel_end) = kernel?;
+    let (loaded_kernel, loaded_initrd) = load_images(mem, kernel, initrd, room, limit);
+    let (kind, mut hdr, entry, kernel_end) = loaded_kernel?;
     log::debug(&format!(
         "kernel is {kind:?}, entry {:#x}",
         entry.raw_value()
     ));
 
-    let mut cmdline = spec.cmdline.as_bytes().to_vec();
+    let mut cmdline = cmdline.into_bytes();
     cmdline.push(0);
     mem.write_slice(&cmdline, GuestAddress(CMDLINE_ADDR))
         .map_err(|_| BootError::GuestWrite {
             what: "command line",
         })?;
+    fill_header(&mut hdr, cmdline.len());
 
-    hdr.type_of_loader = KERNEL_LOADER_OTHER;
-    hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
-    hdr.header = KERNEL_HDR_MAGIC;
-    hdr.loadflags |= LOADED_HIGH | CAN_USE_HEAP;
-    hdr.heap_end_ptr = 0xfe00;
-    hdr.cmd_line_ptr = u32::try_from(CMDLINE_ADDR).unwrap_or(0);
-    // Bounded by CMDLINE_MAX above.
-    hdr.cmdline_size = u32::try_from(cmdline.len()).unwrap_or(u32::MAX);
-    if hdr.kernel_alignment == 0 {
-        hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT;
-    }
-
-    if let (Some(path), Some(loaded)) = (initrd_path.as_deref(), initrd) {
+    if let (Some(path), Some(loaded)) = (initrd_path.as_deref(), loaded_initrd) {
         let (addr, size) = loaded?;
         // Loaded concurrently: only now can the overlap be checked.
         if addr < kernel_end.max(HIMEM_START) {
@@ -257,14 +230,85 @@ pub fn load(
     let rsdp = acpi::setup_acpi(
         mem,
         &acpi::AcpiLayout {
-            num_cpus: spec.cpus,
+            num_cpus: cpus,
             pci_mmio32: Some((
                 u64::from(crate::layout::BAR_WINDOW_BASE),
                 u64::from(crate::layout::BAR_WINDOW_SIZE),
             )),
         },
     )?;
+    write_zero_page(mem, hdr, rsdp, ranges)?;
+    Ok(BootInfo {
+        entry,
+        zero_page: GuestAddress(ZERO_PAGE),
+    })
+}
 
+/// Where a kernel skvm places must end: below the initrd (load_initrd puts
+/// it at the top of `limit`), low RAM and the boot page tables' reach.
+fn kernel_top(initrd: Option<&BootFile>, limit: u64, low_top: u64) -> u64 {
+    initrd
+        .and_then(|i| i.file.metadata().ok())
+        .and_then(|m| initrd_addr(m.len(), limit))
+        .unwrap_or(low_top)
+        .min(low_top)
+        .min(IDENTITY_MAP_END)
+}
+
+/// What the initrd's loading gives: its address and size.
+type LoadedInitrd = Result<(u64, u64), BootError>;
+
+/// Loads the kernel on this thread and the initrd, if any, on a second one
+/// at the same time.
+fn load_images(
+    mem: &GuestMemoryMmap,
+    kernel: BootFile,
+    initrd: Option<BootFile>,
+    room: Option<unpack::Room>,
+    limit: u64,
+) -> (Result<Loaded, BootError>, Option<LoadedInitrd>) {
+    std::thread::scope(|s| {
+        let initrd = initrd.map(|i| {
+            let path = i.path.clone();
+            (path, s.spawn(move || load_initrd(mem, i, limit)))
+        });
+        let kernel = load_kernel(mem, kernel, room);
+        let initrd = initrd.map(|(path, h)| {
+            h.join().unwrap_or_else(|_| {
+                Err(BootError::InitrdOpen {
+                    path,
+                    source: std::io::Error::other("loader thread panicked"),
+                })
+            })
+        });
+        (kernel, initrd)
+    })
+}
+
+/// The setup header's fields a boot loader fills in (boot protocol 2.x),
+/// for a command line of `cmdline_len` bytes with its NUL at
+/// [`CMDLINE_ADDR`].
+fn fill_header(hdr: &mut setup_header, cmdline_len: usize) {
+    hdr.type_of_loader = KERNEL_LOADER_OTHER;
+    hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
+    hdr.header = KERNEL_HDR_MAGIC;
+    hdr.loadflags |= LOADED_HIGH | CAN_USE_HEAP;
+    hdr.heap_end_ptr = 0xfe00;
+    hdr.cmd_line_ptr = u32::try_from(CMDLINE_ADDR).unwrap_or(0);
+    // Bounded by CMDLINE_MAX.
+    hdr.cmdline_size = u32::try_from(cmdline_len).unwrap_or(u32::MAX);
+    if hdr.kernel_alignment == 0 {
+        hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT;
+    }
+}
+
+/// Writes the zero page: `hdr`, the ACPI RSDP's address and the e820 map.
+fn write_zero_page(
+    mem: &GuestMemoryMmap,
+    hdr: setup_header,
+    rsdp: GuestAddress,
+    ranges: &[RamRange],
+) -> Result<(), BootError> {
     let mut params = boot_params {
         hdr,
         acpi_rsdp_addr: rsdp.raw_value(),
@@ -277,12 +321,7 @@ pub fn load(
     // At most two fixed entries plus one per RAM range.
     params.e820_entries = u8::try_from(e820.len()).unwrap_or(u8::MAX);
     mem.write_obj(params, GuestAddress(ZERO_PAGE))
-        .map_err(|_| BootError::GuestWrite { what: "zero page" })?;
-
-    Ok(BootInfo {
-        entry,
-        zero_page: GuestAddress(ZERO_PAGE),
-    })
+        .map_err(|_| BootError::GuestWrite { what: "zero page" })
 }
 
 /// The e820 map: low RAM up to the EBDA, the BIOS area reserved (ACPI tables

@@ -334,6 +334,44 @@ fn validate(args: &DriveArgs) -> Result<()> {
             args.device
         );
     };
+    validate_backend(args, kind)?;
+    validate_size(args, kind)?;
+    let hostile_ok = matches!(kind, Driven::Rng | Driven::Blk | Driven::Net);
+    if args.hostile.is_some() && !hostile_ok {
+        bail!("--hostile drives rng, blk and net devices only");
+    }
+    if args.event_idx && !matches!(kind, Driven::Rng | Driven::Blk | Driven::Fs) {
+        bail!("--event-idx drives rng, blk and fs devices only");
+    }
+    if args.fuzz_stdin && !matches!(kind, Driven::Rng | Driven::Blk) {
+        bail!("--fuzz-stdin drives rng and blk devices only");
+    }
+    match (kind, args.op) {
+        (_, None) => {}
+        (Driven::Blk, Some(op)) if op.is_blk() => {}
+        (Driven::Net, Some(Op::Tx | Op::Rx)) => {}
+        (Driven::Fs, Some(op)) if op.is_fs() => {}
+        (_, Some(op)) => bail!(
+            "--op {} is not for {} devices",
+            op.name(),
+            args.device.trim_end_matches(|c: char| c.is_ascii_digit())
+        ),
+    }
+    if args.connect.is_some() && (kind != Driven::Vsock || args.unconfined) {
+        bail!("--connect drives the vsock device of a running VM: give --device vsock0 only");
+    }
+    if args.unconfined && args.device_mode != DeviceMode::Process {
+        bail!("--unconfined is for --device-mode process");
+    }
+    if args.connect.is_some() && args.cpus.is_some() {
+        bail!("--cpus places a device skvm drive starts; with --connect it starts none");
+    }
+    Ok(())
+}
+
+/// Refuses a backend option (`--disk`, `--net`, `--fs`) that is not the
+/// one `kind` takes, and a missing one that it does.
+fn validate_backend(args: &DriveArgs, kind: Driven) -> Result<()> {
     // The backend option each kind takes, and the ones given.
     let wants = match kind {
         Driven::Blk => Some("--disk"),
@@ -365,6 +403,11 @@ fn validate(args: &DriveArgs) -> Result<()> {
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// Refuses a `--size` (and, for fs, a `--requests`) the device cannot serve.
+fn validate_size(args: &DriveArgs, kind: Driven) -> Result<()> {
     let size = args.size();
     match kind {
         Driven::Rng if size > 65536 => {
@@ -400,36 +443,6 @@ fn validate(args: &DriveArgs) -> Result<()> {
             }
         }
         _ => {}
-    }
-    let hostile_ok = matches!(kind, Driven::Rng | Driven::Blk | Driven::Net);
-    if args.hostile.is_some() && !hostile_ok {
-        bail!("--hostile drives rng, blk and net devices only");
-    }
-    if args.event_idx && !matches!(kind, Driven::Rng | Driven::Blk | Driven::Fs) {
-        bail!("--event-idx drives rng, blk and fs devices only");
-    }
-    if args.fuzz_stdin && !matches!(kind, Driven::Rng | Driven::Blk) {
-        bail!("--fuzz-stdin drives rng and blk devices only");
-    }
-    match (kind, args.op) {
-        (_, None) => {}
-        (Driven::Blk, Some(op)) if op.is_blk() => {}
-        (Driven::Net, Some(Op::Tx | Op::Rx)) => {}
-        (Driven::Fs, Some(op)) if op.is_fs() => {}
-        (_, Some(op)) => bail!(
-            "--op {} is not for {} devices",
-            op.name(),
-            args.device.trim_end_matches(|c: char| c.is_ascii_digit())
-        ),
-    }
-    if args.connect.is_some() && (kind != Driven::Vsock || args.unconfined) {
-        bail!("--connect drives the vsock device of a running VM: give --device vsock0 only");
-    }
-    if args.unconfined && args.device_mode != DeviceMode::Process {
-        bail!("--unconfined is for --device-mode process");
-    }
-    if args.connect.is_some() && args.cpus.is_some() {
-        bail!("--cpus places a device skvm drive starts; with --connect it starts none");
     }
     Ok(())
 }

@@ -160,21 +160,8 @@ pub(super) fn main_loop(
     let mut rx = RxWatch::new(Instant::now());
     let mut wake = WaitSet::new();
     loop {
-        if exit.requested() {
+        if out_of_time(exit, deadline, panic, powerdown) {
             return;
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            exit.request(ExitReason::Fatal(format!(
-                "the guest did not power off within {} s of SIGTERM",
-                powerdown.timeout.as_secs()
-            )));
-            return;
-        }
-        if let Some(p) = lock_panic(panic).as_ref() {
-            if p.at.elapsed() > PANIC_GRACE {
-                exit.request(ExitReason::GuestPanic(p.message.clone()));
-                return;
-            }
         }
         if !typed.pending().is_empty() {
             let n = legacy.serial_input(typed.pending());
@@ -217,17 +204,8 @@ pub(super) fn main_loop(
             }
         }
         if ready.contains(Wake::Exit) {
-            if !exit.requested() {
-                let sig = SIGNAL_NUMBER.load(Ordering::SeqCst);
-                if sig == libc::SIGTERM && deadline.is_none() {
-                    deadline = powerdown.start();
-                    if deadline.is_some() {
-                        // Taken: the next termination signal wakes again.
-                        let _ = exit.eventfd().read();
-                        continue;
-                    }
-                }
-                exit.request(ExitReason::Fatal(format!("terminated by signal {sig}")));
+            if powering_down(exit, &mut deadline, powerdown) {
+                continue;
             }
             return;
         }
@@ -240,20 +218,76 @@ pub(super) fn main_loop(
             exit.request(ExitReason::UserQuit);
             return;
         }
-        if ready.contains(Wake::ConsoleIn) {
-            let mut buf = [0u8; 256];
-            let len = match console.read(&mut buf) {
-                ConsoleRead::Data(len) => len,
-                ConsoleRead::Nothing => continue,
-                ConsoleRead::Closed => {
-                    typed.close();
-                    continue;
-                }
-            };
-            if typed.feed(buf.get(..len).unwrap_or_default()) {
-                exit.request(ExitReason::UserQuit);
-                return;
-            }
+        if ready.contains(Wake::ConsoleIn) && read_console(console, &mut typed) {
+            exit.request(ExitReason::UserQuit);
+            return;
+        }
+    }
+}
+
+/// Whether the main loop must stop before it waits again: an exit was
+/// requested, or it is requested here because the guest did not power off
+/// by `deadline` or did not reboot within [`PANIC_GRACE`] of a panic.
+fn out_of_time(
+    exit: &ExitSignal,
+    deadline: Option<Instant>,
+    panic: &Mutex<Option<PanicRecord>>,
+    powerdown: &Powerdown<'_>,
+) -> bool {
+    if exit.requested() {
+        return true;
+    }
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        exit.request(ExitReason::Fatal(format!(
+            "the guest did not power off within {} s of SIGTERM",
+            powerdown.timeout.as_secs()
+        )));
+        return true;
+    }
+    if let Some(p) = lock_panic(panic).as_ref() {
+        if p.at.elapsed() > PANIC_GRACE {
+            exit.request(ExitReason::GuestPanic(p.message.clone()));
+            return true;
+        }
+    }
+    false
+}
+
+/// The exit eventfd woke the main loop. A first SIGTERM presses the power
+/// button and sets `deadline`: true, the loop goes on. Anything else (an
+/// exit request, another signal, a SIGTERM with no graceful power-off)
+/// leaves an exit reason requested: false, the loop stops.
+fn powering_down(
+    exit: &ExitSignal,
+    deadline: &mut Option<Instant>,
+    powerdown: &Powerdown<'_>,
+) -> bool {
+    if exit.requested() {
+        return false;
+    }
+    let sig = SIGNAL_NUMBER.load(Ordering::SeqCst);
+    if sig == libc::SIGTERM && deadline.is_none() {
+        *deadline = powerdown.start();
+        if deadline.is_some() {
+            // Taken: the next termination signal wakes again.
+            let _ = exit.eventfd().read();
+            return true;
+        }
+    }
+    exit.request(ExitReason::Fatal(format!("terminated by signal {sig}")));
+    false
+}
+
+/// Reads what a console client sent into `typed` (or notes that it closed);
+/// true if it was the quit sequence.
+fn read_console(console: &Console, typed: &mut Typed) -> bool {
+    let mut buf = [0u8; 256];
+    match console.read(&mut buf) {
+        ConsoleRead::Data(len) => typed.feed(buf.get(..len).unwrap_or_default()),
+        ConsoleRead::Nothing => false,
+        ConsoleRead::Closed => {
+            typed.close();
+            false
         }
     }
 }
