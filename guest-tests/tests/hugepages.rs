@@ -3,10 +3,11 @@
 //! `skvm drive --hugepages` serves a disk from them; a guest boots in
 //! them, its disk and rng device processes serve it through huge-page
 //! mappings, memory added with `skvm ctl mem-add` is in huge pages too, a
-//! mem-add the pool cannot hold is refused with the guest unharmed, and a snapshot of it restores into huge pages with the guest's
-//! memory as it was; at the end every page is back in the pool. Memory that
-//! is not whole huge pages, or a pool too small, is refused at once with
-//! one line and exit status 1.
+//! mem-add the pool cannot hold is refused with the guest unharmed, and a
+//! snapshot of it restores into huge pages with the guest's memory as it
+//! was; at the end every page is back in the pool. Memory that is not whole
+//! huge pages, or a pool too small, is refused at once with one line and
+//! exit status 1.
 
 // Test code: a panic is a failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

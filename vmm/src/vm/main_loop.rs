@@ -160,7 +160,7 @@ pub(super) fn main_loop(
     let mut rx = RxWatch::new(Instant::now());
     let mut wake = WaitSet::new();
     loop {
-        if out_of_time(exit, deadline, panic, powerdown) {
+        if must_stop(exit, deadline, panic, powerdown) {
             return;
         }
         if !typed.pending().is_empty() {
@@ -228,7 +228,7 @@ pub(super) fn main_loop(
 /// Whether the main loop must stop before it waits again: an exit was
 /// requested, or it is requested here because the guest did not power off
 /// by `deadline` or did not reboot within [`PANIC_GRACE`] of a panic.
-fn out_of_time(
+fn must_stop(
     exit: &ExitSignal,
     deadline: Option<Instant>,
     panic: &Mutex<Option<PanicRecord>>,
