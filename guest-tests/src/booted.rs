@@ -13,10 +13,11 @@
 //! The machine is what the guest sees: the kernel and initramfs (the
 //! files, by size and modification time), `--cpus`, `--mem`,
 //! `--hotplug-mem`, `--name`, the devices and their options, with each
-//! disk's path replaced by its size and each tap's name left out. What the
-//! guest does not see (device mode, `--ctl`, the sandbox options, the
-//! restart policy, `--debug`) is given again to the restoring run, as are
-//! the images and taps. Snapshots are kept in `guest-snapshots/` beside the
+//! disk's path replaced by its size and each tap, share directory and
+//! vsock host socket left out. What the guest does not see (device mode
+//! and polling, `--ctl`, the sandbox options, the restart policy,
+//! `--debug`) is given again to the restoring run, as are the images,
+//! taps, directories and sockets. Snapshots are kept in `guest-snapshots/` beside the
 //! skvm binary, in a directory per build of skvm and the guest: a
 //! snapshot taken by another build is never restored, and is removed.
 
@@ -37,6 +38,7 @@ use crate::{ctl, default_guest, skvm_bin, TestVm};
 const RUN_ONLY_WITH_VALUE: &[&str] = &[
     "--ctl",
     "--device-mode",
+    "--device-poll-us",
     "--on-device-failure",
     "--restart-limit",
     "--sandbox",
@@ -143,7 +145,7 @@ impl Split {
                     s.boot.push(a.to_owned());
                     s.restore.push(a.to_owned());
                 }
-                "--disk" | "--net" => {
+                "--disk" | "--net" | "--fs" | "--vsock" => {
                     let v = value();
                     s.machine.extend([a.to_owned(), machine_value(a, &v)]);
                     s.boot.extend([a.to_owned(), v.clone()]);
@@ -187,8 +189,10 @@ impl Split {
     }
 }
 
-/// A disk's or net card's option value as the guest sees it: a disk's path
-/// becomes its size, a tap's name goes.
+/// A device's option value as the guest sees it: a disk's path becomes its
+/// size; a net card's tap (named or not), a share's host directory and a
+/// vsock device's host socket go (a restore takes them from its own
+/// command line).
 fn machine_value(option: &str, value: &str) -> String {
     let mut parts = value.split(',');
     let mut out = Vec::new();
@@ -199,7 +203,13 @@ fn machine_value(option: &str, value: &str) -> String {
             .len();
         out.push(format!("size={len}"));
     }
-    out.extend(parts.filter(|p| !p.starts_with("tap=")).map(str::to_owned));
+    let host_only = |p: &&str| match option {
+        "--net" => *p == "tap" || p.starts_with("tap="),
+        "--fs" => p.starts_with("path="),
+        "--vsock" => p.starts_with("socket="),
+        _ => false,
+    };
+    out.extend(parts.filter(|p| !host_only(p)).map(str::to_owned));
     out.join(",")
 }
 
@@ -279,11 +289,32 @@ mod tests {
             "process",
             "--net",
             "tap=skvm0,mtu=9000",
+            "--net",
+            "tap",
+            "--fs",
+            "tag=work,path=/tmp/share,ro",
+            "--vsock",
+            "cid=3,socket=/tmp/v.sock",
+            "--device-poll-us",
+            "50",
         ];
         let ctl = ["--ctl", "/tmp/x.sock"];
         let a = Split::new(&[&seen[..], &ctl, &["--run", "true"]].concat());
         assert_eq!(a.command, "true");
-        assert_eq!(a.machine, ["--rng", "--net", "mtu=9000"]);
+        assert_eq!(
+            a.machine,
+            [
+                "--rng",
+                "--net",
+                "mtu=9000",
+                "--net",
+                "",
+                "--fs",
+                "tag=work,ro",
+                "--vsock",
+                "cid=3"
+            ]
+        );
         assert_eq!(a.boot, seen);
         assert_eq!(a.restore, [&seen[..], &ctl].concat());
     }

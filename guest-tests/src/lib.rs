@@ -433,6 +433,24 @@ pub fn run_ok(cmd: &mut Command) {
 /// A mebibyte.
 pub const MIB: u64 = 1 << 20;
 
+/// The machine of the virtio-fs tests (fs.rs, and hotplug.rs's test of a
+/// mounted share): a writable share tagged `work` (extended attributes on)
+/// on `work`, a read-only one tagged `keep` on `keep`, 128 MiB of RAM and
+/// 128 MiB of room for hotplug. They all give these options, so that
+/// [`booted`] boots that machine once for all of them.
+pub fn share_machine(work: &Path, keep: &Path) -> Vec<String> {
+    vec![
+        "--mem".into(),
+        "128M".into(),
+        "--hotplug-mem".into(),
+        "128M".into(),
+        "--fs".into(),
+        format!("tag=work,path={},xattr", work.display()),
+        "--fs".into(),
+        format!("tag=keep,path={},ro", keep.display()),
+    ]
+}
+
 /// Debian's stock cloud kernel and skvm's initramfs for it (fetched by
 /// scripts/setup.sh); panics if they are not there.
 pub fn stock_kernel() -> (PathBuf, PathBuf) {

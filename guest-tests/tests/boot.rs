@@ -179,7 +179,8 @@ fn send(pid: u32, sig: libc::c_int) {
 
 #[test]
 fn sigterm_presses_the_power_button_and_the_guest_powers_off() {
-    let mut vm = booted(["--run", "echo SKVM-READY; sleep 1000"]);
+    // The rng tests' machine, started from its snapshot.
+    let mut vm = booted(["--rng", "--run", "echo SKVM-READY; sleep 1000"]);
     vm.wait_for("SKVM-READY", DEFAULT_GUEST);
     send(vm.pid(), libc::SIGTERM);
     let f = vm.wait_exit(Duration::from_secs(120));

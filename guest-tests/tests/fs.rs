@@ -14,7 +14,9 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use guest_tests::{code_and_text, outside_ids, run_to_exit, skvm_bin, Scratch};
+use guest_tests::{
+    booted, code_and_text, outside_ids, run_to_exit, share_machine, skvm_bin, Scratch,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -101,21 +103,9 @@ fn share_and_check(mode: &str) {
     // root): the writable share is that user's.
     let (uid, gid) = outside_ids();
     std::os::unix::fs::chown(&rw, Some(uid), Some(gid)).unwrap();
-    let rw_arg = format!("tag=work,path={},xattr", rw.display());
-    let ro_arg = format!("tag=keep,path={},ro", ro.display());
-    let f = run_to_exit(
-        &[
-            "--device-mode",
-            mode,
-            "--fs",
-            &rw_arg,
-            "--fs",
-            &ro_arg,
-            "--run",
-            SCRIPT,
-        ],
-        TIMEOUT,
-    );
+    let mut args = share_machine(&rw, &ro);
+    args.extend(["--device-mode", mode, "--run", SCRIPT].map(String::from));
+    let f = booted(&args).wait_exit(TIMEOUT);
     let out = &f.output;
     assert_eq!(f.code(), 0, "{out}");
     guest_tests::assert_no_forbidden_syscall(out);
@@ -271,12 +261,15 @@ fn a_64_mib_copy_checks_out_and_the_share_outlives_a_device_killed_mid_copy() {
     let s = Scratch::new("fs", "kill");
     let share = s.path("share");
     fs::create_dir_all(&share).unwrap();
+    let keep = s.path("keep");
+    fs::create_dir_all(&keep).unwrap();
     let src = s.pattern("share/src", 64 * guest_tests::MIB, 21);
     fs::write(share.join("from-host.txt"), "still here").unwrap();
     let (uid, gid) = outside_ids();
     std::os::unix::fs::chown(&share, Some(uid), Some(gid)).unwrap();
-    let arg = format!("tag=work,path={}", share.display());
-    let mut vm = guest_tests::TestVm::spawn(["run", "--fs", &arg, "--run", KILL_SCRIPT]);
+    let mut args = share_machine(&share, &keep);
+    args.extend(["--run", KILL_SCRIPT].map(String::from));
+    let mut vm = booted(&args);
     vm.wait_for("SKVM-FS-COPYING", TIMEOUT);
     // Mid-copy: the copy takes seconds, the kill comes one second in.
     std::thread::sleep(Duration::from_secs(1));

@@ -301,7 +301,9 @@ fn mem_add_grows_the_guest_and_rebuilds_every_device_with_the_new_memory() {
 fn mem_add_without_room_is_refused() {
     let s = Scratch::new("hotplug", "none");
     let sock = s.path("ctl.sock");
+    // The rng tests' machine, started from its snapshot.
     let mut vm = booted([
+        "--rng",
         "--ctl",
         sock.to_str().unwrap(),
         "--run",
@@ -344,19 +346,12 @@ fn mem_add_with_a_share_mounted_leaves_it_usable() {
                   echo SKVM-CWD $(ls); echo SKVM-FD $(cat <&3); \
                   dd if=/dev/zero of=/mnt/s/made bs=1M count=8 oflag=direct 2>/dev/null; \
                   echo SKVM-WRITE $?; echo SKVM-DONE";
-    let fs_arg = format!("tag=work,path={}", share.display());
-    let mut vm = booted([
-        "--mem",
-        "128M",
-        "--hotplug-mem",
-        "128M",
-        "--fs",
-        &fs_arg,
-        "--ctl",
-        sock.to_str().unwrap(),
-        "--run",
-        script,
-    ]);
+    // The fs tests' machine, started from the same snapshot.
+    let keep = s.path("keep");
+    std::fs::create_dir_all(&keep).unwrap();
+    let mut args = guest_tests::share_machine(&share, &keep);
+    args.extend(["--ctl", sock.to_str().unwrap(), "--run", script].map(String::from));
+    let mut vm = booted(&args);
     vm.wait_for("SKVM-READY", TIMEOUT);
     let (code, a) = ctl(&sock, "mem-add 128M");
     assert_eq!(code, 0, "{a}");

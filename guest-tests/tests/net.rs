@@ -169,7 +169,9 @@ fn a_created_tap_lives_exactly_as_long_as_skvm() {
     let ns = Netns::new("ncreate");
     // Ends normally: the tap goes with skvm.
     let skvm = || ns.exec(skvm_bin().to_str().unwrap());
-    let mut vm = booted_with(skvm, ["--net", "tap", "--run", "true"]);
+    // The machine of the transfer tests above, started from its snapshot.
+    let machine = ["--cpus", "2", "--mem", "512M", "--net", "tap"];
+    let mut vm = booted_with(skvm, [&machine[..], &["--run", "true"]].concat());
     vm.wait_for("created tap skvmtap0", Duration::from_secs(60));
     assert!(ns.has_link("skvmtap0"));
     let f = vm.wait_exit(TIMEOUT);
@@ -177,7 +179,10 @@ fn a_created_tap_lives_exactly_as_long_as_skvm() {
     assert!(!ns.has_link("skvmtap0"), "the tap outlived skvm");
     // Killed: the kernel removes it all the same once the device process,
     // which dies with skvm, has gone.
-    let mut vm = booted_with(skvm, ["--net", "tap", "--run", "echo SKVM-UP; sleep 600"]);
+    let mut vm = booted_with(
+        skvm,
+        [&machine[..], &["--run", "echo SKVM-UP; sleep 600"]].concat(),
+    );
     vm.wait_for("created tap skvmtap0", Duration::from_secs(60));
     vm.wait_for("SKVM-UP", Duration::from_secs(600));
     sigkill(vm.pid());

@@ -34,7 +34,7 @@ fn pipelines_and_vector_registers_survive_process_switches_on_one_vcpu() {
     // where the host has AVX-512) against a process that clears them; the
     // pipelines are what users met: each one a subshell and two freshly
     // exec'd busybox processes, with command substitution.
-    // The default machine has one vCPU (checked): it starts from that
+    // The rng tests' machine has one vCPU (checked): it starts from that
     // machine's snapshot, as other tests of it do.
     let script = format!(
         "echo \"SKVM-NPROC $(nproc)\"; \
@@ -48,7 +48,7 @@ fn pipelines_and_vector_registers_survive_process_switches_on_one_vcpu() {
          echo \"SKVM-PIPELINES-FAILED $f\"; \
          echo \"SKVM-SEGFAULTS $(dmesg | grep -c 'segfault at')\""
     );
-    let f = booted(["--debug", "--run", &script]).wait_exit(TIMEOUT);
+    let f = booted(["--rng", "--debug", "--run", &script]).wait_exit(TIMEOUT);
     eprintln!("host CPU: {}", host_cpu());
     assert_eq!(f.code(), 0, "{}", f.output);
     assert_eq!(

@@ -14,7 +14,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use guest_tests::{children, ctl, device_pids, new_device_pid, sigkill, Scratch, TestVm};
+use guest_tests::{booted, children, ctl, device_pids, new_device_pid, sigkill, Scratch, TestVm};
 
 /// Boot to the guest's command, with the machine shared with other tests.
 const BOOT: Duration = Duration::from_secs(600);
@@ -118,8 +118,7 @@ fn streams_carry_a_mebibyte_each_way_and_a_peer_that_goes_or_does_not_read_harms
                   vsock send 2 6000 1048576 > /a & a=$!; vsock send 2 6000 1048576 > /b & b=$!; \
                   vsock send 2 6000 1048576 > /c & c=$!; wait $a $b $c; cat /a /b /c; \
                   echo SKVM-SENT; sleep 100000";
-    let mut vm = TestVm::spawn([
-        "run",
+    let mut vm = booted([
         "--vsock",
         &format!("cid=3,socket={}", sock.display()),
         "--run",
@@ -216,10 +215,10 @@ fn a_killed_device_restarts_and_new_streams_work() {
     let scratch = Scratch::new("vsock", "restart");
     let sock = scratch.path("v.sock");
     let ctl_sock = scratch.path("ctl.sock");
-    let mut vm = TestVm::spawn([
-        "run",
+    // The machine of the test above: both start from its snapshot.
+    let mut vm = booted([
         "--vsock",
-        &format!("cid=42,socket={}", sock.display()),
+        &format!("cid=3,socket={}", sock.display()),
         "--ctl",
         ctl_sock.to_str().unwrap(),
         "--run",
