@@ -17,9 +17,10 @@
 //! vsock host socket left out. What the guest does not see (device mode
 //! and polling, `--ctl`, the sandbox options, the restart policy,
 //! `--debug`) is given again to the restoring run, as are the images,
-//! taps, directories and sockets. Snapshots are kept in `guest-snapshots/` beside the
-//! skvm binary, in a directory per build of skvm and the guest: a
-//! snapshot taken by another build is never restored, and is removed.
+//! taps, directories and sockets. Snapshots are kept in
+//! `guest-snapshots/` beside the skvm binary, in a directory per build of
+//! skvm and the guest: a snapshot taken by another build is never
+//! restored, and is removed.
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
