@@ -62,6 +62,10 @@ fn host_side(ns: &Netns, data: Vec<u8>, ping_size: u32) -> (String, Vec<u8>) {
     })
 }
 
+/// The vCPUs and memory of the net tests' machine. The transfer tests and
+/// the created-tap test all give them, so that they start from one snapshot.
+const MACHINE: [&str; 4] = ["--cpus", "2", "--mem", "512M"];
+
 /// Boots a guest on tap `tap` in `ns` and moves data both ways; `kills`
 /// times during the transfer to the guest, kills the device process (which
 /// skvm restarts).
@@ -74,17 +78,17 @@ fn ping_and_transfer(ns: &Netns, mode: &str, mtu: u32, kills: usize) {
     let vm = booted_with(
         || ns.exec(skvm_bin().to_str().unwrap()),
         [
-            "--cpus",
-            "2",
-            "--mem",
-            "512M",
-            "--device-mode",
-            mode,
-            "--net",
-            &format!("tap={tap}"),
-            "--run",
-            &guest_script(mtu, ping_size),
-        ],
+            &MACHINE[..],
+            &[
+                "--device-mode",
+                mode,
+                "--net",
+                &format!("tap={tap}"),
+                "--run",
+                &guest_script(mtu, ping_size),
+            ],
+        ]
+        .concat(),
     );
     let data = pattern(transfer_bytes());
     let sent_md5 = md5(&data);
@@ -170,7 +174,7 @@ fn a_created_tap_lives_exactly_as_long_as_skvm() {
     // Ends normally: the tap goes with skvm.
     let skvm = || ns.exec(skvm_bin().to_str().unwrap());
     // The machine of the transfer tests above, started from its snapshot.
-    let machine = ["--cpus", "2", "--mem", "512M", "--net", "tap"];
+    let machine = [&MACHINE[..], &["--net", "tap"]].concat();
     let mut vm = booted_with(skvm, [&machine[..], &["--run", "true"]].concat());
     vm.wait_for("created tap skvmtap0", Duration::from_secs(60));
     assert!(ns.has_link("skvmtap0"));

@@ -16,6 +16,12 @@ use std::time::{Duration, Instant};
 
 use guest_tests::{booted, children, ctl, device_pids, new_device_pid, sigkill, Scratch, TestVm};
 
+/// `--vsock` for a device on host socket `sock`. Both tests of a running
+/// guest give the same CID, so that they start from one snapshot.
+fn vsock_arg(sock: &Path) -> String {
+    format!("cid=3,socket={}", sock.display())
+}
+
 /// Boot to the guest's command, with the machine shared with other tests.
 const BOOT: Duration = Duration::from_secs(600);
 /// A mebibyte, each way.
@@ -118,12 +124,7 @@ fn streams_carry_a_mebibyte_each_way_and_a_peer_that_goes_or_does_not_read_harms
                   vsock send 2 6000 1048576 > /a & a=$!; vsock send 2 6000 1048576 > /b & b=$!; \
                   vsock send 2 6000 1048576 > /c & c=$!; wait $a $b $c; cat /a /b /c; \
                   echo SKVM-SENT; sleep 100000";
-    let mut vm = booted([
-        "--vsock",
-        &format!("cid=3,socket={}", sock.display()),
-        "--run",
-        script,
-    ]);
+    let mut vm = booted(["--vsock", &vsock_arg(&sock), "--run", script]);
     vm.wait_for("SKVM-LISTENING", BOOT);
     // Host to guest: three streams at once, a mebibyte each.
     let streams: Vec<_> = (0..3)
@@ -218,7 +219,7 @@ fn a_killed_device_restarts_and_new_streams_work() {
     // The machine of the test above: both start from its snapshot.
     let mut vm = booted([
         "--vsock",
-        &format!("cid=3,socket={}", sock.display()),
+        &vsock_arg(&sock),
         "--ctl",
         ctl_sock.to_str().unwrap(),
         "--run",
